@@ -1,0 +1,173 @@
+import type { AddressInfo } from 'node:net';
+import { createServer } from '../endpoint/server';
+import { ClipModel, type Device, type DType } from '../model';
+import { parseCommandLine, positiveInt, required, UsageError } from './common';
+
+const USAGE = `Usage: clip-native serve --model DIR [options]
+
+The online endpoint (Azure ML CLIP embeddings wire format):
+POST /score, GET / (health), GET /swagger.json, GET /metrics.
+
+Options:
+  --model DIR             model directory (required)
+  --host H                address to listen on (default 127.0.0.1; use 0.0.0.0 in a container)
+  --port P                port (default 5001; 0 picks a free one)
+  --device D              auto | cpu | cuda | cuda:N (default auto)
+  --dtype T               float32 | bfloat16 | float16 (default float32)
+  --max-batch N           largest image batch (default 16 on CPU, 128 on CUDA)
+  --max-batch-texts N     largest text batch (default 64 on CPU, 256 on CUDA)
+  --queue-capacity N      items that may wait per encoder before 429 (default 4096)
+  --threads N             libtorch intra-op threads
+  --api-key K             require "Authorization: Bearer K" on POST /score
+                          (default: the CLIP_NATIVE_API_KEY environment variable)
+  --body-limit-mb N       largest request body in MiB (default 100)
+  --allow-private-urls    let image URLs reach private, loopback and link-local addresses
+  --retry-after S         Retry-After seconds of 429 and 503 answers (default 1)
+  --log-level L           fatal | error | warn | info | debug | trace | silent (default info)
+  -h, --help              this help
+
+Logs are JSON lines (pino) on stdout; the first says where it listens.
+SIGTERM or SIGINT: stop accepting, finish the requests in flight, free the
+model, exit 0. A second signal exits at once with status 1.
+`;
+
+const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
+const DEVICE = /^(auto|cpu|cuda|cuda:\d+)$/;
+const DTYPES = new Set(['float32', 'bfloat16', 'float16']);
+
+function port(value: unknown): number {
+  if (value === undefined) return 5001;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new UsageError(`--port must be an integer from 0 to 65535, not "${String(value)}"`);
+  return n;
+}
+
+function nonNegativeInt(value: unknown, name: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${name} must be an integer >= 0, not "${String(value)}"`);
+  return n;
+}
+
+/**
+ * `clip-native serve`: listens first, then loads the model (`GET /` answers
+ * 503 until it is loaded), and resolves to the exit status once a signal has
+ * drained and closed the server.
+ */
+export async function runServe(args: string[]): Promise<number> {
+  const { values: parsed } = parseCommandLine(args, {
+    model: { type: 'string' },
+    host: { type: 'string' },
+    port: { type: 'string' },
+    device: { type: 'string' },
+    dtype: { type: 'string' },
+    'max-batch': { type: 'string' },
+    'max-batch-texts': { type: 'string' },
+    'queue-capacity': { type: 'string' },
+    threads: { type: 'string' },
+    'api-key': { type: 'string' },
+    'body-limit-mb': { type: 'string' },
+    'allow-private-urls': { type: 'boolean' },
+    'retry-after': { type: 'string' },
+    'log-level': { type: 'string' },
+  } as const);
+  const values = parsed as Record<string, string | undefined> & { help?: boolean; 'allow-private-urls'?: boolean };
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const directory = required(values, 'model');
+  const device = (values.device ?? 'auto') as Device;
+  if (!DEVICE.test(device)) throw new UsageError(`--device must be auto, cpu, cuda or cuda:N, not "${device}"`);
+  const dtype = (values.dtype ?? 'float32') as DType;
+  if (!DTYPES.has(dtype)) throw new UsageError(`--dtype must be float32, bfloat16 or float16, not "${dtype}"`);
+  const logLevel = values['log-level'] ?? 'info';
+  if (!LOG_LEVELS.has(logLevel)) throw new UsageError(`--log-level must be one of ${[...LOG_LEVELS].join(', ')}, not "${logLevel}"`);
+  const apiKey = values['api-key'] ?? (process.env.CLIP_NATIVE_API_KEY || undefined);
+  if (apiKey !== undefined && apiKey.length === 0) throw new UsageError('--api-key must not be empty');
+  const host = values.host ?? '127.0.0.1';
+  const listenPort = port(values.port);
+  const bodyLimitMb = positiveInt(values, 'body-limit-mb') ?? 100;
+  const loadOptions = {
+    device,
+    dtype,
+    maxBatchImages: positiveInt(values, 'max-batch'),
+    maxBatchTexts: positiveInt(values, 'max-batch-texts'),
+    queueCapacity: positiveInt(values, 'queue-capacity'),
+    threads: positiveInt(values, 'threads'),
+  };
+
+  let resolveModel!: (model: ClipModel) => void;
+  let rejectModel!: (error: unknown) => void;
+  const modelPromise = new Promise<ClipModel>((resolve, reject) => {
+    resolveModel = resolve;
+    rejectModel = reject;
+  });
+  modelPromise.catch(() => undefined);
+  const app = createServer(modelPromise, {
+    apiKey,
+    bodyLimit: bodyLimitMb * 1024 * 1024,
+    retryAfterSeconds: nonNegativeInt(values['retry-after'], 'retry-after'),
+    score: { allowPrivateUrls: values['allow-private-urls'] ?? false },
+    logger: { level: logLevel },
+  });
+  const log = app.log;
+
+  let model: ClipModel | undefined;
+  let loading: Promise<ClipModel | undefined> = Promise.resolve(undefined);
+  let shutdown: Promise<number> | undefined;
+  let onShutdown!: (status: number) => void;
+  const stopped = new Promise<number>((resolve) => {
+    onShutdown = resolve;
+  });
+  const stop = (signal: NodeJS.Signals) => {
+    if (shutdown) {
+      log.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    log.info({ signal }, 'shutting down: draining requests in flight');
+    shutdown = (async () => {
+      await app.close();
+      const loaded = await loading.catch(() => undefined);
+      await loaded?.dispose();
+      log.info('stopped');
+      return 0;
+    })();
+    shutdown.then(onShutdown, (error) => {
+      log.error({ err: error }, 'shutdown failed');
+      onShutdown(1);
+    });
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  try {
+    try {
+      await app.listen({
+        host,
+        port: listenPort,
+        listenTextResolver: (address) => `clip-native serve listening at ${address}`,
+      });
+    } catch (error) {
+      throw new UsageError(`cannot listen on ${host}:${listenPort}: ${(error as Error).message}`);
+    }
+    const address = app.server.address() as AddressInfo;
+    log.info({ host: address.address, port: address.port }, 'loading the model');
+
+    const started = Date.now();
+    const load = ClipModel.load(directory, loadOptions);
+    loading = load;
+    try {
+      model = await load;
+    } catch (error) {
+      rejectModel(error);
+      if (!shutdown) await app.close();
+      throw error;
+    }
+    resolveModel(model);
+    log.info({ model: model.info, ms: Date.now() - started }, 'model loaded: ready');
+    return await stopped;
+  } finally {
+    process.off('SIGTERM', stop);
+    process.off('SIGINT', stop);
+  }
+}

@@ -1,0 +1,339 @@
+import { binding, type NativeModel, type NativeModelInfo, type NativeResult, TaskKind } from './binding';
+import { ClipError, invalidArgument, toClipError } from './errors';
+import { score, type ScoreOptions, type ScoreResponse } from './endpoint/score';
+
+/** Where the encoders run. `auto` picks CUDA when this build and the machine have it. */
+export type Device = 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
+
+/**
+ * Numeric precision of inference. `bfloat16` on the CPU runs under autocast
+ * (fast on CPUs with AVX-512 BF16 or AMX); on CUDA `float16`/`bfloat16`
+ * convert the weights once at load.
+ */
+export type DType = 'float32' | 'bfloat16' | 'float16';
+
+/** Options of {@link ClipModel.load}. */
+export interface LoadOptions {
+  /** Default `auto`. */
+  device?: Device;
+  /** Default `float32`. */
+  dtype?: DType;
+  /** Intra-op threads of libtorch, set once per process by the first model loaded. Default: libtorch's. */
+  threads?: number;
+  /** Largest image batch. Default 16 on CPU, 128 on CUDA. */
+  maxBatchImages?: number;
+  /** Largest text batch. Default 64 on CPU, 256 on CUDA. */
+  maxBatchTexts?: number;
+  /** How long a prepared item may wait for batch-mates while more are on the way. Default 2. */
+  maxWaitMs?: number;
+  /** Items that may wait per encoder before calls reject with `CLIP_QUEUE_FULL`. Default 4096. */
+  queueCapacity?: number;
+  /** Threads that decode, preprocess and tokenize. Default: one per core, at most 8. */
+  prepThreads?: number;
+  /** Default for {@link ImageOptions.maxPixels}. 50 megapixels. */
+  maxImagePixels?: number;
+  /** Default for {@link ImageOptions.applyExifOrientation}. Off, as the Hugging Face processor. */
+  applyExifOrientation?: boolean;
+}
+
+/** Options every call takes. */
+export interface CallOptions {
+  /** Aborting rejects the call with `CLIP_ABORTED` and drops its items that have not started. */
+  signal?: AbortSignal;
+}
+
+/** Options of the calls that decode images. */
+export interface ImageOptions extends CallOptions {
+  /** Rotate and flip by the EXIF orientation before preprocessing. */
+  applyExifOrientation?: boolean;
+  /** Refuse images with more pixels than this, before decoding them, with `CLIP_IMAGE_TOO_LARGE`. */
+  maxPixels?: number;
+}
+
+/** Counters of one encoder. */
+export interface EncoderStats {
+  /** Items submitted and not yet in a batch. */
+  queueDepth: number;
+  /** Inference batches run. */
+  batches: number;
+  /** Items embedded. */
+  items: number;
+  /** items / batches. */
+  meanBatchSize: number;
+  /** Items embedded per second over the last 10 seconds. */
+  itemsPerSecond: number;
+}
+
+/** {@link ClipModel.stats}. */
+export interface ModelStats {
+  image: EncoderStats;
+  text: EncoderStats;
+}
+
+/** What was loaded and how it runs. */
+export type ModelInfo = NativeModelInfo;
+
+/** An image as encoded bytes (JPEG, PNG, WebP, GIF or BMP); the format comes from the bytes. */
+export type ImageInput = Uint8Array | ArrayBuffer;
+
+const DEVICE_PATTERN = /^(auto|cpu|cuda|cuda:\d+)$/;
+const DTYPES = new Set(['float32', 'bfloat16', 'float16']);
+
+function checkCount(value: unknown, name: string, min: number): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || !Number.isInteger(value)) {
+    throw invalidArgument(`an integer >= ${min}`, name, value);
+  }
+  return value;
+}
+
+function checkSignal(options: CallOptions | undefined, name: string): AbortSignal | undefined {
+  if (options === undefined) return undefined;
+  if (options === null || typeof options !== 'object') throw invalidArgument('an options object', name, options);
+  const signal = options.signal;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw invalidArgument('an AbortSignal', `${name}.signal`, signal);
+  }
+  return signal;
+}
+
+function toBytes(value: unknown, name: string): Uint8Array {
+  if (value instanceof Uint8Array) return value;
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
+  throw invalidArgument('a Uint8Array, Buffer or ArrayBuffer of encoded image bytes', name, value);
+}
+
+function abortError(signal: AbortSignal): ClipError {
+  return new ClipError('CLIP_ABORTED', 'The operation was aborted', { cause: signal.reason });
+}
+
+/**
+ * A loaded CLIP model: both encoders, the tokenizer and the preprocessing,
+ * with a batching engine on threads of its own. Every method that computes
+ * returns a promise and never blocks the event loop.
+ */
+export class ClipModel {
+  readonly #native: NativeModel;
+  readonly #defaults: { applyExifOrientation: boolean; maxPixels: number };
+  #disposed: Promise<void> | undefined;
+  /** What was loaded and how it runs. */
+  readonly info: ModelInfo;
+
+  private constructor(native: NativeModel, options: LoadOptions) {
+    this.#native = native;
+    this.#defaults = {
+      applyExifOrientation: options.applyExifOrientation ?? false,
+      maxPixels: options.maxImagePixels ?? 50_000_000,
+    };
+    this.info = Object.freeze(native.info());
+  }
+
+  /**
+   * Loads a model directory (CONTRACT section 2: clip.json, both TorchScript
+   * encoders, vocab.json, merges.txt).
+   *
+   * Rejects with `CLIP_INVALID_ARGUMENT` (bad options), `CLIP_MODEL_LOAD_FAILED`
+   * (a missing or broken file, named in the message) or `CLIP_DEVICE_UNAVAILABLE`.
+   */
+  static async load(directory: string, options: LoadOptions = {}): Promise<ClipModel> {
+    if (typeof directory !== 'string' || directory.length === 0) {
+      throw invalidArgument('a model directory path', 'directory', directory);
+    }
+    if (options === null || typeof options !== 'object') throw invalidArgument('an options object', 'options', options);
+    const device = options.device ?? 'auto';
+    if (typeof device !== 'string' || !DEVICE_PATTERN.test(device)) {
+      throw invalidArgument('"auto", "cpu", "cuda" or "cuda:N"', 'options.device', device);
+    }
+    const dtype = options.dtype ?? 'float32';
+    if (typeof dtype !== 'string' || !DTYPES.has(dtype)) {
+      throw invalidArgument('"float32", "bfloat16" or "float16"', 'options.dtype', dtype);
+    }
+    const native = {
+      device,
+      dtype,
+      threads: checkCount(options.threads, 'options.threads', 1),
+      maxBatchImages: checkCount(options.maxBatchImages, 'options.maxBatchImages', 1),
+      maxBatchTexts: checkCount(options.maxBatchTexts, 'options.maxBatchTexts', 1),
+      queueCapacity: checkCount(options.queueCapacity, 'options.queueCapacity', 1),
+      prepThreads: checkCount(options.prepThreads, 'options.prepThreads', 1),
+      maxWaitMs: options.maxWaitMs,
+    };
+    if (native.maxWaitMs !== undefined && (typeof native.maxWaitMs !== 'number' || !(native.maxWaitMs >= 0))) {
+      throw invalidArgument('a number >= 0', 'options.maxWaitMs', native.maxWaitMs);
+    }
+    checkCount(options.maxImagePixels, 'options.maxImagePixels', 1);
+    if (options.applyExifOrientation !== undefined && typeof options.applyExifOrientation !== 'boolean') {
+      throw invalidArgument('a boolean', 'options.applyExifOrientation', options.applyExifOrientation);
+    }
+    let handle: NativeModel;
+    try {
+      handle = await binding().load(directory, native);
+    } catch (error) {
+      throw toClipError(error);
+    }
+    return new ClipModel(handle, options);
+  }
+
+  /**
+   * One 512-d (embedDim) embedding per text, unnormalized. Texts longer than
+   * the context are truncated as Hugging Face's `truncation=True` does.
+   *
+   * Rejects with `CLIP_INVALID_ARGUMENT`, `CLIP_QUEUE_FULL`, `CLIP_ABORTED`, `CLIP_DISPOSED`.
+   */
+  async embedTexts(texts: readonly string[], options?: CallOptions): Promise<Float32Array[]> {
+    const signal = checkSignal(options, 'options');
+    const inputs = this.#checkTexts(texts, 'texts');
+    return this.#all(await this.#submit(TaskKind.Text, inputs, {}, signal), 'texts') as Float32Array[];
+  }
+
+  /**
+   * One embedding per encoded image. A bad image fails the call with its
+   * `index`, never its batch-mates from other calls.
+   *
+   * Rejects with `CLIP_INVALID_ARGUMENT`, `CLIP_IMAGE_DECODE_FAILED`,
+   * `CLIP_UNSUPPORTED_IMAGE_FORMAT`, `CLIP_IMAGE_TOO_LARGE`, `CLIP_QUEUE_FULL`,
+   * `CLIP_ABORTED`, `CLIP_DISPOSED`.
+   */
+  async embedImages(images: readonly ImageInput[], options?: ImageOptions): Promise<Float32Array[]> {
+    const { signal, native } = this.#imageOptions(options);
+    const inputs = this.#checkImages(images, 'images');
+    return this.#all(await this.#submit(TaskKind.ImageBytes, inputs, native, signal), 'images') as Float32Array[];
+  }
+
+  /**
+   * Token ids as the model sees them: contextLength (77) ids each, bos … eos,
+   * padded with the manifest's `pad`.
+   *
+   * Rejects with `CLIP_INVALID_ARGUMENT`, `CLIP_QUEUE_FULL`, `CLIP_ABORTED`, `CLIP_DISPOSED`.
+   */
+  async tokenize(texts: readonly string[], options?: CallOptions): Promise<Int32Array[]> {
+    const signal = checkSignal(options, 'options');
+    const inputs = this.#checkTexts(texts, 'texts');
+    return this.#all(await this.#submit(TaskKind.Tokenize, inputs, {}, signal), 'texts') as Int32Array[];
+  }
+
+  /**
+   * The model's input for one image: 3×224×224 floats, CHW, RGB, normalized,
+   * equal to Hugging Face's CLIP processor with Pillow.
+   *
+   * Rejects like {@link embedImages}.
+   */
+  async preprocessImage(image: ImageInput, options?: ImageOptions): Promise<Float32Array> {
+    const { signal, native } = this.#imageOptions(options);
+    const bytes = toBytes(image, 'image');
+    const [result] = await this.#submit(TaskKind.Preprocess, [bytes], native, signal);
+    if (result instanceof Error) throw toClipError(result);
+    return result as Float32Array;
+  }
+
+  /**
+   * The Azure ML CLIP embeddings endpoint's contract (CONTRACT section 5):
+   * `input_data` in split format with columns `image` and `text`; one object
+   * per row with `image_features` and/or `text_features`.
+   *
+   * Rejects with a ClipError whose `code` names the reason and, for a row, `row`.
+   */
+  score(request: unknown, options?: ScoreOptions): Promise<ScoreResponse> {
+    return score(this, request, options);
+  }
+
+  /** Queue depth, batches, mean batch size and throughput per encoder. Zeros once disposed. */
+  stats(): ModelStats {
+    return this.#native.stats();
+  }
+
+  /**
+   * Rejects calls still queued with `CLIP_DISPOSED`, waits for the batch in
+   * flight and frees the model. Idempotent: every call returns the same promise.
+   */
+  dispose(): Promise<void> {
+    this.#disposed ??= this.#native.dispose();
+    return this.#disposed;
+  }
+
+  /** `await using model = await ClipModel.load(…)` disposes at the end of the scope. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.dispose();
+  }
+
+  /**
+   * Per-item results of one submission, errors included; the endpoint and the
+   * tensor-level tests build on it.
+   * @internal
+   */
+  _submit(
+    kind: TaskKind,
+    inputs: ReadonlyArray<Uint8Array | Float32Array | Int32Array | string>,
+    options: { applyExifOrientation?: boolean; maxPixels?: number; signal?: AbortSignal } = {},
+  ): Promise<Array<Float32Array | Int32Array | ClipError>> {
+    const { signal, ...native } = options;
+    return this.#submit(kind, inputs, { ...this.#defaults, ...native }, signal).then((results) =>
+      results.map((r) => (r instanceof Error ? toClipError(r) : r)),
+    );
+  }
+
+  #checkTexts(texts: unknown, name: string): string[] {
+    if (!Array.isArray(texts)) throw invalidArgument('an array of strings', name, texts);
+    texts.forEach((text, i) => {
+      if (typeof text !== 'string') throw invalidArgument('a string', `${name}[${i}]`, text);
+    });
+    return texts as string[];
+  }
+
+  #checkImages(images: unknown, name: string): Uint8Array[] {
+    if (!Array.isArray(images)) throw invalidArgument('an array of encoded images', name, images);
+    return images.map((image, i) => toBytes(image, `${name}[${i}]`));
+  }
+
+  #imageOptions(options: ImageOptions | undefined) {
+    const signal = checkSignal(options, 'options');
+    const native = { ...this.#defaults };
+    if (options?.applyExifOrientation !== undefined) {
+      if (typeof options.applyExifOrientation !== 'boolean') {
+        throw invalidArgument('a boolean', 'options.applyExifOrientation', options.applyExifOrientation);
+      }
+      native.applyExifOrientation = options.applyExifOrientation;
+    }
+    if (options?.maxPixels !== undefined) native.maxPixels = checkCount(options.maxPixels, 'options.maxPixels', 1)!;
+    return { signal, native };
+  }
+
+  #all(results: NativeResult[], name: string): Array<Float32Array | Int32Array> {
+    results.forEach((result, i) => {
+      if (result instanceof Error) throw toClipError(result, i, `${name}[${i}]`);
+    });
+    return results as Array<Float32Array | Int32Array>;
+  }
+
+  #submit(
+    kind: TaskKind,
+    inputs: ReadonlyArray<Uint8Array | Float32Array | Int32Array | string>,
+    options: { applyExifOrientation?: boolean; maxPixels?: number },
+    signal: AbortSignal | undefined,
+  ): Promise<NativeResult[]> {
+    if (this.#disposed) {
+      return Promise.reject(new ClipError('CLIP_DISPOSED', 'The model has been disposed'));
+    }
+    if (inputs.length === 0) return Promise.resolve([]);
+    if (signal?.aborted) return Promise.reject(abortError(signal));
+    return new Promise((resolve, reject) => {
+      let requestId = 0;
+      const onAbort = () => {
+        this.#native.cancel(requestId);
+        reject(abortError(signal!));
+      };
+      try {
+        requestId = this.#native.submit(kind, inputs, options, (results) => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve(results);
+        });
+      } catch (error) {
+        reject(toClipError(error));
+        return;
+      }
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+}
+
+

@@ -1,0 +1,452 @@
+#include "batcher.h"
+
+#include <algorithm>
+#include <cstring>
+
+#ifdef __linux__
+#include <sys/resource.h>
+#include <cerrno>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace clip {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kRateWindow = std::chrono::seconds(10);
+
+// Maps whatever a task's work threw to a code and a message; never lets an
+// exception escape a worker thread.
+template <typename Fn>
+bool Guard(Fn&& fn, ErrorCode* code, std::string* message) {
+  try {
+    fn();
+    return true;
+  } catch (const ClipError& e) {
+    *code = e.code();
+    *message = e.what();
+  } catch (const c10::Error& e) {
+    *code = ErrorCode::kInternal;
+    *message = e.what_without_backtrace();
+  } catch (const std::bad_alloc&) {
+    *code = ErrorCode::kInternal;
+    *message = "out of memory";
+  } catch (const std::exception& e) {
+    *code = ErrorCode::kInternal;
+    *message = e.what();
+  }
+  return false;
+}
+
+// Engine threads run below the caller's priority, so a process's event loop
+// (or any other latency-sensitive thread) wins the CPU when both want it.
+// libtorch's OpenMP workers are created by the inference thread and inherit it.
+void LowerThreadPriority(int niceness) {
+#ifdef __linux__
+  if (niceness > 0) {
+    const int tid = static_cast<int>(syscall(SYS_gettid));
+    errno = 0;
+    const int current = getpriority(PRIO_PROCESS, tid);
+    if (errno == 0) setpriority(PRIO_PROCESS, tid, std::min(19, current + niceness));
+  }
+#else
+  (void)niceness;
+#endif
+}
+
+// Live engines, for ShutdownAllEngines(). Leaked on purpose: it must outlive
+// every static destructor that could run while an engine still exists.
+struct EngineRegistry {
+  std::mutex mutex;
+  std::vector<Engine*> engines;
+};
+EngineRegistry& Registry() {
+  static EngineRegistry* registry = new EngineRegistry();
+  return *registry;
+}
+
+}  // namespace
+
+void ShutdownAllEngines() {
+  std::vector<Engine*> engines;
+  {
+    std::lock_guard<std::mutex> lock(Registry().mutex);
+    engines = Registry().engines;
+  }
+  // Shutdown() is idempotent and unregisters; an engine whose owner shuts it
+  // down concurrently is waited for by the shutdown mutex.
+  for (Engine* engine : engines) engine->Shutdown();
+}
+
+Encoder Engine::EncoderOf(TaskKind kind) {
+  switch (kind) {
+    case TaskKind::kImageBytes:
+    case TaskKind::kImagePixels:
+    case TaskKind::kPreprocess:
+      return Encoder::kImage;
+    default:
+      return Encoder::kText;
+  }
+}
+
+Engine::Engine(std::shared_ptr<Model> model, const EngineOptions& options)
+    : model_(std::move(model)),
+      max_wait_(static_cast<int64_t>(std::max(0.0, options.max_wait_ms) * 1000.0)),
+      queue_capacity_(options.queue_capacity) {
+  // CPU throughput flattens out early while latency grows with the batch;
+  // a GPU keeps gaining up to a few hundred images.
+  const bool cuda = model_->is_cuda();
+  max_batch_[0] = options.max_batch_images > 0 ? options.max_batch_images : (cuda ? 128 : 16);
+  max_batch_[1] = options.max_batch_texts > 0 ? options.max_batch_texts : (cuda ? 256 : 64);
+  const Manifest& m = model_->manifest();
+  preprocess_.crop_size = m.image.size;
+  preprocess_.resize_shortest_edge = m.image.resize_shortest_edge;
+  preprocess_.mean = m.image.mean;
+  preprocess_.std = m.image.std;
+
+  int prep = options.prep_threads;
+  if (prep <= 0) prep = std::clamp<int>(static_cast<int>(std::thread::hardware_concurrency()), 1, 8);
+  const int niceness = options.thread_niceness;
+  for (int i = 0; i < prep; ++i) {
+    prep_threads_.emplace_back([this, niceness] {
+      LowerThreadPriority(niceness);
+      PrepLoop();
+    });
+  }
+  inference_thread_ = std::thread([this, niceness] {
+    LowerThreadPriority(niceness);
+    InferenceLoop();
+  });
+  std::lock_guard<std::mutex> lock(Registry().mutex);
+  Registry().engines.push_back(this);
+}
+
+Engine::~Engine() { Shutdown(); }
+
+void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (stopping_) throw ClipError(ErrorCode::kDisposed, "the model has been disposed");
+  size_t per_encoder[2] = {0, 0};
+  for (const auto& task : tasks) ++per_encoder[static_cast<int>(EncoderOf(task->kind))];
+  for (int e = 0; e < 2; ++e) {
+    if (per_encoder[e] == 0) continue;
+    if (queues_[e].waiting + per_encoder[e] > queue_capacity_) {
+      throw ClipError(ErrorCode::kQueueFull,
+                      std::string("the ") + (e == 0 ? "image" : "text") + " queue is full (" +
+                          std::to_string(queues_[e].waiting) + " waiting, capacity " +
+                          std::to_string(queue_capacity_) + ")");
+    }
+  }
+  for (int e = 0; e < 2; ++e) queues_[e].waiting += per_encoder[e];
+  for (auto& task : tasks) prep_queue_.push_back(std::move(task));
+  lock.unlock();
+  prep_cv_.notify_all();
+}
+
+void Engine::Finish(std::unique_ptr<Task> task, TaskResult&& result) {
+  TaskCallback done = std::move(task->done);
+  task.reset();  // free inputs before handing control to the caller
+  if (done) done(std::move(result));
+}
+
+void Engine::Fail(std::unique_ptr<Task> task, ErrorCode code, const std::string& message) {
+  TaskResult result;
+  result.ok = false;
+  result.code = code;
+  result.message = message;
+  Finish(std::move(task), std::move(result));
+}
+
+void Engine::PrepLoop() {
+  for (;;) {
+    std::unique_ptr<Task> task;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      prep_cv_.wait(lock, [this] { return stopping_ || !prep_queue_.empty(); });
+      if (prep_queue_.empty()) return;  // stopping, and nothing left
+      task = std::move(prep_queue_.front());
+      prep_queue_.pop_front();
+    }
+    Prepare(std::move(task));
+  }
+}
+
+void Engine::Prepare(std::unique_ptr<Task> task) {
+  const int e = static_cast<int>(EncoderOf(task->kind));
+  // Shutdown() zeroes the counts, so tasks finishing after it leave no trace.
+  auto leave_queue = [&] {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!stopping_) --queues_[e].waiting;
+  };
+  if (task->cancel && task->cancel->cancelled.load()) {
+    leave_queue();
+    return Fail(std::move(task), ErrorCode::kAborted, "the operation was aborted");
+  }
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (stopping_) {
+      lock.unlock();
+      return Fail(std::move(task), ErrorCode::kDisposed, "the model has been disposed");
+    }
+  }
+
+  const Manifest& m = model_->manifest();
+  const size_t pixel_count = static_cast<size_t>(3) * m.image.size * m.image.size;
+  ErrorCode code = ErrorCode::kInternal;
+  std::string message;
+  TaskResult immediate;
+  bool has_immediate = false;
+
+  bool ok = Guard([&] {
+    switch (task->kind) {
+      case TaskKind::kImageBytes:
+      case TaskKind::kPreprocess: {
+        auto pixels = std::make_shared<std::vector<float>>(pixel_count);
+        PreprocessImage(reinterpret_cast<const uint8_t*>(task->input.data()), task->input.size(),
+                        task->decode, preprocess_, pixels->data());
+        std::string().swap(task->input);
+        if (task->kind == TaskKind::kPreprocess) {
+          immediate.ok = true;
+          immediate.data = pixels->data();
+          immediate.length = pixels->size();
+          immediate.block = pixels->data();
+          immediate.block_bytes = pixels->size() * sizeof(float);
+          immediate.owner = std::move(pixels);
+          has_immediate = true;
+        } else {
+          task->pixels = std::move(*pixels);
+        }
+        break;
+      }
+      case TaskKind::kImagePixels:
+        if (task->pixels.size() != pixel_count) {
+          throw ClipError(ErrorCode::kInvalidArgument,
+                          "Expected " + std::to_string(pixel_count) + " pixel values but received " +
+                              std::to_string(task->pixels.size()));
+        }
+        break;
+      case TaskKind::kText: {
+        std::vector<int32_t> ids = model_->tokenizer().Encode(task->input);
+        task->ids.assign(ids.begin(), ids.end());
+        std::string().swap(task->input);
+        break;
+      }
+      case TaskKind::kTokenize: {
+        auto ids = std::make_shared<std::vector<int32_t>>(m.text.context_length);
+        model_->tokenizer().EncodePadded(task->input, ids->data());
+        immediate.ok = true;
+        immediate.data = ids->data();
+        immediate.length = ids->size();
+        immediate.block = ids->data();
+        immediate.block_bytes = ids->size() * sizeof(int32_t);
+        immediate.owner = std::move(ids);
+        has_immediate = true;
+        break;
+      }
+      case TaskKind::kTokenIds: {
+        const auto& ids = task->ids;
+        if (ids.empty() || ids.size() > static_cast<size_t>(m.text.context_length)) {
+          throw ClipError(ErrorCode::kInvalidArgument,
+                          "Expected between 1 and " + std::to_string(m.text.context_length) +
+                              " token ids but received " + std::to_string(ids.size()));
+        }
+        for (int64_t id : ids) {
+          if (id < 0 || id >= m.text.vocab_size) {
+            throw ClipError(ErrorCode::kInvalidArgument,
+                            "Expected token ids below " + std::to_string(m.text.vocab_size) +
+                                " but received " + std::to_string(id));
+          }
+        }
+        break;
+      }
+    }
+  }, &code, &message);
+
+  if (!ok || has_immediate) {
+    leave_queue();
+    if (!ok) return Fail(std::move(task), code, message);
+    return Finish(std::move(task), std::move(immediate));
+  }
+  task->ready_at = Clock::now();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!stopping_) queues_[e].ready.push_back(std::move(task));
+  }
+  if (task) return Fail(std::move(task), ErrorCode::kDisposed, "the model has been disposed");
+  ready_cv_.notify_one();
+}
+
+void Engine::InferenceLoop() {
+  torch::InferenceMode inference_mode;
+  model_->PrepareInferenceThread();
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    ready_cv_.wait(lock, [this] {
+      return stopping_ || !queues_[0].ready.empty() || !queues_[1].ready.empty();
+    });
+    if (stopping_) return;
+
+    // Serve the encoder whose oldest prepared task has waited longest.
+    int e;
+    if (queues_[0].ready.empty()) {
+      e = 1;
+    } else if (queues_[1].ready.empty()) {
+      e = 0;
+    } else {
+      e = queues_[0].ready.front()->ready_at <= queues_[1].ready.front()->ready_at ? 0 : 1;
+    }
+    const size_t limit = static_cast<size_t>(max_batch_[e]);
+    const auto deadline = queues_[e].ready.front()->ready_at + max_wait_;
+    // Wait briefly for batch-mates, but only while more are on the way.
+    while (!stopping_ && queues_[e].ready.size() < limit &&
+           queues_[e].waiting > queues_[e].ready.size()) {
+      if (ready_cv_.wait_until(lock, deadline) == std::cv_status::timeout) break;
+    }
+    if (stopping_) return;
+
+    std::vector<std::unique_ptr<Task>> batch;
+    std::vector<std::unique_ptr<Task>> aborted;
+    while (!queues_[e].ready.empty() && batch.size() < limit) {
+      auto task = std::move(queues_[e].ready.front());
+      queues_[e].ready.pop_front();
+      --queues_[e].waiting;
+      if (task->cancel && task->cancel->cancelled.load()) {
+        aborted.push_back(std::move(task));
+      } else {
+        batch.push_back(std::move(task));
+      }
+    }
+    lock.unlock();
+    for (auto& task : aborted) Fail(std::move(task), ErrorCode::kAborted, "the operation was aborted");
+    if (!batch.empty()) RunBatch(static_cast<Encoder>(e), batch);
+    lock.lock();
+  }
+}
+
+void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch) {
+  const int64_t n = static_cast<int64_t>(batch.size());
+  const Manifest& m = model_->manifest();
+  torch::Tensor output;
+  ErrorCode code = ErrorCode::kInternal;
+  std::string message;
+  bool ok = Guard([&] {
+    if (encoder == Encoder::kImage) {
+      torch::Tensor staging = model_->ImageStaging(n);
+      float* dst = staging.data_ptr<float>();
+      const size_t per_item = static_cast<size_t>(3) * m.image.size * m.image.size;
+      for (int64_t i = 0; i < n; ++i) {
+        std::memcpy(dst + i * per_item, batch[i]->pixels.data(), per_item * sizeof(float));
+      }
+      output = model_->EncodeImages(staging);
+    } else {
+      // Pad to the longest sequence of this batch, not to the context length:
+      // pooling happens at the first eos, so the padding never reaches it.
+      size_t length = 1;
+      for (const auto& task : batch) length = std::max(length, task->ids.size());
+      torch::Tensor staging = model_->TextStaging(n, static_cast<int64_t>(length));
+      int64_t* dst = staging.data_ptr<int64_t>();
+      for (int64_t i = 0; i < n; ++i) {
+        const auto& ids = batch[i]->ids;
+        std::copy(ids.begin(), ids.end(), dst + i * length);
+        std::fill(dst + i * length + ids.size(), dst + (i + 1) * length, static_cast<int64_t>(m.text.pad));
+      }
+      output = model_->EncodeTexts(staging);
+    }
+    if (output.dim() != 2 || output.size(0) != n || !output.is_contiguous()) {
+      throw ClipError(ErrorCode::kInternal, "the encoder returned shape " + c10::str(output.sizes()));
+    }
+  }, &code, &message);
+
+  const auto now = Clock::now();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Queue& q = queues_[static_cast<int>(encoder)];
+    if (ok) {
+      ++q.batches;
+      q.items += n;
+      q.recent.emplace_back(now, static_cast<size_t>(n));
+    }
+    while (!q.recent.empty() && now - q.recent.front().first > kRateWindow) q.recent.pop_front();
+  }
+  if (!ok) {
+    for (auto& task : batch) Fail(std::move(task), code, message);
+    return;
+  }
+  auto holder = std::make_shared<torch::Tensor>(std::move(output));
+  const float* base = holder->data_ptr<float>();
+  const int64_t dim = holder->size(1);
+  const uint64_t batch_id = next_batch_id_.fetch_add(1);
+  for (int64_t i = 0; i < n; ++i) {
+    TaskResult result;
+    result.ok = true;
+    result.owner = holder;
+    result.data = base + i * dim;
+    result.length = static_cast<size_t>(dim);
+    result.batch_id = batch_id;
+    result.block = base;
+    result.block_bytes = static_cast<size_t>(n * dim) * sizeof(float);
+    result.block_results = static_cast<size_t>(n);
+    Finish(std::move(batch[i]), std::move(result));
+  }
+}
+
+void Engine::Shutdown() {
+  std::lock_guard<std::mutex> shutdown_lock(shutdown_mutex_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  {
+    std::lock_guard<std::mutex> lock(Registry().mutex);
+    auto& engines = Registry().engines;
+    engines.erase(std::remove(engines.begin(), engines.end(), this), engines.end());
+  }
+  std::deque<std::unique_ptr<Task>> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+    for (auto& task : prep_queue_) dropped.push_back(std::move(task));
+    prep_queue_.clear();
+    for (auto& q : queues_) {
+      for (auto& task : q.ready) dropped.push_back(std::move(task));
+      q.ready.clear();
+      q.waiting = 0;
+    }
+  }
+  prep_cv_.notify_all();
+  ready_cv_.notify_all();
+  for (auto& task : dropped) Fail(std::move(task), ErrorCode::kDisposed, "the model has been disposed");
+  // The batch in flight, and tasks being prepared, finish before the join.
+  if (inference_thread_.joinable()) inference_thread_.join();
+  for (auto& thread : prep_threads_) {
+    if (thread.joinable()) thread.join();
+  }
+  model_.reset();
+}
+
+EncoderStats Engine::Stats(Encoder encoder) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Queue& q = queues_[static_cast<int>(encoder)];
+  EncoderStats stats;
+  stats.queue_depth = q.waiting;
+  stats.batches = q.batches;
+  stats.items = q.items;
+  stats.mean_batch_size = q.batches ? static_cast<double>(q.items) / q.batches : 0.0;
+  const auto now = Clock::now();
+  size_t recent_items = 0;
+  auto oldest = now;
+  for (const auto& [when, count] : q.recent) {
+    if (now - when > kRateWindow) continue;
+    recent_items += count;
+    oldest = std::min(oldest, when);
+  }
+  if (recent_items > 0) {
+    // Over the window, or since the first batch in it when that is shorter
+    // (at least one second, so a single batch does not read as a huge rate).
+    double seconds = std::chrono::duration<double>(now - oldest).count();
+    seconds = std::max(seconds, 1.0);
+    stats.items_per_second = recent_items / seconds;
+  }
+  return stats;
+}
+
+}  // namespace clip

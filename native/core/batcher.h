@@ -1,0 +1,155 @@
+// The engine: bounded queues per encoder, a preparation pool (decode,
+// preprocess, tokenize) and one inference thread that forms micro-batches
+// across concurrent callers.
+#ifndef CLIP_NATIVE_CORE_BATCHER_H_
+#define CLIP_NATIVE_CORE_BATCHER_H_
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "errors.h"
+#include "image.h"
+#include "model.h"
+
+namespace clip {
+
+enum class Encoder { kImage = 0, kText = 1 };
+
+enum class TaskKind {
+  kImageBytes,   // encoded image -> embedding
+  kImagePixels,  // preprocessed float32 pixels -> embedding
+  kText,         // UTF-8 text -> embedding
+  kTokenIds,     // token ids -> embedding
+  kTokenize,     // UTF-8 text -> padded ids (no inference)
+  kPreprocess,   // encoded image -> pixels (no inference)
+};
+
+// Shared between a caller and its tasks; set from any thread.
+struct CancelFlag {
+  std::atomic<bool> cancelled{false};
+};
+
+// What a task ends with. On success `data` points at `length` values (float,
+// or int32 for kTokenize) that stay valid while `owner` is held; all tasks of
+// one inference batch share the owner of the batch's [N,E] output.
+struct TaskResult {
+  bool ok = false;
+  ErrorCode code = ErrorCode::kInternal;
+  std::string message;
+  std::shared_ptr<void> owner;
+  const void* data = nullptr;
+  size_t length = 0;
+  // All results of one inference batch share one block of memory: its start,
+  // its size in bytes and how many results point into it. batch_id 0 means
+  // the result has a block of its own.
+  uint64_t batch_id = 0;
+  const void* block = nullptr;
+  size_t block_bytes = 0;
+  size_t block_results = 1;
+};
+
+using TaskCallback = std::function<void(TaskResult&&)>;
+
+struct Task {
+  TaskKind kind = TaskKind::kText;
+  std::string input;            // image bytes or UTF-8 text
+  std::vector<float> pixels;    // kImagePixels input; prepared pixels
+  std::vector<int64_t> ids;     // kTokenIds input; prepared ids
+  ImageDecodeOptions decode;
+  std::shared_ptr<CancelFlag> cancel;
+  // Called exactly once, on an engine thread (or the submitting thread when
+  // the engine is shutting down).
+  TaskCallback done;
+  std::chrono::steady_clock::time_point ready_at;
+};
+
+struct EngineOptions {
+  int max_batch_images = 0;  // 0: the device default
+  int max_batch_texts = 0;
+  double max_wait_ms = 2.0;
+  size_t queue_capacity = 4096;  // tasks waiting per encoder
+  int prep_threads = 0;          // 0: one per core, at most 8
+  int thread_niceness = 10;      // added to the engine threads' nice value (Linux)
+};
+
+struct EncoderStats {
+  size_t queue_depth = 0;
+  uint64_t batches = 0;
+  uint64_t items = 0;
+  double mean_batch_size = 0;
+  double items_per_second = 0;
+};
+
+// Shuts down every engine of the process. For exit paths that skip the
+// owners' own cleanup (Node's process.exit() calls exit() directly): engine
+// threads must stop before libtorch's static objects are destroyed.
+void ShutdownAllEngines();
+
+class Engine {
+ public:
+  Engine(std::shared_ptr<Model> model, const EngineOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Takes all tasks or none: throws ClipError kQueueFull when the encoder's
+  // queue cannot hold them, kDisposed after Shutdown().
+  void Submit(std::vector<std::unique_ptr<Task>> tasks);
+
+  // Idempotent. Fails every task not yet started with kDisposed, waits for
+  // the batch in flight, joins the threads and releases the model.
+  void Shutdown();
+
+  EncoderStats Stats(Encoder encoder) const;
+  const Model& model() const { return *model_; }
+  int max_batch(Encoder encoder) const { return max_batch_[static_cast<int>(encoder)]; }
+
+ private:
+  struct Queue {
+    std::deque<std::unique_ptr<Task>> ready;  // prepared, waiting for a batch
+    size_t waiting = 0;                       // submitted, not yet in a batch
+    uint64_t batches = 0;
+    uint64_t items = 0;
+    std::deque<std::pair<std::chrono::steady_clock::time_point, size_t>> recent;
+  };
+
+  void PrepLoop();
+  void InferenceLoop();
+  void Prepare(std::unique_ptr<Task> task);
+  void RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch);
+  void Finish(std::unique_ptr<Task> task, TaskResult&& result);
+  void Fail(std::unique_ptr<Task> task, ErrorCode code, const std::string& message);
+  static Encoder EncoderOf(TaskKind kind);
+
+  std::shared_ptr<Model> model_;
+  int max_batch_[2];
+  std::chrono::microseconds max_wait_;
+  size_t queue_capacity_;
+  PreprocessOptions preprocess_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable prep_cv_;
+  std::condition_variable ready_cv_;
+  std::deque<std::unique_ptr<Task>> prep_queue_;
+  Queue queues_[2];
+  bool stopping_ = false;
+  std::atomic<uint64_t> next_batch_id_{1};
+
+  std::mutex shutdown_mutex_;
+  bool shut_down_ = false;
+  std::vector<std::thread> prep_threads_;
+  std::thread inference_thread_;
+};
+
+}  // namespace clip
+
+#endif  // CLIP_NATIVE_CORE_BATCHER_H_

@@ -1,0 +1,83 @@
+// Image decoding and CLIP preprocessing, matching Hugging Face's
+// CLIPImageProcessor (Pillow decode, convert("RGB"), bicubic resize of the
+// short side, center crop, rescale, normalize) bit for bit.
+//
+// Every function here is reentrant: no global mutable state, each decode keeps
+// its codec state (including the setjmp targets of libjpeg and libpng) on its
+// own stack, so any number of threads may call these concurrently.
+#ifndef CLIP_NATIVE_CORE_IMAGE_H_
+#define CLIP_NATIVE_CORE_IMAGE_H_
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace clip {
+
+enum class ImageFormat { kUnknown, kJpeg, kPng, kWebp, kGif, kBmp };
+
+// Identifies the container from its leading magic bytes only; it does not
+// check that the rest of the data is valid.
+ImageFormat DetectImageFormat(const uint8_t* data, size_t size);
+
+// Short lowercase name of a format ("jpeg", "png", ...), for messages.
+const char* ImageFormatName(ImageFormat format);
+
+struct ImageDecodeOptions {
+  // CLIPImageProcessor ignores EXIF; transformers' load_image (pipelines)
+  // applies ImageOps.exif_transpose first. Orientation 1..8 is read from JPEG
+  // APP1, PNG eXIf and WebP EXIF.
+  bool apply_exif_orientation = false;
+  // Checked against width * height from the header, before pixels are
+  // allocated.
+  uint64_t max_pixels = 50'000'000;
+};
+
+// HWC RGB8, row-major, top row first: pixels.size() == width * height * 3.
+struct RgbImage {
+  int width = 0;
+  int height = 0;
+  std::vector<uint8_t> pixels;
+};
+
+// Decodes and converts exactly as Pillow's Image.open + convert("RGB") (frame
+// 0 of an animated GIF or WebP; alpha is dropped, never composited).
+// Throws ClipError:
+//   kUnsupportedImageFormat  unknown magic bytes, or a variant of a known
+//                            container that is not supported (BMP RLE, BMP
+//                            bitfield layouts Pillow also refuses);
+//   kImageTooLarge           width * height > options.max_pixels (from the
+//                            header, before allocating);
+//   kImageDecodeFailed       corrupt, truncated or zero-length data.
+RgbImage DecodeImage(const uint8_t* data, size_t size,
+                     const ImageDecodeOptions& options);
+
+struct PreprocessOptions {
+  int crop_size = 224;
+  int resize_shortest_edge = 224;
+  std::array<float, 3> mean = {0.48145466f, 0.4578275f, 0.40821073f};
+  std::array<float, 3> std = {0.26862954f, 0.26130258f, 0.27577711f};
+};
+
+// Number of floats PreprocessRgb writes: 3 * crop_size * crop_size.
+size_t PreprocessedSize(const PreprocessOptions& options);
+
+// Pillow-exact bicubic resize of the short side to resize_shortest_edge (long
+// side = int(size * long / short); no resize when already that size), center
+// crop with floor offsets (zero padding where the crop is larger, as HF does),
+// rescale by 1/255 and normalize; writes 3 * crop * crop floats, CHW, to out.
+// Only the cropped window of the resized image is computed. Throws ClipError
+// kInvalidArgument for bad options or an empty image, kImageTooLarge when the
+// resized long side does not fit in an int.
+void PreprocessRgb(const RgbImage& image, const PreprocessOptions& options,
+                   float* out);
+
+// DecodeImage followed by PreprocessRgb.
+void PreprocessImage(const uint8_t* data, size_t size,
+                     const ImageDecodeOptions& decode,
+                     const PreprocessOptions& pre, float* out);
+
+}  // namespace clip
+
+#endif  // CLIP_NATIVE_CORE_IMAGE_H_

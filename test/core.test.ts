@@ -1,0 +1,29 @@
+// The core's own C++ test programs (native/test), built with the addon.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { fixtures, reference, root } from './helpers/env';
+
+const buildDir = path.join(root, 'build');
+
+function run(t: Test, name: string, args: string[]) {
+  const binary = path.join(buildDir, name);
+  if (!fs.existsSync(binary)) {
+    t.fail(`${binary} is missing: run npm run build`);
+    return;
+  }
+  const result = spawnSync(binary, args, { encoding: 'utf8', timeout: 300_000 });
+  const summary = result.stdout.trim().split('\n').pop() ?? '';
+  t.equal(result.status, 0, `${name}: ${summary}\n${result.stdout.split('\n').filter((l) => /FAIL/i.test(l)).slice(0, 10).join('\n')}${result.stderr}`);
+  t.match(summary, /^\d+ passed, 0 failed/);
+}
+
+t.test('tokenizer_test', async (t) => {
+  const vocab = path.join(fixtures, 'vocab');
+  run(t, 'tokenizer_test', [path.join(vocab, 'vocab.json'), path.join(vocab, 'merges.txt'), ...(reference ? [reference] : [])]);
+});
+
+t.test('image_test', async (t) => {
+  run(t, 'image_test', reference ? [reference] : []);
+});

@@ -1,0 +1,236 @@
+// The batching engine: concurrency, backpressure, cancellation and lifecycle.
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import t from 'tap';
+import { ClipModel } from '../lib/index';
+import { maxAbsDiff, root, tinyModel } from './helpers/env';
+import { makePng, sampleImages } from './helpers/images';
+
+const dist = path.join(root, 'dist', 'index.js');
+
+function captions(n: number): string[] {
+  const words = ['a', 'photo', 'of', 'the', 'red', 'cat', 'dog', 'sitting', 'on', 'green', 'grass', 'near', 'river', 'at', 'night'];
+  return Array.from({ length: n }, (_, i) => {
+    const len = 3 + (i % 15);
+    return Array.from({ length: len }, (_, j) => words[(i * 7 + j * 3) % words.length]).join(' ');
+  });
+}
+
+t.test('200 concurrent calls batch and equal one-by-one calls', async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu' });
+  t.teardown(() => model.dispose());
+  const images = sampleImages(100);
+  const texts = captions(100);
+
+  const single: Float32Array[] = [];
+  for (const image of images) single.push((await model.embedImages([image]))[0]);
+  const singleTexts: Float32Array[] = [];
+  for (const text of texts) singleTexts.push((await model.embedTexts([text]))[0]);
+  const before = model.stats();
+
+  const [batchedImages, batchedTexts] = await Promise.all([
+    Promise.all(images.map((image) => model.embedImages([image]).then((r) => r[0]))),
+    Promise.all(texts.map((text) => model.embedTexts([text]).then((r) => r[0]))),
+  ]);
+  const after = model.stats();
+  let worst = 0;
+  batchedImages.forEach((e, i) => (worst = Math.max(worst, maxAbsDiff(e, single[i]))));
+  batchedTexts.forEach((e, i) => (worst = Math.max(worst, maxAbsDiff(e, singleTexts[i]))));
+  t.ok(worst <= 1e-5, `max abs diff batched vs one-by-one: ${worst}`);
+
+  const imageBatches = after.image.batches - before.image.batches;
+  const textBatches = after.text.batches - before.text.batches;
+  const meanImages = 100 / imageBatches;
+  const meanTexts = 100 / textBatches;
+  t.ok(meanImages > 4, `mean image batch size ${meanImages.toFixed(1)} > 4`);
+  t.ok(meanTexts > 4, `mean text batch size ${meanTexts.toFixed(1)} > 4`);
+  t.ok(after.image.meanBatchSize > 1, 'stats() reports a mean batch size');
+  t.equal(after.image.queueDepth, 0);
+  t.ok(after.image.itemsPerSecond > 0, 'stats() reports a rate');
+});
+
+t.test('the event loop stays free while the model is saturated', async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu' });
+  t.teardown(() => model.dispose());
+  const images = sampleImages(16);
+  const histogram = monitorEventLoopDelay({ resolution: 1 });
+  histogram.enable();
+  const until = Date.now() + 3000;
+  let done = 0;
+  const worker = async () => {
+    while (Date.now() < until) {
+      await model.embedImages(images);
+      done += images.length;
+    }
+  };
+  await Promise.all([worker(), worker(), worker(), worker()]);
+  histogram.disable();
+  const p99 = histogram.percentile(99) / 1e6;
+  t.ok(done > 0, `${done} images embedded`);
+  t.ok(p99 < 20, `event-loop delay p99 ${p99.toFixed(2)} ms < 20 ms`);
+});
+
+t.test('a full queue rejects at once with CLIP_QUEUE_FULL', async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu', queueCapacity: 8 });
+  t.teardown(() => model.dispose());
+  const images = sampleImages(8);
+  await t.rejects(model.embedImages([...images, ...images]), { code: 'CLIP_QUEUE_FULL' }, 'more than the capacity in one call');
+  const calls = Array.from({ length: 6 }, () => model.embedImages(images).then(() => 'ok', (e) => e.code));
+  const outcomes = await Promise.all(calls);
+  t.ok(outcomes.includes('CLIP_QUEUE_FULL'), `some calls were refused: ${outcomes.join(', ')}`);
+  t.ok(outcomes.includes('ok'), 'the others completed');
+  t.same((await model.embedImages(images.slice(0, 1))).length, 1, 'the model works once the queue drains');
+});
+
+t.test('a bad image fails only itself', async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu' });
+  t.teardown(() => model.dispose());
+  const images = sampleImages(6);
+  const corrupt = Buffer.from(images[0].subarray(0, 60));
+  const [good1, bad, good2] = await Promise.allSettled([
+    model.embedImages(images.slice(0, 3)),
+    model.embedImages([images[3], corrupt, images[4]]),
+    model.embedImages(images.slice(4)),
+  ]);
+  t.equal(good1.status, 'fulfilled');
+  t.equal(good2.status, 'fulfilled');
+  t.equal(bad.status, 'rejected');
+  const reason = (bad as PromiseRejectedResult).reason;
+  t.equal(reason.code, 'CLIP_IMAGE_DECODE_FAILED');
+  t.equal(reason.index, 1, 'the error names the failing item');
+  t.match(reason.message, /images\[1\]/);
+});
+
+t.test('AbortSignal: an aborted call rejects with CLIP_ABORTED and its queued items are dropped', async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu', maxBatchImages: 2 });
+  t.teardown(() => model.dispose());
+  await t.rejects(model.embedTexts(['a'], { signal: AbortSignal.abort() }), { code: 'CLIP_ABORTED' }, 'already aborted');
+  const controller = new AbortController();
+  const images = sampleImages(64);
+  const call = model.embedImages(images, { signal: controller.signal });
+  setImmediate(() => controller.abort());
+  await t.rejects(call, { code: 'CLIP_ABORTED' });
+  // Wait for the engine to settle, then check that not every item ran.
+  await model.embedTexts(['after']);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const stats = model.stats();
+  t.ok(stats.image.items < 64, `${stats.image.items} of 64 aborted items were embedded`);
+  t.equal(stats.image.queueDepth, 0);
+  await t.rejects(model.embedTexts(['x'], { signal: 'nope' as never }), { code: 'CLIP_INVALID_ARGUMENT' });
+});
+
+t.test('dispose during 100 pending calls settles every one', async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu' });
+  const images = sampleImages(4);
+  const calls = Array.from({ length: 100 }, (_, i) =>
+    (i % 2 ? model.embedImages(images) : model.embedTexts(captions(4))).then(
+      () => 'ok',
+      (e) => e.code,
+    ),
+  );
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  await model.dispose();
+  const outcomes = await Promise.all(calls);
+  const counts = outcomes.reduce<Record<string, number>>((acc, o) => ({ ...acc, [o]: (acc[o] ?? 0) + 1 }), {});
+  t.equal(outcomes.length, 100);
+  t.ok(outcomes.every((o) => o === 'ok' || o === 'CLIP_DISPOSED'), JSON.stringify(counts));
+  t.ok(counts.CLIP_DISPOSED > 0, 'queued calls were rejected with CLIP_DISPOSED');
+});
+
+function runNode(script: string, args: string[] = []) {
+  return spawnSync(process.execPath, [...args, '-e', script], { cwd: root, encoding: 'utf8', timeout: 240_000 });
+}
+
+t.test('RSS stays flat over 20 load/embed/dispose cycles', async (t) => {
+  const result = runNode(
+    `
+    const { ClipModel } = require(${JSON.stringify(dist)});
+    const { sampleImages } = require('./test/helpers/images.js');
+    (async () => {
+      const images = sampleImages(8);
+      const rss = [];
+      for (let i = 0; i < 20; i++) {
+        const model = await ClipModel.load(${JSON.stringify(tinyModel)}, { device: 'cpu' });
+        await Promise.all([model.embedImages(images), model.embedTexts(['a cat', 'a dog on a red mat'])]);
+        await model.dispose();
+        global.gc(); global.gc();
+        await new Promise((r) => setTimeout(r, 10));
+        rss.push(process.memoryUsage().rss);
+      }
+      console.log(JSON.stringify(rss));
+    })();
+    `,
+    ['--expose-gc'],
+  );
+  t.equal(result.status, 0, result.stderr);
+  const rss = JSON.parse(result.stdout.trim().split('\n').pop()!) as number[];
+  const growth = (rss[19] - rss[1]) / 2 ** 20;
+  t.ok(growth < 50, `RSS grew ${growth.toFixed(1)} MB from cycle 2 to cycle 20`);
+});
+
+t.test('worker_threads load, embed and dispose; a worker torn down mid-work is safe', async (t) => {
+  const result = runNode(`
+    const { Worker } = require('node:worker_threads');
+    const code = \`
+      const { parentPort, workerData } = require('node:worker_threads');
+      const { ClipModel } = require(${JSON.stringify(dist)});
+      (async () => {
+        const model = await ClipModel.load(${JSON.stringify(tinyModel)}, { device: 'cpu' });
+        const [e] = await model.embedTexts(['a cat']);
+        if (workerData.dispose) await model.dispose();
+        else for (let i = 0; i < 50; i++) model.embedTexts(['pending ' + i]).catch(() => {});
+        parentPort.postMessage(e.length);
+      })();
+    \`;
+    const run = (dispose) => new Promise((resolve, reject) => {
+      const w = new Worker(code, { eval: true, workerData: { dispose } });
+      w.on('message', async (n) => { if (!dispose) await w.terminate(); resolve(n); });
+      w.on('error', reject);
+    });
+    (async () => {
+      const out = [];
+      for (let i = 0; i < 3; i++) out.push(await run(true));
+      out.push(await run(false));
+      out.push(await run(false));
+      console.log(JSON.stringify(out));
+    })().catch((e) => { console.error(e); process.exit(1); });
+  `);
+  t.equal(result.status, 0, result.stderr);
+  t.same(JSON.parse(result.stdout.trim()), [512, 512, 512, 512, 512]);
+});
+
+t.test('process exit with work in flight does not crash', async (t) => {
+  const result = runNode(`
+    const { ClipModel } = require(${JSON.stringify(dist)});
+    const { sampleImages } = require('./test/helpers/images.js');
+    (async () => {
+      const model = await ClipModel.load(${JSON.stringify(tinyModel)}, { device: 'cpu' });
+      const images = sampleImages(8);
+      for (let i = 0; i < 50; i++) model.embedImages(images).catch(() => {});
+      setTimeout(() => process.exit(0), 30);
+    })();
+  `);
+  t.equal(result.signal, null, `no signal (${result.stderr})`);
+  t.equal(result.status, 0);
+});
+
+t.test('a process with a loaded, idle model exits on its own', async (t) => {
+  const result = runNode(`
+    const { ClipModel } = require(${JSON.stringify(dist)});
+    ClipModel.load(${JSON.stringify(tinyModel)}, { device: 'cpu' }).then((m) => m.embedTexts(['x'])).then(() => console.log('done'));
+  `);
+  t.equal(result.status, 0, result.stderr);
+  t.match(result.stdout, /done/);
+});
+
+t.test('inputs are validated with the boundary message', async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu' });
+  t.teardown(() => model.dispose());
+  await t.rejects(model.embedTexts('a cat' as never), { code: 'CLIP_INVALID_ARGUMENT', message: 'Expected an array of strings for texts but received "a cat"' });
+  await t.rejects(model.embedTexts(['ok', 3 as never]), { message: 'Expected a string for texts[1] but received number 3' });
+  await t.rejects(model.embedImages([{} as never]), { code: 'CLIP_INVALID_ARGUMENT', message: /images\[0\]/ });
+  t.same(await model.embedTexts([]), [], 'an empty list gives an empty list');
+  const png = makePng(4, 4, () => [1, 2, 3]);
+  t.equal((await model.embedImages([png.buffer.slice(png.byteOffset, png.byteOffset + png.length)]))[0].length, 512, 'an ArrayBuffer works');
+});

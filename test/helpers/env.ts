@@ -1,0 +1,70 @@
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export const root = path.resolve(__dirname, '..', '..');
+export const fixtures = path.join(root, 'test', 'fixtures');
+export const tinyModel = path.join(fixtures, 'tiny');
+export const hfCheckpoint = path.join(fixtures, 'hf-checkpoint');
+export const hfModel = path.join(fixtures, 'hf-model');
+export const python = process.env.CLIP_PYTHON || path.join(root, '.venv', 'bin', 'python');
+
+/** ../shared/clip-reference when present (CI has it); tests that need it skip otherwise. */
+export const reference = (() => {
+  const dir = process.env.CLIP_REFERENCE_DIR || path.resolve(root, '..', 'shared', 'clip-reference');
+  return fs.existsSync(path.join(dir, 'README.md')) ? dir : undefined;
+})();
+export const skipWithoutReference = reference ? false : 'needs ../shared/clip-reference';
+
+/** Runs a project Python tool; throws with its stderr on failure. */
+export function runPython(args: string[]): string {
+  const result = spawnSync(python, args, { cwd: root, encoding: 'utf8', maxBuffer: 64 << 20 });
+  if (result.status !== 0) {
+    throw new Error(`${args.join(' ')} failed (${result.status}):\n${result.stderr}`);
+  }
+  return result.stdout;
+}
+
+export function tempDir(prefix: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `clip-native-${prefix}-`));
+}
+
+export function readF32(file: string): Float32Array {
+  const bytes = fs.readFileSync(file);
+  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4).slice();
+}
+
+export function readI64(file: string): BigInt64Array {
+  const bytes = fs.readFileSync(file);
+  return new BigInt64Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 8).slice();
+}
+
+/** Splits a flat [rows, width] array into rows. */
+export function rows<T extends Float32Array | BigInt64Array>(flat: T, width: number): T[] {
+  const out: T[] = [];
+  for (let i = 0; i < flat.length; i += width) out.push(flat.subarray(i, i + width) as T);
+  return out;
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) return Infinity;
+  let max = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    if (!(d <= max)) max = Number.isNaN(d) ? Infinity : d;
+  }
+  return max;
+}
+
+export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let dot = 0;
+  let na = 0;
+  let nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += a[i] * b[i];
+    na += a[i] * a[i];
+    nb += b[i] * b[i];
+  }
+  return dot / Math.sqrt(na * nb);
+}
