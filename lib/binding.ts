@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { ClipError } from './errors';
 
 /** Per-call options of the raw binding. */
 export interface NativeSubmitOptions {
@@ -222,7 +223,7 @@ export function loadBinding(options: AddonSearchOptions = {}): { binding: Native
   } else {
     tried.push(`local build ${local}: not built`);
   }
-  throw new Error(noAddonMessage(root, tried));
+  throw new ClipError('CLIP_ADDON_UNAVAILABLE', noAddonMessage(root, tried));
 }
 
 /**

@@ -12,3 +12,13 @@ export type {
 } from './model';
 export { ClipError, ERROR_CODES } from './errors';
 export type { ClipErrorCode, ClipErrorOptions } from './errors';
+export { scoreRows } from './endpoint/score';
+export type { ScoreOptions } from './endpoint/score';
+export type {
+  ErrorBody,
+  ScoreRequest,
+  ScoreResponse,
+  ScoreRowInput,
+  ScoreRowResult,
+} from './endpoint/types';
+export type { RowError } from './endpoint/validate';

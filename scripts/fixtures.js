@@ -70,6 +70,13 @@ ensure('model from the checkpoint', path.join(fixtures, 'hf-model'), stamp, () =
   run(['tools/export.py', '--checkpoint', path.join(fixtures, 'hf-checkpoint'),
     '--out', path.join(fixtures, 'hf-model'), '--force', '--quiet']),
 );
+ensure('reference images', path.join(fixtures, 'images'), stamp, () =>
+  run(['tools/reference_data.py', 'images', '--out', path.join(fixtures, 'images')]),
+);
+ensure('reference token ids', path.join(fixtures, 'tokens'), stamp, () => {
+  fs.mkdirSync(path.join(fixtures, 'tokens'), { recursive: true });
+  run(['tools/reference_data.py', 'tokens', '--vocab-dir', vocab, '--out', path.join(fixtures, 'tokens', 'hf77.jsonl')]);
+});
 if (process.argv.includes('--bench')) {
   const models = path.join(root, 'bench', 'models');
   ensure('full-size ViT-B/32 model', path.join(models, 'vit-b-32'), stamp, () =>

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { ClipModel } from '../lib/index';
-import { maxAbsDiff, reference, skipWithoutReference, tinyModel } from './helpers/env';
+import { fixtures, maxAbsDiff, reference, skipWithoutReference, tinyModel } from './helpers/env';
 
 const BOS = 49406;
 const EOS = 49407;
@@ -33,6 +33,17 @@ t.test('every record of tokens.hf77_fast.jsonl', { skip: skipWithoutReference },
   const failures = records.filter((r, i) => JSON.stringify(Array.from(ids[i])) !== JSON.stringify(r.ids));
   for (const f of failures.slice(0, 5)) t.fail(`${f.category}: ${JSON.stringify(f.text).slice(0, 80)}`);
   t.equal(records.length - failures.length, 316, `${records.length - failures.length}/316 records equal`);
+});
+
+t.test('ids equal Hugging Face\'s tokenizer loaded from the same files', async (t) => {
+  const records = fs
+    .readFileSync(path.join(fixtures, 'tokens', 'hf77.jsonl'), 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as { text: string; ids: number[] });
+  t.ok(records.length >= 25, `${records.length} texts`);
+  const ids = await model.tokenize(records.map((r) => r.text));
+  records.forEach((r, i) => t.same(Array.from(ids[i]), r.ids, JSON.stringify(r.text).slice(0, 60)));
 });
 
 t.test('the truncation edge: 76, 77 and 78 ids', async (t) => {

@@ -2,13 +2,10 @@ import { ClipError, invalidArgument, type ClipErrorCode } from '../errors';
 import type { ScoreRowInput } from './types';
 
 /**
- * Codes the endpoint adds to {@link ClipErrorCode}. `CLIP_IMAGE_FETCH_FAILED`
- * and `CLIP_URL_FORBIDDEN` come from image URLs ({@link score}, {@link scoreRows});
- * the others only from the HTTP layer ({@link createServer}).
+ * Codes only the HTTP layer ({@link createServer}) answers with, next to
+ * {@link ClipErrorCode}; no call of the library rejects with them.
  */
 export const ENDPOINT_ERROR_CODES = [
-  'CLIP_IMAGE_FETCH_FAILED',
-  'CLIP_URL_FORBIDDEN',
   'CLIP_UNAUTHORIZED',
   'CLIP_NOT_FOUND',
   'CLIP_REQUEST_TOO_LARGE',
@@ -22,10 +19,7 @@ export type EndpointErrorCode = (typeof ENDPOINT_ERROR_CODES)[number];
 /** A ClipError failing one row: `row` is its 0-based position in `data` order. */
 export type RowError = ClipError & { row: number };
 
-/**
- * A ClipError with an endpoint code. The codes are plain strings of the same
- * family until errors.ts lists them.
- */
+/** A ClipError with a library code or one of the HTTP layer's. */
 export function endpointError(
   code: ClipErrorCode | EndpointErrorCode,
   message: string,

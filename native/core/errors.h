@@ -19,6 +19,9 @@ namespace clip {
   X(kAborted, "CLIP_ABORTED")                                \
   X(kDisposed, "CLIP_DISPOSED")                              \
   X(kDeviceUnavailable, "CLIP_DEVICE_UNAVAILABLE")           \
+  X(kImageFetchFailed, "CLIP_IMAGE_FETCH_FAILED")            \
+  X(kUrlForbidden, "CLIP_URL_FORBIDDEN")                     \
+  X(kAddonUnavailable, "CLIP_ADDON_UNAVAILABLE")             \
   X(kInternal, "CLIP_INTERNAL")
 
 enum class ErrorCode {

@@ -3,6 +3,8 @@
 // HWC -> CHW) with its exact rounding. Decoders live in image_decode.cc and
 // the Pillow bicubic resampler in resample.cc.
 
+#include "image.h"
+
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -10,7 +12,6 @@
 #include <vector>
 
 #include "errors.h"
-#include "image.h"
 #include "resample.h"
 
 namespace clip {
@@ -105,10 +106,10 @@ void PreprocessRgb(const RgbImage& image, const PreprocessOptions& options,
   float table[3][256];
   for (int c = 0; c < 3; ++c) {
     const float mean = options.mean[c];
-    const float std = options.std[c];
+    const float deviation = options.std[c];
     for (int v = 0; v < 256; ++v) {
       const float rescaled = static_cast<float>(v * 0.00392156862745098);
-      table[c][v] = (rescaled - mean) / std;
+      table[c][v] = (rescaled - mean) / deviation;
     }
   }
   for (size_t i = 0; i < plane; ++i) {

@@ -168,8 +168,7 @@ RgbImage ApplyOrientation(RgbImage image, int orientation) {
           sx = w - 1 - y, sy = x;
           break;
       }
-      const uint8_t* s =
-          &image.pixels[(static_cast<size_t>(sy) * w + sx) * 3];
+      const uint8_t* s = &image.pixels[(static_cast<size_t>(sy) * w + sx) * 3];
       uint8_t* d = &out.pixels[(static_cast<size_t>(y) * out.width + x) * 3];
       d[0] = s[0];
       d[1] = s[1];
@@ -292,8 +291,8 @@ bool ReadJpeg(JpegJob* job) {
 
   while (cinfo->output_scanline < cinfo->output_height) {
     const JDIMENSION y = cinfo->output_scanline;
-    const int wanted = static_cast<int>(
-        std::min<JDIMENSION>(batch, cinfo->output_height - y));
+    const int wanted =
+        static_cast<int>(std::min<JDIMENSION>(batch, cinfo->output_height - y));
     for (int i = 0; i < wanted; ++i) {
       // RGB rows land in the image directly.
       job->rows[i] = components == 3
@@ -353,8 +352,8 @@ RgbImage DecodeJpeg(const uint8_t* data, size_t size,
 // RGB is Pillow's, done here on the raw samples).
 // ---------------------------------------------------------------------------
 
-constexpr uint8_t kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A,
-                                      '\n'};
+constexpr uint8_t kPngSignature[8] = {0x89, 'P',  'N',  'G',
+                                      '\r', '\n', 0x1A, '\n'};
 
 struct PngSource {
   const uint8_t* data;
@@ -404,9 +403,9 @@ void ScanPngChunks(const uint8_t* data, size_t size, bool want_exif,
       const uint32_t expected = ReadBe32(data + position + 8 + length);
       const uLong actual = crc32(0, type, 4 + length);
       if (actual != expected) {
-        DecodeFailed("PNG", "bad CRC in chunk " +
-                                std::string(reinterpret_cast<const char*>(type),
-                                            4));
+        DecodeFailed("PNG",
+                     "bad CRC in chunk " +
+                         std::string(reinterpret_cast<const char*>(type), 4));
       }
     }
     if (want_exif && *exif == nullptr && std::memcmp(type, "eXIf", 4) == 0) {
@@ -434,8 +433,10 @@ void ConvertPngRow(const uint8_t* in, int color_type, int bit_depth,
         }
       } else {
         // Modes "1", L;2 and L;4 stretch to 0..255.
-        const int gain = bit_depth == 1 ? 255 : bit_depth == 2 ? 85
-                         : bit_depth == 4 ? 17 : 1;
+        const int gain = bit_depth == 1   ? 255
+                         : bit_depth == 2 ? 85
+                         : bit_depth == 4 ? 17
+                                          : 1;
         for (size_t x = 0; x < width; ++x) {
           const uint8_t v = static_cast<uint8_t>(in[x] * gain);
           out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = v;
@@ -516,8 +517,8 @@ bool ReadPng(PngJob* job) {
   int bit_depth = 0;
   int color_type = 0;
   int interlace = 0;
-  png_get_IHDR(png, info, &width, &height, &bit_depth, &color_type,
-               &interlace, nullptr, nullptr);
+  png_get_IHDR(png, info, &width, &height, &bit_depth, &color_type, &interlace,
+               nullptr, nullptr);
   png_colorp palette = nullptr;
   int palette_size = 0;
   if (color_type == PNG_COLOR_TYPE_PALETTE &&
@@ -649,8 +650,8 @@ RgbImage DecodeWebp(const uint8_t* data, size_t size,
                               static_cast<size_t>(frame.y_offset) * stride +
                               static_cast<size_t>(frame.x_offset) * 3;
   config.output.u.RGBA.stride = static_cast<int>(stride);
-  config.output.u.RGBA.size = stride * (frame.height - 1) +
-                              static_cast<size_t>(frame.width) * 3;
+  config.output.u.RGBA.size =
+      stride * (frame.height - 1) + static_cast<size_t>(frame.width) * 3;
   const VP8StatusCode status =
       WebPDecode(frame.fragment.bytes, frame.fragment.size, &config);
   WebPFreeDecBuffer(&config.output);
@@ -838,12 +839,12 @@ RgbImage DecodeGif(const uint8_t* data, size_t size,
 }
 
 enum class BmpLayout {
-  kPalette,     // 1, 4 or 8 bits per index.
-  kGreyBits,    // Pillow's mode "1" for a two-entry black/white palette.
-  kGreyBytes,   // Pillow's mode "L" for an 8-bit grey-ramp palette.
-  kRgb555,      // BGR;15
-  kRgb565,      // BGR;16
-  kBytes,       // 24 or 32 bits: R, G and B at fixed byte offsets.
+  kPalette,    // 1, 4 or 8 bits per index.
+  kGreyBits,   // Pillow's mode "1" for a two-entry black/white palette.
+  kGreyBytes,  // Pillow's mode "L" for an 8-bit grey-ramp palette.
+  kRgb555,     // BGR;15
+  kRgb565,     // BGR;16
+  kBytes,      // 24 or 32 bits: R, G and B at fixed byte offsets.
 };
 
 RgbImage DecodeBmp(const uint8_t* data, size_t size,
@@ -891,13 +892,14 @@ RgbImage DecodeBmp(const uint8_t* data, size_t size,
         }
       } else {
         if (size - position < 12) DecodeFailed("BMP", "truncated bitfields");
-        for (int i = 0; i < 3; ++i) masks[i] = ReadLe32(data + position + 4 * i);
+        for (int i = 0; i < 3; ++i)
+          masks[i] = ReadLe32(data + position + 4 * i);
         position += 12;
       }
     }
   } else {
-    DecodeFailed("BMP", "unsupported header size " +
-                            std::to_string(header_size));
+    DecodeFailed("BMP",
+                 "unsupported header size " + std::to_string(header_size));
   }
   CheckDimensions(width, height, options, "BMP");
   if (colors == 0) colors = uint64_t{1} << std::min<uint32_t>(bits, 32);
@@ -961,8 +963,8 @@ RgbImage DecodeBmp(const uint8_t* data, size_t size,
     // Pillow's grey check formats every index as a byte, so more than 256
     // entries fail there.
     if (colors > 256) DecodeFailed("BMP", "palette larger than 256 entries");
-    const size_t available = (size - std::min(size, position)) /
-                             palette_entry_size;
+    const size_t available =
+        (size - std::min(size, position)) / palette_entry_size;
     const size_t entries = std::min<size_t>(colors, available);
     bool grey = true;
     for (size_t i = 0; i < colors; ++i) {
@@ -1018,8 +1020,8 @@ RgbImage DecodeBmp(const uint8_t* data, size_t size,
           break;
         }
         case BmpLayout::kGreyBits:
-          out[0] = out[1] = out[2] = ((in[x >> 3] >> (7 - (x & 7))) & 1) ? 255
-                                                                          : 0;
+          out[0] = out[1] = out[2] =
+              ((in[x >> 3] >> (7 - (x & 7))) & 1) ? 255 : 0;
           break;
         case BmpLayout::kGreyBytes:
           out[0] = out[1] = out[2] = in[x];
@@ -1124,9 +1126,8 @@ RgbImage DecodeImage(const uint8_t* data, size_t size,
       image = ApplyOrientation(std::move(image), orientation);
     }
   } catch (const std::bad_alloc&) {
-    Fail(ErrorCode::kImageTooLarge,
-         std::string("out of memory decoding ") + ImageFormatName(format) +
-             " image");
+    Fail(ErrorCode::kImageTooLarge, std::string("out of memory decoding ") +
+                                        ImageFormatName(format) + " image");
   }
   return image;
 }

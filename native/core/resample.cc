@@ -20,7 +20,8 @@
 #define CLIP_NO_FP_CONTRACT_ATTRIBUTE
 #define CLIP_NO_FP_CONTRACT_BLOCK _Pragma("clang fp contract(off)")
 #elif defined(__GNUC__)
-#define CLIP_NO_FP_CONTRACT_ATTRIBUTE __attribute__((optimize("fp-contract=off")))
+#define CLIP_NO_FP_CONTRACT_ATTRIBUTE \
+  __attribute__((optimize("fp-contract=off")))
 #define CLIP_NO_FP_CONTRACT_BLOCK
 #else
 #define CLIP_NO_FP_CONTRACT_ATTRIBUTE
@@ -56,9 +57,9 @@ inline uint8_t Clip8(int32_t value) {
 // Fixed-point filter taps for a contiguous run of output positions along one
 // axis.
 struct AxisTaps {
-  int stride = 0;              // Pillow's ksize: slots per output position.
-  std::vector<int> first;      // First input index per output position.
-  std::vector<int> count;      // Number of taps per output position.
+  int stride = 0;                // Pillow's ksize: slots per output position.
+  std::vector<int> first;        // First input index per output position.
+  std::vector<int> count;        // Number of taps per output position.
   std::vector<int32_t> weights;  // count[i] weights at i * stride.
 };
 
@@ -116,8 +117,8 @@ CLIP_NO_FP_CONTRACT_ATTRIBUTE AxisTaps ComputeAxisTaps(int in_size,
 
 // Horizontal pass, scalar: Pillow's loop on interleaved RGB.
 void ResampleRowsHorizontalScalar(const uint8_t* src, size_t src_stride,
-                                  int rows, const AxisTaps& taps,
-                                  uint8_t* dst, size_t dst_stride) {
+                                  int rows, const AxisTaps& taps, uint8_t* dst,
+                                  size_t dst_stride) {
   const int width = static_cast<int>(taps.first.size());
   for (int y = 0; y < rows; ++y) {
     const uint8_t* in = src + static_cast<size_t>(y) * src_stride;
@@ -164,8 +165,8 @@ inline uint8_t Combine(__m128i low, __m128i high) {
   return Clip8(static_cast<int32_t>(sum));
 }
 
-void ResampleRowsHorizontalSse2(const uint8_t* src, size_t src_stride,
-                                int rows, const AxisTaps& taps, uint8_t* dst,
+void ResampleRowsHorizontalSse2(const uint8_t* src, size_t src_stride, int rows,
+                                const AxisTaps& taps, uint8_t* dst,
                                 size_t dst_stride) {
   const int width = static_cast<int>(taps.first.size());
   int max_count = 0;
@@ -176,7 +177,8 @@ void ResampleRowsHorizontalSse2(const uint8_t* src, size_t src_stride,
   for (int x = 0; x < width; ++x) {
     for (int t = 0; t < taps.count[x]; ++t) {
       const int32_t w = taps.weights[static_cast<size_t>(x) * taps.stride + t];
-      low[static_cast<size_t>(x) * padded + t] = static_cast<int16_t>(w & 0x7FFF);
+      low[static_cast<size_t>(x) * padded + t] =
+          static_cast<int16_t>(w & 0x7FFF);
       high[static_cast<size_t>(x) * padded + t] = static_cast<int16_t>(w >> 15);
     }
   }
@@ -187,8 +189,8 @@ void ResampleRowsHorizontalSse2(const uint8_t* src, size_t src_stride,
   for (int x = 0; x < width; ++x) {
     column_end = std::max(column_end, taps.first[x] + taps.count[x]);
   }
-  const size_t plane_size = static_cast<size_t>(column_end - column_begin) +
-                            padded + kSimdLanes;
+  const size_t plane_size =
+      static_cast<size_t>(column_end - column_begin) + padded + kSimdLanes;
   std::vector<int16_t> planes(plane_size * 3, 0);
   int16_t* red = planes.data();
   int16_t* green = red + plane_size;
@@ -212,10 +214,12 @@ void ResampleRowsHorizontalSse2(const uint8_t* src, size_t src_stride,
       __m128i green_low = red_low, green_high = red_low;
       __m128i blue_low = red_low, blue_high = red_low;
       for (int t = 0; t < n; t += kSimdLanes) {
-        const __m128i l = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + t));
-        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + t));
-        const __m128i r = _mm_loadu_si128(
-            reinterpret_cast<const __m128i*>(red + offset + t));
+        const __m128i l =
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + t));
+        const __m128i h =
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + t));
+        const __m128i r =
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(red + offset + t));
         const __m128i g = _mm_loadu_si128(
             reinterpret_cast<const __m128i*>(green + offset + t));
         const __m128i b = _mm_loadu_si128(
@@ -263,8 +267,8 @@ void ResampleVertical(const uint8_t* rows, size_t row_stride, int row_origin,
     // multiply-add; integer sums do not depend on the order.
     for (int t = 0; t < n; ++t) {
       const uint8_t* in =
-          rows + static_cast<size_t>(taps.first[y] + t - row_origin) *
-                     row_stride;
+          rows +
+          static_cast<size_t>(taps.first[y] + t - row_origin) * row_stride;
       const int32_t w = k[t];
       int32_t* __restrict acc = accumulator.data();
       const uint8_t* __restrict pixels = in;
@@ -283,8 +287,7 @@ void ResizeBicubicWindow(const uint8_t* src, int src_width, int src_height,
                          uint8_t* dst, size_t dst_stride) {
   if (src_width <= 0 || src_height <= 0 || resized_width <= 0 ||
       resized_height <= 0 || window_width <= 0 || window_height <= 0 ||
-      window_x < 0 || window_y < 0 ||
-      window_x > resized_width - window_width ||
+      window_x < 0 || window_y < 0 || window_x > resized_width - window_width ||
       window_y > resized_height - window_height) {
     throw ClipError(ErrorCode::kInvalidArgument,
                     "resize window " + std::to_string(window_width) + "x" +

@@ -1,0 +1,99 @@
+// Decoding and CLIP preprocessing behind model.preprocessImage and model.embedImages.
+import fs from 'node:fs';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { ClipModel } from '../lib/index';
+import { fixtures, maxAbsDiff, readF32, reference, skipWithoutReference, tinyModel } from './helpers/env';
+import { makePng, makePngHeaderOnly } from './helpers/images';
+
+const MEAN = [0.48145466, 0.4578275, 0.40821073];
+const STD = [0.26862954, 0.26130258, 0.27577711];
+
+let model: ClipModel;
+t.before(async () => {
+  model = await ClipModel.load(tinyModel, { device: 'cpu' });
+});
+t.teardown(() => model.dispose());
+
+/** Pixels whose recovered uint8 value differs (README of clip-reference, section 3). */
+function differingPixels(a: Float32Array, b: Float32Array): number {
+  let count = 0;
+  const plane = 224 * 224;
+  for (let i = 0; i < a.length; i++) {
+    const c = Math.floor(i / plane);
+    const ua = Math.round((a[i] * STD[c] + MEAN[c]) * 255);
+    const ub = Math.round((b[i] * STD[c] + MEAN[c]) * 255);
+    if (ua !== ub) count++;
+  }
+  return count;
+}
+
+async function checkAgainst(t: Test, dir: string, entries: Array<{ file: string; reference: string }>, options = {}) {
+  for (const entry of entries) {
+    const bytes = fs.readFileSync(path.join(dir, entry.file));
+    const expected = readF32(path.join(dir, entry.reference));
+    const actual = await model.preprocessImage(bytes, options);
+    const d = maxAbsDiff(actual, expected);
+    t.ok(d <= 1e-6, `${entry.file}: max abs diff ${d}, ${differingPixels(actual, expected)} pixels differ`);
+  }
+}
+
+t.test('every image of clip-reference equals its pixel_values', { skip: skipWithoutReference }, async (t) => {
+  const dir = path.join(reference!, 'images');
+  const manifest = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
+  const list: Array<Record<string, unknown>> = Array.isArray(manifest) ? manifest : manifest.images;
+  const entries = list.map((m) => {
+    const file = String(m.file ?? m.name);
+    return { file, reference: `${file.replace(/\.[^.]+$/, '')}.pixel_values.f32` };
+  });
+  t.equal(entries.length, 26);
+  await checkAgainst(t, dir, entries);
+  const exif = entries.filter((e) => fs.existsSync(path.join(dir, e.reference.replace('.pixel_values', '.exif_transposed.pixel_values'))));
+  t.equal(exif.length, 1, 'one image has an EXIF-transposed reference');
+  await checkAgainst(
+    t,
+    dir,
+    exif.map((e) => ({ file: e.file, reference: e.reference.replace('.pixel_values', '.exif_transposed.pixel_values') })),
+    { applyExifOrientation: true },
+  );
+});
+
+t.test('images drawn with Pillow equal the Hugging Face processor', async (t) => {
+  const dir = path.join(fixtures, 'images');
+  const entries = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Array<{ file: string; reference: string }>;
+  t.ok(entries.length >= 20, `${entries.length} images in every format and mode`);
+  await checkAgainst(t, dir, entries);
+});
+
+t.test('embedImages equals embedding the preprocessed pixels', async (t) => {
+  const png = makePng(300, 200, (x, y) => [x % 256, y % 256, (x * y) % 256]);
+  const [viaBytes] = await model.embedImages([png]);
+  const pixels = await model.preprocessImage(png);
+  const [viaPixels] = await model._submit(1, [pixels]);
+  t.equal(maxAbsDiff(viaBytes, viaPixels as Float32Array), 0);
+});
+
+t.test('bad input rejects with the right code and harms nothing', async (t) => {
+  const png = makePng(64, 48, (x, y) => [x * 4, y * 5, 128]);
+  const cases: Array<[string, Uint8Array, string]> = [
+    ['zero-length', new Uint8Array(0), 'CLIP_IMAGE_DECODE_FAILED'],
+    ['truncated PNG', png.subarray(0, png.length - 40), 'CLIP_IMAGE_DECODE_FAILED'],
+    ['PNG signature only', png.subarray(0, 8), 'CLIP_IMAGE_DECODE_FAILED'],
+    ['corrupt PNG data', Buffer.concat([png.subarray(0, 40), Buffer.alloc(60, 0xab), png.subarray(100)]), 'CLIP_IMAGE_DECODE_FAILED'],
+    ['JPEG header only', Buffer.from([0xff, 0xd8, 0xff, 0xe0, 0, 16, 0x4a, 0x46, 0x49, 0x46, 0]), 'CLIP_IMAGE_DECODE_FAILED'],
+    ['text', Buffer.from('definitely not an image'), 'CLIP_UNSUPPORTED_IMAGE_FORMAT'],
+    ['TIFF', Buffer.from([0x49, 0x49, 0x2a, 0x00, 8, 0, 0, 0, 0, 0]), 'CLIP_UNSUPPORTED_IMAGE_FORMAT'],
+    ['PNG claiming 30000x30000', makePngHeaderOnly(30000, 30000), 'CLIP_IMAGE_TOO_LARGE'],
+  ];
+  for (const [name, bytes, code] of cases) {
+    await t.rejects(model.preprocessImage(bytes), { code }, name);
+  }
+  const start = process.hrtime.bigint();
+  await t.rejects(model.embedImages([makePngHeaderOnly(100000, 100000)]), { code: 'CLIP_IMAGE_TOO_LARGE', index: 0 });
+  const ms = Number(process.hrtime.bigint() - start) / 1e6;
+  t.ok(ms < 1000, `refused from the header in ${ms.toFixed(1)} ms, without allocating 30 GB`);
+  await t.rejects(model.preprocessImage(png, { maxPixels: 64 * 48 - 1 }), { code: 'CLIP_IMAGE_TOO_LARGE' }, 'the limit is an option');
+  t.equal((await model.preprocessImage(png, { maxPixels: 64 * 48 })).length, 3 * 224 * 224);
+  t.equal((await model.preprocessImage(makePng(1, 100000, () => [9, 9, 9]))).length, 3 * 224 * 224, 'a 1x100000 image works');
+  t.equal((await model.embedImages([png]))[0].length, 512, 'the model still works');
+});
