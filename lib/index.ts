@@ -22,3 +22,5 @@ export type {
   ScoreRowResult,
 } from './endpoint/types';
 export type { RowError } from './endpoint/validate';
+export { BATCH_FORMATS, ERROR_THRESHOLD_EXCEEDED, mergeBatchOutput, runBatchJob } from './batch/job';
+export type { BatchFormat, BatchJobOptions, BatchJobResult, ErrorRecord, MergeOptions } from './batch/job';

@@ -139,7 +139,10 @@ void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks) {
     }
   }
   for (int e = 0; e < 2; ++e) queues_[e].waiting += per_encoder[e];
-  for (auto& task : tasks) prep_queue_.push_back(std::move(task));
+  for (auto& task : tasks) {
+    task->sequence = next_sequence_++;
+    prep_queue_.push_back(std::move(task));
+  }
   lock.unlock();
   prep_cv_.notify_all();
 }
@@ -175,9 +178,13 @@ void Engine::PrepLoop() {
 void Engine::Prepare(std::unique_ptr<Task> task) {
   const int e = static_cast<int>(EncoderOf(task->kind));
   // Shutdown() zeroes the counts, so tasks finishing after it leave no trace.
+  // The inference thread may be waiting for this task as a batch-mate.
   auto leave_queue = [&] {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!stopping_) --queues_[e].waiting;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!stopping_) --queues_[e].waiting;
+    }
+    ready_cv_.notify_one();
   };
   if (task->cancel && task->cancel->cancelled.load()) {
     leave_queue();
@@ -317,6 +324,9 @@ void Engine::InferenceLoop() {
         batch.push_back(std::move(task));
       }
     }
+    // Parallel preparation finishes out of order; a batch keeps submission
+    // order, so the same submissions make the same batch.
+    std::sort(batch.begin(), batch.end(), [](const auto& a, const auto& b) { return a->sequence < b->sequence; });
     lock.unlock();
     for (auto& task : aborted) Fail(std::move(task), ErrorCode::kAborted, "the operation was aborted");
     if (!batch.empty()) RunBatch(static_cast<Encoder>(e), batch);

@@ -70,6 +70,7 @@ struct Task {
   // the engine is shutting down).
   TaskCallback done;
   std::chrono::steady_clock::time_point ready_at;
+  uint64_t sequence = 0;  // submission order, set by Engine::Submit
 };
 
 struct EngineOptions {
@@ -143,6 +144,7 @@ class Engine {
   Queue queues_[2];
   bool stopping_ = false;
   std::atomic<uint64_t> next_batch_id_{1};
+  uint64_t next_sequence_ = 0;  // guarded by mutex_
 
   std::mutex shutdown_mutex_;
   bool shut_down_ = false;

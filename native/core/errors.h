@@ -22,6 +22,7 @@ namespace clip {
   X(kImageFetchFailed, "CLIP_IMAGE_FETCH_FAILED")            \
   X(kUrlForbidden, "CLIP_URL_FORBIDDEN")                     \
   X(kAddonUnavailable, "CLIP_ADDON_UNAVAILABLE")             \
+  X(kErrorThresholdExceeded, "CLIP_ERROR_THRESHOLD_EXCEEDED") \
   X(kInternal, "CLIP_INTERNAL")
 
 enum class ErrorCode {

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,123 @@ void ValidateOptions(const PreprocessOptions& options) {
   }
 }
 
+// The preprocessing steps after decoding, fed with source rows in any
+// order: geometry at Begin, the resize as rows arrive, crop padding, rescale
+// and normalize at Finish.
+class Preprocessor {
+ public:
+  explicit Preprocessor(const PreprocessOptions& options) : options_(options) {
+    ValidateOptions(options);
+  }
+
+  void Begin(int width, int height) {
+    if (width <= 0 || height <= 0) {
+      InvalidArgument("Expected a non-empty image but received " +
+                      std::to_string(width) + "x" + std::to_string(height));
+    }
+    // transformers' get_resize_output_image_size(default_to_square=False):
+    // the long side is int(size * long / short), a truncated float division.
+    const int64_t size = options_.resize_shortest_edge;
+    const bool portrait = width <= height;
+    const int64_t short_side = portrait ? width : height;
+    const int64_t long_side = portrait ? height : width;
+    const double scaled_long =
+        static_cast<double>(size * long_side) / static_cast<double>(short_side);
+    if (scaled_long >= static_cast<double>(INT_MAX)) {
+      throw ClipError(ErrorCode::kImageTooLarge,
+                      "image " + std::to_string(width) + "x" +
+                          std::to_string(height) +
+                          " would resize past the int range");
+    }
+    const int new_long = static_cast<int>(scaled_long);
+    const int resized_width = portrait ? static_cast<int>(size) : new_long;
+    const int resized_height = portrait ? new_long : static_cast<int>(size);
+
+    // center_crop: floor offsets; where the crop is larger than the image HF
+    // pads with zeros around it, which these offsets express as well.
+    const int crop = options_.crop_size;
+    const int64_t left = FloorHalf(int64_t{resized_width} - crop);
+    const int64_t top = FloorHalf(int64_t{resized_height} - crop);
+    const int64_t x0 = std::max<int64_t>(left, 0);
+    const int64_t y0 = std::max<int64_t>(top, 0);
+    const int64_t x1 = std::min<int64_t>(left + crop, resized_width);
+    const int64_t y1 = std::min<int64_t>(top + crop, resized_height);
+    cropped_.assign(static_cast<size_t>(crop) * crop * 3, 0);
+    window_offset_ = (static_cast<size_t>(y0 - top) * crop + (x0 - left)) * 3;
+    resizer_ = std::make_unique<BicubicWindowResizer>(
+        width, height, resized_width, resized_height, static_cast<int>(x0),
+        static_cast<int>(y0), static_cast<int>(x1 - x0),
+        static_cast<int>(y1 - y0));
+  }
+
+  void AddRows(int y, int count, const uint8_t* rows, size_t stride) {
+    resizer_->AddRows(y, count, rows, stride);
+  }
+
+  void Finish(float* out) {
+    if (!resizer_) {
+      throw ClipError(ErrorCode::kInternal, "decoder produced no image");
+    }
+    const int crop = options_.crop_size;
+    resizer_->Finish(cropped_.data() + window_offset_,
+                     static_cast<size_t>(crop) * 3);
+
+    // Every output value is a function of (channel, byte): rescale in double
+    // (float32(u8 * 0.00392156862745098), as numpy does it), then normalize
+    // in float32. Multiplying by float(1/255) or normalizing in double would
+    // each move some values by an ulp.
+    float table[3][256];
+    for (int c = 0; c < 3; ++c) {
+      const float mean = options_.mean[c];
+      const float deviation = options_.std[c];
+      for (int v = 0; v < 256; ++v) {
+        const float rescaled = static_cast<float>(v * 0.00392156862745098);
+        table[c][v] = (rescaled - mean) / deviation;
+      }
+    }
+    const size_t plane = static_cast<size_t>(crop) * crop;
+    for (size_t i = 0; i < plane; ++i) {
+      const uint8_t* p = &cropped_[i * 3];
+      out[i] = table[0][p[0]];
+      out[plane + i] = table[1][p[1]];
+      out[2 * plane + i] = table[2][p[2]];
+    }
+  }
+
+ private:
+  const PreprocessOptions options_;
+  std::unique_ptr<BicubicWindowResizer> resizer_;
+  std::vector<uint8_t> cropped_;  // crop x crop RGB8, zero where padded.
+  size_t window_offset_ = 0;      // Where the resized window starts in it.
+};
+
+// Runs the decoder's rows through a Preprocessor, one reserved block at a
+// time, so that only a few source rows are held at once.
+class PreprocessSink : public RgbRowSink {
+ public:
+  explicit PreprocessSink(Preprocessor* preprocessor)
+      : preprocessor_(preprocessor) {}
+
+  void Begin(int width, int height) override {
+    row_bytes_ = static_cast<size_t>(width) * 3;
+    preprocessor_->Begin(width, height);
+  }
+  uint8_t* Reserve(int y, int count, size_t* stride) override {
+    const size_t bytes = row_bytes_ * count;
+    if (block_.size() < bytes) block_.resize(bytes);
+    *stride = row_bytes_;
+    return block_.data();
+  }
+  void Commit(int y, int count) override {
+    preprocessor_->AddRows(y, count, block_.data(), row_bytes_);
+  }
+
+ private:
+  Preprocessor* preprocessor_;
+  size_t row_bytes_ = 0;
+  std::vector<uint8_t> block_;
+};
+
 }  // namespace
 
 size_t PreprocessedSize(const PreprocessOptions& options) {
@@ -51,82 +169,28 @@ size_t PreprocessedSize(const PreprocessOptions& options) {
 
 void PreprocessRgb(const RgbImage& image, const PreprocessOptions& options,
                    float* out) {
-  ValidateOptions(options);
+  Preprocessor preprocessor(options);
   if (image.width <= 0 || image.height <= 0 ||
       image.pixels.size() != static_cast<size_t>(image.width) *
                                  static_cast<size_t>(image.height) * 3) {
     InvalidArgument("Expected a non-empty RGB image with width*height*3 bytes");
   }
   if (out == nullptr) InvalidArgument("Expected an output buffer");
-
-  // transformers' get_resize_output_image_size(default_to_square=False):
-  // the long side is int(size * long / short), a truncated float division.
-  const int64_t size = options.resize_shortest_edge;
-  const bool portrait = image.width <= image.height;
-  const int64_t short_side = portrait ? image.width : image.height;
-  const int64_t long_side = portrait ? image.height : image.width;
-  const double scaled_long =
-      static_cast<double>(size * long_side) / static_cast<double>(short_side);
-  if (scaled_long >= static_cast<double>(INT_MAX)) {
-    throw ClipError(ErrorCode::kImageTooLarge,
-                    "image " + std::to_string(image.width) + "x" +
-                        std::to_string(image.height) +
-                        " would resize past the int range");
-  }
-  const int new_long = static_cast<int>(scaled_long);
-  const int resized_width = portrait ? static_cast<int>(size) : new_long;
-  const int resized_height = portrait ? new_long : static_cast<int>(size);
-
-  // center_crop: floor offsets; where the crop is larger than the image HF
-  // pads with zeros around it, which these offsets express as well.
-  const int crop = options.crop_size;
-  const int64_t left = FloorHalf(int64_t{resized_width} - crop);
-  const int64_t top = FloorHalf(int64_t{resized_height} - crop);
-  const int64_t x0 = std::max<int64_t>(left, 0);
-  const int64_t y0 = std::max<int64_t>(top, 0);
-  const int64_t x1 = std::min<int64_t>(left + crop, resized_width);
-  const int64_t y1 = std::min<int64_t>(top + crop, resized_height);
-
-  const size_t plane = static_cast<size_t>(crop) * crop;
-  std::vector<uint8_t> cropped(plane * 3, 0);
-  if (x1 > x0 && y1 > y0) {
-    uint8_t* window = cropped.data() +
-                      (static_cast<size_t>(y0 - top) * crop + (x0 - left)) * 3;
-    ResizeBicubicWindow(image.pixels.data(), image.width, image.height,
-                        resized_width, resized_height, static_cast<int>(x0),
-                        static_cast<int>(y0), static_cast<int>(x1 - x0),
-                        static_cast<int>(y1 - y0), window,
-                        static_cast<size_t>(crop) * 3);
-  }
-
-  // Every output value is a function of (channel, byte): rescale in double
-  // (float32(u8 * 0.00392156862745098), as numpy does it), then normalize in
-  // float32. Multiplying by float(1/255) or normalizing in double would each
-  // move some values by an ulp.
-  float table[3][256];
-  for (int c = 0; c < 3; ++c) {
-    const float mean = options.mean[c];
-    const float deviation = options.std[c];
-    for (int v = 0; v < 256; ++v) {
-      const float rescaled = static_cast<float>(v * 0.00392156862745098);
-      table[c][v] = (rescaled - mean) / deviation;
-    }
-  }
-  for (size_t i = 0; i < plane; ++i) {
-    const uint8_t* p = &cropped[i * 3];
-    out[i] = table[0][p[0]];
-    out[plane + i] = table[1][p[1]];
-    out[2 * plane + i] = table[2][p[2]];
-  }
+  preprocessor.Begin(image.width, image.height);
+  preprocessor.AddRows(0, image.height, image.pixels.data(),
+                       static_cast<size_t>(image.width) * 3);
+  preprocessor.Finish(out);
 }
 
 void PreprocessImage(const uint8_t* data, size_t size,
                      const ImageDecodeOptions& decode,
                      const PreprocessOptions& pre, float* out) {
-  // Validate first so bad options never cost a decode.
-  ValidateOptions(pre);
-  const RgbImage image = DecodeImage(data, size, decode);
-  PreprocessRgb(image, pre, out);
+  // Options are checked before anything is decoded.
+  Preprocessor preprocessor(pre);
+  if (out == nullptr) InvalidArgument("Expected an output buffer");
+  PreprocessSink sink(&preprocessor);
+  DecodeImageRows(data, size, decode, &sink);
+  preprocessor.Finish(out);
 }
 
 }  // namespace clip

@@ -53,6 +53,29 @@ struct RgbImage {
 RgbImage DecodeImage(const uint8_t* data, size_t size,
                      const ImageDecodeOptions& options);
 
+// Receives the rows of a decoded image from DecodeImageRows.
+class RgbRowSink {
+ public:
+  virtual ~RgbRowSink() = default;
+  // Called once, before any row, with the image size (already checked
+  // against max_pixels).
+  virtual void Begin(int width, int height) = 0;
+  // Memory for rows [y, y + count): width * 3 bytes each, *stride bytes
+  // apart, contents unspecified. The decoder fills all of them and then
+  // calls Commit(y, count). Rows are reserved top to bottom, each once; a
+  // decoder that needs random access reserves all of them at once.
+  virtual uint8_t* Reserve(int y, int count, size_t* stride) = 0;
+  virtual void Commit(int y, int count) = 0;
+};
+
+// DecodeImage, handing rows to `sink` as they are decoded, so that a caller
+// that keeps only a reduced image never holds the whole one. JPEG, BMP and
+// non-interlaced PNG stream; GIF, WebP, Adam7 PNG and images rotated by
+// apply_exif_orientation are decoded whole first. Throws as DecodeImage; the
+// sink's exceptions propagate.
+void DecodeImageRows(const uint8_t* data, size_t size,
+                     const ImageDecodeOptions& options, RgbRowSink* sink);
+
 struct PreprocessOptions {
   int crop_size = 224;
   int resize_shortest_edge = 224;
@@ -73,7 +96,8 @@ size_t PreprocessedSize(const PreprocessOptions& options);
 void PreprocessRgb(const RgbImage& image, const PreprocessOptions& options,
                    float* out);
 
-// DecodeImage followed by PreprocessRgb.
+// DecodeImage followed by PreprocessRgb, with identical results, but the
+// rows stream from the decoder through the resize (see DecodeImageRows).
 void PreprocessImage(const uint8_t* data, size_t size,
                      const ImageDecodeOptions& decode,
                      const PreprocessOptions& pre, float* out);

@@ -132,18 +132,19 @@ int ParseExifOrientation(const uint8_t* data, size_t size) {
   return 1;
 }
 
-// Image.transpose with the method exif_transpose picks for `orientation`.
-RgbImage ApplyOrientation(RgbImage image, int orientation) {
-  if (orientation <= 1 || orientation > 8) return image;
+// Streams `image` to `sink` transposed as Image.transpose does with the
+// method exif_transpose picks for `orientation` (2..8).
+void EmitOriented(const RgbImage& image, int orientation, RgbRowSink* sink) {
   const int w = image.width;
   const int h = image.height;
   const bool swaps_axes = orientation >= 5;
-  RgbImage out;
-  out.width = swaps_axes ? h : w;
-  out.height = swaps_axes ? w : h;
-  out.pixels.resize(image.pixels.size());
-  for (int y = 0; y < out.height; ++y) {
-    for (int x = 0; x < out.width; ++x) {
+  const int out_width = swaps_axes ? h : w;
+  const int out_height = swaps_axes ? w : h;
+  sink->Begin(out_width, out_height);
+  for (int y = 0; y < out_height; ++y) {
+    size_t stride = 0;
+    uint8_t* row = sink->Reserve(y, 1, &stride);
+    for (int x = 0; x < out_width; ++x) {
       int sx, sy;  // Source pixel of output (x, y).
       switch (orientation) {
         case 2:  // FLIP_LEFT_RIGHT
@@ -168,15 +169,65 @@ RgbImage ApplyOrientation(RgbImage image, int orientation) {
           sx = w - 1 - y, sy = x;
           break;
       }
-      const uint8_t* s = &image.pixels[(static_cast<size_t>(sy) * w + sx) * 3];
-      uint8_t* d = &out.pixels[(static_cast<size_t>(y) * out.width + x) * 3];
-      d[0] = s[0];
-      d[1] = s[1];
-      d[2] = s[2];
+      std::memcpy(row + 3 * x,
+                  &image.pixels[(static_cast<size_t>(sy) * w + sx) * 3], 3);
+    }
+    sink->Commit(y, 1);
+  }
+}
+
+// Collects all rows into one RgbImage (DecodeImage's sink).
+class ImageSink : public RgbRowSink {
+ public:
+  void Begin(int width, int height) override {
+    image_ = NewRgbImage(width, height);
+  }
+  uint8_t* Reserve(int y, int count, size_t* stride) override {
+    *stride = static_cast<size_t>(image_.width) * 3;
+    return image_.pixels.data() + static_cast<size_t>(y) * *stride;
+  }
+  void Commit(int y, int count) override {}
+  RgbImage Take() { return std::move(image_); }
+
+ private:
+  RgbImage image_;
+};
+
+// Sits between a decoder and the caller's sink. Rows pass straight through,
+// unless an EXIF orientation is to be applied: then the image is collected
+// whole and streamed out transposed by Finish().
+class FrameSink {
+ public:
+  explicit FrameSink(RgbRowSink* sink) : sink_(sink) {}
+
+  // Before Begin; values other than 2..8 leave the image as it is.
+  void SetOrientation(int orientation) { orientation_ = orientation; }
+  void Begin(int width, int height) {
+    if (Rotates()) {
+      whole_.Begin(width, height);
+    } else {
+      sink_->Begin(width, height);
     }
   }
-  return out;
-}
+  uint8_t* Reserve(int y, int count, size_t* stride) {
+    return Rotates() ? whole_.Reserve(y, count, stride)
+                     : sink_->Reserve(y, count, stride);
+  }
+  void Commit(int y, int count) {
+    if (!Rotates()) sink_->Commit(y, count);
+  }
+  // After the decoder has committed every row.
+  void Finish() {
+    if (Rotates()) EmitOriented(whole_.Take(), orientation_, sink_);
+  }
+
+ private:
+  bool Rotates() const { return orientation_ >= 2 && orientation_ <= 8; }
+
+  RgbRowSink* sink_;
+  int orientation_ = 1;
+  ImageSink whole_;
+};
 
 // ---------------------------------------------------------------------------
 // JPEG (libjpeg-turbo). Pillow leaves the decoder at its defaults: islow IDCT,
@@ -238,12 +289,11 @@ struct JpegJob {
   const uint8_t* data = nullptr;
   size_t size = 0;
   const ImageDecodeOptions* options = nullptr;
+  FrameSink* out = nullptr;
   jpeg_decompress_struct cinfo;
   JpegErrorManager error;
-  RgbImage image;
   std::vector<uint8_t> scratch;
   std::vector<JSAMPROW> rows;
-  int orientation = 1;
 };
 
 // Returns false when libjpeg reported an error (job->error.message says
@@ -278,32 +328,35 @@ bool ReadJpeg(JpegJob* job) {
   cinfo->dct_method = JDCT_ISLOW;
   cinfo->do_fancy_upsampling = TRUE;
   if (job->options->apply_exif_orientation) {
-    job->orientation = JpegExifOrientation(cinfo);
+    job->out->SetOrientation(JpegExifOrientation(cinfo));
   }
 
   jpeg_start_decompress(cinfo);
-  job->image = NewRgbImage(cinfo->output_width, cinfo->output_height);
+  job->out->Begin(cinfo->output_width, cinfo->output_height);
   const size_t width = cinfo->output_width;
   const int batch = std::max(1, cinfo->rec_outbuf_height);
   job->rows.resize(batch);
   if (components != 3) job->scratch.resize(width * components * batch);
-  uint8_t* pixels = job->image.pixels.data();
 
   while (cinfo->output_scanline < cinfo->output_height) {
-    const JDIMENSION y = cinfo->output_scanline;
-    const int wanted =
+    const int y = static_cast<int>(cinfo->output_scanline);
+    const int count =
         static_cast<int>(std::min<JDIMENSION>(batch, cinfo->output_height - y));
-    for (int i = 0; i < wanted; ++i) {
-      // RGB rows land in the image directly.
+    size_t stride = 0;
+    uint8_t* block = job->out->Reserve(y, count, &stride);
+    // RGB rows land in the sink's memory directly.
+    for (int i = 0; i < count; ++i) {
       job->rows[i] = components == 3
-                         ? pixels + (y + i) * width * 3
+                         ? block + i * stride
                          : job->scratch.data() + i * width * components;
     }
-    const JDIMENSION got = jpeg_read_scanlines(cinfo, job->rows.data(), wanted);
-    if (components == 3) continue;
-    for (JDIMENSION i = 0; i < got; ++i) {
+    for (int done = 0; done < count;) {
+      done += static_cast<int>(
+          jpeg_read_scanlines(cinfo, job->rows.data() + done, count - done));
+    }
+    for (int i = 0; components != 3 && i < count; ++i) {
       const uint8_t* in = job->rows[i];
-      uint8_t* out = pixels + (y + i) * width * 3;
+      uint8_t* out = block + i * stride;
       if (components == 1) {
         for (size_t x = 0; x < width; ++x) {
           out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = in[x];
@@ -317,6 +370,7 @@ bool ReadJpeg(JpegJob* job) {
         }
       }
     }
+    job->out->Commit(y, count);
   }
   // Reads on to EOI, so a file cut after the last scan is truncated too, as
   // in Pillow.
@@ -329,12 +383,13 @@ struct JpegDestroyGuard {
   ~JpegDestroyGuard() { jpeg_destroy_decompress(cinfo); }
 };
 
-RgbImage DecodeJpeg(const uint8_t* data, size_t size,
-                    const ImageDecodeOptions& options, int* orientation) {
+void DecodeJpeg(const uint8_t* data, size_t size,
+                const ImageDecodeOptions& options, FrameSink* out) {
   JpegJob job;
   job.data = data;
   job.size = size;
   job.options = &options;
+  job.out = out;
   std::memset(&job.cinfo, 0, sizeof(job.cinfo));  // Destroyable if unused.
   JpegDestroyGuard guard{&job.cinfo};
   job.cinfo.err = jpeg_std_error(&job.error.pub);
@@ -343,8 +398,6 @@ RgbImage DecodeJpeg(const uint8_t* data, size_t size,
   job.error.pub.output_message = JpegOutputMessage;
   job.error.message[0] = '\0';
   if (!ReadJpeg(&job)) DecodeFailed("JPEG", job.error.message);
-  *orientation = job.orientation;
-  return std::move(job.image);
 }
 
 // ---------------------------------------------------------------------------
@@ -490,7 +543,7 @@ struct PngJob {
   PngErrorState error;
   png_structp png = nullptr;
   png_infop info = nullptr;
-  RgbImage image;
+  FrameSink* out = nullptr;
   std::vector<uint8_t> raw;
   std::vector<png_bytep> row_pointers;
 
@@ -530,15 +583,19 @@ bool ReadPng(PngJob* job) {
   png_read_update_info(png, info);
   const size_t row_bytes = png_get_rowbytes(png, info);
 
-  job->image = NewRgbImage(width, height);
-  uint8_t* pixels = job->image.pixels.data();
-  const size_t out_stride = static_cast<size_t>(width) * 3;
+  job->out->Begin(width, height);
+  auto emit_row = [&](png_uint_32 y, const uint8_t* raw_row) {
+    size_t stride = 0;
+    uint8_t* row = job->out->Reserve(y, 1, &stride);
+    ConvertPngRow(raw_row, color_type, bit_depth, palette, palette_size, width,
+                  row);
+    job->out->Commit(y, 1);
+  };
   if (passes == 1) {
     job->raw.resize(row_bytes);
     for (png_uint_32 y = 0; y < height; ++y) {
       png_read_row(png, job->raw.data(), nullptr);
-      ConvertPngRow(job->raw.data(), color_type, bit_depth, palette,
-                    palette_size, width, pixels + y * out_stride);
+      emit_row(y, job->raw.data());
     }
   } else {
     // Adam7 needs the whole image before any row is final.
@@ -548,18 +605,15 @@ bool ReadPng(PngJob* job) {
       job->row_pointers[y] = job->raw.data() + y * row_bytes;
     }
     png_read_image(png, job->row_pointers.data());
-    for (png_uint_32 y = 0; y < height; ++y) {
-      ConvertPngRow(job->row_pointers[y], color_type, bit_depth, palette,
-                    palette_size, width, pixels + y * out_stride);
-    }
+    for (png_uint_32 y = 0; y < height; ++y) emit_row(y, job->row_pointers[y]);
   }
   // png_read_end is skipped on purpose: chunks after the image data cannot
   // change the pixels, and Pillow tolerates damage there.
   return true;
 }
 
-RgbImage DecodePng(const uint8_t* data, size_t size,
-                   const ImageDecodeOptions& options, int* orientation) {
+void DecodePng(const uint8_t* data, size_t size,
+               const ImageDecodeOptions& options, FrameSink* out) {
   // IHDR is the first chunk; read its size before libpng allocates anything.
   if (size < 33 || std::memcmp(data + 12, "IHDR", 4) != 0) {
     DecodeFailed("PNG", "missing or truncated IHDR chunk");
@@ -569,9 +623,10 @@ RgbImage DecodePng(const uint8_t* data, size_t size,
   const uint8_t* exif = nullptr;
   size_t exif_size = 0;
   ScanPngChunks(data, size, options.apply_exif_orientation, &exif, &exif_size);
-  if (exif) *orientation = ParseExifOrientation(exif, exif_size);
+  if (exif) out->SetOrientation(ParseExifOrientation(exif, exif_size));
 
   PngJob job;
+  job.out = out;
   job.source = PngSource{data, size, 0};
   job.error.message[0] = '\0';
   job.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &job.error, PngError,
@@ -580,7 +635,6 @@ RgbImage DecodePng(const uint8_t* data, size_t size,
   job.info = png_create_info_struct(job.png);
   if (!job.info) Fail(ErrorCode::kInternal, "png_create_info_struct failed");
   if (!ReadPng(&job)) DecodeFailed("PNG", job.error.message);
-  return std::move(job.image);
 }
 
 // ---------------------------------------------------------------------------
@@ -605,8 +659,8 @@ struct WebpChunkGuard {
   ~WebpChunkGuard() { WebPDemuxReleaseChunkIterator(iterator); }
 };
 
-RgbImage DecodeWebp(const uint8_t* data, size_t size,
-                    const ImageDecodeOptions& options, int* orientation) {
+void DecodeWebp(const uint8_t* data, size_t size,
+                const ImageDecodeOptions& options, FrameSink* out) {
   WebPData webp_data{data, size};
   WebpDemuxGuard demux_guard;
   demux_guard.demux = WebPDemux(&webp_data);
@@ -621,7 +675,8 @@ RgbImage DecodeWebp(const uint8_t* data, size_t size,
     std::memset(&chunk, 0, sizeof(chunk));
     WebpChunkGuard chunk_guard{&chunk};
     if (WebPDemuxGetChunk(demux, "EXIF", 1, &chunk)) {
-      *orientation = ParseExifOrientation(chunk.chunk.bytes, chunk.chunk.size);
+      out->SetOrientation(
+          ParseExifOrientation(chunk.chunk.bytes, chunk.chunk.size));
     }
   }
 
@@ -638,27 +693,41 @@ RgbImage DecodeWebp(const uint8_t* data, size_t size,
     DecodeFailed("WebP", "frame outside the canvas");
   }
 
-  RgbImage image = NewRgbImage(canvas_width, canvas_height);
-  const size_t stride = static_cast<size_t>(canvas_width) * 3;
+  out->Begin(canvas_width, canvas_height);
+  size_t stride = 0;
+  uint8_t* canvas = out->Reserve(0, canvas_height, &stride);
+  // Outside frame 1 the canvas is transparent black.
+  const size_t frame_left = static_cast<size_t>(frame.x_offset) * 3;
+  const size_t frame_bytes = static_cast<size_t>(frame.width) * 3;
+  for (uint32_t y = 0; y < canvas_height; ++y) {
+    uint8_t* row = canvas + y * stride;
+    if (y < static_cast<uint32_t>(frame.y_offset) ||
+        y >= static_cast<uint32_t>(frame.y_offset + frame.height)) {
+      std::memset(row, 0, static_cast<size_t>(canvas_width) * 3);
+    } else {
+      std::memset(row, 0, frame_left);
+      std::memset(
+          row + frame_left + frame_bytes, 0,
+          static_cast<size_t>(canvas_width) * 3 - frame_left - frame_bytes);
+    }
+  }
   WebPDecoderConfig config;
   if (!WebPInitDecoderConfig(&config)) {
     Fail(ErrorCode::kInternal, "libwebp version mismatch");
   }
   config.output.colorspace = MODE_RGB;
   config.output.is_external_memory = 1;
-  config.output.u.RGBA.rgba = image.pixels.data() +
-                              static_cast<size_t>(frame.y_offset) * stride +
-                              static_cast<size_t>(frame.x_offset) * 3;
+  config.output.u.RGBA.rgba =
+      canvas + static_cast<size_t>(frame.y_offset) * stride + frame_left;
   config.output.u.RGBA.stride = static_cast<int>(stride);
-  config.output.u.RGBA.size =
-      stride * (frame.height - 1) + static_cast<size_t>(frame.width) * 3;
+  config.output.u.RGBA.size = stride * (frame.height - 1) + frame_bytes;
   const VP8StatusCode status =
       WebPDecode(frame.fragment.bytes, frame.fragment.size, &config);
   WebPFreeDecBuffer(&config.output);
   if (status != VP8_STATUS_OK) {
     DecodeFailed("WebP", "libwebp status " + std::to_string(status));
   }
-  return image;
+  out->Commit(0, canvas_height);
 }
 
 // ---------------------------------------------------------------------------
@@ -715,8 +784,8 @@ bool IsGreyRamp(const ColorMapObject* map) {
   return true;
 }
 
-RgbImage DecodeGif(const uint8_t* data, size_t size,
-                   const ImageDecodeOptions& options) {
+void DecodeGif(const uint8_t* data, size_t size,
+               const ImageDecodeOptions& options, FrameSink* out) {
   GifSource source{data, size, 0, false};
   int error = 0;
   GifGuard guard;
@@ -791,30 +860,40 @@ RgbImage DecodeGif(const uint8_t* data, size_t size,
     }
   };
 
-  RgbImage image = NewRgbImage(canvas_width, canvas_height);
+  out->Begin(canvas_width, canvas_height);
+  size_t stride = 0;
+  uint8_t* canvas = out->Reserve(0, canvas_height, &stride);
   // Outside frame 0 Pillow leaves the transparency index, else index 0.
-  if (frame_width < static_cast<int64_t>(canvas_width) ||
-      frame_height < static_cast<int64_t>(canvas_height)) {
-    uint8_t fill[3];
-    put(transparency >= 0 ? transparency : 0, fill);
-    for (size_t i = 0; i < image.pixels.size(); i += 3) {
-      std::memcpy(&image.pixels[i], fill, 3);
+  uint8_t fill[3];
+  put(transparency >= 0 ? transparency : 0, fill);
+  auto fill_span = [&](uint8_t* row, uint64_t from, uint64_t to) {
+    for (uint64_t x = from; x < to; ++x) std::memcpy(row + 3 * x, fill, 3);
+  };
+  const uint64_t frame_left = desc.Left;
+  const uint64_t frame_right = desc.Left + frame_width;
+  const uint64_t frame_top = desc.Top;
+  const uint64_t frame_bottom = desc.Top + frame_height;
+  for (uint64_t y = 0; y < canvas_height; ++y) {
+    uint8_t* row = canvas + y * stride;
+    if (y < frame_top || y >= frame_bottom) {
+      fill_span(row, 0, canvas_width);
+    } else {
+      fill_span(row, 0, frame_left);
+      fill_span(row, frame_right, canvas_width);
     }
   }
-  if (frame_width == 0 || frame_height == 0) return image;
 
-  std::vector<GifPixelType> line(frame_width);
-  const size_t stride = canvas_width * 3;
+  std::vector<GifPixelType> line(std::max<int64_t>(frame_width, 1));
   auto decode_row = [&](int64_t y) {
     if (DGifGetLine(gif, line.data(), static_cast<int>(frame_width)) !=
         GIF_OK) {
       GifFailed(gif->Error);
     }
-    uint8_t* out = image.pixels.data() + (desc.Top + y) * stride +
-                   static_cast<size_t>(desc.Left) * 3;
-    for (int64_t x = 0; x < frame_width; ++x) put(line[x], out + 3 * x);
+    uint8_t* row =
+        canvas + (desc.Top + y) * stride + static_cast<size_t>(desc.Left) * 3;
+    for (int64_t x = 0; x < frame_width; ++x) put(line[x], row + 3 * x);
   };
-  if (desc.Interlace) {
+  if (frame_width > 0 && desc.Interlace) {
     static constexpr int kStart[4] = {0, 4, 2, 1};
     static constexpr int kStep[4] = {8, 8, 4, 2};
     for (int pass = 0; pass < 4; ++pass) {
@@ -822,10 +901,10 @@ RgbImage DecodeGif(const uint8_t* data, size_t size,
         decode_row(y);
       }
     }
-  } else {
+  } else if (frame_width > 0) {
     for (int64_t y = 0; y < frame_height; ++y) decode_row(y);
   }
-  return image;
+  out->Commit(0, canvas_height);
 }
 
 // ---------------------------------------------------------------------------
@@ -847,8 +926,8 @@ enum class BmpLayout {
   kBytes,      // 24 or 32 bits: R, G and B at fixed byte offsets.
 };
 
-RgbImage DecodeBmp(const uint8_t* data, size_t size,
-                   const ImageDecodeOptions& options) {
+void DecodeBmp(const uint8_t* data, size_t size,
+               const ImageDecodeOptions& options, FrameSink* sink) {
   constexpr uint32_t kBiRgb = 0;
   constexpr uint32_t kBiRle8 = 1;
   constexpr uint32_t kBiRle4 = 2;
@@ -1000,11 +1079,12 @@ RgbImage DecodeBmp(const uint8_t* data, size_t size,
     DecodeFailed("BMP", "pixel data is truncated");
   }
 
-  RgbImage image = NewRgbImage(width, height);
-  for (uint64_t row = 0; row < height; ++row) {
+  sink->Begin(static_cast<int>(width), static_cast<int>(height));
+  for (uint64_t y = 0; y < height; ++y) {
+    const uint64_t row = top_down ? y : height - 1 - y;  // Row in the file.
     const uint8_t* in = data + start + row * stride;
-    const uint64_t y = top_down ? row : height - 1 - row;
-    uint8_t* out = image.pixels.data() + y * width * 3;
+    size_t out_stride = 0;
+    uint8_t* out = sink->Reserve(static_cast<int>(y), 1, &out_stride);
     for (uint64_t x = 0; x < width; ++x, out += 3) {
       switch (layout) {
         case BmpLayout::kPalette: {
@@ -1049,8 +1129,8 @@ RgbImage DecodeBmp(const uint8_t* data, size_t size,
         }
       }
     }
+    sink->Commit(static_cast<int>(y), 1);
   }
-  return image;
 }
 
 }  // namespace
@@ -1093,43 +1173,46 @@ const char* ImageFormatName(ImageFormat format) {
   return "unknown";
 }
 
-RgbImage DecodeImage(const uint8_t* data, size_t size,
-                     const ImageDecodeOptions& options) {
+void DecodeImageRows(const uint8_t* data, size_t size,
+                     const ImageDecodeOptions& options, RgbRowSink* sink) {
   if (data == nullptr || size == 0) {
     Fail(ErrorCode::kImageDecodeFailed, "cannot decode image: no data");
   }
   const ImageFormat format = DetectImageFormat(data, size);
-  int orientation = 1;
-  RgbImage image;
+  FrameSink out(sink);
   try {
     switch (format) {
       case ImageFormat::kJpeg:
-        image = DecodeJpeg(data, size, options, &orientation);
+        DecodeJpeg(data, size, options, &out);
         break;
       case ImageFormat::kPng:
-        image = DecodePng(data, size, options, &orientation);
+        DecodePng(data, size, options, &out);
         break;
       case ImageFormat::kWebp:
-        image = DecodeWebp(data, size, options, &orientation);
+        DecodeWebp(data, size, options, &out);
         break;
       case ImageFormat::kGif:
-        image = DecodeGif(data, size, options);
+        DecodeGif(data, size, options, &out);
         break;
       case ImageFormat::kBmp:
-        image = DecodeBmp(data, size, options);
+        DecodeBmp(data, size, options, &out);
         break;
       case ImageFormat::kUnknown:
         Fail(ErrorCode::kUnsupportedImageFormat,
              "unsupported image format (not JPEG, PNG, WebP, GIF or BMP)");
     }
-    if (options.apply_exif_orientation && orientation != 1) {
-      image = ApplyOrientation(std::move(image), orientation);
-    }
+    out.Finish();
   } catch (const std::bad_alloc&) {
     Fail(ErrorCode::kImageTooLarge, std::string("out of memory decoding ") +
                                         ImageFormatName(format) + " image");
   }
-  return image;
+}
+
+RgbImage DecodeImage(const uint8_t* data, size_t size,
+                     const ImageDecodeOptions& options) {
+  ImageSink sink;
+  DecodeImageRows(data, size, options, &sink);
+  return sink.Take();
 }
 
 }  // namespace clip

@@ -10,7 +10,9 @@
 #include "errors.h"
 
 #ifdef CLIP_WITH_CUDA
-#include <ATen/cuda/CUDAEvent.h>
+// Only c10's CUDA headers: they need the CUDA runtime's headers, not cuBLAS
+// and friends, and c10::Event waits through libtorch's own CUDA hooks.
+#include <c10/core/Event.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/cuda.h>
@@ -225,8 +227,8 @@ torch::Tensor Model::Run(torch::jit::script::Module& module, const torch::Tensor
     torch::Tensor out = module.forward({on_device}).toTensor().to(torch::kFloat32);
     torch::Tensor host = torch::empty(out.sizes(), torch::TensorOptions().dtype(torch::kFloat32).pinned_memory(true));
     host.copy_(out, /*non_blocking=*/true);
-    at::cuda::CUDAEvent done;
-    done.record(cuda_->stream);
+    c10::Event done(c10::DeviceType::CUDA);
+    done.record(cuda_->stream.unwrap());
     done.synchronize();
     return host;
   }

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "errors.h"
@@ -115,42 +117,40 @@ CLIP_NO_FP_CONTRACT_ATTRIBUTE AxisTaps ComputeAxisTaps(int in_size,
   return taps;
 }
 
-// Horizontal pass, scalar: Pillow's loop on interleaved RGB.
-void ResampleRowsHorizontalScalar(const uint8_t* src, size_t src_stride,
-                                  int rows, const AxisTaps& taps, uint8_t* dst,
-                                  size_t dst_stride) {
-  const int width = static_cast<int>(taps.first.size());
-  for (int y = 0; y < rows; ++y) {
-    const uint8_t* in = src + static_cast<size_t>(y) * src_stride;
-    uint8_t* out = dst + static_cast<size_t>(y) * dst_stride;
-    for (int x = 0; x < width; ++x) {
-      const int32_t* k = &taps.weights[static_cast<size_t>(x) * taps.stride];
-      const uint8_t* p = in + static_cast<size_t>(taps.first[x]) * 3;
-      const int n = taps.count[x];
-      int32_t r = kRoundingBias;
-      int32_t g = kRoundingBias;
-      int32_t b = kRoundingBias;
-      for (int t = 0; t < n; ++t) {
-        r += p[3 * t + 0] * k[t];
-        g += p[3 * t + 1] * k[t];
-        b += p[3 * t + 2] * k[t];
-      }
-      out[3 * x + 0] = Clip8(r);
-      out[3 * x + 1] = Clip8(g);
-      out[3 * x + 2] = Clip8(b);
-    }
-  }
-}
+// The horizontal pass: one source row in, the window's columns out.
+class HorizontalFilter {
+ public:
+  explicit HorizontalFilter(AxisTaps taps);
+  void Run(const uint8_t* in, uint8_t* out);
+
+ private:
+  void RunScalar(const uint8_t* in, uint8_t* out) const;
+
+  AxisTaps taps_;
+#if defined(__SSE2__)
+  void RunSse2(const uint8_t* in, uint8_t* out);
+
+  bool use_simd_ = false;
+  int padded_ = 0;             // Taps per output rounded up to the lanes.
+  std::vector<int16_t> low_;   // Weight bits 0..14, padded_ per output.
+  std::vector<int16_t> high_;  // Weight >> 15, padded_ per output.
+  int column_begin_ = 0;       // Source columns any tap reads.
+  int column_end_ = 0;
+  size_t plane_size_ = 0;
+  std::vector<int16_t> planes_;  // One row as R, G and B planes.
+#endif
+};
 
 #if defined(__SSE2__)
-// Horizontal pass with SSE2 (every x86-64 has it), exact: each 22-bit weight
+// With SSE2 (every x86-64 has it) the pass is exact too: each 22-bit weight
 // w is split as hi * 2^15 + lo with lo in [0, 2^15), so that pmaddwd can
 // multiply 16-bit pixels by 16-bit weight halves; sum(p * lo) and
 // sum(p * hi) are exact int32 sums (see kMaxSimdTaps), recombined in int64.
-// The result is the same integer Pillow's int32 loop computes. The rows are
-// first split into 16-bit planes, so each channel's taps are contiguous.
+// The result is the integer Pillow's int32 loop computes. Each row is first
+// split into 16-bit planes, so that a channel's taps are contiguous.
 constexpr int kSimdLanes = 8;
-// A lane adds 2 * 255 * 32767 per step; below 1024 taps it stays < 2^31.
+// A lane adds at most 2 * 255 * 32767 per step; below 1024 taps the lane
+// sums stay under 2^31.
 constexpr int kMaxSimdTaps = 1024;
 
 inline int32_t HorizontalSum(__m128i v) {
@@ -164,93 +164,116 @@ inline uint8_t Combine(__m128i low, __m128i high) {
                       int64_t{HorizontalSum(high)} * (1 << 15);
   return Clip8(static_cast<int32_t>(sum));
 }
+#endif  // __SSE2__
 
-void ResampleRowsHorizontalSse2(const uint8_t* src, size_t src_stride, int rows,
-                                const AxisTaps& taps, uint8_t* dst,
-                                size_t dst_stride) {
-  const int width = static_cast<int>(taps.first.size());
+HorizontalFilter::HorizontalFilter(AxisTaps taps) : taps_(std::move(taps)) {
+#if defined(__SSE2__)
+  use_simd_ = taps_.stride <= kMaxSimdTaps;
+  if (!use_simd_) return;
+  const int width = static_cast<int>(taps_.first.size());
   int max_count = 0;
-  for (int n : taps.count) max_count = std::max(max_count, n);
-  const int padded = (max_count + kSimdLanes - 1) / kSimdLanes * kSimdLanes;
-  std::vector<int16_t> low(static_cast<size_t>(width) * padded, 0);
-  std::vector<int16_t> high(low.size(), 0);
+  for (int n : taps_.count) max_count = std::max(max_count, n);
+  padded_ = (max_count + kSimdLanes - 1) / kSimdLanes * kSimdLanes;
+  low_.assign(static_cast<size_t>(width) * padded_, 0);
+  high_.assign(low_.size(), 0);
   for (int x = 0; x < width; ++x) {
-    for (int t = 0; t < taps.count[x]; ++t) {
-      const int32_t w = taps.weights[static_cast<size_t>(x) * taps.stride + t];
-      low[static_cast<size_t>(x) * padded + t] =
+    for (int t = 0; t < taps_.count[x]; ++t) {
+      const int32_t w =
+          taps_.weights[static_cast<size_t>(x) * taps_.stride + t];
+      low_[static_cast<size_t>(x) * padded_ + t] =
           static_cast<int16_t>(w & 0x7FFF);
-      high[static_cast<size_t>(x) * padded + t] = static_cast<int16_t>(w >> 15);
+      high_[static_cast<size_t>(x) * padded_ + t] =
+          static_cast<int16_t>(w >> 15);
     }
   }
   // Only the columns some tap reads are split into planes; the zero tail
   // lets the last vector load run past them (its weights are zero).
-  const int column_begin = taps.first.front();
-  int column_end = column_begin;
+  column_begin_ = taps_.first.front();
+  column_end_ = column_begin_;
   for (int x = 0; x < width; ++x) {
-    column_end = std::max(column_end, taps.first[x] + taps.count[x]);
+    column_end_ = std::max(column_end_, taps_.first[x] + taps_.count[x]);
   }
-  const size_t plane_size =
-      static_cast<size_t>(column_end - column_begin) + padded + kSimdLanes;
-  std::vector<int16_t> planes(plane_size * 3, 0);
-  int16_t* red = planes.data();
-  int16_t* green = red + plane_size;
-  int16_t* blue = green + plane_size;
-
-  for (int y = 0; y < rows; ++y) {
-    const uint8_t* in = src + static_cast<size_t>(y) * src_stride +
-                        static_cast<size_t>(column_begin) * 3;
-    for (int i = 0; i < column_end - column_begin; ++i) {
-      red[i] = in[3 * i + 0];
-      green[i] = in[3 * i + 1];
-      blue[i] = in[3 * i + 2];
-    }
-    uint8_t* out = dst + static_cast<size_t>(y) * dst_stride;
-    for (int x = 0; x < width; ++x) {
-      const int16_t* wl = &low[static_cast<size_t>(x) * padded];
-      const int16_t* wh = &high[static_cast<size_t>(x) * padded];
-      const int offset = taps.first[x] - column_begin;
-      const int n = (taps.count[x] + kSimdLanes - 1) / kSimdLanes * kSimdLanes;
-      __m128i red_low = _mm_setzero_si128(), red_high = red_low;
-      __m128i green_low = red_low, green_high = red_low;
-      __m128i blue_low = red_low, blue_high = red_low;
-      for (int t = 0; t < n; t += kSimdLanes) {
-        const __m128i l =
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + t));
-        const __m128i h =
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + t));
-        const __m128i r =
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(red + offset + t));
-        const __m128i g = _mm_loadu_si128(
-            reinterpret_cast<const __m128i*>(green + offset + t));
-        const __m128i b = _mm_loadu_si128(
-            reinterpret_cast<const __m128i*>(blue + offset + t));
-        red_low = _mm_add_epi32(red_low, _mm_madd_epi16(r, l));
-        red_high = _mm_add_epi32(red_high, _mm_madd_epi16(r, h));
-        green_low = _mm_add_epi32(green_low, _mm_madd_epi16(g, l));
-        green_high = _mm_add_epi32(green_high, _mm_madd_epi16(g, h));
-        blue_low = _mm_add_epi32(blue_low, _mm_madd_epi16(b, l));
-        blue_high = _mm_add_epi32(blue_high, _mm_madd_epi16(b, h));
-      }
-      out[3 * x + 0] = Combine(red_low, red_high);
-      out[3 * x + 1] = Combine(green_low, green_high);
-      out[3 * x + 2] = Combine(blue_low, blue_high);
-    }
-  }
+  plane_size_ =
+      static_cast<size_t>(column_end_ - column_begin_) + padded_ + kSimdLanes;
+  planes_.assign(plane_size_ * 3, 0);
+#endif
 }
-#endif  // __SSE2__
 
-// Horizontal pass over `rows` rows: output columns described by `taps`.
-void ResampleRowsHorizontal(const uint8_t* src, size_t src_stride, int rows,
-                            const AxisTaps& taps, uint8_t* dst,
-                            size_t dst_stride) {
+void HorizontalFilter::Run(const uint8_t* in, uint8_t* out) {
 #if defined(__SSE2__)
-  if (taps.stride <= kMaxSimdTaps) {
-    ResampleRowsHorizontalSse2(src, src_stride, rows, taps, dst, dst_stride);
+  if (use_simd_) {
+    RunSse2(in, out);
     return;
   }
 #endif
-  ResampleRowsHorizontalScalar(src, src_stride, rows, taps, dst, dst_stride);
+  RunScalar(in, out);
 }
+
+// Pillow's loop on interleaved RGB.
+void HorizontalFilter::RunScalar(const uint8_t* in, uint8_t* out) const {
+  const int width = static_cast<int>(taps_.first.size());
+  for (int x = 0; x < width; ++x) {
+    const int32_t* k = &taps_.weights[static_cast<size_t>(x) * taps_.stride];
+    const uint8_t* p = in + static_cast<size_t>(taps_.first[x]) * 3;
+    const int n = taps_.count[x];
+    int32_t r = kRoundingBias;
+    int32_t g = kRoundingBias;
+    int32_t b = kRoundingBias;
+    for (int t = 0; t < n; ++t) {
+      r += p[3 * t + 0] * k[t];
+      g += p[3 * t + 1] * k[t];
+      b += p[3 * t + 2] * k[t];
+    }
+    out[3 * x + 0] = Clip8(r);
+    out[3 * x + 1] = Clip8(g);
+    out[3 * x + 2] = Clip8(b);
+  }
+}
+
+#if defined(__SSE2__)
+void HorizontalFilter::RunSse2(const uint8_t* in, uint8_t* out) {
+  int16_t* red = planes_.data();
+  int16_t* green = red + plane_size_;
+  int16_t* blue = green + plane_size_;
+  const uint8_t* source = in + static_cast<size_t>(column_begin_) * 3;
+  for (int i = 0; i < column_end_ - column_begin_; ++i) {
+    red[i] = source[3 * i + 0];
+    green[i] = source[3 * i + 1];
+    blue[i] = source[3 * i + 2];
+  }
+  const int width = static_cast<int>(taps_.first.size());
+  for (int x = 0; x < width; ++x) {
+    const int16_t* wl = &low_[static_cast<size_t>(x) * padded_];
+    const int16_t* wh = &high_[static_cast<size_t>(x) * padded_];
+    const int offset = taps_.first[x] - column_begin_;
+    const int n = (taps_.count[x] + kSimdLanes - 1) / kSimdLanes * kSimdLanes;
+    __m128i red_low = _mm_setzero_si128(), red_high = red_low;
+    __m128i green_low = red_low, green_high = red_low;
+    __m128i blue_low = red_low, blue_high = red_low;
+    for (int t = 0; t < n; t += kSimdLanes) {
+      const __m128i l =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + t));
+      const __m128i h =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + t));
+      const __m128i r =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(red + offset + t));
+      const __m128i g =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(green + offset + t));
+      const __m128i b =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(blue + offset + t));
+      red_low = _mm_add_epi32(red_low, _mm_madd_epi16(r, l));
+      red_high = _mm_add_epi32(red_high, _mm_madd_epi16(r, h));
+      green_low = _mm_add_epi32(green_low, _mm_madd_epi16(g, l));
+      green_high = _mm_add_epi32(green_high, _mm_madd_epi16(g, h));
+      blue_low = _mm_add_epi32(blue_low, _mm_madd_epi16(b, l));
+      blue_high = _mm_add_epi32(blue_high, _mm_madd_epi16(b, h));
+    }
+    out[3 * x + 0] = Combine(red_low, red_high);
+    out[3 * x + 1] = Combine(green_low, green_high);
+    out[3 * x + 2] = Combine(blue_low, blue_high);
+  }
+}
+#endif  // __SSE2__
 
 // Vertical pass. `rows` points at the input row whose index is `row_origin`;
 // every tap of `taps` refers to absolute input rows.
@@ -281,74 +304,128 @@ void ResampleVertical(const uint8_t* rows, size_t row_stride, int row_origin,
 
 }  // namespace
 
-void ResizeBicubicWindow(const uint8_t* src, int src_width, int src_height,
-                         int resized_width, int resized_height, int window_x,
-                         int window_y, int window_width, int window_height,
-                         uint8_t* dst, size_t dst_stride) {
+struct BicubicWindowResizer::State {
+  int src_width = 0;
+  int window_x = 0;
+  int row_bytes = 0;  // window_width * 3.
+  bool vertical = false;
+  std::unique_ptr<HorizontalFilter> columns;  // Null: width unchanged.
+  AxisTaps rows;                              // Used when `vertical`.
+  int row_begin = 0;
+  int row_end = 0;
+  // Rows [row_begin, row_end) after the horizontal pass (8-bit, clipped, as
+  // Pillow's intermediate image), and which of them have arrived.
+  std::vector<uint8_t> intermediate;
+  std::vector<uint8_t> received;
+  int received_count = 0;
+};
+
+BicubicWindowResizer::BicubicWindowResizer(int src_width, int src_height,
+                                           int resized_width,
+                                           int resized_height, int window_x,
+                                           int window_y, int window_width,
+                                           int window_height)
+    : state_(std::make_unique<State>()) {
   if (src_width <= 0 || src_height <= 0 || resized_width <= 0 ||
       resized_height <= 0 || window_width <= 0 || window_height <= 0 ||
       window_x < 0 || window_y < 0 || window_x > resized_width - window_width ||
       window_y > resized_height - window_height) {
-    throw ClipError(ErrorCode::kInvalidArgument,
-                    "resize window " + std::to_string(window_width) + "x" +
-                        std::to_string(window_height) + "+" +
-                        std::to_string(window_x) + "+" +
-                        std::to_string(window_y) + " is not inside " +
-                        std::to_string(resized_width) + "x" +
-                        std::to_string(resized_height));
+    throw ClipError(
+        ErrorCode::kInvalidArgument,
+        "resize window " + std::to_string(window_width) + "x" +
+            std::to_string(window_height) + "+" + std::to_string(window_x) +
+            "+" + std::to_string(window_y) + " of " +
+            std::to_string(src_width) + "x" + std::to_string(src_height) +
+            " resized to " + std::to_string(resized_width) + "x" +
+            std::to_string(resized_height) + " is not valid");
   }
-  const size_t src_stride = static_cast<size_t>(src_width) * 3;
-  const int row_bytes = window_width * 3;
+  State& s = *state_;
+  s.src_width = src_width;
+  s.window_x = window_x;
+  s.row_bytes = window_width * 3;
   // Like Pillow (need_horizontal / need_vertical), an axis whose size is
   // unchanged is copied; its scale-1 filter would be the identity anyway.
-  const bool horizontal = resized_width != src_width;
-  const bool vertical = resized_height != src_height;
-
-  AxisTaps column_taps;
-  if (horizontal) {
-    column_taps =
-        ComputeAxisTaps(src_width, resized_width, window_x, window_width);
+  if (resized_width != src_width) {
+    s.columns = std::make_unique<HorizontalFilter>(
+        ComputeAxisTaps(src_width, resized_width, window_x, window_width));
   }
+  s.vertical = resized_height != src_height;
+  if (s.vertical) {
+    s.rows =
+        ComputeAxisTaps(src_height, resized_height, window_y, window_height);
+    s.row_begin = s.rows.first.front();
+    s.row_end = s.row_begin;
+    for (size_t i = 0; i < s.rows.first.size(); ++i) {
+      s.row_begin = std::min(s.row_begin, s.rows.first[i]);
+      s.row_end = std::max(s.row_end, s.rows.first[i] + s.rows.count[i]);
+    }
+  } else {
+    s.row_begin = window_y;
+    s.row_end = window_y + window_height;
+  }
+  const size_t row_count = static_cast<size_t>(s.row_end - s.row_begin);
+  s.intermediate.resize(row_count * s.row_bytes);
+  s.received.assign(row_count, 0);
+}
 
-  if (!vertical) {
-    const uint8_t* rows = src + static_cast<size_t>(window_y) * src_stride;
-    if (horizontal) {
-      ResampleRowsHorizontal(rows, src_stride, window_height, column_taps, dst,
-                             dst_stride);
-      return;
+BicubicWindowResizer::~BicubicWindowResizer() = default;
+
+int BicubicWindowResizer::row_begin() const { return state_->row_begin; }
+
+int BicubicWindowResizer::row_end() const { return state_->row_end; }
+
+void BicubicWindowResizer::AddRows(int y, int count, const uint8_t* rows,
+                                   size_t stride) {
+  State& s = *state_;
+  const int first = std::max(y, s.row_begin);
+  const int last = std::min(y + count, s.row_end);
+  for (int row = first; row < last; ++row) {
+    const size_t index = static_cast<size_t>(row - s.row_begin);
+    if (s.received[index]) continue;
+    const uint8_t* in = rows + static_cast<size_t>(row - y) * stride;
+    uint8_t* out = s.intermediate.data() + index * s.row_bytes;
+    if (s.columns) {
+      s.columns->Run(in, out);
+    } else {
+      std::memcpy(out, in + static_cast<size_t>(s.window_x) * 3, s.row_bytes);
     }
-    for (int y = 0; y < window_height; ++y) {
-      std::memcpy(dst + static_cast<size_t>(y) * dst_stride,
-                  rows + static_cast<size_t>(y) * src_stride +
-                      static_cast<size_t>(window_x) * 3,
-                  row_bytes);
-    }
+    s.received[index] = 1;
+    ++s.received_count;
+  }
+}
+
+void BicubicWindowResizer::Finish(uint8_t* dst, size_t dst_stride) {
+  State& s = *state_;
+  if (s.received_count != s.row_end - s.row_begin) {
+    throw ClipError(ErrorCode::kInternal,
+                    "resize finished with " + std::to_string(s.received_count) +
+                        " of " + std::to_string(s.row_end - s.row_begin) +
+                        " source rows");
+  }
+  if (s.vertical) {
+    ResampleVertical(s.intermediate.data(), s.row_bytes, s.row_begin,
+                     s.row_bytes, s.rows, dst, dst_stride);
     return;
   }
-
-  const AxisTaps row_taps =
-      ComputeAxisTaps(src_height, resized_height, window_y, window_height);
-  if (!horizontal) {
-    ResampleVertical(src + static_cast<size_t>(window_x) * 3, src_stride, 0,
-                     row_bytes, row_taps, dst, dst_stride);
-    return;
+  for (int y = 0; y < s.row_end - s.row_begin; ++y) {
+    std::memcpy(dst + static_cast<size_t>(y) * dst_stride,
+                s.intermediate.data() + static_cast<size_t>(y) * s.row_bytes,
+                s.row_bytes);
   }
+}
 
-  // Horizontal pass over just the input rows the vertical taps read, into an
-  // 8-bit intermediate (Pillow clips between the passes too).
-  int row_begin = row_taps.first.front();
-  int row_end = row_begin;
-  for (size_t i = 0; i < row_taps.first.size(); ++i) {
-    row_begin = std::min(row_begin, row_taps.first[i]);
-    row_end = std::max(row_end, row_taps.first[i] + row_taps.count[i]);
-  }
-  std::vector<uint8_t> intermediate(static_cast<size_t>(row_end - row_begin) *
-                                    row_bytes);
-  ResampleRowsHorizontal(src + static_cast<size_t>(row_begin) * src_stride,
-                         src_stride, row_end - row_begin, column_taps,
-                         intermediate.data(), row_bytes);
-  ResampleVertical(intermediate.data(), row_bytes, row_begin, row_bytes,
-                   row_taps, dst, dst_stride);
+void ResizeBicubicWindow(const uint8_t* src, int src_width, int src_height,
+                         int resized_width, int resized_height, int window_x,
+                         int window_y, int window_width, int window_height,
+                         uint8_t* dst, size_t dst_stride) {
+  BicubicWindowResizer resizer(src_width, src_height, resized_width,
+                               resized_height, window_x, window_y, window_width,
+                               window_height);
+  const size_t stride = static_cast<size_t>(src_width) * 3;
+  const int begin = resizer.row_begin();
+  resizer.AddRows(begin, resizer.row_end() - begin,
+                  src + static_cast<size_t>(begin) * stride, stride);
+  resizer.Finish(dst, dst_stride);
 }
 
 }  // namespace clip

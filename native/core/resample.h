@@ -5,19 +5,53 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace clip {
 
 // Computes the window [window_x, window_x + window_width) x
-// [window_y, window_y + window_height) of the resize of `src` (RGB8, HWC,
-// tightly packed) to resized_width x resized_height, and writes it as RGB8
-// rows dst_stride bytes apart. Each output pixel depends only on its own
-// filter taps, so computing just the window that a center crop keeps gives
-// exactly the pixels Pillow computes for the whole image, at a fraction of the
-// cost (a 1x100000 image resizes to 224x22400000 of which 224x224 are kept).
-// Like Pillow, an axis whose size does not change is copied, not filtered.
-// Throws ClipError kInvalidArgument when the window is not inside the resized
-// image or a size is not positive.
+// [window_y, window_y + window_height) of the resize of an RGB8 image to
+// resized_width x resized_height, from source rows fed in any order.
+//
+// Each output pixel depends only on its own filter taps, so computing just
+// the window that a center crop keeps gives exactly the pixels Pillow
+// computes for the whole image, at a fraction of the cost (a 1x100000 image
+// resizes to 224x22400000 of which 224x224 are kept). Rows go through the
+// horizontal pass as they arrive, so a decoder can stream its rows without
+// the whole source image ever being held. Like Pillow, an axis whose size
+// does not change is copied, not filtered.
+//
+// Not thread-safe; use one instance per resize.
+class BicubicWindowResizer {
+ public:
+  // Throws ClipError kInvalidArgument when a size is not positive or the
+  // window is not inside the resized image.
+  BicubicWindowResizer(int src_width, int src_height, int resized_width,
+                       int resized_height, int window_x, int window_y,
+                       int window_width, int window_height);
+  ~BicubicWindowResizer();
+  BicubicWindowResizer(const BicubicWindowResizer&) = delete;
+  BicubicWindowResizer& operator=(const BicubicWindowResizer&) = delete;
+
+  // The window reads source rows [row_begin(), row_end()) only.
+  int row_begin() const;
+  int row_end() const;
+
+  // Source rows [y, y + count), each src_width * 3 bytes, `stride` bytes
+  // apart. Rows outside [row_begin(), row_end()) are ignored.
+  void AddRows(int y, int count, const uint8_t* rows, size_t stride);
+
+  // Writes the window as RGB8 rows dst_stride bytes apart. Throws ClipError
+  // kInternal when some row in [row_begin(), row_end()) was never added.
+  void Finish(uint8_t* dst, size_t dst_stride);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// One-shot form for a source held in memory (RGB8, HWC, rows
+// src_width * 3 bytes apart).
 void ResizeBicubicWindow(const uint8_t* src, int src_width, int src_height,
                          int resized_width, int resized_height, int window_x,
                          int window_y, int window_width, int window_height,

@@ -1,0 +1,205 @@
+import fs from 'node:fs';
+import { TaskKind } from '../binding';
+import { fetchImage, parseImageSource, resolveImageSourceOptions, type ResolvedImageSourceOptions } from '../endpoint/image_source';
+import { checkRow, isRowError } from '../endpoint/validate';
+import { ClipError } from '../errors';
+import type { ClipModel } from '../model';
+import type { RowOutcome } from './outputs';
+import type { SourceRow } from './inputs';
+
+/** One row handed to {@link ChunkEmbedder.embed}. */
+export interface EmbedRow {
+  fileName: string;
+  row: number;
+  /** A CSV/JSON Lines row, the path of an image file, or the row's error. */
+  source: SourceRow | string | ClipError;
+}
+
+/** Codes that mean the job, not a row, failed. */
+const JOB_LEVEL_CODES = new Set<string>(['CLIP_QUEUE_FULL', 'CLIP_DISPOSED', 'CLIP_ABORTED']);
+
+/** Image URLs of one chunk fetched at the same time. */
+const FETCH_CONCURRENCY = 16;
+
+/** Where an image comes from: inline bytes, a URL, or a file of an image folder. */
+type ImageSource = Uint8Array | URL | { file: string; fileName: string };
+
+/** Options of {@link ChunkEmbedder}. */
+export interface EmbedderOptions {
+  allowPrivateUrls?: boolean;
+  signal: AbortSignal;
+}
+
+/** The code and message of a row error, without the `row N: ` prefix of the endpoint's row errors. */
+export function reason(error: ClipError): { code: string; message: string } {
+  const inner = typeof (error as { row?: unknown }).row === 'number' && error.cause instanceof ClipError ? error.cause : error;
+  return { code: inner.code, message: inner.message };
+}
+
+/** A row's reason, or a throw for the errors that fail the whole job. */
+function rowReason(error: ClipError): { code: string; message: string } {
+  if (JOB_LEVEL_CODES.has(error.code)) throw error;
+  return reason(error);
+}
+
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+/**
+ * Embeds chunks of rows so that every row's features are the same bits in
+ * every run and shard, whatever else runs at the time. The native engine
+ * forms batches by timing, and a row's features vary in their last bits with
+ * the size of its batch and, for text, with its batch-mates and their order
+ * (which follows preparation, not submission).
+ *
+ * - Images are decoded first (`Preprocess`, no inference) and their pixels
+ *   submitted padded to a multiple of the image batch size, so every image
+ *   batch is full: its size never varies, and (checked for the tiny and
+ *   ViT-B/32 encoders) neither mates nor order change an image's features.
+ * - Texts are embedded one per batch: with a model whose text batch size is 1
+ *   (the CLI loads it so) all at once, otherwise one at a time.
+ *
+ * Chunks overlap: reading, fetching and decoding run ahead while earlier
+ * chunks are in inference. `embed` must be called in chunk order. Rows are
+ * read as the endpoint reads them (image strings, URLs, empty rows).
+ */
+export class ChunkEmbedder {
+  readonly #model: ClipModel;
+  readonly #signal: AbortSignal;
+  readonly #fetch: ResolvedImageSourceOptions;
+  readonly #imageBatch: number;
+  readonly #textsAtOnce: boolean;
+  #textChain: Promise<unknown> = Promise.resolve();
+
+  constructor(model: ClipModel, options: EmbedderOptions) {
+    this.#model = model;
+    this.#signal = options.signal;
+    this.#fetch = resolveImageSourceOptions({ allowPrivateUrls: options.allowPrivateUrls ?? false });
+    this.#imageBatch = model.info.maxBatchImages;
+    this.#textsAtOnce = model.info.maxBatchTexts === 1;
+  }
+
+  /**
+   * One outcome per row, in row order; a row's failure is its outcome.
+   * Rejects with `CLIP_ABORTED`, `CLIP_QUEUE_FULL` or `CLIP_DISPOSED` (the job failed, not a row).
+   */
+  embed(rows: readonly EmbedRow[]): Promise<RowOutcome[]> {
+    const outcomes: RowOutcome[] = rows.map(({ fileName, row }) => ({ fileName, row }));
+    const imageRows: number[] = [];
+    const images: ImageSource[] = [];
+    const textRows: number[] = [];
+    const texts: string[] = [];
+    rows.forEach(({ source, fileName, row }, i) => {
+      if (source instanceof ClipError) {
+        outcomes[i].error = reason(source);
+        return;
+      }
+      if (typeof source === 'string') {
+        imageRows.push(i);
+        images.push({ file: source, fileName });
+        return;
+      }
+      const checked = checkRow(source, row);
+      if (isRowError(checked)) {
+        outcomes[i].error = reason(checked);
+        return;
+      }
+      if (checked.image !== undefined) {
+        try {
+          const parsed = parseImageSource(checked.image);
+          images.push(parsed.kind === 'inline' ? parsed.bytes : parsed.url);
+          imageRows.push(i);
+        } catch (error) {
+          outcomes[i].error = reason(error as ClipError);
+          return;
+        }
+      }
+      if (checked.text !== undefined) {
+        textRows.push(i);
+        texts.push(checked.text);
+      }
+    });
+
+    // Texts whatever becomes of their rows' images, so the work never depends on a fetch.
+    const textResults = this.#embedTexts(texts);
+    const imageResults = this.#embedImages(images);
+
+    return Promise.all([imageResults, textResults]).then(([imageOut, textOut]) => {
+      imageOut.forEach((result, k) => {
+        const outcome = outcomes[imageRows[k]];
+        if (result instanceof ClipError) outcome.error = rowReason(result);
+        else outcome.image = result;
+      });
+      textOut.forEach((result, k) => {
+        const outcome = outcomes[textRows[k]];
+        if (result instanceof ClipError) {
+          if (!outcome.error) outcome.error = rowReason(result);
+        } else if (!outcome.error) {
+          outcome.text = result;
+        }
+      });
+      for (const outcome of outcomes) if (outcome.error) delete outcome.image;
+      return outcomes;
+    });
+  }
+
+  /** Bytes of each image: inline, fetched, or read from a file. */
+  #load(source: ImageSource): Promise<Uint8Array | ClipError> {
+    if (source instanceof Uint8Array) return Promise.resolve(source);
+    if (source instanceof URL) {
+      return fetchImage(source, this.#fetch, this.#signal).catch((error: unknown) =>
+        error instanceof ClipError ? error : new ClipError('CLIP_IMAGE_FETCH_FAILED', String(error)),
+      );
+    }
+    return fs.promises.readFile(source.file).catch(
+      (error: Error) => new ClipError('CLIP_IMAGE_FETCH_FAILED', `Cannot read ${source.fileName}: ${error.message}`),
+    );
+  }
+
+  #embedTexts(texts: string[]): Promise<Array<Float32Array | ClipError>> {
+    if (this.#textsAtOnce) return this.#submit(TaskKind.Text, texts);
+    const results = this.#textChain.then(async () => {
+      const out: Array<Float32Array | ClipError> = [];
+      for (const text of texts) out.push(...(await this.#submit(TaskKind.Text, [text])));
+      return out;
+    });
+    this.#textChain = results.catch(() => undefined);
+    return results;
+  }
+
+  async #embedImages(images: ImageSource[]): Promise<Array<Float32Array | ClipError>> {
+    if (images.length === 0) return [];
+    const out: Array<Uint8Array | Float32Array | ClipError> = await mapLimit(images, FETCH_CONCURRENCY, (s) => this.#load(s));
+    const decodable = out.map((v, k) => [v, k] as const).filter(([v]) => !(v instanceof ClipError));
+    const pixels = await this.#submit(TaskKind.Preprocess, decodable.map(([v]) => v as Uint8Array));
+    const good: number[] = [];
+    pixels.forEach((result, j) => {
+      out[decodable[j][1]] = result;
+      if (!(result instanceof ClipError)) good.push(decodable[j][1]);
+    });
+    if (good.length) {
+      // Pad to whole batches with copies of a decoded image: every image batch then has the same size.
+      const inputs = good.map((k) => out[k] as Float32Array);
+      const padded = Math.ceil(inputs.length / this.#imageBatch) * this.#imageBatch;
+      while (inputs.length < padded) inputs.push(inputs[0]);
+      const embedded = await this.#submit(TaskKind.ImagePixels, inputs);
+      good.forEach((k, j) => (out[k] = embedded[j]));
+    }
+    return out as Array<Float32Array | ClipError>;
+  }
+
+  async #submit(kind: TaskKind, inputs: Array<Uint8Array | Float32Array | string>): Promise<Array<Float32Array | ClipError>> {
+    if (inputs.length === 0) return [];
+    return (await this.#model._submit(kind, inputs, { signal: this.#signal })) as Array<Float32Array | ClipError>;
+  }
+}
