@@ -38,7 +38,8 @@ log "python packages"
 PIP_RETRIES=0 .venv/bin/pip install --retries 0 -q -r tools/requirements.txt "${CLIP_TORCH_SPEC:-torch==2.13.0}"
 
 log "npm ci (builds the addon when no fitting prebuild exists)"
-npm ci --no-audit --no-fund
+# onnxruntime-node (benchmarks only) would download CUDA add-ons at install: skip them.
+ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund
 log "build"
 npm run build
 log "done: run npm test"
