@@ -48,7 +48,7 @@ function main() {
     console.error('clip-native: no prebuilt addon fits this machine and cmake-js is not installed to build one.');
     return 1;
   }
-  const result = spawnSync(process.execPath, [cmakeJs, 'compile', '--parallel', '2', '--CDCLIP_BUILD_TESTS=OFF'], {
+  const result = spawnSync(process.execPath, [cmakeJs, 'compile', '--parallel', '2'], {
     cwd: root,
     stdio: 'inherit',
   });
