@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -84,7 +85,12 @@ class Preprocessor {
     const int64_t y0 = std::max<int64_t>(top, 0);
     const int64_t x1 = std::min<int64_t>(left + crop, resized_width);
     const int64_t y1 = std::min<int64_t>(top + crop, resized_height);
-    cropped_.assign(static_cast<size_t>(crop) * crop * 3, 0);
+    // Only padding needs zeros; the window is overwritten by the resize.
+    const size_t cropped_bytes = static_cast<size_t>(crop) * crop * 3;
+    cropped_.reset(new uint8_t[cropped_bytes]);
+    if (x1 - x0 != crop || y1 - y0 != crop) {
+      std::memset(cropped_.get(), 0, cropped_bytes);
+    }
     window_offset_ = (static_cast<size_t>(y0 - top) * crop + (x0 - left)) * 3;
     resizer_ = std::make_unique<BicubicWindowResizer>(
         width, height, resized_width, resized_height, static_cast<int>(x0),
@@ -101,7 +107,7 @@ class Preprocessor {
       throw ClipError(ErrorCode::kInternal, "decoder produced no image");
     }
     const int crop = options_.crop_size;
-    resizer_->Finish(cropped_.data() + window_offset_,
+    resizer_->Finish(cropped_.get() + window_offset_,
                      static_cast<size_t>(crop) * 3);
 
     // Every output value is a function of (channel, byte): rescale in double
@@ -129,8 +135,8 @@ class Preprocessor {
  private:
   const PreprocessOptions options_;
   std::unique_ptr<BicubicWindowResizer> resizer_;
-  std::vector<uint8_t> cropped_;  // crop x crop RGB8, zero where padded.
-  size_t window_offset_ = 0;      // Where the resized window starts in it.
+  std::unique_ptr<uint8_t[]> cropped_;  // crop x crop RGB8, zero-padded.
+  size_t window_offset_ = 0;  // Where the resized window starts in it.
 };
 
 // Runs the decoder's rows through a Preprocessor, one reserved block at a
@@ -144,7 +150,7 @@ class PreprocessSink : public RgbRowSink {
     row_bytes_ = static_cast<size_t>(width) * 3;
     preprocessor_->Begin(width, height);
   }
-  uint8_t* Reserve(int y, int count, size_t* stride) override {
+  uint8_t* Reserve(int /*y*/, int count, size_t* stride) override {
     const size_t bytes = row_bytes_ * count;
     if (block_.size() < bytes) block_.resize(bytes);
     *stride = row_bytes_;

@@ -182,11 +182,11 @@ class ImageSink : public RgbRowSink {
   void Begin(int width, int height) override {
     image_ = NewRgbImage(width, height);
   }
-  uint8_t* Reserve(int y, int count, size_t* stride) override {
+  uint8_t* Reserve(int y, int /*count*/, size_t* stride) override {
     *stride = static_cast<size_t>(image_.width) * 3;
     return image_.pixels.data() + static_cast<size_t>(y) * *stride;
   }
-  void Commit(int y, int count) override {}
+  void Commit(int /*y*/, int /*count*/) override {}
   RgbImage Take() { return std::move(image_); }
 
  private:
@@ -848,15 +848,15 @@ void DecodeGif(const uint8_t* data, size_t size,
   } else if (gif->SColorMap && !IsGreyRamp(gif->SColorMap)) {
     palette = gif->SColorMap;
   }
-  auto put = [palette](int index, uint8_t* out) {
+  auto put = [palette](int index, uint8_t* pixel) {
     if (!palette) {
-      out[0] = out[1] = out[2] = static_cast<uint8_t>(index);
+      pixel[0] = pixel[1] = pixel[2] = static_cast<uint8_t>(index);
     } else if (index < palette->ColorCount) {
-      out[0] = palette->Colors[index].Red;
-      out[1] = palette->Colors[index].Green;
-      out[2] = palette->Colors[index].Blue;
+      pixel[0] = palette->Colors[index].Red;
+      pixel[1] = palette->Colors[index].Green;
+      pixel[2] = palette->Colors[index].Blue;
     } else {
-      out[0] = out[1] = out[2] = 0;
+      pixel[0] = pixel[1] = pixel[2] = 0;
     }
   };
 

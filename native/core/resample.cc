@@ -314,8 +314,9 @@ struct BicubicWindowResizer::State {
   int row_begin = 0;
   int row_end = 0;
   // Rows [row_begin, row_end) after the horizontal pass (8-bit, clipped, as
-  // Pillow's intermediate image), and which of them have arrived.
-  std::vector<uint8_t> intermediate;
+  // Pillow's intermediate image), and which of them have arrived. Left
+  // uninitialized: every row is written before it is read.
+  std::unique_ptr<uint8_t[]> intermediate;
   std::vector<uint8_t> received;
   int received_count = 0;
 };
@@ -364,7 +365,7 @@ BicubicWindowResizer::BicubicWindowResizer(int src_width, int src_height,
     s.row_end = window_y + window_height;
   }
   const size_t row_count = static_cast<size_t>(s.row_end - s.row_begin);
-  s.intermediate.resize(row_count * s.row_bytes);
+  s.intermediate.reset(new uint8_t[row_count * s.row_bytes]);
   s.received.assign(row_count, 0);
 }
 
@@ -383,7 +384,7 @@ void BicubicWindowResizer::AddRows(int y, int count, const uint8_t* rows,
     const size_t index = static_cast<size_t>(row - s.row_begin);
     if (s.received[index]) continue;
     const uint8_t* in = rows + static_cast<size_t>(row - y) * stride;
-    uint8_t* out = s.intermediate.data() + index * s.row_bytes;
+    uint8_t* out = s.intermediate.get() + index * s.row_bytes;
     if (s.columns) {
       s.columns->Run(in, out);
     } else {
@@ -403,13 +404,13 @@ void BicubicWindowResizer::Finish(uint8_t* dst, size_t dst_stride) {
                         " source rows");
   }
   if (s.vertical) {
-    ResampleVertical(s.intermediate.data(), s.row_bytes, s.row_begin,
+    ResampleVertical(s.intermediate.get(), s.row_bytes, s.row_begin,
                      s.row_bytes, s.rows, dst, dst_stride);
     return;
   }
   for (int y = 0; y < s.row_end - s.row_begin; ++y) {
     std::memcpy(dst + static_cast<size_t>(y) * dst_stride,
-                s.intermediate.data() + static_cast<size_t>(y) * s.row_bytes,
+                s.intermediate.get() + static_cast<size_t>(y) * s.row_bytes,
                 s.row_bytes);
   }
 }

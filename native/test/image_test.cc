@@ -1081,6 +1081,55 @@ void TestJpeg() {
   }
 }
 
+// Animated WebP whose first frame (lossless, from `rgba`) covers only
+// [x, x + w) x [y, y + h) of a canvas_width x canvas_height canvas; a second,
+// full-canvas frame follows. Offsets must be even.
+Bytes AnimatedWebp(int canvas_width, int canvas_height, int x, int y, int w,
+                   int h, const std::vector<uint8_t>& rgba) {
+  auto chunk = [](const char* type, const Bytes& payload) {
+    Bytes out;
+    Append(&out, type);
+    PutLe32(&out, static_cast<uint32_t>(payload.size()));
+    Append(&out, payload);
+    if (payload.size() % 2) out.push_back(0);
+    return out;
+  };
+  auto put24 = [](Bytes* out, uint32_t v) {
+    for (int i = 0; i < 3; ++i) out->push_back((v >> (8 * i)) & 0xFF);
+  };
+  auto frame = [&](int fx, int fy, int fw, int fh,
+                   const std::vector<uint8_t>& pixels) {
+    const Bytes simple = EncodeWebpLossless(fw, fh, pixels, true);
+    Bytes payload;
+    put24(&payload, fx / 2);
+    put24(&payload, fy / 2);
+    put24(&payload, fw - 1);
+    put24(&payload, fh - 1);
+    put24(&payload, 100);  // Duration.
+    payload.push_back(0);  // Blend, no dispose.
+    payload.insert(payload.end(), simple.begin() + 12, simple.end());
+    return chunk("ANMF", payload);
+  };
+  Bytes vp8x = {0x12, 0, 0, 0};  // Animation and alpha.
+  put24(&vp8x, canvas_width - 1);
+  put24(&vp8x, canvas_height - 1);
+  Bytes anim;
+  PutLe32(&anim, 0xFF336699);  // Background colour, which Pillow ignores.
+  PutLe16(&anim, 0);
+  Bytes body;
+  Append(&body, "WEBP");
+  Append(&body, chunk("VP8X", vp8x));
+  Append(&body, chunk("ANIM", anim));
+  Append(&body, frame(x, y, w, h, rgba));
+  Append(&body, frame(0, 0, canvas_width, canvas_height,
+                      Pattern(canvas_width, canvas_height, 4, 99)));
+  Bytes out;
+  Append(&out, "RIFF");
+  PutLe32(&out, static_cast<uint32_t>(body.size()));
+  Append(&out, body);
+  return out;
+}
+
 void TestWebp() {
   const int w = 21;
   const int h = 17;
@@ -1100,6 +1149,14 @@ void TestWebp() {
   int dh = 0;
   uint8_t* expected =
       WebPDecodeRGB(lossy_bytes.data(), lossy_bytes.size(), &dw, &dh);
+  const std::vector<uint8_t> frame_rgba = Pattern(30, 20, 4, 6);
+  CheckImage("WebP animation: frame 1 on a transparent black canvas",
+             AnimatedWebp(60, 40, 10, 6, 30, 20, frame_rgba), 60, 40,
+             [&](int x, int y, int c) {
+               const bool inside = x >= 10 && x < 40 && y >= 6 && y < 26;
+               return inside ? frame_rgba[((y - 6) * 30 + (x - 10)) * 4 + c]
+                             : 0;
+             });
   CheckImage(
       "WebP lossy matches libwebp's RGB decode", lossy_bytes, w, h,
       [&](int x, int y, int c) { return expected[(y * w + x) * 3 + c]; });
@@ -1594,7 +1651,11 @@ void TestSizeLimits() {
       {"BMP", bmp},
       {"BMP huge width", bmp_negative},
       {"JPEG", jpeg}};
-  for (const auto& [label, data] : claims) {
+  // Named copies of the bindings: C++17 lambdas cannot capture structured
+  // bindings (clang refuses; the sanitizer build uses clang).
+  for (const auto& claim : claims) {
+    const std::string& label = claim.first;
+    const Bytes& data = claim.second;
     g_largest_allocation = 0;
     ExpectError(ErrorCode::kImageTooLarge, label + " claiming 30000x30000",
                 [&] { Decode(data); });
@@ -1629,7 +1690,9 @@ void TestSizeLimits() {
       {"GIF", EncodeGif(gif_small)},
       {"BMP", EncodeBmp(bmp_small)},
   };
-  for (const auto& [label, data] : small) {
+  for (const auto& entry : small) {
+    const std::string& label = entry.first;
+    const Bytes& data = entry.second;
     ImageDecodeOptions limit;
     limit.max_pixels = w * h - 1;
     ExpectError(ErrorCode::kImageTooLarge, label + " over max_pixels",
@@ -1771,7 +1834,9 @@ void TestPreprocessing() {
       {"std 0", with([](PreprocessOptions* o) { o->std[1] = 0; })},
       {"mean NaN", with([](PreprocessOptions* o) { o->mean[2] = NAN; })},
   };
-  for (const auto& [label, options] : bad) {
+  for (const auto& entry : bad) {
+    const std::string& label = entry.first;
+    const PreprocessOptions& options = entry.second;
     ExpectError(ErrorCode::kInvalidArgument, "PreprocessRgb " + label,
                 [&] { clip::PreprocessRgb(image, options, out.data()); });
   }
@@ -1784,6 +1849,166 @@ void TestPreprocessing() {
   inconsistent.pixels.assign(5, 0);
   ExpectError(ErrorCode::kInvalidArgument, "PreprocessRgb short pixel buffer",
               [&] { clip::PreprocessRgb(inconsistent, {}, out.data()); });
+}
+
+// Records what a decoder hands to an RgbRowSink and checks the contract:
+// Begin once, then every row reserved and committed exactly once, in order.
+class CheckingSink : public clip::RgbRowSink {
+ public:
+  void Begin(int width, int height) override {
+    ++begins_;
+    image_.width = width;
+    image_.height = height;
+    image_.pixels.assign(static_cast<size_t>(width) * height * 3, 0);
+    block_.clear();
+  }
+  uint8_t* Reserve(int y, int count, size_t* stride) override {
+    if (y != next_row_ || count <= 0 || y + count > image_.height || pending_) {
+      contract_ok_ = false;
+    }
+    pending_ = true;
+    pending_row_ = y;
+    pending_count_ = count;
+    // Garbage, so that a decoder relying on zeroed memory shows up.
+    *stride = static_cast<size_t>(image_.width) * 3 + 5;
+    block_.assign(*stride * count, 0xA5);
+    return block_.data();
+  }
+  void Commit(int y, int count) override {
+    if (!pending_ || y != pending_row_ || count != pending_count_) {
+      contract_ok_ = false;
+    }
+    const size_t stride = static_cast<size_t>(image_.width) * 3 + 5;
+    for (int i = 0; i < count && y + i < image_.height; ++i) {
+      std::memcpy(&image_.pixels[static_cast<size_t>(y + i) * image_.width * 3],
+                  &block_[i * stride], static_cast<size_t>(image_.width) * 3);
+    }
+    next_row_ = y + count;
+    pending_ = false;
+  }
+  bool ok() const {
+    return begins_ == 1 && contract_ok_ && !pending_ &&
+           next_row_ == image_.height;
+  }
+  const RgbImage& image() const { return image_; }
+
+ private:
+  RgbImage image_;
+  std::vector<uint8_t> block_;
+  int begins_ = 0;
+  int next_row_ = 0;
+  bool pending_ = false;
+  int pending_row_ = 0;
+  int pending_count_ = 0;
+  bool contract_ok_ = true;
+};
+
+// Inputs of every format and layout the decoders handle differently.
+std::vector<std::pair<std::string, Bytes>> VariedInputs() {
+  std::vector<std::pair<std::string, Bytes>> inputs;
+  const int w = 130;
+  const int h = 97;
+  const std::vector<uint8_t> rgb = Pattern(w, h, 3, 81);
+  inputs.push_back({"PNG", EncodeRgbPng(w, h, rgb)});
+  PngSpec adam7;
+  adam7.width = w;
+  adam7.height = h;
+  adam7.samples.assign(rgb.begin(), rgb.end());
+  adam7.interlace = true;
+  inputs.push_back({"PNG Adam7", EncodePng(adam7)});
+  PngSpec rotated = adam7;
+  rotated.interlace = false;
+  rotated.exif = ExifTiff(8, false);
+  inputs.push_back({"PNG eXIf 8", EncodePng(rotated)});
+  JpegSpec jpeg;
+  jpeg.width = w;
+  jpeg.height = h;
+  jpeg.samples = rgb;
+  inputs.push_back({"JPEG", EncodeJpeg(jpeg)});
+  jpeg.progressive = true;
+  inputs.push_back({"JPEG progressive", EncodeJpeg(jpeg)});
+  jpeg.progressive = false;
+  Bytes app1;
+  Append(&app1, "Exif");
+  app1.push_back(0);
+  app1.push_back(0);
+  Append(&app1, ExifTiff(6, true));
+  jpeg.app1 = app1;
+  inputs.push_back({"JPEG EXIF 6", EncodeJpeg(jpeg)});
+  jpeg.app1.clear();
+  jpeg.components = 1;
+  jpeg.samples.resize(static_cast<size_t>(w) * h);
+  inputs.push_back({"JPEG gray", EncodeJpeg(jpeg)});
+  jpeg.components = 4;
+  jpeg.samples = Pattern(w, h, 4, 82);
+  inputs.push_back({"JPEG CMYK", EncodeJpeg(jpeg)});
+  inputs.push_back(
+      {"WebP", EncodeWebpLossless(w, h, Pattern(w, h, 4, 83), false)});
+  inputs.push_back({"WebP animation", AnimatedWebp(w + 9, h + 5, 4, 2, w, h,
+                                                   Pattern(w, h, 4, 84))});
+  GifSpec gif;
+  gif.screen_width = w + 7;
+  gif.screen_height = h + 3;
+  gif.left = 5;
+  gif.top = 2;
+  gif.width = w;
+  gif.height = h;
+  gif.transparency = 3;
+  gif.interlace = true;
+  for (int i = 0; i < 256 * 3; ++i) gif.global_palette.push_back(i * 11 % 256);
+  gif.indices.resize(w * h);
+  for (int i = 0; i < w * h; ++i) gif.indices[i] = rgb[i * 3];
+  inputs.push_back({"GIF", EncodeGif(gif)});
+  BmpSpec bmp;
+  bmp.width = w;
+  bmp.height = h;
+  for (int y = 0; y < h; ++y) {
+    bmp.rows.emplace_back(rgb.begin() + y * w * 3,
+                          rgb.begin() + (y + 1) * w * 3);
+  }
+  inputs.push_back({"BMP", EncodeBmp(bmp)});
+  bmp.top_down = true;
+  inputs.push_back({"BMP top-down", EncodeBmp(bmp)});
+  return inputs;
+}
+
+// DecodeImageRows keeps the sink contract and agrees with DecodeImage, and
+// PreprocessImage (rows streamed into the resize) agrees with PreprocessRgb
+// on the whole decoded image.
+void TestStreaming() {
+  for (bool apply : {false, true}) {
+    ImageDecodeOptions options;
+    options.apply_exif_orientation = apply;
+    for (const auto& [label, data] : VariedInputs()) {
+      const std::string what =
+          label + (apply ? " (EXIF applied)" : " (EXIF ignored)");
+      try {
+        const RgbImage whole = Decode(data, options);
+        CheckingSink sink;
+        clip::DecodeImageRows(data.data(), data.size(), options, &sink);
+        Check(sink.ok(), what + ": DecodeImageRows keeps the sink contract");
+        Check(sink.image().width == whole.width &&
+                  sink.image().height == whole.height &&
+                  sink.image().pixels == whole.pixels,
+              what + ": DecodeImageRows rows equal DecodeImage");
+        for (int size : {224, 64}) {
+          PreprocessOptions pre;
+          pre.resize_shortest_edge = size;
+          pre.crop_size = size == 224 ? 224 : 80;
+          std::vector<float> streamed(clip::PreprocessedSize(pre));
+          clip::PreprocessImage(data.data(), data.size(), options, pre,
+                                streamed.data());
+          Check(SameFloats(streamed, Preprocess(whole, pre)),
+                what +
+                    ": PreprocessImage equals PreprocessRgb(DecodeImage), "
+                    "size " +
+                    std::to_string(size));
+        }
+      } catch (const std::exception& error) {
+        Check(false, what + ": threw " + error.what());
+      }
+    }
+  }
 }
 
 // Many threads decoding and preprocessing the same inputs must agree with a
@@ -1889,6 +2114,7 @@ int main(int argc, char** argv) {
   TestErrors();
   TestSizeLimits();
   TestPreprocessing();
+  TestStreaming();
   TestConcurrency(reference_root);
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
