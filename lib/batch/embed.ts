@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import { TaskKind } from '../binding';
 import { fetchImage, parseImageSource, resolveImageSourceOptions, type ResolvedImageSourceOptions } from '../endpoint/image_source';
+import { mapLimit } from '../endpoint/score';
 import { checkRow, isRowError } from '../endpoint/validate';
 import { ClipError } from '../errors';
 import type { ClipModel } from '../model';
@@ -42,18 +43,6 @@ function rowReason(error: ClipError): { code: string; message: string } {
   return reason(error);
 }
 
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}
 
 /**
  * Embeds chunks of rows so that every row's features are the same bits in

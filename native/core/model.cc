@@ -1,11 +1,21 @@
 #include "model.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/jit/ir/constants.h>
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/version.h>
 
+#include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "errors.h"
 
@@ -105,6 +115,258 @@ torch::jit::script::Module LoadArchive(const std::string& path, const torch::Dev
   }
 }
 
+// --- CPU inference graph ------------------------------------------------------
+// libtorch runs float32 aten::linear on MKL's sgemm, which on CPUs other than
+// Intel's takes a generic code path: on the AVX-512 AMD EPYC of bench/RESULTS.md
+// oneDNN's linear is about 2x faster. So on the CPU the encoders are frozen
+// (weights become constants) and every linear with constant weights becomes
+// oneDNN's mkldnn::_linear_pointwise on weights packed once at load, with
+// the ops around it fused as oneDNN post-ops:
+//   * x * sigmoid(s * x) after it (CLIP's QuickGELU, s = 1.702) becomes the
+//     swish post-op on weights and bias scaled by s; the next linear's weights
+//     take the 1/s (swish(s x) / s == x * sigmoid(s x)),
+//   * in float32, a residual add after it (x + linear(h)) becomes a binary add.
+// With bfloat16 the weights are packed in bfloat16 and the input cast, which
+// is what autocast would do on every forward (weight casts included).
+
+std::optional<at::Tensor> ConstantTensor(torch::jit::Value* value) {
+  if (value->node()->kind() != c10::prim::Constant) return std::nullopt;
+  auto ivalue = torch::jit::toIValue(value);
+  if (!ivalue || !ivalue->isTensor()) return std::nullopt;
+  return ivalue->toTensor();
+}
+
+bool IsNoneConstant(torch::jit::Value* value) {
+  return value->node()->kind() == c10::prim::Constant && value->type()->kind() == c10::TypeKind::NoneType;
+}
+
+std::optional<double> ConstantNumber(torch::jit::Value* value) {
+  if (value->node()->kind() != c10::prim::Constant) return std::nullopt;
+  auto ivalue = torch::jit::toIValue(value);
+  if (!ivalue) return std::nullopt;
+  if (ivalue->isDouble()) return ivalue->toDouble();
+  if (ivalue->isInt()) return static_cast<double>(ivalue->toInt());
+  return std::nullopt;
+}
+
+bool HasOperator(const char* name, const char* overload) {
+  return c10::Dispatcher::singleton().findSchema({name, overload}).has_value();
+}
+
+// The nodes of x * sigmoid(s * x) where x is `linear`'s output and feeds only them.
+struct SigmoidGate {
+  torch::jit::Node* scale;
+  torch::jit::Node* sigmoid;
+  torch::jit::Node* product;
+  double s;
+};
+
+std::optional<SigmoidGate> MatchSigmoidGate(torch::jit::Node* linear) {
+  torch::jit::Value* x = linear->output();
+  if (x->uses().size() != 2) return std::nullopt;
+  SigmoidGate gate{nullptr, nullptr, nullptr, 0.0};
+  for (const auto& use : x->uses()) {
+    torch::jit::Node* user = use.user;
+    if (user->kind() != c10::aten::mul || user->inputs().size() != 2) return std::nullopt;
+    if (auto s = ConstantNumber(user->input(1 - use.offset))) {
+      gate.scale = user;
+      gate.s = *s;
+    } else {
+      gate.product = user;
+    }
+  }
+  if (!gate.scale || !gate.product || !(gate.s > 0.0)) return std::nullopt;
+  if (gate.scale->output()->uses().size() != 1) return std::nullopt;
+  gate.sigmoid = gate.scale->output()->uses()[0].user;
+  if (gate.sigmoid->kind() != c10::aten::sigmoid || gate.sigmoid->output()->uses().size() != 1 ||
+      gate.sigmoid->output()->uses()[0].user != gate.product) {
+    return std::nullopt;
+  }
+  return gate;
+}
+
+// The residual stream `r` of r + linear(h) (or linear(h) + r) when the add is
+// the linear's only user and r exists before the linear runs.
+std::optional<std::pair<torch::jit::Node*, torch::jit::Value*>> MatchResidualAdd(torch::jit::Node* linear) {
+  torch::jit::Value* y = linear->output();
+  if (y->uses().size() != 1) return std::nullopt;
+  torch::jit::Node* add = y->uses()[0].user;
+  if (add->kind() != c10::aten::add || add->inputs().size() != 3 || y->uses()[0].offset > 1 ||
+      ConstantNumber(add->input(2)) != 1.0) {
+    return std::nullopt;
+  }
+  torch::jit::Value* residual = add->input(1 - y->uses()[0].offset);
+  const bool before = residual->node()->kind() == c10::prim::Param ||
+                      (residual->node()->owningBlock() == linear->owningBlock() && residual->node()->isBefore(linear));
+  if (!residual->type()->cast<c10::TensorType>() || !before) return std::nullopt;
+  return std::make_pair(add, residual);
+}
+
+// A linear with constant float32 weights (and bias, if any) on the CPU.
+bool IsRewritableLinear(torch::jit::Node* linear) {
+  auto weight = ConstantTensor(linear->input(1));
+  if (!weight || weight->dim() != 2 || weight->scalar_type() != at::kFloat || !weight->device().is_cpu()) return false;
+  if (IsNoneConstant(linear->input(2))) return true;
+  auto bias = ConstantTensor(linear->input(2));
+  return bias && bias->scalar_type() == at::kFloat && bias->device().is_cpu();
+}
+
+torch::jit::Value* InsertTensorConstant(torch::jit::Graph& graph, const at::Tensor& tensor) {
+  if (!tensor.is_mkldnn()) return graph.insertConstant(tensor);
+  // insertConstant refuses opaque (MKLDNN layout) tensors, which have no
+  // storage; a constant node holds them as well.
+  torch::jit::Node* node = graph.create(c10::prim::Constant);
+  node->t_(c10::attr::value, tensor);
+  node->output()->setType(c10::TensorType::get());
+  return graph.insertNode(node)->output();
+}
+
+// Returns how many linears were rewritten.
+int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat16) {
+  if (!HasOperator("mkldnn::_linear_pointwise", "")) return 0;  // libtorch < 2.0
+  std::optional<c10::OperatorHandle> pack;
+  if (HasOperator("mkldnn::_reorder_linear_weight", "")) {
+    pack = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
+  }
+  const bool fuse_add = !bfloat16 && HasOperator("mkldnn::_linear_pointwise", "binary");
+  const auto linear_pointwise = c10::Symbol::fromQualString("mkldnn::_linear_pointwise");
+  const at::ScalarType dtype = bfloat16 ? at::kBFloat16 : at::kFloat;
+
+  std::vector<torch::jit::Node*> linears;
+  for (torch::jit::Node* node : graph->nodes()) {
+    if (node->kind() == c10::aten::linear) linears.push_back(node);
+  }
+  std::unordered_map<torch::jit::Node*, double> weight_divisors;
+  int rewritten = 0;
+  for (torch::jit::Node* linear : linears) {
+    if (!IsRewritableLinear(linear)) continue;
+    at::Tensor w = *ConstantTensor(linear->input(1));
+    std::optional<at::Tensor> bias;
+    if (!IsNoneConstant(linear->input(2))) bias = ConstantTensor(linear->input(2));
+    if (auto it = weight_divisors.find(linear); it != weight_divisors.end()) w = w / it->second;
+    auto gate = MatchSigmoidGate(linear);
+    if (gate) {
+      w = w * gate->s;
+      if (bias) bias = *bias * gate->s;
+    }
+    auto residual = (fuse_add && !gate) ? MatchResidualAdd(linear) : std::nullopt;
+    w = w.to(dtype).contiguous();
+    if (bias) bias = bias->to(dtype).contiguous();
+    if (pack) {
+      torch::jit::Stack stack{w, c10::IValue()};
+      pack->callBoxed(&stack);
+      w = stack[0].toTensor();
+    }
+
+    torch::jit::WithInsertPoint insert_point(linear);
+    torch::jit::Value* input = linear->input(0);
+    if (bfloat16) {
+      torch::jit::Node* cast = graph->create(
+          c10::aten::to, {input, graph->insertConstant(static_cast<int64_t>(at::kBFloat16)),
+                          graph->insertConstant(false), graph->insertConstant(false), graph->insertConstant(c10::IValue())});
+      cast->output()->setType(c10::TensorType::get());
+      input = graph->insertNode(cast)->output();
+    }
+    torch::jit::Value* w_value = InsertTensorConstant(*graph, w);
+    torch::jit::Value* b_value = bias ? InsertTensorConstant(*graph, *bias) : graph->insertConstant(c10::IValue());
+    torch::jit::Node* fused;
+    if (residual) {
+      fused = graph->create(linear_pointwise,
+                            {input, residual->second, w_value, b_value, graph->insertConstant(std::string("add"))});
+    } else {
+      torch::jit::Node* no_scalars =
+          graph->insertNode(graph->createList(c10::OptionalType::create(c10::NumberType::get()), {}));
+      fused = graph->create(linear_pointwise, {input, w_value, b_value, graph->insertConstant(std::string(gate ? "swish" : "none")),
+                                               no_scalars->output(), graph->insertConstant(c10::IValue())});
+    }
+    fused->output()->setType(c10::TensorType::get());
+    graph->insertNode(fused);
+
+    if (gate) {
+      gate->product->output()->replaceAllUsesWith(fused->output());
+      gate->product->destroy();
+      gate->sigmoid->destroy();
+      gate->scale->destroy();
+      torch::jit::Value* h = fused->output();
+      if (h->uses().size() == 1 && h->uses()[0].user->kind() == c10::aten::linear && h->uses()[0].offset == 0 &&
+          IsRewritableLinear(h->uses()[0].user)) {
+        weight_divisors[h->uses()[0].user] = gate->s;
+      } else {
+        torch::jit::Node* divide = graph->create(c10::aten::div, {h, graph->insertConstant(gate->s)});
+        divide->output()->setType(c10::TensorType::get());
+        divide->insertAfter(fused);
+        h->replaceAllUsesAfterNodeWith(divide, divide->output());
+      }
+    } else if (residual) {
+      residual->first->output()->replaceAllUsesWith(fused->output());
+      residual->first->destroy();
+    } else {
+      linear->output()->replaceAllUsesWith(fused->output());
+    }
+    linear->destroy();
+    ++rewritten;
+  }
+  torch::jit::EliminateDeadCode(graph);
+  graph->lint();
+  return rewritten;
+}
+
+// A small input that exercises every op of an encoder, for comparing the
+// rewritten graph with the archive as loaded.
+torch::Tensor ExampleInput(const Manifest& m, bool image) {
+  if (image) {
+    auto generator = at::detail::createCPUGenerator(/*seed_val=*/20240601);
+    return at::randn({2, 3, m.image.size, m.image.size}, generator);
+  }
+  torch::Tensor ids = torch::empty({2, 9}, torch::kInt64);
+  for (int64_t i = 0; i < 2; ++i) {
+    ids[i][0] = m.text.bos;
+    for (int64_t j = 1; j < 8; ++j) ids[i][j] = (i * 131 + j * 977) % std::max<int64_t>(1, m.text.bos);
+    ids[i][8] = m.text.eos;
+  }
+  return ids;
+}
+
+// Freezes `module` and rewrites its linears for oneDNN (above), keeping the
+// result only when it computes what the archive as loaded computes on an
+// example input; otherwise warns and returns `module` unchanged.
+// CLIP_NATIVE_CPU_GRAPH=0 in the environment keeps the archive as loaded (for
+// comparisons, and as a way out should a libtorch version misbehave).
+torch::jit::script::Module OptimizeForCpu(torch::jit::script::Module module, const std::string& path,
+                                          const torch::Tensor& example, bool bfloat16) {
+  const char* setting = std::getenv("CLIP_NATIVE_CPU_GRAPH");
+  if (setting && std::string(setting) == "0") return module;
+  // The archive's own output first: an archive that cannot run is left to
+  // Model::Load's check, which names the problem.
+  torch::Tensor expected;
+  try {
+    torch::InferenceMode guard;
+    SetCpuAutocast(bfloat16);
+    expected = module.forward({example}).toTensor().to(torch::kFloat32);
+    SetCpuAutocast(false);
+  } catch (const std::exception&) {
+    SetCpuAutocast(false);
+    return module;
+  }
+  try {
+    torch::jit::script::Module frozen = torch::jit::freeze(module);
+    RewriteLinearsForOneDnn(frozen.get_method("forward").graph(), bfloat16);
+    torch::InferenceMode guard;
+    SetCpuAutocast(bfloat16);
+    torch::Tensor actual = frozen.forward({example}).toTensor().to(torch::kFloat32);
+    SetCpuAutocast(false);
+    const double min_cosine = at::cosine_similarity(expected, actual, 1).min().item<double>();
+    if (min_cosine >= (bfloat16 ? 0.999 : 0.99999)) return frozen;
+    TORCH_WARN("clip-native: the oneDNN graph of ", path, " differs from the archive (cosine ", min_cosine,
+               "); running the archive as loaded");
+  } catch (const c10::Error& e) {
+    SetCpuAutocast(false);
+    TORCH_WARN("clip-native: could not optimize ", path, " for the CPU (", e.what_without_backtrace(),
+               "); running the archive as loaded");
+  }
+  return module;
+}
+
 }  // namespace
 
 bool BuiltWithCuda() {
@@ -149,6 +411,14 @@ std::shared_ptr<Model> Model::Load(const std::string& directory, const ModelOpti
 
   model->image_encoder_ = LoadArchive(model->manifest_.image_encoder_path, model->device_);
   model->text_encoder_ = LoadArchive(model->manifest_.text_encoder_path, model->device_);
+  if (!model->is_cuda()) {
+    const bool bfloat16 = options.precision == Precision::kBFloat16;
+    const Manifest& manifest = model->manifest_;
+    model->image_encoder_ = OptimizeForCpu(model->image_encoder_, manifest.image_encoder_path,
+                                           ExampleInput(manifest, /*image=*/true), bfloat16);
+    model->text_encoder_ = OptimizeForCpu(model->text_encoder_, manifest.text_encoder_path,
+                                          ExampleInput(manifest, /*image=*/false), bfloat16);
+  }
   if (model->is_cuda() && options.precision != Precision::kFloat32) {
     auto dtype = options.precision == Precision::kFloat16 ? torch::kHalf : torch::kBFloat16;
     model->image_encoder_.to(dtype);

@@ -1,0 +1,494 @@
+#!/usr/bin/env node
+// `npm run bench`: clip-native against onnxruntime-node (through transformers.js)
+// and PyTorch in Python, on the full-size random-weight ViT-B/32 model and the
+// same weights exported to ONNX, side by side in one run.
+//
+//   (a) clip-native, tensors in (model only)     (b) clip-native end to end
+//   (c) transformers.js + onnxruntime-node        (d) PyTorch (Python) on the same TorchScript files
+//
+// Every case (encoder x input x batch) is measured for every implementation
+// in each round, implementations rotated from round to round, and each figure
+// is the median of the rounds. Then `clip-native serve` under autocannon.
+// Writes bench/RESULTS.md (markdown) and bench/RESULTS.json.
+//
+// Environment: CLIP_BENCH_ROUNDS (default 3), CLIP_BENCH_MIN_SECONDS per
+// measurement (default 1), CLIP_BENCH_THREADS (default: the CPU count),
+// CLIP_BENCH_SERVE_SECONDS per autocannon run (default 8; 0 skips serve),
+// CLIP_BENCH_STOCK=0 leaves out clip-native fp32 without its load-time graph
+// (CLIP_NATIVE_CPU_GRAPH=0), CLIP_BENCH_ONLY (comma-separated implementation
+// ids), CLIP_BENCH_CASES
+// (a regular expression over case ids), CLIP_BENCH_OUT (directory of the
+// outputs, default bench/).
+'use strict';
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { spawn, spawnSync } = require('node:child_process');
+const readline = require('node:readline');
+const { ClipModel } = require('../dist');
+const { TaskKind, binding } = require('../dist/binding');
+const { loadMeter, machine } = require('./machine');
+const { runServe } = require('./serve');
+
+const root = path.resolve(__dirname, '..');
+const python = process.env.CLIP_PYTHON || path.join(root, '.venv', 'bin', 'python');
+const models = path.join(root, 'bench', 'models');
+const modelDir = process.env.CLIP_BENCH_MODEL || path.join(models, 'vit-b-32');
+const onnxDir = path.join(models, 'vit-b-32-onnx');
+const imageDir = path.join(models, 'images');
+const cacheDir = path.join(models, '.cache');
+const outDir = process.env.CLIP_BENCH_OUT || path.join(root, 'bench');
+
+const rounds = Number(process.env.CLIP_BENCH_ROUNDS || 3);
+const minSeconds = Number(process.env.CLIP_BENCH_MIN_SECONDS || 1);
+const threads = Number(process.env.CLIP_BENCH_THREADS || os.availableParallelism());
+const serveSeconds = Number(process.env.CLIP_BENCH_SERVE_SECONDS ?? 8);
+const only = process.env.CLIP_BENCH_ONLY ? new Set(process.env.CLIP_BENCH_ONLY.split(',')) : undefined;
+const stock = (process.env.CLIP_BENCH_STOCK ?? '1') !== '0';
+const caseFilter = process.env.CLIP_BENCH_CASES ? new RegExp(process.env.CLIP_BENCH_CASES) : undefined;
+const BATCHES = [1, 8, 32];
+const PIXELS = 3 * 224 * 224;
+
+const log = (...args) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}]`, ...args);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const now = () => Number(process.hrtime.bigint()) / 1e9;
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const quantile = (xs, q) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
+};
+
+// --- inputs ---------------------------------------------------------------------------------------
+
+function prng(seed) {
+  let s = seed >>> 0;
+  return () => (s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32;
+}
+
+const WORDS = ('a photo of the dog cat man woman child red blue green small large old young sitting standing ' +
+  'running on in near under with next to beach street park table kitchen bicycle car train bus field snow ' +
+  'tree house window plate pizza two three people playing holding looking at white black wooden bright ' +
+  'evening morning city river mountain boat road grass flowers umbrella').split(' ');
+
+/** Captions of 5 to 20 words, and texts long enough to fill all 77 tokens (truncated). */
+function makeTexts() {
+  const rand = prng(11);
+  const pick = () => WORDS[Math.floor(rand() * WORDS.length)];
+  const captions = Array.from({ length: 32 }, () =>
+    Array.from({ length: 5 + Math.floor(rand() * 16) }, pick).join(' '));
+  const long = Array.from({ length: 32 }, () => Array.from({ length: 90 }, pick).join(' '));
+  return { caption: captions, long77: long };
+}
+
+function randomPixels(count) {
+  const rand = prng(7);
+  const all = new Float32Array(count * PIXELS);
+  for (let i = 0; i < all.length; i++) all[i] = rand() * 4 - 2;
+  return all;
+}
+
+/** The version of an installed package, whatever its "exports" allow. */
+function packageVersion(name) {
+  let dir = path.dirname(require.resolve(name));
+  while (!fs.existsSync(path.join(dir, 'package.json'))) dir = path.dirname(dir);
+  return JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')).version;
+}
+
+function runPython(args) {
+  const result = spawnSync(python, args, { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
+  if (result.status !== 0) throw new Error(`${python} ${args.join(' ')} failed (${result.status ?? result.signal})`);
+}
+
+function digest(files) {
+  const hash = crypto.createHash('sha256');
+  for (const file of files) {
+    const stat = fs.statSync(file);
+    hash.update(`${file}:${stat.size}:${stat.mtimeMs}\n`);
+  }
+  return hash.digest('hex');
+}
+
+/** Makes (once per model and exporter version) the ONNX export and the test images. */
+function prepare() {
+  const stampOf = (dir) => path.join(dir, '.bench-stamp');
+  const ensure = (name, dir, stamp, make) => {
+    if (fs.existsSync(stampOf(dir)) && fs.readFileSync(stampOf(dir), 'utf8') === stamp) return;
+    const started = Date.now();
+    make();
+    fs.writeFileSync(stampOf(dir), stamp);
+    log(`made ${name} in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  };
+  const manifest = path.join(modelDir, 'clip.json');
+  ensure('the ONNX export', onnxDir, digest([manifest, path.join(modelDir, 'image_encoder.pt'),
+    path.join(modelDir, 'text_encoder.pt'), path.join(root, 'tools', 'onnx_export.py')]), () =>
+    runPython(['tools/onnx_export.py', '--model', modelDir, '--out', onnxDir]));
+  ensure('the test images', imageDir, digest([path.join(__dirname, 'make_images.py')]), () =>
+    runPython(['bench/make_images.py', '--out', imageDir, '--count', '32']));
+  const files = fs.readdirSync(imageDir).filter((f) => /\.(jpg|png)$/.test(f)).sort().map((f) => path.join(imageDir, f));
+  fs.mkdirSync(cacheDir, { recursive: true });
+  const pixelFile = path.join(cacheDir, 'pixels-32.f32');
+  const pixels = randomPixels(32);
+  fs.writeFileSync(pixelFile, Buffer.from(pixels.buffer));
+  return { files, pixels, pixelFile };
+}
+
+// --- implementations ------------------------------------------------------------------------------
+// Each has an id, a dtype and `prepare(case)` -> an async function running one call of the case
+// (or `measure(case, options)` when it times itself, as the Python worker does).
+
+class ClipNative {
+  /** `stock`: the archive as loaded, without the oneDNN graph of Model::Load (model-only cases). */
+  constructor(dtype, inputs, { stock = false } = {}) {
+    this.dtype = dtype;
+    this.id = `clip-native ${dtype === 'float32' ? 'fp32' : 'bf16'}${stock ? ' stock graph' : ''}`;
+    this.inputs = inputs;
+    this.stock = stock;
+  }
+  async load() {
+    const saved = process.env.CLIP_NATIVE_CPU_GRAPH;
+    if (this.stock) process.env.CLIP_NATIVE_CPU_GRAPH = '0';
+    try {
+      this.model = await ClipModel.load(modelDir, { device: 'cpu', dtype: this.dtype, threads });
+    } finally {
+      if (saved === undefined) delete process.env.CLIP_NATIVE_CPU_GRAPH;
+      else process.env.CLIP_NATIVE_CPU_GRAPH = saved;
+    }
+  }
+  supports(c) {
+    return !this.stock || c.mode === 'model';
+  }
+  prepare(c) {
+    const { pixels, bytes, ids, texts } = this.inputs;
+    const m = this.model;
+    if (c.encoder === 'image' && c.mode === 'model') {
+      const items = Array.from({ length: c.batch }, (_, i) => pixels.subarray((i % 32) * PIXELS, (i % 32 + 1) * PIXELS));
+      return () => m._submit(TaskKind.ImagePixels, items);
+    }
+    if (c.encoder === 'image') {
+      const items = bytes.slice(0, c.batch);
+      return () => m.embedImages(items);
+    }
+    if (c.mode === 'model') {
+      const items = ids[c.text].slice(0, c.batch);
+      return () => m._submit(TaskKind.TokenIds, items);
+    }
+    const items = texts[c.text].slice(0, c.batch);
+    return () => m.embedTexts(items);
+  }
+  async dispose() {
+    await this.model?.dispose();
+  }
+}
+
+class TransformersJs {
+  constructor(inputs) {
+    this.dtype = 'float32';
+    this.id = 'onnxruntime-node fp32';
+    this.inputs = inputs;
+  }
+  async load() {
+    const t = await import('@huggingface/transformers');
+    this.t = t;
+    t.env.allowRemoteModels = false;
+    t.env.localModelPath = path.dirname(onnxDir) + path.sep;
+    const id = path.basename(onnxDir);
+    const options = {
+      device: 'cpu',
+      dtype: 'fp32',
+      session_options: { intraOpNumThreads: threads, interOpNumThreads: 1 },
+    };
+    this.tokenizer = await t.AutoTokenizer.from_pretrained(id);
+    this.processor = await t.AutoProcessor.from_pretrained(id);
+    this.vision = await t.CLIPVisionModelWithProjection.from_pretrained(id, options);
+    this.text = await t.CLIPTextModelWithProjection.from_pretrained(id, options);
+  }
+  prepare(c) {
+    const { Tensor, RawImage } = this.t;
+    const { pixels, bytes, ids, texts } = this.inputs;
+    if (c.encoder === 'image' && c.mode === 'model') {
+      const data = new Float32Array(c.batch * PIXELS);
+      for (let i = 0; i < c.batch; i++) data.set(pixels.subarray((i % 32) * PIXELS, (i % 32 + 1) * PIXELS), i * PIXELS);
+      const pixel_values = new Tensor('float32', data, [c.batch, 3, 224, 224]);
+      return async () => (await this.vision({ pixel_values })).image_embeds;
+    }
+    if (c.encoder === 'image') {
+      const items = bytes.slice(0, c.batch);
+      return async () => {
+        const images = await Promise.all(items.map((b) => RawImage.fromBlob(new Blob([b]))));
+        const { pixel_values } = await this.processor(images);
+        return (await this.vision({ pixel_values })).image_embeds;
+      };
+    }
+    if (c.mode === 'model') {
+      const rows = ids[c.text].slice(0, c.batch);
+      const length = Math.max(...rows.map((r) => r.length));
+      const data = new BigInt64Array(c.batch * length).fill(49407n);
+      rows.forEach((r, i) => r.forEach((id, j) => (data[i * length + j] = BigInt(id))));
+      const input_ids = new Tensor('int64', data, [c.batch, length]);
+      return async () => (await this.text({ input_ids })).text_embeds;
+    }
+    const items = texts[c.text].slice(0, c.batch);
+    return async () => {
+      const inputs = this.tokenizer(items, { padding: true, truncation: true });
+      return (await this.text(inputs)).text_embeds;
+    };
+  }
+  async dispose() {
+    await this.vision?.dispose();
+    await this.text?.dispose();
+  }
+}
+
+/** The PyTorch worker process (bench/torch_worker.py): one JSON request per line, one answer per line. */
+class PyTorchWorker {
+  constructor() {
+    this.child = spawn(python, [path.join(__dirname, 'torch_worker.py')], {
+      cwd: root,
+      stdio: ['pipe', 'pipe', 'inherit'],
+      env: { ...process.env, TOKENIZERS_PARALLELISM: 'false' },
+    });
+    this.pending = [];
+    readline.createInterface({ input: this.child.stdout }).on('line', (line) => {
+      const next = this.pending.shift();
+      if (!next) return;
+      const reply = JSON.parse(line);
+      if (reply.error) next.reject(new Error(`torch_worker: ${reply.error}`));
+      else next.resolve(reply);
+    });
+    this.child.on('exit', (code) => {
+      for (const p of this.pending.splice(0)) p.reject(new Error(`torch_worker exited (${code})`));
+    });
+  }
+  request(message) {
+    return new Promise((resolve, reject) => {
+      this.pending.push({ resolve, reject });
+      this.child.stdin.write(JSON.stringify(message) + '\n');
+    });
+  }
+  get pid() {
+    return this.child.pid;
+  }
+  async close() {
+    if (this.child.exitCode !== null) return;
+    const exited = new Promise((resolve) => this.child.once('exit', resolve));
+    this.child.stdin.end(JSON.stringify({ op: 'quit' }) + '\n');
+    await exited;
+  }
+}
+
+class PyTorch {
+  constructor(dtype, worker, inputs) {
+    this.dtype = dtype;
+    this.id = `PyTorch ${dtype === 'float32' ? 'fp32' : 'bf16'}`;
+    this.worker = worker;
+    this.inputs = inputs;
+  }
+  async load() {
+    if (!this.worker.loaded) {
+      this.worker.loaded = this.worker.request({ op: 'load', model: modelDir, hf: onnxDir, threads });
+    }
+    this.info = await this.worker.loaded;
+  }
+  request(c, op, extra = {}) {
+    const { pixelFile, files, ids, texts } = this.inputs;
+    let input;
+    if (c.encoder === 'image') input = c.mode === 'model' ? { pixels: pixelFile, count: 32 } : { files };
+    else input = c.mode === 'model' ? { ids: ids[c.text].map((r) => Array.from(r)) } : { texts: texts[c.text] };
+    return this.worker.request({ op, encoder: c.encoder, mode: c.mode, dtype: this.dtype, batch: c.batch, input, ...extra });
+  }
+  async measure(c, { warmup }) {
+    return (await this.request(c, 'bench', { minSeconds, minCalls: 1, warmup })).times;
+  }
+  async embed(c) {
+    return (await this.request(c, 'embed')).embeddings.map((e) => Float32Array.from(e));
+  }
+  async dispose() {}
+}
+
+// --- measuring ------------------------------------------------------------------------------------
+
+async function timeCalls(run, warmup) {
+  if (warmup) await run();
+  const times = [];
+  const start = now();
+  while (times.length < 1 || now() - start < minSeconds) {
+    const t0 = now();
+    await run();
+    times.push(now() - t0);
+  }
+  return times;
+}
+
+function cases() {
+  const out = [];
+  for (const mode of ['model', 'e2e']) {
+    for (const batch of BATCHES) out.push({ id: `image/${mode}/b${batch}`, encoder: 'image', mode, batch });
+  }
+  for (const text of ['caption', 'long77']) {
+    for (const mode of ['model', 'e2e']) {
+      for (const batch of BATCHES) out.push({ id: `text-${text}/${mode}/b${batch}`, encoder: 'text', text, mode, batch });
+    }
+  }
+  return out.filter((c) => !caseFilter || caseFilter.test(c.id));
+}
+
+function cosine(a, b) {
+  let dot = 0, na = 0, nb = 0;
+  for (let i = 0; i < a.length; i++) { dot += a[i] * b[i]; na += a[i] * a[i]; nb += b[i] * b[i]; }
+  return dot / Math.sqrt(na * nb);
+}
+const minCosine = (xs, ys) => Math.min(...xs.map((x, i) => cosine(x, ys[i])));
+
+async function embeddingsOf(impl, c) {
+  if (impl.embed) return impl.embed(c);
+  const out = await impl.prepare(c)();
+  if (Array.isArray(out)) return out;
+  const [n, d] = out.dims;
+  return Array.from({ length: n }, (_, i) => out.data.subarray(i * d, (i + 1) * d));
+}
+
+/** Agreement of every implementation with clip-native fp32, on the same inputs. */
+async function parity(impls) {
+  const reference = impls.find((i) => i.id === 'clip-native fp32');
+  if (!reference) return [];
+  const checks = [
+    { id: 'image/model/b4', encoder: 'image', mode: 'model', batch: 4 },
+    { id: 'image/e2e/b4', encoder: 'image', mode: 'e2e', batch: 4 },
+    { id: 'text-caption/model/b8', encoder: 'text', text: 'caption', mode: 'model', batch: 8 },
+    { id: 'text-caption/e2e/b8', encoder: 'text', text: 'caption', mode: 'e2e', batch: 8 },
+    { id: 'text-long77/model/b8', encoder: 'text', text: 'long77', mode: 'model', batch: 8 },
+  ];
+  const out = [];
+  for (const c of checks) {
+    const ref = await embeddingsOf(reference, c);
+    for (const impl of impls) {
+      if (impl === reference || (impl.supports && !impl.supports(c))) continue;
+      out.push({ case: c.id, impl: impl.id, minCosine: minCosine(ref, await embeddingsOf(impl, c)) });
+    }
+  }
+  return out;
+}
+
+async function main() {
+  const started = Date.now();
+  const { files, pixels, pixelFile } = prepare();
+  const bytes = files.map((f) => fs.readFileSync(f));
+  const texts = makeTexts();
+  const inputs = { pixels, pixelFile, files, bytes, texts, ids: {} };
+
+  const worker = new PyTorchWorker();
+  const all = [
+    new ClipNative('float32', inputs),
+    new ClipNative('bfloat16', inputs),
+    ...(stock ? [new ClipNative('float32', inputs, { stock: true })] : []),
+    new TransformersJs(inputs),
+    new PyTorch('float32', worker, inputs),
+    new PyTorch('bfloat16', worker, inputs),
+  ];
+  const impls = all.filter((i) => !only || only.has(i.id));
+  for (const impl of impls) {
+    const t0 = Date.now();
+    await impl.load();
+    log(`loaded ${impl.id} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  }
+  // Token ids for the tensors-in cases come from clip-native's tokenizer, bos..eos without padding.
+  const tokenizer = await ClipModel.load(path.join(root, 'test', 'fixtures', 'tiny'), { device: 'cpu' }).catch(() => undefined);
+  const tokenizerModel = tokenizer ?? all[0].model;
+  for (const [kind, list] of Object.entries(texts)) {
+    const padded = await tokenizerModel.tokenize(list);
+    inputs.ids[kind] = padded.map((row) => row.subarray(0, row.indexOf(49407) + 1));
+  }
+  await tokenizer?.dispose();
+
+  log('parity check');
+  const agreement = await parity(impls);
+  const bf16 = impls.find((i) => i.id === 'clip-native bf16');
+  const fp32 = impls.find((i) => i.id === 'clip-native fp32');
+  if (bf16 && fp32) {
+    for (const c of [{ id: 'image/model/b16', encoder: 'image', mode: 'model', batch: 16 },
+      { id: 'text-long77/model/b16', encoder: 'text', text: 'long77', mode: 'model', batch: 16 }]) {
+      agreement.push({ case: c.id, impl: bf16.id, minCosine: minCosine(await embeddingsOf(fp32, c), await embeddingsOf(bf16, c)) });
+    }
+  }
+  for (const a of agreement) log(`  ${a.case} ${a.impl}: min cosine vs clip-native fp32 ${a.minCosine.toFixed(6)}`);
+
+  const meter = loadMeter(() => [process.pid, worker.pid]);
+  const list = cases();
+  const samples = {}; // caseId -> implId -> [{ itemsPerSecond, times }]
+  const loads = [];
+  for (let round = 0; round < rounds; round++) {
+    meter.start();
+    for (const c of list) {
+      for (let k = 0; k < impls.length; k++) {
+        const impl = impls[(k + round) % impls.length];
+        if (impl.supports && !impl.supports(c)) continue;
+        await sleep(100); // lets the previous implementation's spinning worker threads go idle
+        const times = impl.measure
+          ? await impl.measure(c, { warmup: round === 0 })
+          : await timeCalls(impl.prepare(c), round === 0);
+        const total = times.reduce((a, b) => a + b, 0);
+        ((samples[c.id] ??= {})[impl.id] ??= []).push({ itemsPerSecond: (c.batch * times.length) / total, times });
+      }
+    }
+    loads.push(meter.stop());
+    log(`round ${round + 1}/${rounds} done; other processes used ${loads.at(-1).foreignCpus.toFixed(2)} CPUs, ` +
+      `load average ${loads.at(-1).loadAverage.map((l) => l.toFixed(2)).join(' ')}`);
+  }
+
+  const results = list.filter((c) => samples[c.id]).map((c) => ({
+    case: c.id,
+    encoder: c.encoder,
+    input: c.encoder === 'image' ? 'pixels' : c.text,
+    mode: c.mode,
+    batch: c.batch,
+    impls: Object.fromEntries(impls.filter((impl) => samples[c.id][impl.id]).map((impl) => {
+      const s = samples[c.id][impl.id];
+      const times = s.flatMap((x) => x.times);
+      return [impl.id, {
+        itemsPerSecond: median(s.map((x) => x.itemsPerSecond)),
+        rounds: s.map((x) => x.itemsPerSecond),
+        latencyMs: { p50: median(times) * 1e3, p90: quantile(times, 0.9) * 1e3 },
+        calls: times.length,
+      }];
+    })),
+  }));
+
+  for (const impl of impls) await impl.dispose();
+  await worker.close();
+
+  let serve;
+  if (serveSeconds > 0) {
+    log('serve under autocannon');
+    serve = await runServe({ modelDir, imageBytes: bytes[0], caption: texts.caption[0], seconds: serveSeconds, threads });
+  }
+
+  const report = {
+    date: new Date().toISOString(),
+    machine: await machine({ onnxruntimeNode: packageVersion('onnxruntime-node'),
+      transformersJs: packageVersion('@huggingface/transformers'), libtorch: binding().torchVersion,
+      pytorch: impls.find((i) => i instanceof PyTorch)?.info?.torch }),
+    settings: { rounds, minSecondsPerMeasurement: minSeconds, threads, model: path.relative(root, modelDir),
+      onnx: path.relative(root, onnxDir), images: files.map((f) => path.basename(f)) },
+    load: loads,
+    parity: agreement,
+    results,
+    serve,
+    durationSeconds: (Date.now() - started) / 1000,
+  };
+  fs.mkdirSync(outDir, { recursive: true });
+  fs.writeFileSync(path.join(outDir, 'RESULTS.json'), JSON.stringify(report, null, 2) + '\n');
+  const markdown = require('./report').markdown(report);
+  fs.writeFileSync(path.join(outDir, 'RESULTS.md'), markdown);
+  console.log(markdown);
+  log(`done in ${report.durationSeconds.toFixed(0)} s`);
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});

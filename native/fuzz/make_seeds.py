@@ -1,0 +1,78 @@
+"""Small seed images for image_fuzzer: every container variant the decoder
+handles, a few pixels each, so that fuzzing spends its time on structure
+rather than on pixels. Made with Pillow (the venv that scripts/setup.sh
+creates has it).
+
+Usage: python make_seeds.py OUT_DIR
+"""
+import io
+import os
+import sys
+
+from PIL import Image
+
+
+def pattern(mode, size=(13, 9)):
+    w, h = size
+    rgba = Image.new("RGBA", size)
+    rgba.putdata([((x * 37) % 256, (y * 53) % 256, ((x + y) * 29) % 256, (x * y * 11) % 256)
+                  for y in range(h) for x in range(w)])
+    if mode == "RGBA":
+        return rgba
+    if mode == "P":
+        return rgba.convert("RGB").quantize(colors=7)
+    if mode == "I;16":
+        return rgba.convert("L").convert("I").point(lambda v: v * 257).convert("I;16")
+    return rgba.convert(mode)
+
+
+def exif(orientation):
+    data = Image.Exif()
+    data[0x0112] = orientation
+    return data.tobytes()
+
+
+def main(out):
+    os.makedirs(out, exist_ok=True)
+    seeds = {}
+
+    def save(name, image, fmt, **params):
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **params)
+        seeds[name] = buffer.getvalue()
+
+    save("rgb.jpg", pattern("RGB"), "JPEG", quality=80)
+    save("progressive.jpg", pattern("RGB"), "JPEG", progressive=True)
+    save("gray.jpg", pattern("L"), "JPEG")
+    save("cmyk.jpg", pattern("CMYK"), "JPEG")
+    save("sub444.jpg", pattern("RGB"), "JPEG", subsampling=0)
+    save("exif6.jpg", pattern("RGB"), "JPEG", exif=exif(6))
+    save("restart.jpg", pattern("RGB", (40, 24)), "JPEG", quality=50, restart_marker_blocks=2)
+    for mode in ("RGB", "RGBA", "L", "LA", "P", "I;16", "1"):
+        save(f"{mode.replace(';', '')}.png", pattern(mode), "PNG")
+    save("transparent_p.png", pattern("P"), "PNG", transparency=2)
+    save("exif8.png", pattern("RGB"), "PNG", exif=exif(8))
+    save("lossy.webp", pattern("RGB"), "WEBP", quality=60)
+    save("lossless.webp", pattern("RGB"), "WEBP", lossless=True)
+    save("alpha.webp", pattern("RGBA"), "WEBP", quality=70)
+    save("exif3.webp", pattern("RGB"), "WEBP", exif=exif(3))
+    frames = [pattern("RGB"), pattern("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    save("animated.webp", frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=50)
+    save("static.gif", pattern("P"), "GIF")
+    save("transparent.gif", pattern("P"), "GIF", transparency=1)
+    save("interlaced.gif", pattern("P"), "GIF", interlace=True)
+    save("animated.gif", frames[0].quantize(5), "GIF", save_all=True,
+         append_images=[frames[1].quantize(5)], duration=50, loop=0)
+    save("rgb24.bmp", pattern("RGB"), "BMP")
+    save("rgba32.bmp", pattern("RGBA"), "BMP")
+    save("palette8.bmp", pattern("P"), "BMP")
+    save("gray8.bmp", pattern("L"), "BMP")
+    save("mono1.bmp", pattern("1"), "BMP")
+    for name, data in seeds.items():
+        with open(os.path.join(out, f"small-{name}"), "wb") as f:
+            f.write(data)
+    print(f"{len(seeds)} seed images in {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
