@@ -31,6 +31,35 @@ function table(report, kind) {
   return `### ${CASE_TITLES[kind]}\n\n${lines.join('\n')}\n`;
 }
 
+function ratioSummary(report) {
+  const pairs = [
+    ['clip-native fp32', 'onnxruntime-node fp32', 'clip-native fp32 / onnxruntime-node fp32'],
+    ['clip-native bf16', 'onnxruntime-node fp32', 'clip-native bf16 / onnxruntime-node fp32'],
+    ['clip-native bf16', 'clip-native fp32', 'clip-native bf16 / clip-native fp32'],
+    ['clip-native fp32', 'clip-native fp32 stock graph', 'clip-native fp32 / its stock graph (before issue 8)'],
+    ['clip-native fp32', 'PyTorch fp32', 'clip-native fp32 / PyTorch fp32'],
+  ];
+  const groups = [
+    ['images, end to end', (r) => r.encoder === 'image' && r.mode === 'e2e'],
+    ['images, model only', (r) => r.encoder === 'image' && r.mode === 'model'],
+    ['texts, end to end', (r) => r.encoder === 'text' && r.mode === 'e2e'],
+    ['texts, model only', (r) => r.encoder === 'text' && r.mode === 'model'],
+  ];
+  const lines = ['| ratio of items/s | ' + groups.map((g) => g[0]).join(' | ') + ' |',
+    '| --- |' + groups.map(() => ' --- |').join('')];
+  for (const [a, b, title] of pairs) {
+    const cells = groups.map(([, pick]) => {
+      const rows = report.results.filter((r) => pick(r) && r.impls[a] && r.impls[b]);
+      if (!rows.length) return '—';
+      const ratios = rows.map((r) => r.impls[a].itemsPerSecond / r.impls[b].itemsPerSecond);
+      const geo = Math.exp(ratios.reduce((x, y) => x + Math.log(y), 0) / ratios.length);
+      return `${fmt(geo, 2)}x (${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)})`;
+    });
+    if (cells.some((c) => c !== '—')) lines.push(`| ${title} | ${cells.join(' | ')} |`);
+  }
+  return `## Summary\n\nGeometric mean over the batch sizes (and text lengths) of each group, (min-max) in brackets.\n\n${lines.join('\n')}\n`;
+}
+
 function markdown(report) {
   const m = report.machine;
   const s = report.settings;
@@ -51,6 +80,7 @@ function markdown(report) {
   out.push(`- Other processes on the machine during the rounds: ${foreign} CPUs busy (per round; from /proc, the ` +
     `benchmark's own processes excluded). Load average at the end of each round (includes the benchmark): ${la}\n`);
 
+  out.push(ratioSummary(report));
   out.push('## Throughput\n');
   out.push('Items per second (median of the rounds) · median latency of one call of `batch` items. ' +
     'Implementations, all on the CPU:\n');
@@ -63,7 +93,9 @@ function markdown(report) {
     '`CLIPTextModelWithProjection` on the ONNX files, local only; end to end with its `AutoProcessor` ' +
     '(sharp decoding) and `AutoTokenizer`.');
   out.push('- **PyTorch** (d): the same TorchScript files in Python (`torch.jit.load`, `inference_mode`); ' +
-    'end to end with Pillow + transformers\' `CLIPImageProcessor` / `CLIPTokenizer`.');
+    'end to end with Pillow + transformers\' `CLIPImageProcessor` / `CLIPTokenizer`. The worker runs with ' +
+    `\`OMP_WAIT_POLICY=${s.pythonOmpWaitPolicy ?? 'unset'}\` (with libgomp's default spin-waiting it ran about 10x ` +
+    'slower on this shared machine).');
   out.push('- Texts are padded to the longest of the batch by every implementation. Images: batch 1 is a ' +
     '640x480 JPEG; batches mix JPEG and PNG photos of 320-800 px.\n');
   for (const kind of ['image', 'caption', 'long77']) out.push(table(report, kind));

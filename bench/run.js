@@ -12,7 +12,7 @@
 // Writes bench/RESULTS.md (markdown) and bench/RESULTS.json.
 //
 // Environment: CLIP_BENCH_ROUNDS (default 3), CLIP_BENCH_MIN_SECONDS per
-// measurement (default 1), CLIP_BENCH_THREADS (default: the CPU count),
+// measurement (default 0.75), CLIP_BENCH_THREADS (default: the CPU count),
 // CLIP_BENCH_SERVE_SECONDS per autocannon run (default 8; 0 skips serve),
 // CLIP_BENCH_STOCK=0 leaves out clip-native fp32 without its load-time graph
 // (CLIP_NATIVE_CPU_GRAPH=0), CLIP_BENCH_ONLY (comma-separated implementation
@@ -41,7 +41,7 @@ const cacheDir = path.join(models, '.cache');
 const outDir = process.env.CLIP_BENCH_OUT || path.join(root, 'bench');
 
 const rounds = Number(process.env.CLIP_BENCH_ROUNDS || 3);
-const minSeconds = Number(process.env.CLIP_BENCH_MIN_SECONDS || 1);
+const minSeconds = Number(process.env.CLIP_BENCH_MIN_SECONDS || 0.75);
 const threads = Number(process.env.CLIP_BENCH_THREADS || os.availableParallelism());
 const serveSeconds = Number(process.env.CLIP_BENCH_SERVE_SECONDS ?? 8);
 const only = process.env.CLIP_BENCH_ONLY ? new Set(process.env.CLIP_BENCH_ONLY.split(',')) : undefined;
@@ -250,7 +250,11 @@ class PyTorchWorker {
     this.child = spawn(python, [path.join(__dirname, 'torch_worker.py')], {
       cwd: root,
       stdio: ['pipe', 'pipe', 'inherit'],
-      env: { ...process.env, TOKENIZERS_PARALLELISM: 'false' },
+      // libgomp's default spin-waiting made this process about 10x slower than with passive waiting
+      // on the shared 2-CPU machine of RESULTS.md (clip-native in Node.js was not affected);
+      // CLIP_BENCH_PY_OMP_WAIT_POLICY=ACTIVE (or an OMP_WAIT_POLICY in the environment) overrides.
+      env: { ...process.env, TOKENIZERS_PARALLELISM: 'false',
+        OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? process.env.CLIP_BENCH_PY_OMP_WAIT_POLICY ?? 'PASSIVE' },
     });
     this.pending = [];
     readline.createInterface({ input: this.child.stdout }).on('line', (line) => {
@@ -301,8 +305,8 @@ class PyTorch {
     else input = c.mode === 'model' ? { ids: ids[c.text].map((r) => Array.from(r)) } : { texts: texts[c.text] };
     return this.worker.request({ op, encoder: c.encoder, mode: c.mode, dtype: this.dtype, batch: c.batch, input, ...extra });
   }
-  async measure(c, { warmup }) {
-    return (await this.request(c, 'bench', { minSeconds, minCalls: 1, warmup })).times;
+  async measure(c, { once = false } = {}) {
+    return (await this.request(c, 'bench', { minSeconds: once ? 0 : minSeconds, minCalls: 1, warmup: false })).times;
   }
   async embed(c) {
     return (await this.request(c, 'embed')).embeddings.map((e) => Float32Array.from(e));
@@ -312,8 +316,7 @@ class PyTorch {
 
 // --- measuring ------------------------------------------------------------------------------------
 
-async function timeCalls(run, warmup) {
-  if (warmup) await run();
+async function timeCalls(run) {
   const times = [];
   const start = now();
   while (times.length < 1 || now() - start < minSeconds) {
@@ -419,6 +422,16 @@ async function main() {
 
   const meter = loadMeter(() => [process.pid, worker.pid]);
   const list = cases();
+  // One untimed call per implementation and kind of input (batch 8) before the rounds: the first calls
+  // pay for TorchScript's profiling runs, oneDNN primitive creation and ORT's allocation planning.
+  log('warm-up');
+  for (const c of list.filter((x) => x.batch === 8)) {
+    for (const impl of impls) {
+      if (impl.supports && !impl.supports(c)) continue;
+      if (impl.measure) await impl.measure(c, { once: true });
+      else await impl.prepare(c)();
+    }
+  }
   const samples = {}; // caseId -> implId -> [{ itemsPerSecond, times }]
   const loads = [];
   for (let round = 0; round < rounds; round++) {
@@ -428,9 +441,7 @@ async function main() {
         const impl = impls[(k + round) % impls.length];
         if (impl.supports && !impl.supports(c)) continue;
         await sleep(100); // lets the previous implementation's spinning worker threads go idle
-        const times = impl.measure
-          ? await impl.measure(c, { warmup: round === 0 })
-          : await timeCalls(impl.prepare(c), round === 0);
+        const times = impl.measure ? await impl.measure(c) : await timeCalls(impl.prepare(c));
         const total = times.reduce((a, b) => a + b, 0);
         ((samples[c.id] ??= {})[impl.id] ??= []).push({ itemsPerSecond: (c.batch * times.length) / total, times });
       }
@@ -472,7 +483,8 @@ async function main() {
     machine: await machine({ onnxruntimeNode: packageVersion('onnxruntime-node'),
       transformersJs: packageVersion('@huggingface/transformers'), libtorch: binding().torchVersion,
       pytorch: impls.find((i) => i instanceof PyTorch)?.info?.torch }),
-    settings: { rounds, minSecondsPerMeasurement: minSeconds, threads, model: path.relative(root, modelDir),
+    settings: { rounds, minSecondsPerMeasurement: minSeconds, threads,
+      pythonOmpWaitPolicy: process.env.OMP_WAIT_POLICY ?? process.env.CLIP_BENCH_PY_OMP_WAIT_POLICY ?? 'PASSIVE', model: path.relative(root, modelDir),
       onnx: path.relative(root, onnxDir), images: files.map((f) => path.basename(f)) },
     load: loads,
     parity: agreement,

@@ -7,10 +7,15 @@
 // between the first and the last minute. Not part of npm test.
 //
 //   node bench/soak.js [--duration S] [--connections N] [--model DIR] [--json FILE]
-//                      [--max-growth-mb MB] [--device D]
+//                      [--max-growth-mb MB] [--device D] [--closing-rate R]
+//
+// --closing-rate: requests per second of malformed JSON, which the server
+// answers and then closes the connection (they run on connections of their
+// own, connections/16 of them; see main()). Default 20.
 //
 // Needs the build (npm run build) and the fixtures (node scripts/fixtures.js).
 const fs = require('node:fs');
+const http = require('node:http');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
@@ -29,6 +34,7 @@ const { values: args } = parseArgs({
     device: { type: 'string', default: 'cpu' },
     json: { type: 'string' },
     'max-growth-mb': { type: 'string', default: '150' },
+    'closing-rate': { type: 'string', default: '20' },
   },
 });
 const duration = Number(args.duration);
@@ -121,6 +127,13 @@ async function waitHealthy(base, child) {
   throw new Error('clip-native serve did not become healthy');
 }
 
+/** Percentiles of a list of milliseconds. */
+function percentiles(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const at = (q) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : NaN);
+  return { count: sorted.length, p50: at(0.5), p90: at(0.9), p99: at(0.99), max: sorted[sorted.length - 1] ?? NaN };
+}
+
 async function main() {
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
@@ -133,38 +146,114 @@ async function main() {
   child.on('exit', (code, signal) => (exited = signal ?? code));
   await waitHealthy(base, child);
 
+  // The server closes the connection after a body it cannot parse (fastify
+  // does), and autocannon's latency histogram is wrong on connections that
+  // get closed (it reports seconds where the answers take milliseconds). So
+  // the requests that close run on connections of their own, whose latencies
+  // are not reported; the latency figures come from the keep-alive
+  // connections and from a probe that times valid requests on its own.
   const mix = requestMix();
-  // A fixed interleaving, so every connection cycles through the same mix.
-  const requests = [];
-  for (let round = 0; requests.length < mix.reduce((n, m) => n + m[1], 0); round++) {
-    for (const [, weight, request] of mix) if (round < weight) requests.push(request);
-  }
-  const probe = mix[0][2];
-  const probeOnce = async () => {
-    const res = await fetch(base + probe.path, { method: 'POST', headers: probe.headers, body: probe.body });
-    return { status: res.status, body: await res.json() };
+  const closes = (label) => label === 'invalid: malformed JSON';
+  const cycle = (entries) => {
+    const out = [];
+    for (let round = 0; out.length < entries.reduce((n, m) => n + m[1], 0); round++) {
+      for (const [, weight, request] of entries) if (round < weight) out.push(request);
+    }
+    return out;
   };
-  for (let i = 0; i < 20; i++) await probeOnce();
-  const want = (await probeOnce()).body;
+  const keepAlive = cycle(mix.filter(([label]) => !closes(label)));
+  const closing = cycle(mix.filter(([label]) => closes(label)));
+  const closingConnections = Math.max(1, Math.round(connections / 16));
+  const closingRate = Number(args['closing-rate']);
+
+  const probeRequests = [mix[0][2], mix[1][2]];
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const send = (request) =>
+    new Promise((resolve, reject) => {
+      const started = process.hrtime.bigint();
+      const body = request.body === undefined ? undefined : Buffer.from(request.body);
+      const req = http.request(
+        { host: '127.0.0.1', port, agent, method: request.method, path: request.path, headers: { ...request.headers, ...(body ? { 'content-length': body.length } : {}) } },
+        (res) => {
+          const chunks = [];
+          res.on('data', (c) => chunks.push(c));
+          res.on('end', () =>
+            resolve({ status: res.statusCode, ms: Number(process.hrtime.bigint() - started) / 1e6, body: Buffer.concat(chunks).toString() }),
+          );
+        },
+      );
+      req.setTimeout(60_000, () => req.destroy(new Error('probe timeout')));
+      req.on('error', reject);
+      req.end(body);
+    });
+  for (let i = 0; i < 20; i++) await send(probeRequests[i % 2]);
+  const want = JSON.parse((await send(probeRequests[0])).body);
 
   const load = { start: os.loadavg() };
-  const samples = [{ t: 0, ...rssMb(child.pid) }];
+  // RSS from /proc, and the V8 heap and external memory from GET /metrics, so
+  // that growth can be told apart: JS heap, or native (malloc, libtorch).
+  const heapMb = async () => {
+    try {
+      const text = await (await fetch(`${base}/metrics`)).text();
+      const metric = (name) => Number(new RegExp(`^${name} (\\S+)`, 'm').exec(text)?.[1] ?? NaN) / 2 ** 20;
+      return { heapUsed: metric('nodejs_heap_size_used_bytes'), heapTotal: metric('nodejs_heap_size_total_bytes'), external: metric('nodejs_external_memory_bytes') };
+    } catch {
+      return {};
+    }
+  };
+  const samples = [{ t: 0, ...rssMb(child.pid), ...(await heapMb()) }];
   const started = Date.now();
-  const sampler = setInterval(() => {
-    if (exited === null) samples.push({ t: Math.round((Date.now() - started) / 1000), ...rssMb(child.pid) });
+  const sampler = setInterval(async () => {
+    if (exited !== null) return;
+    const t = Math.round((Date.now() - started) / 1000);
+    samples.push({ t, ...rssMb(child.pid), ...(await heapMb()) });
   }, 10_000);
-  console.log(`soak: ${connections} connections for ${duration} s against ${base} (${requests.length} requests per cycle), load ${load.start.map((l) => l.toFixed(2)).join(' ')}`);
+  console.log(
+    `soak: ${connections} connections (${closingConnections} of them for malformed JSON at ${closingRate}/s) for ${duration} s ` +
+      `against ${base}, load ${load.start.map((l) => l.toFixed(2)).join(' ')}`,
+  );
 
-  const result = await autocannon({ url: base, connections, duration, requests, timeout: 60 });
+  // Valid requests timed one at a time beside the load, every 200 ms.
+  const probeTimes = [];
+  const probeFailures = [];
+  let probing = true;
+  const probeLoop = (async () => {
+    for (let i = 0; probing; i++) {
+      try {
+        const answer = await send(probeRequests[i % 2]);
+        if (answer.status === 200) probeTimes.push(answer.ms);
+        else probeFailures.push(answer.status);
+      } catch (error) {
+        probeFailures.push(String(error));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  })();
+
+  const [result, closingResult] = await Promise.all([
+    autocannon({ url: base, connections: connections - closingConnections, duration, requests: keepAlive, timeout: 60 }),
+    // At a fixed rate: unthrottled, these cheap answers would crowd out the rest of the mix.
+    autocannon({ url: base, connections: closingConnections, duration, requests: closing, timeout: 60, overallRate: closingRate }),
+  ]);
+  probing = false;
+  await probeLoop;
   clearInterval(sampler);
   load.end = os.loadavg();
-  samples.push({ t: Math.round((Date.now() - started) / 1000), ...rssMb(child.pid) });
+  samples.push({ t: Math.round((Date.now() - started) / 1000), ...rssMb(child.pid), ...(await heapMb()) });
 
-  const after = exited === null ? await probeOnce().catch((e) => ({ status: -1, body: String(e) })) : { status: -1 };
-  const same =
-    after.status === 200 &&
-    after.body[0].text_features.every((v, i) => Math.abs(v - want[0].text_features[i]) < 1e-5);
-  const byStatus = Object.fromEntries(Object.entries(result.statusCodeStats ?? {}).map(([s, v]) => [s, v.count]));
+  const after = exited === null ? await send(probeRequests[0]).catch((e) => ({ status: -1, body: String(e) })) : { status: -1 };
+  let same = false;
+  try {
+    const got = JSON.parse(after.body);
+    same = after.status === 200 && got[0].text_features.every((v, i) => Math.abs(v - want[0].text_features[i]) < 1e-5);
+  } catch {
+    same = false;
+  }
+  const byStatus = {};
+  for (const r of [result, closingResult]) {
+    for (const [status, { count }] of Object.entries(r.statusCodeStats ?? {})) byStatus[status] = (byStatus[status] ?? 0) + count;
+  }
+  const total = result.requests.total + closingResult.requests.total;
   const firstMinute = samples.filter((s) => s.t <= 60 && s.t > 0);
   const lastMinute = samples.filter((s) => s.t >= samples[samples.length - 1].t - 60);
   const avg = (xs) => xs.reduce((n, s) => n + s.rss, 0) / Math.max(1, xs.length);
@@ -172,13 +261,24 @@ async function main() {
   const report = {
     duration,
     connections,
-    requests: result.requests.total,
-    requestsPerSecond: result.requests.average,
+    closingConnections,
+    closingRate,
+    requests: total,
+    requestsPerSecond: total / duration,
     byStatus,
-    non2xx: result.non2xx,
-    errors: result.errors,
-    timeouts: result.timeouts,
-    latencyMs: { p50: result.latency.p50, p90: result.latency.p90, p99: result.latency.p99, max: result.latency.max },
+    errors: result.errors + closingResult.errors,
+    timeouts: result.timeouts + closingResult.timeouts,
+    // autocannon's histogram of the keep-alive connections; Little's law gives their mean as a check.
+    latencyMs: {
+      p50: result.latency.p50,
+      p90: result.latency.p90,
+      p99: result.latency.p99,
+      max: result.latency.max,
+      mean: result.latency.mean,
+      littleMean: ((connections - closingConnections) / result.requests.average) * 1000,
+    },
+    probeLatencyMs: percentiles(probeTimes),
+    probeFailures: probeFailures.slice(0, 20),
     rssMb: {
       afterWarmup: samples[0].rss,
       end: samples[samples.length - 1].rss,
@@ -195,21 +295,29 @@ async function main() {
   };
 
   console.table(Object.entries(byStatus).map(([status, count]) => ({ status, count })));
-  console.table([{ ...report.latencyMs, rps: report.requestsPerSecond, errors: report.errors, timeouts: report.timeouts }]);
+  console.table({ 'all keep-alive requests (autocannon)': report.latencyMs, 'valid requests (probe)': report.probeLatencyMs });
+  console.log(`${report.requestsPerSecond.toFixed(0)} requests/s, ${report.errors} errors, ${report.timeouts} timeouts, probe failures: ${probeFailures.length}`);
   console.log(
     `RSS: ${report.rssMb.afterWarmup.toFixed(0)} MB after warm-up, ${report.rssMb.end.toFixed(0)} MB at the end, ` +
       `max sampled ${report.rssMb.max.toFixed(0)} MB, peak ${report.rssMb.peak.toFixed(0)} MB; ` +
       `first-minute average ${report.rssMb.firstMinuteAverage.toFixed(0)} MB, last-minute ${report.rssMb.lastMinuteAverage.toFixed(0)} MB`,
   );
+  const last = samples[samples.length - 1];
+  console.log(
+    `V8 heap: ${samples[0].heapTotal?.toFixed(0)} MB total after warm-up, ${last.heapTotal?.toFixed(0)} MB at the end ` +
+      `(${last.heapUsed?.toFixed(0)} MB used); external ${samples[0].external?.toFixed(0)} -> ${last.external?.toFixed(0)} MB`,
+  );
   console.log(`load average: ${load.start.map((l) => l.toFixed(2)).join(' ')} at the start, ${load.end.map((l) => l.toFixed(2)).join(' ')} at the end`);
   if (args.json) fs.writeFileSync(args.json, JSON.stringify(report, null, 2));
 
+  agent.destroy();
   child.kill('SIGTERM');
   await new Promise((resolve) => (exited === null ? child.once('exit', resolve) : resolve()));
   const problems = [];
   if (!report.serverAlive) problems.push('the server exited during the soak');
   if (byStatus['500']) problems.push(`${byStatus['500']} answers were 500`);
   if (!same) problems.push('the valid request no longer gets its answer');
+  if (probeFailures.length) problems.push(`${probeFailures.length} probe requests failed`);
   if (growth > Number(args['max-growth-mb'])) problems.push(`RSS grew by ${growth.toFixed(0)} MB from the first to the last minute`);
   if (problems.length) {
     console.error(`soak FAILED: ${problems.join('; ')}`);
@@ -219,7 +327,11 @@ async function main() {
   }
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exitCode = 1;
-});
+if (require.main === module) {
+  main().catch((error) => {
+    console.error(error);
+    process.exitCode = 1;
+  });
+}
+
+module.exports = { requestMix };
