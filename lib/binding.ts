@@ -46,6 +46,7 @@ export interface NativeModelInfo {
   vocabSize: number;
   maxBatchImages: number;
   maxBatchTexts: number;
+  maxBatchTokens: number;
 }
 
 export interface NativeModel {
@@ -68,6 +69,7 @@ export interface NativeLoadOptions {
   threads?: number;
   maxBatchImages?: number;
   maxBatchTexts?: number;
+  maxBatchTokens?: number;
   maxWaitMs?: number;
   queueCapacity?: number;
   prepThreads?: number;

@@ -24,6 +24,12 @@ export interface LoadOptions {
   maxBatchImages?: number;
   /** Largest text batch. Default 64 on CPU, 256 on CUDA. */
   maxBatchTexts?: number;
+  /**
+   * Largest text batch in token rows: texts in the batch times the longest of them in tokens (a batch pads to
+   * its longest text). A batch always takes at least one text. Default 16 x 77 on CPU (64 captions, or 16
+   * full-length texts), `maxBatchTexts` x 77 on CUDA.
+   */
+  maxBatchTokens?: number;
   /** How long a prepared item may wait for batch-mates while more are on the way. Default 2. */
   maxWaitMs?: number;
   /** Items that may wait per encoder before calls reject with `CLIP_QUEUE_FULL`. Default 4096. */
@@ -154,6 +160,7 @@ export class ClipModel {
       threads: checkCount(options.threads, 'options.threads', 1),
       maxBatchImages: checkCount(options.maxBatchImages, 'options.maxBatchImages', 1),
       maxBatchTexts: checkCount(options.maxBatchTexts, 'options.maxBatchTexts', 1),
+      maxBatchTokens: checkCount(options.maxBatchTokens, 'options.maxBatchTokens', 1),
       queueCapacity: checkCount(options.queueCapacity, 'options.queueCapacity', 1),
       prepThreads: checkCount(options.prepThreads, 'options.prepThreads', 1),
       maxWaitMs: options.maxWaitMs,

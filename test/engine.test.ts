@@ -50,6 +50,31 @@ t.test('200 concurrent calls batch and equal one-by-one calls', async (t) => {
   t.ok(after.image.itemsPerSecond > 0, 'stats() reports a rate');
 });
 
+t.test('maxBatchTokens caps a text batch by texts x longest text', async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu', maxBatchTokens: 100, maxWaitMs: 50 });
+  t.teardown(() => model.dispose());
+  const context = model.info.contextLength;
+  t.equal(model.info.maxBatchTokens, 100);
+  const fullLength = Array.from({ length: 12 }, (_, i) => Array.from({ length: 100 }, (_, j) => `w${i + j}`).join(' '));
+  let before = model.stats().text.batches;
+  const long = await model.embedTexts(fullLength);
+  t.equal(model.stats().text.batches - before, 12, `${context}-token texts run one per batch (2 x ${context} > 100)`);
+
+  // Five words: bos + 5 + eos = 7 ids; 100 / 7 -> at most 14 texts a batch.
+  const short = Array.from({ length: 42 }, (_, i) => `a photo of cat ${i % 10}`);
+  before = model.stats().text.batches;
+  const shortEmbeddings = await model.embedTexts(short);
+  const batches = model.stats().text.batches - before;
+  t.ok(batches >= 3 && batches < 42, `42 short texts in ${batches} batches (at least 3)`);
+
+  const alone = await model.embedTexts([fullLength[3], short[5]]);
+  t.ok(maxAbsDiff(alone[0], long[3]) <= 1e-5 && maxAbsDiff(alone[1], shortEmbeddings[5]) <= 1e-5, 'embeddings do not depend on the split');
+  const defaults = await ClipModel.load(tinyModel, { device: 'cpu' });
+  t.equal(defaults.info.maxBatchTokens, 16 * context, 'default on the CPU: 16 full-length texts');
+  await defaults.dispose();
+  await t.rejects(ClipModel.load(tinyModel, { maxBatchTokens: 0 }), { code: 'CLIP_INVALID_ARGUMENT' });
+});
+
 t.test('the event loop stays free while the model is saturated', async (t) => {
   const model = await ClipModel.load(tinyModel, { device: 'cpu' });
   t.teardown(() => model.dispose());

@@ -16,6 +16,7 @@ Options:
   --dtype T               float32 | bfloat16 | float16 (default float32)
   --max-batch N           largest image batch (default 16 on CPU, 128 on CUDA)
   --max-batch-texts N     largest text batch (default 64 on CPU, 256 on CUDA)
+  --max-batch-tokens N    largest text batch in token rows (default 16 x 77 on CPU)
   --queue-capacity N      items that may wait per encoder before 429 (default 4096)
   --threads N             libtorch intra-op threads
   --api-key K             require "Authorization: Bearer K" on POST /score
@@ -63,6 +64,7 @@ export async function runServe(args: string[]): Promise<number> {
     dtype: { type: 'string' },
     'max-batch': { type: 'string' },
     'max-batch-texts': { type: 'string' },
+    'max-batch-tokens': { type: 'string' },
     'queue-capacity': { type: 'string' },
     threads: { type: 'string' },
     'api-key': { type: 'string' },
@@ -93,6 +95,7 @@ export async function runServe(args: string[]): Promise<number> {
     dtype,
     maxBatchImages: positiveInt(values, 'max-batch'),
     maxBatchTexts: positiveInt(values, 'max-batch-texts'),
+    maxBatchTokens: positiveInt(values, 'max-batch-tokens'),
     queueCapacity: positiveInt(values, 'queue-capacity'),
     threads: positiveInt(values, 'threads'),
   };

@@ -369,6 +369,7 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
   out.Set("vocabSize", m.text.vocab_size);
   out.Set("maxBatchImages", engine_->max_batch(Encoder::kImage));
   out.Set("maxBatchTexts", engine_->max_batch(Encoder::kText));
+  out.Set("maxBatchTokens", engine_->max_batch_tokens());
   return out;
 }
 

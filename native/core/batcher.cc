@@ -100,6 +100,14 @@ Engine::Engine(std::shared_ptr<Model> model, const EngineOptions& options)
   max_batch_[0] = options.max_batch_images > 0 ? options.max_batch_images : (cuda ? 128 : 16);
   max_batch_[1] = options.max_batch_texts > 0 ? options.max_batch_texts : (cuda ? 256 : 64);
   const Manifest& m = model_->manifest();
+  // Text batches are bounded by padded size too: on the CPU throughput per
+  // text is flat from about 8 x 77 tokens up (bench/RESULTS.md), so 64
+  // full-length texts in one batch would only hold every caller for ~1.5 s;
+  // 16 x 77 keeps a batch near the cost of 16 images, and short captions
+  // still batch by 64.
+  max_batch_tokens_ = options.max_batch_tokens > 0 ? options.max_batch_tokens
+                      : cuda                       ? max_batch_[1] * m.text.context_length
+                                                   : 16 * m.text.context_length;
   preprocess_.crop_size = m.image.size;
   preprocess_.resize_shortest_edge = m.image.resize_shortest_edge;
   preprocess_.mean = m.image.mean;
@@ -314,13 +322,19 @@ void Engine::InferenceLoop() {
 
     std::vector<std::unique_ptr<Task>> batch;
     std::vector<std::unique_ptr<Task>> aborted;
+    size_t longest = 0;  // texts: the batch pads to its longest sequence
     while (!queues_[e].ready.empty() && batch.size() < limit) {
+      if (e == static_cast<int>(Encoder::kText) && !batch.empty()) {
+        const size_t length = std::max(longest, queues_[e].ready.front()->ids.size());
+        if ((batch.size() + 1) * length > static_cast<size_t>(max_batch_tokens_)) break;
+      }
       auto task = std::move(queues_[e].ready.front());
       queues_[e].ready.pop_front();
       --queues_[e].waiting;
       if (task->cancel && task->cancel->cancelled.load()) {
         aborted.push_back(std::move(task));
       } else {
+        longest = std::max(longest, task->ids.size());
         batch.push_back(std::move(task));
       }
     }

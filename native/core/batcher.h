@@ -76,6 +76,9 @@ struct Task {
 struct EngineOptions {
   int max_batch_images = 0;  // 0: the device default
   int max_batch_texts = 0;
+  // Largest text batch in token rows (batch size x its longest sequence);
+  // 0: the device default. A batch always takes at least one text.
+  int max_batch_tokens = 0;
   double max_wait_ms = 2.0;
   size_t queue_capacity = 4096;  // tasks waiting per encoder
   int prep_threads = 0;          // 0: one per core, at most 8
@@ -113,6 +116,7 @@ class Engine {
   EncoderStats Stats(Encoder encoder) const;
   const Model& model() const { return *model_; }
   int max_batch(Encoder encoder) const { return max_batch_[static_cast<int>(encoder)]; }
+  int max_batch_tokens() const { return max_batch_tokens_; }
 
  private:
   struct Queue {
@@ -133,6 +137,7 @@ class Engine {
 
   std::shared_ptr<Model> model_;
   int max_batch_[2];
+  int max_batch_tokens_;
   std::chrono::microseconds max_wait_;
   size_t queue_capacity_;
   PreprocessOptions preprocess_;

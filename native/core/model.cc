@@ -116,18 +116,18 @@ torch::jit::script::Module LoadArchive(const std::string& path, const torch::Dev
 }
 
 // --- CPU inference graph ------------------------------------------------------
-// libtorch runs float32 aten::linear on MKL's sgemm, which on CPUs other than
-// Intel's takes a generic code path: on the AVX-512 AMD EPYC of bench/RESULTS.md
-// oneDNN's linear is about 2x faster. So on the CPU the encoders are frozen
-// (weights become constants) and every linear with constant weights becomes
-// oneDNN's mkldnn::_linear_pointwise on weights packed once at load, with
-// the ops around it fused as oneDNN post-ops:
-//   * x * sigmoid(s * x) after it (CLIP's QuickGELU, s = 1.702) becomes the
-//     swish post-op on weights and bias scaled by s; the next linear's weights
-//     take the 1/s (swish(s x) / s == x * sigmoid(s x)),
-//   * in float32, a residual add after it (x + linear(h)) becomes a binary add.
-// With bfloat16 the weights are packed in bfloat16 and the input cast, which
-// is what autocast would do on every forward (weight casts included).
+// libtorch runs float32 aten::linear on MKL's sgemm, which takes a generic
+// code path on CPUs other than Intel's: on the AVX-512 AMD EPYC of
+// bench/RESULTS.md oneDNN's linear is about 2x faster. So on the CPU the
+// encoders are frozen (weights become constants) and every linear with
+// constant weights becomes oneDNN's mkldnn::_linear_pointwise on weights
+// packed once at load. A QuickGELU after it, x * sigmoid(s * x) with
+// s = 1.702, becomes oneDNN's swish post-op on weights and bias scaled by s,
+// and the next linear's weights take the 1/s (swish(s x) / s == x * sigmoid(s x)).
+// With bfloat16 the packed weights are bfloat16 and the input is cast, which
+// autocast did on every forward, weight casts included. Residual adds as
+// oneDNN binary post-ops measured about 7% slower; bench/RESULTS.md lists
+// what was tried.
 
 std::optional<at::Tensor> ConstantTensor(torch::jit::Value* value) {
   if (value->node()->kind() != c10::prim::Constant) return std::nullopt;
@@ -185,23 +185,6 @@ std::optional<SigmoidGate> MatchSigmoidGate(torch::jit::Node* linear) {
   return gate;
 }
 
-// The residual stream `r` of r + linear(h) (or linear(h) + r) when the add is
-// the linear's only user and r exists before the linear runs.
-std::optional<std::pair<torch::jit::Node*, torch::jit::Value*>> MatchResidualAdd(torch::jit::Node* linear) {
-  torch::jit::Value* y = linear->output();
-  if (y->uses().size() != 1) return std::nullopt;
-  torch::jit::Node* add = y->uses()[0].user;
-  if (add->kind() != c10::aten::add || add->inputs().size() != 3 || y->uses()[0].offset > 1 ||
-      ConstantNumber(add->input(2)) != 1.0) {
-    return std::nullopt;
-  }
-  torch::jit::Value* residual = add->input(1 - y->uses()[0].offset);
-  const bool before = residual->node()->kind() == c10::prim::Param ||
-                      (residual->node()->owningBlock() == linear->owningBlock() && residual->node()->isBefore(linear));
-  if (!residual->type()->cast<c10::TensorType>() || !before) return std::nullopt;
-  return std::make_pair(add, residual);
-}
-
 // A linear with constant float32 weights (and bias, if any) on the CPU.
 bool IsRewritableLinear(torch::jit::Node* linear) {
   auto weight = ConstantTensor(linear->input(1));
@@ -228,7 +211,6 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
   if (HasOperator("mkldnn::_reorder_linear_weight", "")) {
     pack = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
   }
-  const bool fuse_add = !bfloat16 && HasOperator("mkldnn::_linear_pointwise", "binary");
   const auto linear_pointwise = c10::Symbol::fromQualString("mkldnn::_linear_pointwise");
   const at::ScalarType dtype = bfloat16 ? at::kBFloat16 : at::kFloat;
 
@@ -249,7 +231,6 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
       w = w * gate->s;
       if (bias) bias = *bias * gate->s;
     }
-    auto residual = (fuse_add && !gate) ? MatchResidualAdd(linear) : std::nullopt;
     w = w.to(dtype).contiguous();
     if (bias) bias = bias->to(dtype).contiguous();
     if (pack) {
@@ -261,24 +242,20 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
     torch::jit::WithInsertPoint insert_point(linear);
     torch::jit::Value* input = linear->input(0);
     if (bfloat16) {
-      torch::jit::Node* cast = graph->create(
-          c10::aten::to, {input, graph->insertConstant(static_cast<int64_t>(at::kBFloat16)),
-                          graph->insertConstant(false), graph->insertConstant(false), graph->insertConstant(c10::IValue())});
+      torch::jit::Node* cast =
+          graph->create(c10::aten::to, {input, graph->insertConstant(static_cast<int64_t>(at::kBFloat16)),
+                                        graph->insertConstant(false), graph->insertConstant(false),
+                                        graph->insertConstant(c10::IValue())});
       cast->output()->setType(c10::TensorType::get());
       input = graph->insertNode(cast)->output();
     }
     torch::jit::Value* w_value = InsertTensorConstant(*graph, w);
     torch::jit::Value* b_value = bias ? InsertTensorConstant(*graph, *bias) : graph->insertConstant(c10::IValue());
-    torch::jit::Node* fused;
-    if (residual) {
-      fused = graph->create(linear_pointwise,
-                            {input, residual->second, w_value, b_value, graph->insertConstant(std::string("add"))});
-    } else {
-      torch::jit::Node* no_scalars =
-          graph->insertNode(graph->createList(c10::OptionalType::create(c10::NumberType::get()), {}));
-      fused = graph->create(linear_pointwise, {input, w_value, b_value, graph->insertConstant(std::string(gate ? "swish" : "none")),
-                                               no_scalars->output(), graph->insertConstant(c10::IValue())});
-    }
+    torch::jit::Node* no_scalars =
+        graph->insertNode(graph->createList(c10::OptionalType::create(c10::NumberType::get()), {}));
+    torch::jit::Node* fused = graph->create(
+        linear_pointwise, {input, w_value, b_value, graph->insertConstant(std::string(gate ? "swish" : "none")),
+                           no_scalars->output(), graph->insertConstant(c10::IValue())});
     fused->output()->setType(c10::TensorType::get());
     graph->insertNode(fused);
 
@@ -297,9 +274,6 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
         divide->insertAfter(fused);
         h->replaceAllUsesAfterNodeWith(divide, divide->output());
       }
-    } else if (residual) {
-      residual->first->output()->replaceAllUsesWith(fused->output());
-      residual->first->destroy();
     } else {
       linear->output()->replaceAllUsesWith(fused->output());
     }
