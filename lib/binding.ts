@@ -47,6 +47,7 @@ export interface NativeModelInfo {
   maxBatchImages: number;
   maxBatchTexts: number;
   maxBatchTokens: number;
+  queueCapacity: number;
 }
 
 export interface NativeModel {

@@ -32,7 +32,10 @@ export interface LoadOptions {
   maxBatchTokens?: number;
   /** How long a prepared item may wait for batch-mates while more are on the way. Default 2. */
   maxWaitMs?: number;
-  /** Items that may wait per encoder before calls reject with `CLIP_QUEUE_FULL`. Default 4096. */
+  /**
+   * Items that may wait per encoder before calls reject with `CLIP_QUEUE_FULL`; also the most items one call
+   * may pass (more reject with `CLIP_INVALID_ARGUMENT`). Default 4096.
+   */
   queueCapacity?: number;
   /** Threads that decode, preprocess and tokenize. Default: one per core, at most 8. */
   prepThreads?: number;
@@ -281,6 +284,7 @@ export class ClipModel {
 
   #checkTexts(texts: unknown, name: string): string[] {
     if (!Array.isArray(texts)) throw invalidArgument('an array of strings', name, texts);
+    this.#checkCapacity(texts, name);
     texts.forEach((text, i) => {
       if (typeof text !== 'string') throw invalidArgument('a string', `${name}[${i}]`, text);
     });
@@ -289,7 +293,16 @@ export class ClipModel {
 
   #checkImages(images: unknown, name: string): Uint8Array[] {
     if (!Array.isArray(images)) throw invalidArgument('an array of encoded images', name, images);
+    this.#checkCapacity(images, name);
     return images.map((image, i) => toBytes(image, `${name}[${i}]`));
+  }
+
+  /** A call larger than the queue could never be queued: not "full", a caller's mistake. */
+  #checkCapacity(items: unknown[], name: string): void {
+    const capacity = this.info.queueCapacity;
+    if (items.length > capacity) {
+      throw invalidArgument(`an array of at most ${capacity} items (the model's queueCapacity)`, name, items);
+    }
   }
 
   #imageOptions(options: ImageOptions | undefined) {

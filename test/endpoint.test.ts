@@ -431,6 +431,11 @@ t.test('429 with Retry-After when the engine queue is full; 503 while the model 
   for (const answer of ok) checkFeatures(t, answer.json[0].image_features, want, 'a request that got through');
   const after = await score(base, splitRequest(['image'], [[slow]]));
   t.equal(after.status, 200, 'the server serves again once the queue drains');
+  const tooMany = await score(base, splitRequest(['text'], [['a'], ['b']]));
+  t.equal(tooMany.status, 413, 'more rows of a kind than the queue holds: 413, not a retry');
+  t.equal(tooMany.json.code, 'CLIP_REQUEST_TOO_LARGE');
+  t.match(tooMany.json.message, /2 text rows; at most 1/);
+  t.equal(tooMany.headers['retry-after'], undefined);
 
   let resolveModel!: (m: ClipModel) => void;
   const loading = await listen(t, new Promise<ClipModel>((resolve) => (resolveModel = resolve)));

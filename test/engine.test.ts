@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import t from 'tap';
+import { TaskKind } from '../lib/binding';
 import { ClipModel } from '../lib/index';
 import { maxAbsDiff, root, tinyModel } from './helpers/env';
 import { makePng, sampleImages } from './helpers/images';
@@ -100,7 +101,20 @@ t.test('a full queue rejects at once with CLIP_QUEUE_FULL', async (t) => {
   const model = await ClipModel.load(tinyModel, { device: 'cpu', queueCapacity: 8 });
   t.teardown(() => model.dispose());
   const images = sampleImages(8);
-  await t.rejects(model.embedImages([...images, ...images]), { code: 'CLIP_QUEUE_FULL' }, 'more than the capacity in one call');
+  t.equal(model.info.queueCapacity, 8);
+  // A call that could never fit is the caller's mistake, not a full queue: retrying cannot help.
+  await t.rejects(
+    model.embedImages([...images, images[0]]),
+    { code: 'CLIP_INVALID_ARGUMENT', message: /at most 8 items .* for images but received an array of length 9/ },
+    'more than the capacity in one call',
+  );
+  await t.rejects(model.embedTexts(Array(9).fill('a')), { code: 'CLIP_INVALID_ARGUMENT' }, 'texts too');
+  await t.rejects(
+    model._submit(TaskKind.Text, Array(9).fill('a')),
+    { code: 'CLIP_INVALID_ARGUMENT', message: /at most 8 inputs/ },
+    'and the binding checks it before copying the inputs',
+  );
+  t.same((await model.embedTexts(Array(8).fill('a'))).length, 8, 'exactly the capacity fits');
   const calls = Array.from({ length: 6 }, () => model.embedImages(images).then(() => 'ok', (e) => e.code));
   const outcomes = await Promise.all(calls);
   t.ok(outcomes.includes('CLIP_QUEUE_FULL'), `some calls were refused: ${outcomes.join(', ')}`);

@@ -1,10 +1,11 @@
 // Decoding and CLIP preprocessing behind model.preprocessImage and model.embedImages.
 import fs from 'node:fs';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import t, { type Test } from 'tap';
 import { ClipModel } from '../lib/index';
 import { fixtures, maxAbsDiff, readF32, reference, skipWithoutReference, tinyModel } from './helpers/env';
-import { makePng, makePngHeaderOnly } from './helpers/images';
+import { chunk, makePng, makePngHeaderOnly } from './helpers/images';
 
 const MEAN = [0.48145466, 0.4578275, 0.40821073];
 const STD = [0.26862954, 0.26130258, 0.27577711];
@@ -71,6 +72,69 @@ t.test('embedImages equals embedding the preprocessed pixels', async (t) => {
   const pixels = await model.preprocessImage(png);
   const [viaPixels] = await model._submit(1, [pixels]);
   t.equal(maxAbsDiff(viaBytes, viaPixels as Float32Array), 0);
+});
+
+/** 8-bit RGB PNG rows (filter 0), in Adam7 pass order when interlaced. */
+function pngRows(width: number, height: number, pixel: (x: number, y: number) => number[], interlaced: boolean): Buffer {
+  const passes = interlaced
+    ? [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [0, 1, 1, 2]]
+    : [[0, 0, 1, 1]];
+  const out: number[] = [];
+  for (const [x0, y0, dx, dy] of passes) {
+    if (x0 >= width) continue;
+    for (let y = y0; y < height; y += dy) {
+      out.push(0);
+      for (let x = x0; x < width; x += dx) out.push(...pixel(x, y));
+    }
+  }
+  return Buffer.from(out);
+}
+
+t.test('a PNG is read up to its last row, as Pillow reads it: what follows in IDAT is never inflated', async (t) => {
+  const width = 37;
+  const height = 29;
+  const pixel = (x: number, y: number) => [(x * 7) & 255, (y * 9) & 255, ((x ^ y) * 5) & 255];
+  const want = await model.preprocessImage(makePng(width, height, pixel));
+  for (const interlaced of [false, true]) {
+    const header = Buffer.alloc(13);
+    header.writeUInt32BE(width, 0);
+    header.writeUInt32BE(height, 4);
+    header[8] = 8;
+    header[9] = 2;
+    header[12] = interlaced ? 1 : 0;
+    const png = (data: Buffer, end: boolean) =>
+      Buffer.concat([
+        Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+        chunk('IHDR', header),
+        chunk('IDAT', data),
+        ...(end ? [chunk('IEND', new Uint8Array())] : []),
+      ]);
+    const rows = pngRows(width, height, pixel, interlaced);
+    const label = interlaced ? 'interlaced' : 'not interlaced';
+    const whole = await model.preprocessImage(png(zlib.deflateSync(rows), true));
+    t.equal(maxAbsDiff(whole, want), 0, `${label}: decodes`);
+    // Every row, then the stream just stops: no final block, no checksum,
+    // no IEND. Reading past the last row would fail on the missing bytes.
+    const cut = zlib.deflateSync(rows, { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+    t.equal(maxAbsDiff(await model.preprocessImage(png(cut, false)), want), 0, `${label}: rows, then the end of the file`);
+    // Every row, then 64 MiB of zeros in the same stream (64 KB compressed).
+    const padded = zlib.deflateSync(Buffer.concat([rows, Buffer.alloc(64 << 20)]));
+    t.ok(padded.length < 100_000);
+    t.equal(maxAbsDiff(await model.preprocessImage(png(padded, true)), want), 0, `${label}: rows, then 64 MiB of zeros`);
+  }
+  const missingRow = zlib.deflateSync(pngRows(width, height - 1, pixel, false));
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(width, 0);
+  header.writeUInt32BE(height, 4);
+  header[8] = 8;
+  header[9] = 2;
+  const short = Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', header),
+    chunk('IDAT', missingRow),
+    chunk('IEND', new Uint8Array()),
+  ]);
+  await t.rejects(model.preprocessImage(short), { code: 'CLIP_IMAGE_DECODE_FAILED' }, 'a missing row still fails');
 });
 
 t.test('bad input rejects with the right code and harms nothing', async (t) => {

@@ -120,6 +120,10 @@ t.test('the packed package installs without a compiler and loads its prebuild', 
   if (!check(t, run('tar', ['-xzf', firstTarball, '-C', unpacked], { cwd: stage }), 'the tarball unpacks')) return;
   const packageDir = path.join(unpacked, 'package');
   fs.rmSync(firstTarball);
+  t.ok(fs.existsSync(path.join(packageDir, 'native', 'core', 'model.cc')), 'the package has the sources to build from');
+  for (const dev of ['native/test', 'native/fuzz', 'test', 'bench', '.venv', 'build']) {
+    t.notOk(fs.existsSync(path.join(packageDir, dev)), `the package leaves out ${dev}/`);
+  }
 
   const prebuilt = run(process.execPath, [path.join(root, 'scripts', 'prebuild.js'), '--from', localBuild,
     '--out', path.join(packageDir, 'prebuilds')], { cwd: root });

@@ -10,7 +10,7 @@ import {
   type ResolvedImageSourceOptions,
 } from './image_source';
 import type { ScoreResponse, ScoreRowInput, ScoreRowResult } from './types';
-import { checkBoolean, checkInteger, checkRow, isRowError, parseScoreRequest, rowError, type RowError } from './validate';
+import { checkBoolean, checkInteger, checkRow, endpointError, isRowError, parseScoreRequest, rowError, type RowError } from './validate';
 
 export type { ScoreRequest, ScoreResponse, ScoreRowInput, ScoreRowResult } from './types';
 export type { RowError } from './validate';
@@ -142,6 +142,19 @@ async function run(
     }
   }
   const firstError = () => results.find((r) => isRowError(r)) as RowError | undefined;
+  if (failFast) {
+    // More rows of a kind than the engine's queue holds can never be served;
+    // "retry later" (CLIP_QUEUE_FULL) would be wrong.
+    const capacity = model.info.queueCapacity;
+    for (const [count, kind] of [[imageRows.length, 'image'], [textRows.length, 'text']] as const) {
+      if (count > capacity) {
+        throw endpointError(
+          'CLIP_REQUEST_TOO_LARGE',
+          `The request has ${count} ${kind} rows; at most ${capacity} are taken in one request (the model's queueCapacity)`,
+        );
+      }
+    }
+  }
 
   // Work of this call stops when the caller aborts or, with failFast, at the first error.
   const controller = new AbortController();
@@ -244,7 +257,9 @@ export async function scoreRows(
  * of the request: `CLIP_INVALID_ARGUMENT` (shape, index length, empty row,
  * not an image string), `CLIP_URL_FORBIDDEN`, `CLIP_IMAGE_FETCH_FAILED`,
  * `CLIP_IMAGE_DECODE_FAILED`, `CLIP_UNSUPPORTED_IMAGE_FORMAT`,
- * `CLIP_IMAGE_TOO_LARGE`, `CLIP_QUEUE_FULL`, `CLIP_ABORTED`, `CLIP_DISPOSED`.
+ * `CLIP_IMAGE_TOO_LARGE`, `CLIP_QUEUE_FULL`, `CLIP_ABORTED`, `CLIP_DISPOSED`,
+ * and `CLIP_REQUEST_TOO_LARGE` when more image or text rows than the model's
+ * `queueCapacity` come in one request.
  */
 export async function score(model: ClipModel, request: unknown, options?: ScoreOptions): Promise<ScoreResponse> {
   const resolved = resolveScoreOptions(options);

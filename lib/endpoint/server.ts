@@ -1,6 +1,8 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
+import { STATUS_CODES } from 'node:http';
 import path from 'node:path';
+import type { Duplex } from 'node:stream';
 import Fastify, {
   LogController,
   type FastifyBaseLogger,
@@ -46,7 +48,9 @@ const STATUS: Record<string, number> = {
   CLIP_URL_FORBIDDEN: 400,
   CLIP_UNAUTHORIZED: 401,
   CLIP_NOT_FOUND: 404,
+  CLIP_REQUEST_TIMEOUT: 408,
   CLIP_REQUEST_TOO_LARGE: 413,
+  CLIP_HEADERS_TOO_LARGE: 431,
   CLIP_UNSUPPORTED_MEDIA_TYPE: 415,
   CLIP_QUEUE_FULL: 429,
   // The client went away; nobody reads this answer (nginx's "client closed request").
@@ -58,6 +62,37 @@ const STATUS: Record<string, number> = {
 /** The HTTP status the endpoint answers a ClipError code with; 500 for anything unknown. */
 export function statusOfCode(code: string): number {
   return STATUS[code] ?? 500;
+}
+
+/**
+ * What Node's HTTP parser refuses before any route runs (malformed framing,
+ * oversized headers, timeouts) gets the same {message, code} body as every
+ * other error. Runs on the server's socket; the connection is closed after.
+ */
+function clientErrorHandler(this: FastifyInstance, error: Error & { code?: string }, socket: Duplex): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  let status: number;
+  let body: ErrorBody;
+  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    status = 408;
+    body = { message: 'The request did not arrive in time', code: 'CLIP_REQUEST_TIMEOUT' };
+  } else if (error.code === 'HPE_HEADER_OVERFLOW') {
+    status = 431;
+    body = { message: 'Expected request headers of at most 16 KiB but received more', code: 'CLIP_HEADERS_TOO_LARGE' };
+  } else {
+    status = 400;
+    const reason = typeof error.code === 'string' && /^HPE_[A-Z_]+$/.test(error.code) ? ` (${error.code})` : '';
+    body = { message: `Expected a well-formed HTTP/1.1 request but received one Node's HTTP parser refuses${reason}`, code: 'CLIP_INVALID_ARGUMENT' };
+  }
+  this.log.debug({ err: error }, 'client error');
+  if (socket.writable) {
+    const text = JSON.stringify(body);
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`,
+    );
+  }
+  socket.destroy(error);
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:/+=@-]{1,128}$/;
@@ -180,6 +215,7 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
     requestIdHeader: false,
     genReqId: (req) => requestIdOf(req.headers),
     return503OnClosing: false,
+    clientErrorHandler,
   });
 
   // Only JSON bodies: anything else is a 415, as the contract says.

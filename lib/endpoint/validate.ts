@@ -2,13 +2,16 @@ import { ClipError, invalidArgument, type ClipErrorCode } from '../errors';
 import type { ScoreRowInput } from './types';
 
 /**
- * Codes only the HTTP layer ({@link createServer}) answers with, next to
- * {@link ClipErrorCode}; no call of the library rejects with them.
+ * Codes of the endpoint's contract, next to {@link ClipErrorCode}: the HTTP
+ * layer ({@link createServer}) answers with them, and `score` rejects with
+ * `CLIP_REQUEST_TOO_LARGE`; no other call of the library does.
  */
 export const ENDPOINT_ERROR_CODES = [
   'CLIP_UNAUTHORIZED',
   'CLIP_NOT_FOUND',
   'CLIP_REQUEST_TOO_LARGE',
+  'CLIP_REQUEST_TIMEOUT',
+  'CLIP_HEADERS_TOO_LARGE',
   'CLIP_UNSUPPORTED_MEDIA_TYPE',
   'CLIP_NOT_READY',
 ] as const;

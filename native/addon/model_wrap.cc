@@ -186,6 +186,13 @@ Napi::Value ModelWrap::Submit(const Napi::CallbackInfo& info) {
   Napi::Object options = info[2].As<Napi::Object>();
   const uint32_t count = inputs.Length();
   if (count == 0) throw MakeError(env, ErrorCode::kInvalidArgument, "Expected at least one input");
+  // Checked before any input is copied: a call that can never be queued
+  // must not cost a copy of every input first.
+  if (count > engine_->queue_capacity()) {
+    throw MakeError(env, ErrorCode::kInvalidArgument,
+                    "Expected at most " + std::to_string(engine_->queue_capacity()) +
+                        " inputs (the queue capacity) but received " + std::to_string(count));
+  }
 
   ImageDecodeOptions decode;
   decode.apply_exif_orientation = OptionBool(options, "applyExifOrientation", false);
@@ -370,6 +377,7 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
   out.Set("maxBatchImages", engine_->max_batch(Encoder::kImage));
   out.Set("maxBatchTexts", engine_->max_batch(Encoder::kText));
   out.Set("maxBatchTokens", engine_->max_batch_tokens());
+  out.Set("queueCapacity", static_cast<double>(engine_->queue_capacity()));
   return out;
 }
 

@@ -139,6 +139,12 @@ void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks) {
   for (const auto& task : tasks) ++per_encoder[static_cast<int>(EncoderOf(task->kind))];
   for (int e = 0; e < 2; ++e) {
     if (per_encoder[e] == 0) continue;
+    if (per_encoder[e] > queue_capacity_) {
+      // Would never fit, so not "full": retrying cannot help.
+      throw ClipError(ErrorCode::kInvalidArgument,
+                      "Expected at most " + std::to_string(queue_capacity_) + " inputs (the queue capacity) but received " +
+                          std::to_string(per_encoder[e]));
+    }
     if (queues_[e].waiting + per_encoder[e] > queue_capacity_) {
       throw ClipError(ErrorCode::kQueueFull,
                       std::string("the ") + (e == 0 ? "image" : "text") + " queue is full (" +

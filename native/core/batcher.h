@@ -106,7 +106,8 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // Takes all tasks or none: throws ClipError kQueueFull when the encoder's
-  // queue cannot hold them, kDisposed after Shutdown().
+  // queue cannot hold them now, kInvalidArgument when it never could (more
+  // tasks than its capacity), kDisposed after Shutdown().
   void Submit(std::vector<std::unique_ptr<Task>> tasks);
 
   // Idempotent. Fails every task not yet started with kDisposed, waits for
@@ -117,6 +118,7 @@ class Engine {
   const Model& model() const { return *model_; }
   int max_batch(Encoder encoder) const { return max_batch_[static_cast<int>(encoder)]; }
   int max_batch_tokens() const { return max_batch_tokens_; }
+  size_t queue_capacity() const { return queue_capacity_; }
 
  private:
   struct Queue {

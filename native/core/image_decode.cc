@@ -412,10 +412,24 @@ struct PngSource {
   const uint8_t* data;
   size_t size;
   size_t position;
+  // Set while image rows are read: once libpng has every row it goes on to
+  // inflate whatever follows in IDAT to the end of the zlib stream, which a
+  // hostile file makes a gigabyte of zeros in a megabyte. Pillow stops at the
+  // last row; so does PngRead, by jumping out with `finished` set.
+  bool reading_rows = false;
+  bool interlaced = false;
+  png_uint_32 height = 0;
+  bool finished = false;
 };
 
 void PngRead(png_structp png, png_bytep out, png_size_t length) {
   auto* source = static_cast<PngSource*>(png_get_io_ptr(png));
+  if (source->reading_rows &&
+      (source->interlaced ? png_get_current_pass_number(png) >= 7
+                          : png_get_current_row_number(png) >= source->height)) {
+    source->finished = true;
+    png_longjmp(png, 1);
+  }
   if (length > source->size - source->position) png_error(png, "truncated");
   std::memcpy(out, source->data + source->position, length);
   source->position += length;
@@ -546,17 +560,49 @@ struct PngJob {
   FrameSink* out = nullptr;
   std::vector<uint8_t> raw;
   std::vector<png_bytep> row_pointers;
+  // Set before rows are read; read again after a longjmp, so not locals.
+  png_uint_32 width = 0;
+  int bit_depth = 0;
+  int color_type = 0;
+  png_colorp palette = nullptr;
+  int palette_size = 0;
+  int passes = 1;
+  png_uint_32 next_row = 0;  // non-interlaced: rows emitted so far
 
   ~PngJob() {
     if (png) png_destroy_read_struct(&png, info ? &info : nullptr, nullptr);
   }
 };
 
+void EmitPngRow(PngJob* job, png_uint_32 y, const uint8_t* raw_row) {
+  size_t stride = 0;
+  uint8_t* row = job->out->Reserve(y, 1, &stride);
+  ConvertPngRow(raw_row, job->color_type, job->bit_depth, job->palette,
+                job->palette_size, job->width, row);
+  job->out->Commit(y, 1);
+}
+
+// Emits what the row loop has not: every row of an interlaced image (Adam7
+// needs the whole image before any row is final), or the last row of a
+// non-interlaced one when PngRead stopped libpng inside it.
+void FinishPngRows(PngJob* job) {
+  const png_uint_32 height = job->source.height;
+  if (job->passes > 1) {
+    for (png_uint_32 y = 0; y < height; ++y) EmitPngRow(job, y, job->row_pointers[y]);
+  } else {
+    for (; job->next_row < height; ++job->next_row) EmitPngRow(job, job->next_row, job->raw.data());
+  }
+}
+
 // Returns false when libpng reported an error (job->error.message).
 bool ReadPng(PngJob* job) {
   png_structp png = job->png;
   png_infop info = job->info;
-  if (setjmp(png_jmpbuf(png))) return false;
+  if (setjmp(png_jmpbuf(png))) {
+    if (!job->source.finished) return false;
+    FinishPngRows(job);
+    return true;
+  }
   png_set_read_fn(png, &job->source, PngRead);
   png_set_user_limits(png, 0x7FFFFFFF, 0x7FFFFFFF);
   png_set_crc_action(png, PNG_CRC_QUIET_USE, PNG_CRC_DEFAULT);
@@ -567,48 +613,42 @@ bool ReadPng(PngJob* job) {
 
   png_uint_32 width = 0;
   png_uint_32 height = 0;
-  int bit_depth = 0;
-  int color_type = 0;
   int interlace = 0;
-  png_get_IHDR(png, info, &width, &height, &bit_depth, &color_type, &interlace,
-               nullptr, nullptr);
-  png_colorp palette = nullptr;
-  int palette_size = 0;
-  if (color_type == PNG_COLOR_TYPE_PALETTE &&
-      png_get_PLTE(png, info, &palette, &palette_size) != PNG_INFO_PLTE) {
+  png_get_IHDR(png, info, &width, &height, &job->bit_depth, &job->color_type,
+               &interlace, nullptr, nullptr);
+  job->width = width;
+  if (job->color_type == PNG_COLOR_TYPE_PALETTE &&
+      png_get_PLTE(png, info, &job->palette, &job->palette_size) != PNG_INFO_PLTE) {
     DecodeFailed("PNG", "palette image without PLTE chunk");
   }
-  if (bit_depth < 8) png_set_packing(png);
-  const int passes = png_set_interlace_handling(png);
+  if (job->bit_depth < 8) png_set_packing(png);
+  job->passes = png_set_interlace_handling(png);
   png_read_update_info(png, info);
   const size_t row_bytes = png_get_rowbytes(png, info);
 
   job->out->Begin(width, height);
-  auto emit_row = [&](png_uint_32 y, const uint8_t* raw_row) {
-    size_t stride = 0;
-    uint8_t* row = job->out->Reserve(y, 1, &stride);
-    ConvertPngRow(raw_row, color_type, bit_depth, palette, palette_size, width,
-                  row);
-    job->out->Commit(y, 1);
-  };
-  if (passes == 1) {
+  job->source.height = height;
+  job->source.interlaced = job->passes > 1;
+  if (job->passes == 1) {
     job->raw.resize(row_bytes);
-    for (png_uint_32 y = 0; y < height; ++y) {
+    job->source.reading_rows = true;
+    for (; job->next_row < height; ++job->next_row) {
       png_read_row(png, job->raw.data(), nullptr);
-      emit_row(y, job->raw.data());
+      EmitPngRow(job, job->next_row, job->raw.data());
     }
   } else {
-    // Adam7 needs the whole image before any row is final.
     job->raw.resize(row_bytes * height);
     job->row_pointers.resize(height);
     for (png_uint_32 y = 0; y < height; ++y) {
       job->row_pointers[y] = job->raw.data() + y * row_bytes;
     }
+    job->source.reading_rows = true;
     png_read_image(png, job->row_pointers.data());
-    for (png_uint_32 y = 0; y < height; ++y) emit_row(y, job->row_pointers[y]);
   }
+  // Seldom reached: PngRead usually jumps out once libpng has every row.
   // png_read_end is skipped on purpose: chunks after the image data cannot
   // change the pixels, and Pillow tolerates damage there.
+  FinishPngRows(job);
   return true;
 }
 

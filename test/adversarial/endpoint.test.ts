@@ -312,7 +312,7 @@ function check(c: Case, answer: Answer): string[] {
   if (!expect.status.includes(answer.status)) {
     problems.push(`status ${answer.status}, expected ${expect.status.join(' or ')}`);
   }
-  if (answer.status >= 400 && !expect.raw) {
+  if (answer.status >= 400) {
     const body = answer.json;
     if (!/^application\/json/.test(String(answer.headers['content-type']))) problems.push(`content-type ${answer.headers['content-type']}`);
     if (body === null || typeof body !== 'object' || Array.isArray(body)) {
@@ -327,7 +327,7 @@ function check(c: Case, answer: Answer): string[] {
     }
     if ((answer.status === 429 || answer.status === 503) && answer.headers['retry-after'] === undefined) problems.push('no Retry-After');
   }
-  if (answer.status === 200 && !expect.raw && c.method === 'POST') {
+  if (answer.status === 200 && c.method === 'POST') {
     if (!Array.isArray(answer.json)) problems.push(`200 body is not an array: ${answer.text.slice(0, 200)}`);
     else if (!answer.json.every((row: any) => Array.isArray(row.image_features ?? row.text_features))) problems.push('a 200 row without features');
   }

@@ -81,4 +81,4 @@ function sampleImages(count) {
   return out;
 }
 
-module.exports = { makePng, makePngHeaderOnly, sampleImages };
+module.exports = { chunk, crc32, makePng, makePngHeaderOnly, sampleImages };
