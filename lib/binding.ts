@@ -48,6 +48,7 @@ export interface NativeModelInfo {
   maxBatchTexts: number;
   maxBatchTokens: number;
   queueCapacity: number;
+  padImageBatches: boolean;
 }
 
 export interface NativeModel {
@@ -71,6 +72,7 @@ export interface NativeLoadOptions {
   maxBatchImages?: number;
   maxBatchTexts?: number;
   maxBatchTokens?: number;
+  padImageBatches?: boolean;
   maxWaitMs?: number;
   queueCapacity?: number;
   prepThreads?: number;

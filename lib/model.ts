@@ -30,6 +30,13 @@ export interface LoadOptions {
    * full-length texts), `maxBatchTexts` x 77 on CUDA.
    */
   maxBatchTokens?: number;
+  /**
+   * Run every image batch at `maxBatchImages`, zeros after the real images. An image's embedding varies in
+   * its last bits with the size of the batch it ran in (not with its batch-mates); with this option it is the
+   * same bits however calls happen to be batched, at the cost of computing the padding. For reproducible
+   * batch jobs (`clip-native batch` turns it on). Default off.
+   */
+  padImageBatches?: boolean;
   /** How long a prepared item may wait for batch-mates while more are on the way. Default 2. */
   maxWaitMs?: number;
   /**
@@ -164,6 +171,7 @@ export class ClipModel {
       maxBatchImages: checkCount(options.maxBatchImages, 'options.maxBatchImages', 1),
       maxBatchTexts: checkCount(options.maxBatchTexts, 'options.maxBatchTexts', 1),
       maxBatchTokens: checkCount(options.maxBatchTokens, 'options.maxBatchTokens', 1),
+      padImageBatches: options.padImageBatches,
       queueCapacity: checkCount(options.queueCapacity, 'options.queueCapacity', 1),
       prepThreads: checkCount(options.prepThreads, 'options.prepThreads', 1),
       maxWaitMs: options.maxWaitMs,
@@ -174,6 +182,9 @@ export class ClipModel {
     checkCount(options.maxImagePixels, 'options.maxImagePixels', 1);
     if (options.applyExifOrientation !== undefined && typeof options.applyExifOrientation !== 'boolean') {
       throw invalidArgument('a boolean', 'options.applyExifOrientation', options.applyExifOrientation);
+    }
+    if (options.padImageBatches !== undefined && typeof options.padImageBatches !== 'boolean') {
+      throw invalidArgument('a boolean', 'options.padImageBatches', options.padImageBatches);
     }
     let handle: NativeModel;
     try {

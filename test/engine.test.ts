@@ -76,6 +76,27 @@ t.test('maxBatchTokens caps a text batch by texts x longest text', async (t) => 
   await t.rejects(ClipModel.load(tinyModel, { maxBatchTokens: 0 }), { code: 'CLIP_INVALID_ARGUMENT' });
 });
 
+t.test('padImageBatches: an image embeds to the same bits however it is batched', async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu', maxBatchImages: 4, padImageBatches: true });
+  t.teardown(() => model.dispose());
+  t.equal(model.info.padImageBatches, true);
+  const images = sampleImages(7);
+  const alone: Float32Array[] = [];
+  for (const image of images) alone.push((await model.embedImages([image]))[0]);
+  const together = await model.embedImages(images); // batches of 4 and 3 (+1 zero image)
+  const shuffled = await model.embedImages([...images].reverse());
+  for (let i = 0; i < images.length; i++) {
+    t.same(Array.from(together[i]), Array.from(alone[i]), `image ${i}: alone and in a batch of 4`);
+    t.same(Array.from(shuffled[images.length - 1 - i]), Array.from(alone[i]), `image ${i}: in another batch`);
+  }
+  const plain = await ClipModel.load(tinyModel, { device: 'cpu', maxBatchImages: 4 });
+  t.equal(plain.info.padImageBatches, false, 'off by default');
+  const [unpadded] = await plain.embedImages([images[0]]);
+  t.ok(maxAbsDiff(unpadded, alone[0]) <= 1e-5, 'the padding does not change the embedding beyond the last bits');
+  await plain.dispose();
+  await t.rejects(ClipModel.load(tinyModel, { padImageBatches: 'yes' as never }), { code: 'CLIP_INVALID_ARGUMENT' });
+});
+
 t.test('the event loop stays free while the model is saturated', async (t) => {
   const model = await ClipModel.load(tinyModel, { device: 'cpu' });
   t.teardown(() => model.dispose());

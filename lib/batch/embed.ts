@@ -51,10 +51,12 @@ function rowReason(error: ClipError): { code: string; message: string } {
  * the size of its batch and, for text, with its batch-mates and their order
  * (which follows preparation, not submission).
  *
- * - Images are decoded first (`Preprocess`, no inference) and their pixels
- *   submitted padded to a multiple of the image batch size, so every image
- *   batch is full: its size never varies, and (checked for the tiny and
- *   ViT-B/32 encoders) neither mates nor order change an image's features.
+ * - Every image batch has the same size: its size never varies, and (checked
+ *   for the tiny and ViT-B/32 encoders) neither mates nor order change an
+ *   image's features. With a model loaded with `padImageBatches` (the CLI
+ *   loads it so) the engine pads each batch and the image bytes go straight
+ *   in; otherwise images are decoded first (`Preprocess`, no inference) and
+ *   their pixels submitted padded to a multiple of the image batch size.
  * - Texts are embedded one per batch: with a model whose text batch size is 1
  *   (the CLI loads it so) all at once, otherwise one at a time.
  *
@@ -68,6 +70,7 @@ export class ChunkEmbedder {
   readonly #fetch: ResolvedImageSourceOptions;
   readonly #imageBatch: number;
   readonly #textsAtOnce: boolean;
+  readonly #enginePads: boolean;
   #textChain: Promise<unknown> = Promise.resolve();
 
   constructor(model: ClipModel, options: EmbedderOptions) {
@@ -76,6 +79,7 @@ export class ChunkEmbedder {
     this.#fetch = resolveImageSourceOptions({ allowPrivateUrls: options.allowPrivateUrls ?? false });
     this.#imageBatch = model.info.maxBatchImages;
     this.#textsAtOnce = model.info.maxBatchTexts === 1;
+    this.#enginePads = model.info.padImageBatches;
   }
 
   /**
@@ -170,6 +174,11 @@ export class ChunkEmbedder {
     if (images.length === 0) return [];
     const out: Array<Uint8Array | Float32Array | ClipError> = await mapLimit(images, FETCH_CONCURRENCY, (s) => this.#load(s));
     const decodable = out.map((v, k) => [v, k] as const).filter(([v]) => !(v instanceof ClipError));
+    if (this.#enginePads) {
+      const embedded = await this.#submit(TaskKind.ImageBytes, decodable.map(([v]) => v as Uint8Array));
+      embedded.forEach((result, j) => (out[decodable[j][1]] = result));
+      return out as Array<Float32Array | ClipError>;
+    }
     const pixels = await this.#submit(TaskKind.Preprocess, decodable.map(([v]) => v as Uint8Array));
     const good: number[] = [];
     pixels.forEach((result, j) => {

@@ -155,9 +155,16 @@ export async function runBatch(args: string[]): Promise<number> {
   const threads = positiveInt(values, 'threads');
 
   // The job's features must be the same bits in every run (see ChunkEmbedder): texts one per
-  // batch, and a long wait for batch-mates, which never delays this job (it submits whole image
-  // batches) but keeps a descheduled preparation thread from splitting one.
-  const model = await ClipModel.load(modelDir, { device, dtype, threads, maxBatchTexts: 1, maxWaitMs: BATCH_MAX_WAIT_MS });
+  // batch, image batches padded to one size by the engine, and a long wait for batch-mates, which
+  // never delays this job (it submits whole chunks) and keeps batches full.
+  const model = await ClipModel.load(modelDir, {
+    device,
+    dtype,
+    threads,
+    maxBatchTexts: 1,
+    padImageBatches: true,
+    maxWaitMs: BATCH_MAX_WAIT_MS,
+  });
   const controller = new AbortController();
   let interrupted = false;
   const onSignal = () => {

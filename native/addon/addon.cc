@@ -39,6 +39,7 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
   engine_options.max_batch_images = static_cast<int>(OptionNumber(options, "maxBatchImages", 0));
   engine_options.max_batch_texts = static_cast<int>(OptionNumber(options, "maxBatchTexts", 0));
   engine_options.max_batch_tokens = static_cast<int>(OptionNumber(options, "maxBatchTokens", 0));
+  engine_options.pad_image_batches = OptionBool(options, "padImageBatches", false);
   engine_options.max_wait_ms = OptionNumber(options, "maxWaitMs", engine_options.max_wait_ms);
   engine_options.queue_capacity =
       static_cast<size_t>(OptionNumber(options, "queueCapacity", static_cast<double>(engine_options.queue_capacity)));

@@ -378,6 +378,7 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
   out.Set("maxBatchTexts", engine_->max_batch(Encoder::kText));
   out.Set("maxBatchTokens", engine_->max_batch_tokens());
   out.Set("queueCapacity", static_cast<double>(engine_->queue_capacity()));
+  out.Set("padImageBatches", engine_->pad_image_batches());
   return out;
 }
 

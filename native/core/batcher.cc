@@ -93,7 +93,8 @@ Encoder Engine::EncoderOf(TaskKind kind) {
 Engine::Engine(std::shared_ptr<Model> model, const EngineOptions& options)
     : model_(std::move(model)),
       max_wait_(static_cast<int64_t>(std::max(0.0, options.max_wait_ms) * 1000.0)),
-      queue_capacity_(options.queue_capacity) {
+      queue_capacity_(options.queue_capacity),
+      pad_image_batches_(options.pad_image_batches) {
   // CPU throughput flattens out early while latency grows with the batch;
   // a GPU keeps gaining up to a few hundred images.
   const bool cuda = model_->is_cuda();
@@ -362,13 +363,17 @@ void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch
   std::string message;
   bool ok = Guard([&] {
     if (encoder == Encoder::kImage) {
-      torch::Tensor staging = model_->ImageStaging(n);
+      const int64_t rows = pad_image_batches_ ? std::max<int64_t>(n, max_batch_[0]) : n;
+      torch::Tensor staging = model_->ImageStaging(rows);
       float* dst = staging.data_ptr<float>();
       const size_t per_item = static_cast<size_t>(3) * m.image.size * m.image.size;
       for (int64_t i = 0; i < n; ++i) {
         std::memcpy(dst + i * per_item, batch[i]->pixels.data(), per_item * sizeof(float));
       }
+      if (rows > n) std::memset(dst + n * per_item, 0, (rows - n) * per_item * sizeof(float));
       output = model_->EncodeImages(staging);
+      // Rows [0, n) of a contiguous [rows, dim] tensor: still contiguous.
+      if (rows > n) output = output.narrow(0, 0, n);
     } else {
       // Pad to the longest sequence of this batch, not to the context length:
       // pooling happens at the first eos, so the padding never reaches it.

@@ -79,6 +79,11 @@ struct EngineOptions {
   // Largest text batch in token rows (batch size x its longest sequence);
   // 0: the device default. A batch always takes at least one text.
   int max_batch_tokens = 0;
+  // Runs every image batch at max_batch_images rows, zeros after the real
+  // images. An image's features vary in their last bits with the size of its
+  // batch (BLAS blocking), not with its batch-mates: with a constant size
+  // they are the same bits however the items happen to be batched.
+  bool pad_image_batches = false;
   double max_wait_ms = 2.0;
   size_t queue_capacity = 4096;  // tasks waiting per encoder
   int prep_threads = 0;          // 0: one per core, at most 8
@@ -119,6 +124,7 @@ class Engine {
   int max_batch(Encoder encoder) const { return max_batch_[static_cast<int>(encoder)]; }
   int max_batch_tokens() const { return max_batch_tokens_; }
   size_t queue_capacity() const { return queue_capacity_; }
+  bool pad_image_batches() const { return pad_image_batches_; }
 
  private:
   struct Queue {
@@ -142,6 +148,7 @@ class Engine {
   int max_batch_tokens_;
   std::chrono::microseconds max_wait_;
   size_t queue_capacity_;
+  bool pad_image_batches_;
   PreprocessOptions preprocess_;
 
   mutable std::mutex mutex_;
