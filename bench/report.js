@@ -88,7 +88,8 @@ function markdown(report) {
     'TorchScript archive as loaded, without the load-time oneDNN graph (the state before issue 8), model-only cases.');
   out.push('- **clip-native** (a) *model only*: preprocessed pixels / token ids in through the engine ' +
     '(`_submit`), (b) *end to end*: `embedImages(JPEG/PNG bytes)`, `embedTexts(strings)`. Its engine splits ' +
-    'a call into batches of at most `maxBatchImages` (16 on the CPU) images. bf16 = autocast.');
+    'a call into batches of at most `maxBatchImages` (16 on the CPU) images and `maxBatchTokens` (16 x 77 on ' +
+    'the CPU) text tokens. bf16 = `dtype: \'bfloat16\'`: the linears on bfloat16 weights packed at load.');
   out.push('- **onnxruntime-node fp32** (c): transformers.js `CLIPVisionModelWithProjection` / ' +
     '`CLIPTextModelWithProjection` on the ONNX files, local only; end to end with its `AutoProcessor` ' +
     '(sharp decoding) and `AutoTokenizer`.');
