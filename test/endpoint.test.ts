@@ -2,7 +2,7 @@
 // the Azure request kinds, image sources, every status of the error contract,
 // concurrency, and the URL policy.
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import t, { type Test } from 'tap';
 import { ClipModel } from '../lib/index';
 import { isBlockedAddress, parseImageSource } from '../lib/endpoint/image_source';
@@ -450,4 +450,35 @@ t.test('429 with Retry-After when the engine queue is full; 503 while the model 
   await new Promise((resolve) => setImmediate(resolve));
   t.equal((await request(loading, '/')).text, 'Healthy', 'healthy once loaded');
   t.equal((await score(loading, splitRequest(['text'], [['a']]))).status, 200);
+});
+
+t.test("what Node's HTTP parser refuses still gets {message, code}", async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu' });
+  t.teardown(() => model.dispose());
+  const address = await listen(t, model);
+  const base = new URL(address);
+  const raw = (text: string) =>
+    new Promise<string>((resolve, reject) => {
+      const socket = net.connect(Number(base.port), base.hostname, () => socket.end(text));
+      const chunks: Buffer[] = [];
+      socket.on('data', (c: Buffer) => chunks.push(c));
+      socket.on('close', () => resolve(Buffer.concat(chunks).toString('utf8')));
+      socket.on('error', reject);
+    });
+  const cases: Array<[string, string, number, string]> = [
+    ['bad Content-Length', 'POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}', 400, 'CLIP_INVALID_ARGUMENT'],
+    ['smuggling', 'POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 400, 'CLIP_INVALID_ARGUMENT'],
+    ['64 KiB header', `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(65_536)}\r\n\r\n`, 431, 'CLIP_HEADERS_TOO_LARGE'],
+  ];
+  for (const [name, request, status, code] of cases) {
+    const answer = await raw(request);
+    const [head, body] = answer.split('\r\n\r\n');
+    t.match(head, new RegExp(`^HTTP/1.1 ${status} `), `${name}: ${status}`);
+    t.match(head, /content-type: application\/json/i, `${name}: JSON`);
+    const parsed = JSON.parse(body) as { code: string; message: string };
+    t.equal(parsed.code, code, `${name}: ${code}`);
+    t.ok(parsed.message.length > 0, `${name}: ${parsed.message}`);
+  }
+  const health = await request(address, '/');
+  t.equal(health.status, 200, 'the server still serves');
 });

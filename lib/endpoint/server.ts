@@ -1,6 +1,6 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
-import { STATUS_CODES } from 'node:http';
+import { maxHeaderSize, STATUS_CODES } from 'node:http';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import Fastify, {
@@ -78,7 +78,7 @@ function clientErrorHandler(this: FastifyInstance, error: Error & { code?: strin
     body = { message: 'The request did not arrive in time', code: 'CLIP_REQUEST_TIMEOUT' };
   } else if (error.code === 'HPE_HEADER_OVERFLOW') {
     status = 431;
-    body = { message: 'Expected request headers of at most 16 KiB but received more', code: 'CLIP_HEADERS_TOO_LARGE' };
+    body = { message: `Expected request headers of at most ${maxHeaderSize} bytes but received more`, code: 'CLIP_HEADERS_TOO_LARGE' };
   } else {
     status = 400;
     const reason = typeof error.code === 'string' && /^HPE_[A-Z_]+$/.test(error.code) ? ` (${error.code})` : '';
