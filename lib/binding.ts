@@ -9,6 +9,8 @@ import { ClipError } from './errors';
 export interface NativeSubmitOptions {
   applyExifOrientation?: boolean;
   maxPixels?: number;
+  /** Run these inputs as batches of their own, formed in input order once all are prepared. */
+  together?: boolean;
 }
 
 /** A failed item as the native layer reports it. */

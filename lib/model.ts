@@ -1,4 +1,4 @@
-import { binding, type NativeModel, type NativeModelInfo, type NativeResult, TaskKind } from './binding';
+import { binding, type NativeModel, type NativeModelInfo, type NativeResult, type NativeSubmitOptions, TaskKind } from './binding';
 import { ClipError, invalidArgument, toClipError } from './errors';
 import { score, type ScoreOptions, type ScoreResponse } from './endpoint/score';
 
@@ -285,7 +285,7 @@ export class ClipModel {
   _submit(
     kind: TaskKind,
     inputs: ReadonlyArray<Uint8Array | Float32Array | Int32Array | string>,
-    options: { applyExifOrientation?: boolean; maxPixels?: number; signal?: AbortSignal } = {},
+    options: { applyExifOrientation?: boolean; maxPixels?: number; together?: boolean; signal?: AbortSignal } = {},
   ): Promise<Array<Float32Array | Int32Array | ClipError>> {
     const { signal, ...native } = options;
     return this.#submit(kind, inputs, { ...this.#defaults, ...native }, signal).then((results) =>
@@ -339,7 +339,7 @@ export class ClipModel {
   #submit(
     kind: TaskKind,
     inputs: ReadonlyArray<Uint8Array | Float32Array | Int32Array | string>,
-    options: { applyExifOrientation?: boolean; maxPixels?: number },
+    options: NativeSubmitOptions,
     signal: AbortSignal | undefined,
   ): Promise<NativeResult[]> {
     if (this.#disposed) {

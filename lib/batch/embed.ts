@@ -46,40 +46,27 @@ function rowReason(error: ClipError): { code: string; message: string } {
 
 /**
  * Embeds chunks of rows so that every row's features are the same bits in
- * every run and shard, whatever else runs at the time. The native engine
- * forms batches by timing, and a row's features vary in their last bits with
- * the size of its batch and, for text, with its batch-mates and their order
- * (which follows preparation, not submission).
- *
- * - Every image batch has the same size: its size never varies, and (checked
- *   for the tiny and ViT-B/32 encoders) neither mates nor order change an
- *   image's features. With a model loaded with `padImageBatches` (the CLI
- *   loads it so) the engine pads each batch and the image bytes go straight
- *   in; otherwise images are decoded first (`Preprocess`, no inference) and
- *   their pixels submitted padded to a multiple of the image batch size.
- * - Texts are embedded one per batch: with a model whose text batch size is 1
- *   (the CLI loads it so) all at once, otherwise one at a time.
+ * every run and shard, whatever else runs at the time. A feature's last bits
+ * vary with its batch: for images with the batch's size, for texts also with
+ * the batch-mates and their order. So a chunk's images go to the engine in
+ * one submission and its texts in another, each `together`: the engine runs
+ * such a submission as batches of its own, formed in row order once all of
+ * it is prepared, and chunks lie on a fixed grid over the job's rows
+ * (see chunkRanges), so a chunk's batches are the same in every run.
  *
  * Chunks overlap: reading, fetching and decoding run ahead while earlier
- * chunks are in inference. `embed` must be called in chunk order. Rows are
- * read as the endpoint reads them (image strings, URLs, empty rows).
+ * chunks are in inference. Rows are read as the endpoint reads them (image
+ * strings, URLs, empty rows).
  */
 export class ChunkEmbedder {
   readonly #model: ClipModel;
   readonly #signal: AbortSignal;
   readonly #fetch: ResolvedImageSourceOptions;
-  readonly #imageBatch: number;
-  readonly #textsAtOnce: boolean;
-  readonly #enginePads: boolean;
-  #textChain: Promise<unknown> = Promise.resolve();
 
   constructor(model: ClipModel, options: EmbedderOptions) {
     this.#model = model;
     this.#signal = options.signal;
     this.#fetch = resolveImageSourceOptions({ allowPrivateUrls: options.allowPrivateUrls ?? false });
-    this.#imageBatch = model.info.maxBatchImages;
-    this.#textsAtOnce = model.info.maxBatchTexts === 1;
-    this.#enginePads = model.info.padImageBatches;
   }
 
   /**
@@ -160,44 +147,20 @@ export class ChunkEmbedder {
   }
 
   #embedTexts(texts: string[]): Promise<Array<Float32Array | ClipError>> {
-    if (this.#textsAtOnce) return this.#submit(TaskKind.Text, texts);
-    const results = this.#textChain.then(async () => {
-      const out: Array<Float32Array | ClipError> = [];
-      for (const text of texts) out.push(...(await this.#submit(TaskKind.Text, [text])));
-      return out;
-    });
-    this.#textChain = results.catch(() => undefined);
-    return results;
+    return this.#submit(TaskKind.Text, texts);
   }
 
   async #embedImages(images: ImageSource[]): Promise<Array<Float32Array | ClipError>> {
     if (images.length === 0) return [];
     const out: Array<Uint8Array | Float32Array | ClipError> = await mapLimit(images, FETCH_CONCURRENCY, (s) => this.#load(s));
     const decodable = out.map((v, k) => [v, k] as const).filter(([v]) => !(v instanceof ClipError));
-    if (this.#enginePads) {
-      const embedded = await this.#submit(TaskKind.ImageBytes, decodable.map(([v]) => v as Uint8Array));
-      embedded.forEach((result, j) => (out[decodable[j][1]] = result));
-      return out as Array<Float32Array | ClipError>;
-    }
-    const pixels = await this.#submit(TaskKind.Preprocess, decodable.map(([v]) => v as Uint8Array));
-    const good: number[] = [];
-    pixels.forEach((result, j) => {
-      out[decodable[j][1]] = result;
-      if (!(result instanceof ClipError)) good.push(decodable[j][1]);
-    });
-    if (good.length) {
-      // Pad to whole batches with copies of a decoded image: every image batch then has the same size.
-      const inputs = good.map((k) => out[k] as Float32Array);
-      const padded = Math.ceil(inputs.length / this.#imageBatch) * this.#imageBatch;
-      while (inputs.length < padded) inputs.push(inputs[0]);
-      const embedded = await this.#submit(TaskKind.ImagePixels, inputs);
-      good.forEach((k, j) => (out[k] = embedded[j]));
-    }
+    const embedded = await this.#submit(TaskKind.ImageBytes, decodable.map(([v]) => v as Uint8Array));
+    embedded.forEach((result, j) => (out[decodable[j][1]] = result));
     return out as Array<Float32Array | ClipError>;
   }
 
   async #submit(kind: TaskKind, inputs: Array<Uint8Array | Float32Array | string>): Promise<Array<Float32Array | ClipError>> {
     if (inputs.length === 0) return [];
-    return (await this.#model._submit(kind, inputs, { signal: this.#signal })) as Array<Float32Array | ClipError>;
+    return (await this.#model._submit(kind, inputs, { together: true, signal: this.#signal })) as Array<Float32Array | ClipError>;
   }
 }

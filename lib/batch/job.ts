@@ -40,10 +40,8 @@ export interface BatchJobOptions {
    * on CUDA) when the job starts; reruns and shards take the job's.
    *
    * Byte-identical results across reruns and shards need the same model, device, dtype, image batch
-   * size and chunk rows, and a model used by this job alone, loaded with `maxBatchTexts: 1` (texts are
-   * embedded one per batch; with a larger text batch the job sends them one at a time) and
-   * `padImageBatches: true` (else images are decoded first and their pixels submitted in whole
-   * batches, which is slower) and a `maxWaitMs` of a second or more, as the CLI does.
+   * size and chunk rows; other work on the same model does not matter (the job's chunks run as
+   * batches of their own).
    */
   chunkRows?: number;
   /** Rows per part file: the grain of resuming and sharding. Default 1000. Fixed for an output folder. */

@@ -42,7 +42,6 @@ this shard done), 1 failed (over the error threshold, unreadable input),
 `;
 
 const DEVICE = /^(auto|cpu|cuda|cuda:\d+)$/;
-const BATCH_MAX_WAIT_MS = 2000;
 const DTYPES = new Set(['float32', 'bfloat16', 'float16']);
 
 function errorThreshold(value: string | undefined): number | undefined {
@@ -154,17 +153,9 @@ export async function runBatch(args: string[]): Promise<number> {
   };
   const threads = positiveInt(values, 'threads');
 
-  // The job's features must be the same bits in every run (see ChunkEmbedder): texts one per
-  // batch, image batches padded to one size by the engine, and a long wait for batch-mates, which
-  // never delays this job (it submits whole chunks) and keeps batches full.
-  const model = await ClipModel.load(modelDir, {
-    device,
-    dtype,
-    threads,
-    maxBatchTexts: 1,
-    padImageBatches: true,
-    maxWaitMs: BATCH_MAX_WAIT_MS,
-  });
+  // A model of the job's own: the job submits whole chunks, each run as batches of its own
+  // (see ChunkEmbedder), so its features are the same bits in every run.
+  const model = await ClipModel.load(modelDir, { device, dtype, threads });
   const controller = new AbortController();
   let interrupted = false;
   const onSignal = () => {

@@ -196,6 +196,7 @@ Napi::Value ModelWrap::Submit(const Napi::CallbackInfo& info) {
 
   ImageDecodeOptions decode;
   decode.apply_exif_orientation = OptionBool(options, "applyExifOrientation", false);
+  const bool together = OptionBool(options, "together", false);
   const double max_pixels = OptionNumber(options, "maxPixels", static_cast<double>(decode.max_pixels));
   if (max_pixels >= 1) decode.max_pixels = static_cast<uint64_t>(max_pixels);
 
@@ -255,7 +256,7 @@ Napi::Value ModelWrap::Submit(const Napi::CallbackInfo& info) {
   }
 
   try {
-    engine_->Submit(std::move(tasks));
+    engine_->Submit(std::move(tasks), together);
   } catch (const ClipError& e) {
     throw MakeError(env, e.code(), e.what());
   }

@@ -133,7 +133,7 @@ Engine::Engine(std::shared_ptr<Model> model, const EngineOptions& options)
 
 Engine::~Engine() { Shutdown(); }
 
-void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks) {
+void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks, bool together) {
   std::unique_lock<std::mutex> lock(mutex_);
   if (stopping_) throw ClipError(ErrorCode::kDisposed, "the model has been disposed");
   size_t per_encoder[2] = {0, 0};
@@ -154,6 +154,11 @@ void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks) {
     }
   }
   for (int e = 0; e < 2; ++e) queues_[e].waiting += per_encoder[e];
+  if (together && !tasks.empty()) {
+    auto group = std::make_shared<TaskGroup>();
+    group->unsettled = tasks.size();
+    for (auto& task : tasks) task->group = group;
+  }
   for (auto& task : tasks) {
     task->sequence = next_sequence_++;
     prep_queue_.push_back(std::move(task));
@@ -192,14 +197,17 @@ void Engine::PrepLoop() {
 
 void Engine::Prepare(std::unique_ptr<Task> task) {
   const int e = static_cast<int>(EncoderOf(task->kind));
+  const std::shared_ptr<TaskGroup> group = task->group;
   // Shutdown() zeroes the counts, so tasks finishing after it leave no trace.
-  // The inference thread may be waiting for this task as a batch-mate.
+  // The inference thread may be waiting for this task as a batch-mate, or
+  // for its group to settle.
   auto leave_queue = [&] {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (!stopping_) --queues_[e].waiting;
+      if (group) --group->unsettled;
     }
-    ready_cv_.notify_one();
+    ready_cv_.notify_all();
   };
   if (task->cancel && task->cancel->cancelled.load()) {
     leave_queue();
@@ -293,10 +301,13 @@ void Engine::Prepare(std::unique_ptr<Task> task) {
   task->ready_at = Clock::now();
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!stopping_) queues_[e].ready.push_back(std::move(task));
+    if (!stopping_) {
+      queues_[e].ready.push_back(std::move(task));
+      if (group) --group->unsettled;
+    }
   }
   if (task) return Fail(std::move(task), ErrorCode::kDisposed, "the model has been disposed");
-  ready_cv_.notify_one();
+  ready_cv_.notify_all();
 }
 
 void Engine::InferenceLoop() {
@@ -318,41 +329,80 @@ void Engine::InferenceLoop() {
     } else {
       e = queues_[0].ready.front()->ready_at <= queues_[1].ready.front()->ready_at ? 0 : 1;
     }
-    const size_t limit = static_cast<size_t>(max_batch_[e]);
-    const auto deadline = queues_[e].ready.front()->ready_at + max_wait_;
-    // Wait briefly for batch-mates, but only while more are on the way.
-    while (!stopping_ && queues_[e].ready.size() < limit &&
-           queues_[e].waiting > queues_[e].ready.size()) {
-      if (ready_cv_.wait_until(lock, deadline) == std::cv_status::timeout) break;
-    }
-    if (stopping_) return;
-
     std::vector<std::unique_ptr<Task>> batch;
     std::vector<std::unique_ptr<Task>> aborted;
-    size_t longest = 0;  // texts: the batch pads to its longest sequence
-    while (!queues_[e].ready.empty() && batch.size() < limit) {
-      if (e == static_cast<int>(Encoder::kText) && !batch.empty()) {
-        const size_t length = std::max(longest, queues_[e].ready.front()->ids.size());
-        if ((batch.size() + 1) * length > static_cast<size_t>(max_batch_tokens_)) break;
-      }
-      auto task = std::move(queues_[e].ready.front());
-      queues_[e].ready.pop_front();
-      --queues_[e].waiting;
-      if (task->cancel && task->cancel->cancelled.load()) {
-        aborted.push_back(std::move(task));
-      } else {
-        longest = std::max(longest, task->ids.size());
-        batch.push_back(std::move(task));
-      }
-    }
-    // Parallel preparation finishes out of order; a batch keeps submission
-    // order, so the same submissions make the same batch.
-    std::sort(batch.begin(), batch.end(), [](const auto& a, const auto& b) { return a->sequence < b->sequence; });
+    if (!TakeBatch(e, lock, &batch, &aborted)) return;
     lock.unlock();
     for (auto& task : aborted) Fail(std::move(task), ErrorCode::kAborted, "the operation was aborted");
     if (!batch.empty()) RunBatch(static_cast<Encoder>(e), batch);
     lock.lock();
   }
+}
+
+bool Engine::TakeBatch(int e, std::unique_lock<std::mutex>& lock, std::vector<std::unique_ptr<Task>>* batch,
+                       std::vector<std::unique_ptr<Task>>* aborted) {
+  auto& ready = queues_[e].ready;
+  const size_t limit = static_cast<size_t>(max_batch_[e]);
+  const bool text = e == static_cast<int>(Encoder::kText);
+  size_t longest = 0;  // texts: the batch pads to its longest sequence
+  // Whether `task` still fits the batch (limit, and for texts the token budget).
+  auto fits = [&](const Task& task) {
+    if (batch->size() >= limit) return false;
+    if (!text || batch->empty()) return true;
+    const size_t length = std::max(longest, task.ids.size());
+    return (batch->size() + 1) * length <= static_cast<size_t>(max_batch_tokens_);
+  };
+  auto take = [&](std::unique_ptr<Task> task) {
+    --queues_[e].waiting;
+    if (task->cancel && task->cancel->cancelled.load()) {
+      aborted->push_back(std::move(task));
+    } else {
+      longest = std::max(longest, task->ids.size());
+      batch->push_back(std::move(task));
+    }
+  };
+  auto by_sequence = [](const auto& a, const auto& b) { return a->sequence < b->sequence; };
+
+  if (const std::shared_ptr<TaskGroup> group = ready.front()->group) {
+    ready_cv_.wait(lock, [&] { return stopping_ || group->unsettled == 0; });
+    if (stopping_) return false;
+    std::vector<std::unique_ptr<Task>> members;
+    for (auto it = ready.begin(); it != ready.end();) {
+      if ((*it)->group == group) {
+        members.push_back(std::move(*it));
+        it = ready.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    std::sort(members.begin(), members.end(), by_sequence);
+    size_t taken = 0;
+    while (taken < members.size() && fits(*members[taken])) take(std::move(members[taken++]));
+    // The rest of the group goes first next time, still in order.
+    for (size_t i = members.size(); i > taken; --i) ready.push_front(std::move(members[i - 1]));
+    return true;
+  }
+
+  // Wait briefly for batch-mates, but only while more are on the way.
+  const auto deadline = ready.front()->ready_at + max_wait_;
+  while (!stopping_ && ready.size() < limit && queues_[e].waiting > ready.size()) {
+    if (ready_cv_.wait_until(lock, deadline) == std::cv_status::timeout) break;
+  }
+  if (stopping_) return false;
+  for (auto it = ready.begin(); it != ready.end();) {
+    if ((*it)->group) {  // groups run on their own
+      ++it;
+      continue;
+    }
+    if (!fits(**it)) break;
+    auto task = std::move(*it);
+    it = ready.erase(it);
+    take(std::move(task));
+  }
+  // Parallel preparation finishes out of order; a batch keeps submission
+  // order, so the same submissions make the same batch.
+  std::sort(batch->begin(), batch->end(), by_sequence);
+  return true;
 }
 
 void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch) {

@@ -59,6 +59,13 @@ struct TaskResult {
 
 using TaskCallback = std::function<void(TaskResult&&)>;
 
+// Tasks submitted together that run as batches of their own: never mixed with
+// other tasks, formed in submission order once every member is prepared. The
+// same submission then gives the same batches whatever the timing.
+struct TaskGroup {
+  size_t unsettled = 0;  // members still being prepared; guarded by the engine's mutex
+};
+
 struct Task {
   TaskKind kind = TaskKind::kText;
   std::string input;            // image bytes or UTF-8 text
@@ -71,6 +78,7 @@ struct Task {
   TaskCallback done;
   std::chrono::steady_clock::time_point ready_at;
   uint64_t sequence = 0;  // submission order, set by Engine::Submit
+  std::shared_ptr<TaskGroup> group;  // set by Engine::Submit with `together`
 };
 
 struct EngineOptions {
@@ -112,8 +120,9 @@ class Engine {
 
   // Takes all tasks or none: throws ClipError kQueueFull when the encoder's
   // queue cannot hold them now, kInvalidArgument when it never could (more
-  // tasks than its capacity), kDisposed after Shutdown().
-  void Submit(std::vector<std::unique_ptr<Task>> tasks);
+  // tasks than its capacity), kDisposed after Shutdown(). With `together`
+  // the tasks form a TaskGroup.
+  void Submit(std::vector<std::unique_ptr<Task>> tasks, bool together = false);
 
   // Idempotent. Fails every task not yet started with kDisposed, waits for
   // the batch in flight, joins the threads and releases the model.
@@ -137,6 +146,10 @@ class Engine {
 
   void PrepLoop();
   void InferenceLoop();
+  // Moves the next batch of encoder `e` out of its ready queue (aborted
+  // tasks into `aborted`). Called with `lock` held; may wait on it.
+  bool TakeBatch(int e, std::unique_lock<std::mutex>& lock, std::vector<std::unique_ptr<Task>>* batch,
+                 std::vector<std::unique_ptr<Task>>* aborted);
   void Prepare(std::unique_ptr<Task> task);
   void RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch);
   void Finish(std::unique_ptr<Task> task, TaskResult&& result);
