@@ -97,6 +97,33 @@ t.test('padImageBatches: an image embeds to the same bits however it is batched'
   await t.rejects(ClipModel.load(tinyModel, { padImageBatches: 'yes' as never }), { code: 'CLIP_INVALID_ARGUMENT' });
 });
 
+t.test('a submission "together" runs as batches of its own, in order; failures and aborts settle it', async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu', maxBatchImages: 4 });
+  t.teardown(() => model.dispose());
+  const images = sampleImages(6);
+  const bad = images[5].subarray(0, 60); // truncated PNG
+  const before = model.stats().image.batches;
+  const [grouped] = await Promise.all([
+    model._submit(TaskKind.ImageBytes, [images[0], bad, ...images.slice(1)], { together: true }),
+    model.embedImages(images.slice(0, 3)),
+    model.embedImages(images.slice(3)),
+  ]);
+  t.equal((grouped[1] as { code?: string }).code, 'CLIP_IMAGE_DECODE_FAILED', 'a bad member fails only itself');
+  const batches = model.stats().image.batches - before;
+  // The group's 6 good images: batches of 4 and 2; the other calls' 6 images: at least 2 batches.
+  t.ok(batches >= 4, `${batches} batches: the group was not mixed with the other calls`);
+  const alone = await model.embedImages(images.slice(0, 4));
+  for (let i = 0; i < 4; i++) {
+    t.same(Array.from(grouped[i === 0 ? 0 : i + 1] as Float32Array), Array.from(alone[i]), `image ${i}: the same bits as in a batch of the same four`);
+  }
+  const controller = new AbortController();
+  const aborted = model._submit(TaskKind.ImageBytes, sampleImages(12), { together: true, signal: controller.signal });
+  controller.abort();
+  await t.rejects(aborted, { code: 'CLIP_ABORTED' });
+  t.equal((await model.embedImages([images[0]])).length, 1, 'the engine goes on after an aborted group');
+  t.equal(model.stats().image.queueDepth, 0);
+});
+
 t.test('the event loop stays free while the model is saturated', async (t) => {
   const model = await ClipModel.load(tinyModel, { device: 'cpu' });
   t.teardown(() => model.dispose());
