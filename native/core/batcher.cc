@@ -315,19 +315,22 @@ void Engine::InferenceLoop() {
   model_->PrepareInferenceThread();
   std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
-    ready_cv_.wait(lock, [this] {
-      return stopping_ || !queues_[0].ready.empty() || !queues_[1].ready.empty();
+    const Task* next[2] = {nullptr, nullptr};
+    ready_cv_.wait(lock, [&] {
+      next[0] = NextRunnable(queues_[0]);
+      next[1] = NextRunnable(queues_[1]);
+      return stopping_ || next[0] || next[1];
     });
     if (stopping_) return;
 
-    // Serve the encoder whose oldest prepared task has waited longest.
+    // Serve the encoder whose oldest runnable task has waited longest.
     int e;
-    if (queues_[0].ready.empty()) {
+    if (!next[0]) {
       e = 1;
-    } else if (queues_[1].ready.empty()) {
+    } else if (!next[1]) {
       e = 0;
     } else {
-      e = queues_[0].ready.front()->ready_at <= queues_[1].ready.front()->ready_at ? 0 : 1;
+      e = next[0]->ready_at <= next[1]->ready_at ? 0 : 1;
     }
     std::vector<std::unique_ptr<Task>> batch;
     std::vector<std::unique_ptr<Task>> aborted;
@@ -337,6 +340,13 @@ void Engine::InferenceLoop() {
     if (!batch.empty()) RunBatch(static_cast<Encoder>(e), batch);
     lock.lock();
   }
+}
+
+const Task* Engine::NextRunnable(const Queue& queue) {
+  for (const auto& task : queue.ready) {
+    if (!task->group || task->group->unsettled == 0) return task.get();
+  }
+  return nullptr;
 }
 
 bool Engine::TakeBatch(int e, std::unique_lock<std::mutex>& lock, std::vector<std::unique_ptr<Task>>* batch,
@@ -363,9 +373,9 @@ bool Engine::TakeBatch(int e, std::unique_lock<std::mutex>& lock, std::vector<st
   };
   auto by_sequence = [](const auto& a, const auto& b) { return a->sequence < b->sequence; };
 
-  if (const std::shared_ptr<TaskGroup> group = ready.front()->group) {
-    ready_cv_.wait(lock, [&] { return stopping_ || group->unsettled == 0; });
-    if (stopping_) return false;
+  const Task* first = NextRunnable(queues_[e]);
+  if (!first) return true;
+  if (const std::shared_ptr<TaskGroup> group = first->group) {
     std::vector<std::unique_ptr<Task>> members;
     for (auto it = ready.begin(); it != ready.end();) {
       if ((*it)->group == group) {
@@ -384,7 +394,7 @@ bool Engine::TakeBatch(int e, std::unique_lock<std::mutex>& lock, std::vector<st
   }
 
   // Wait briefly for batch-mates, but only while more are on the way.
-  const auto deadline = ready.front()->ready_at + max_wait_;
+  const auto deadline = first->ready_at + max_wait_;
   while (!stopping_ && ready.size() < limit && queues_[e].waiting > ready.size()) {
     if (ready_cv_.wait_until(lock, deadline) == std::cv_status::timeout) break;
   }

@@ -146,8 +146,13 @@ class Engine {
 
   void PrepLoop();
   void InferenceLoop();
+  // The first ready task that can run now: one outside a group, or a member
+  // of a group whose members are all prepared (a group still in preparation
+  // holds up neither other calls nor the other encoder). Needs mutex_.
+  static const Task* NextRunnable(const Queue& queue);
   // Moves the next batch of encoder `e` out of its ready queue (aborted
-  // tasks into `aborted`). Called with `lock` held; may wait on it.
+  // tasks into `aborted`). Called with `lock` held; may wait on it, for
+  // batch-mates, at most max_wait_.
   bool TakeBatch(int e, std::unique_lock<std::mutex>& lock, std::vector<std::unique_ptr<Task>>* batch,
                  std::vector<std::unique_ptr<Task>>* aborted);
   void Prepare(std::unique_ptr<Task> task);
