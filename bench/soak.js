@@ -23,7 +23,7 @@ const zlib = require('node:zlib');
 const { spawn } = require('node:child_process');
 const { parseArgs } = require('node:util');
 const autocannon = require('autocannon');
-const { makePng, makePngHeaderOnly } = require('../test/helpers/images');
+const { makePng, makePngHeaderOnly, pngFile } = require('../test/helpers/images');
 
 const root = path.resolve(__dirname, '..');
 const { values: args } = parseArgs({
@@ -59,34 +59,8 @@ function rssMb(pid) {
 
 /** An all-zero 1-bit PNG: 20000x20000 (400 MP) in about 50 KB, refused by the pixel limit. */
 function zeroPng(width, height) {
-  const crcTable = Array.from({ length: 256 }, (_, n) => {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    return c >>> 0;
-  });
-  const crc32 = (bytes) => {
-    let c = 0xffffffff;
-    for (const b of bytes) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
-    return (c ^ 0xffffffff) >>> 0;
-  };
-  const chunk = (type, data) => {
-    const out = Buffer.alloc(12 + data.length);
-    out.writeUInt32BE(data.length, 0);
-    out.write(type, 4, 'latin1');
-    data.copy(out, 8);
-    out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length);
-    return out;
-  };
-  const header = Buffer.alloc(13);
-  header.writeUInt32BE(width, 0);
-  header.writeUInt32BE(height, 4);
-  header[8] = 1;
-  return Buffer.concat([
-    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk('IHDR', header),
-    chunk('IDAT', zlib.deflateSync(Buffer.alloc((Math.ceil(width / 8) + 1) * height), { level: 9 })),
-    chunk('IEND', Buffer.alloc(0)),
-  ]);
+  const raw = Buffer.alloc((Math.ceil(width / 8) + 1) * height);
+  return pngFile(width, height, zlib.deflateSync(raw, { level: 9 }), { bitDepth: 1, colorType: 0 });
 }
 
 const score = (data, columns = ['image', 'text']) =>

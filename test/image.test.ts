@@ -5,7 +5,7 @@ import zlib from 'node:zlib';
 import t, { type Test } from 'tap';
 import { ClipModel } from '../lib/index';
 import { fixtures, maxAbsDiff, readF32, reference, skipWithoutReference, tinyModel } from './helpers/env';
-import { chunk, makePng, makePngHeaderOnly } from './helpers/images';
+import { makePng, makePngHeaderOnly, pngFile } from './helpers/images';
 
 const MEAN = [0.48145466, 0.4578275, 0.40821073];
 const STD = [0.26862954, 0.26130258, 0.27577711];
@@ -96,19 +96,7 @@ t.test('a PNG is read up to its last row, as Pillow reads it: what follows in ID
   const pixel = (x: number, y: number) => [(x * 7) & 255, (y * 9) & 255, ((x ^ y) * 5) & 255];
   const want = await model.preprocessImage(makePng(width, height, pixel));
   for (const interlaced of [false, true]) {
-    const header = Buffer.alloc(13);
-    header.writeUInt32BE(width, 0);
-    header.writeUInt32BE(height, 4);
-    header[8] = 8;
-    header[9] = 2;
-    header[12] = interlaced ? 1 : 0;
-    const png = (data: Buffer, end: boolean) =>
-      Buffer.concat([
-        Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-        chunk('IHDR', header),
-        chunk('IDAT', data),
-        ...(end ? [chunk('IEND', new Uint8Array())] : []),
-      ]);
+    const png = (data: Buffer, end: boolean) => pngFile(width, height, data, { interlace: interlaced ? 1 : 0, end });
     const rows = pngRows(width, height, pixel, interlaced);
     const label = interlaced ? 'interlaced' : 'not interlaced';
     const whole = await model.preprocessImage(png(zlib.deflateSync(rows), true));
@@ -122,18 +110,7 @@ t.test('a PNG is read up to its last row, as Pillow reads it: what follows in ID
     t.ok(padded.length < 100_000);
     t.equal(maxAbsDiff(await model.preprocessImage(png(padded, true)), want), 0, `${label}: rows, then 64 MiB of zeros`);
   }
-  const missingRow = zlib.deflateSync(pngRows(width, height - 1, pixel, false));
-  const header = Buffer.alloc(13);
-  header.writeUInt32BE(width, 0);
-  header.writeUInt32BE(height, 4);
-  header[8] = 8;
-  header[9] = 2;
-  const short = Buffer.concat([
-    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk('IHDR', header),
-    chunk('IDAT', missingRow),
-    chunk('IEND', new Uint8Array()),
-  ]);
+  const short = pngFile(width, height, zlib.deflateSync(pngRows(width, height - 1, pixel, false)));
   await t.rejects(model.preprocessImage(short), { code: 'CLIP_IMAGE_DECODE_FAILED' }, 'a missing row still fails');
 });
 

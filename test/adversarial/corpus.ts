@@ -16,9 +16,10 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const { chunk, crc32, makePng, makePngHeaderOnly } = require('../helpers/images') as {
-  chunk(type: string, data: Uint8Array): Buffer;
+const { PNG_SIGNATURE, crc32, makePng, makePngHeaderOnly, pngFile } = require('../helpers/images') as {
+  PNG_SIGNATURE: Buffer;
   crc32(bytes: Uint8Array): number;
+  pngFile(width: number, height: number, idat: Uint8Array, options?: { bitDepth?: number; colorType?: number }): Buffer;
   makePng(width: number, height: number, pixel: (x: number, y: number) => number[]): Buffer;
   makePngHeaderOnly(width: number, height: number): Buffer;
 };
@@ -90,28 +91,14 @@ function random(name: string): () => number {
   };
 }
 
-const pngChunk = chunk;
-
-const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
-
 /**
  * An all-zero grayscale PNG of 1 bit per pixel with real, complete image data:
  * 20000x20000 is 400 megapixels (1.2 GB as RGB) in about 50 KB.
  */
 export function makeZeroPng(width: number, height: number): Buffer {
-  const header = Buffer.alloc(13);
-  header.writeUInt32BE(width, 0);
-  header.writeUInt32BE(height, 4);
-  header[8] = 1; // bit depth
-  header[9] = 0; // grayscale
   const stride = Math.ceil(width / 8) + 1;
   const raw = Buffer.alloc(stride * height); // filter 0 and zero pixels on every row
-  return Buffer.concat([
-    PNG_SIGNATURE,
-    pngChunk('IHDR', header),
-    pngChunk('IDAT', zlib.deflateSync(raw, { level: 9 })),
-    pngChunk('IEND', Buffer.alloc(0)),
-  ]);
+  return pngFile(width, height, zlib.deflateSync(raw, { level: 9 }), { bitDepth: 1, colorType: 0 });
 }
 
 /** A copy of a PNG with its IHDR rewritten by `edit` (CRC fixed unless `badCrc`). */
@@ -560,19 +547,7 @@ export function buildCorpus(context: CorpusContext): Case[] {
     ],
     [
       'PNG zlib bomb in a 16x16 IDAT',
-      () => {
-        const header = Buffer.alloc(13);
-        header.writeUInt32BE(16, 0);
-        header.writeUInt32BE(16, 4);
-        header[8] = 8;
-        header[9] = 2;
-        return Buffer.concat([
-          PNG_SIGNATURE,
-          pngChunk('IHDR', header),
-          pngChunk('IDAT', zlib.deflateSync(Buffer.alloc(64 << 20), { level: 9 })),
-          pngChunk('IEND', Buffer.alloc(0)),
-        ]);
-      },
+      () => pngFile(16, 16, zlib.deflateSync(Buffer.alloc(64 << 20), { level: 9 })),
       maybeImage(0),
     ],
   ];

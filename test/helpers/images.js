@@ -27,6 +27,27 @@ function chunk(type, data) {
   return out;
 }
 
+const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+
+/**
+ * A PNG file around the given IDAT data: signature, IHDR (8-bit RGB unless
+ * said otherwise), one IDAT chunk and, unless `end` is false, IEND.
+ */
+function pngFile(width, height, idat, { bitDepth = 8, colorType = 2, interlace = 0, end = true } = {}) {
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(width, 0);
+  header.writeUInt32BE(height, 4);
+  header[8] = bitDepth;
+  header[9] = colorType;
+  header[12] = interlace;
+  return Buffer.concat([
+    PNG_SIGNATURE,
+    chunk('IHDR', header),
+    chunk('IDAT', idat),
+    ...(end ? [chunk('IEND', new Uint8Array())] : []),
+  ]);
+}
+
 /**
  * An 8-bit RGB PNG drawn by `pixel(x, y) -> [r, g, b]`. Tests use it where a
  * valid image is all they need; pixel-exact fixtures come from Pillow.
@@ -42,32 +63,12 @@ function makePng(width, height, pixel) {
       raw[row + 3 + x * 3] = b;
     }
   }
-  const header = Buffer.alloc(13);
-  header.writeUInt32BE(width, 0);
-  header.writeUInt32BE(height, 4);
-  header[8] = 8; // bit depth
-  header[9] = 2; // RGB
-  return Buffer.concat([
-    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk('IHDR', header),
-    chunk('IDAT', zlib.deflateSync(raw)),
-    chunk('IEND', new Uint8Array()),
-  ]);
+  return pngFile(width, height, zlib.deflateSync(raw));
 }
 
 /** A PNG whose header claims width x height but carries no real pixel data. */
 function makePngHeaderOnly(width, height) {
-  const header = Buffer.alloc(13);
-  header.writeUInt32BE(width, 0);
-  header.writeUInt32BE(height, 4);
-  header[8] = 8;
-  header[9] = 2;
-  return Buffer.concat([
-    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk('IHDR', header),
-    chunk('IDAT', zlib.deflateSync(Buffer.alloc(64))),
-    chunk('IEND', new Uint8Array()),
-  ]);
+  return pngFile(width, height, zlib.deflateSync(Buffer.alloc(64)));
 }
 
 /** A few distinct test images: gradients and stripes of different sizes. */
@@ -81,4 +82,4 @@ function sampleImages(count) {
   return out;
 }
 
-module.exports = { chunk, crc32, makePng, makePngHeaderOnly, sampleImages };
+module.exports = { PNG_SIGNATURE, chunk, crc32, makePng, makePngHeaderOnly, pngFile, sampleImages };
