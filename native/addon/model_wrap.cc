@@ -188,10 +188,10 @@ Napi::Value ModelWrap::Submit(const Napi::CallbackInfo& info) {
   if (count == 0) throw MakeError(env, ErrorCode::kInvalidArgument, "Expected at least one input");
   // Checked before any input is copied: a call that can never be queued
   // must not cost a copy of every input first.
-  if (count > engine_->queue_capacity()) {
-    throw MakeError(env, ErrorCode::kInvalidArgument,
-                    "Expected at most " + std::to_string(engine_->queue_capacity()) +
-                        " inputs (the queue capacity) but received " + std::to_string(count));
+  try {
+    engine_->CheckCapacity(count);
+  } catch (const ClipError& e) {
+    throw MakeError(env, e.code(), e.what());
   }
 
   ImageDecodeOptions decode;

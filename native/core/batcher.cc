@@ -133,6 +133,15 @@ Engine::Engine(std::shared_ptr<Model> model, const EngineOptions& options)
 
 Engine::~Engine() { Shutdown(); }
 
+void Engine::CheckCapacity(size_t count) const {
+  if (count > queue_capacity_) {
+    // Would never fit, so not "full": retrying cannot help.
+    throw ClipError(ErrorCode::kInvalidArgument, "Expected at most " + std::to_string(queue_capacity_) +
+                                                     " inputs (the queue capacity) but received " +
+                                                     std::to_string(count));
+  }
+}
+
 void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks, bool together) {
   std::unique_lock<std::mutex> lock(mutex_);
   if (stopping_) throw ClipError(ErrorCode::kDisposed, "the model has been disposed");
@@ -140,12 +149,7 @@ void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks, bool together) {
   for (const auto& task : tasks) ++per_encoder[static_cast<int>(EncoderOf(task->kind))];
   for (int e = 0; e < 2; ++e) {
     if (per_encoder[e] == 0) continue;
-    if (per_encoder[e] > queue_capacity_) {
-      // Would never fit, so not "full": retrying cannot help.
-      throw ClipError(ErrorCode::kInvalidArgument,
-                      "Expected at most " + std::to_string(queue_capacity_) + " inputs (the queue capacity) but received " +
-                          std::to_string(per_encoder[e]));
-    }
+    CheckCapacity(per_encoder[e]);
     if (queues_[e].waiting + per_encoder[e] > queue_capacity_) {
       throw ClipError(ErrorCode::kQueueFull,
                       std::string("the ") + (e == 0 ? "image" : "text") + " queue is full (" +
@@ -334,7 +338,7 @@ void Engine::InferenceLoop() {
     }
     std::vector<std::unique_ptr<Task>> batch;
     std::vector<std::unique_ptr<Task>> aborted;
-    if (!TakeBatch(e, lock, &batch, &aborted)) return;
+    if (!TakeBatch(e, next[e], lock, &batch, &aborted)) return;
     lock.unlock();
     for (auto& task : aborted) Fail(std::move(task), ErrorCode::kAborted, "the operation was aborted");
     if (!batch.empty()) RunBatch(static_cast<Encoder>(e), batch);
@@ -349,8 +353,8 @@ const Task* Engine::NextRunnable(const Queue& queue) {
   return nullptr;
 }
 
-bool Engine::TakeBatch(int e, std::unique_lock<std::mutex>& lock, std::vector<std::unique_ptr<Task>>* batch,
-                       std::vector<std::unique_ptr<Task>>* aborted) {
+bool Engine::TakeBatch(int e, const Task* first, std::unique_lock<std::mutex>& lock,
+                       std::vector<std::unique_ptr<Task>>* batch, std::vector<std::unique_ptr<Task>>* aborted) {
   auto& ready = queues_[e].ready;
   const size_t limit = static_cast<size_t>(max_batch_[e]);
   const bool text = e == static_cast<int>(Encoder::kText);
@@ -373,8 +377,6 @@ bool Engine::TakeBatch(int e, std::unique_lock<std::mutex>& lock, std::vector<st
   };
   auto by_sequence = [](const auto& a, const auto& b) { return a->sequence < b->sequence; };
 
-  const Task* first = NextRunnable(queues_[e]);
-  if (!first) return true;
   if (const std::shared_ptr<TaskGroup> group = first->group) {
     std::vector<std::unique_ptr<Task>> members;
     for (auto it = ready.begin(); it != ready.end();) {

@@ -124,6 +124,10 @@ class Engine {
   // the tasks form a TaskGroup.
   void Submit(std::vector<std::unique_ptr<Task>> tasks, bool together = false);
 
+  // Throws ClipError kInvalidArgument when `count` tasks of one encoder could
+  // never be queued (more than the capacity); Submit checks it too.
+  void CheckCapacity(size_t count) const;
+
   // Idempotent. Fails every task not yet started with kDisposed, waits for
   // the batch in flight, joins the threads and releases the model.
   void Shutdown();
@@ -150,11 +154,11 @@ class Engine {
   // of a group whose members are all prepared (a group still in preparation
   // holds up neither other calls nor the other encoder). Needs mutex_.
   static const Task* NextRunnable(const Queue& queue);
-  // Moves the next batch of encoder `e` out of its ready queue (aborted
-  // tasks into `aborted`). Called with `lock` held; may wait on it, for
-  // batch-mates, at most max_wait_.
-  bool TakeBatch(int e, std::unique_lock<std::mutex>& lock, std::vector<std::unique_ptr<Task>>* batch,
-                 std::vector<std::unique_ptr<Task>>* aborted);
+  // Moves the next batch of encoder `e`, starting at `first` (its
+  // NextRunnable), out of its ready queue (aborted tasks into `aborted`).
+  // Called with `lock` held; may wait on it, for batch-mates, at most max_wait_.
+  bool TakeBatch(int e, const Task* first, std::unique_lock<std::mutex>& lock,
+                 std::vector<std::unique_ptr<Task>>* batch, std::vector<std::unique_ptr<Task>>* aborted);
   void Prepare(std::unique_ptr<Task> task);
   void RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch);
   void Finish(std::unique_ptr<Task> task, TaskResult&& result);
