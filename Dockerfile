@@ -27,6 +27,7 @@ WORKDIR /opt/clip-native
 COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json CMakeLists.txt ./
+COPY cmake ./cmake
 COPY lib ./lib
 COPY native ./native
 COPY bin ./bin
