@@ -3,6 +3,7 @@ export type {
   CallOptions,
   Device,
   DType,
+  EmbedItem,
   EncoderStats,
   ImageInput,
   ImageOptions,

@@ -92,6 +92,9 @@ export type ModelInfo = NativeModelInfo;
 /** An image as encoded bytes (JPEG, PNG, WebP, GIF or BMP); the format comes from the bytes. */
 export type ImageInput = Uint8Array | ArrayBuffer;
 
+/** One input of the mixed-input calls ({@link ClipModel.embed}): a text or an encoded image. */
+export type EmbedItem = { text: string; image?: undefined } | { image: ImageInput; text?: undefined };
+
 const DEVICE_PATTERN = /^(auto|cpu|cuda|cuda:\d+)$/;
 const DTYPES = new Set(['float32', 'bfloat16', 'float16']);
 
@@ -219,6 +222,44 @@ export class ClipModel {
     const { signal, native } = this.#imageOptions(options);
     const inputs = this.#checkImages(images, 'images');
     return this.#all(await this.#submit(TaskKind.ImageBytes, inputs, native, signal), 'images') as Float32Array[];
+  }
+
+  /**
+   * One embedding per item, in item order, for a list that mixes texts (`{ text }`) and encoded images
+   * (`{ image }`): texts go through the text encoder and images through the image encoder, both at once, so
+   * `embed(items)[i]` equals what {@link embedTexts} or {@link embedImages} gives for that item alone.
+   * A failing item rejects the call with its `index` in `items`.
+   *
+   * Rejects like {@link embedTexts} and {@link embedImages}.
+   */
+  async embed(items: readonly EmbedItem[], options?: ImageOptions): Promise<Float32Array[]> {
+    const { signal, native } = this.#imageOptions(options);
+    if (!Array.isArray(items)) throw invalidArgument('an array of { text } or { image } items', 'items', items);
+    this.#checkCapacity(items, 'items');
+    const texts: string[] = [];
+    const images: Uint8Array[] = [];
+    const where: Array<{ text: boolean; at: number }> = items.map((item: unknown, i) => {
+      const name = `items[${i}]`;
+      if (item === null || typeof item !== 'object') throw invalidArgument('a { text } or { image } object', name, item);
+      const { text, image } = item as { text?: unknown; image?: unknown };
+      if ((text === undefined) === (image === undefined)) {
+        throw invalidArgument('an object with exactly one of text or image', name, item);
+      }
+      if (text !== undefined) {
+        if (typeof text !== 'string') throw invalidArgument('a string', `${name}.text`, text);
+        return { text: true, at: texts.push(text) - 1 };
+      }
+      return { text: false, at: images.push(toBytes(image, `${name}.image`)) - 1 };
+    });
+    const [textResults, imageResults] = await Promise.all([
+      this.#submit(TaskKind.Text, texts, {}, signal),
+      this.#submit(TaskKind.ImageBytes, images, native, signal),
+    ]);
+    return where.map(({ text, at }, i) => {
+      const result = (text ? textResults : imageResults)[at];
+      if (result instanceof Error) throw toClipError(result, i, `items[${i}]`);
+      return result as Float32Array;
+    });
   }
 
   /**

@@ -194,6 +194,39 @@ t.test('a bad image fails only itself', async (t) => {
   t.match(reason.message, /images\[1\]/);
 });
 
+t.test('embed: mixed text and image items equal embedTexts/embedImages, in item order', async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu' });
+  t.teardown(() => model.dispose());
+  const images = sampleImages(3);
+  const texts = captions(3);
+  const mixed = await model.embed([
+    { text: texts[0] },
+    { image: images[0] },
+    { image: images[1].buffer.slice(images[1].byteOffset, images[1].byteOffset + images[1].byteLength) },
+    { text: texts[1] },
+    { text: texts[2] },
+    { image: images[2] },
+  ]);
+  const [byText, byImage] = await Promise.all([model.embedTexts(texts), model.embedImages(images)]);
+  const expected = [byText[0], byImage[0], byImage[1], byText[1], byText[2], byImage[2]];
+  t.equal(mixed.length, 6);
+  mixed.forEach((v, i) => t.ok(maxAbsDiff(v, expected[i]) <= 1e-5, `item ${i}`));
+  t.same(await model.embed([]), []);
+
+  const corrupt = Buffer.from(images[0].subarray(0, 60));
+  const failed = await model.embed([{ text: 'a cat' }, { image: corrupt }]).catch((e: unknown) => e);
+  t.match(failed, { code: 'CLIP_IMAGE_DECODE_FAILED', index: 1, message: /items\[1\]/ });
+  for (const [bad, pattern] of [
+    [[{ text: 'a', image: images[0] }], /exactly one of text or image for items\[0\]/],
+    [[{}], /exactly one of text or image for items\[0\]/],
+    [[{ text: 3 }], /a string for items\[0\]\.text/],
+    [[null], /for items\[0\] but received null/],
+    ['a cat', /array .* for items but received "a cat"/],
+  ] as const) {
+    await t.rejects(model.embed(bad as never), { code: 'CLIP_INVALID_ARGUMENT', message: pattern });
+  }
+});
+
 t.test('AbortSignal: an aborted call rejects with CLIP_ABORTED and its queued items are dropped', async (t) => {
   const model = await ClipModel.load(tinyModel, { device: 'cpu', maxBatchImages: 2 });
   t.teardown(() => model.dispose());
