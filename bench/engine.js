@@ -7,7 +7,7 @@
 const fs = require('node:fs');
 const path = require('node:path');
 const { ClipModel } = require('../dist');
-const { TaskKind } = require('../dist/binding');
+const { TaskKind } = require('../dist/native/binding');
 const { sampleImages } = require('../test/helpers/images.js');
 
 const root = path.resolve(__dirname, '..');

@@ -27,7 +27,7 @@ const path = require('node:path');
 const { spawn, spawnSync } = require('node:child_process');
 const readline = require('node:readline');
 const { ClipModel } = require('../dist');
-const { TaskKind, binding } = require('../dist/binding');
+const { TaskKind, binding } = require('../dist/native/binding');
 const { loadMeter, machine } = require('./machine');
 const { runServe } = require('./serve');
 

@@ -20,13 +20,29 @@ export const ERROR_CODES = [
   'CLIP_INTERNAL',
 ] as const;
 
+/**
+ * The codes only the HTTP endpoint answers with, next to {@link ERROR_CODES}; `score` also rejects with
+ * `CLIP_REQUEST_TOO_LARGE`. The native layer never reports them.
+ */
+export const HTTP_ERROR_CODES = [
+  'CLIP_UNAUTHORIZED',
+  'CLIP_NOT_FOUND',
+  'CLIP_REQUEST_TOO_LARGE',
+  'CLIP_REQUEST_TIMEOUT',
+  'CLIP_HEADERS_TOO_LARGE',
+  'CLIP_UNSUPPORTED_MEDIA_TYPE',
+  'CLIP_NOT_READY',
+] as const;
+
 /** A stable error code; match on it, never on the message. */
-export type ClipErrorCode = (typeof ERROR_CODES)[number];
+export type ClipErrorCode = (typeof ERROR_CODES)[number] | (typeof HTTP_ERROR_CODES)[number];
 
 /** Options of {@link ClipError}. */
 export interface ClipErrorOptions {
   /** Position of the failing item in the input list, when one item failed. */
   index?: number;
+  /** The failing row (0-based) of an Azure request or batch input, for row-level errors. */
+  row?: number;
   /** The underlying error or abort reason. */
   cause?: unknown;
 }
@@ -37,18 +53,21 @@ export class ClipError extends Error {
   readonly code: ClipErrorCode;
   /** Position of the failing item in the input list, when one item failed. */
   readonly index?: number;
+  /** The failing row (0-based) of an Azure request or batch input, for row-level errors. */
+  readonly row?: number;
 
   constructor(code: ClipErrorCode, message: string, options: ClipErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'ClipError';
     this.code = code;
     if (options.index !== undefined) this.index = options.index;
+    if (options.row !== undefined) this.row = options.row;
   }
 }
 
 const KNOWN = new Set<string>(ERROR_CODES);
 
-/** Turns whatever the native layer threw or returned into a ClipError. */
+/** Turns whatever the native layer threw or returned into a ClipError (native codes only). */
 export function toClipError(error: unknown, index?: number, prefix?: string): ClipError {
   if (error instanceof ClipError && index === undefined && prefix === undefined) return error;
   const source = error as { code?: unknown; message?: unknown } | null;

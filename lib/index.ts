@@ -11,17 +11,17 @@ export type {
   ModelInfo,
   ModelStats,
 } from './model';
-export { ClipError, ERROR_CODES } from './errors';
+export { ClipError, ERROR_CODES, HTTP_ERROR_CODES } from './errors';
 export type { ClipErrorCode, ClipErrorOptions } from './errors';
-export { scoreRows } from './endpoint/score';
-export type { ScoreOptions } from './endpoint/score';
+export { scoreRows } from './azure/score';
+export type { ScoreOptions } from './azure/score';
 export type {
   ErrorBody,
   ScoreRequest,
   ScoreResponse,
   ScoreRowInput,
   ScoreRowResult,
-} from './endpoint/types';
-export type { RowError } from './endpoint/validate';
+} from './azure/types';
+export type { RowError } from './azure/rows';
 export { BATCH_FORMATS, ERROR_THRESHOLD_EXCEEDED, mergeBatchOutput, runBatchJob } from './batch/job';
 export type { BatchFormat, BatchJobOptions, BatchJobResult, ErrorRecord, MergeOptions } from './batch/job';

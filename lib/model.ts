@@ -1,6 +1,15 @@
-import { binding, type NativeModel, type NativeModelInfo, type NativeResult, type NativeSubmitOptions, TaskKind } from './binding';
+import { score, type ScoreOptions } from './azure/score';
+import type { ScoreResponse } from './azure/types';
+import { checkInteger } from './check';
 import { ClipError, invalidArgument, toClipError } from './errors';
-import { score, type ScoreOptions, type ScoreResponse } from './endpoint/score';
+import {
+  binding,
+  TaskKind,
+  type NativeModel,
+  type NativeModelInfo,
+  type NativeResult,
+  type NativeSubmitOptions,
+} from './native/binding';
 
 /** Where the encoders run. `auto` picks CUDA when this build and the machine have it. */
 export type Device = 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
@@ -95,16 +104,20 @@ export type ImageInput = Uint8Array | ArrayBuffer;
 /** One input of the mixed-input calls ({@link ClipModel.embed}): a text or an encoded image. */
 export type EmbedItem = { text: string; image?: undefined } | { image: ImageInput; text?: undefined };
 
+/**
+ * Options of the per-row calls ({@link ClipModel._embedEach}).
+ * @internal
+ */
+export interface EmbedEachOptions {
+  applyExifOrientation?: boolean;
+  maxPixels?: number;
+  /** Run the inputs as batches of their own, in input order (reproducible bits). */
+  together?: boolean;
+  signal?: AbortSignal;
+}
+
 const DEVICE_PATTERN = /^(auto|cpu|cuda|cuda:\d+)$/;
 const DTYPES = new Set(['float32', 'bfloat16', 'float16']);
-
-function checkCount(value: unknown, name: string, min: number): number | undefined {
-  if (value === undefined) return undefined;
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || !Number.isInteger(value)) {
-    throw invalidArgument(`an integer >= ${min}`, name, value);
-  }
-  return value;
-}
 
 function checkSignal(options: CallOptions | undefined, name: string): AbortSignal | undefined {
   if (options === undefined) return undefined;
@@ -148,8 +161,8 @@ export class ClipModel {
   }
 
   /**
-   * Loads a model directory (CONTRACT section 2: clip.json, both TorchScript
-   * encoders, vocab.json, merges.txt).
+   * Loads a model directory (clip.json, both TorchScript encoders, vocab.json,
+   * merges.txt; the README's "Model directory" describes it).
    *
    * Rejects with `CLIP_INVALID_ARGUMENT` (bad options), `CLIP_MODEL_LOAD_FAILED`
    * (a missing or broken file, named in the message) or `CLIP_DEVICE_UNAVAILABLE`.
@@ -170,19 +183,19 @@ export class ClipModel {
     const native = {
       device,
       dtype,
-      threads: checkCount(options.threads, 'options.threads', 1),
-      maxBatchImages: checkCount(options.maxBatchImages, 'options.maxBatchImages', 1),
-      maxBatchTexts: checkCount(options.maxBatchTexts, 'options.maxBatchTexts', 1),
-      maxBatchTokens: checkCount(options.maxBatchTokens, 'options.maxBatchTokens', 1),
+      threads: checkInteger(options.threads, 'options.threads', 1),
+      maxBatchImages: checkInteger(options.maxBatchImages, 'options.maxBatchImages', 1),
+      maxBatchTexts: checkInteger(options.maxBatchTexts, 'options.maxBatchTexts', 1),
+      maxBatchTokens: checkInteger(options.maxBatchTokens, 'options.maxBatchTokens', 1),
       padImageBatches: options.padImageBatches,
-      queueCapacity: checkCount(options.queueCapacity, 'options.queueCapacity', 1),
-      prepThreads: checkCount(options.prepThreads, 'options.prepThreads', 1),
+      queueCapacity: checkInteger(options.queueCapacity, 'options.queueCapacity', 1),
+      prepThreads: checkInteger(options.prepThreads, 'options.prepThreads', 1),
       maxWaitMs: options.maxWaitMs,
     };
     if (native.maxWaitMs !== undefined && (typeof native.maxWaitMs !== 'number' || !(native.maxWaitMs >= 0))) {
       throw invalidArgument('a number >= 0', 'options.maxWaitMs', native.maxWaitMs);
     }
-    checkCount(options.maxImagePixels, 'options.maxImagePixels', 1);
+    checkInteger(options.maxImagePixels, 'options.maxImagePixels', 1);
     if (options.applyExifOrientation !== undefined && typeof options.applyExifOrientation !== 'boolean') {
       throw invalidArgument('a boolean', 'options.applyExifOrientation', options.applyExifOrientation);
     }
@@ -289,11 +302,12 @@ export class ClipModel {
   }
 
   /**
-   * The Azure ML CLIP embeddings endpoint's contract (CONTRACT section 5):
-   * `input_data` in split format with columns `image` and `text`; one object
-   * per row with `image_features` and/or `text_features`.
+   * The Azure ML CLIP embeddings endpoint's contract: `input_data` in split
+   * format with columns `image` and `text`; one object per row with
+   * `image_features` and/or `text_features` (see the README, "Online endpoint").
    *
-   * Rejects with a ClipError whose `code` names the reason and, for a row, `row`.
+   * Rejects with a ClipError whose `code` names the reason and, for a row, `row`
+   * (the codes are listed at `score` in the package's `azure/score`).
    */
   score(request: unknown, options?: ScoreOptions): Promise<ScoreResponse> {
     return score(this, request, options);
@@ -319,14 +333,33 @@ export class ClipModel {
   }
 
   /**
-   * Per-item results of one submission, errors included; the endpoint and the
-   * tensor-level tests build on it.
+   * One embedding per input for the callers that report errors per row (the Azure contract's `score` and
+   * `scoreRows`, the batch job): a failing input gets its ClipError in its place instead of failing the
+   * call. Inputs are not checked again: strings for `text`, encoded image bytes for `image`. With `together`
+   * the inputs run as batches of their own, formed in input order once all are prepared, so their bits do
+   * not depend on other calls.
+   *
+   * Rejects for the whole call only: `CLIP_QUEUE_FULL`, `CLIP_ABORTED`, `CLIP_DISPOSED`.
+   * @internal
+   */
+  _embedEach(
+    encoder: 'image' | 'text',
+    inputs: readonly Uint8Array[] | readonly string[],
+    options: EmbedEachOptions = {},
+  ): Promise<Array<Float32Array | ClipError>> {
+    const kind = encoder === 'text' ? TaskKind.Text : TaskKind.ImageBytes;
+    return this._submit(kind, inputs, options) as Promise<Array<Float32Array | ClipError>>;
+  }
+
+  /**
+   * Per-item results of one submission of any task kind, errors included; the tensor-level tests and
+   * benchmarks build on it.
    * @internal
    */
   _submit(
     kind: TaskKind,
     inputs: ReadonlyArray<Uint8Array | Float32Array | Int32Array | string>,
-    options: { applyExifOrientation?: boolean; maxPixels?: number; together?: boolean; signal?: AbortSignal } = {},
+    options: EmbedEachOptions = {},
   ): Promise<Array<Float32Array | Int32Array | ClipError>> {
     const { signal, ...native } = options;
     return this.#submit(kind, inputs, { ...this.#defaults, ...native }, signal).then((results) =>
@@ -366,7 +399,7 @@ export class ClipModel {
       }
       native.applyExifOrientation = options.applyExifOrientation;
     }
-    if (options?.maxPixels !== undefined) native.maxPixels = checkCount(options.maxPixels, 'options.maxPixels', 1)!;
+    if (options?.maxPixels !== undefined) native.maxPixels = checkInteger(options.maxPixels, 'options.maxPixels', 1)!;
     return { signal, native };
   }
 

@@ -11,7 +11,7 @@ root=$(mktemp -d)
 mkdir -p "$root/build/Release"
 cp build-system/Release/clip_native.node "$root/build/Release/"
 embed='
-const { loadBinding } = require("./dist/binding");
+const { loadBinding } = require("./dist/native/binding");
 const { sampleImages } = require("./test/helpers/images.js");
 const submit = (m, kind, inputs) => new Promise((resolve) => m.submit(kind, inputs, {}, resolve));
 (async () => {

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // npm install hook: nothing to do when a prebuild fits a libtorch found here
-// (the same test the loader makes, lib/binding.ts) or a local build exists;
+// (the same test the loader makes, lib/native/locate.ts) or a local build exists;
 // otherwise build from source with cmake-js against the libtorch CMake finds.
 //
 //   CLIP_NATIVE_SKIP_BUILD=1   never build
@@ -15,7 +15,7 @@ const localBuild = path.join(root, 'build', 'Release', 'clip_native.node');
 
 /** Why no build is needed, or undefined; `tried` collects what was looked at. */
 function reasonToSkip(tried) {
-  const loader = path.join(root, 'dist', 'binding.js');
+  const loader = path.join(root, 'dist', 'native', 'locate.js');
   // A fresh clone has neither dist/ (made by `prepare`, after this hook) nor prebuilds.
   if (fs.existsSync(loader)) {
     const fit = require(loader).findFittingPrebuild({ root }, tried);

@@ -7,7 +7,7 @@
 //   prebuilds/linux-x64/clip-native.torch-2.13.0.cpu.napi.json   sidecar: the libtorch libraries to preload, …
 //
 // The libtorch is the one the build finds (CLIP_LIBTORCH / LIBTORCH, as for any
-// build; see the README). The loader (lib/binding.ts) uses a prebuild only
+// build; see the README). The loader (lib/native/binding.ts, lib/native/locate.ts) uses a prebuild only
 // where a libtorch of the same version and variant is found, and loads that
 // libtorch's libraries before the addon, so the prebuild carries no path of
 // the machine that built it.
@@ -129,9 +129,9 @@ function isPreHookOfAnotherScript() {
 }
 
 function loadLoader() {
-  const file = path.join(root, 'dist', 'binding.js');
+  const file = path.join(root, 'dist', 'native', 'locate.js');
   if (!fs.existsSync(file)) {
-    console.error('prebuild: dist/binding.js is missing: run `npm run build:ts` first.');
+    console.error('prebuild: dist/native/locate.js is missing: run `npm run build:ts` first.');
     process.exit(1);
   }
   return require(file);

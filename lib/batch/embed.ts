@@ -1,10 +1,9 @@
 import fs from 'node:fs';
-import { TaskKind } from '../binding';
-import { fetchImage, parseImageSource, resolveImageSourceOptions, type ResolvedImageSourceOptions } from '../endpoint/image_source';
-import { mapLimit } from '../endpoint/score';
-import { checkRow, isRowError } from '../endpoint/validate';
+import { splitRows } from '../azure/rows';
+import { mapLimit } from '../concurrency';
 import { ClipError } from '../errors';
 import type { ClipModel } from '../model';
+import { fetchImage, resolveImageSourceOptions, type ResolvedImageSourceOptions } from '../net/fetch';
 import type { RowOutcome } from './outputs';
 import type { SourceRow } from './inputs';
 
@@ -31,18 +30,11 @@ export interface EmbedderOptions {
   signal: AbortSignal;
 }
 
-/** The code and message of a row error, without the `row N: ` prefix of the endpoint's row errors. */
-export function reason(error: ClipError): { code: string; message: string } {
-  const inner = typeof (error as { row?: unknown }).row === 'number' && error.cause instanceof ClipError ? error.cause : error;
-  return { code: inner.code, message: inner.message };
-}
-
 /** A row's reason, or a throw for the errors that fail the whole job. */
 function rowReason(error: ClipError): { code: string; message: string } {
   if (JOB_LEVEL_CODES.has(error.code)) throw error;
-  return reason(error);
+  return { code: error.code, message: error.message };
 }
-
 
 /**
  * Embeds chunks of rows so that every row's features are the same bits in
@@ -75,40 +67,29 @@ export class ChunkEmbedder {
    */
   embed(rows: readonly EmbedRow[]): Promise<RowOutcome[]> {
     const outcomes: RowOutcome[] = rows.map(({ fileName, row }) => ({ fileName, row }));
-    const imageRows: number[] = [];
-    const images: ImageSource[] = [];
-    const textRows: number[] = [];
-    const texts: string[] = [];
-    rows.forEach(({ source, fileName, row }, i) => {
-      if (source instanceof ClipError) {
-        outcomes[i].error = reason(source);
-        return;
-      }
-      if (typeof source === 'string') {
-        imageRows.push(i);
-        images.push({ file: source, fileName });
-        return;
-      }
-      const checked = checkRow(source, row);
-      if (isRowError(checked)) {
-        outcomes[i].error = reason(checked);
-        return;
-      }
-      if (checked.image !== undefined) {
-        try {
-          const parsed = parseImageSource(checked.image);
-          images.push(parsed.kind === 'inline' ? parsed.bytes : parsed.url);
-          imageRows.push(i);
-        } catch (error) {
-          outcomes[i].error = reason(error as ClipError);
-          return;
-        }
-      }
-      if (checked.text !== undefined) {
-        textRows.push(i);
-        texts.push(checked.text);
-      }
+    // CSV and JSON Lines rows are read as the endpoint reads them; a row of an image folder is a file.
+    const tableRows: number[] = [];
+    const fileImages: Array<{ at: number; source: ImageSource }> = [];
+    rows.forEach(({ source, fileName }, i) => {
+      if (source instanceof ClipError) outcomes[i].error = { code: source.code, message: source.message };
+      else if (typeof source === 'string') fileImages.push({ at: i, source: { file: source, fileName } });
+      else tableRows.push(i);
     });
+    const split = splitRows(
+      tableRows.map((i) => rows[i].source),
+      { rowNumber: (k) => rows[tableRows[k]].row },
+    );
+    for (const [k, error] of split.errors) outcomes[tableRows[k]].error = { code: error.code, message: error.message };
+    const tableImages = split.images.map(({ at, source }) => ({
+      at: tableRows[at],
+      source: source.kind === 'inline' ? source.bytes : source.url,
+    }));
+    // Row order within the chunk: the order of the engine's batches.
+    const imageEntries = [...fileImages, ...tableImages].sort((a, b) => a.at - b.at);
+    const imageRows = imageEntries.map(({ at }) => at);
+    const images: ImageSource[] = imageEntries.map(({ source }) => source);
+    const textRows = split.texts.map(({ at }) => tableRows[at]);
+    const texts = split.texts.map(({ text }) => text);
 
     // Texts whatever becomes of their rows' images, so the work never depends on a fetch.
     const textResults = this.#embedTexts(texts);
@@ -147,20 +128,20 @@ export class ChunkEmbedder {
   }
 
   #embedTexts(texts: string[]): Promise<Array<Float32Array | ClipError>> {
-    return this.#submit(TaskKind.Text, texts);
+    return this.#submit('text', texts);
   }
 
   async #embedImages(images: ImageSource[]): Promise<Array<Float32Array | ClipError>> {
     if (images.length === 0) return [];
     const out: Array<Uint8Array | Float32Array | ClipError> = await mapLimit(images, FETCH_CONCURRENCY, (s) => this.#load(s));
     const decodable = out.map((v, k) => [v, k] as const).filter(([v]) => !(v instanceof ClipError));
-    const embedded = await this.#submit(TaskKind.ImageBytes, decodable.map(([v]) => v as Uint8Array));
+    const embedded = await this.#submit('image', decodable.map(([v]) => v as Uint8Array));
     embedded.forEach((result, j) => (out[decodable[j][1]] = result));
     return out as Array<Float32Array | ClipError>;
   }
 
-  async #submit(kind: TaskKind, inputs: Array<Uint8Array | Float32Array | string>): Promise<Array<Float32Array | ClipError>> {
+  async #submit(encoder: 'image' | 'text', inputs: Uint8Array[] | string[]): Promise<Array<Float32Array | ClipError>> {
     if (inputs.length === 0) return [];
-    return (await this.#model._submit(kind, inputs, { together: true, signal: this.#signal })) as Array<Float32Array | ClipError>;
+    return this.#model._embedEach(encoder, inputs, { together: true, signal: this.#signal });
   }
 }

@@ -1,6 +1,7 @@
 import { setMaxListeners } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
+import { checkInteger } from '../check';
 import { ClipError, invalidArgument, toClipError } from '../errors';
 import type { ClipModel } from '../model';
 import { ChunkEmbedder } from './embed';
@@ -86,12 +87,6 @@ interface Settings {
   log: Log;
 }
 
-function checkInt(value: unknown, name: string, min: number, fallback: number): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min) throw invalidArgument(`an integer >= ${min}`, name, value);
-  return value;
-}
-
 function checkSettings(options: BatchJobOptions): Settings {
   if (options === null || typeof options !== 'object') throw invalidArgument('an options object', 'options', options);
   if (typeof options.input !== 'string' || !options.input) throw invalidArgument('an input path', 'options.input', options.input);
@@ -99,8 +94,8 @@ function checkSettings(options: BatchJobOptions): Settings {
   const format = options.format ?? 'azure-csv';
   if (!BATCH_FORMATS.includes(format)) throw invalidArgument('"azure-csv", "jsonl" or "npy"', 'options.format', format);
   const shard = options.shard ?? { index: 0, count: 1 };
-  const count = checkInt(shard?.count, 'options.shard.count', 1, 1);
-  const index = checkInt(shard?.index, 'options.shard.index', 0, 0);
+  const count = checkInteger(shard?.count, 'options.shard.count', 1, 1);
+  const index = checkInteger(shard?.index, 'options.shard.index', 0, 0);
   if (index >= count) throw invalidArgument(`an integer below shard.count (${count})`, 'options.shard.index', index);
   if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) {
     throw invalidArgument('an AbortSignal', 'options.signal', options.signal);
@@ -108,10 +103,10 @@ function checkSettings(options: BatchJobOptions): Settings {
   return {
     format,
     shard: { index, count },
-    errorThreshold: checkInt(options.errorThreshold, 'options.errorThreshold', -1, 0),
-    concurrency: checkInt(options.concurrency, 'options.concurrency', 1, 4),
-    chunkRows: options.chunkRows === undefined ? undefined : checkInt(options.chunkRows, 'options.chunkRows', 1, 1),
-    partRows: checkInt(options.partRows, 'options.partRows', 1, 1000),
+    errorThreshold: checkInteger(options.errorThreshold, 'options.errorThreshold', -1, 0),
+    concurrency: checkInteger(options.concurrency, 'options.concurrency', 1, 4),
+    chunkRows: options.chunkRows === undefined ? undefined : checkInteger(options.chunkRows, 'options.chunkRows', 1, 1),
+    partRows: checkInteger(options.partRows, 'options.partRows', 1, 1000),
     keepParts: options.keepParts ?? false,
     log: options.log === undefined ? process.stderr : options.log,
   };
@@ -303,7 +298,7 @@ async function embedUnits(context: EmbedContext): Promise<void> {
 /**
  * Runs a batch job, or this process's shard of it: embeds every row of the
  * inputs into the output folder in the Azure batch endpoint's formats
- * (CONTRACT section 6), resuming from the parts earlier runs finished. The
+ * (README, "Batch job"), resuming from the parts earlier runs finished. The
  * process that finishes the last part writes the final files.
  *
  * Rejects with `CLIP_INVALID_ARGUMENT` (bad options, unreadable input, an

@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { packageRoot } from '../binding';
+import { packageRoot } from '../native/locate';
 
 /** The Python that runs the exporter: $CLIP_PYTHON, the project venv, else python3. */
 export function exporterPython(): string {

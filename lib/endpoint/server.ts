@@ -11,14 +11,15 @@ import Fastify, {
   type FastifyReply,
   type FastifyServerOptions,
 } from 'fastify';
-import { packageRoot } from '../binding';
-import { ClipError, invalidArgument } from '../errors';
+import { isRowError } from '../azure/rows';
+import { resolveScoreOptions, score, type ScoreOptions } from '../azure/score';
+import type { ErrorBody } from '../azure/types';
+import { checkInteger } from '../check';
+import { ClipError, invalidArgument, type ClipErrorCode } from '../errors';
 import type { ClipModel } from '../model';
+import { packageRoot } from '../native/locate';
 import { createMetrics } from './metrics';
 import { openApiDocument } from './openapi';
-import { resolveScoreOptions, score, type ScoreOptions } from './score';
-import type { ErrorBody } from './types';
-import { checkInteger, endpointError, isRowError, type EndpointErrorCode } from './validate';
 
 /** Options of {@link createServer}. */
 export interface ServerOptions {
@@ -130,13 +131,16 @@ function unsupported(contentType: string | undefined): string {
 function errorAnswer(error: unknown, bodyLimit: number, contentType: string | undefined): { status: number; body: ErrorBody; internal: boolean } {
   if (error instanceof ClipError) {
     const body: ErrorBody = { message: error.message, code: error.code };
-    if (isRowError(error)) body.row = error.row;
+    if (isRowError(error)) {
+      body.message = `row ${error.row}: ${error.message}`;
+      body.row = error.row;
+    }
     const status = statusOfCode(error.code);
     return { status, body, internal: status >= 500 && error.code !== 'CLIP_DISPOSED' };
   }
   const e = error as Partial<FastifyError> & { status?: number };
   const status = e.statusCode ?? e.status;
-  const answer = (s: number, code: EndpointErrorCode | 'CLIP_INVALID_ARGUMENT', message: string) => ({
+  const answer = (s: number, code: ClipErrorCode, message: string) => ({
     status: s,
     body: { message, code },
     internal: false,
@@ -161,7 +165,7 @@ function errorAnswer(error: unknown, bodyLimit: number, contentType: string | un
 }
 
 /**
- * The online endpoint of CONTRACT section 5 as a fastify app (not yet
+ * The Azure ML online endpoint (README, "Online endpoint") as a fastify app (not yet
  * listening): `POST /score`, `GET /` (`Healthy` once the model is loaded,
  * 503 before), `GET /swagger.json` (OpenAPI 3) and `GET /metrics`
  * (Prometheus).
@@ -307,7 +311,7 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
     // A client that hangs up stops its own work, not anyone else's.
     const controller = new AbortController();
     const onClose = () => {
-      if (!reply.raw.writableFinished) controller.abort(endpointError('CLIP_ABORTED', 'The client closed the connection'));
+      if (!reply.raw.writableFinished) controller.abort(new ClipError('CLIP_ABORTED', 'The client closed the connection'));
     };
     reply.raw.once('close', onClose);
     const result = await score(loaded, request.body, { ...scoreOptions, signal: controller.signal });

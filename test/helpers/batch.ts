@@ -3,14 +3,11 @@ import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parse } from 'csv-parse/sync';
+import { mimeBase64 } from './azure';
 import { root } from './env';
+import { bin } from './process';
 
-export const bin = path.join(root, 'bin', 'clip-native.js');
-
-/** base64 as Python's base64.encodebytes writes it: lines of 76 characters, each ending in \n. */
-export function mimeBase64(bytes: Uint8Array): string {
-  return `${Buffer.from(bytes).toString('base64').replace(/(.{76})/g, '$1\n')}\n`.replace(/\n\n$/, '\n');
-}
+export { mimeBase64 } from './azure';
 
 function csvField(value: string): string {
   return /[",\r\n]/.test(value) ? `"${value.replace(/"/g, '""')}"` : value;

@@ -3,9 +3,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import t, { type Test } from 'tap';
-import { ClipModel } from '../lib/index';
-import { fixtures, maxAbsDiff, readF32, reference, skipWithoutReference, tinyModel } from './helpers/env';
-import { makePng, makePngHeaderOnly, pngFile } from './helpers/images';
+import { ClipModel } from '../../lib/index';
+import { fixtures, maxAbsDiff, readF32, reference, skipWithoutReference, tinyModel } from '../helpers/env';
+import { makePng, makePngHeaderOnly, pngFile } from '../helpers/images';
 
 const MEAN = [0.48145466, 0.4578275, 0.40821073];
 const STD = [0.26862954, 0.26130258, 0.27577711];

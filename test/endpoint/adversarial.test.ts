@@ -10,14 +10,16 @@
 // then runs a second time; memory outside V8's heap may grow by
 // RSS_GROWTH_BOUND_MB over the first pass and by SECOND_PASS_BOUND_MB over the
 // second, and the V8 heap by SECOND_PASS_HEAP_BOUND_MB (see below).
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import t, { type Test } from 'tap';
-import { fixtures, maxAbsDiff, root, tinyModel } from '../helpers/env';
+import { fixtures, maxAbsDiff, tinyModel } from '../helpers/env';
+import { request as httpRequest, type Answer } from '../helpers/http';
+import { listeningPort, onLines, spawnServe } from '../helpers/process';
 import { buildCorpus, corpusDigest, loadSeeds, makeZeroPng, scoreBody, type Case } from './corpus';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -25,7 +27,6 @@ const { makePng } = require('../helpers/images') as {
   makePng(width: number, height: number, pixel: (x: number, y: number) => number[]): Buffer;
 };
 
-const bin = path.join(root, 'bin', 'clip-native.js');
 const API_KEY = 'adversarial-test-key';
 /**
  * How much a server's memory outside the V8 heap (settled RSS minus V8's heap
@@ -51,13 +52,6 @@ const SECOND_PASS_BOUND_MB = 100;
 const SECOND_PASS_HEAP_BOUND_MB = 150;
 const CONCURRENCY = 4;
 
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  json?: any;
-}
-
 // ---------------------------------------------------------------------------
 // The servers under test
 
@@ -70,24 +64,15 @@ interface Server {
 }
 
 async function startServe(name: string, args: string[]): Promise<Server> {
-  const child = spawn(process.execPath, [bin, 'serve', '--model', tinyModel, '--port', '0', '--device', 'cpu', ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = spawnServe(args, { model: tinyModel });
   const server: Server = { name, child, port: 0, exited: false, log: [] };
   child.on('exit', () => (server.exited = true));
   child.stderr!.on('data', (chunk: Buffer) => server.log.push(chunk.toString()));
   server.port = await new Promise<number>((resolve, reject) => {
-    let buffered = '';
-    child.stdout!.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString();
-      let newline: number;
-      while ((newline = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, newline);
-        buffered = buffered.slice(newline + 1);
-        if (server.log.length < 2000) server.log.push(line);
-        const port = /listening at http:\/\/127\.0\.0\.1:(\d+)/.exec(line);
-        if (port) resolve(Number(port[1]));
-      }
+    onLines(child.stdout!, (line) => {
+      if (server.log.length < 2000) server.log.push(line);
+      const port = listeningPort(line);
+      if (port) resolve(port);
     });
     child.once('exit', (code) => reject(new Error(`serve (${name}) exited ${code}:\n${server.log.join('\n')}`)));
   });
@@ -129,31 +114,8 @@ function request(
   options: { method: string; path: string; headers: Record<string, string>; body?: Buffer },
   timeoutMs = 60_000,
 ): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    // An explicit length: Node sends a DELETE or OPTIONS body without one otherwise.
-    const headers = options.body ? { ...options.headers, 'content-length': String(options.body.length) } : options.headers;
-    const req = http.request({ host: '127.0.0.1', port, agent: false, method: options.method, path: options.path, headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString();
-        let json: unknown;
-        if (/json/.test(String(res.headers['content-type']))) {
-          try {
-            json = JSON.parse(text);
-          } catch {
-            json = undefined;
-          }
-        }
-        resolve({ status: res.statusCode!, headers: res.headers, text, json });
-      });
-      res.on('error', reject);
-    });
-    req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-    // A server that answers early (413) may close before the body is written.
-    req.on('error', (error: NodeJS.ErrnoException) => reject(error));
-    req.end(options.body);
-  });
+  const { path, ...init } = options;
+  return httpRequest(`http://127.0.0.1:${port}`, path, { ...init, timeoutMs });
 }
 
 /** One raw write; the answer is parsed as far as it goes, status 0 when none came. */

@@ -2,8 +2,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { ClipModel } from '../lib/index';
-import { fixtures, maxAbsDiff, reference, skipWithoutReference, tinyModel } from './helpers/env';
+import { ClipModel } from '../../lib/index';
+import { fixtures, maxAbsDiff, reference, skipWithoutReference, tinyModel } from '../helpers/env';
 
 const BOS = 49406;
 const EOS = 49407;

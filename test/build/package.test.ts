@@ -9,13 +9,13 @@ import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { describeLibtorch, listPrebuilds, prebuildName } from '../lib/binding';
-import { ClipModel } from '../lib/index';
-import { maxAbsDiff, root, tempDir, tinyModel } from './helpers/env';
-import { makePng } from './helpers/images';
+import { describeLibtorch, listPrebuilds, prebuildName } from '../../lib/native/locate';
+import { ClipModel } from '../../lib/index';
+import { maxAbsDiff, root, tempDir, tinyModel } from '../helpers/env';
+import { makePng } from '../helpers/images';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const { readDynamic } = require('../scripts/prebuild.js') as {
+const { readDynamic } = require('../../scripts/prebuild.js') as {
   readDynamic(bytes: Buffer): { needed: string[]; runpath: string[] };
 };
 
@@ -71,7 +71,7 @@ const embedScript = `
 const fs = require('node:fs');
 const path = require('node:path');
 const { ClipModel } = require('clip-native');
-const loader = require(path.join(path.dirname(require.resolve('clip-native/package.json')), 'dist', 'binding.js'));
+const loader = require(path.join(path.dirname(require.resolve('clip-native/package.json')), 'dist', 'native', 'binding.js'));
 (async () => {
   const model = await ClipModel.load(process.argv[1], { device: 'cpu' });
   const [text] = await model.embedTexts(['a photo of a cat']);
@@ -95,7 +95,7 @@ ClipModel.load(process.argv[1]).then(
 t.test('the packed package installs without a compiler and loads its prebuild', { skip: process.platform !== 'linux' && 'prebuilds are made on Linux' }, async (t) => {
   const ready = [
     t.ok(fs.existsSync(localBuild), `the local build exists (${localBuild}); npm run build makes it`),
-    t.ok(fs.existsSync(path.join(root, 'dist', 'binding.js')), 'dist/ is built (npm run build:ts)'),
+    t.ok(fs.existsSync(path.join(root, 'dist', 'native', 'binding.js')), 'dist/ is built (npm run build:ts)'),
     t.ok(fs.existsSync(path.join(tinyModel, 'clip.json')), 'the tiny model exists (node scripts/fixtures.js)'),
   ];
   if (ready.includes(false)) return;

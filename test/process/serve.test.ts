@@ -1,74 +1,20 @@
 // `clip-native serve` as a process: listening before the model loads, the
 // API key from the environment, and a graceful SIGTERM with requests in flight.
 // Runs bin/clip-native.js, so dist/ must be built (npm test does).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
 import t from 'tap';
-import { ClipModel } from '../lib/index';
-import { maxAbsDiff, root, tinyModel } from './helpers/env';
-import { sampleImages } from './helpers/images';
+import { ClipModel } from '../../lib/index';
+import { maxAbsDiff, root, tinyModel } from '../helpers/env';
+import { postScore, type Answer } from '../helpers/http';
+import { sampleImages } from '../helpers/images';
+import { bin, listeningPort, readLog, spawnServe } from '../helpers/process';
 
-const bin = path.join(root, 'bin', 'clip-native.js');
-
-interface Answer {
-  status: number;
-  json: any;
-}
-
+/** `POST /score` on the served port. */
 function post(port: number, body: unknown, headers: Record<string, string> = {}): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: '127.0.0.1', port, path: '/score', method: 'POST', agent: false, headers: { 'content-type': 'application/json', ...headers } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode!, json: JSON.parse(Buffer.concat(chunks).toString() || 'null') }));
-      },
-    );
-    req.on('error', reject);
-    req.end(JSON.stringify(body));
-  });
-}
-
-/** The child's stdout log lines (pino JSON), and a wait for the first whose msg matches. */
-function readLog(child: ChildProcess) {
-  const lines: string[] = [];
-  const entries: Array<Record<string, any>> = [];
-  const waiters: Array<{ pattern: RegExp; resolve: (entry: Record<string, any>) => void }> = [];
-  let buffered = '';
-  const check = () => {
-    for (let i = waiters.length - 1; i >= 0; i--) {
-      const found = entries.find((entry) => waiters[i].pattern.test(String(entry.msg)));
-      if (found) waiters.splice(i, 1)[0].resolve(found);
-    }
-  };
-  child.stdout!.on('data', (chunk: Buffer) => {
-    buffered += chunk.toString();
-    let newline: number;
-    while ((newline = buffered.indexOf('\n')) >= 0) {
-      const line = buffered.slice(0, newline);
-      buffered = buffered.slice(newline + 1);
-      lines.push(line);
-      try {
-        entries.push(JSON.parse(line));
-      } catch {
-        // not a log line
-      }
-    }
-    check();
-  });
-  return {
-    lines,
-    waitFor(pattern: RegExp): Promise<Record<string, any>> {
-      return new Promise((resolve, reject) => {
-        waiters.push({ pattern, resolve });
-        check();
-        child.once('exit', (code) => reject(new Error(`serve exited (${code}) before logging ${pattern}:\n${lines.join('\n')}`)));
-      });
-    },
-  };
+  return postScore(`http://127.0.0.1:${port}`, body, headers);
 }
 
 function connects(port: number): Promise<boolean> {
@@ -119,11 +65,7 @@ t.test('SIGTERM with 50 requests in flight: all complete, new connections are re
   t.teardown(() => files.close());
   const origin = `http://127.0.0.1:${(files.address() as AddressInfo).port}`;
 
-  const child = spawn(
-    process.execPath,
-    [bin, 'serve', '--model', tinyModel, '--port', '0', '--device', 'cpu', '--allow-private-urls'],
-    { env: { ...process.env, CLIP_NATIVE_API_KEY: 'env-key' }, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const child = spawnServe(['--allow-private-urls'], { model: tinyModel, env: { ...process.env, CLIP_NATIVE_API_KEY: 'env-key' } });
   const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
@@ -135,7 +77,7 @@ t.test('SIGTERM with 50 requests in flight: all complete, new connections are re
   child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
 
   const listening = await log.waitFor(/listening at/);
-  const port = Number(/listening at http:\/\/127\.0\.0\.1:(\d+)/.exec(listening.msg)?.[1]);
+  const port = listeningPort(String(listening.msg)) ?? 0;
   t.ok(port > 0, `listening on port ${port}, as its first log line says`);
   await log.waitFor(/ready/);
 

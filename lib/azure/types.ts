@@ -1,6 +1,6 @@
 /**
- * The wire format of the Azure ML CLIP embeddings endpoint (CONTRACT section 5),
- * as TypeScript types.
+ * The wire format of the Azure ML CLIP embeddings endpoint (README, "Online
+ * endpoint"), as TypeScript types.
  */
 
 /** The body of `POST /score`: a pandas DataFrame in split orientation. */
@@ -39,6 +39,6 @@ export interface ScoreRowInput {
 export interface ErrorBody {
   message: string;
   code: string;
-  /** The failing row (0-based, `data` order), for row-level errors. */
+  /** The failing row (0-based, `data` order), for row-level errors; the message then starts with `row N: `. */
   row?: number;
 }

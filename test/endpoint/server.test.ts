@@ -1,70 +1,21 @@
-// The online endpoint (CONTRACT section 5) on loopback with the tiny model:
+// The online endpoint on loopback with the tiny model:
 // the Azure request kinds, image sources, every status of the error contract,
 // concurrency, and the URL policy.
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import t, { type Test } from 'tap';
-import { ClipModel } from '../lib/index';
-import { isBlockedAddress, parseImageSource } from '../lib/endpoint/image_source';
-import { scoreRows } from '../lib/endpoint/score';
-import { createServer, type ServerOptions } from '../lib/endpoint/server';
-import { maxAbsDiff, tinyModel } from './helpers/env';
-import { makePng, makePngHeaderOnly, sampleImages } from './helpers/images';
+import { ClipModel } from '../../lib/index';
+import { parseImageSource } from '../../lib/azure/image_string';
+import { isBlockedAddress } from '../../lib/net/address';
+import { scoreRows } from '../../lib/azure/score';
+import { createServer, type ServerOptions } from '../../lib/endpoint/server';
+import { maxAbsDiff, tinyModel } from '../helpers/env';
+import { mimeBase64, splitRequest } from '../helpers/azure';
+import { postScore as score, request } from '../helpers/http';
+import { makePng, makePngHeaderOnly, sampleImages } from '../helpers/images';
 
 const TOLERANCE = 1e-5;
-
-interface Answer {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  text: string;
-  json: any;
-}
-
-/** One request on a connection of its own, so concurrency is real. */
-function request(
-  base: string,
-  path: string,
-  init: { method?: string; body?: string | Buffer; headers?: Record<string, string> } = {},
-): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      `${base}${path}`,
-      { method: init.method ?? (init.body === undefined ? 'GET' : 'POST'), agent: false, headers: init.headers },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          let json: unknown;
-          try {
-            json = JSON.parse(text);
-          } catch {
-            json = undefined;
-          }
-          resolve({ status: res.statusCode!, headers: res.headers, text, json });
-        });
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(init.body);
-  });
-}
-
 const JSON_TYPE = { 'content-type': 'application/json' };
-
-function score(base: string, body: unknown, headers: Record<string, string> = {}): Promise<Answer> {
-  return request(base, '/score', { body: JSON.stringify(body), headers: { ...JSON_TYPE, ...headers } });
-}
-
-function splitRequest(columns: string[], data: unknown[][], index?: unknown[]) {
-  return { input_data: { columns, ...(index ? { index } : {}), data } };
-}
-
-/** MIME base64 as Python's base64.encodebytes or email writes it: lines of 76 characters. */
-function mimeBase64(bytes: Buffer, newline = '\n'): string {
-  return (bytes.toString('base64').match(/.{1,76}/g) ?? []).join(newline) + newline;
-}
 
 async function listen(t: Test, model: ClipModel | Promise<ClipModel>, options: ServerOptions = {}) {
   const app = createServer(model, options);

@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { fixtures, reference, root, tempDir } from './helpers/env';
+import { fixtures, reference, root, tempDir } from '../helpers/env';
 
 const script = path.join(root, 'scripts', 'sanitize.sh');
 const buildDir = path.join(root, 'build-fuzz');

@@ -3,11 +3,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { PROGRESS_DIR } from '../lib/batch/store';
-import { main } from '../lib/cli/index';
-import { azureFolder, runCli, startCli } from './helpers/batch';
-import { tempDir, tinyModel } from './helpers/env';
-import { sampleImages } from './helpers/images';
+import { PROGRESS_DIR } from '../../lib/batch/store';
+import { main } from '../../lib/cli/index';
+import { azureFolder, runCli, startCli } from '../helpers/batch';
+import { tempDir, tinyModel } from '../helpers/env';
+import { sampleImages } from '../helpers/images';
 
 t.test('bad arguments: one line on stderr, exit status 2', async (t) => {
   const dir = tempDir('batch-usage');

@@ -4,14 +4,14 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import t from 'tap';
-import { formatFloat32 } from '../lib/batch/floats';
-import { mergeBatchOutput, runBatchJob } from '../lib/batch/job';
-import { PROGRESS_DIR } from '../lib/batch/store';
-import { scoreRows } from '../lib/endpoint/score';
-import { ClipModel } from '../lib/index';
-import { azureFolder, featureDiff, mimeBase64, pandasCsv, readNpy, readPredictions } from './helpers/batch';
-import { tempDir, tinyModel } from './helpers/env';
-import { sampleImages } from './helpers/images';
+import { formatFloat32 } from '../../lib/batch/floats';
+import { mergeBatchOutput, runBatchJob } from '../../lib/batch/job';
+import { PROGRESS_DIR } from '../../lib/batch/store';
+import { scoreRows } from '../../lib/azure/score';
+import { ClipModel } from '../../lib/index';
+import { azureFolder, featureDiff, mimeBase64, pandasCsv, readNpy, readPredictions } from '../helpers/batch';
+import { tempDir, tinyModel } from '../helpers/env';
+import { sampleImages } from '../helpers/images';
 
 // Features of the same row differ in their last bits with the size of the batch it ran in
 // (the job's batches are not scoreRows' batches), so comparisons with the API allow 1e-4.

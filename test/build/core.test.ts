@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { fixtures, reference, root } from './helpers/env';
+import { fixtures, reference, root } from '../helpers/env';
 
 const buildDir = path.join(root, 'build');
 

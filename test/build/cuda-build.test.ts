@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { python, root } from './helpers/env';
+import { python, root } from '../helpers/env';
 
 const TORCH_CUDA = process.env.CLIP_CUDA_TORCH_SPEC || 'torch==2.14.1';
 const cudaInclude = process.env.CUDA_HOME ? path.join(process.env.CUDA_HOME, 'include') : '/usr/local/cuda/include';

@@ -3,10 +3,10 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import t from 'tap';
-import { TaskKind } from '../lib/binding';
-import { ClipModel } from '../lib/index';
-import { maxAbsDiff, root, tinyModel } from './helpers/env';
-import { makePng, sampleImages } from './helpers/images';
+import { TaskKind } from '../../lib/native/binding';
+import { ClipModel } from '../../lib/index';
+import { maxAbsDiff, root, tinyModel } from '../helpers/env';
+import { makePng, sampleImages } from '../helpers/images';
 
 const dist = path.join(root, 'dist', 'index.js');
 

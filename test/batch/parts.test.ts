@@ -2,12 +2,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { formatFloat32, formatFloat32Reference, formatVector } from '../lib/batch/floats';
-import { listInputs, readCsvRows, readJsonlRows, scanCsv, scanJsonl } from '../lib/batch/inputs';
-import { npyHeader } from '../lib/batch/outputs';
-import { makePlan, shardOfUnits } from '../lib/batch/plan';
-import { ClipError } from '../lib/errors';
-import { tempDir } from './helpers/env';
+import { formatFloat32, formatFloat32Reference, formatVector } from '../../lib/batch/floats';
+import { listInputs, readCsvRows, readJsonlRows, scanCsv, scanJsonl } from '../../lib/batch/inputs';
+import { npyHeader } from '../../lib/batch/outputs';
+import { makePlan, shardOfUnits } from '../../lib/batch/plan';
+import { ClipError } from '../../lib/errors';
+import { tempDir } from '../helpers/env';
 
 t.test('float32 text: the fast path agrees with the reference and round-trips', async (t) => {
   const value = new Float32Array(1);

@@ -1,19 +1,13 @@
-import { TaskKind } from '../binding';
+import { checkBoolean, checkInteger } from '../check';
+import { mapLimit } from '../concurrency';
 import { ClipError, invalidArgument, toClipError } from '../errors';
 import type { ClipModel } from '../model';
-import {
-  fetchImage,
-  parseImageSource,
-  resolveImageSourceOptions,
-  type ImageSource,
-  type ImageSourceOptions,
-  type ResolvedImageSourceOptions,
-} from './image_source';
+import { fetchImage, resolveImageSourceOptions, type ImageSourceOptions, type ResolvedImageSourceOptions } from '../net/fetch';
+import { isRowError, parseScoreRequest, rowError, splitRows, type RowError } from './rows';
 import type { ScoreResponse, ScoreRowInput, ScoreRowResult } from './types';
-import { checkBoolean, checkInteger, checkRow, endpointError, isRowError, parseScoreRequest, rowError, type RowError } from './validate';
 
 export type { ScoreRequest, ScoreResponse, ScoreRowInput, ScoreRowResult } from './types';
-export type { RowError } from './validate';
+export type { RowError } from './rows';
 
 /** Options of {@link score} and {@link scoreRows}. */
 export interface ScoreOptions extends ImageSourceOptions {
@@ -60,31 +54,17 @@ export function resolveScoreOptions(options: unknown, name = 'options'): Resolve
   };
 }
 
-/** Runs `fn` over `items` with at most `limit` at a time; `fn` must not reject. */
-export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}
-
 /** One submission's per-item results; a rejection of the whole call becomes every item's error. */
 async function submitAll(
   model: ClipModel,
-  kind: TaskKind,
-  inputs: Array<string | Uint8Array>,
+  encoder: 'image' | 'text',
+  inputs: Uint8Array[] | string[],
   options: ResolvedScoreOptions['submit'] & { signal?: AbortSignal },
   callErrors: Set<ClipError>,
 ): Promise<Array<Float32Array | ClipError>> {
   if (inputs.length === 0) return [];
   try {
-    return (await model._submit(kind, inputs, options)) as Array<Float32Array | ClipError>;
+    return await model._embedEach(encoder, inputs, options);
   } catch (error) {
     const failed = toClipError(error);
     callErrors.add(failed);
@@ -111,36 +91,12 @@ async function run(
 ): Promise<RunResult> {
   const results = new Array<ScoreRowResult | RowError>(rows.length);
   const callErrors = new Set<ClipError>();
-  const textRows: number[] = [];
-  const texts: string[] = [];
-  const imageRows: number[] = [];
-  const sources: ImageSource[] = [];
-  // Rows in order, so with failFast the first error is the lowest failing
-  // row's and nothing after it is checked: a body of a million bad rows must
-  // not build a million errors (seconds of event loop and gigabytes of heap).
-  for (let row = 0; row < rows.length; row++) {
-    const checked = checkRow(rows[row], row);
-    if (isRowError(checked)) {
-      if (failFast) throw checked;
-      results[row] = checked;
-      continue;
-    }
-    if (checked.image !== undefined) {
-      try {
-        sources.push(parseImageSource(checked.image));
-        imageRows.push(row);
-      } catch (error) {
-        const failed = rowError(row, toClipError(error));
-        if (failFast) throw failed;
-        results[row] = failed;
-        continue;
-      }
-    }
-    if (checked.text !== undefined) {
-      textRows.push(row);
-      texts.push(checked.text);
-    }
-  }
+  const split = splitRows(rows, { failFast });
+  for (const [row, error] of split.errors) results[row] = error;
+  const textRows = split.texts.map(({ at }) => at);
+  const texts = split.texts.map(({ text }) => text);
+  const imageRows = split.images.map(({ at }) => at);
+  const sources = split.images.map(({ source }) => source);
   const firstError = () => results.find((r) => isRowError(r)) as RowError | undefined;
   if (failFast) {
     // More rows of a kind than the engine's queue holds can never be served;
@@ -148,7 +104,7 @@ async function run(
     const capacity = model.info.queueCapacity;
     for (const [count, kind] of [[imageRows.length, 'image'], [textRows.length, 'text']] as const) {
       if (count > capacity) {
-        throw endpointError(
+        throw new ClipError(
           'CLIP_REQUEST_TOO_LARGE',
           `The request has ${count} ${kind} rows; at most ${capacity} are taken in one request (the model's queueCapacity)`,
         );
@@ -164,7 +120,7 @@ async function run(
   outer?.addEventListener('abort', onAbort, { once: true });
   const submitOptions = { ...options.submit, signal: controller.signal };
   try {
-    const textResults = submitAll(model, TaskKind.Text, texts, submitOptions, callErrors);
+    const textResults = submitAll(model, 'text', texts, submitOptions, callErrors);
     const bytes = await mapLimit(sources, options.fetchConcurrency, async (source) => {
       if (source.kind === 'inline') return source.bytes;
       try {
@@ -197,7 +153,7 @@ async function run(
       imageInputs.push(value);
     });
     const [imageResults, textOutputs] = await Promise.all([
-      submitAll(model, TaskKind.ImageBytes, imageInputs, submitOptions, callErrors),
+      submitAll(model, 'image', imageInputs, submitOptions, callErrors),
       textResults,
     ]);
     imageResults.forEach((value, k) => {
@@ -219,12 +175,11 @@ async function run(
 }
 
 /**
- * Per-row embeddings of many rows, errors as values: the engine of the batch
- * job. All image rows go to the model in one submission and all text rows in
- * another, so they batch. A row gets `image_features` where it has an image
+ * Per-row embeddings of many rows, errors as values. All image rows go to the
+ * model in one submission and all text rows in another, so they batch. A row gets `image_features` where it has an image
  * and `text_features` where it has text (embedDim numbers each, unnormalized);
- * a failing row gets a ClipError with `row` (0-based) and a message naming
- * the row and the reason.
+ * a failing row gets a ClipError with `row` (0-based) and the reason as its
+ * message.
  *
  * Row error codes: `CLIP_INVALID_ARGUMENT` (neither image nor text, not a
  * string, not an image string), `CLIP_URL_FORBIDDEN`, `CLIP_IMAGE_FETCH_FAILED`,
@@ -243,8 +198,8 @@ export async function scoreRows(
 }
 
 /**
- * The Azure ML CLIP embeddings endpoint's contract (CONTRACT section 5): the
- * body of `POST /score` in, its 200 answer out.
+ * The Azure ML CLIP embeddings endpoint's contract: the body of `POST /score`
+ * in, its 200 answer out.
  *
  * `input_data` is a DataFrame in split format with columns `image` and/or
  * `text` in any order; `index`, when present, must be as long as `data`;

@@ -1,41 +1,16 @@
-import { ClipError, invalidArgument, type ClipErrorCode } from '../errors';
+import { ClipError, invalidArgument } from '../errors';
+import { parseImageSource, type ImageSource } from './image_string';
 import type { ScoreRowInput } from './types';
 
-/**
- * Codes of the endpoint's contract, next to {@link ClipErrorCode}: the HTTP
- * layer ({@link createServer}) answers with them, and `score` rejects with
- * `CLIP_REQUEST_TOO_LARGE`; no other call of the library does.
- */
-export const ENDPOINT_ERROR_CODES = [
-  'CLIP_UNAUTHORIZED',
-  'CLIP_NOT_FOUND',
-  'CLIP_REQUEST_TOO_LARGE',
-  'CLIP_REQUEST_TIMEOUT',
-  'CLIP_HEADERS_TOO_LARGE',
-  'CLIP_UNSUPPORTED_MEDIA_TYPE',
-  'CLIP_NOT_READY',
-] as const;
-
-/** A code of {@link ENDPOINT_ERROR_CODES}. */
-export type EndpointErrorCode = (typeof ENDPOINT_ERROR_CODES)[number];
-
-/** A ClipError failing one row: `row` is its 0-based position in `data` order. */
+/** A ClipError failing one row: `row` is its 0-based position in `data` order (or in its input file). */
 export type RowError = ClipError & { row: number };
 
-/** A ClipError with a library code or one of the HTTP layer's. */
-export function endpointError(
-  code: ClipErrorCode | EndpointErrorCode,
-  message: string,
-  options: { index?: number; cause?: unknown } = {},
-): ClipError {
-  return new ClipError(code as ClipErrorCode, message, options);
-}
-
-/** The error of one row: its message starts with `row N: `, and it carries `row`. */
+/**
+ * The error of one row: the reason's code and message, with `row` (and `index`, the same number). Whoever
+ * shows it to people names the row (the endpoint's answer starts its message with `row N: `).
+ */
 export function rowError(row: number, error: ClipError): RowError {
-  const failed = endpointError(error.code, `row ${row}: ${error.message}`, { index: row, cause: error }) as RowError;
-  failed.row = row;
-  return failed;
+  return new ClipError(error.code, error.message, { index: row, row, cause: error }) as RowError;
 }
 
 /** True for the row errors of {@link rowError}. */
@@ -133,18 +108,59 @@ export function parseScoreRequest(request: unknown): Array<Record<string, unknow
   });
 }
 
-/** A finite integer option >= min, or its default. */
-export function checkInteger(value: unknown, name: string, min: number, fallback: number): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min) {
-    throw invalidArgument(`an integer >= ${min}`, name, value);
-  }
-  return value;
+/** The inputs of a list of rows, split by encoder: what {@link splitRows} returns. */
+export interface RowSplit {
+  /** The rows with an image, in row order: the row's position in the list and where its image is. */
+  images: Array<{ at: number; source: ImageSource }>;
+  /** The rows with text, in row order. */
+  texts: Array<{ at: number; text: string }>;
+  /** The rows that failed their checks, by position in the list. */
+  errors: Map<number, RowError>;
 }
 
-/** A boolean option, or its default. */
-export function checkBoolean(value: unknown, name: string, fallback: boolean): boolean {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'boolean') throw invalidArgument('a boolean', name, value);
-  return value;
+/** Options of {@link splitRows}. */
+export interface SplitOptions {
+  /** The row number of the row at a position (its errors' `row`). Default: the position. */
+  rowNumber?: (at: number) => number;
+  /**
+   * Throw the first failing row's error, and check nothing after it: a body of a million bad rows must not
+   * build a million errors (seconds of event loop and gigabytes of heap).
+   */
+  failFast?: boolean;
+}
+
+/**
+ * Checks rows as the Azure contract reads them ({@link checkRow}, image strings by
+ * {@link parseImageSource}) and splits them into the images and texts to embed: the one reading of rows
+ * that `score`, `scoreRows` and the batch job share. A failing row is in `errors` only, never in
+ * `images` or `texts`.
+ *
+ * With `failFast`, throws the first failing row's error (`CLIP_INVALID_ARGUMENT`, `CLIP_URL_FORBIDDEN`).
+ */
+export function splitRows(rows: readonly unknown[], options: SplitOptions = {}): RowSplit {
+  const split: RowSplit = { images: [], texts: [], errors: new Map() };
+  const fail = (at: number, error: RowError) => {
+    if (options.failFast) throw error;
+    split.errors.set(at, error);
+  };
+  for (let at = 0; at < rows.length; at++) {
+    const row = options.rowNumber ? options.rowNumber(at) : at;
+    const checked = checkRow(rows[at], row);
+    if (isRowError(checked)) {
+      fail(at, checked);
+      continue;
+    }
+    if (checked.image !== undefined) {
+      let source: ImageSource;
+      try {
+        source = parseImageSource(checked.image);
+      } catch (error) {
+        fail(at, rowError(row, error as ClipError));
+        continue;
+      }
+      split.images.push({ at, source });
+    }
+    if (checked.text !== undefined) split.texts.push({ at, text: checked.text });
+  }
+  return split;
 }

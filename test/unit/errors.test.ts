@@ -2,9 +2,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { binding } from '../lib/binding';
-import { ClipError, ERROR_CODES } from '../lib/index';
-import { root } from './helpers/env';
+import { binding } from '../../lib/native/binding';
+import { ClipError, ERROR_CODES } from '../../lib/index';
+import { root } from '../helpers/env';
 
 t.test('the C++ and TypeScript code lists are equal', async (t) => {
   const header = fs.readFileSync(path.join(root, 'native', 'core', 'errors.h'), 'utf8');

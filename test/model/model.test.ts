@@ -2,8 +2,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { TaskKind } from '../lib/binding';
-import { ClipError, ClipModel } from '../lib/index';
+import { TaskKind } from '../../lib/native/binding';
+import { ClipError, ClipModel } from '../../lib/index';
 import {
   hfCheckpoint,
   hfModel,
@@ -14,7 +14,7 @@ import {
   runPython,
   tempDir,
   tinyModel,
-} from './helpers/env';
+} from '../helpers/env';
 
 const PIXELS = 3 * 224 * 224;
 

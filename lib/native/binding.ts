@@ -1,0 +1,232 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { isMainThread } from 'node:worker_threads';
+import { ClipError } from '../errors';
+import {
+  findFittingPrebuild,
+  listPrebuilds,
+  localBuildPath,
+  packageRoot,
+  prebuildDirectory,
+  type AddonChoice,
+  type AddonSearchOptions,
+} from './locate';
+
+/** Per-call options of the raw binding. */
+export interface NativeSubmitOptions {
+  applyExifOrientation?: boolean;
+  maxPixels?: number;
+  /** Run these inputs as batches of their own, formed in input order once all are prepared. */
+  together?: boolean;
+}
+
+/** A failed item as the native layer reports it. */
+export interface NativeItemError extends Error {
+  code: string;
+}
+
+export type NativeResult = Float32Array | Int32Array | NativeItemError;
+
+/** Task kinds; the order matches clip::TaskKind. */
+export enum TaskKind {
+  ImageBytes = 0,
+  ImagePixels = 1,
+  Text = 2,
+  TokenIds = 3,
+  Tokenize = 4,
+  Preprocess = 5,
+}
+
+export interface NativeEncoderStats {
+  queueDepth: number;
+  batches: number;
+  items: number;
+  meanBatchSize: number;
+  itemsPerSecond: number;
+}
+
+export interface NativeModelInfo {
+  name: string;
+  device: string;
+  dtype: string;
+  embedDim: number;
+  imageSize: number;
+  contextLength: number;
+  vocabSize: number;
+  maxBatchImages: number;
+  maxBatchTexts: number;
+  maxBatchTokens: number;
+  queueCapacity: number;
+  padImageBatches: boolean;
+}
+
+export interface NativeModel {
+  /** Queues every input at once or throws (CLIP_QUEUE_FULL, CLIP_DISPOSED); the callback gets one result per input. */
+  submit(
+    kind: TaskKind,
+    inputs: ReadonlyArray<Uint8Array | Float32Array | Int32Array | string>,
+    options: NativeSubmitOptions,
+    callback: (results: NativeResult[]) => void,
+  ): number;
+  cancel(requestId: number): void;
+  stats(): { image: NativeEncoderStats; text: NativeEncoderStats };
+  info(): NativeModelInfo;
+  dispose(): Promise<void>;
+}
+
+export interface NativeLoadOptions {
+  device: string;
+  dtype: string;
+  threads?: number;
+  maxBatchImages?: number;
+  maxBatchTexts?: number;
+  maxBatchTokens?: number;
+  padImageBatches?: boolean;
+  maxWaitMs?: number;
+  queueCapacity?: number;
+  prepThreads?: number;
+}
+
+export interface NativeBinding {
+  load(directory: string, options: NativeLoadOptions): Promise<NativeModel>;
+  /** Stops every engine of the process (see native/addon/addon.cc). */
+  shutdownAll(): void;
+  errorCodes: string[];
+  builtWithCuda: boolean;
+  torchVersion: string;
+}
+
+let cached: NativeBinding | undefined;
+let loaded: AddonChoice | undefined;
+
+// ---------------------------------------------------------------------------
+// Loading the addon.
+//
+// A prebuild (prebuilds/<platform>-<arch>/clip-native.torch-<version>.<variant>.napi.node)
+// is built against one libtorch and carries no RUNPATH: it is used only when a
+// libtorch of exactly that version and variant is found here, and those
+// libtorch libraries are loaded first, by absolute path. The dynamic loader
+// then satisfies the prebuild's NEEDED entries (libtorch.so, libc10.so, …) with
+// the libraries already in the process (it matches them by soname), so no
+// LD_LIBRARY_PATH and no machine-specific RUNPATH is involved. The local build
+// (build/Release) carries a RUNPATH to the libtorch it was built against and
+// is loaded as it is.
+// ---------------------------------------------------------------------------
+
+// Keeps a preloaded libtorch mapped after process.dlopen closes the handle of a
+// library that is not an addon (glibc and musl: 0x1000; macOS: 0x80).
+const RTLD_NODELETE = process.platform === 'darwin' ? 0x80 : 0x1000;
+
+/**
+ * Loads the addon once per process: a prebuild whose libtorch is found here,
+ * else the local build (build/Release), else throws one error that lists what
+ * was looked for and how to fix it.
+ */
+export function binding(): NativeBinding {
+  if (!cached) {
+    const { binding: native, choice } = loadBinding();
+    cached = native;
+    loaded = choice;
+    // process.exit() skips native cleanup hooks; engines must stop before
+    // exit() tears libtorch down. Workers are torn down with their hooks.
+    if (isMainThread) process.once('exit', () => native.shutdownAll());
+  }
+  return cached;
+}
+
+/** Which addon {@link binding} loaded, once it has. */
+export function loadedAddon(): AddonChoice | undefined {
+  return loaded;
+}
+
+/** Loads the addon as {@link binding} does, without caching, from any package root (tests use that). */
+export function loadBinding(options: AddonSearchOptions = {}): { binding: NativeBinding; choice: AddonChoice } {
+  const root = options.root ?? packageRoot;
+  const env = options.env ?? process.env;
+  const tried: string[] = [];
+  const fit = findFittingPrebuild({ root, env }, tried);
+  if (fit) {
+    try {
+      // The other libraries first (the codecs, ICU): a prebuild that cannot load must not leave a libtorch behind.
+      for (const name of fit.prebuild.needed) {
+        if (!fit.prebuild.preload.includes(name)) checkLoadable(name);
+      }
+      for (const name of fit.prebuild.preload) preloadLibrary(path.join(fit.libtorch.libDir, name));
+      const native = requireAddon(fit.prebuild.file);
+      return { binding: native, choice: { kind: 'prebuild', file: fit.prebuild.file, libtorch: fit.libtorch } };
+    } catch (error) {
+      const { version, variant, libDir } = fit.libtorch;
+      tried.push(`${fit.prebuild.file}: fits libtorch ${version} ${variant} in ${libDir}, but failed to load: ${firstLine(error)}`);
+    }
+  }
+  const local = localBuildPath(root);
+  if (fs.existsSync(local)) {
+    try {
+      return { binding: requireAddon(local), choice: { kind: 'local', file: local } };
+    } catch (error) {
+      tried.push(`local build ${local}: failed to load: ${firstLine(error)}`);
+    }
+  } else {
+    tried.push(`local build ${local}: not built`);
+  }
+  throw new ClipError('CLIP_ADDON_UNAVAILABLE', noAddonMessage(root, tried));
+}
+
+/** Loads a shared library into the process for good, so that the addon's NEEDED entries find it. */
+function preloadLibrary(file: string): void {
+  if (process.platform === 'win32') return;
+  const flags = os.constants.dlopen.RTLD_LAZY | RTLD_NODELETE;
+  try {
+    process.dlopen({ exports: {} }, file, flags);
+  } catch (error) {
+    // A library that is not an addon loads, then fails registration: that is the expected path.
+    if (!/did not self-register/.test(String((error as Error).message))) throw error;
+  }
+}
+
+/** Throws when a library the addon links (by soname, from the default search path) cannot be loaded. */
+function checkLoadable(soname: string): void {
+  if (process.platform !== 'linux') return;
+  try {
+    process.dlopen({ exports: {} }, soname, os.constants.dlopen.RTLD_LAZY);
+  } catch (error) {
+    if (!/did not self-register/.test(String((error as Error).message))) {
+      throw new Error(`it needs ${soname}, which cannot be loaded here (${firstLine(error)})`);
+    }
+  }
+}
+
+function requireAddon(file: string): NativeBinding {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require(file) as NativeBinding;
+}
+
+function noAddonMessage(root: string, tried: string[]): string {
+  const prebuilds = listPrebuilds(prebuildDirectory(root));
+  const wanted = [...new Set(prebuilds.map((p) => `libtorch ${p.torchVersion} (${p.variant})`))];
+  const lines = [
+    `clip-native: no native addon could be loaded for ${process.platform}-${process.arch}.`,
+    'Looked for:',
+    ...tried.map((line) => `  - ${line}`),
+    'To fix it, either:',
+  ];
+  if (wanted.length > 0) {
+    lines.push(
+      `  - make ${wanted.join(' or ')} available for the prebuild: activate the Python virtualenv that has ` +
+        'that torch (or set CLIP_PYTHON=/path/to/venv/bin/python), set LIBTORCH=/path/to/libtorch ' +
+        '(an unpacked libtorch or a pip torch package folder), or CLIP_LIBTORCH=system for the system libtorch;',
+    );
+  }
+  lines.push(
+    '  - or build the addon against the libtorch you have: `npm rebuild clip-native` (in a clone of the ' +
+      'repository: `npm run setup`, then `npx cmake-js compile`). Building needs cmake, a C++17 compiler and the ' +
+      'codec -dev packages; CLIP_LIBTORCH=venv|system|<dir> or LIBTORCH=<dir> chooses the libtorch it builds ' +
+      `against (README, "Which libtorch"). Package root: ${root}`,
+  );
+  return lines.join('\n');
+}
+
+function firstLine(error: unknown): string {
+  return String((error as Error)?.message ?? error).split('\n')[0];
+}
