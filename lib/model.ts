@@ -15,11 +15,11 @@ import {
 export type Device = 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
 
 /**
- * Numeric precision of inference. `bfloat16` on the CPU runs under autocast
- * (fast on CPUs with AVX-512 BF16 or AMX); on CUDA `float16`/`bfloat16`
- * convert the weights once at load.
+ * Numeric precision of inference. On the CPU: `float32`, `bfloat16` (bfloat16 weights packed at load; fast on
+ * CPUs with AVX-512 BF16 or AMX) or `int8` (int8 weights, activations quantized per call; fast on CPUs with VNNI
+ * or AMX-INT8). On CUDA: `float32`, `float16` or `bfloat16` (weights converted once at load).
  */
-export type DType = 'float32' | 'bfloat16' | 'float16';
+export type DType = 'float32' | 'bfloat16' | 'float16' | 'int8';
 
 /** Options of {@link ClipModel.load}. */
 export interface LoadOptions {
@@ -29,6 +29,13 @@ export interface LoadOptions {
   dtype?: DType;
   /** Intra-op threads of libtorch, set once per process by the first model loaded. Default: libtorch's. */
   threads?: number;
+  /**
+   * How the CPU encoders run: `auto` (default) times each candidate of the dtype at load and keeps the fastest
+   * per encoder; a candidate's name forces it (`info.cpuKernels.candidates` lists them: float32 `onednn`, `aten`;
+   * bfloat16 `onednn`, `onednn-bf16`; int8 `fbgemm`, `onednn`). The environment variable
+   * `CLIP_NATIVE_CPU_KERNELS` does the same when this option is absent. Ignored on CUDA.
+   */
+  cpuKernels?: string;
   /** Largest image batch. Default 16 on CPU, 128 on CUDA. */
   maxBatchImages?: number;
   /** Largest text batch. Default 64 on CPU, 256 on CUDA. */
@@ -117,7 +124,7 @@ export interface EmbedEachOptions {
 }
 
 const DEVICE_PATTERN = /^(auto|cpu|cuda|cuda:\d+)$/;
-const DTYPES = new Set(['float32', 'bfloat16', 'float16']);
+const DTYPES = new Set(['float32', 'bfloat16', 'float16', 'int8']);
 
 function checkSignal(options: CallOptions | undefined, name: string): AbortSignal | undefined {
   if (options === undefined) return undefined;
@@ -178,12 +185,16 @@ export class ClipModel {
     }
     const dtype = options.dtype ?? 'float32';
     if (typeof dtype !== 'string' || !DTYPES.has(dtype)) {
-      throw invalidArgument('"float32", "bfloat16" or "float16"', 'options.dtype', dtype);
+      throw invalidArgument('"float32", "bfloat16", "float16" or "int8"', 'options.dtype', dtype);
+    }
+    if (options.cpuKernels !== undefined && (typeof options.cpuKernels !== 'string' || options.cpuKernels === '')) {
+      throw invalidArgument('"auto" or a kernel candidate name', 'options.cpuKernels', options.cpuKernels);
     }
     const native = {
       device,
       dtype,
       threads: checkInteger(options.threads, 'options.threads', 1),
+      cpuKernels: options.cpuKernels,
       maxBatchImages: checkInteger(options.maxBatchImages, 'options.maxBatchImages', 1),
       maxBatchTexts: checkInteger(options.maxBatchTexts, 'options.maxBatchTexts', 1),
       maxBatchTokens: checkInteger(options.maxBatchTokens, 'options.maxBatchTokens', 1),

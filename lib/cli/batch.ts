@@ -24,7 +24,8 @@ Options:
                           (Kubernetes Indexed Jobs)
   --merge                 only write the final files from finished parts
   --device D              auto | cpu | cuda | cuda:N (default auto)
-  --dtype T               float32 | bfloat16 | float16 (default float32)
+  --dtype T               float32 | bfloat16 | float16 | int8 (default float32;
+                          int8 and bfloat16 on the CPU, float16 on CUDA)
   --threads N             libtorch intra-op threads
   --allow-private-urls    let image URLs reach private, loopback and link-local addresses
   --concurrency N         chunks of rows in flight (default 8)
@@ -42,7 +43,7 @@ this shard done), 1 failed (over the error threshold, unreadable input),
 `;
 
 const DEVICE = /^(auto|cpu|cuda|cuda:\d+)$/;
-const DTYPES = new Set(['float32', 'bfloat16', 'float16']);
+const DTYPES = new Set(['float32', 'bfloat16', 'float16', 'int8']);
 
 function errorThreshold(value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
@@ -138,7 +139,7 @@ export async function runBatch(args: string[]): Promise<number> {
   const device = (values.device ?? 'auto') as Device;
   if (!DEVICE.test(device)) throw new UsageError(`--device must be auto, cpu, cuda or cuda:N, not "${device}"`);
   const dtype = (values.dtype ?? 'float32') as DType;
-  if (!DTYPES.has(dtype)) throw new UsageError(`--dtype must be float32, bfloat16 or float16, not "${dtype}"`);
+  if (!DTYPES.has(dtype)) throw new UsageError(`--dtype must be float32, bfloat16, float16 or int8, not "${dtype}"`);
   const jobOptions = {
     input,
     output,

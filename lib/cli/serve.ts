@@ -13,7 +13,8 @@ Options:
   --host H                address to listen on (default 127.0.0.1; use 0.0.0.0 in a container)
   --port P                port (default 5001; 0 picks a free one)
   --device D              auto | cpu | cuda | cuda:N (default auto)
-  --dtype T               float32 | bfloat16 | float16 (default float32)
+  --dtype T               float32 | bfloat16 | float16 | int8 (default float32;
+                          int8 and bfloat16 on the CPU, float16 on CUDA)
   --max-batch N           largest image batch (default 16 on CPU, 128 on CUDA)
   --max-batch-texts N     largest text batch (default 64 on CPU, 256 on CUDA)
   --max-batch-tokens N    largest text batch in token rows (default 16 x 77 on CPU)
@@ -34,7 +35,7 @@ model, exit 0. A second signal exits at once with status 1.
 
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
 const DEVICE = /^(auto|cpu|cuda|cuda:\d+)$/;
-const DTYPES = new Set(['float32', 'bfloat16', 'float16']);
+const DTYPES = new Set(['float32', 'bfloat16', 'float16', 'int8']);
 
 function port(value: unknown): number {
   if (value === undefined) return 5001;
@@ -82,7 +83,7 @@ export async function runServe(args: string[]): Promise<number> {
   const device = (values.device ?? 'auto') as Device;
   if (!DEVICE.test(device)) throw new UsageError(`--device must be auto, cpu, cuda or cuda:N, not "${device}"`);
   const dtype = (values.dtype ?? 'float32') as DType;
-  if (!DTYPES.has(dtype)) throw new UsageError(`--dtype must be float32, bfloat16 or float16, not "${dtype}"`);
+  if (!DTYPES.has(dtype)) throw new UsageError(`--dtype must be float32, bfloat16, float16 or int8, not "${dtype}"`);
   const logLevel = values['log-level'] ?? 'info';
   if (!LOG_LEVELS.has(logLevel)) throw new UsageError(`--log-level must be one of ${[...LOG_LEVELS].join(', ')}, not "${logLevel}"`);
   const apiKey = values['api-key'] ?? (process.env.CLIP_NATIVE_API_KEY || undefined);

@@ -59,6 +59,21 @@ export interface NativeModelInfo {
   maxBatchTokens: number;
   queueCapacity: number;
   padImageBatches: boolean;
+  /** How the CPU encoders run; null on CUDA. */
+  cpuKernels: NativeCpuKernels | null;
+}
+
+/** The kernel candidate each CPU encoder runs, and how it was chosen. */
+export interface NativeCpuKernels {
+  image: string;
+  text: string;
+  /** `calibration` (measured at load), `option`, `environment` or `only candidate`. */
+  selectedBy: string;
+  /** The candidates of this dtype in this libtorch. */
+  candidates: string[];
+  /** Milliseconds per item of each candidate measured at load (empty unless measured). */
+  imageMsPerItem: Record<string, number>;
+  textMsPerItem: Record<string, number>;
 }
 
 export interface NativeModel {
@@ -79,6 +94,7 @@ export interface NativeLoadOptions {
   device: string;
   dtype: string;
   threads?: number;
+  cpuKernels?: string;
   maxBatchImages?: number;
   maxBatchTexts?: number;
   maxBatchTokens?: number;
@@ -95,6 +111,8 @@ export interface NativeBinding {
   errorCodes: string[];
   builtWithCuda: boolean;
   torchVersion: string;
+  /** The instruction set extensions of this CPU that kernel choices depend on (avx512f, avx512_bf16, amx_bf16, …). */
+  cpuIsa: string[];
 }
 
 let cached: NativeBinding | undefined;

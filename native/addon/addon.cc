@@ -4,6 +4,7 @@
 #include <torch/version.h>
 
 #include "convert.h"
+#include "cpu_features.h"
 #include "load_worker.h"
 #include "model_wrap.h"
 
@@ -20,8 +21,10 @@ Precision ParsePrecision(Napi::Env env, const std::string& name) {
   if (name == "float32") return Precision::kFloat32;
   if (name == "float16") return Precision::kFloat16;
   if (name == "bfloat16") return Precision::kBFloat16;
+  if (name == "int8") return Precision::kInt8;
   throw MakeError(env, ErrorCode::kInvalidArgument,
-                  "Expected \"float32\", \"float16\" or \"bfloat16\" for dtype but received \"" + name + "\"");
+                  "Expected \"float32\", \"float16\", \"bfloat16\" or \"int8\" for dtype but received \"" + name +
+                      "\"");
 }
 
 // load(directory: string, options: object) -> Promise<NativeModel>
@@ -35,6 +38,7 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
   model_options.device = OptionString(options, "device", "auto");
   model_options.precision = ParsePrecision(env, OptionString(options, "dtype", "float32"));
   model_options.threads = static_cast<int>(OptionNumber(options, "threads", 0));
+  model_options.cpu_kernels = OptionString(options, "cpuKernels", "");
   EngineOptions engine_options;
   engine_options.max_batch_images = static_cast<int>(OptionNumber(options, "maxBatchImages", 0));
   engine_options.max_batch_texts = static_cast<int>(OptionNumber(options, "maxBatchTexts", 0));
@@ -82,6 +86,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("errorCodes", codes);
   exports.Set("builtWithCuda", Napi::Boolean::New(env, BuiltWithCuda()));
   exports.Set("torchVersion", Napi::String::New(env, TORCH_VERSION));
+  Napi::Array isa = Napi::Array::New(env);
+  uint32_t j = 0;
+  for (const auto& name : GetCpuFeatures().Names()) isa.Set(j++, Napi::String::New(env, name));
+  exports.Set("cpuIsa", isa);
   return exports;
 }
 

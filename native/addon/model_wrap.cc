@@ -380,6 +380,26 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
   out.Set("maxBatchTokens", engine_->max_batch_tokens());
   out.Set("queueCapacity", static_cast<double>(engine_->queue_capacity()));
   out.Set("padImageBatches", engine_->pad_image_batches());
+  if (!model.is_cuda()) {
+    const CpuKernelChoice& k = model.cpu_kernels();
+    Napi::Object kernels = Napi::Object::New(env);
+    kernels.Set("image", k.image);
+    kernels.Set("text", k.text);
+    kernels.Set("selectedBy", k.selected_by);
+    Napi::Array candidates = Napi::Array::New(env, k.candidates.size());
+    for (uint32_t i = 0; i < k.candidates.size(); ++i) candidates.Set(i, k.candidates[i]);
+    kernels.Set("candidates", candidates);
+    auto timings = [&](const std::vector<std::pair<std::string, double>>& ms) {
+      Napi::Object o = Napi::Object::New(env);
+      for (const auto& [name, value] : ms) o.Set(name, value);
+      return o;
+    };
+    kernels.Set("imageMsPerItem", timings(k.image_ms));
+    kernels.Set("textMsPerItem", timings(k.text_ms));
+    out.Set("cpuKernels", kernels);
+  } else {
+    out.Set("cpuKernels", env.Null());
+  }
   return out;
 }
 

@@ -3,20 +3,27 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
+#include <c10/util/Exception.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/version.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <stdexcept>
 #include <mutex>
+#include <algorithm>
 #include <optional>
 #include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "cpu_features.h"
 #include "errors.h"
 
 #ifdef CLIP_WITH_CUDA
@@ -188,10 +195,13 @@ std::optional<SigmoidGate> MatchSigmoidGate(torch::jit::Node* linear) {
 // A linear with constant float32 weights (and bias, if any) on the CPU.
 bool IsRewritableLinear(torch::jit::Node* linear) {
   auto weight = ConstantTensor(linear->input(1));
-  if (!weight || weight->dim() != 2 || weight->scalar_type() != at::kFloat || !weight->device().is_cpu()) return false;
+  const auto floating = [](const at::Tensor& t) {
+    return (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16) && t.device().is_cpu();
+  };
+  if (!weight || weight->dim() != 2 || !floating(*weight)) return false;
   if (IsNoneConstant(linear->input(2))) return true;
   auto bias = ConstantTensor(linear->input(2));
-  return bias && bias->scalar_type() == at::kFloat && bias->device().is_cpu();
+  return bias && floating(*bias);
 }
 
 torch::jit::Value* InsertTensorConstant(torch::jit::Graph& graph, const at::Tensor& tensor) {
@@ -222,9 +232,10 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
   int rewritten = 0;
   for (torch::jit::Node* linear : linears) {
     if (!IsRewritableLinear(linear)) continue;
-    at::Tensor w = *ConstantTensor(linear->input(1));
+    // Scaled in float32 whatever the archive's dtype, rounded to `dtype` once.
+    at::Tensor w = ConstantTensor(linear->input(1))->to(at::kFloat);
     std::optional<at::Tensor> bias;
-    if (!IsNoneConstant(linear->input(2))) bias = ConstantTensor(linear->input(2));
+    if (!IsNoneConstant(linear->input(2))) bias = ConstantTensor(linear->input(2))->to(at::kFloat);
     if (auto it = weight_divisors.find(linear); it != weight_divisors.end()) w = w / it->second;
     auto gate = MatchSigmoidGate(linear);
     if (gate) {
@@ -285,8 +296,64 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
   return rewritten;
 }
 
-// A small input that exercises every op of an encoder, for comparing the
-// rewritten graph with the archive as loaded.
+// Linears with constant float32 weights -> quantized::linear_dynamic on
+// per-channel int8 weights packed once for `engine`: activations are
+// quantized per call (per tensor, from their range), products accumulate in
+// int32. `reduce_range` keeps activations to 7 bits, for CPUs whose u8 x s8
+// instructions saturate at 16 bits (no VNNI). Returns how many were rewritten.
+// libtorch warns that its quantized tensor factories are deprecated; the
+// packed weights they make are all int8 inference needs, and a user should
+// not see that warning on every load.
+class SilentWarnings : public c10::WarningHandler {
+ public:
+  void process(const c10::Warning&) override {}
+};
+
+int RewriteLinearsForInt8(const std::shared_ptr<torch::jit::Graph>& graph, at::QEngine engine, bool reduce_range) {
+  SilentWarnings silent;
+  c10::WarningUtils::WarningHandlerGuard silence(&silent);
+  auto prepack = c10::Dispatcher::singleton().findSchemaOrThrow("quantized::linear_prepack", "");
+  const auto linear_dynamic = c10::Symbol::fromQualString("quantized::linear_dynamic");
+  std::vector<torch::jit::Node*> linears;
+  for (torch::jit::Node* node : graph->nodes()) {
+    if (node->kind() == c10::aten::linear) linears.push_back(node);
+  }
+  const at::QEngine saved = at::globalContext().qEngine();
+  at::globalContext().setQEngine(engine);
+  int rewritten = 0;
+  try {
+    for (torch::jit::Node* linear : linears) {
+      if (!IsRewritableLinear(linear)) continue;
+      at::Tensor w = ConstantTensor(linear->input(1))->to(at::kFloat).contiguous();
+      c10::IValue bias;
+      if (!IsNoneConstant(linear->input(2))) bias = ConstantTensor(linear->input(2))->to(at::kFloat).contiguous();
+      at::Tensor scales = (w.abs().amax({1}).clamp_min(1e-12) / 127.0).to(at::kDouble);
+      at::Tensor zero_points = at::zeros({w.size(0)}, at::kLong);
+      at::Tensor qweight = at::quantize_per_channel(w, scales, zero_points, 0, at::kQInt8);
+      torch::jit::Stack stack{qweight, bias};
+      prepack.callBoxed(&stack);
+      torch::jit::WithInsertPoint insert_point(linear);
+      torch::jit::Value* packed = graph->insertConstant(stack[0]);
+      torch::jit::Node* q =
+          graph->create(linear_dynamic, {linear->input(0), packed, graph->insertConstant(reduce_range)});
+      q->output()->setType(c10::TensorType::get());
+      graph->insertNode(q);
+      linear->output()->replaceAllUsesWith(q->output());
+      linear->destroy();
+      ++rewritten;
+    }
+  } catch (...) {
+    at::globalContext().setQEngine(saved);
+    throw;
+  }
+  at::globalContext().setQEngine(saved);
+  torch::jit::EliminateDeadCode(graph);
+  graph->lint();
+  return rewritten;
+}
+
+// A small input that exercises every op of an encoder, for comparing a
+// candidate graph with the archive as loaded.
 torch::Tensor ExampleInput(const Manifest& m, bool image) {
   if (image) {
     auto generator = at::detail::createCPUGenerator(/*seed_val=*/20240601);
@@ -301,47 +368,224 @@ torch::Tensor ExampleInput(const Manifest& m, bool image) {
   return ids;
 }
 
-// Freezes `module` and rewrites its linears for oneDNN (above), keeping the
-// result only when it computes what the archive as loaded computes on an
-// example input; otherwise warns and returns `module` unchanged.
-// CLIP_NATIVE_CPU_GRAPH=0 in the environment keeps the archive as loaded (for
-// comparisons, and as a way out should a libtorch version misbehave).
-torch::jit::script::Module OptimizeForCpu(torch::jit::script::Module module, const std::string& path,
-                                          const torch::Tensor& example, bool bfloat16) {
-  const char* setting = std::getenv("CLIP_NATIVE_CPU_GRAPH");
-  if (setting && std::string(setting) == "0") return module;
-  // The archive's own output first: an archive that cannot run is left to
-  // Model::Load's check, which names the problem.
-  torch::Tensor expected;
+// Inputs of the shapes the calibration times: one item (the online case)
+// and a small batch; texts of 16 tokens, a caption's length.
+std::vector<torch::Tensor> CalibrationInputs(const Manifest& m, bool image) {
+  std::vector<torch::Tensor> inputs;
+  auto generator = at::detail::createCPUGenerator(/*seed_val=*/20240602);
+  for (int64_t batch : {int64_t{1}, int64_t{image ? 2 : 4}}) {
+    if (image) {
+      inputs.push_back(at::randn({batch, 3, m.image.size, m.image.size}, generator));
+    } else {
+      const int64_t length = std::min<int64_t>(16, std::max<int64_t>(2, m.text.context_length));
+      torch::Tensor ids = at::randint(0, std::max<int64_t>(1, m.text.bos), {batch, length}, generator);
+      ids.select(1, 0).fill_(m.text.bos);
+      ids.select(1, length - 1).fill_(m.text.eos);
+      inputs.push_back(ids);
+    }
+  }
+  return inputs;
+}
+
+bool HasQEngine(at::QEngine engine) {
+  for (at::QEngine e : at::globalContext().supportedQEngines()) {
+    if (e == engine) return true;
+  }
+  return false;
+}
+
+bool Int8Available() {
+  return HasOperator("quantized::linear_dynamic", "") && HasOperator("quantized::linear_prepack", "") &&
+         (HasQEngine(at::QEngine::FBGEMM) || HasQEngine(at::QEngine::ONEDNN));
+}
+
+torch::Tensor Forward(Model::Encoder& encoder, const torch::Tensor& input) {
+  torch::Tensor x = input;
+  if (x.is_floating_point() && x.scalar_type() != encoder.float_input) x = x.to(encoder.float_input);
+  SetCpuAutocast(encoder.autocast);
+  torch::Tensor out = encoder.module.forward({x}).toTensor();
+  SetCpuAutocast(false);
+  return out;
+}
+
+// Builds candidate `name` of `archive` (the module as loaded, left unchanged).
+Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const std::string& name,
+                              Precision precision) {
+  Model::Encoder encoder;
+  encoder.kernel = name;
+  const bool bfloat16 = precision == Precision::kBFloat16;
+  if (name == "archive" || name == "autocast") {
+    encoder.module = archive;
+    encoder.autocast = bfloat16;
+    return encoder;
+  }
+  if (precision == Precision::kInt8) {
+    encoder.module = torch::jit::freeze(archive);
+    const at::QEngine engine = name == "fbgemm" ? at::QEngine::FBGEMM : at::QEngine::ONEDNN;
+    const bool reduce_range = engine == at::QEngine::FBGEMM && !GetCpuFeatures().int8_dot();
+    if (RewriteLinearsForInt8(encoder.module.get_method("forward").graph(), engine, reduce_range) == 0) {
+      throw std::runtime_error("no linear layer with constant weights to quantize");
+    }
+    return encoder;
+  }
+  if (name == "aten") {
+    encoder.module = torch::jit::freeze(archive);
+    encoder.autocast = bfloat16;
+    return encoder;
+  }
+  if (name == "onednn-bf16") {
+    torch::jit::script::Module copy = archive.clone();
+    copy.to(torch::kBFloat16);
+    encoder.module = torch::jit::freeze(copy);
+    encoder.float_input = torch::kBFloat16;
+  } else {
+    encoder.module = torch::jit::freeze(archive);
+  }
+  RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), bfloat16);
+  return encoder;
+}
+
+double MinCosine(const torch::Tensor& expected, const torch::Tensor& actual) {
+  return at::cosine_similarity(expected.to(torch::kFloat32), actual.to(torch::kFloat32), 1).min().item<double>();
+}
+
+double RequiredCosine(Precision precision) {
+  switch (precision) {
+    case Precision::kFloat32: return 0.99999;
+    case Precision::kInt8: return 0.99;
+    default: return 0.999;
+  }
+}
+
+// Measured choices, per process: loading the same archive again (another
+// worker, a reload) reuses the measurement instead of repeating it.
+std::mutex g_calibration_mutex;
+std::map<std::string, std::pair<std::string, std::vector<std::pair<std::string, double>>>> g_calibrations;
+
+std::string CalibrationKey(const std::string& path, Precision precision, const std::vector<std::string>& names) {
+  std::string key = path + "|" + PrecisionName(precision) + "|" + std::to_string(at::get_num_threads());
   try {
-    torch::InferenceMode guard;
-    SetCpuAutocast(bfloat16);
-    expected = module.forward({example}).toTensor().to(torch::kFloat32);
-    SetCpuAutocast(false);
+    key += "|" + std::to_string(std::filesystem::file_size(path)) + "|" +
+           std::to_string(std::filesystem::last_write_time(path).time_since_epoch().count());
   } catch (const std::exception&) {
-    SetCpuAutocast(false);
-    return module;
   }
-  try {
-    torch::jit::script::Module frozen = torch::jit::freeze(module);
-    RewriteLinearsForOneDnn(frozen.get_method("forward").graph(), bfloat16);
-    torch::InferenceMode guard;
-    SetCpuAutocast(bfloat16);
-    torch::Tensor actual = frozen.forward({example}).toTensor().to(torch::kFloat32);
-    SetCpuAutocast(false);
-    const double min_cosine = at::cosine_similarity(expected, actual, 1).min().item<double>();
-    if (min_cosine >= (bfloat16 ? 0.999 : 0.99999)) return frozen;
-    TORCH_WARN("clip-native: the oneDNN graph of ", path, " differs from the archive (cosine ", min_cosine,
-               "); running the archive as loaded");
-  } catch (const c10::Error& e) {
-    SetCpuAutocast(false);
-    TORCH_WARN("clip-native: could not optimize ", path, " for the CPU (", e.what_without_backtrace(),
-               "); running the archive as loaded");
+  for (const auto& name : names) key += "|" + name;
+  return key;
+}
+
+// Builds each candidate of `names`, drops those that fail or disagree with
+// the archive, and with more than one left keeps the fastest: each is timed
+// on the calibration inputs (warm-up, then the best of interleaved rounds),
+// scored by milliseconds per item summed over the shapes.
+Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const std::string& path,
+                                const Manifest& manifest, bool image, Precision precision,
+                                const std::vector<std::string>& names, std::vector<std::pair<std::string, double>>* timings) {
+  torch::InferenceMode guard;
+  const torch::Tensor example = ExampleInput(manifest, image);
+  torch::Tensor expected;
+  {
+    Model::Encoder as_loaded;
+    as_loaded.module = archive;
+    expected = Forward(as_loaded, example);
   }
-  return module;
+  std::vector<Model::Encoder> built;
+  std::string failures;
+  for (const std::string& name : names) {
+    try {
+      Model::Encoder candidate = BuildCandidate(archive, name, precision);
+      const double cosine = MinCosine(expected, Forward(candidate, example));
+      if (cosine >= RequiredCosine(precision)) {
+        built.push_back(std::move(candidate));
+        continue;
+      }
+      failures += " " + name + ": cosine " + std::to_string(cosine) + " to the archive;";
+    } catch (const c10::Error& e) {
+      failures += " " + name + ": " + e.what_without_backtrace() + ";";
+    } catch (const std::exception& e) {
+      failures += " " + name + ": " + e.what() + ";";
+    }
+  }
+  if (built.empty() && precision != Precision::kInt8) {
+    // The archive as loaded still computes the model (autocast for bfloat16).
+    TORCH_WARN("clip-native: ", path, ": running the archive as loaded (", failures, ")");
+    return BuildCandidate(archive, "archive", precision);
+  }
+  if (built.empty()) {
+    throw ClipError(ErrorCode::kModelLoadFailed,
+                    path + ": no way to run this encoder at " + PrecisionName(precision) + " on this CPU (" +
+                        failures + ")");
+  }
+  if (!failures.empty() && names.size() > 1) {
+    TORCH_WARN("clip-native: ", path, ": left out", failures);
+  }
+  if (built.size() == 1) return std::move(built.front());
+
+  std::vector<std::string> built_names;
+  for (const auto& candidate : built) built_names.push_back(candidate.kernel);
+  const std::string key = CalibrationKey(path, precision, built_names);
+  {
+    std::lock_guard<std::mutex> lock(g_calibration_mutex);
+    auto it = g_calibrations.find(key);
+    if (it != g_calibrations.end()) {
+      *timings = it->second.second;
+      for (auto& candidate : built) {
+        if (candidate.kernel == it->second.first) return std::move(candidate);
+      }
+    }
+  }
+  const std::vector<torch::Tensor> inputs = CalibrationInputs(manifest, image);
+  std::vector<std::vector<double>> best(built.size(), std::vector<double>(inputs.size(), 1e300));
+  for (auto& candidate : built) {
+    for (const auto& input : inputs) Forward(candidate, input);
+  }
+  constexpr int kRounds = 3;
+  for (int round = 0; round < kRounds; ++round) {
+    for (size_t c = 0; c < built.size(); ++c) {
+      for (size_t i = 0; i < inputs.size(); ++i) {
+        const auto start = std::chrono::steady_clock::now();
+        Forward(built[c], inputs[i]);
+        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+        best[c][i] = std::min(best[c][i], ms / static_cast<double>(inputs[i].size(0)));
+      }
+    }
+  }
+  size_t winner = 0;
+  timings->clear();
+  for (size_t c = 0; c < built.size(); ++c) {
+    double score = 0;
+    for (double ms : best[c]) score += ms;
+    timings->emplace_back(built[c].kernel, score);
+    if (score < (*timings)[winner].second) winner = c;
+  }
+  {
+    std::lock_guard<std::mutex> lock(g_calibration_mutex);
+    g_calibrations[key] = {built[winner].kernel, *timings};
+  }
+  return std::move(built[winner]);
 }
 
 }  // namespace
+
+std::vector<std::string> CpuKernelCandidates(Precision precision) {
+  const bool onednn = HasOperator("mkldnn::_linear_pointwise", "");
+  switch (precision) {
+    case Precision::kFloat32:
+      if (onednn) return {"onednn", "aten"};
+      return {"aten"};
+    case Precision::kBFloat16:
+      if (onednn) return {"onednn", "onednn-bf16"};
+      return {"autocast"};
+    case Precision::kInt8: {
+      if (!Int8Available()) return {};
+      std::vector<std::string> names;
+      if (HasQEngine(at::QEngine::FBGEMM)) names.emplace_back("fbgemm");
+      if (HasQEngine(at::QEngine::ONEDNN)) names.emplace_back("onednn");
+      return names;
+    }
+    case Precision::kFloat16: return {};
+  }
+  return {};
+}
 
 bool BuiltWithCuda() {
 #ifdef CLIP_WITH_CUDA
@@ -356,6 +600,7 @@ const char* PrecisionName(Precision precision) {
     case Precision::kFloat32: return "float32";
     case Precision::kFloat16: return "float16";
     case Precision::kBFloat16: return "bfloat16";
+    case Precision::kInt8: return "int8";
   }
   return "float32";
 }
@@ -368,7 +613,12 @@ std::shared_ptr<Model> Model::Load(const std::string& directory, const ModelOpti
   model->precision_ = options.precision;
   if (!model->is_cuda() && options.precision == Precision::kFloat16) {
     throw ClipError(ErrorCode::kInvalidArgument,
-                    "Expected \"float32\" or \"bfloat16\" for dtype on the CPU but received \"float16\"");
+                    "Expected \"float32\", \"bfloat16\" or \"int8\" for dtype on the CPU but received \"float16\"");
+  }
+  if (!model->is_cuda() && options.precision == Precision::kInt8 && CpuKernelCandidates(Precision::kInt8).empty()) {
+    throw ClipError(ErrorCode::kInvalidArgument,
+                    "Expected \"float32\" or \"bfloat16\" for dtype but received \"int8\": this libtorch has no "
+                    "quantized CPU kernels (quantized::linear_dynamic with FBGEMM or oneDNN)");
   }
 
   TokenizerOptions tokenizer_options;
@@ -383,20 +633,26 @@ std::shared_ptr<Model> Model::Load(const std::string& directory, const ModelOpti
   if (model->is_cuda()) model->cuda_ = std::make_shared<CudaState>(model->device_.index());
 #endif
 
-  model->image_encoder_ = LoadArchive(model->manifest_.image_encoder_path, model->device_);
-  model->text_encoder_ = LoadArchive(model->manifest_.text_encoder_path, model->device_);
-  if (!model->is_cuda()) {
-    const bool bfloat16 = options.precision == Precision::kBFloat16;
-    const Manifest& manifest = model->manifest_;
-    model->image_encoder_ = OptimizeForCpu(model->image_encoder_, manifest.image_encoder_path,
-                                           ExampleInput(manifest, /*image=*/true), bfloat16);
-    model->text_encoder_ = OptimizeForCpu(model->text_encoder_, manifest.text_encoder_path,
-                                          ExampleInput(manifest, /*image=*/false), bfloat16);
-  }
-  if (model->is_cuda() && options.precision != Precision::kFloat32) {
-    auto dtype = options.precision == Precision::kFloat16 ? torch::kHalf : torch::kBFloat16;
-    model->image_encoder_.to(dtype);
-    model->text_encoder_.to(dtype);
+  torch::jit::script::Module image_archive = LoadArchive(model->manifest_.image_encoder_path, model->device_);
+  torch::jit::script::Module text_archive = LoadArchive(model->manifest_.text_encoder_path, model->device_);
+  if (model->is_cuda()) {
+    if (options.precision == Precision::kInt8) {
+      throw ClipError(ErrorCode::kInvalidArgument,
+                      "Expected \"float32\", \"float16\" or \"bfloat16\" for dtype on CUDA but received \"int8\" "
+                      "(int8 runs on the CPU)");
+    }
+    if (options.precision != Precision::kFloat32) {
+      auto dtype = options.precision == Precision::kFloat16 ? torch::kHalf : torch::kBFloat16;
+      image_archive.to(dtype);
+      text_archive.to(dtype);
+      model->image_encoder_.float_input = dtype;
+      model->text_encoder_.float_input = dtype;
+    }
+    model->image_encoder_.module = image_archive;
+    model->text_encoder_.module = text_archive;
+    model->image_encoder_.kernel = model->text_encoder_.kernel = "cuda";
+  } else {
+    model->ChooseCpuKernels(image_archive, text_archive, options);
   }
 
   // One small forward per encoder proves the archive computes what the
@@ -439,7 +695,49 @@ std::shared_ptr<Model> Model::Load(const std::string& directory, const ModelOpti
 }
 
 void Model::PrepareInferenceThread() const {
-  if (!is_cuda()) SetCpuAutocast(precision_ == Precision::kBFloat16);
+  // Autocast is switched per forward (Run), as the two encoders may differ.
+  SetCpuAutocast(false);
+}
+
+void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
+                             const torch::jit::script::Module& text_archive, const ModelOptions& options) {
+  std::vector<std::string> candidates = CpuKernelCandidates(precision_);
+  std::string forced = options.cpu_kernels;
+  std::string source = "option";
+  if (forced.empty()) {
+    const char* env = std::getenv("CLIP_NATIVE_CPU_KERNELS");
+    forced = env ? env : "";
+    source = "environment";
+  }
+  // CLIP_NATIVE_CPU_GRAPH=0 runs the archives as loaded (the stock graph of
+  // the benchmarks), where the precision allows it.
+  const char* graph = std::getenv("CLIP_NATIVE_CPU_GRAPH");
+  if (graph && std::string(graph) == "0" && precision_ != Precision::kInt8) {
+    candidates = {"archive"};
+    forced = "archive";
+    source = "environment";
+  }
+  if (forced.empty() || forced == "auto") {
+    cpu_kernels_.selected_by = candidates.size() > 1 ? "calibration" : "only candidate";
+  } else {
+    if (std::find(candidates.begin(), candidates.end(), forced) == candidates.end()) {
+      std::string list;
+      for (const auto& name : candidates) list += (list.empty() ? "\"" : ", \"") + name + "\"";
+      throw ClipError(ErrorCode::kInvalidArgument,
+                      "Expected \"auto\" or one of " + list + " for cpuKernels at " + PrecisionName(precision_) +
+                          " but received \"" + forced + "\"" +
+                          (source == "environment" ? " (CLIP_NATIVE_CPU_KERNELS)" : ""));
+    }
+    candidates = {forced};
+    cpu_kernels_.selected_by = source;
+  }
+  cpu_kernels_.candidates = CpuKernelCandidates(precision_);
+  image_encoder_ = ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true,
+                                    precision_, candidates, &cpu_kernels_.image_ms);
+  text_encoder_ = ChooseCpuEncoder(text_archive, manifest_.text_encoder_path, manifest_, /*image=*/false,
+                                   precision_, candidates, &cpu_kernels_.text_ms);
+  cpu_kernels_.image = image_encoder_.kernel;
+  cpu_kernels_.text = text_encoder_.kernel;
 }
 
 torch::Tensor Model::ImageStaging(int64_t batch) {
@@ -460,15 +758,15 @@ torch::Tensor Model::TextStaging(int64_t batch, int64_t length) {
   return text_staging_.narrow(0, 0, needed).view({batch, length});
 }
 
-torch::Tensor Model::Run(torch::jit::script::Module& module, const torch::Tensor& input) {
+torch::Tensor Model::Run(Encoder& encoder, const torch::Tensor& input) {
 #ifdef CLIP_WITH_CUDA
   if (is_cuda()) {
     c10::cuda::CUDAStreamGuard stream_guard(cuda_->stream);
     torch::Tensor on_device = input.to(device_, /*non_blocking=*/true);
-    if (on_device.is_floating_point() && precision_ != Precision::kFloat32) {
-      on_device = on_device.to(precision_ == Precision::kFloat16 ? torch::kHalf : torch::kBFloat16);
+    if (on_device.is_floating_point() && on_device.scalar_type() != encoder.float_input) {
+      on_device = on_device.to(encoder.float_input);
     }
-    torch::Tensor out = module.forward({on_device}).toTensor().to(torch::kFloat32);
+    torch::Tensor out = encoder.module.forward({on_device}).toTensor().to(torch::kFloat32);
     torch::Tensor host = torch::empty(out.sizes(), torch::TensorOptions().dtype(torch::kFloat32).pinned_memory(true));
     host.copy_(out, /*non_blocking=*/true);
     c10::Event done(c10::DeviceType::CUDA);
@@ -477,7 +775,7 @@ torch::Tensor Model::Run(torch::jit::script::Module& module, const torch::Tensor
     return host;
   }
 #endif
-  torch::Tensor out = module.forward({input}).toTensor();
+  torch::Tensor out = Forward(encoder, input);
   if (out.scalar_type() != torch::kFloat32) out = out.to(torch::kFloat32);
   return out.contiguous();
 }

@@ -8,21 +8,29 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "manifest.h"
 #include "tokenizer.h"
 
 namespace clip {
 
-enum class Precision { kFloat32, kFloat16, kBFloat16 };
+enum class Precision { kFloat32, kFloat16, kBFloat16, kInt8 };
 
 struct ModelOptions {
   // "auto" (CUDA when this build and the machine have it, else CPU), "cpu",
   // "cuda" or "cuda:N".
   std::string device = "auto";
-  // kBFloat16 on CPU runs under autocast; on CUDA kFloat16/kBFloat16 convert
-  // the weights once at load.
+  // On the CPU: kFloat32, kBFloat16 (bfloat16 weights packed once at load) or
+  // kInt8 (int8 weights, activations quantized per call); on CUDA kFloat16 /
+  // kBFloat16 convert the weights once at load.
   Precision precision = Precision::kFloat32;
+  // How the CPU encoders run (CpuKernelCandidates lists the names per
+  // precision): "auto" measures each candidate at load and keeps the fastest
+  // per encoder; a name forces that candidate for both encoders. An empty
+  // string reads CLIP_NATIVE_CPU_KERNELS, else "auto". Ignored on CUDA.
+  std::string cpu_kernels;
   // Intra-op threads for the whole process; 0 keeps libtorch's default.
   // Applied once, by the first model loaded in the process.
   int threads = 0;
@@ -31,6 +39,29 @@ struct ModelOptions {
 // True when this build of the core was compiled against a CUDA libtorch.
 bool BuiltWithCuda();
 const char* PrecisionName(Precision precision);
+
+// The ways this libtorch can run the CPU encoders at `precision`, best first
+// where nothing was measured:
+//   float32:  "onednn" (oneDNN inner products on weights packed at load,
+//             QuickGELU fused), "aten" (libtorch's linear: MKL or OpenBLAS)
+//   bfloat16: "onednn" (bfloat16 weights, float32 activations between the
+//             linears), "onednn-bf16" (bfloat16 activations throughout),
+//             "autocast" (libtorch < 2.0)
+//   int8:     "fbgemm", "onednn" (quantized engines; per-channel int8
+//             weights, activations quantized per call)
+std::vector<std::string> CpuKernelCandidates(Precision precision);
+
+// Which candidate each CPU encoder runs and why.
+struct CpuKernelChoice {
+  std::string image;
+  std::string text;
+  // "calibration" (measured at load), "option" (forced) or "only candidate".
+  std::string selected_by;
+  std::vector<std::string> candidates;
+  // Per-item milliseconds of each candidate measured at load, when measured.
+  std::vector<std::pair<std::string, double>> image_ms;
+  std::vector<std::pair<std::string, double>> text_ms;
+};
 
 class Model {
  public:
@@ -57,19 +88,33 @@ class Model {
   const torch::Device& device() const { return device_; }
   Precision precision() const { return precision_; }
   bool is_cuda() const { return device_.is_cuda(); }
+  // Empty on CUDA.
+  const CpuKernelChoice& cpu_kernels() const { return cpu_kernels_; }
 
-  // Applies the thread-local state (InferenceMode is scoped by the caller;
-  // autocast here) that every forward on the calling thread needs.
+  // Applies the thread-local state (InferenceMode is scoped by the caller)
+  // that every forward on the calling thread needs.
   void PrepareInferenceThread() const;
+
+  // One encoder as it runs: the module, and what its input needs.
+  struct Encoder {
+    torch::jit::script::Module module;
+    std::string kernel;
+    // Floating-point inputs are cast to this before the forward.
+    torch::ScalarType float_input = torch::kFloat32;
+    bool autocast = false;  // CPU autocast to bfloat16 around the forward
+  };
 
  private:
   Model() = default;
-  torch::Tensor Run(torch::jit::script::Module& module, const torch::Tensor& input);
+  torch::Tensor Run(Encoder& encoder, const torch::Tensor& input);
+  void ChooseCpuKernels(const torch::jit::script::Module& image_archive,
+                        const torch::jit::script::Module& text_archive, const ModelOptions& options);
 
   Manifest manifest_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  torch::jit::script::Module image_encoder_;
-  torch::jit::script::Module text_encoder_;
+  Encoder image_encoder_;
+  Encoder text_encoder_;
+  CpuKernelChoice cpu_kernels_;
   torch::Device device_{torch::kCPU};
   Precision precision_ = Precision::kFloat32;
   torch::Tensor image_staging_;

@@ -1,0 +1,75 @@
+#include "cpu_features.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+
+#include <cstdint>
+
+namespace clip {
+namespace {
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+bool Cpuid(unsigned leaf, unsigned subleaf, unsigned regs[4]) {
+  if (__get_cpuid_max(0, nullptr) < leaf) return false;
+  __cpuid_count(leaf, subleaf, regs[0], regs[1], regs[2], regs[3]);
+  return true;
+}
+
+// XCR0: which register states the OS saves on context switches. A CPU flag
+// is usable only when the OS also saves the registers it needs.
+uint64_t Xcr0() {
+  uint32_t eax = 0, edx = 0;
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return (static_cast<uint64_t>(edx) << 32) | eax;
+}
+
+CpuFeatures Detect() {
+  CpuFeatures f;
+  unsigned r1[4] = {0, 0, 0, 0};
+  if (!Cpuid(1, 0, r1)) return f;
+  const bool osxsave = (r1[2] >> 27) & 1;
+  if (!osxsave) return f;
+  const uint64_t xcr0 = Xcr0();
+  const bool ymm = (xcr0 & 0x6) == 0x6;
+  const bool zmm = ymm && (xcr0 & 0xe0) == 0xe0;
+  const bool tiles = (xcr0 & 0x60000) == 0x60000;
+  unsigned r7[4] = {0, 0, 0, 0};
+  unsigned r71[4] = {0, 0, 0, 0};
+  if (!Cpuid(7, 0, r7)) return f;
+  Cpuid(7, 1, r71);
+  f.avx2 = ymm && ((r7[1] >> 5) & 1);
+  f.avx512f = zmm && ((r7[1] >> 16) & 1);
+  f.avx512_vnni = zmm && ((r7[2] >> 11) & 1);
+  f.avx512_bf16 = zmm && ((r71[0] >> 5) & 1);
+  f.avx_vnni = ymm && ((r71[0] >> 4) & 1);
+  // Linux hands out AMX tile state on request (arch_prctl); libtorch's
+  // oneDNN asks for it. The tile state bits of XCR0 say the OS supports it.
+  f.amx_bf16 = tiles && ((r7[3] >> 22) & 1);
+  f.amx_int8 = tiles && ((r7[3] >> 25) & 1);
+  return f;
+}
+#else
+CpuFeatures Detect() { return CpuFeatures(); }
+#endif
+
+}  // namespace
+
+std::vector<std::string> CpuFeatures::Names() const {
+  std::vector<std::string> names;
+  if (avx2) names.emplace_back("avx2");
+  if (avx512f) names.emplace_back("avx512f");
+  if (avx512_bf16) names.emplace_back("avx512_bf16");
+  if (avx512_vnni) names.emplace_back("avx512_vnni");
+  if (avx_vnni) names.emplace_back("avx_vnni");
+  if (amx_bf16) names.emplace_back("amx_bf16");
+  if (amx_int8) names.emplace_back("amx_int8");
+  return names;
+}
+
+const CpuFeatures& GetCpuFeatures() {
+  static const CpuFeatures features = Detect();
+  return features;
+}
+
+}  // namespace clip
