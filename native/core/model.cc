@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "cpu_linear.h"
 #include "errors.h"
 
 #ifdef CLIP_WITH_CUDA
@@ -214,14 +215,17 @@ torch::jit::Value* InsertTensorConstant(torch::jit::Graph& graph, const at::Tens
   return graph.insertNode(node)->output();
 }
 
-// Returns how many linears were rewritten.
-int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat16) {
+// Returns how many linears were rewritten. With `small_rows` (float32 on
+// AVX-512) each linear becomes clip_native::linear_rows, which runs inputs
+// of few rows on SmallRowLinear (cpu_linear.h) and the rest on oneDNN.
+int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat16, bool small_rows = false) {
   if (!HasOperator("mkldnn::_linear_pointwise", "")) return 0;  // libtorch < 2.0
   std::optional<c10::OperatorHandle> pack;
   if (HasOperator("mkldnn::_reorder_linear_weight", "")) {
     pack = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
   }
   const auto linear_pointwise = c10::Symbol::fromQualString("mkldnn::_linear_pointwise");
+  const auto linear_rows = c10::Symbol::fromQualString("clip_native::linear_rows");
   const at::ScalarType dtype = bfloat16 ? at::kBFloat16 : at::kFloat;
 
   std::vector<torch::jit::Node*> linears;
@@ -244,6 +248,9 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
     }
     w = w.to(dtype).contiguous();
     if (bias) bias = bias->to(dtype).contiguous();
+    const int64_t out_features = w.size(0);
+    at::Tensor small_row_weight;
+    if (small_rows) small_row_weight = PackSmallRowWeight(w);
     if (pack) {
       torch::jit::Stack stack{w, c10::IValue()};
       pack->callBoxed(&stack);
@@ -264,9 +271,14 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
     torch::jit::Value* b_value = bias ? InsertTensorConstant(*graph, *bias) : graph->insertConstant(c10::IValue());
     torch::jit::Node* no_scalars =
         graph->insertNode(graph->createList(c10::OptionalType::create(c10::NumberType::get()), {}));
-    torch::jit::Node* fused = graph->create(
-        linear_pointwise, {input, w_value, b_value, graph->insertConstant(std::string(gate ? "swish" : "none")),
-                           no_scalars->output(), graph->insertConstant(c10::IValue())});
+    torch::jit::Node* fused =
+        small_rows
+            ? graph->create(linear_rows, {input, graph->insertConstant(small_row_weight), w_value, b_value,
+                                          graph->insertConstant(out_features),
+                                          graph->insertConstant(std::string(gate ? "swish" : "none"))})
+            : graph->create(linear_pointwise,
+                            {input, w_value, b_value, graph->insertConstant(std::string(gate ? "swish" : "none")),
+                             no_scalars->output(), graph->insertConstant(c10::IValue())});
     fused->output()->setType(c10::TensorType::get());
     graph->insertNode(fused);
 
@@ -368,12 +380,15 @@ torch::Tensor ExampleInput(const Manifest& m, bool image) {
   return ids;
 }
 
-// Inputs of the shapes the calibration times: one item (the online case)
-// and a small batch; texts of 16 tokens, a caption's length.
+// Inputs of the shapes the calibration times: one item (the online case),
+// and for texts a small batch too; texts of 16 tokens, a caption's length.
+// An image is already 50 rows to every linear, and the image encoder's
+// forward is the costly one at load.
 std::vector<torch::Tensor> CalibrationInputs(const Manifest& m, bool image) {
   std::vector<torch::Tensor> inputs;
   auto generator = at::detail::createCPUGenerator(/*seed_val=*/20240602);
-  for (int64_t batch : {int64_t{1}, int64_t{image ? 2 : 4}}) {
+  const std::vector<int64_t> batches = image ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4};
+  for (int64_t batch : batches) {
     if (image) {
       inputs.push_back(at::randn({batch, 3, m.image.size, m.image.size}, generator));
     } else {
@@ -431,6 +446,11 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
   if (name == "aten") {
     encoder.module = torch::jit::freeze(archive);
     encoder.autocast = bfloat16;
+    return encoder;
+  }
+  if (name == "onednn+avx512") {
+    encoder.module = torch::jit::freeze(archive);
+    RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), /*bfloat16=*/false, /*small_rows=*/true);
     return encoder;
   }
   if (name == "onednn-bf16") {
@@ -538,7 +558,7 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
   for (auto& candidate : built) {
     for (const auto& input : inputs) Forward(candidate, input);
   }
-  constexpr int kRounds = 3;
+  constexpr int kRounds = 2;
   for (int round = 0; round < kRounds; ++round) {
     for (size_t c = 0; c < built.size(); ++c) {
       for (size_t i = 0; i < inputs.size(); ++i) {
@@ -570,6 +590,7 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
   const bool onednn = HasOperator("mkldnn::_linear_pointwise", "");
   switch (precision) {
     case Precision::kFloat32:
+      if (onednn && SmallRowLinearAvailable()) return {"onednn", "onednn+avx512", "aten"};
       if (onednn) return {"onednn", "aten"};
       return {"aten"};
     case Precision::kBFloat16:
@@ -732,8 +753,14 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
     cpu_kernels_.selected_by = source;
   }
   cpu_kernels_.candidates = CpuKernelCandidates(precision_);
+  // The image encoder runs at least one image's tokens (50 for ViT-B/32)
+  // through every linear, past what the small-row kernel is for.
+  std::vector<std::string> image_candidates;
+  for (const auto& name : candidates) {
+    if (name != "onednn+avx512" || candidates.size() == 1) image_candidates.push_back(name);
+  }
   image_encoder_ = ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true,
-                                    precision_, candidates, &cpu_kernels_.image_ms);
+                                    precision_, image_candidates, &cpu_kernels_.image_ms);
   text_encoder_ = ChooseCpuEncoder(text_archive, manifest_.text_encoder_path, manifest_, /*image=*/false,
                                    precision_, candidates, &cpu_kernels_.text_ms);
   cpu_kernels_.image = image_encoder_.kernel;

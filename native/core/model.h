@@ -43,7 +43,9 @@ const char* PrecisionName(Precision precision);
 // The ways this libtorch can run the CPU encoders at `precision`, best first
 // where nothing was measured:
 //   float32:  "onednn" (oneDNN inner products on weights packed at load,
-//             QuickGELU fused), "aten" (libtorch's linear: MKL or OpenBLAS)
+//             QuickGELU fused), "onednn+avx512" (the same, with inputs of
+//             few rows on clip-native's AVX-512 kernel, cpu_linear.h),
+//             "aten" (libtorch's linear: MKL or OpenBLAS)
 //   bfloat16: "onednn" (bfloat16 weights, float32 activations between the
 //             linears), "onednn-bf16" (bfloat16 activations throughout),
 //             "autocast" (libtorch < 2.0)

@@ -1,0 +1,177 @@
+#include "cpu_linear.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "cpu_features.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CLIP_SMALL_ROW_KERNEL 1
+#endif
+
+namespace clip {
+namespace {
+
+#ifdef CLIP_SMALL_ROW_KERNEL
+constexpr int kPanel = 32;  // output features per panel: two zmm registers
+constexpr int kTile = 14;   // rows per two-register tile: 28 accumulators of the 32 registers
+
+// `kRows` rows of x against `kWidth` registers (16 features each) of one
+// panel. Each step over k loads the panel's weights once and uses them for
+// every row, so a call streams the weights from memory once.
+template <int kRows, int kWidth>
+__attribute__((target("avx512f"))) void Tile(const float* x, int64_t ldx, const float* panel, int64_t k_size,
+                                             const __m512* bias, float* y, int64_t ldy, const __mmask16* mask) {
+  __m512 acc[kWidth][kRows];
+#pragma GCC unroll 32
+  for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 2
+    for (int w = 0; w < kWidth; ++w) acc[w][r] = bias[w];
+  }
+  const float* p = panel;
+  for (int64_t k = 0; k < k_size; ++k, p += kPanel) {
+    // About 1.5 KB ahead: the hardware prefetcher alone leaves the loads waiting.
+    _mm_prefetch(reinterpret_cast<const char*>(p + kPanel * 12), _MM_HINT_T0);
+    if (kWidth == 2) _mm_prefetch(reinterpret_cast<const char*>(p + kPanel * 12 + 16), _MM_HINT_T0);
+    __m512 weights[kWidth];
+#pragma GCC unroll 2
+    for (int w = 0; w < kWidth; ++w) weights[w] = _mm512_load_ps(p + 16 * w);
+#pragma GCC unroll 32
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 xv = _mm512_set1_ps(x[r * ldx + k]);
+#pragma GCC unroll 2
+      for (int w = 0; w < kWidth; ++w) acc[w][r] = _mm512_fmadd_ps(xv, weights[w], acc[w][r]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 2
+    for (int w = 0; w < kWidth; ++w) _mm512_mask_storeu_ps(y + r * ldy + 16 * w, mask[w], acc[w][r]);
+  }
+}
+
+// Runs Tile<rows, kWidth> for a row count known only at run time.
+template <int kWidth, int kRows = 1>
+__attribute__((target("avx512f"))) void TileRows(int rows, const float* x, int64_t ldx, const float* panel,
+                                                 int64_t k_size, const __m512* bias, float* y, int64_t ldy,
+                                                 const __mmask16* mask) {
+  if constexpr (kRows <= kTile) {
+    if (rows == kRows) return Tile<kRows, kWidth>(x, ldx, panel, k_size, bias, y, ldy, mask);
+    TileRows<kWidth, kRows + 1>(rows, x, ldx, panel, k_size, bias, y, ldy, mask);
+  }
+}
+
+__attribute__((target("avx512f"))) void Panels(const float* x, int64_t rows, int64_t k_size, const float* packed,
+                                               const float* bias, int64_t n_size, float* y, int64_t first,
+                                               int64_t last) {
+  for (int64_t p = first; p < last; ++p) {
+    const int64_t n0 = p * kPanel;
+    const int64_t valid = std::min<int64_t>(kPanel, n_size - n0);
+    const __mmask16 mask[2] = {
+        valid >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << valid) - 1),
+        valid >= 32 ? __mmask16{0xFFFF} : valid <= 16 ? __mmask16{0} : static_cast<__mmask16>((1u << (valid - 16)) - 1)};
+    const __m512 biases[2] = {bias ? _mm512_maskz_loadu_ps(mask[0], bias + n0) : _mm512_setzero_ps(),
+                              bias ? _mm512_maskz_loadu_ps(mask[1], bias + n0 + 16) : _mm512_setzero_ps()};
+    const float* panel = packed + p * k_size * kPanel;
+    for (int64_t r = 0; r < rows; r += kTile) {
+      const int count = static_cast<int>(std::min<int64_t>(kTile, rows - r));
+      TileRows<2>(count, x + r * k_size, k_size, panel, k_size, biases, y + r * n_size + n0, n_size, mask);
+    }
+  }
+}
+#endif
+
+void CheckFloatCpu(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu(), "clip_native: ", what,
+              " must be a float32 CPU tensor, got ", t.toString());
+}
+
+// clip_native::linear_rows: SmallRowLinear up to kSmallRowLimit rows, oneDNN
+// (mkldnn::_linear_pointwise on its own packed weights) above; `attr` is
+// oneDNN's post-op, "none" or "swish".
+at::Tensor LinearRows(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& onednn_weight,
+                      const c10::optional<at::Tensor>& bias, int64_t out_features, c10::string_view attr) {
+  const int64_t rows = x.dim() == 0 ? 0 : x.numel() / x.size(-1);
+  if (rows > kSmallRowLimit) {
+    static const c10::OperatorHandle op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+    c10::IValue no_bias;
+    torch::jit::Stack stack{x, onednn_weight, bias ? c10::IValue(*bias) : no_bias, std::string(attr),
+                            c10::List<c10::optional<at::Scalar>>(), c10::IValue()};
+    op.callBoxed(&stack);
+    return stack[0].toTensor();
+  }
+  at::Tensor y = SmallRowLinear(x, packed, bias, out_features);
+  if (attr == "swish") y.mul_(at::sigmoid(y));
+  return y;
+}
+
+}  // namespace
+
+bool SmallRowLinearAvailable() {
+#ifdef CLIP_SMALL_ROW_KERNEL
+  return GetCpuFeatures().avx512f;
+#else
+  return false;
+#endif
+}
+
+at::Tensor PackSmallRowWeight(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2, "clip_native: a linear weight must be 2-D, got ", weight.sizes());
+  const int64_t n = weight.size(0);
+  const int64_t k = weight.size(1);
+  const int64_t panels = (n + 31) / 32;
+  at::Tensor padded = at::zeros({panels * 32, k}, weight.options().dtype(at::kFloat));
+  padded.narrow(0, 0, n).copy_(weight);
+  return padded.view({panels, 32, k}).transpose(1, 2).contiguous();
+}
+
+at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                          int64_t out_features) {
+  CheckFloatCpu(x, "the input");
+  CheckFloatCpu(packed, "the packed weight");
+  TORCH_CHECK(x.dim() >= 1 && packed.dim() == 3 && packed.size(2) == 32 && x.size(-1) == packed.size(1) &&
+                  packed.size(0) * 32 >= out_features && out_features > 0,
+              "clip_native: linear input ", x.sizes(), " does not fit packed weights ", packed.sizes(), " for ",
+              out_features, " features");
+  if (bias) {
+    CheckFloatCpu(*bias, "the bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->is_contiguous(),
+                "clip_native: a bias of ", out_features, " features was expected, got ", bias->sizes());
+  }
+  TORCH_CHECK(SmallRowLinearAvailable(), "clip_native: this CPU lacks AVX-512F for the small-row linear");
+  const int64_t k = x.size(-1);
+  at::Tensor rows = x.reshape({-1, k}).contiguous();
+  const int64_t m = rows.size(0);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out_features;
+  at::Tensor y = at::empty({m, out_features}, x.options());
+#ifdef CLIP_SMALL_ROW_KERNEL
+  const float* xp = rows.data_ptr<float>();
+  const float* pp = packed.data_ptr<float>();
+  const float* bp = bias ? bias->data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, packed.size(0), 1, [&](int64_t first, int64_t last) {
+    Panels(xp, m, k, pp, bp, out_features, yp, first, last);
+  });
+#endif
+  return y.view(shape);
+}
+
+TORCH_LIBRARY(clip_native, m) {
+  m.def(
+      "linear_rows(Tensor x, Tensor packed, Tensor onednn_weight, Tensor? bias, int out_features, str attr) -> "
+      "Tensor");
+}
+
+// The dispatch key comes from the arguments: the oneDNN weight is an
+// MkldnnCPU tensor.
+TORCH_LIBRARY_IMPL(clip_native, CPU, m) { m.impl("linear_rows", &LinearRows); }
+TORCH_LIBRARY_IMPL(clip_native, MkldnnCPU, m) { m.impl("linear_rows", &LinearRows); }
+
+}  // namespace clip

@@ -1,0 +1,34 @@
+// A float32 linear for few rows on AVX-512: the text encoder at batch 1-2
+// runs 14-40 rows against every weight matrix, where streaming the weights
+// from memory bounds the time and oneDNN's blocked kernels leave bandwidth
+// unused. Larger inputs go to oneDNN, which is faster there.
+#ifndef CLIP_NATIVE_CORE_CPU_LINEAR_H_
+#define CLIP_NATIVE_CORE_CPU_LINEAR_H_
+
+#include <ATen/ATen.h>
+
+namespace clip {
+
+// True when the kernel can run here (x86-64 with AVX-512F, as the OS reports it).
+bool SmallRowLinearAvailable();
+
+// Weights [N, K] float32 -> panels of 32 output features, [ceil(N/32), K, 32],
+// zero past N: one contiguous stream per panel.
+at::Tensor PackSmallRowWeight(const at::Tensor& weight);
+
+// y[M, N] = x[M, K] w^T + b, x of any leading shape (flattened to rows).
+at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                          int64_t out_features);
+
+// Rows at or below which the TorchScript operator clip_native::linear_rows
+// takes SmallRowLinear; above it, oneDNN. That is one tile: on AMD Zen 4
+// (bench/optimizations.md) the kernel leads oneDNN's by 25-60% on 7-14 rows
+// (a caption at batch 1), but a second pass over the weights for the rows
+// past a tile costs more than oneDNN's blocking. Whether a model uses the
+// operator at all is decided by measurement at load (the "onednn+avx512"
+// candidate).
+constexpr int64_t kSmallRowLimit = 14;
+
+}  // namespace clip
+
+#endif  // CLIP_NATIVE_CORE_CPU_LINEAR_H_
