@@ -220,6 +220,13 @@ class Block(nn.Module):
         x = x + self.self_attn(self.layer_norm1(x))
         return x + self.fc2(self.act(self.fc1(self.layer_norm2(x))))
 
+    def forward_pooled(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """forward(x)[arange(N), rows]: [N, L, W] -> [N, W] for the last block, whose other rows no output
+        reads. Attention still sees every row; the MLP (two thirds of a block's work) runs on one row each."""
+        x = x + self.self_attn(self.layer_norm1(x))
+        h = x[torch.arange(x.size(0), device=x.device), rows]
+        return h + self.fc2(self.act(self.fc1(self.layer_norm2(h))))
+
 
 # --- towers ------------------------------------------------------------------------------------
 
@@ -229,12 +236,16 @@ class ImageEncoder(nn.Module):
 
     image_size: torch.jit.Final[int]
     num_channels: torch.jit.Final[int]
+    patch_size: torch.jit.Final[int]
+    num_layers: torch.jit.Final[int]
 
     def __init__(self, cfg: VisionConfig, projection_dim: int, attention: str = "matmul",
                  device: Optional[str] = None):
         super().__init__()
         self.image_size = cfg.image_size
         self.num_channels = cfg.num_channels
+        self.patch_size = cfg.patch_size
+        self.num_layers = cfg.layers
         num_positions = (cfg.image_size // cfg.patch_size) ** 2 + 1
         self.patch_embedding = nn.Conv2d(cfg.num_channels, cfg.width, kernel_size=cfg.patch_size,
                                          stride=cfg.patch_size, bias=False, device=device)
@@ -250,14 +261,25 @@ class ImageEncoder(nn.Module):
                 or pixel_values.size(2) != self.image_size or pixel_values.size(3) != self.image_size):
             raise ValueError("Expected pixel_values of shape [N, {}, {}, {}] but received {}".format(
                 self.num_channels, self.image_size, self.image_size, pixel_values.size()))
-        x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
-        x = x.flatten(2).transpose(1, 2)
+        # The stride-P convolution as one linear over the flattened patches (same weights, same sums): a
+        # matrix product that inference backends pack once, where a convolution reorders its weights per call.
+        batch, grid, p = pixel_values.size(0), self.image_size // self.patch_size, self.patch_size
+        patches = pixel_values.to(self.patch_embedding.weight.dtype).reshape(
+            batch, self.num_channels, grid, p, grid, p).permute(0, 2, 4, 1, 3, 5).reshape(
+            batch, grid * grid, self.num_channels * p * p)
+        weight = self.patch_embedding.weight
+        x = nn.functional.linear(patches, weight.reshape(weight.size(0), -1))
         cls = self.class_embedding.view(1, 1, -1).expand(x.size(0), 1, x.size(2))
         x = torch.cat([cls, x], dim=1) + self.position_embedding
         x = self.pre_layrnorm(x)
-        for layer in self.layers:
-            x = layer(x)
-        return self.projection(self.post_layernorm(x[:, 0, :]))
+        # Only the class token's row of the last block reaches the output.
+        cls_rows = torch.zeros(batch, dtype=torch.long, device=x.device)
+        for i, layer in enumerate(self.layers):
+            if i + 1 < self.num_layers:
+                x = layer(x)
+            else:
+                x = layer.forward_pooled(x, cls_rows)
+        return self.projection(self.post_layernorm(x))
 
 
 class TextEncoder(nn.Module):
@@ -266,12 +288,14 @@ class TextEncoder(nn.Module):
     context_length: torch.jit.Final[int]
     pool_argmax: torch.jit.Final[bool]
     eos_token_id: torch.jit.Final[int]
+    num_layers: torch.jit.Final[int]
 
     def __init__(self, cfg: TextConfig, projection_dim: int, attention: str = "matmul",
                  device: Optional[str] = None):
         super().__init__()
         self.context_length = cfg.context_length
         self.pool_argmax = cfg.pooling == "argmax"
+        self.num_layers = cfg.layers
         self.eos_token_id = cfg.eos_token_id
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width, device=device)
         self.position_embedding = nn.Parameter(torch.zeros(cfg.context_length, cfg.width, device=device))
@@ -286,16 +310,19 @@ class TextEncoder(nn.Module):
         input_ids = input_ids.to(torch.long)
         length = input_ids.size(1)
         x = self.token_embedding(input_ids) + self.position_embedding[:length]
-        for layer in self.layers:
-            x = layer(x)
         if self.pool_argmax:
             positions = input_ids.argmax(dim=-1)
         else:
             positions = (input_ids == self.eos_token_id).to(torch.int32).argmax(dim=-1)
-        pooled = x[torch.arange(x.size(0), device=x.device), positions]
+        # The last block computes only the pooled rows (the causal mask keeps every other row out of them).
+        for i, layer in enumerate(self.layers):
+            if i + 1 < self.num_layers:
+                x = layer(x)
+            else:
+                x = layer.forward_pooled(x, positions)
         # LayerNorm is per token, so normalizing only the pooled rows equals Hugging Face's
         # final_layer_norm over the whole sequence followed by the gather.
-        return self.projection(self.final_layer_norm(pooled))
+        return self.projection(self.final_layer_norm(x))
 
 
 # --- weights -----------------------------------------------------------------------------------
