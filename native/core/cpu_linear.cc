@@ -101,7 +101,7 @@ at::Tensor LinearRows(const at::Tensor& x, const at::Tensor& packed, const at::T
     static const c10::OperatorHandle op =
         c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
     c10::IValue no_bias;
-    torch::jit::Stack stack{x, onednn_weight, bias ? c10::IValue(*bias) : no_bias, std::string(attr),
+    torch::jit::Stack stack{x, onednn_weight, bias ? c10::IValue(*bias) : no_bias, std::string(attr.data(), attr.size()),
                             c10::List<c10::optional<at::Scalar>>(), c10::IValue()};
     op.callBoxed(&stack);
     return stack[0].toTensor();
