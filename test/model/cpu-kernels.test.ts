@@ -3,9 +3,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { binding } from '../lib/binding';
-import { ClipModel, type DType } from '../lib/index';
-import { cosine, fixtures, maxAbsDiff, tinyModel } from './helpers/env';
+import { binding } from '../../lib/native/binding';
+import { ClipModel, type DType } from '../../lib/index';
+import { cosine, fixtures, maxAbsDiff, tinyModel } from '../helpers/env';
 
 const imageDir = path.join(fixtures, 'images');
 const images = fs
