@@ -5,7 +5,9 @@
 #include <ATen/core/stack.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "cpu_features.h"
 
