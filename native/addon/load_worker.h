@@ -7,7 +7,7 @@
 #include <memory>
 #include <string>
 
-#include "batcher.h"
+#include "engine.h"
 #include "errors.h"
 
 namespace clip::addon {

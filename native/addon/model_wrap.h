@@ -9,7 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "batcher.h"
+#include "engine.h"
 
 namespace clip::addon {
 

@@ -1,4 +1,4 @@
-#include "batcher.h"
+#include "engine.h"
 
 #include <algorithm>
 #include <cstring>

@@ -1,8 +1,8 @@
 // The engine: bounded queues per encoder, a preparation pool (decode,
 // preprocess, tokenize) and one inference thread that forms micro-batches
 // across concurrent callers.
-#ifndef CLIP_NATIVE_CORE_BATCHER_H_
-#define CLIP_NATIVE_CORE_BATCHER_H_
+#ifndef CLIP_NATIVE_CORE_ENGINE_H_
+#define CLIP_NATIVE_CORE_ENGINE_H_
 
 #include <atomic>
 #include <chrono>
@@ -190,4 +190,4 @@ class Engine {
 
 }  // namespace clip
 
-#endif  // CLIP_NATIVE_CORE_BATCHER_H_
+#endif  // CLIP_NATIVE_CORE_ENGINE_H_
