@@ -7,6 +7,7 @@
 #include "cpu_features.h"
 #include "load_worker.h"
 #include "model_wrap.h"
+#include "options.h"
 
 namespace clip::addon {
 namespace {
@@ -17,43 +18,17 @@ struct AddonData {
   Napi::FunctionReference model_constructor;
 };
 
-Precision ParsePrecision(Napi::Env env, const std::string& name) {
-  if (name == "float32") return Precision::kFloat32;
-  if (name == "float16") return Precision::kFloat16;
-  if (name == "bfloat16") return Precision::kBFloat16;
-  if (name == "int8") return Precision::kInt8;
-  throw MakeError(env, ErrorCode::kInvalidArgument,
-                  "Expected \"float32\", \"float16\", \"bfloat16\" or \"int8\" for dtype but received \"" + name +
-                      "\"");
-}
-
 // load(directory: string, options: object) -> Promise<NativeModel>
 Napi::Value Load(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsString() || !info[1].IsObject()) {
     throw MakeError(env, ErrorCode::kInvalidArgument, "load(directory, options)");
   }
-  Napi::Object options = info[1].As<Napi::Object>();
-  ModelOptions model_options;
-  model_options.device = OptionString(options, "device", "auto");
-  model_options.precision = ParsePrecision(env, OptionString(options, "dtype", "float32"));
-  model_options.threads = static_cast<int>(OptionNumber(options, "threads", 0));
-  model_options.cpu_kernels = OptionString(options, "cpuKernels", "");
-  EngineOptions engine_options;
-  engine_options.max_batch_images = static_cast<int>(OptionNumber(options, "maxBatchImages", 0));
-  engine_options.max_batch_texts = static_cast<int>(OptionNumber(options, "maxBatchTexts", 0));
-  engine_options.max_batch_tokens = static_cast<int>(OptionNumber(options, "maxBatchTokens", 0));
-  engine_options.pad_image_batches = OptionBool(options, "padImageBatches", false);
-  engine_options.max_wait_ms = OptionNumber(options, "maxWaitMs", engine_options.max_wait_ms);
-  engine_options.queue_capacity =
-      static_cast<size_t>(OptionNumber(options, "queueCapacity", static_cast<double>(engine_options.queue_capacity)));
-  engine_options.prep_threads = static_cast<int>(OptionNumber(options, "prepThreads", 0));
-  engine_options.thread_niceness =
-      static_cast<int>(OptionNumber(options, "threadNiceness", engine_options.thread_niceness));
+  LoadOptions options = ParseLoadOptions(env, info[1].As<Napi::Object>());
 
   auto* data = env.GetInstanceData<AddonData>();
   auto* worker = new LoadWorker(env, &data->model_constructor, info[0].As<Napi::String>().Utf8Value(),
-                                model_options, engine_options);
+                                options.model, options.engine);
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;

@@ -14,11 +14,6 @@ namespace clip::addon {
 // "ClipError"; lib/errors.ts turns it into a ClipError instance.
 Napi::Error MakeError(Napi::Env env, ErrorCode code, const std::string& message);
 
-// Plain-object option readers: absent or undefined keeps the fallback.
-std::string OptionString(const Napi::Object& options, const char* key, const std::string& fallback);
-double OptionNumber(const Napi::Object& options, const char* key, double fallback);
-bool OptionBool(const Napi::Object& options, const char* key, bool fallback);
-
 }  // namespace clip::addon
 
 #endif  // CLIP_NATIVE_ADDON_CONVERT_H_

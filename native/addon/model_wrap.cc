@@ -3,6 +3,7 @@
 #include <optional>
 
 #include "convert.h"
+#include "options.h"
 
 namespace clip::addon {
 
@@ -183,7 +184,6 @@ Napi::Value ModelWrap::Submit(const Napi::CallbackInfo& info) {
   }
   const TaskKind kind = static_cast<TaskKind>(kind_number);
   Napi::Array inputs = info[1].As<Napi::Array>();
-  Napi::Object options = info[2].As<Napi::Object>();
   const uint32_t count = inputs.Length();
   if (count == 0) throw MakeError(env, ErrorCode::kInvalidArgument, "Expected at least one input");
   // Checked before any input is copied: a call that can never be queued
@@ -194,11 +194,7 @@ Napi::Value ModelWrap::Submit(const Napi::CallbackInfo& info) {
     throw MakeError(env, e.code(), e.what());
   }
 
-  ImageDecodeOptions decode;
-  decode.apply_exif_orientation = OptionBool(options, "applyExifOrientation", false);
-  const bool together = OptionBool(options, "together", false);
-  const double max_pixels = OptionNumber(options, "maxPixels", static_cast<double>(decode.max_pixels));
-  if (max_pixels >= 1) decode.max_pixels = static_cast<uint64_t>(max_pixels);
+  const SubmitOptions options = ParseSubmitOptions(info[2].As<Napi::Object>());
 
   const uint64_t request_id = next_request_id_++;
   auto cancel = std::make_shared<CancelFlag>();
@@ -209,7 +205,7 @@ Napi::Value ModelWrap::Submit(const Napi::CallbackInfo& info) {
     Napi::Value value = inputs.Get(i);
     auto task = std::make_unique<Task>();
     task->kind = kind;
-    task->decode = decode;
+    task->decode = options.decode;
     task->cancel = cancel;
     auto bad = [&](const char* expected) {
       return MakeError(env, ErrorCode::kInvalidArgument,
@@ -256,7 +252,7 @@ Napi::Value ModelWrap::Submit(const Napi::CallbackInfo& info) {
   }
 
   try {
-    engine_->Submit(std::move(tasks), together);
+    engine_->Submit(std::move(tasks), options.together);
   } catch (const ClipError& e) {
     throw MakeError(env, e.code(), e.what());
   }
