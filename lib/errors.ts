@@ -1,6 +1,6 @@
 /**
  * Every error clip-native rejects with is a {@link ClipError} carrying one of
- * these stable codes. The same list lives in native/core/errors.h; a test
+ * these stable codes. The same list lives in native/core/prep/errors.h; a test
  * keeps the two equal.
  */
 export const ERROR_CODES = [

@@ -48,7 +48,7 @@ t.test('model.cc compiles with CUDA support', { skip: hasToolkit ? false : `no C
   const result = spawnSync(
     'g++',
     ['-std=c++20', '-fsyntax-only', '-Wall', '-DCLIP_WITH_CUDA=1', '-D_GLIBCXX_USE_CXX11_ABI=1',
-      `-I${path.join(root, 'native', 'core')}`, `-I${include}`, `-I${path.join(include, 'torch', 'csrc', 'api', 'include')}`,
+      `-I${path.join(root, 'native', 'core')}`, `-I${path.join(root, 'native', 'core', 'prep')}`, `-I${include}`, `-I${path.join(include, 'torch', 'csrc', 'api', 'include')}`,
       `-I${cudaInclude}`, path.join(root, 'native', 'core', 'model.cc')],
     { encoding: 'utf8' },
   );

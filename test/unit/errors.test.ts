@@ -7,7 +7,7 @@ import { ClipError, ERROR_CODES } from '../../lib/index';
 import { root } from '../helpers/env';
 
 t.test('the C++ and TypeScript code lists are equal', async (t) => {
-  const header = fs.readFileSync(path.join(root, 'native', 'core', 'errors.h'), 'utf8');
+  const header = fs.readFileSync(path.join(root, 'native', 'core', 'prep', 'errors.h'), 'utf8');
   const fromHeader = [...header.matchAll(/X\(k\w+, "(CLIP_[A-Z_]+)"\)/g)].map((m) => m[1]);
   t.ok(fromHeader.length >= 10, 'the header lists the codes');
   t.same([...ERROR_CODES], fromHeader, 'errors.h and lib/errors.ts list the same codes in the same order');

@@ -5,8 +5,8 @@
 // Every function here is reentrant: no global mutable state, each decode keeps
 // its codec state (including the setjmp targets of libjpeg and libpng) on its
 // own stack, so any number of threads may call these concurrently.
-#ifndef CLIP_NATIVE_CORE_IMAGE_H_
-#define CLIP_NATIVE_CORE_IMAGE_H_
+#ifndef CLIP_NATIVE_CORE_PREP_IMAGE_H_
+#define CLIP_NATIVE_CORE_PREP_IMAGE_H_
 
 #include <array>
 #include <cstddef>
@@ -104,4 +104,4 @@ void PreprocessImage(const uint8_t* data, size_t size,
 
 }  // namespace clip
 
-#endif  // CLIP_NATIVE_CORE_IMAGE_H_
+#endif  // CLIP_NATIVE_CORE_PREP_IMAGE_H_

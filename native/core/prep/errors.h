@@ -1,7 +1,7 @@
 // Error codes shared by the core and the addon. The same list lives in
 // lib/errors.ts; test/errors.test.ts keeps the two equal.
-#ifndef CLIP_NATIVE_CORE_ERRORS_H_
-#define CLIP_NATIVE_CORE_ERRORS_H_
+#ifndef CLIP_NATIVE_CORE_PREP_ERRORS_H_
+#define CLIP_NATIVE_CORE_PREP_ERRORS_H_
 
 #include <stdexcept>
 #include <string>
@@ -54,4 +54,4 @@ class ClipError : public std::runtime_error {
 
 }  // namespace clip
 
-#endif  // CLIP_NATIVE_CORE_ERRORS_H_
+#endif  // CLIP_NATIVE_CORE_PREP_ERRORS_H_

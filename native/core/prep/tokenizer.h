@@ -1,8 +1,8 @@
 // CLIP byte-level BPE tokenizer: UTF-8 text -> token ids, equal to Hugging
 // Face's fast CLIP tokenizer (CLIPTokenizerFast / tokenizers) for
 // openai/clip-vit-base-patch32. See tokenizer.cc for the pipeline.
-#ifndef CLIP_NATIVE_CORE_TOKENIZER_H_
-#define CLIP_NATIVE_CORE_TOKENIZER_H_
+#ifndef CLIP_NATIVE_CORE_PREP_TOKENIZER_H_
+#define CLIP_NATIVE_CORE_PREP_TOKENIZER_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -86,4 +86,4 @@ class Tokenizer {
 
 }  // namespace clip
 
-#endif  // CLIP_NATIVE_CORE_TOKENIZER_H_
+#endif  // CLIP_NATIVE_CORE_PREP_TOKENIZER_H_

@@ -1,6 +1,6 @@
 // The model directory's clip.json (CONTRACT section 2).
-#ifndef CLIP_NATIVE_CORE_MANIFEST_H_
-#define CLIP_NATIVE_CORE_MANIFEST_H_
+#ifndef CLIP_NATIVE_CORE_PREP_MANIFEST_H_
+#define CLIP_NATIVE_CORE_PREP_MANIFEST_H_
 
 #include <array>
 #include <cstdint>
@@ -45,4 +45,4 @@ Manifest ReadManifest(const std::string& directory);
 
 }  // namespace clip
 
-#endif  // CLIP_NATIVE_CORE_MANIFEST_H_
+#endif  // CLIP_NATIVE_CORE_PREP_MANIFEST_H_

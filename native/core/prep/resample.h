@@ -1,7 +1,7 @@
 // Bicubic resampling that reproduces Pillow's libImaging/Resample.c bit for
 // bit (Image.resize(size, BICUBIC, reducing_gap=None) on an RGB image).
-#ifndef CLIP_NATIVE_CORE_RESAMPLE_H_
-#define CLIP_NATIVE_CORE_RESAMPLE_H_
+#ifndef CLIP_NATIVE_CORE_PREP_RESAMPLE_H_
+#define CLIP_NATIVE_CORE_PREP_RESAMPLE_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -59,4 +59,4 @@ void ResizeBicubicWindow(const uint8_t* src, int src_width, int src_height,
 
 }  // namespace clip
 
-#endif  // CLIP_NATIVE_CORE_RESAMPLE_H_
+#endif  // CLIP_NATIVE_CORE_PREP_RESAMPLE_H_
