@@ -1,7 +1,8 @@
 // CLIP preprocessing on decoded RGB8 images: the steps of transformers'
 // CLIPImageProcessor (resize shortest edge, center crop, rescale, normalize,
 // HWC -> CHW) with its exact rounding. Decoders live in image_decode.cc and
-// the Pillow bicubic resampler in resample.cc.
+// one decode_<format>.cc per codec, the Pillow bicubic resampler in
+// resample.cc.
 
 #include "image.h"
 

@@ -1,0 +1,293 @@
+// PNG (libpng for inflate, unfiltering and de-interlacing; the conversion to
+// RGB is Pillow's, done here on the raw samples).
+
+#include <png.h>
+#include <zlib.h>
+
+#include <csetjmp>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "errors.h"
+#include "image.h"
+#include "image_decode.h"
+
+namespace clip {
+namespace decode {
+namespace {
+
+struct PngSource {
+  const uint8_t* data;
+  size_t size;
+  size_t position;
+  // Set while image rows are read: once libpng has every row it goes on to
+  // inflate whatever follows in IDAT to the end of the zlib stream, which a
+  // hostile file makes a gigabyte of zeros in a megabyte. Pillow stops at the
+  // last row; so does PngRead, by jumping out with `finished` set.
+  bool reading_rows = false;
+  bool interlaced = false;
+  png_uint_32 height = 0;
+  bool finished = false;
+};
+
+void PngRead(png_structp png, png_bytep out, png_size_t length) {
+  auto* source = static_cast<PngSource*>(png_get_io_ptr(png));
+  if (source->reading_rows &&
+      (source->interlaced ? png_get_current_pass_number(png) >= 7
+                          : png_get_current_row_number(png) >= source->height)) {
+    source->finished = true;
+    png_longjmp(png, 1);
+  }
+  if (length > source->size - source->position) png_error(png, "truncated");
+  std::memcpy(out, source->data + source->position, length);
+  source->position += length;
+}
+
+struct PngErrorState {
+  char message[256];
+};
+
+void PngError(png_structp png, png_const_charp message) {
+  auto* state = static_cast<PngErrorState*>(png_get_error_ptr(png));
+  std::snprintf(state->message, sizeof(state->message), "%s", message);
+  png_longjmp(png, 1);
+}
+
+void PngWarning(png_structp, png_const_charp) {}
+
+// Walks the chunk list before libpng runs. Pillow verifies the CRC of every
+// chunk before the first IDAT (and fails on a mismatch) but never that of
+// IDAT; libpng is then told to ignore critical CRCs so that both agree. Also
+// finds the first eXIf chunk, wherever it is (Pillow reads those after IDAT
+// too).
+void ScanPngChunks(const uint8_t* data, size_t size, bool want_exif,
+                   const uint8_t** exif, size_t* exif_size) {
+  size_t position = 8;
+  bool seen_idat = false;
+  while (position + 12 <= size) {
+    const uint32_t length = ReadBe32(data + position);
+    const uint8_t* type = data + position + 4;
+    if (length > 0x7FFFFFFFu || length > size - position - 12) {
+      if (!seen_idat) break;  // libpng reports the truncation.
+      return;
+    }
+    if (std::memcmp(type, "IDAT", 4) == 0) {
+      seen_idat = true;
+      if (!want_exif) return;
+    } else if (!seen_idat) {
+      const uint32_t expected = ReadBe32(data + position + 8 + length);
+      const uLong actual = crc32(0, type, 4 + length);
+      if (actual != expected) {
+        DecodeFailed("PNG",
+                     "bad CRC in chunk " +
+                         std::string(reinterpret_cast<const char*>(type), 4));
+      }
+    }
+    if (want_exif && *exif == nullptr && std::memcmp(type, "eXIf", 4) == 0) {
+      *exif = data + position + 8;
+      *exif_size = length;
+    }
+    if (std::memcmp(type, "IEND", 4) == 0) return;
+    position += 12 + size_t{length};
+  }
+}
+
+// Converts one unpacked row (png_set_packing: one byte per sample below 8
+// bits, big-endian pairs at 16) the way Pillow's PNG rawmodes and
+// convert("RGB") do.
+void ConvertPngRow(const uint8_t* in, int color_type, int bit_depth,
+                   const png_color* palette, int palette_size, size_t width,
+                   uint8_t* out) {
+  switch (color_type) {
+    case PNG_COLOR_TYPE_GRAY:
+      if (bit_depth == 16) {
+        // Mode I;16; I;16 -> RGB clamps at 255 instead of scaling.
+        for (size_t x = 0; x < width; ++x) {
+          const uint8_t v = in[2 * x] != 0 ? 255 : in[2 * x + 1];
+          out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = v;
+        }
+      } else {
+        // Modes "1", L;2 and L;4 stretch to 0..255.
+        const int gain = bit_depth == 1   ? 255
+                         : bit_depth == 2 ? 85
+                         : bit_depth == 4 ? 17
+                                          : 1;
+        for (size_t x = 0; x < width; ++x) {
+          const uint8_t v = static_cast<uint8_t>(in[x] * gain);
+          out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = v;
+        }
+      }
+      break;
+    case PNG_COLOR_TYPE_GRAY_ALPHA: {
+      // LA, or RGBA through LA;16B (high byte) at 16 bits.
+      const int step = bit_depth == 16 ? 4 : 2;
+      for (size_t x = 0; x < width; ++x) {
+        const uint8_t v = in[step * x];
+        out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = v;
+      }
+      break;
+    }
+    case PNG_COLOR_TYPE_RGB:
+    case PNG_COLOR_TYPE_RGB_ALPHA: {
+      // RGB;16B and RGBA;16B keep the high byte of each sample.
+      const int channels = color_type == PNG_COLOR_TYPE_RGB ? 3 : 4;
+      const int bytes = bit_depth == 16 ? 2 : 1;
+      const size_t step = static_cast<size_t>(channels) * bytes;
+      for (size_t x = 0; x < width; ++x) {
+        const uint8_t* p = in + step * x;
+        out[3 * x + 0] = p[0];
+        out[3 * x + 1] = p[bytes];
+        out[3 * x + 2] = p[2 * bytes];
+      }
+      break;
+    }
+    case PNG_COLOR_TYPE_PALETTE:
+      // Pillow's palette is zero past the PLTE entries.
+      for (size_t x = 0; x < width; ++x) {
+        const int index = in[x];
+        if (index < palette_size) {
+          out[3 * x + 0] = palette[index].red;
+          out[3 * x + 1] = palette[index].green;
+          out[3 * x + 2] = palette[index].blue;
+        } else {
+          out[3 * x + 0] = out[3 * x + 1] = out[3 * x + 2] = 0;
+        }
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+// State of one PNG decode; see JpegJob for why it lives outside ReadPng.
+struct PngJob {
+  PngSource source;
+  PngErrorState error;
+  png_structp png = nullptr;
+  png_infop info = nullptr;
+  FrameSink* out = nullptr;
+  std::vector<uint8_t> raw;
+  std::vector<png_bytep> row_pointers;
+  // Set before rows are read; read again after a longjmp, so not locals.
+  png_uint_32 width = 0;
+  int bit_depth = 0;
+  int color_type = 0;
+  png_colorp palette = nullptr;
+  int palette_size = 0;
+  int passes = 1;
+  png_uint_32 next_row = 0;  // non-interlaced: rows emitted so far
+
+  ~PngJob() {
+    if (png) png_destroy_read_struct(&png, info ? &info : nullptr, nullptr);
+  }
+};
+
+void EmitPngRow(PngJob* job, png_uint_32 y, const uint8_t* raw_row) {
+  size_t stride = 0;
+  uint8_t* row = job->out->Reserve(y, 1, &stride);
+  ConvertPngRow(raw_row, job->color_type, job->bit_depth, job->palette,
+                job->palette_size, job->width, row);
+  job->out->Commit(y, 1);
+}
+
+// Emits what the row loop has not: every row of an interlaced image (Adam7
+// needs the whole image before any row is final), or the last row of a
+// non-interlaced one when PngRead stopped libpng inside it.
+void FinishPngRows(PngJob* job) {
+  const png_uint_32 height = job->source.height;
+  if (job->passes > 1) {
+    for (png_uint_32 y = 0; y < height; ++y) EmitPngRow(job, y, job->row_pointers[y]);
+  } else {
+    for (; job->next_row < height; ++job->next_row) EmitPngRow(job, job->next_row, job->raw.data());
+  }
+}
+
+// Returns false when libpng reported an error (job->error.message).
+bool ReadPng(PngJob* job) {
+  png_structp png = job->png;
+  png_infop info = job->info;
+  if (setjmp(png_jmpbuf(png))) {
+    if (!job->source.finished) return false;
+    FinishPngRows(job);
+    return true;
+  }
+  png_set_read_fn(png, &job->source, PngRead);
+  png_set_user_limits(png, 0x7FFFFFFF, 0x7FFFFFFF);
+  png_set_crc_action(png, PNG_CRC_QUIET_USE, PNG_CRC_DEFAULT);
+  // No ancillary chunk matters (alpha and colour management are ignored, as
+  // by Pillow's convert), so skip them all instead of validating them.
+  png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, nullptr, -1);
+  png_read_info(png, info);
+
+  png_uint_32 width = 0;
+  png_uint_32 height = 0;
+  int interlace = 0;
+  png_get_IHDR(png, info, &width, &height, &job->bit_depth, &job->color_type,
+               &interlace, nullptr, nullptr);
+  job->width = width;
+  if (job->color_type == PNG_COLOR_TYPE_PALETTE &&
+      png_get_PLTE(png, info, &job->palette, &job->palette_size) != PNG_INFO_PLTE) {
+    DecodeFailed("PNG", "palette image without PLTE chunk");
+  }
+  if (job->bit_depth < 8) png_set_packing(png);
+  job->passes = png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  const size_t row_bytes = png_get_rowbytes(png, info);
+
+  job->out->Begin(width, height);
+  job->source.height = height;
+  job->source.interlaced = job->passes > 1;
+  if (job->passes == 1) {
+    job->raw.resize(row_bytes);
+    job->source.reading_rows = true;
+    for (; job->next_row < height; ++job->next_row) {
+      png_read_row(png, job->raw.data(), nullptr);
+      EmitPngRow(job, job->next_row, job->raw.data());
+    }
+  } else {
+    job->raw.resize(row_bytes * height);
+    job->row_pointers.resize(height);
+    for (png_uint_32 y = 0; y < height; ++y) {
+      job->row_pointers[y] = job->raw.data() + y * row_bytes;
+    }
+    job->source.reading_rows = true;
+    png_read_image(png, job->row_pointers.data());
+  }
+  // Seldom reached: PngRead usually jumps out once libpng has every row.
+  // png_read_end is skipped on purpose: chunks after the image data cannot
+  // change the pixels, and Pillow tolerates damage there.
+  FinishPngRows(job);
+  return true;
+}
+
+}  // namespace
+
+void DecodePng(const uint8_t* data, size_t size,
+               const ImageDecodeOptions& options, FrameSink* out) {
+  // IHDR is the first chunk; read its size before libpng allocates anything.
+  if (size < 33 || std::memcmp(data + 12, "IHDR", 4) != 0) {
+    DecodeFailed("PNG", "missing or truncated IHDR chunk");
+  }
+  CheckDimensions(ReadBe32(data + 16), ReadBe32(data + 20), options, "PNG");
+
+  const uint8_t* exif = nullptr;
+  size_t exif_size = 0;
+  ScanPngChunks(data, size, options.apply_exif_orientation, &exif, &exif_size);
+  if (exif) out->SetOrientation(ParseExifOrientation(exif, exif_size));
+
+  PngJob job;
+  job.out = out;
+  job.source = PngSource{data, size, 0};
+  job.error.message[0] = '\0';
+  job.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &job.error, PngError,
+                                   PngWarning);
+  if (!job.png) Fail(ErrorCode::kInternal, "png_create_read_struct failed");
+  job.info = png_create_info_struct(job.png);
+  if (!job.info) Fail(ErrorCode::kInternal, "png_create_info_struct failed");
+  if (!ReadPng(&job)) DecodeFailed("PNG", job.error.message);
+}
+
+}  // namespace decode
+}  // namespace clip
