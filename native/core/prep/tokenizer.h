@@ -64,7 +64,7 @@ class Tokenizer {
   // Size of the vocabulary the files described (49408 for CLIP).
   size_t vocab_size() const;
 
-  // The loaded vocabulary and merges; opaque, defined in tokenizer.cc.
+  // The loaded vocabulary and merges; opaque, defined in tokenizer_model.h.
   struct Model;
 
  private:
