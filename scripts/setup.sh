@@ -12,9 +12,10 @@ log() { printf '\n== %s\n' "$*"; }
 
 # clang + libclang-rt-14-dev (its ASan/UBSan/libFuzzer runtimes, not a dependency
 # of clang on Debian 12): the sanitizer and fuzzing builds of scripts/sanitize.sh.
+# clang-format: npm run lint:cpp (scripts/clang-format.sh).
 packages=(build-essential cmake ninja-build pkg-config zlib1g-dev
           libjpeg62-turbo-dev libpng-dev libwebp-dev libgif-dev libicu-dev nlohmann-json3-dev
-          python3-venv clang libclang-rt-14-dev)
+          python3-venv clang libclang-rt-14-dev clang-format)
 if [ "${CLIP_LIBTORCH:-venv}" = system ]; then
   # Without an optimized BLAS, Debian's libtorch falls back to reference BLAS (about 40x slower).
   packages+=(libtorch-dev libopenblas0-openmp)
