@@ -216,7 +216,7 @@ async function main() {
   samples.push({ t: Math.round((Date.now() - started) / 1000), ...rssMb(child.pid), ...(await heapMb()) });
 
   const after = exited === null ? await send(probeRequests[0]).catch((e) => ({ status: -1, body: String(e) })) : { status: -1 };
-  let same = false;
+  let same;
   try {
     const got = JSON.parse(after.body);
     same = after.status === 200 && got[0].text_features.every((v, i) => Math.abs(v - want[0].text_features[i]) < 1e-5);

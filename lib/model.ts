@@ -19,7 +19,13 @@ export type Device = 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
  * CPUs with AVX-512 BF16 or AMX) or `int8` (int8 weights, activations quantized per call; fast on CPUs with VNNI
  * or AMX-INT8). On CUDA: `float32`, `float16` or `bfloat16` (weights converted once at load).
  */
-export type DType = 'float32' | 'bfloat16' | 'float16' | 'int8';
+export type DType = (typeof DTYPES)[number];
+
+/** Every {@link DType}. */
+export const DTYPES = ['float32', 'bfloat16', 'float16', 'int8'] as const;
+
+/** The form of a {@link Device}. */
+export const DEVICE_PATTERN = /^(auto|cpu|cuda|cuda:\d+)$/;
 
 /** Options of {@link ClipModel.load}. */
 export interface LoadOptions {
@@ -123,8 +129,6 @@ export interface EmbedEachOptions {
   signal?: AbortSignal;
 }
 
-const DEVICE_PATTERN = /^(auto|cpu|cuda|cuda:\d+)$/;
-const DTYPES = new Set(['float32', 'bfloat16', 'float16', 'int8']);
 
 function checkSignal(options: CallOptions | undefined, name: string): AbortSignal | undefined {
   if (options === undefined) return undefined;
@@ -184,8 +188,8 @@ export class ClipModel {
       throw invalidArgument('"auto", "cpu", "cuda" or "cuda:N"', 'options.device', device);
     }
     const dtype = options.dtype ?? 'float32';
-    if (typeof dtype !== 'string' || !DTYPES.has(dtype)) {
-      throw invalidArgument('"float32", "bfloat16", "float16" or "int8"', 'options.dtype', dtype);
+    if (typeof dtype !== 'string' || !(DTYPES as readonly string[]).includes(dtype)) {
+      throw invalidArgument(DTYPES.map((d) => `"${d}"`).join(', '), 'options.dtype', dtype);
     }
     if (options.cpuKernels !== undefined && (typeof options.cpuKernels !== 'string' || options.cpuKernels === '')) {
       throw invalidArgument('"auto" or a kernel candidate name', 'options.cpuKernels', options.cpuKernels);

@@ -97,7 +97,7 @@ async function run(
   const texts = split.texts.map(({ text }) => text);
   const imageRows = split.images.map(({ at }) => at);
   const sources = split.images.map(({ source }) => source);
-  const firstError = () => results.find((r) => isRowError(r)) as RowError | undefined;
+  const firstError = () => results.find((r): r is RowError => isRowError(r));
   if (failFast) {
     // More rows of a kind than the engine's queue holds can never be served;
     // "retry later" (CLIP_QUEUE_FULL) would be wrong.
@@ -141,7 +141,7 @@ async function run(
       if (failed) {
         controller.abort(failed);
         // Fetches this call aborted itself are no one's error; report the real one.
-        const real = results.find((r) => isRowError(r) && r.code !== 'CLIP_ABORTED') as RowError | undefined;
+        const real = results.find((r): r is RowError => isRowError(r) && r.code !== 'CLIP_ABORTED');
         throw real ?? failed;
       }
     }
@@ -220,7 +220,7 @@ export async function score(model: ClipModel, request: unknown, options?: ScoreO
   const resolved = resolveScoreOptions(options);
   const rows = parseScoreRequest(request);
   const { results, callErrors } = await run(model, rows, resolved, true);
-  const failed = results.find((r) => isRowError(r)) as RowError | undefined;
+  const failed = results.find((r): r is RowError => isRowError(r));
   if (failed) {
     // A whole submission failed (queue full, disposed, aborted): no single row is to blame.
     const cause = failed.cause;

@@ -6,7 +6,7 @@ import { ClipError, invalidArgument, toClipError } from '../errors';
 import type { ClipModel } from '../model';
 import { ChunkEmbedder } from './embed';
 import { listInputs, type InputListing } from './inputs';
-import { assemble, checkThreshold, completeOutputs, countErrors, finishedErrors, type ErrorsByUnit } from './merge';
+import { assemble, checkThreshold, completeOutputs, finishedErrors, type ErrorsByUnit } from './merge';
 import { ERRORS_SUFFIX, outputFormat, type OutputFormat, type PartBuilder, type RowOutcome } from './outputs';
 import { jobIdentity, makePlan, shardOfUnits, type BatchFormat, type JobIdentity } from './plan';
 import { Progress, say, type Log } from './progress';
@@ -242,7 +242,6 @@ async function embedUnits(context: EmbedContext): Promise<void> {
   };
 
   const parts = new Map<number, PartBuilder>();
-  let failed = countErrors(errors);
   let filling: Promise<void> = fill();
   try {
     for (;;) {
@@ -271,7 +270,6 @@ async function embedUnits(context: EmbedContext): Promise<void> {
         }
         if (global === lastRow(unit)) finishedUnits.push(unit);
       });
-      failed += chunkFailed;
       progress.add(kept, chunkFailed);
       // Finished parts are kept even past the threshold: a rerun with a higher one resumes from them.
       for (const unit of finishedUnits) {

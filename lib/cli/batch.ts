@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import { BATCH_FORMATS, mergeBatchOutput, runBatchJob, type BatchFormat } from '../batch/job';
-import { ClipModel, type Device, type DType } from '../model';
-import { parseCommandLine, positiveInt, required, UsageError } from './common';
+import { ClipModel } from '../model';
+import { deviceFlags, integerFlag, parseCommandLine, required, UsageError } from './common';
 
 const USAGE = `Usage: clip-native batch --model DIR --input PATH --output DIR [options]
        clip-native batch --merge --output DIR [--error-threshold N]
@@ -42,18 +42,6 @@ this shard done), 1 failed (over the error threshold, unreadable input),
 2 bad arguments, 130 interrupted.
 `;
 
-const DEVICE = /^(auto|cpu|cuda|cuda:\d+)$/;
-const DTYPES = new Set(['float32', 'bfloat16', 'float16', 'int8']);
-
-function errorThreshold(value: string | undefined): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < -1 || value.trim() === '') {
-    throw new UsageError(`--error-threshold must be an integer >= -1, not "${value}"`);
-  }
-  return n;
-}
-
 /** `--shard I/N`, or `--shards N` with JOB_COMPLETION_INDEX; undefined when neither. */
 function shard(values: Record<string, unknown>): { index: number; count: number } | undefined {
   const spec = values.shard as string | undefined;
@@ -67,7 +55,7 @@ function shard(values: Record<string, unknown>): { index: number; count: number 
     return { index, count };
   }
   if (shards !== undefined) {
-    const count = positiveInt(values, 'shards')!;
+    const count = integerFlag(values, 'shards', 1)!;
     const env = process.env.JOB_COMPLETION_INDEX;
     const index = Number(env);
     if (env === undefined || env.trim() === '' || !Number.isInteger(index) || index < 0 || index >= count) {
@@ -122,7 +110,7 @@ export async function runBatch(args: string[]): Promise<number> {
     return 0;
   }
   const output = required(values, 'output');
-  const threshold = errorThreshold(values['error-threshold']);
+  const threshold = integerFlag(values, 'error-threshold', -1);
   if (values.merge) {
     for (const name of ['model', 'input', 'format', 'shard', 'shards', 'device', 'dtype', 'threads', 'concurrency', 'chunk-rows', 'part-rows']) {
       if (values[name] !== undefined) throw new UsageError(`--merge takes only --output, --error-threshold and --keep-parts, not --${name}`);
@@ -136,10 +124,7 @@ export async function runBatch(args: string[]): Promise<number> {
   if (!fs.existsSync(modelDir)) throw new UsageError(`--model ${modelDir} does not exist`);
   const format = (values.format ?? 'azure-csv') as BatchFormat;
   if (!BATCH_FORMATS.includes(format)) throw new UsageError(`--format must be ${BATCH_FORMATS.join(', ')}, not "${format}"`);
-  const device = (values.device ?? 'auto') as Device;
-  if (!DEVICE.test(device)) throw new UsageError(`--device must be auto, cpu, cuda or cuda:N, not "${device}"`);
-  const dtype = (values.dtype ?? 'float32') as DType;
-  if (!DTYPES.has(dtype)) throw new UsageError(`--dtype must be float32, bfloat16, float16 or int8, not "${dtype}"`);
+  const { device, dtype } = deviceFlags(values);
   const jobOptions = {
     input,
     output,
@@ -147,12 +132,12 @@ export async function runBatch(args: string[]): Promise<number> {
     shard: shard(values),
     errorThreshold: threshold,
     allowPrivateUrls: values['allow-private-urls'] ?? false,
-    concurrency: positiveInt(values, 'concurrency'),
-    chunkRows: positiveInt(values, 'chunk-rows'),
-    partRows: positiveInt(values, 'part-rows'),
+    concurrency: integerFlag(values, 'concurrency', 1),
+    chunkRows: integerFlag(values, 'chunk-rows', 1),
+    partRows: integerFlag(values, 'part-rows', 1),
     keepParts: values['keep-parts'] ?? false,
   };
-  const threads = positiveInt(values, 'threads');
+  const threads = integerFlag(values, 'threads', 1);
 
   // A model of the job's own: the job submits whole chunks, each run as batches of its own
   // (see ChunkEmbedder), so its features are the same bits in every run.

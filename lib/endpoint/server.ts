@@ -32,7 +32,7 @@ export interface ServerOptions {
   /** Seconds in `Retry-After` of 429 and 503 answers. Default 1. */
   retryAfterSeconds?: number;
   /** fastify's `logger` option (pino options, `true`, or a pino logger). Default false. */
-  logger?: boolean | FastifyServerOptions['logger'] | FastifyBaseLogger;
+  logger?: FastifyServerOptions['logger'] | FastifyBaseLogger;
   /** Serve `GET /metrics`. Default true. */
   metrics?: boolean;
   /** Also collect process and Node.js metrics. Default true. */
@@ -112,7 +112,8 @@ function digest(value: string): Buffer {
 
 function packageVersion(): string {
   try {
-    return JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')).version ?? '0.0.0';
+    const manifest = JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version?: string };
+    return manifest.version ?? '0.0.0';
   } catch {
     return '0.0.0';
   }
@@ -212,8 +213,8 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
   const app = Fastify({
     bodyLimit,
     ...(isLoggerInstance
-      ? { loggerInstance: loggerOption as FastifyBaseLogger }
-      : { logger: loggerOption as FastifyServerOptions['logger'] }),
+      ? { loggerInstance: loggerOption }
+      : { logger: loggerOption }),
     // One line per request from onResponse instead of fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
     requestIdHeader: false,

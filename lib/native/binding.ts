@@ -210,7 +210,7 @@ function checkLoadable(soname: string): void {
     process.dlopen({ exports: {} }, soname, os.constants.dlopen.RTLD_LAZY);
   } catch (error) {
     if (!/did not self-register/.test(String((error as Error).message))) {
-      throw new Error(`it needs ${soname}, which cannot be loaded here (${firstLine(error)})`);
+      throw new Error(`it needs ${soname}, which cannot be loaded here (${firstLine(error)})`, { cause: error });
     }
   }
 }

@@ -19,13 +19,9 @@ import zlib from 'node:zlib';
 import t, { type Test } from 'tap';
 import { fixtures, maxAbsDiff, tinyModel } from '../helpers/env';
 import { request as httpRequest, type Answer } from '../helpers/http';
+import { makePng } from '../helpers/images';
 import { listeningPort, onLines, spawnServe } from '../helpers/process';
 import { buildCorpus, corpusDigest, loadSeeds, makeZeroPng, scoreBody, type Case } from './corpus';
-
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const { makePng } = require('../helpers/images') as {
-  makePng(width: number, height: number, pixel: (x: number, y: number) => number[]): Buffer;
-};
 
 const API_KEY = 'adversarial-test-key';
 /**

@@ -14,15 +14,9 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
+import t from 'tap';
+import { PNG_SIGNATURE, crc32, makePng, makePngHeaderOnly, pngFile } from '../helpers/images';
 
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const { PNG_SIGNATURE, crc32, makePng, makePngHeaderOnly, pngFile } = require('../helpers/images') as {
-  PNG_SIGNATURE: Buffer;
-  crc32(bytes: Uint8Array): number;
-  pngFile(width: number, height: number, idat: Uint8Array, options?: { bitDepth?: number; colorType?: number }): Buffer;
-  makePng(width: number, height: number, pixel: (x: number, y: number) => number[]): Buffer;
-  makePngHeaderOnly(width: number, height: number): Buffer;
-};
 
 /** Which server a case goes to: `strict` is plain `serve`; `open` has --allow-private-urls and an API key. */
 export type Target = 'strict' | 'open';
@@ -193,7 +187,7 @@ export function buildCorpus(context: CorpusContext): Case[] {
       ...c,
       target,
       headers: { ...json, ...(target === 'open' ? auth : {}), ...(c.headers ?? {}) },
-    } as Case);
+    });
   };
   const invalid = (row?: number): Expect => ({ status: [400], codes: INVALID, ...(row === undefined ? {} : { row }) });
   const imageError = (row = 0, codes = IMAGE_CODES): Expect => ({ status: [400], codes, row });
@@ -777,7 +771,7 @@ export function buildCorpus(context: CorpusContext): Case[] {
       method: 'RAW',
       path: '',
       headers: {},
-      raw: Buffer.from(request as string | Buffer),
+      raw: Buffer.from(request),
       expect,
     });
   }
@@ -913,8 +907,6 @@ export function corpusDigest(cases: Case[]): string {
 }
 
 if (require.main === module) {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const t = require('tap') as typeof import('tap');
   t.test('the corpus is deterministic, large and covers every category', async (t) => {
     const seeds = loadSeeds(path.resolve(__dirname, '..', 'fixtures', 'images'));
     const context = { seeds, imageOrigin: 'http://127.0.0.1:9', apiKey: 'k' };

@@ -202,7 +202,7 @@ t.test('embed: mixed text and image items equal embedTexts/embedImages, in item 
   const mixed = await model.embed([
     { text: texts[0] },
     { image: images[0] },
-    { image: images[1].buffer.slice(images[1].byteOffset, images[1].byteOffset + images[1].byteLength) },
+    { image: images[1].buffer.slice(images[1].byteOffset, images[1].byteOffset + images[1].byteLength) as ArrayBuffer },
     { text: texts[1] },
     { text: texts[2] },
     { image: images[2] },
@@ -357,5 +357,5 @@ t.test('inputs are validated with the boundary message', async (t) => {
   await t.rejects(model.embedImages([{} as never]), { code: 'CLIP_INVALID_ARGUMENT', message: /images\[0\]/ });
   t.same(await model.embedTexts([]), [], 'an empty list gives an empty list');
   const png = makePng(4, 4, () => [1, 2, 3]);
-  t.equal((await model.embedImages([png.buffer.slice(png.byteOffset, png.byteOffset + png.length)]))[0].length, 512, 'an ArrayBuffer works');
+  t.equal((await model.embedImages([png.buffer.slice(png.byteOffset, png.byteOffset + png.length) as ArrayBuffer]))[0].length, 512, 'an ArrayBuffer works');
 });

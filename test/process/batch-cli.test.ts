@@ -27,8 +27,8 @@ t.test('bad arguments: one line on stderr, exit status 2', async (t) => {
   });
   for (const [args, message] of cases) {
     const written: string[] = [];
-    const write = process.stderr.write;
-    process.stderr.write = ((chunk: string) => written.push(chunk)) as typeof write;
+    const write = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((chunk: string) => written.push(chunk) > 0);
     let status: number;
     try {
       status = await main(['batch', ...args]);
