@@ -6,9 +6,30 @@ import tseslint from 'typescript-eslint';
 // Node's globals (the `globals` package is not a dependency of this project).
 const NODE_GLOBALS = Object.fromEntries(
   [
-    'AbortController', 'AbortSignal', 'Blob', 'Buffer', 'TextDecoder', 'TextEncoder', 'URL', '__dirname', '__filename',
-    'clearImmediate', 'clearInterval', 'clearTimeout', 'console', 'exports', 'fetch', 'global', 'module',
-    'performance', 'process', 'queueMicrotask', 'require', 'setImmediate', 'setInterval', 'setTimeout',
+    'AbortController',
+    'AbortSignal',
+    'Blob',
+    'Buffer',
+    'TextDecoder',
+    'TextEncoder',
+    'URL',
+    '__dirname',
+    '__filename',
+    'clearImmediate',
+    'clearInterval',
+    'clearTimeout',
+    'console',
+    'exports',
+    'fetch',
+    'global',
+    'module',
+    'performance',
+    'process',
+    'queueMicrotask',
+    'require',
+    'setImmediate',
+    'setInterval',
+    'setTimeout',
     'structuredClone',
   ].map((name) => [name, 'readonly']),
 );
@@ -16,7 +37,16 @@ const NODE_GLOBALS = Object.fromEntries(
 export default tseslint.config(
   { linterOptions: { reportUnusedDisableDirectives: 'error' } },
   {
-    ignores: ['dist/**', 'build/**', 'build-*/**', 'node_modules/**', 'test/fixtures/**', 'prebuilds/**', '.venv/**', '.tap/**'],
+    ignores: [
+      'dist/**',
+      'build/**',
+      'build-*/**',
+      'node_modules/**',
+      'test/fixtures/**',
+      'prebuilds/**',
+      '.venv/**',
+      '.tap/**',
+    ],
   },
   js.configs.recommended,
   {

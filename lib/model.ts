@@ -129,7 +129,6 @@ export interface EmbedEachOptions {
   signal?: AbortSignal;
 }
 
-
 function checkSignal(options: CallOptions | undefined, name: string): AbortSignal | undefined {
   if (options === undefined) return undefined;
   if (options === null || typeof options !== 'object') throw invalidArgument('an options object', name, options);
@@ -268,7 +267,8 @@ export class ClipModel {
     const images: Uint8Array[] = [];
     const where: Array<{ text: boolean; at: number }> = items.map((item: unknown, i) => {
       const name = `items[${i}]`;
-      if (item === null || typeof item !== 'object') throw invalidArgument('a { text } or { image } object', name, item);
+      if (item === null || typeof item !== 'object')
+        throw invalidArgument('a { text } or { image } object', name, item);
       const { text, image } = item as { text?: unknown; image?: unknown };
       if ((text === undefined) === (image === undefined)) {
         throw invalidArgument('an object with exactly one of text or image', name, item);
@@ -455,5 +455,3 @@ export class ClipModel {
     });
   }
 }
-
-

@@ -89,11 +89,7 @@ export function parseScoreRequest(request: unknown): Array<Record<string, unknow
   if (index !== undefined && index !== null) {
     if (!Array.isArray(index)) throw invalidArgument('an array', 'input_data.index', index);
     if (index.length !== data.length) {
-      throw invalidArgument(
-        `an array as long as input_data.data (${data.length})`,
-        'input_data.index',
-        index,
-      );
+      throw invalidArgument(`an array as long as input_data.data (${data.length})`, 'input_data.index', index);
     }
   }
   const imageColumn = names.indexOf('image');

@@ -2,7 +2,12 @@ import { checkBoolean, checkInteger } from '../check';
 import { mapLimit } from '../concurrency';
 import { ClipError, invalidArgument, toClipError } from '../errors';
 import type { ClipModel } from '../model';
-import { fetchImage, resolveImageSourceOptions, type ImageSourceOptions, type ResolvedImageSourceOptions } from '../net/fetch';
+import {
+  fetchImage,
+  resolveImageSourceOptions,
+  type ImageSourceOptions,
+  type ResolvedImageSourceOptions,
+} from '../net/fetch';
 import { isRowError, parseScoreRequest, rowError, splitRows, type RowError } from './rows';
 import type { ScoreResponse, ScoreRowInput, ScoreRowResult } from './types';
 
@@ -102,7 +107,10 @@ async function run(
     // More rows of a kind than the engine's queue holds can never be served;
     // "retry later" (CLIP_QUEUE_FULL) would be wrong.
     const capacity = model.info.queueCapacity;
-    for (const [count, kind] of [[imageRows.length, 'image'], [textRows.length, 'text']] as const) {
+    for (const [count, kind] of [
+      [imageRows.length, 'image'],
+      [textRows.length, 'text'],
+    ] as const) {
       if (count > capacity) {
         throw new ClipError(
           'CLIP_REQUEST_TOO_LARGE',

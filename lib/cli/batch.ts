@@ -51,7 +51,8 @@ function shard(values: Record<string, unknown>): { index: number; count: number 
     const match = /^(\d+)\/(\d+)$/.exec(spec);
     const index = match ? Number(match[1]) : NaN;
     const count = match ? Number(match[2]) : NaN;
-    if (!match || count < 1 || index >= count) throw new UsageError(`--shard must be I/N with 0 <= I < N, not "${spec}"`);
+    if (!match || count < 1 || index >= count)
+      throw new UsageError(`--shard must be I/N with 0 <= I < N, not "${spec}"`);
     return { index, count };
   }
   if (shards !== undefined) {
@@ -59,7 +60,9 @@ function shard(values: Record<string, unknown>): { index: number; count: number 
     const env = process.env.JOB_COMPLETION_INDEX;
     const index = Number(env);
     if (env === undefined || env.trim() === '' || !Number.isInteger(index) || index < 0 || index >= count) {
-      throw new UsageError(`--shards ${count} needs JOB_COMPLETION_INDEX set to an integer from 0 to ${count - 1}, not "${env ?? ''}"`);
+      throw new UsageError(
+        `--shards ${count} needs JOB_COMPLETION_INDEX set to an integer from 0 to ${count - 1}, not "${env ?? ''}"`,
+      );
     }
     return { index, count };
   }
@@ -112,8 +115,21 @@ export async function runBatch(args: string[]): Promise<number> {
   const output = required(values, 'output');
   const threshold = integerFlag(values, 'error-threshold', -1);
   if (values.merge) {
-    for (const name of ['model', 'input', 'format', 'shard', 'shards', 'device', 'dtype', 'threads', 'concurrency', 'chunk-rows', 'part-rows']) {
-      if (values[name] !== undefined) throw new UsageError(`--merge takes only --output, --error-threshold and --keep-parts, not --${name}`);
+    for (const name of [
+      'model',
+      'input',
+      'format',
+      'shard',
+      'shards',
+      'device',
+      'dtype',
+      'threads',
+      'concurrency',
+      'chunk-rows',
+      'part-rows',
+    ]) {
+      if (values[name] !== undefined)
+        throw new UsageError(`--merge takes only --output, --error-threshold and --keep-parts, not --${name}`);
     }
     await mergeBatchOutput(output, { errorThreshold: threshold, keepParts: values['keep-parts'] ?? false });
     return 0;
@@ -123,7 +139,8 @@ export async function runBatch(args: string[]): Promise<number> {
   if (!fs.existsSync(input)) throw new UsageError(`--input ${input} does not exist`);
   if (!fs.existsSync(modelDir)) throw new UsageError(`--model ${modelDir} does not exist`);
   const format = (values.format ?? 'azure-csv') as BatchFormat;
-  if (!BATCH_FORMATS.includes(format)) throw new UsageError(`--format must be ${BATCH_FORMATS.join(', ')}, not "${format}"`);
+  if (!BATCH_FORMATS.includes(format))
+    throw new UsageError(`--format must be ${BATCH_FORMATS.join(', ')}, not "${format}"`);
   const { device, dtype } = deviceFlags(values);
   const jobOptions = {
     input,
@@ -147,7 +164,9 @@ export async function runBatch(args: string[]): Promise<number> {
   const onSignal = () => {
     if (interrupted) process.exit(130);
     interrupted = true;
-    process.stderr.write('\nclip-native batch: interrupted; finished parts are kept, a rerun resumes (signal again to exit at once)\n');
+    process.stderr.write(
+      '\nclip-native batch: interrupted; finished parts are kept, a rerun resumes (signal again to exit at once)\n',
+    );
     controller.abort();
   };
   process.on('SIGINT', onSignal);

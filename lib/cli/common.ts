@@ -14,7 +14,12 @@ export function parseCommandLine(
   allowPositionals = false,
 ): { values: Record<string, string | boolean | (string | boolean)[] | undefined>; positionals: string[] } {
   try {
-    return parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals });
+    return parseArgs({
+      args,
+      options: { ...options, help: { type: 'boolean', short: 'h' } },
+      strict: true,
+      allowPositionals,
+    });
   } catch (error) {
     throw new UsageError((error as Error).message.split('\n')[0]);
   }
@@ -36,7 +41,12 @@ function flagText(value: unknown): string {
  * An optional integer flag from `min` (to `max`): the one check of the commands' integer flags, as
  * {@link checkInteger} is the library's.
  */
-export function integerFlag(values: Record<string, unknown>, name: string, min: number, max?: number): number | undefined {
+export function integerFlag(
+  values: Record<string, unknown>,
+  name: string,
+  min: number,
+  max?: number,
+): number | undefined {
   const value = values[name];
   if (value === undefined) return undefined;
   const text = flagText(value);

@@ -66,7 +66,8 @@ export async function runServe(args: string[]): Promise<number> {
   const directory = required(values, 'model');
   const { device, dtype } = deviceFlags(values);
   const logLevel = values['log-level'] ?? 'info';
-  if (!LOG_LEVELS.has(logLevel)) throw new UsageError(`--log-level must be one of ${[...LOG_LEVELS].join(', ')}, not "${logLevel}"`);
+  if (!LOG_LEVELS.has(logLevel))
+    throw new UsageError(`--log-level must be one of ${[...LOG_LEVELS].join(', ')}, not "${logLevel}"`);
   const apiKey = values['api-key'] ?? (process.env.CLIP_NATIVE_API_KEY || undefined);
   if (apiKey !== undefined && apiKey.length === 0) throw new UsageError('--api-key must not be empty');
   const host = values.host ?? '127.0.0.1';

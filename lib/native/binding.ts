@@ -175,7 +175,9 @@ export function loadBinding(options: AddonSearchOptions = {}): { binding: Native
       return { binding: native, choice: { kind: 'prebuild', file: fit.prebuild.file, libtorch: fit.libtorch } };
     } catch (error) {
       const { version, variant, libDir } = fit.libtorch;
-      tried.push(`${fit.prebuild.file}: fits libtorch ${version} ${variant} in ${libDir}, but failed to load: ${firstLine(error)}`);
+      tried.push(
+        `${fit.prebuild.file}: fits libtorch ${version} ${variant} in ${libDir}, but failed to load: ${firstLine(error)}`,
+      );
     }
   }
   const local = localBuildPath(root);

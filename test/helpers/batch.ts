@@ -28,7 +28,10 @@ export type InputFiles = Record<string, Array<{ image?: string; text?: string }>
  * `<first index>batch_input.csv` (the index continues across files, as the
  * sample slices one DataFrame).
  */
-export function azureFolder(dir: string, parts: { images: Uint8Array[]; texts: string[]; both: Array<[Uint8Array, string]> }): InputFiles {
+export function azureFolder(
+  dir: string,
+  parts: { images: Uint8Array[]; texts: string[]; both: Array<[Uint8Array, string]> },
+): InputFiles {
   fs.mkdirSync(dir, { recursive: true });
   const files: InputFiles = {};
   let index = 0;
