@@ -171,7 +171,7 @@ async function checkRows(t: Test, model: ClipModel, c: Case, wants: Want[], got:
   if (!t.equal(got?.length, wants.length, 'one answer per row')) return;
   const columns = c.columns ?? ['image', 'text'];
   for (const [row, want] of wants.entries()) {
-    const answer = got![row];
+    const answer = got[row];
     if (typeof want === 'object') {
       t.match(answer, { code: want.code }, `row ${row}: ${want.code}`);
       continue;
