@@ -18,7 +18,9 @@ const modelDir = values.model ?? path.join(root, 'bench', 'models', 'vit-b-32');
 const shared = process.env.CLIP_REFERENCE_DIR || path.resolve(root, '..', 'shared', 'clip-reference');
 const useShared = fs.existsSync(path.join(shared, 'README.md'));
 const imageDir = useShared ? path.join(shared, 'images') : path.join(root, 'test', 'fixtures', 'images');
-const textFile = useShared ? path.join(shared, 'tokens.hf77.jsonl') : path.join(root, 'test', 'fixtures', 'tokens', 'hf77.jsonl');
+const textFile = useShared
+  ? path.join(shared, 'tokens.hf77.jsonl')
+  : path.join(root, 'test', 'fixtures', 'tokens', 'hf77.jsonl');
 
 const images = fs
   .readdirSync(imageDir)
@@ -78,13 +80,18 @@ async function embed(dtype) {
       });
     }
   }
-  console.log(`Cosine similarity with clip-native float32 (${path.basename(modelDir)}; ${images.length} images from ` +
-    `${useShared ? 'the shared reference data' : 'the test fixtures'}, ${texts.length} strings)\n`);
+  console.log(
+    `Cosine similarity with clip-native float32 (${path.basename(modelDir)}; ${images.length} images from ` +
+      `${useShared ? 'the shared reference data' : 'the test fixtures'}, ${texts.length} strings)\n`,
+  );
   console.log('| dtype | inputs | kernel | items | min cosine | median cosine |');
   console.log('| --- | --- | --- | --- | --- | --- |');
   for (const r of rows) {
     if (r.error) console.log(`| ${r.dtype} | — | n/a: ${r.error} | | | |`);
-    else console.log(`| ${r.dtype} | ${r.kind}s | ${r.kernel} | ${r.items} | ${r.min.toFixed(6)} | ${r.median.toFixed(6)} |`);
+    else
+      console.log(
+        `| ${r.dtype} | ${r.kind}s | ${r.kernel} | ${r.items} | ${r.min.toFixed(6)} | ${r.median.toFixed(6)} |`,
+      );
   }
   if (values.json) fs.writeFileSync(values.json, JSON.stringify(rows, null, 2) + '\n');
 })().catch((error) => {
