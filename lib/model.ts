@@ -55,8 +55,8 @@ export interface LoadOptions {
   /**
    * Run every image batch at `maxBatchImages`, zeros after the real images. An image's embedding varies in
    * its last bits with the size of the batch it ran in (not with its batch-mates); with this option it is the
-   * same bits however calls happen to be batched, at the cost of computing the padding. For reproducible
-   * batch jobs (`clip-native batch` turns it on). Default off.
+   * same bits however calls happen to be batched, at the cost of computing the padding. The batch job does not
+   * need it: it submits each chunk as batches of its own. Default off.
    */
   padImageBatches?: boolean;
   /** How long a prepared item may wait for batch-mates while more are on the way. Default 2. */

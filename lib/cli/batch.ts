@@ -28,8 +28,9 @@ Options:
                           int8 and bfloat16 on the CPU, float16 on CUDA)
   --threads N             libtorch intra-op threads
   --allow-private-urls    let image URLs reach private, loopback and link-local addresses
-  --concurrency N         chunks of rows in flight (default 8)
-  --chunk-rows N          rows per chunk (default 32)
+  --concurrency N         chunks of rows in flight (default 4)
+  --chunk-rows N          rows per chunk (default: the model's image batch
+                          size, 16 on CPU, 128 on CUDA)
   --part-rows N           rows per part file, the grain of resuming and
                           sharding (default 1000; fixed for an output folder)
   --keep-parts            keep OUTPUT/.progress parts after writing the final files

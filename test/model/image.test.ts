@@ -16,7 +16,10 @@ t.before(async () => {
 });
 t.teardown(() => model.dispose());
 
-/** Pixels whose recovered uint8 value differs (README of clip-reference, section 3). */
+/**
+ * Pixels whose uint8 value, recovered from the normalized floats, differs: resamplers may differ by one level in
+ * a few pixels, so preprocessing is compared in counted pixels rather than in float tolerance.
+ */
 function differingPixels(a: Float32Array, b: Float32Array): number {
   let count = 0;
   const plane = 224 * 224;
