@@ -11,6 +11,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
 const { ClipModel } = require('../dist');
+const { cosine } = require('../test/helpers/vectors.js');
 
 const root = path.resolve(__dirname, '..');
 const { values } = parseArgs({ options: { model: { type: 'string' }, json: { type: 'string' } } });
@@ -32,18 +33,6 @@ const texts = fs
   .split('\n')
   .filter(Boolean)
   .map((line) => JSON.parse(line).text);
-
-function cosine(a, b) {
-  let dot = 0;
-  let na = 0;
-  let nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    dot += a[i] * b[i];
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
-  }
-  return dot / Math.sqrt(na * nb);
-}
 
 async function embed(dtype) {
   const model = await ClipModel.load(modelDir, { device: 'cpu', dtype });

@@ -9,6 +9,7 @@ const path = require('node:path');
 const { ClipModel } = require('../dist');
 const { TaskKind } = require('../dist/native/binding');
 const { sampleImages } = require('../test/helpers/images.js');
+const { cosine } = require('../test/helpers/vectors.js');
 
 const root = path.resolve(__dirname, '..');
 const modelDir = process.env.CLIP_BENCH_MODEL || path.join(root, 'bench', 'models', 'vit-b-32');
@@ -32,18 +33,6 @@ async function throughput(run, itemsPerRun) {
     elapsed = Number(process.hrtime.bigint() - start) / 1e9;
   }
   return items / elapsed;
-}
-
-function cosine(a, b) {
-  let dot = 0,
-    na = 0,
-    nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    dot += a[i] * b[i];
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
-  }
-  return dot / Math.sqrt(na * nb);
 }
 
 async function measure(dtype, pixels, pngs, captions) {

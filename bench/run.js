@@ -29,6 +29,7 @@ const readline = require('node:readline');
 const { ClipModel } = require('../dist');
 const { TaskKind, binding } = require('../dist/native/binding');
 const { loadMeter, machine } = require('./machine');
+const { cosine } = require('../test/helpers/vectors.js');
 const { runServe } = require('./serve');
 
 const root = path.resolve(__dirname, '..');
@@ -371,17 +372,6 @@ function cases() {
   return out.filter((c) => !caseFilter || caseFilter.test(c.id));
 }
 
-function cosine(a, b) {
-  let dot = 0,
-    na = 0,
-    nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    dot += a[i] * b[i];
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
-  }
-  return dot / Math.sqrt(na * nb);
-}
 const minCosine = (xs, ys) => Math.min(...xs.map((x, i) => cosine(x, ys[i])));
 
 async function embeddingsOf(impl, c) {

@@ -9,7 +9,15 @@ import { mergeBatchOutput, runBatchJob } from '../../lib/batch/job';
 import { PROGRESS_DIR } from '../../lib/batch/store';
 import { scoreRows } from '../../lib/azure/score';
 import { ClipModel } from '../../lib/index';
-import { azureFolder, featureDiff, mimeBase64, pandasCsv, readNpy, readPredictions } from '../helpers/batch';
+import {
+  azureFolder,
+  featureDiff,
+  readJsonLines,
+  mimeBase64,
+  pandasCsv,
+  readNpy,
+  readPredictions,
+} from '../helpers/batch';
 import { tempDir, tinyModel } from '../helpers/env';
 import { sampleImages } from '../helpers/images';
 
@@ -141,11 +149,7 @@ t.test('a folder of image files; jsonl and npy carry the same float32 values', a
   );
 
   await runBatchJob(model, { input, output: path.join(dir, 'jsonl'), format: 'jsonl', log: null });
-  const lines = fs
-    .readFileSync(path.join(dir, 'jsonl', 'predictions.jsonl'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l));
+  const lines = readJsonLines(path.join(dir, 'jsonl', 'predictions.jsonl'));
   t.same(
     lines.map((l) => Object.keys(l)),
     lines.map(() => ['file_name', 'row_number_per_file', 'image_features']),
@@ -232,11 +236,7 @@ t.test('image URLs: fetched when allowed, a row error when refused or missing', 
   const input = path.join(dir, 'urls.csv');
 
   await runBatchJob(model, { input, output: path.join(dir, 'refused'), errorThreshold: -1, log: null });
-  const refused = fs
-    .readFileSync(path.join(dir, 'refused', 'errors.jsonl'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l));
+  const refused = readJsonLines(path.join(dir, 'refused', 'errors.jsonl'));
   t.same(
     refused.map((r) => [r.row_number_per_file, r.code]),
     [
@@ -256,11 +256,7 @@ t.test('image URLs: fetched when allowed, a row error when refused or missing', 
   const [prediction] = readPredictions(path.join(dir, 'allowed', 'predictions.csv'), { image: true, text: true });
   const [want] = await model.embedImages([images[0]]);
   t.ok(featureDiff(prediction.image, want) < TOLERANCE, "the fetched image's features");
-  const [missing] = fs
-    .readFileSync(path.join(dir, 'allowed', 'errors.jsonl'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l));
+  const [missing] = readJsonLines(path.join(dir, 'allowed', 'errors.jsonl'));
   t.match(missing, { row_number_per_file: 1, code: 'CLIP_IMAGE_FETCH_FAILED' });
 });
 

@@ -9,7 +9,7 @@ import t, { type Test } from 'tap';
 import { ClipError, ClipModel, runBatchJob } from '../../lib/index';
 import { createServer } from '../../lib/endpoint/server';
 import { mimeBase64, splitRequest } from '../helpers/azure';
-import { featureDiff } from '../helpers/batch';
+import { featureDiff, readJsonLines } from '../helpers/batch';
 import { tempDir, tinyModel } from '../helpers/env';
 import { postScore } from '../helpers/http';
 import { makePngHeaderOnly, sampleImages } from '../helpers/images';
@@ -244,16 +244,9 @@ const IMPLEMENTATIONS: Record<Implementation, (model: ClipModel, c: Case, t: Tes
       log: null,
     });
     const rows: NonNullable<Observed['rows']> = new Array(c.data.length);
-    const read = (file: string) =>
-      fs.existsSync(file)
-        ? fs
-            .readFileSync(file, 'utf8')
-            .split('\n')
-            .filter(Boolean)
-            .map((line) => JSON.parse(line) as Record<string, any>)
-        : [];
-    for (const line of read(path.join(output, 'predictions.jsonl'))) rows[line.row_number_per_file] = line;
-    for (const line of read(path.join(output, 'errors.jsonl'))) rows[line.row_number_per_file] = { code: line.code };
+    for (const line of readJsonLines(path.join(output, 'predictions.jsonl'))) rows[line.row_number_per_file] = line;
+    for (const line of readJsonLines(path.join(output, 'errors.jsonl')))
+      rows[line.row_number_per_file] = { code: line.code };
     return { rows };
   },
 };

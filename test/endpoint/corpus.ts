@@ -168,6 +168,11 @@ function makeBmp(
 const b64 = (bytes: Buffer) => bytes.toString('base64');
 
 /** The JSON body of one request in Azure's split format. */
+/** A `/score` body with columns image and text and no index. */
+function bodyWithoutIndex(data: unknown[][]): Buffer {
+  return Buffer.from(JSON.stringify({ input_data: { columns: ['image', 'text'], data } }));
+}
+
 export function scoreBody(
   data: unknown[][],
   columns: string[] = ['image', 'text'],
@@ -323,17 +328,10 @@ export function buildCorpus(context: CorpusContext): Case[] {
     add({
       name: `types/image cell is ${label}`,
       category: 'wrong types',
-      body: Buffer.from(
-        JSON.stringify({
-          input_data: {
-            columns: ['image', 'text'],
-            data: [
-              ['', 'ok'],
-              [value, 'text'],
-            ],
-          },
-        }),
-      ),
+      body: bodyWithoutIndex([
+        ['', 'ok'],
+        [value, 'text'],
+      ]),
       // 'text' is valid base64 (3 bytes that are no image).
       expect: absent
         ? ok
@@ -344,17 +342,10 @@ export function buildCorpus(context: CorpusContext): Case[] {
     add({
       name: `types/text cell is ${label}`,
       category: 'wrong types',
-      body: Buffer.from(
-        JSON.stringify({
-          input_data: {
-            columns: ['image', 'text'],
-            data: [
-              ['', 'ok'],
-              [pngB64, value],
-            ],
-          },
-        }),
-      ),
+      body: bodyWithoutIndex([
+        ['', 'ok'],
+        [pngB64, value],
+      ]),
       expect: absent ? ok : label === 'string' ? ok : invalid(1),
     });
   }

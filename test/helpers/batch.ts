@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { mimeBase64 } from './azure';
-import { root } from './env';
+import { root, tinyModel } from './env';
 import { bin } from './process';
 
 export { mimeBase64 } from './azure';
@@ -114,4 +114,19 @@ export function featureDiff(a: ArrayLike<number> | undefined, b: ArrayLike<numbe
   let max = 0;
   for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
   return max;
+}
+
+/** The objects of a JSON Lines output file, in order; none when the file is not there. */
+export function readJsonLines(file: string): Array<Record<string, any>> {
+  if (!fs.existsSync(file)) return [];
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => JSON.parse(line) as Record<string, any>);
+}
+
+/** `batch` with the tiny model on the CPU, then `more`. */
+export function batchArgs(input: string, output: string, ...more: string[]): string[] {
+  return ['batch', '--model', tinyModel, '--device', 'cpu', '--input', input, '--output', output, ...more];
 }

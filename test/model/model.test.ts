@@ -58,6 +58,15 @@ async function embedTensors(model: ClipModel, pixels: Float32Array[], ids: Int32
   return { images: images as Float32Array[], texts: texts as Float32Array[] };
 }
 
+/** The reference tool's arguments for the inputs of makeInputs (in `dir`) and its output file. */
+function referenceArgs(dir: string, shape: { n: number; r: number; len: number }, out: string): string[] {
+  return [
+    ...['--pixels', path.join(dir, 'pixels.f32'), '--n', String(shape.n)],
+    ...['--ids', path.join(dir, 'ids.i64'), '--rows', String(shape.r), '--len', String(shape.len)],
+    ...['--out', out],
+  ];
+}
+
 t.test('the tiny model equals the same TorchScript files run in Python', async (t) => {
   const n = 3;
   const r = 5;
@@ -69,18 +78,7 @@ t.test('the tiny model equals the same TorchScript files run in Python', async (
     'torchscript',
     '--model',
     tinyModel,
-    '--pixels',
-    path.join(inputs.dir, 'pixels.f32'),
-    '--n',
-    String(n),
-    '--ids',
-    path.join(inputs.dir, 'ids.i64'),
-    '--rows',
-    String(r),
-    '--len',
-    String(len),
-    '--out',
-    out,
+    ...referenceArgs(inputs.dir, { n, r, len }, out),
   ]);
   const refImages = rows(readF32(path.join(out, 'image.f32')), 512);
   const refTexts = rows(readF32(path.join(out, 'text.f32')), 512);
@@ -126,18 +124,7 @@ t.test('a Hugging Face checkpoint, converted by the exporter, embeds as transfor
     'hf-features',
     '--checkpoint',
     hfCheckpoint,
-    '--pixels',
-    path.join(inputs.dir, 'pixels.f32'),
-    '--n',
-    String(n),
-    '--ids',
-    path.join(inputs.dir, 'ids.i64'),
-    '--rows',
-    String(r),
-    '--len',
-    String(len),
-    '--out',
-    out,
+    ...referenceArgs(inputs.dir, { n, r, len }, out),
   ]);
   const refImages = rows(readF32(path.join(out, 'image.f32')), 512);
   const refTexts = rows(readF32(path.join(out, 'text.f32')), 512);
@@ -188,62 +175,41 @@ async function rejectsLoad(t: Test, dir: string, code: string, file: string) {
   t.match((error as ClipError).message, file, `the message names ${file}`);
 }
 
-t.test('broken model directories reject with CLIP_MODEL_LOAD_FAILED naming the file', async (t) => {
-  await rejectsLoad(t, path.join(tempDir('none'), 'missing'), 'CLIP_MODEL_LOAD_FAILED', 'missing');
-  await rejectsLoad(
-    t,
-    brokenCopy((d) => fs.rmSync(path.join(d, 'text_encoder.pt'))),
-    'CLIP_MODEL_LOAD_FAILED',
-    'text_encoder.pt',
-  );
-  await rejectsLoad(
-    t,
-    brokenCopy((d) => fs.rmSync(path.join(d, 'clip.json'))),
-    'CLIP_MODEL_LOAD_FAILED',
+/** Ways to break a copy of the tiny model, each with the file the error must name. */
+const BREAKAGES: Array<[string, (dir: string) => void]> = [
+  ['text_encoder.pt', (d) => fs.rmSync(path.join(d, 'text_encoder.pt'))],
+  ['clip.json', (d) => fs.rmSync(path.join(d, 'clip.json'))],
+  ['clip.json', (d) => fs.writeFileSync(path.join(d, 'clip.json'), '{"format": "clip-native/1",')],
+  [
     'clip.json',
-  );
-  await rejectsLoad(
-    t,
-    brokenCopy((d) => fs.writeFileSync(path.join(d, 'clip.json'), '{"format": "clip-native/1",')),
-    'CLIP_MODEL_LOAD_FAILED',
-    'clip.json',
-  );
-  await rejectsLoad(
-    t,
-    brokenCopy((d) => {
+    (d) => {
       const manifest = JSON.parse(fs.readFileSync(path.join(d, 'clip.json'), 'utf8'));
       manifest.format = 'something-else/3';
       fs.writeFileSync(path.join(d, 'clip.json'), JSON.stringify(manifest));
-    }),
-    'CLIP_MODEL_LOAD_FAILED',
-    'clip.json',
-  );
-  await rejectsLoad(
-    t,
-    brokenCopy((d) => {
+    },
+  ],
+  [
+    'image_encoder.pt',
+    (d) => {
       const bytes = fs.readFileSync(path.join(d, 'image_encoder.pt'));
       fs.writeFileSync(path.join(d, 'image_encoder.pt'), bytes.subarray(0, bytes.length >> 1));
-    }),
-    'CLIP_MODEL_LOAD_FAILED',
-    'image_encoder.pt',
-  );
-  await rejectsLoad(
-    t,
-    brokenCopy((d) => fs.writeFileSync(path.join(d, 'vocab.json'), '[1, 2')),
-    'CLIP_MODEL_LOAD_FAILED',
-    'vocab.json',
-  );
+    },
+  ],
+  ['vocab.json', (d) => fs.writeFileSync(path.join(d, 'vocab.json'), '[1, 2')],
   // The encoders swapped: each archive loads but computes the wrong thing.
-  await rejectsLoad(
-    t,
-    brokenCopy((d) => {
+  [
+    'image_encoder.pt',
+    (d) => {
       fs.renameSync(path.join(d, 'image_encoder.pt'), path.join(d, 'tmp.pt'));
       fs.renameSync(path.join(d, 'text_encoder.pt'), path.join(d, 'image_encoder.pt'));
       fs.renameSync(path.join(d, 'tmp.pt'), path.join(d, 'text_encoder.pt'));
-    }),
-    'CLIP_MODEL_LOAD_FAILED',
-    'image_encoder.pt',
-  );
+    },
+  ],
+];
+
+t.test('broken model directories reject with CLIP_MODEL_LOAD_FAILED naming the file', async (t) => {
+  await rejectsLoad(t, path.join(tempDir('none'), 'missing'), 'CLIP_MODEL_LOAD_FAILED', 'missing');
+  for (const [file, breakIt] of BREAKAGES) await rejectsLoad(t, brokenCopy(breakIt), 'CLIP_MODEL_LOAD_FAILED', file);
 });
 
 t.test('options are validated before anything loads', async (t) => {
