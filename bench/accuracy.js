@@ -11,6 +11,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
 const { ClipModel } = require('../dist');
+const { cosine } = require('../test/helpers/vectors.js');
 
 const root = path.resolve(__dirname, '..');
 const { values } = parseArgs({ options: { model: { type: 'string' }, json: { type: 'string' } } });
@@ -18,7 +19,9 @@ const modelDir = values.model ?? path.join(root, 'bench', 'models', 'vit-b-32');
 const shared = process.env.CLIP_REFERENCE_DIR || path.resolve(root, '..', 'shared', 'clip-reference');
 const useShared = fs.existsSync(path.join(shared, 'README.md'));
 const imageDir = useShared ? path.join(shared, 'images') : path.join(root, 'test', 'fixtures', 'images');
-const textFile = useShared ? path.join(shared, 'tokens.hf77.jsonl') : path.join(root, 'test', 'fixtures', 'tokens', 'hf77.jsonl');
+const textFile = useShared
+  ? path.join(shared, 'tokens.hf77.jsonl')
+  : path.join(root, 'test', 'fixtures', 'tokens', 'hf77.jsonl');
 
 const images = fs
   .readdirSync(imageDir)
@@ -30,18 +33,6 @@ const texts = fs
   .split('\n')
   .filter(Boolean)
   .map((line) => JSON.parse(line).text);
-
-function cosine(a, b) {
-  let dot = 0;
-  let na = 0;
-  let nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    dot += a[i] * b[i];
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
-  }
-  return dot / Math.sqrt(na * nb);
-}
 
 async function embed(dtype) {
   const model = await ClipModel.load(modelDir, { device: 'cpu', dtype });
@@ -78,13 +69,18 @@ async function embed(dtype) {
       });
     }
   }
-  console.log(`Cosine similarity with clip-native float32 (${path.basename(modelDir)}; ${images.length} images from ` +
-    `${useShared ? 'the shared reference data' : 'the test fixtures'}, ${texts.length} strings)\n`);
+  console.log(
+    `Cosine similarity with clip-native float32 (${path.basename(modelDir)}; ${images.length} images from ` +
+      `${useShared ? 'the shared reference data' : 'the test fixtures'}, ${texts.length} strings)\n`,
+  );
   console.log('| dtype | inputs | kernel | items | min cosine | median cosine |');
   console.log('| --- | --- | --- | --- | --- | --- |');
   for (const r of rows) {
     if (r.error) console.log(`| ${r.dtype} | — | n/a: ${r.error} | | | |`);
-    else console.log(`| ${r.dtype} | ${r.kind}s | ${r.kernel} | ${r.items} | ${r.min.toFixed(6)} | ${r.median.toFixed(6)} |`);
+    else
+      console.log(
+        `| ${r.dtype} | ${r.kind}s | ${r.kernel} | ${r.items} | ${r.min.toFixed(6)} | ${r.median.toFixed(6)} |`,
+      );
   }
   if (values.json) fs.writeFileSync(values.json, JSON.stringify(rows, null, 2) + '\n');
 })().catch((error) => {

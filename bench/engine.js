@@ -9,6 +9,7 @@ const path = require('node:path');
 const { ClipModel } = require('../dist');
 const { TaskKind } = require('../dist/native/binding');
 const { sampleImages } = require('../test/helpers/images.js');
+const { cosine } = require('../test/helpers/vectors.js');
 
 const root = path.resolve(__dirname, '..');
 const modelDir = process.env.CLIP_BENCH_MODEL || path.join(root, 'bench', 'models', 'vit-b-32');
@@ -34,12 +35,6 @@ async function throughput(run, itemsPerRun) {
   return items / elapsed;
 }
 
-function cosine(a, b) {
-  let dot = 0, na = 0, nb = 0;
-  for (let i = 0; i < a.length; i++) { dot += a[i] * b[i]; na += a[i] * a[i]; nb += b[i] * b[i]; }
-  return dot / Math.sqrt(na * nb);
-}
-
 async function measure(dtype, pixels, pngs, captions) {
   const model = await ClipModel.load(modelDir, { device: 'cpu', dtype });
   const batch = model.info.maxBatchImages;
@@ -57,7 +52,10 @@ async function measure(dtype, pixels, pngs, captions) {
 (async () => {
   const pixels = randomPixels(16, 7);
   const pngs = sampleImages(16);
-  const captions = Array.from({ length: 32 }, (_, i) => `a photo of ${i} red cats sitting on a green mat near the river`);
+  const captions = Array.from(
+    { length: 32 },
+    (_, i) => `a photo of ${i} red cats sitting on a green mat near the river`,
+  );
   const fp32 = await measure('float32', pixels, pngs, captions);
   const bf16 = await measure('bfloat16', pixels, pngs, captions);
   const cosines = fp32.embeddings.map((e, i) => cosine(e, bf16.embeddings[i]));
@@ -71,8 +69,11 @@ async function measure(dtype, pixels, pngs, captions) {
   console.log(`model: ${modelDir}, ${seconds} s per figure, batch ${pixels.length}`);
   console.log('| dtype | images/s (pixels, model only) | images/s (PNG bytes) | texts/s |');
   console.log('| --- | --- | --- | --- |');
-  for (const r of rows) console.log(`| ${r.dtype} | ${r.imagesPerSecondModel} | ${r.imagesPerSecondPng} | ${r.textsPerSecond} |`);
+  for (const r of rows)
+    console.log(`| ${r.dtype} | ${r.imagesPerSecondModel} | ${r.imagesPerSecondPng} | ${r.textsPerSecond} |`);
   const speedup = bf16.imagesPerSecondModel / fp32.imagesPerSecondModel;
-  console.log(`\nbf16 / fp32 image throughput: ${speedup.toFixed(2)}x; min cosine bf16 vs fp32: ${minCosine.toFixed(5)}`);
+  console.log(
+    `\nbf16 / fp32 image throughput: ${speedup.toFixed(2)}x; min cosine bf16 vs fp32: ${minCosine.toFixed(5)}`,
+  );
   if (jsonOut) fs.writeFileSync(jsonOut, JSON.stringify({ rows, speedup, minCosine }, null, 2));
 })();

@@ -29,6 +29,7 @@ const readline = require('node:readline');
 const { ClipModel } = require('../dist');
 const { TaskKind, binding } = require('../dist/native/binding');
 const { loadMeter, machine } = require('./machine');
+const { cosine } = require('../test/helpers/vectors.js');
 const { runServe } = require('./serve');
 
 const root = path.resolve(__dirname, '..');
@@ -70,17 +71,20 @@ function prng(seed) {
   return () => (s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32;
 }
 
-const WORDS = ('a photo of the dog cat man woman child red blue green small large old young sitting standing ' +
+const WORDS = (
+  'a photo of the dog cat man woman child red blue green small large old young sitting standing ' +
   'running on in near under with next to beach street park table kitchen bicycle car train bus field snow ' +
   'tree house window plate pizza two three people playing holding looking at white black wooden bright ' +
-  'evening morning city river mountain boat road grass flowers umbrella').split(' ');
+  'evening morning city river mountain boat road grass flowers umbrella'
+).split(' ');
 
 /** Captions of 5 to 20 words, and texts long enough to fill all 77 tokens (truncated). */
 function makeTexts() {
   const rand = prng(11);
   const pick = () => WORDS[Math.floor(rand() * WORDS.length)];
   const captions = Array.from({ length: 32 }, () =>
-    Array.from({ length: 5 + Math.floor(rand() * 16) }, pick).join(' '));
+    Array.from({ length: 5 + Math.floor(rand() * 16) }, pick).join(' '),
+  );
   const long = Array.from({ length: 32 }, () => Array.from({ length: 90 }, pick).join(' '));
   return { caption: captions, long77: long };
 }
@@ -124,12 +128,25 @@ function prepare() {
     log(`made ${name} in ${((Date.now() - started) / 1000).toFixed(0)} s`);
   };
   const manifest = path.join(modelDir, 'clip.json');
-  ensure('the ONNX export', onnxDir, digest([manifest, path.join(modelDir, 'image_encoder.pt'),
-    path.join(modelDir, 'text_encoder.pt'), path.join(root, 'tools', 'onnx_export.py')]), () =>
-    runPython(['tools/onnx_export.py', '--model', modelDir, '--out', onnxDir]));
+  ensure(
+    'the ONNX export',
+    onnxDir,
+    digest([
+      manifest,
+      path.join(modelDir, 'image_encoder.pt'),
+      path.join(modelDir, 'text_encoder.pt'),
+      path.join(root, 'tools', 'onnx_export.py'),
+    ]),
+    () => runPython(['tools/onnx_export.py', '--model', modelDir, '--out', onnxDir]),
+  );
   ensure('the test images', imageDir, digest([path.join(__dirname, 'make_images.py')]), () =>
-    runPython(['bench/make_images.py', '--out', imageDir, '--count', '32']));
-  const files = fs.readdirSync(imageDir).filter((f) => /\.(jpg|png)$/.test(f)).sort().map((f) => path.join(imageDir, f));
+    runPython(['bench/make_images.py', '--out', imageDir, '--count', '32']),
+  );
+  const files = fs
+    .readdirSync(imageDir)
+    .filter((f) => /\.(jpg|png)$/.test(f))
+    .sort()
+    .map((f) => path.join(imageDir, f));
   fs.mkdirSync(cacheDir, { recursive: true });
   const pixelFile = path.join(cacheDir, 'pixels-32.f32');
   const pixels = randomPixels(32);
@@ -166,7 +183,9 @@ class ClipNative {
     const { pixels, bytes, ids, texts } = this.inputs;
     const m = this.model;
     if (c.encoder === 'image' && c.mode === 'model') {
-      const items = Array.from({ length: c.batch }, (_, i) => pixels.subarray((i % 32) * PIXELS, (i % 32 + 1) * PIXELS));
+      const items = Array.from({ length: c.batch }, (_, i) =>
+        pixels.subarray((i % 32) * PIXELS, ((i % 32) + 1) * PIXELS),
+      );
       return () => m._submit(TaskKind.ImagePixels, items);
     }
     if (c.encoder === 'image') {
@@ -212,7 +231,8 @@ class TransformersJs {
     const { pixels, bytes, ids, texts } = this.inputs;
     if (c.encoder === 'image' && c.mode === 'model') {
       const data = new Float32Array(c.batch * PIXELS);
-      for (let i = 0; i < c.batch; i++) data.set(pixels.subarray((i % 32) * PIXELS, (i % 32 + 1) * PIXELS), i * PIXELS);
+      for (let i = 0; i < c.batch; i++)
+        data.set(pixels.subarray((i % 32) * PIXELS, ((i % 32) + 1) * PIXELS), i * PIXELS);
       const pixel_values = new Tensor('float32', data, [c.batch, 3, 224, 224]);
       return async () => (await this.vision({ pixel_values })).image_embeds;
     }
@@ -253,8 +273,11 @@ class PyTorchWorker {
       // libgomp's default spin-waiting made this process about 10x slower than with passive waiting
       // on the shared 2-CPU machine of RESULTS.md (clip-native in Node.js was not affected);
       // CLIP_BENCH_PY_OMP_WAIT_POLICY=ACTIVE (or an OMP_WAIT_POLICY in the environment) overrides.
-      env: { ...process.env, TOKENIZERS_PARALLELISM: 'false',
-        OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? process.env.CLIP_BENCH_PY_OMP_WAIT_POLICY ?? 'PASSIVE' },
+      env: {
+        ...process.env,
+        TOKENIZERS_PARALLELISM: 'false',
+        OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? process.env.CLIP_BENCH_PY_OMP_WAIT_POLICY ?? 'PASSIVE',
+      },
     });
     this.pending = [];
     readline.createInterface({ input: this.child.stdout }).on('line', (line) => {
@@ -303,7 +326,15 @@ class PyTorch {
     let input;
     if (c.encoder === 'image') input = c.mode === 'model' ? { pixels: pixelFile, count: 32 } : { files };
     else input = c.mode === 'model' ? { ids: ids[c.text].map((r) => Array.from(r)) } : { texts: texts[c.text] };
-    return this.worker.request({ op, encoder: c.encoder, mode: c.mode, dtype: this.dtype, batch: c.batch, input, ...extra });
+    return this.worker.request({
+      op,
+      encoder: c.encoder,
+      mode: c.mode,
+      dtype: this.dtype,
+      batch: c.batch,
+      input,
+      ...extra,
+    });
   }
   async measure(c, { once = false } = {}) {
     return (await this.request(c, 'bench', { minSeconds: once ? 0 : minSeconds, minCalls: 1, warmup: false })).times;
@@ -334,17 +365,13 @@ function cases() {
   }
   for (const text of ['caption', 'long77']) {
     for (const mode of ['model', 'e2e']) {
-      for (const batch of BATCHES) out.push({ id: `text-${text}/${mode}/b${batch}`, encoder: 'text', text, mode, batch });
+      for (const batch of BATCHES)
+        out.push({ id: `text-${text}/${mode}/b${batch}`, encoder: 'text', text, mode, batch });
     }
   }
   return out.filter((c) => !caseFilter || caseFilter.test(c.id));
 }
 
-function cosine(a, b) {
-  let dot = 0, na = 0, nb = 0;
-  for (let i = 0; i < a.length; i++) { dot += a[i] * b[i]; na += a[i] * a[i]; nb += b[i] * b[i]; }
-  return dot / Math.sqrt(na * nb);
-}
 const minCosine = (xs, ys) => Math.min(...xs.map((x, i) => cosine(x, ys[i])));
 
 async function embeddingsOf(impl, c) {
@@ -400,7 +427,9 @@ async function main() {
     log(`loaded ${impl.id} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   }
   // Token ids for the tensors-in cases come from clip-native's tokenizer, bos..eos without padding.
-  const tokenizer = await ClipModel.load(path.join(root, 'test', 'fixtures', 'tiny'), { device: 'cpu' }).catch(() => undefined);
+  const tokenizer = await ClipModel.load(path.join(root, 'test', 'fixtures', 'tiny'), { device: 'cpu' }).catch(
+    () => undefined,
+  );
   const tokenizerModel = tokenizer ?? all[0].model;
   for (const [kind, list] of Object.entries(texts)) {
     const padded = await tokenizerModel.tokenize(list);
@@ -413,9 +442,15 @@ async function main() {
   const bf16 = impls.find((i) => i.id === 'clip-native bf16');
   const fp32 = impls.find((i) => i.id === 'clip-native fp32');
   if (bf16 && fp32) {
-    for (const c of [{ id: 'image/model/b16', encoder: 'image', mode: 'model', batch: 16 },
-      { id: 'text-long77/model/b16', encoder: 'text', text: 'long77', mode: 'model', batch: 16 }]) {
-      agreement.push({ case: c.id, impl: bf16.id, minCosine: minCosine(await embeddingsOf(fp32, c), await embeddingsOf(bf16, c)) });
+    for (const c of [
+      { id: 'image/model/b16', encoder: 'image', mode: 'model', batch: 16 },
+      { id: 'text-long77/model/b16', encoder: 'text', text: 'long77', mode: 'model', batch: 16 },
+    ]) {
+      agreement.push({
+        case: c.id,
+        impl: bf16.id,
+        minCosine: minCosine(await embeddingsOf(fp32, c), await embeddingsOf(bf16, c)),
+      });
     }
   }
   for (const a of agreement) log(`  ${a.case} ${a.impl}: min cosine vs clip-native fp32 ${a.minCosine.toFixed(6)}`);
@@ -447,27 +482,41 @@ async function main() {
       }
     }
     loads.push(meter.stop());
-    log(`round ${round + 1}/${rounds} done; other processes used ${loads.at(-1).foreignCpus.toFixed(2)} CPUs, ` +
-      `load average ${loads.at(-1).loadAverage.map((l) => l.toFixed(2)).join(' ')}`);
+    log(
+      `round ${round + 1}/${rounds} done; other processes used ${loads.at(-1).foreignCpus.toFixed(2)} CPUs, ` +
+        `load average ${loads
+          .at(-1)
+          .loadAverage.map((l) => l.toFixed(2))
+          .join(' ')}`,
+    );
   }
 
-  const results = list.filter((c) => samples[c.id]).map((c) => ({
-    case: c.id,
-    encoder: c.encoder,
-    input: c.encoder === 'image' ? 'pixels' : c.text,
-    mode: c.mode,
-    batch: c.batch,
-    impls: Object.fromEntries(impls.filter((impl) => samples[c.id][impl.id]).map((impl) => {
-      const s = samples[c.id][impl.id];
-      const times = s.flatMap((x) => x.times);
-      return [impl.id, {
-        itemsPerSecond: median(s.map((x) => x.itemsPerSecond)),
-        rounds: s.map((x) => x.itemsPerSecond),
-        latencyMs: { p50: median(times) * 1e3, p90: quantile(times, 0.9) * 1e3 },
-        calls: times.length,
-      }];
-    })),
-  }));
+  const results = list
+    .filter((c) => samples[c.id])
+    .map((c) => ({
+      case: c.id,
+      encoder: c.encoder,
+      input: c.encoder === 'image' ? 'pixels' : c.text,
+      mode: c.mode,
+      batch: c.batch,
+      impls: Object.fromEntries(
+        impls
+          .filter((impl) => samples[c.id][impl.id])
+          .map((impl) => {
+            const s = samples[c.id][impl.id];
+            const times = s.flatMap((x) => x.times);
+            return [
+              impl.id,
+              {
+                itemsPerSecond: median(s.map((x) => x.itemsPerSecond)),
+                rounds: s.map((x) => x.itemsPerSecond),
+                latencyMs: { p50: median(times) * 1e3, p90: quantile(times, 0.9) * 1e3 },
+                calls: times.length,
+              },
+            ];
+          }),
+      ),
+    }));
 
   for (const impl of impls) await impl.dispose();
   await worker.close();
@@ -475,17 +524,32 @@ async function main() {
   let serve;
   if (serveSeconds > 0) {
     log('serve under autocannon');
-    serve = await runServe({ modelDir, imageBytes: bytes[0], caption: texts.caption[0], seconds: serveSeconds, threads });
+    serve = await runServe({
+      modelDir,
+      imageBytes: bytes[0],
+      caption: texts.caption[0],
+      seconds: serveSeconds,
+      threads,
+    });
   }
 
   const report = {
     date: new Date().toISOString(),
-    machine: await machine({ onnxruntimeNode: packageVersion('onnxruntime-node'),
-      transformersJs: packageVersion('@huggingface/transformers'), libtorch: binding().torchVersion,
-      pytorch: impls.find((i) => i instanceof PyTorch)?.info?.torch }),
-    settings: { rounds, minSecondsPerMeasurement: minSeconds, threads,
-      pythonOmpWaitPolicy: process.env.OMP_WAIT_POLICY ?? process.env.CLIP_BENCH_PY_OMP_WAIT_POLICY ?? 'PASSIVE', model: path.relative(root, modelDir),
-      onnx: path.relative(root, onnxDir), images: files.map((f) => path.basename(f)) },
+    machine: await machine({
+      onnxruntimeNode: packageVersion('onnxruntime-node'),
+      transformersJs: packageVersion('@huggingface/transformers'),
+      libtorch: binding().torchVersion,
+      pytorch: impls.find((i) => i instanceof PyTorch)?.info?.torch,
+    }),
+    settings: {
+      rounds,
+      minSecondsPerMeasurement: minSeconds,
+      threads,
+      pythonOmpWaitPolicy: process.env.OMP_WAIT_POLICY ?? process.env.CLIP_BENCH_PY_OMP_WAIT_POLICY ?? 'PASSIVE',
+      model: path.relative(root, modelDir),
+      onnx: path.relative(root, onnxDir),
+      images: files.map((f) => path.basename(f)),
+    },
     load: loads,
     parity: agreement,
     results,

@@ -60,19 +60,43 @@ function cannon(options) {
 async function runServe({ modelDir, imageBytes, caption, seconds, threads, dtype = 'float32' }) {
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
-  const child = spawn(process.execPath, [path.join(root, 'bin', 'clip-native.js'), 'serve', '--model', modelDir,
-    '--port', String(port), '--device', 'cpu', '--dtype', dtype, '--threads', String(threads), '--log-level', 'warn'],
-  { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
+  const child = spawn(
+    process.execPath,
+    [
+      path.join(root, 'bin', 'clip-native.js'),
+      'serve',
+      '--model',
+      modelDir,
+      '--port',
+      String(port),
+      '--device',
+      'cpu',
+      '--dtype',
+      dtype,
+      '--threads',
+      String(threads),
+      '--log-level',
+      'warn',
+    ],
+    { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] },
+  );
   const rows = [];
   try {
     await waitHealthy(base, child, 120_000);
     const bodies = {
-      image: JSON.stringify({ input_data: { columns: ['image', 'text'], index: [0], data: [[imageBytes.toString('base64'), '']] } }),
+      image: JSON.stringify({
+        input_data: { columns: ['image', 'text'], index: [0], data: [[imageBytes.toString('base64'), '']] },
+      }),
       text: JSON.stringify({ input_data: { columns: ['image', 'text'], index: [0], data: [['', caption]] } }),
     };
     for (const [kind, body] of Object.entries(bodies)) {
-      const check = await fetch(base + '/score', { method: 'POST', headers: { 'content-type': 'application/json' }, body });
-      if (check.status !== 200) throw new Error(`POST /score (${kind}) answered ${check.status}: ${await check.text()}`);
+      const check = await fetch(base + '/score', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body,
+      });
+      if (check.status !== 200)
+        throw new Error(`POST /score (${kind}) answered ${check.status}: ${await check.text()}`);
       for (const connections of [1, 16]) {
         await eventLoopDelay(base); // resets the histogram
         const result = await cannon({

@@ -76,14 +76,29 @@ function requestMix() {
     ['valid: one text', 6, post(score([['', 'a photo of a cat on a sofa']])), 200],
     ['valid: one image', 4, post(score([[png, '']])), 200],
     ['valid: JPEG fixture', 2, post(score([[jpeg.toString('base64'), '']])), 200],
-    ['valid: 8 mixed rows', 2, post(score(Array.from({ length: 8 }, (_, i) => (i % 2 ? ['', `caption ${i}`] : [png, `both ${i}`])))), 200],
+    [
+      'valid: 8 mixed rows',
+      2,
+      post(score(Array.from({ length: 8 }, (_, i) => (i % 2 ? ['', `caption ${i}`] : [png, `both ${i}`])))),
+      200,
+    ],
     ['invalid: malformed JSON', 1, post('{"input_data": {"columns": ["text"], "data": [["x"]]'), 400],
     ['invalid: wrong types', 1, post(JSON.stringify({ input_data: { columns: ['text'], data: [[42]] } })), 400],
-    ['invalid: index length', 1, post(JSON.stringify({ input_data: { columns: ['text'], index: [0, 1], data: [['x']] } })), 400],
+    [
+      'invalid: index length',
+      1,
+      post(JSON.stringify({ input_data: { columns: ['text'], index: [0, 1], data: [['x']] } })),
+      400,
+    ],
     ['invalid: bad base64', 1, post(score([['!!!!not base64', '']])), 400],
     ['invalid: truncated JPEG', 1, post(score([[jpeg.subarray(0, jpeg.length >> 2).toString('base64'), '']])), 400],
     ['invalid: 20000x20000 PNG bomb', 1, post(score([[zeroPng(20_000, 20_000).toString('base64'), '']])), 400],
-    ['invalid: header claims 100000x100000', 1, post(score([[makePngHeaderOnly(100_000, 100_000).toString('base64'), '']])), 400],
+    [
+      'invalid: header claims 100000x100000',
+      1,
+      post(score([[makePngHeaderOnly(100_000, 100_000).toString('base64'), '']])),
+      400,
+    ],
     ['invalid: private URL', 1, post(score([['http://169.254.169.254/latest/meta-data/', '']])), 400],
     ['invalid: file: URL', 1, post(score([['file:///etc/passwd', '']])), 400],
     ['invalid: text/plain', 1, post(score([['', 'x']]), { 'content-type': 'text/plain' }), 415],
@@ -113,7 +128,18 @@ async function main() {
   const base = `http://127.0.0.1:${port}`;
   const child = spawn(
     process.execPath,
-    [path.join(root, 'bin', 'clip-native.js'), 'serve', '--model', args.model, '--port', String(port), '--device', args.device, '--log-level', 'error'],
+    [
+      path.join(root, 'bin', 'clip-native.js'),
+      'serve',
+      '--model',
+      args.model,
+      '--port',
+      String(port),
+      '--device',
+      args.device,
+      '--log-level',
+      'error',
+    ],
     { stdio: ['ignore', 'inherit', 'inherit'] },
   );
   let exited = null;
@@ -147,12 +173,23 @@ async function main() {
       const started = process.hrtime.bigint();
       const body = request.body === undefined ? undefined : Buffer.from(request.body);
       const req = http.request(
-        { host: '127.0.0.1', port, agent, method: request.method, path: request.path, headers: { ...request.headers, ...(body ? { 'content-length': body.length } : {}) } },
+        {
+          host: '127.0.0.1',
+          port,
+          agent,
+          method: request.method,
+          path: request.path,
+          headers: { ...request.headers, ...(body ? { 'content-length': body.length } : {}) },
+        },
         (res) => {
           const chunks = [];
           res.on('data', (c) => chunks.push(c));
           res.on('end', () =>
-            resolve({ status: res.statusCode, ms: Number(process.hrtime.bigint() - started) / 1e6, body: Buffer.concat(chunks).toString() }),
+            resolve({
+              status: res.statusCode,
+              ms: Number(process.hrtime.bigint() - started) / 1e6,
+              body: Buffer.concat(chunks).toString(),
+            }),
           );
         },
       );
@@ -170,7 +207,11 @@ async function main() {
     try {
       const text = await (await fetch(`${base}/metrics`)).text();
       const metric = (name) => Number(new RegExp(`^${name} (\\S+)`, 'm').exec(text)?.[1] ?? NaN) / 2 ** 20;
-      return { heapUsed: metric('nodejs_heap_size_used_bytes'), heapTotal: metric('nodejs_heap_size_total_bytes'), external: metric('nodejs_external_memory_bytes') };
+      return {
+        heapUsed: metric('nodejs_heap_size_used_bytes'),
+        heapTotal: metric('nodejs_heap_size_total_bytes'),
+        external: metric('nodejs_external_memory_bytes'),
+      };
     } catch {
       return {};
     }
@@ -205,9 +246,22 @@ async function main() {
   })();
 
   const [result, closingResult] = await Promise.all([
-    autocannon({ url: base, connections: connections - closingConnections, duration, requests: keepAlive, timeout: 60 }),
+    autocannon({
+      url: base,
+      connections: connections - closingConnections,
+      duration,
+      requests: keepAlive,
+      timeout: 60,
+    }),
     // At a fixed rate: unthrottled, these cheap answers would crowd out the rest of the mix.
-    autocannon({ url: base, connections: closingConnections, duration, requests: closing, timeout: 60, overallRate: closingRate }),
+    autocannon({
+      url: base,
+      connections: closingConnections,
+      duration,
+      requests: closing,
+      timeout: 60,
+      overallRate: closingRate,
+    }),
   ]);
   probing = false;
   await probeLoop;
@@ -215,8 +269,9 @@ async function main() {
   load.end = os.loadavg();
   samples.push({ t: Math.round((Date.now() - started) / 1000), ...rssMb(child.pid), ...(await heapMb()) });
 
-  const after = exited === null ? await send(probeRequests[0]).catch((e) => ({ status: -1, body: String(e) })) : { status: -1 };
-  let same = false;
+  const after =
+    exited === null ? await send(probeRequests[0]).catch((e) => ({ status: -1, body: String(e) })) : { status: -1 };
+  let same;
   try {
     const got = JSON.parse(after.body);
     same = after.status === 200 && got[0].text_features.every((v, i) => Math.abs(v - want[0].text_features[i]) < 1e-5);
@@ -225,7 +280,8 @@ async function main() {
   }
   const byStatus = {};
   for (const r of [result, closingResult]) {
-    for (const [status, { count }] of Object.entries(r.statusCodeStats ?? {})) byStatus[status] = (byStatus[status] ?? 0) + count;
+    for (const [status, { count }] of Object.entries(r.statusCodeStats ?? {}))
+      byStatus[status] = (byStatus[status] ?? 0) + count;
   }
   const total = result.requests.total + closingResult.requests.total;
   const firstMinute = samples.filter((s) => s.t <= 60 && s.t > 0);
@@ -269,8 +325,13 @@ async function main() {
   };
 
   console.table(Object.entries(byStatus).map(([status, count]) => ({ status, count })));
-  console.table({ 'all keep-alive requests (autocannon)': report.latencyMs, 'valid requests (probe)': report.probeLatencyMs });
-  console.log(`${report.requestsPerSecond.toFixed(0)} requests/s, ${report.errors} errors, ${report.timeouts} timeouts, probe failures: ${probeFailures.length}`);
+  console.table({
+    'all keep-alive requests (autocannon)': report.latencyMs,
+    'valid requests (probe)': report.probeLatencyMs,
+  });
+  console.log(
+    `${report.requestsPerSecond.toFixed(0)} requests/s, ${report.errors} errors, ${report.timeouts} timeouts, probe failures: ${probeFailures.length}`,
+  );
   console.log(
     `RSS: ${report.rssMb.afterWarmup.toFixed(0)} MB after warm-up, ${report.rssMb.end.toFixed(0)} MB at the end, ` +
       `max sampled ${report.rssMb.max.toFixed(0)} MB, peak ${report.rssMb.peak.toFixed(0)} MB; ` +
@@ -281,7 +342,9 @@ async function main() {
     `V8 heap: ${samples[0].heapTotal?.toFixed(0)} MB total after warm-up, ${last.heapTotal?.toFixed(0)} MB at the end ` +
       `(${last.heapUsed?.toFixed(0)} MB used); external ${samples[0].external?.toFixed(0)} -> ${last.external?.toFixed(0)} MB`,
   );
-  console.log(`load average: ${load.start.map((l) => l.toFixed(2)).join(' ')} at the start, ${load.end.map((l) => l.toFixed(2)).join(' ')} at the end`);
+  console.log(
+    `load average: ${load.start.map((l) => l.toFixed(2)).join(' ')} at the start, ${load.end.map((l) => l.toFixed(2)).join(' ')} at the end`,
+  );
   if (args.json) fs.writeFileSync(args.json, JSON.stringify(report, null, 2));
 
   agent.destroy();
@@ -292,12 +355,15 @@ async function main() {
   if (byStatus['500']) problems.push(`${byStatus['500']} answers were 500`);
   if (!same) problems.push('the valid request no longer gets its answer');
   if (probeFailures.length) problems.push(`${probeFailures.length} probe requests failed`);
-  if (growth > Number(args['max-growth-mb'])) problems.push(`RSS grew by ${growth.toFixed(0)} MB from the first to the last minute`);
+  if (growth > Number(args['max-growth-mb']))
+    problems.push(`RSS grew by ${growth.toFixed(0)} MB from the first to the last minute`);
   if (problems.length) {
     console.error(`soak FAILED: ${problems.join('; ')}`);
     process.exitCode = 1;
   } else {
-    console.log(`soak passed: RSS growth first to last minute ${growth.toFixed(0)} MB (bound ${args['max-growth-mb']} MB)`);
+    console.log(
+      `soak passed: RSS growth first to last minute ${growth.toFixed(0)} MB (bound ${args['max-growth-mb']} MB)`,
+    );
   }
 }
 

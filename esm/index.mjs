@@ -1,5 +1,16 @@
-// ESM entry: the implementation is CommonJS (dist/), re-exported by name.
+// ESM entry: the implementation is CommonJS (dist/), re-exported by name. test/unit/esm.test.ts checks that
+// every runtime export of dist/index.js is here.
 import cjs from '../dist/index.js';
 
-export const { ClipModel, ClipError, ERROR_CODES } = cjs;
+export const {
+  BATCH_FORMATS,
+  ClipError,
+  ClipModel,
+  ERROR_CODES,
+  ERROR_THRESHOLD_EXCEEDED,
+  HTTP_ERROR_CODES,
+  mergeBatchOutput,
+  runBatchJob,
+  scoreRows,
+} = cjs;
 export default cjs;

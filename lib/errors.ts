@@ -93,7 +93,7 @@ export function describe(value: unknown): string {
   if (ArrayBuffer.isView(value)) return `a ${value.constructor.name} of ${value.byteLength} bytes`;
   if (value instanceof ArrayBuffer) return `an ArrayBuffer of ${value.byteLength} bytes`;
   if (typeof value === 'function') return 'a function';
-  const name = (value as object).constructor?.name;
+  const name = value.constructor?.name;
   return name && name !== 'Object' ? `an instance of ${name}` : 'an object';
 }
 

@@ -15,13 +15,7 @@ export { ClipError, ERROR_CODES, HTTP_ERROR_CODES } from './errors';
 export type { ClipErrorCode, ClipErrorOptions } from './errors';
 export { scoreRows } from './azure/score';
 export type { ScoreOptions } from './azure/score';
-export type {
-  ErrorBody,
-  ScoreRequest,
-  ScoreResponse,
-  ScoreRowInput,
-  ScoreRowResult,
-} from './azure/types';
+export type { ErrorBody, ScoreRequest, ScoreResponse, ScoreRowInput, ScoreRowResult } from './azure/types';
 export type { RowError } from './azure/rows';
 export { BATCH_FORMATS, ERROR_THRESHOLD_EXCEEDED, mergeBatchOutput, runBatchJob } from './batch/job';
 export type { BatchFormat, BatchJobOptions, BatchJobResult, ErrorRecord, MergeOptions } from './batch/job';

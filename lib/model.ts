@@ -19,7 +19,13 @@ export type Device = 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
  * CPUs with AVX-512 BF16 or AMX) or `int8` (int8 weights, activations quantized per call; fast on CPUs with VNNI
  * or AMX-INT8). On CUDA: `float32`, `float16` or `bfloat16` (weights converted once at load).
  */
-export type DType = 'float32' | 'bfloat16' | 'float16' | 'int8';
+export type DType = (typeof DTYPES)[number];
+
+/** Every {@link DType}. */
+export const DTYPES = ['float32', 'bfloat16', 'float16', 'int8'] as const;
+
+/** The form of a {@link Device}. */
+export const DEVICE_PATTERN = /^(auto|cpu|cuda|cuda:\d+)$/;
 
 /** Options of {@link ClipModel.load}. */
 export interface LoadOptions {
@@ -49,8 +55,8 @@ export interface LoadOptions {
   /**
    * Run every image batch at `maxBatchImages`, zeros after the real images. An image's embedding varies in
    * its last bits with the size of the batch it ran in (not with its batch-mates); with this option it is the
-   * same bits however calls happen to be batched, at the cost of computing the padding. For reproducible
-   * batch jobs (`clip-native batch` turns it on). Default off.
+   * same bits however calls happen to be batched, at the cost of computing the padding. The batch job does not
+   * need it: it submits each chunk as batches of its own. Default off.
    */
   padImageBatches?: boolean;
   /** How long a prepared item may wait for batch-mates while more are on the way. Default 2. */
@@ -123,9 +129,6 @@ export interface EmbedEachOptions {
   signal?: AbortSignal;
 }
 
-const DEVICE_PATTERN = /^(auto|cpu|cuda|cuda:\d+)$/;
-const DTYPES = new Set(['float32', 'bfloat16', 'float16', 'int8']);
-
 function checkSignal(options: CallOptions | undefined, name: string): AbortSignal | undefined {
   if (options === undefined) return undefined;
   if (options === null || typeof options !== 'object') throw invalidArgument('an options object', name, options);
@@ -184,8 +187,8 @@ export class ClipModel {
       throw invalidArgument('"auto", "cpu", "cuda" or "cuda:N"', 'options.device', device);
     }
     const dtype = options.dtype ?? 'float32';
-    if (typeof dtype !== 'string' || !DTYPES.has(dtype)) {
-      throw invalidArgument('"float32", "bfloat16", "float16" or "int8"', 'options.dtype', dtype);
+    if (typeof dtype !== 'string' || !(DTYPES as readonly string[]).includes(dtype)) {
+      throw invalidArgument(DTYPES.map((d) => `"${d}"`).join(', '), 'options.dtype', dtype);
     }
     if (options.cpuKernels !== undefined && (typeof options.cpuKernels !== 'string' || options.cpuKernels === '')) {
       throw invalidArgument('"auto" or a kernel candidate name', 'options.cpuKernels', options.cpuKernels);
@@ -264,7 +267,8 @@ export class ClipModel {
     const images: Uint8Array[] = [];
     const where: Array<{ text: boolean; at: number }> = items.map((item: unknown, i) => {
       const name = `items[${i}]`;
-      if (item === null || typeof item !== 'object') throw invalidArgument('a { text } or { image } object', name, item);
+      if (item === null || typeof item !== 'object')
+        throw invalidArgument('a { text } or { image } object', name, item);
       const { text, image } = item as { text?: unknown; image?: unknown };
       if ((text === undefined) === (image === undefined)) {
         throw invalidArgument('an object with exactly one of text or image', name, item);
@@ -451,5 +455,3 @@ export class ClipModel {
     });
   }
 }
-
-

@@ -50,37 +50,81 @@ function ensure(name, dir, stamp, make) {
   console.log(`fixtures: made ${name}`);
 }
 
-const stamp = digest([
-  ...listPython(path.join(root, 'tools')),
-  __filename,
-  path.join(__dirname, 'make-vocab.js'),
-]);
+const stamp = digest([...listPython(path.join(root, 'tools')), __filename, path.join(__dirname, 'make-vocab.js')]);
 const vocab = path.join(fixtures, 'vocab');
 
 ensure('vocab', vocab, stamp, () => makeVocab(vocab));
 ensure('tiny model', path.join(fixtures, 'tiny'), stamp, () =>
-  run(['tools/export.py', '--random', '--config', 'tiny', '--seed', '1', '--vocab-dir', vocab,
-    '--out', path.join(fixtures, 'tiny'), '--force', '--quiet']),
+  run([
+    'tools/export.py',
+    '--random',
+    '--config',
+    'tiny',
+    '--seed',
+    '1',
+    '--vocab-dir',
+    vocab,
+    '--out',
+    path.join(fixtures, 'tiny'),
+    '--force',
+    '--quiet',
+  ]),
 );
 ensure('Hugging Face checkpoint', path.join(fixtures, 'hf-checkpoint'), stamp, () =>
-  run(['tools/reference.py', 'hf-random', '--out', path.join(fixtures, 'hf-checkpoint'), '--seed', '3',
-    '--layers', '2', '--vocab-dir', vocab]),
+  run([
+    'tools/reference.py',
+    'hf-random',
+    '--out',
+    path.join(fixtures, 'hf-checkpoint'),
+    '--seed',
+    '3',
+    '--layers',
+    '2',
+    '--vocab-dir',
+    vocab,
+  ]),
 );
 ensure('model from the checkpoint', path.join(fixtures, 'hf-model'), stamp, () =>
-  run(['tools/export.py', '--checkpoint', path.join(fixtures, 'hf-checkpoint'),
-    '--out', path.join(fixtures, 'hf-model'), '--force', '--quiet']),
+  run([
+    'tools/export.py',
+    '--checkpoint',
+    path.join(fixtures, 'hf-checkpoint'),
+    '--out',
+    path.join(fixtures, 'hf-model'),
+    '--force',
+    '--quiet',
+  ]),
 );
 ensure('reference images', path.join(fixtures, 'images'), stamp, () =>
   run(['tools/reference_data.py', 'images', '--out', path.join(fixtures, 'images')]),
 );
 ensure('reference token ids', path.join(fixtures, 'tokens'), stamp, () => {
   fs.mkdirSync(path.join(fixtures, 'tokens'), { recursive: true });
-  run(['tools/reference_data.py', 'tokens', '--vocab-dir', vocab, '--out', path.join(fixtures, 'tokens', 'hf77.jsonl')]);
+  run([
+    'tools/reference_data.py',
+    'tokens',
+    '--vocab-dir',
+    vocab,
+    '--out',
+    path.join(fixtures, 'tokens', 'hf77.jsonl'),
+  ]);
 });
 if (process.argv.includes('--bench')) {
   const models = path.join(root, 'bench', 'models');
   ensure('full-size ViT-B/32 model', path.join(models, 'vit-b-32'), stamp, () =>
-    run(['tools/export.py', '--random', '--config', 'vit-b-32', '--seed', '0', '--vocab-dir', vocab,
-      '--out', path.join(models, 'vit-b-32'), '--force', '--quiet']),
+    run([
+      'tools/export.py',
+      '--random',
+      '--config',
+      'vit-b-32',
+      '--seed',
+      '0',
+      '--vocab-dir',
+      vocab,
+      '--out',
+      path.join(models, 'vit-b-32'),
+      '--force',
+      '--quiet',
+    ]),
   );
 }

@@ -20,8 +20,10 @@ function reasonToSkip(tried) {
   if (fs.existsSync(loader)) {
     const fit = require(loader).findFittingPrebuild({ root }, tried);
     if (fit) {
-      return `${path.relative(root, fit.prebuild.file)} fits libtorch ${fit.libtorch.version} ` +
-        `${fit.libtorch.variant} in ${fit.libtorch.libDir}`;
+      return (
+        `${path.relative(root, fit.prebuild.file)} fits libtorch ${fit.libtorch.version} ` +
+        `${fit.libtorch.variant} in ${fit.libtorch.libDir}`
+      );
     }
   }
   if (fs.existsSync(localBuild)) return `the local build ${path.relative(root, localBuild)} exists`;

@@ -72,7 +72,11 @@ function readDynamic(bytes) {
   for (const { tag, value } of entries) {
     if (tag === DT_NEEDED) out.needed.push(text(strings + value));
     if (tag === DT_RUNPATH || tag === DT_RPATH) {
-      out.runpath.push(...text(strings + value).split(':').filter(Boolean));
+      out.runpath.push(
+        ...text(strings + value)
+          .split(':')
+          .filter(Boolean),
+      );
       out.runpathOffsets.push(strings + value);
     }
   }
@@ -191,8 +195,9 @@ function main() {
 
   const bytes = fs.readFileSync(source);
   const dynamic = readDynamic(bytes);
-  const torchDir = dynamic.runpath.find((dir) => dynamic.needed.some((name) => /^libtorch(_cpu)?\.so/.test(name) &&
-    fs.existsSync(path.join(dir, name))));
+  const torchDir = dynamic.runpath.find((dir) =>
+    dynamic.needed.some((name) => /^libtorch(_cpu)?\.so/.test(name) && fs.existsSync(path.join(dir, name))),
+  );
   if (!torchDir) {
     throw new Error(`${source} has no RUNPATH entry that holds its libtorch (RUNPATH: ${dynamic.runpath.join(':')})`);
   }
@@ -235,12 +240,16 @@ function main() {
   };
   writeAtomically(file, bytes, 0o755);
   writeAtomically(file.replace(/\.node$/, '.json'), `${JSON.stringify(sidecar, null, 2)}\n`, 0o644);
-  console.log(`prebuild: ${file} (libtorch ${libtorch.version} ${libtorch.variant}; ` +
-    `preloads ${preload.join(', ')} from the libtorch found at run time)`);
+  console.log(
+    `prebuild: ${file} (libtorch ${libtorch.version} ${libtorch.variant}; ` +
+      `preloads ${preload.join(', ')} from the libtorch found at run time)`,
+  );
   const fromTree = path.resolve(options.out) === path.join(root, 'prebuilds');
   if (fromTree && fs.existsSync(loader.localBuildPath(root))) {
-    console.log('prebuild: note: where it fits, this prebuild is loaded before build/Release; ' +
-      'remove it when you go back to changing the C++ code.');
+    console.log(
+      'prebuild: note: where it fits, this prebuild is loaded before build/Release; ' +
+        'remove it when you go back to changing the C++ code.',
+    );
   }
 }
 

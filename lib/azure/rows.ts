@@ -81,29 +81,27 @@ export function parseScoreRequest(request: unknown): Array<Record<string, unknow
     if (seen.has(column)) throw invalidArgument('distinct column names', 'input_data.columns', column);
     seen.add(column);
   });
-  if (!columns.some((column) => COLUMNS.has(column))) {
+  const names = columns as string[];
+  if (!names.some((column) => COLUMNS.has(column))) {
     throw invalidArgument('columns including "image" and/or "text"', 'input_data.columns', JSON.stringify(columns));
   }
   if (!Array.isArray(data)) throw invalidArgument('an array of rows', 'input_data.data', data);
   if (index !== undefined && index !== null) {
     if (!Array.isArray(index)) throw invalidArgument('an array', 'input_data.index', index);
     if (index.length !== data.length) {
-      throw invalidArgument(
-        `an array as long as input_data.data (${data.length})`,
-        'input_data.index',
-        index,
-      );
+      throw invalidArgument(`an array as long as input_data.data (${data.length})`, 'input_data.index', index);
     }
   }
-  const imageColumn = columns.indexOf('image');
-  const textColumn = columns.indexOf('text');
-  return data.map((cells, row) => {
-    if (!Array.isArray(cells) || cells.length !== columns.length) {
-      throw rowError(row, invalidArgument(`an array of ${columns.length} values`, `input_data.data[${row}]`, cells));
+  const imageColumn = names.indexOf('image');
+  const textColumn = names.indexOf('text');
+  return (data as unknown[]).map((cells, row) => {
+    if (!Array.isArray(cells) || cells.length !== names.length) {
+      throw rowError(row, invalidArgument(`an array of ${names.length} values`, `input_data.data[${row}]`, cells));
     }
+    const values: unknown[] = cells;
     return {
-      image: imageColumn >= 0 ? cells[imageColumn] : undefined,
-      text: textColumn >= 0 ? cells[textColumn] : undefined,
+      image: imageColumn >= 0 ? values[imageColumn] : undefined,
+      text: textColumn >= 0 ? values[textColumn] : undefined,
     };
   });
 }

@@ -2,7 +2,12 @@ import { checkBoolean, checkInteger } from '../check';
 import { mapLimit } from '../concurrency';
 import { ClipError, invalidArgument, toClipError } from '../errors';
 import type { ClipModel } from '../model';
-import { fetchImage, resolveImageSourceOptions, type ImageSourceOptions, type ResolvedImageSourceOptions } from '../net/fetch';
+import {
+  fetchImage,
+  resolveImageSourceOptions,
+  type ImageSourceOptions,
+  type ResolvedImageSourceOptions,
+} from '../net/fetch';
 import { isRowError, parseScoreRequest, rowError, splitRows, type RowError } from './rows';
 import type { ScoreResponse, ScoreRowInput, ScoreRowResult } from './types';
 
@@ -97,12 +102,15 @@ async function run(
   const texts = split.texts.map(({ text }) => text);
   const imageRows = split.images.map(({ at }) => at);
   const sources = split.images.map(({ source }) => source);
-  const firstError = () => results.find((r) => isRowError(r)) as RowError | undefined;
+  const firstError = () => results.find((r): r is RowError => isRowError(r));
   if (failFast) {
     // More rows of a kind than the engine's queue holds can never be served;
     // "retry later" (CLIP_QUEUE_FULL) would be wrong.
     const capacity = model.info.queueCapacity;
-    for (const [count, kind] of [[imageRows.length, 'image'], [textRows.length, 'text']] as const) {
+    for (const [count, kind] of [
+      [imageRows.length, 'image'],
+      [textRows.length, 'text'],
+    ] as const) {
       if (count > capacity) {
         throw new ClipError(
           'CLIP_REQUEST_TOO_LARGE',
@@ -141,7 +149,7 @@ async function run(
       if (failed) {
         controller.abort(failed);
         // Fetches this call aborted itself are no one's error; report the real one.
-        const real = results.find((r) => isRowError(r) && r.code !== 'CLIP_ABORTED') as RowError | undefined;
+        const real = results.find((r): r is RowError => isRowError(r) && r.code !== 'CLIP_ABORTED');
         throw real ?? failed;
       }
     }
@@ -220,7 +228,7 @@ export async function score(model: ClipModel, request: unknown, options?: ScoreO
   const resolved = resolveScoreOptions(options);
   const rows = parseScoreRequest(request);
   const { results, callErrors } = await run(model, rows, resolved, true);
-  const failed = results.find((r) => isRowError(r)) as RowError | undefined;
+  const failed = results.find((r): r is RowError => isRowError(r));
   if (failed) {
     // A whole submission failed (queue full, disposed, aborted): no single row is to blame.
     const cause = failed.cause;

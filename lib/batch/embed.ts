@@ -122,9 +122,11 @@ export class ChunkEmbedder {
         error instanceof ClipError ? error : new ClipError('CLIP_IMAGE_FETCH_FAILED', String(error)),
       );
     }
-    return fs.promises.readFile(source.file).catch(
-      (error: Error) => new ClipError('CLIP_IMAGE_FETCH_FAILED', `Cannot read ${source.fileName}: ${error.message}`),
-    );
+    return fs.promises
+      .readFile(source.file)
+      .catch(
+        (error: Error) => new ClipError('CLIP_IMAGE_FETCH_FAILED', `Cannot read ${source.fileName}: ${error.message}`),
+      );
   }
 
   #embedTexts(texts: string[]): Promise<Array<Float32Array | ClipError>> {
@@ -133,9 +135,14 @@ export class ChunkEmbedder {
 
   async #embedImages(images: ImageSource[]): Promise<Array<Float32Array | ClipError>> {
     if (images.length === 0) return [];
-    const out: Array<Uint8Array | Float32Array | ClipError> = await mapLimit(images, FETCH_CONCURRENCY, (s) => this.#load(s));
+    const out: Array<Uint8Array | Float32Array | ClipError> = await mapLimit(images, FETCH_CONCURRENCY, (s) =>
+      this.#load(s),
+    );
     const decodable = out.map((v, k) => [v, k] as const).filter(([v]) => !(v instanceof ClipError));
-    const embedded = await this.#submit('image', decodable.map(([v]) => v as Uint8Array));
+    const embedded = await this.#submit(
+      'image',
+      decodable.map(([v]) => v as Uint8Array),
+    );
     embedded.forEach((result, j) => (out[decodable[j][1]] = result));
     return out as Array<Float32Array | ClipError>;
   }

@@ -56,7 +56,10 @@ export async function listInputs(inputPath: string, outputDir?: string): Promise
   try {
     stat = await fs.promises.stat(resolved);
   } catch {
-    throw new ClipError('CLIP_INVALID_ARGUMENT', `Expected an existing file or folder for input but received "${inputPath}"`);
+    throw new ClipError(
+      'CLIP_INVALID_ARGUMENT',
+      `Expected an existing file or folder for input but received "${inputPath}"`,
+    );
   }
   if (stat.isFile()) {
     const kind = kindOf(resolved);
@@ -67,11 +70,18 @@ export async function listInputs(inputPath: string, outputDir?: string): Promise
       );
     }
     const name = path.basename(resolved);
-    return { root: path.dirname(resolved), files: [{ name, kind, size: stat.size, mtimeMs: stat.mtimeMs }], ignored: 0 };
+    return {
+      root: path.dirname(resolved),
+      files: [{ name, kind, size: stat.size, mtimeMs: stat.mtimeMs }],
+      ignored: 0,
+    };
   }
   const skip = outputDir ? await realpathOrSelf(path.resolve(outputDir)) : undefined;
   if (skip !== undefined && skip === (await realpathOrSelf(resolved))) {
-    throw new ClipError('CLIP_INVALID_ARGUMENT', `Expected an output folder other than the input folder but received "${outputDir}"`);
+    throw new ClipError(
+      'CLIP_INVALID_ARGUMENT',
+      `Expected an output folder other than the input folder but received "${outputDir}"`,
+    );
   }
   const files: InputFile[] = [];
   let ignored = 0;
@@ -210,7 +220,13 @@ export async function scanCsv(file: string, name: string, partRows: number): Pro
 }
 
 /** The rows of a CSV byte range [start, end) that holds whole records only. */
-export async function* readCsvRows(file: string, name: string, layout: CsvLayout, start: number, end: number): AsyncGenerator<SourceRow> {
+export async function* readCsvRows(
+  file: string,
+  name: string,
+  layout: CsvLayout,
+  start: number,
+  end: number,
+): AsyncGenerator<SourceRow> {
   if (end <= start) return;
   const parser = fs.createReadStream(file, { start, end: end - 1 }).pipe(parse(CSV_OPTIONS));
   try {
@@ -271,14 +287,21 @@ function jsonRow(line: string, name: string, row: number): RowOrError {
   try {
     value = JSON.parse(line);
   } catch (error) {
-    return new ClipError('CLIP_INVALID_ARGUMENT', `Expected a JSON object for row ${row} of ${name} but the line is not JSON`, { cause: error });
+    return new ClipError(
+      'CLIP_INVALID_ARGUMENT',
+      `Expected a JSON object for row ${row} of ${name} but the line is not JSON`,
+      { cause: error },
+    );
   }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     return invalidArgument('a JSON object', `row ${row} of ${name}`, value);
   }
   const { image, text } = value as { image?: unknown; text?: unknown };
   const result: SourceRow = {};
-  for (const [key, field] of [['image', image], ['text', text]] as const) {
+  for (const [key, field] of [
+    ['image', image],
+    ['text', text],
+  ] as const) {
     if (field === undefined || field === null || field === '') continue;
     if (typeof field !== 'string') return invalidArgument('a string', `${key} in row ${row} of ${name}`, field);
     result[key] = field;
@@ -303,7 +326,13 @@ export async function scanJsonl(file: string, name: string, partRows: number): P
 }
 
 /** The rows of a JSON Lines byte range; a bad line is a row error, numbered from firstRow. */
-export async function* readJsonlRows(file: string, name: string, start: number, end: number, firstRow: number): AsyncGenerator<RowOrError> {
+export async function* readJsonlRows(
+  file: string,
+  name: string,
+  start: number,
+  end: number,
+  firstRow: number,
+): AsyncGenerator<RowOrError> {
   let row = firstRow;
   for await (const { line } of readLines(file, start, end)) yield jsonRow(line, name, row++);
 }

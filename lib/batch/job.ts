@@ -6,7 +6,7 @@ import { ClipError, invalidArgument, toClipError } from '../errors';
 import type { ClipModel } from '../model';
 import { ChunkEmbedder } from './embed';
 import { listInputs, type InputListing } from './inputs';
-import { assemble, checkThreshold, completeOutputs, countErrors, finishedErrors, type ErrorsByUnit } from './merge';
+import { assemble, checkThreshold, completeOutputs, finishedErrors, type ErrorsByUnit } from './merge';
 import { ERRORS_SUFFIX, outputFormat, type OutputFormat, type PartBuilder, type RowOutcome } from './outputs';
 import { jobIdentity, makePlan, shardOfUnits, type BatchFormat, type JobIdentity } from './plan';
 import { Progress, say, type Log } from './progress';
@@ -89,8 +89,10 @@ interface Settings {
 
 function checkSettings(options: BatchJobOptions): Settings {
   if (options === null || typeof options !== 'object') throw invalidArgument('an options object', 'options', options);
-  if (typeof options.input !== 'string' || !options.input) throw invalidArgument('an input path', 'options.input', options.input);
-  if (typeof options.output !== 'string' || !options.output) throw invalidArgument('an output folder', 'options.output', options.output);
+  if (typeof options.input !== 'string' || !options.input)
+    throw invalidArgument('an input path', 'options.input', options.input);
+  if (typeof options.output !== 'string' || !options.output)
+    throw invalidArgument('an output folder', 'options.output', options.output);
   const format = options.format ?? 'azure-csv';
   if (!BATCH_FORMATS.includes(format)) throw invalidArgument('"azure-csv", "jsonl" or "npy"', 'options.format', format);
   const shard = options.shard ?? { index: 0, count: 1 };
@@ -120,7 +122,8 @@ function identityDifference(now: JobIdentity, recorded: JobIdentity): string | u
   if (JSON.stringify(now.model) !== JSON.stringify(recorded.model)) {
     return `the model (${recorded.model.name} ${recorded.model.dtype}, now ${now.model.name} ${now.model.dtype})`;
   }
-  if (now.files.length !== recorded.files.length) return `the input files (${recorded.files.length}, now ${now.files.length})`;
+  if (now.files.length !== recorded.files.length)
+    return `the input files (${recorded.files.length}, now ${now.files.length})`;
   const changed = now.files.findIndex((file, i) => JSON.stringify(file) !== JSON.stringify(recorded.files[i]));
   return changed >= 0 ? `input ${now.files[changed][0]} (name, size or modification time)` : undefined;
 }
@@ -170,7 +173,10 @@ async function openJob(
   const manifest = await store.createManifest({ identity, plan, errorThreshold: settings.errorThreshold, batching });
   const difference = identityDifference(identity, manifest.identity);
   if (difference) {
-    throw new ClipError('CLIP_INVALID_ARGUMENT', `Another job started in ${store.output} at the same time (${difference} differs)`);
+    throw new ClipError(
+      'CLIP_INVALID_ARGUMENT',
+      `Another job started in ${store.output} at the same time (${difference} differs)`,
+    );
   }
   return { manifest };
 }
@@ -216,7 +222,11 @@ async function embedUnits(context: EmbedContext): Promise<void> {
   const embedder = new ChunkEmbedder(model, { allowPrivateUrls: options.allowPrivateUrls, signal: controller.signal });
   const chunkRows = settings.chunkRows ?? manifest.batching.chunkRows;
   const { batching } = manifest;
-  if (chunkRows !== batching.chunkRows || model.info.maxBatchImages !== batching.imageBatch || model.info.device !== batching.device) {
+  if (
+    chunkRows !== batching.chunkRows ||
+    model.info.maxBatchImages !== batching.imageBatch ||
+    model.info.device !== batching.device
+  ) {
     say(
       settings.log,
       `batch: note: this run batches unlike the one that started the job (${chunkRows} rows per chunk, image batch ` +
@@ -242,12 +252,12 @@ async function embedUnits(context: EmbedContext): Promise<void> {
   };
 
   const parts = new Map<number, PartBuilder>();
-  let failed = countErrors(errors);
   let filling: Promise<void> = fill();
   try {
     for (;;) {
       await filling;
-      if (controller.signal.aborted) throw new ClipError('CLIP_ABORTED', 'The batch job was aborted', { cause: controller.signal.reason });
+      if (controller.signal.aborted)
+        throw new ClipError('CLIP_ABORTED', 'The batch job was aborted', { cause: controller.signal.reason });
       const head = inflight.shift();
       if (!head) break;
       filling = fill(); // read and decode ahead while the head chunk finishes
@@ -271,7 +281,6 @@ async function embedUnits(context: EmbedContext): Promise<void> {
         }
         if (global === lastRow(unit)) finishedUnits.push(unit);
       });
-      failed += chunkFailed;
       progress.add(kept, chunkFailed);
       // Finished parts are kept even past the threshold: a rerun with a higher one resumes from them.
       for (const unit of finishedUnits) {
@@ -341,17 +350,40 @@ export async function runBatchJob(model: ClipModel, options: BatchJobOptions): P
   const errors = await finishedErrors(store, finished);
   const refused = await checkThreshold(store, errors, settings.errorThreshold);
   if (refused) throw refused;
-  const progress = new Progress({ stream: log, total: todoRows, intervalMs: options.progressIntervalMs, label: label.slice(0, -1) });
+  const progress = new Progress({
+    stream: log,
+    total: todoRows,
+    intervalMs: options.progressIntervalMs,
+    label: label.slice(0, -1),
+  });
   await embedUnits({ model, settings, options, manifest, format, store, root: listing.root, todo, errors, progress });
 
   const { done, failed, seconds } = progress.counts;
-  say(log, `${label} ${done} rows in ${seconds.toFixed(1)} s (${seconds > 0 ? (done / seconds).toFixed(1) : '0'} rows/s)${failed ? `, ${failed} failed` : ''}`);
-  const result: BatchJobResult = { rows: done, failed, skippedParts: mine.length - todo.length, ...totals, seconds: 0, complete: false, outputs: [] };
+  say(
+    log,
+    `${label} ${done} rows in ${seconds.toFixed(1)} s (${seconds > 0 ? (done / seconds).toFixed(1) : '0'} rows/s)${failed ? `, ${failed} failed` : ''}`,
+  );
+  const result: BatchJobResult = {
+    rows: done,
+    failed,
+    skippedParts: mine.length - todo.length,
+    ...totals,
+    seconds: 0,
+    complete: false,
+    outputs: [],
+  };
   const remaining = plan.units.length - (await store.unitsWith(format.mainSuffix)).size;
   if (remaining > 0) {
-    say(log, `${label} done; ${remaining} parts of other shards remain: the shard that finishes last writes the final files (or run clip-native batch --merge)`);
+    say(
+      log,
+      `${label} done; ${remaining} parts of other shards remain: the shard that finishes last writes the final files (or run clip-native batch --merge)`,
+    );
   } else {
-    result.outputs = await assemble(store, manifest, format, { threshold: settings.errorThreshold, keepParts: settings.keepParts, log });
+    result.outputs = await assemble(store, manifest, format, {
+      threshold: settings.errorThreshold,
+      keepParts: settings.keepParts,
+      log,
+    });
     result.complete = true;
   }
   result.seconds = (Date.now() - started) / 1000;

@@ -28,7 +28,13 @@ export async function finishedErrors(store: PartStore, finished: Set<number>): P
   const units = [...(await store.unitsWith(ERRORS_SUFFIX))].filter((u) => finished.has(u)).sort((a, b) => a - b);
   for (const unit of units) {
     const text = await fs.promises.readFile(store.partPath(unit, ERRORS_SUFFIX), 'utf8');
-    out.set(unit, text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as ErrorRecord));
+    out.set(
+      unit,
+      text
+        .split('\n')
+        .filter(Boolean)
+        .map((line) => JSON.parse(line) as ErrorRecord),
+    );
   }
   return out;
 }
@@ -52,7 +58,11 @@ async function writeErrors(store: PartStore, errors: ErrorsByUnit): Promise<void
  * When more rows failed than the threshold allows: writes errors.jsonl and
  * returns the error naming the first failing row (in job order) to reject with.
  */
-export async function checkThreshold(store: PartStore, errors: ErrorsByUnit, threshold: number): Promise<ClipError | undefined> {
+export async function checkThreshold(
+  store: PartStore,
+  errors: ErrorsByUnit,
+  threshold: number,
+): Promise<ClipError | undefined> {
   const failed = countErrors(errors);
   if (threshold < 0 || failed <= threshold) return undefined;
   await writeErrors(store, errors);
@@ -78,7 +88,9 @@ async function exists(file: string): Promise<boolean> {
 export async function completeOutputs(store: PartStore, manifest: Manifest): Promise<string[] | undefined> {
   if (!(await store.isComplete())) return undefined;
   const { plan } = manifest;
-  const outputs = outputFormat(manifest.identity.format, plan).outputs(plan).map((name) => path.join(store.output, name));
+  const outputs = outputFormat(manifest.identity.format, plan)
+    .outputs(plan)
+    .map((name) => path.join(store.output, name));
   for (const file of outputs) if (!(await exists(file))) return undefined;
   const errors = path.join(store.output, ERRORS_FILE);
   return (await exists(errors)) ? [...outputs, errors] : outputs;
@@ -133,7 +145,11 @@ export async function mergeBatchOutput(output: string, options: MergeOptions = {
   const log = options.log === undefined ? process.stderr : options.log;
   const store = new PartStore(path.resolve(output));
   const manifest = await store.readManifest();
-  if (!manifest) throw new ClipError('CLIP_INVALID_ARGUMENT', `Expected a batch job in ${output} but found no ${store.manifestPath}`);
+  if (!manifest)
+    throw new ClipError(
+      'CLIP_INVALID_ARGUMENT',
+      `Expected a batch job in ${output} but found no ${store.manifestPath}`,
+    );
   const done = await completeOutputs(store, manifest);
   if (done) {
     say(log, `batch: ${output} already holds the job's final files`);
@@ -149,6 +165,7 @@ export async function mergeBatchOutput(output: string, options: MergeOptions = {
     );
   }
   const threshold = options.errorThreshold ?? manifest.errorThreshold;
-  if (!Number.isInteger(threshold) || threshold < -1) throw invalidArgument('an integer >= -1', 'options.errorThreshold', threshold);
+  if (!Number.isInteger(threshold) || threshold < -1)
+    throw invalidArgument('an integer >= -1', 'options.errorThreshold', threshold);
   return assemble(store, manifest, format, { threshold, keepParts: options.keepParts ?? false, log });
 }

@@ -206,7 +206,12 @@ function npy(plan: Plan): OutputFormat {
       const units = unitIndices(plan);
       let imageRows = 0;
       let textRows = 0;
-      const header = ['file_name', 'row_number_per_file', ...(image ? ['image_row'] : []), ...(text ? ['text_row'] : [])];
+      const header = [
+        'file_name',
+        'row_number_per_file',
+        ...(image ? ['image_row'] : []),
+        ...(text ? ['text_row'] : []),
+      ];
       const lines: string[] = [`${header.join(',')}\n`];
       for (const unit of units) {
         const index = await fs.promises.readFile(store.partPath(unit, '.index.jsonl'), 'utf8');

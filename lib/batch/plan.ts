@@ -82,8 +82,14 @@ export async function makePlan(listing: InputListing, partRows: number): Promise
     }
     imageRun = undefined;
     const full = path.join(listing.root, file.name);
-    const scan = file.kind === 'csv' ? await scanCsv(full, file.name, partRows) : await scanJsonl(full, file.name, partRows);
-    plan.inputs.push({ name: file.name, kind: file.kind, rows: scan.rows, ...(scan.layout ? { layout: scan.layout } : {}) });
+    const scan =
+      file.kind === 'csv' ? await scanCsv(full, file.name, partRows) : await scanJsonl(full, file.name, partRows);
+    plan.inputs.push({
+      name: file.name,
+      kind: file.kind,
+      rows: scan.rows,
+      ...(scan.layout ? { layout: scan.layout } : {}),
+    });
     if (scan.hasImage) plan.columns.image = true;
     if (scan.hasText) plan.columns.text = true;
     const count = Math.ceil(scan.rows / partRows);

@@ -74,7 +74,9 @@ export class RowCursor {
     this.#unit = index;
     this.#position = this.starts[index];
     if (unit.kind === 'images') {
-      const paths = Array.from({ length: unit.rows }, (_, k) => path.join(this.root, this.plan.inputs[unit.input + k].name));
+      const paths = Array.from({ length: unit.rows }, (_, k) =>
+        path.join(this.root, this.plan.inputs[unit.input + k].name),
+      );
       this.#rows = (async function* () {
         yield* paths;
       })();
@@ -111,7 +113,7 @@ export class RowCursor {
   /** The rows with job indices from (inclusive) to to (exclusive). */
   async read(from: number, to: number): Promise<ChunkRow[]> {
     const rows: ChunkRow[] = [];
-    for (let global = from; global < to; ) {
+    for (let global = from; global < to;) {
       const index = this.#unitAt(global);
       if (index !== this.#unit || global < this.#position) await this.#open(index);
       while (this.#position < global) await this.#next();

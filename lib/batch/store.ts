@@ -36,7 +36,10 @@ export function isTemporaryName(name: string): boolean {
  * Writes `file` so that it either holds all of `data` or does not change:
  * a temporary file in the same folder, flushed to disk, then renamed over it.
  */
-export async function writeAtomic(file: string, data: Iterable<string | Uint8Array> | AsyncIterable<string | Uint8Array>): Promise<void> {
+export async function writeAtomic(
+  file: string,
+  data: Iterable<string | Uint8Array> | AsyncIterable<string | Uint8Array>,
+): Promise<void> {
   const temporary = temporaryName(file);
   const handle = await fs.promises.open(temporary, 'w');
   try {
@@ -86,7 +89,11 @@ export class PartStore {
     try {
       return JSON.parse(text) as Manifest;
     } catch (error) {
-      throw new ClipError('CLIP_INVALID_ARGUMENT', `Cannot read ${this.manifestPath}: not JSON; remove ${this.dir} to start over`, { cause: error });
+      throw new ClipError(
+        'CLIP_INVALID_ARGUMENT',
+        `Cannot read ${this.manifestPath}: not JSON; remove ${this.dir} to start over`,
+        { cause: error },
+      );
     }
   }
 
@@ -133,7 +140,10 @@ export class PartStore {
   }
 
   async isComplete(): Promise<boolean> {
-    return fs.promises.access(this.completePath).then(() => true, () => false);
+    return fs.promises.access(this.completePath).then(
+      () => true,
+      () => false,
+    );
   }
 
   async markComplete(): Promise<void> {

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import { BATCH_FORMATS, mergeBatchOutput, runBatchJob, type BatchFormat } from '../batch/job';
-import { ClipModel, type Device, type DType } from '../model';
-import { parseCommandLine, positiveInt, required, UsageError } from './common';
+import { ClipModel } from '../model';
+import { deviceFlags, integerFlag, parseCommandLine, required, UsageError } from './common';
 
 const USAGE = `Usage: clip-native batch --model DIR --input PATH --output DIR [options]
        clip-native batch --merge --output DIR [--error-threshold N]
@@ -28,8 +28,9 @@ Options:
                           int8 and bfloat16 on the CPU, float16 on CUDA)
   --threads N             libtorch intra-op threads
   --allow-private-urls    let image URLs reach private, loopback and link-local addresses
-  --concurrency N         chunks of rows in flight (default 8)
-  --chunk-rows N          rows per chunk (default 32)
+  --concurrency N         chunks of rows in flight (default 4)
+  --chunk-rows N          rows per chunk (default: the model's image batch
+                          size, 16 on CPU, 128 on CUDA)
   --part-rows N           rows per part file, the grain of resuming and
                           sharding (default 1000; fixed for an output folder)
   --keep-parts            keep OUTPUT/.progress parts after writing the final files
@@ -42,18 +43,6 @@ this shard done), 1 failed (over the error threshold, unreadable input),
 2 bad arguments, 130 interrupted.
 `;
 
-const DEVICE = /^(auto|cpu|cuda|cuda:\d+)$/;
-const DTYPES = new Set(['float32', 'bfloat16', 'float16', 'int8']);
-
-function errorThreshold(value: string | undefined): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < -1 || value.trim() === '') {
-    throw new UsageError(`--error-threshold must be an integer >= -1, not "${value}"`);
-  }
-  return n;
-}
-
 /** `--shard I/N`, or `--shards N` with JOB_COMPLETION_INDEX; undefined when neither. */
 function shard(values: Record<string, unknown>): { index: number; count: number } | undefined {
   const spec = values.shard as string | undefined;
@@ -63,15 +52,18 @@ function shard(values: Record<string, unknown>): { index: number; count: number 
     const match = /^(\d+)\/(\d+)$/.exec(spec);
     const index = match ? Number(match[1]) : NaN;
     const count = match ? Number(match[2]) : NaN;
-    if (!match || count < 1 || index >= count) throw new UsageError(`--shard must be I/N with 0 <= I < N, not "${spec}"`);
+    if (!match || count < 1 || index >= count)
+      throw new UsageError(`--shard must be I/N with 0 <= I < N, not "${spec}"`);
     return { index, count };
   }
   if (shards !== undefined) {
-    const count = positiveInt(values, 'shards')!;
+    const count = integerFlag(values, 'shards', 1)!;
     const env = process.env.JOB_COMPLETION_INDEX;
     const index = Number(env);
     if (env === undefined || env.trim() === '' || !Number.isInteger(index) || index < 0 || index >= count) {
-      throw new UsageError(`--shards ${count} needs JOB_COMPLETION_INDEX set to an integer from 0 to ${count - 1}, not "${env ?? ''}"`);
+      throw new UsageError(
+        `--shards ${count} needs JOB_COMPLETION_INDEX set to an integer from 0 to ${count - 1}, not "${env ?? ''}"`,
+      );
     }
     return { index, count };
   }
@@ -122,10 +114,23 @@ export async function runBatch(args: string[]): Promise<number> {
     return 0;
   }
   const output = required(values, 'output');
-  const threshold = errorThreshold(values['error-threshold']);
+  const threshold = integerFlag(values, 'error-threshold', -1);
   if (values.merge) {
-    for (const name of ['model', 'input', 'format', 'shard', 'shards', 'device', 'dtype', 'threads', 'concurrency', 'chunk-rows', 'part-rows']) {
-      if (values[name] !== undefined) throw new UsageError(`--merge takes only --output, --error-threshold and --keep-parts, not --${name}`);
+    for (const name of [
+      'model',
+      'input',
+      'format',
+      'shard',
+      'shards',
+      'device',
+      'dtype',
+      'threads',
+      'concurrency',
+      'chunk-rows',
+      'part-rows',
+    ]) {
+      if (values[name] !== undefined)
+        throw new UsageError(`--merge takes only --output, --error-threshold and --keep-parts, not --${name}`);
     }
     await mergeBatchOutput(output, { errorThreshold: threshold, keepParts: values['keep-parts'] ?? false });
     return 0;
@@ -135,11 +140,9 @@ export async function runBatch(args: string[]): Promise<number> {
   if (!fs.existsSync(input)) throw new UsageError(`--input ${input} does not exist`);
   if (!fs.existsSync(modelDir)) throw new UsageError(`--model ${modelDir} does not exist`);
   const format = (values.format ?? 'azure-csv') as BatchFormat;
-  if (!BATCH_FORMATS.includes(format)) throw new UsageError(`--format must be ${BATCH_FORMATS.join(', ')}, not "${format}"`);
-  const device = (values.device ?? 'auto') as Device;
-  if (!DEVICE.test(device)) throw new UsageError(`--device must be auto, cpu, cuda or cuda:N, not "${device}"`);
-  const dtype = (values.dtype ?? 'float32') as DType;
-  if (!DTYPES.has(dtype)) throw new UsageError(`--dtype must be float32, bfloat16, float16 or int8, not "${dtype}"`);
+  if (!BATCH_FORMATS.includes(format))
+    throw new UsageError(`--format must be ${BATCH_FORMATS.join(', ')}, not "${format}"`);
+  const { device, dtype } = deviceFlags(values);
   const jobOptions = {
     input,
     output,
@@ -147,12 +150,12 @@ export async function runBatch(args: string[]): Promise<number> {
     shard: shard(values),
     errorThreshold: threshold,
     allowPrivateUrls: values['allow-private-urls'] ?? false,
-    concurrency: positiveInt(values, 'concurrency'),
-    chunkRows: positiveInt(values, 'chunk-rows'),
-    partRows: positiveInt(values, 'part-rows'),
+    concurrency: integerFlag(values, 'concurrency', 1),
+    chunkRows: integerFlag(values, 'chunk-rows', 1),
+    partRows: integerFlag(values, 'part-rows', 1),
     keepParts: values['keep-parts'] ?? false,
   };
-  const threads = positiveInt(values, 'threads');
+  const threads = integerFlag(values, 'threads', 1);
 
   // A model of the job's own: the job submits whole chunks, each run as batches of its own
   // (see ChunkEmbedder), so its features are the same bits in every run.
@@ -162,7 +165,9 @@ export async function runBatch(args: string[]): Promise<number> {
   const onSignal = () => {
     if (interrupted) process.exit(130);
     interrupted = true;
-    process.stderr.write('\nclip-native batch: interrupted; finished parts are kept, a rerun resumes (signal again to exit at once)\n');
+    process.stderr.write(
+      '\nclip-native batch: interrupted; finished parts are kept, a rerun resumes (signal again to exit at once)\n',
+    );
     controller.abort();
   };
   process.on('SIGINT', onSignal);

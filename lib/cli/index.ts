@@ -32,7 +32,9 @@ export async function main(args: string[]): Promise<number> {
     return 2;
   }
   try {
-    return await (await load())(rest);
+    return await (
+      await load()
+    )(rest);
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`clip-native ${name}: ${error.message}\n`);

@@ -1,7 +1,7 @@
 import type { AddressInfo } from 'node:net';
 import { createServer } from '../endpoint/server';
-import { ClipModel, type Device, type DType } from '../model';
-import { parseCommandLine, positiveInt, required, UsageError } from './common';
+import { ClipModel } from '../model';
+import { deviceFlags, integerFlag, parseCommandLine, required, UsageError } from './common';
 
 const USAGE = `Usage: clip-native serve --model DIR [options]
 
@@ -34,22 +34,6 @@ model, exit 0. A second signal exits at once with status 1.
 `;
 
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
-const DEVICE = /^(auto|cpu|cuda|cuda:\d+)$/;
-const DTYPES = new Set(['float32', 'bfloat16', 'float16', 'int8']);
-
-function port(value: unknown): number {
-  if (value === undefined) return 5001;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new UsageError(`--port must be an integer from 0 to 65535, not "${String(value)}"`);
-  return n;
-}
-
-function nonNegativeInt(value: unknown, name: string): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${name} must be an integer >= 0, not "${String(value)}"`);
-  return n;
-}
 
 /**
  * `clip-native serve`: listens first, then loads the model (`GET /` answers
@@ -80,25 +64,23 @@ export async function runServe(args: string[]): Promise<number> {
     return 0;
   }
   const directory = required(values, 'model');
-  const device = (values.device ?? 'auto') as Device;
-  if (!DEVICE.test(device)) throw new UsageError(`--device must be auto, cpu, cuda or cuda:N, not "${device}"`);
-  const dtype = (values.dtype ?? 'float32') as DType;
-  if (!DTYPES.has(dtype)) throw new UsageError(`--dtype must be float32, bfloat16, float16 or int8, not "${dtype}"`);
+  const { device, dtype } = deviceFlags(values);
   const logLevel = values['log-level'] ?? 'info';
-  if (!LOG_LEVELS.has(logLevel)) throw new UsageError(`--log-level must be one of ${[...LOG_LEVELS].join(', ')}, not "${logLevel}"`);
+  if (!LOG_LEVELS.has(logLevel))
+    throw new UsageError(`--log-level must be one of ${[...LOG_LEVELS].join(', ')}, not "${logLevel}"`);
   const apiKey = values['api-key'] ?? (process.env.CLIP_NATIVE_API_KEY || undefined);
   if (apiKey !== undefined && apiKey.length === 0) throw new UsageError('--api-key must not be empty');
   const host = values.host ?? '127.0.0.1';
-  const listenPort = port(values.port);
-  const bodyLimitMb = positiveInt(values, 'body-limit-mb') ?? 100;
+  const listenPort = integerFlag(values, 'port', 0, 65535) ?? 5001;
+  const bodyLimitMb = integerFlag(values, 'body-limit-mb', 1) ?? 100;
   const loadOptions = {
     device,
     dtype,
-    maxBatchImages: positiveInt(values, 'max-batch'),
-    maxBatchTexts: positiveInt(values, 'max-batch-texts'),
-    maxBatchTokens: positiveInt(values, 'max-batch-tokens'),
-    queueCapacity: positiveInt(values, 'queue-capacity'),
-    threads: positiveInt(values, 'threads'),
+    maxBatchImages: integerFlag(values, 'max-batch', 1),
+    maxBatchTexts: integerFlag(values, 'max-batch-texts', 1),
+    maxBatchTokens: integerFlag(values, 'max-batch-tokens', 1),
+    queueCapacity: integerFlag(values, 'queue-capacity', 1),
+    threads: integerFlag(values, 'threads', 1),
   };
 
   let resolveModel!: (model: ClipModel) => void;
@@ -111,7 +93,7 @@ export async function runServe(args: string[]): Promise<number> {
   const app = createServer(modelPromise, {
     apiKey,
     bodyLimit: bodyLimitMb * 1024 * 1024,
-    retryAfterSeconds: nonNegativeInt(values['retry-after'], 'retry-after'),
+    retryAfterSeconds: integerFlag(values, 'retry-after', 0),
     score: { allowPrivateUrls: values['allow-private-urls'] ?? false },
     logger: { level: logLevel },
   });

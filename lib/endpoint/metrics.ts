@@ -82,7 +82,11 @@ export function createMetrics(stats: () => ModelStats | undefined, options: Metr
     });
   engineGauge('clip_engine_queue_depth', 'Items submitted and not yet in a batch.', (s) => s.queueDepth);
   engineGauge('clip_engine_mean_batch_size', 'Items per inference batch since load.', (s) => s.meanBatchSize);
-  engineGauge('clip_engine_items_per_second', 'Items embedded per second over the last 10 seconds.', (s) => s.itemsPerSecond);
+  engineGauge(
+    'clip_engine_items_per_second',
+    'Items embedded per second over the last 10 seconds.',
+    (s) => s.itemsPerSecond,
+  );
   engineCounter('clip_engine_batches_total', 'Inference batches run since load.', (s) => s.batches);
   engineCounter('clip_engine_items_total', 'Items embedded since load.', (s) => s.items);
 

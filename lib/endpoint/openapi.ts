@@ -57,7 +57,9 @@ export function openApiDocument(options: OpenApiOptions): Record<string, unknown
                 },
               },
             },
-            '400': errorResponse('Bad JSON or shape, an index whose length differs from data\'s, an image that cannot be read, fetched or decoded, or a row with neither image nor text.'),
+            '400': errorResponse(
+              "Bad JSON or shape, an index whose length differs from data's, an image that cannot be read, fetched or decoded, or a row with neither image nor text.",
+            ),
             ...(options.apiKey ? { '401': errorResponse('Missing or wrong API key.') } : {}),
             '413': errorResponse('Request body too large.'),
             '415': errorResponse('Content-Type is not application/json.'),

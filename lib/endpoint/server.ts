@@ -32,7 +32,7 @@ export interface ServerOptions {
   /** Seconds in `Retry-After` of 429 and 503 answers. Default 1. */
   retryAfterSeconds?: number;
   /** fastify's `logger` option (pino options, `true`, or a pino logger). Default false. */
-  logger?: boolean | FastifyServerOptions['logger'] | FastifyBaseLogger;
+  logger?: FastifyServerOptions['logger'] | FastifyBaseLogger;
   /** Serve `GET /metrics`. Default true. */
   metrics?: boolean;
   /** Also collect process and Node.js metrics. Default true. */
@@ -79,11 +79,17 @@ function clientErrorHandler(this: FastifyInstance, error: Error & { code?: strin
     body = { message: 'The request did not arrive in time', code: 'CLIP_REQUEST_TIMEOUT' };
   } else if (error.code === 'HPE_HEADER_OVERFLOW') {
     status = 431;
-    body = { message: `Expected request headers of at most ${maxHeaderSize} bytes but received more`, code: 'CLIP_HEADERS_TOO_LARGE' };
+    body = {
+      message: `Expected request headers of at most ${maxHeaderSize} bytes but received more`,
+      code: 'CLIP_HEADERS_TOO_LARGE',
+    };
   } else {
     status = 400;
     const reason = typeof error.code === 'string' && /^HPE_[A-Z_]+$/.test(error.code) ? ` (${error.code})` : '';
-    body = { message: `Expected a well-formed HTTP/1.1 request but received one Node's HTTP parser refuses${reason}`, code: 'CLIP_INVALID_ARGUMENT' };
+    body = {
+      message: `Expected a well-formed HTTP/1.1 request but received one Node's HTTP parser refuses${reason}`,
+      code: 'CLIP_INVALID_ARGUMENT',
+    };
   }
   this.log.debug({ err: error }, 'client error');
   if (socket.writable) {
@@ -112,7 +118,10 @@ function digest(value: string): Buffer {
 
 function packageVersion(): string {
   try {
-    return JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')).version ?? '0.0.0';
+    const manifest = JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as {
+      version?: string;
+    };
+    return manifest.version ?? '0.0.0';
   } catch {
     return '0.0.0';
   }
@@ -128,7 +137,11 @@ function unsupported(contentType: string | undefined): string {
 }
 
 /** The {message, code, row?} body and the status of an error from anywhere in the request. */
-function errorAnswer(error: unknown, bodyLimit: number, contentType: string | undefined): { status: number; body: ErrorBody; internal: boolean } {
+function errorAnswer(
+  error: unknown,
+  bodyLimit: number,
+  contentType: string | undefined,
+): { status: number; body: ErrorBody; internal: boolean } {
   if (error instanceof ClipError) {
     const body: ErrorBody = { message: error.message, code: error.code };
     if (isRowError(error)) {
@@ -147,7 +160,11 @@ function errorAnswer(error: unknown, bodyLimit: number, contentType: string | un
   });
   switch (e.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
-      return answer(413, 'CLIP_REQUEST_TOO_LARGE', `Expected a request body of at most ${bodyLimit} bytes but received more`);
+      return answer(
+        413,
+        'CLIP_REQUEST_TOO_LARGE',
+        `Expected a request body of at most ${bodyLimit} bytes but received more`,
+      );
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
       return answer(415, 'CLIP_UNSUPPORTED_MEDIA_TYPE', unsupported(contentType));
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
@@ -156,8 +173,13 @@ function errorAnswer(error: unknown, bodyLimit: number, contentType: string | un
       return answer(400, 'CLIP_INVALID_ARGUMENT', 'Expected a JSON request body but received invalid JSON');
   }
   if (typeof status === 'number' && status >= 400 && status < 500) {
-    const reason = error instanceof SyntaxError ? `invalid JSON (${e.message})` : e.message ?? 'a bad request';
-    if (status === 413) return answer(413, 'CLIP_REQUEST_TOO_LARGE', `Expected a request body of at most ${bodyLimit} bytes but received more`);
+    const reason = error instanceof SyntaxError ? `invalid JSON (${e.message})` : (e.message ?? 'a bad request');
+    if (status === 413)
+      return answer(
+        413,
+        'CLIP_REQUEST_TOO_LARGE',
+        `Expected a request body of at most ${bodyLimit} bytes but received more`,
+      );
     if (status === 415) return answer(415, 'CLIP_UNSUPPORTED_MEDIA_TYPE', unsupported(contentType));
     return answer(400, 'CLIP_INVALID_ARGUMENT', `Expected a JSON request body but received ${reason}`);
   }
@@ -190,7 +212,8 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
   const keyDigest = options.apiKey === undefined ? undefined : digest(options.apiKey);
   const scoreOptions: ScoreOptions = { ...(options.score ?? {}) };
   // Bad options fail here, once, rather than on every request.
-  if (scoreOptions.signal !== undefined) throw invalidArgument('no signal', 'options.score.signal', scoreOptions.signal);
+  if (scoreOptions.signal !== undefined)
+    throw invalidArgument('no signal', 'options.score.signal', scoreOptions.signal);
   resolveScoreOptions(scoreOptions, 'options.score');
 
   let current: ClipModel | undefined;
@@ -211,9 +234,7 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
   const isLoggerInstance = typeof loggerOption === 'object' && loggerOption !== null && 'child' in loggerOption;
   const app = Fastify({
     bodyLimit,
-    ...(isLoggerInstance
-      ? { loggerInstance: loggerOption as FastifyBaseLogger }
-      : { logger: loggerOption as FastifyServerOptions['logger'] }),
+    ...(isLoggerInstance ? { loggerInstance: loggerOption } : { logger: loggerOption }),
     // One line per request from onResponse instead of fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
     requestIdHeader: false,
@@ -225,7 +246,10 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
   // Only JSON bodies: anything else is a 415, as the contract says.
   app.removeContentTypeParser('text/plain');
 
-  const metrics = options.metrics === false ? undefined : createMetrics(() => current?.stats(), { defaultMetrics: options.defaultMetrics });
+  const metrics =
+    options.metrics === false
+      ? undefined
+      : createMetrics(() => current?.stats(), { defaultMetrics: options.defaultMetrics });
   let document: Record<string, unknown> | undefined;
 
   const sendError = (reply: FastifyReply, status: number, body: ErrorBody) => {
@@ -261,7 +285,12 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
     const route = request.routeOptions.url ?? 'unmatched';
     metrics?.observeRequest(request.method, route, reply.statusCode, reply.elapsedTime / 1000);
     request.log.info(
-      { method: request.method, url: request.url, statusCode: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 },
+      {
+        method: request.method,
+        url: request.url,
+        statusCode: reply.statusCode,
+        ms: Math.round(reply.elapsedTime * 10) / 10,
+      },
       'request completed',
     );
   });
@@ -311,7 +340,8 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
     // A client that hangs up stops its own work, not anyone else's.
     const controller = new AbortController();
     const onClose = () => {
-      if (!reply.raw.writableFinished) controller.abort(new ClipError('CLIP_ABORTED', 'The client closed the connection'));
+      if (!reply.raw.writableFinished)
+        controller.abort(new ClipError('CLIP_ABORTED', 'The client closed the connection'));
     };
     reply.raw.once('close', onClose);
     const result = await score(loaded, request.body, { ...scoreOptions, signal: controller.signal });

@@ -175,7 +175,9 @@ export function loadBinding(options: AddonSearchOptions = {}): { binding: Native
       return { binding: native, choice: { kind: 'prebuild', file: fit.prebuild.file, libtorch: fit.libtorch } };
     } catch (error) {
       const { version, variant, libDir } = fit.libtorch;
-      tried.push(`${fit.prebuild.file}: fits libtorch ${version} ${variant} in ${libDir}, but failed to load: ${firstLine(error)}`);
+      tried.push(
+        `${fit.prebuild.file}: fits libtorch ${version} ${variant} in ${libDir}, but failed to load: ${firstLine(error)}`,
+      );
     }
   }
   const local = localBuildPath(root);
@@ -210,7 +212,7 @@ function checkLoadable(soname: string): void {
     process.dlopen({ exports: {} }, soname, os.constants.dlopen.RTLD_LAZY);
   } catch (error) {
     if (!/did not self-register/.test(String((error as Error).message))) {
-      throw new Error(`it needs ${soname}, which cannot be loaded here (${firstLine(error)})`);
+      throw new Error(`it needs ${soname}, which cannot be loaded here (${firstLine(error)})`, { cause: error });
     }
   }
 }

@@ -173,7 +173,9 @@ export function* libtorchCandidates(options: AddonSearchOptions = {}): Generator
       const c = fromVenv(`VIRTUAL_ENV=${env.VIRTUAL_ENV}`, env.VIRTUAL_ENV);
       if (fresh(c)) yield c;
     }
-    const venvs = ancestors(root).map((dir) => path.join(dir, '.venv')).filter((dir) => isDirectory(dir));
+    const venvs = ancestors(root)
+      .map((dir) => path.join(dir, '.venv'))
+      .filter((dir) => isDirectory(dir));
     for (const venv of venvs) {
       const c = fromVenv('a project .venv', venv);
       if (fresh(c)) yield c;
@@ -243,12 +245,16 @@ function fromDirectory(origin: string, dir: string): LibtorchCandidate {
   // An unpacked libtorch or a pip torch package has lib/; a library folder is taken as it is.
   const libDir = isDirectory(path.join(dir, 'lib')) && !hasLibrary(dir, 'libtorch_cpu') ? path.join(dir, 'lib') : dir;
   const info = describeLibtorch(libDir);
-  return 'problem' in info ? { origin, where: libDir, problem: info.problem } : { origin, where: libDir, libtorch: info };
+  return 'problem' in info
+    ? { origin, where: libDir, problem: info.problem }
+    : { origin, where: libDir, libtorch: info };
 }
 
 function fromVenv(origin: string, venv: string): LibtorchCandidate {
   for (const lib of ['lib', 'lib64']) {
-    for (const python of readDirectory(path.join(venv, lib)).filter((n) => n.startsWith('python')).sort()) {
+    for (const python of readDirectory(path.join(venv, lib))
+      .filter((n) => n.startsWith('python'))
+      .sort()) {
       const torch = path.join(venv, lib, python, 'site-packages', 'torch');
       if (isDirectory(torch)) return fromDirectory(origin, path.join(torch, 'lib'));
     }

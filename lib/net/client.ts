@@ -127,11 +127,7 @@ function requestOnce(
   const secure = url.protocol === 'https:';
   const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
   return new Promise<Response>((resolve, reject) => {
-    const lookup = (
-      _hostname: string,
-      lookupOptions: { all?: boolean },
-      callback: (...args: unknown[]) => void,
-    ) => {
+    const lookup = (_hostname: string, lookupOptions: { all?: boolean }, callback: (...args: unknown[]) => void) => {
       if (lookupOptions?.all) callback(null, [{ address: target.address, family: target.family }]);
       else callback(null, target.address, target.family);
     };

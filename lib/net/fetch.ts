@@ -30,7 +30,10 @@ const DEFAULTS: ResolvedImageSourceOptions = {
 };
 
 /** Checks the options once; throws `CLIP_INVALID_ARGUMENT`. */
-export function resolveImageSourceOptions(options: ImageSourceOptions = {}, name = 'options'): ResolvedImageSourceOptions {
+export function resolveImageSourceOptions(
+  options: ImageSourceOptions = {},
+  name = 'options',
+): ResolvedImageSourceOptions {
   return {
     allowPrivateUrls: checkBoolean(options.allowPrivateUrls, `${name}.allowPrivateUrls`, DEFAULTS.allowPrivateUrls),
     connectTimeoutMs: checkInteger(options.connectTimeoutMs, `${name}.connectTimeoutMs`, 1, DEFAULTS.connectTimeoutMs),
@@ -53,11 +56,7 @@ export function resolveImageSourceOptions(options: ImageSourceOptions = {}, name
  * Rejects with `CLIP_URL_FORBIDDEN`, `CLIP_IMAGE_FETCH_FAILED`,
  * `CLIP_IMAGE_TOO_LARGE` or `CLIP_ABORTED`.
  */
-export async function fetchImage(
-  url: URL,
-  options: ResolvedImageSourceOptions,
-  signal?: AbortSignal,
-): Promise<Buffer> {
+export async function fetchImage(url: URL, options: ResolvedImageSourceOptions, signal?: AbortSignal): Promise<Buffer> {
   if (signal?.aborted) throw new ClipError('CLIP_ABORTED', 'The operation was aborted', { cause: signal.reason });
   const { fetchBounded } = await import('./client');
   return fetchBounded(url, options, signal);

@@ -84,12 +84,18 @@ t.test('CSV: row ranges split on record boundaries (BOM, CRLF, quoted line break
   fs.writeFileSync(path.join(dir, 'header.csv'), 'image,text\n');
   t.equal((await scanCsv(path.join(dir, 'header.csv'), 'header.csv', 3)).rows, 0, 'a header alone is zero rows');
   fs.writeFileSync(path.join(dir, 'other.csv'), 'a,b\n1,2\n');
-  await t.rejects(scanCsv(path.join(dir, 'other.csv'), 'other.csv', 3), { code: 'CLIP_INVALID_ARGUMENT', message: /"image" and\/or "text"/ });
+  await t.rejects(scanCsv(path.join(dir, 'other.csv'), 'other.csv', 3), {
+    code: 'CLIP_INVALID_ARGUMENT',
+    message: /"image" and\/or "text"/,
+  });
   fs.writeFileSync(path.join(dir, 'broken.csv'), 'image,text\n"unclosed,x\n');
-  await t.rejects(scanCsv(path.join(dir, 'broken.csv'), 'broken.csv', 3), { code: 'CLIP_INVALID_ARGUMENT', message: /broken\.csv/ });
+  await t.rejects(scanCsv(path.join(dir, 'broken.csv'), 'broken.csv', 3), {
+    code: 'CLIP_INVALID_ARGUMENT',
+    message: /broken\.csv/,
+  });
 });
 
-t.test('JSON Lines: blank lines skipped, a bad line is that row\'s error', async (t) => {
+t.test("JSON Lines: blank lines skipped, a bad line is that row's error", async (t) => {
   const dir = tempDir('batch-jsonl');
   const file = path.join(dir, 'x.jsonl');
   fs.writeFileSync(file, '{"text":"a"}\r\n\n{"image":"aGk="}\nnot json\n{"text":5}\n  \n{"image":"","text":"b"}');
@@ -116,13 +122,27 @@ t.test('inputs: sorted by path, recursive, hidden files and the output folder sk
     fs.writeFileSync(path.join(dir, name), 'image,text\n');
   }
   const listing = await listInputs(dir, path.join(dir, 'out'));
-  t.same(listing.files.map((f) => [f.name, f.kind]), [['a/10.jpg', 'image'], ['a/2.png', 'image'], ['b.csv', 'csv'], ['c.jsonl', 'jsonl']]);
+  t.same(
+    listing.files.map((f) => [f.name, f.kind]),
+    [
+      ['a/10.jpg', 'image'],
+      ['a/2.png', 'image'],
+      ['b.csv', 'csv'],
+      ['c.jsonl', 'jsonl'],
+    ],
+  );
   t.equal(listing.ignored, 1, 'notes.txt');
   const single = await listInputs(path.join(dir, 'b.csv'));
-  t.same(single.files.map((f) => f.name), ['b.csv']);
+  t.same(
+    single.files.map((f) => f.name),
+    ['b.csv'],
+  );
   await t.rejects(listInputs(path.join(dir, 'notes.txt')), { code: 'CLIP_INVALID_ARGUMENT' });
   await t.rejects(listInputs(path.join(dir, 'missing')), { code: 'CLIP_INVALID_ARGUMENT' });
-  await t.rejects(listInputs(dir, `${dir}/`), { code: 'CLIP_INVALID_ARGUMENT', message: /other than the input folder/ });
+  await t.rejects(listInputs(dir, `${dir}/`), {
+    code: 'CLIP_INVALID_ARGUMENT',
+    message: /other than the input folder/,
+  });
 });
 
 t.test('plan: parts of at most partRows rows; shards take contiguous runs that cover every part once', async (t) => {
@@ -133,12 +153,20 @@ t.test('plan: parts of at most partRows rows; shards take contiguous runs that c
   for (const name of ['c1.png', 'c2.png', 'c3.png', 'c4.png', 'c5.png']) fs.writeFileSync(path.join(dir, name), 'x');
   const plan = await makePlan(await listInputs(dir), 4);
   t.equal(plan.totalRows, 18);
-  t.same(plan.units.map((u) => u.rows), [4, 4, 2, 3, 4, 1], 'a.csv in three ranges, b.csv whole, images in runs of 4');
+  t.same(
+    plan.units.map((u) => u.rows),
+    [4, 4, 2, 3, 4, 1],
+    'a.csv in three ranges, b.csv whole, images in runs of 4',
+  );
   t.same(plan.columns, { image: true, text: true });
   for (const count of [1, 2, 3, 7]) {
     const shards = shardOfUnits(plan, count);
     t.equal(shards.length, plan.units.length);
-    t.same([...shards].sort((a, b) => a - b), shards, `${count} shards: contiguous`);
+    t.same(
+      [...shards].sort((a, b) => a - b),
+      shards,
+      `${count} shards: contiguous`,
+    );
     t.ok(shards.every((s) => s >= 0 && s < count));
   }
   t.same(shardOfUnits(plan, 2), [0, 0, 1, 1, 1, 1], 'split by the middle row of each part: 8 and 10 rows');

@@ -40,7 +40,7 @@ const hasToolkit = fs.existsSync(path.join(cudaInclude, 'cuda_runtime_api.h'));
 t.test('model.cc compiles with CUDA support', { skip: hasToolkit ? false : `no CUDA toolkit headers in ${cudaInclude}` }, async (t) => {
   const include = headersDir();
   if (!include) {
-    t.skip(`${TORCH_CUDA} (CUDA build) could not be downloaded from the package index`);
+    t.skip(`${TORCH_CUDA} (CUDA build) could not be downloaded from the package index`, () => undefined);
     return;
   }
   const version = fs.readFileSync(path.join(include, '..', 'version.py'), 'utf8').match(/__version__ = '([^']+)'/)?.[1];

@@ -9,6 +9,7 @@ import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
+import { parseAllDocuments } from 'yaml';
 import { describeLibtorch, listPrebuilds, prebuildName } from '../../lib/native/locate';
 import { ClipModel } from '../../lib/index';
 import { maxAbsDiff, root, tempDir, tinyModel } from '../helpers/env';
@@ -16,7 +17,7 @@ import { makePng } from '../helpers/images';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { readDynamic } = require('../../scripts/prebuild.js') as {
-  readDynamic(bytes: Buffer): { needed: string[]; runpath: string[] };
+  readDynamic: (bytes: Buffer) => { needed: string[]; runpath: string[] };
 };
 
 const localBuild = path.join(root, 'build', 'Release', 'clip_native.node');
@@ -253,12 +254,10 @@ t.test('describeLibtorch reads the version and variant', { skip: !venvTorch && '
 // Container and Kubernetes files: static checks (no Docker engine or cluster in CI).
 // ---------------------------------------------------------------------------
 
-type Manifest = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+type Manifest = Record<string, any>;
 
 function readManifests(file: string): Manifest[] {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const YAML = require('yaml') as typeof import('yaml');
-  return YAML.parseAllDocuments(fs.readFileSync(path.join(root, 'deploy', file), 'utf8')).map((doc) => {
+  return parseAllDocuments(fs.readFileSync(path.join(root, 'deploy', file), 'utf8')).map((doc) => {
     if (doc.errors.length > 0) throw new Error(`${file}: ${doc.errors[0].message}`);
     return doc.toJS() as Manifest;
   });

@@ -19,13 +19,9 @@ import zlib from 'node:zlib';
 import t, { type Test } from 'tap';
 import { fixtures, maxAbsDiff, tinyModel } from '../helpers/env';
 import { request as httpRequest, type Answer } from '../helpers/http';
+import { makePng } from '../helpers/images';
 import { listeningPort, onLines, spawnServe } from '../helpers/process';
 import { buildCorpus, corpusDigest, loadSeeds, makeZeroPng, scoreBody, type Case } from './corpus';
-
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const { makePng } = require('../helpers/images') as {
-  makePng(width: number, height: number, pixel: (x: number, y: number) => number[]): Buffer;
-};
 
 const API_KEY = 'adversarial-test-key';
 /**
@@ -133,7 +129,10 @@ function rawRequest(port: number, bytes: Buffer, timeoutMs = 10_000): Promise<An
       const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(text)?.[1] ?? 0);
       const split = text.indexOf('\r\n\r\n');
       const headers: Record<string, string> = {};
-      for (const line of text.slice(0, split < 0 ? text.length : split).split('\r\n').slice(1)) {
+      for (const line of text
+        .slice(0, split < 0 ? text.length : split)
+        .split('\r\n')
+        .slice(1)) {
         const colon = line.indexOf(':');
         if (colon > 0) headers[line.slice(0, colon).toLowerCase()] = line.slice(colon + 1).trim();
       }
@@ -192,7 +191,11 @@ function imageServer(seedJpeg: Buffer | undefined) {
     req.socket.on('error', () => undefined);
     const url = new URL(req.url!, 'http://x');
     const route = url.pathname;
-    const send = (status: number, body: Buffer | string, headers: Record<string, string | number> = { 'content-type': 'image/png' }) => {
+    const send = (
+      status: number,
+      body: Buffer | string,
+      headers: Record<string, string | number> = { 'content-type': 'image/png' },
+    ) => {
       res.writeHead(status, headers);
       res.end(body);
     };
@@ -211,7 +214,8 @@ function imageServer(seedJpeg: Buffer | undefined) {
     if (route === '/json') return send(200, '{"image": "no"}', { 'content-type': 'application/json' });
     if (status) return send(Number(status[1]), Number(status[1]) === 204 ? '' : 'x', { 'content-type': 'image/png' });
     if (route === '/loop') return send(302, '', { location: '/loop' });
-    if (chain) return Number(chain[1]) === 0 ? send(200, png) : send(302, '', { location: `/chain/${Number(chain[1]) - 1}` });
+    if (chain)
+      return Number(chain[1]) === 0 ? send(200, png) : send(302, '', { location: `/chain/${Number(chain[1]) - 1}` });
     if (route === '/redirect-relative') return send(302, '', { location: 'ok.png' });
     if (route === '/redirect-303') return send(303, '', { location: '/ok.png' });
     if (route === '/redirect') return send(302, '', { location: url.searchParams.get('to') ?? '/' });
@@ -244,9 +248,11 @@ function imageServer(seedJpeg: Buffer | undefined) {
     }
     if (route === '/empty') return send(200, Buffer.alloc(0));
     if (route === '/garbage') return send(200, garbage);
-    if (route === '/gzip') return send(200, zlib.gzipSync(png), { 'content-type': 'image/png', 'content-encoding': 'gzip' });
+    if (route === '/gzip')
+      return send(200, zlib.gzipSync(png), { 'content-type': 'image/png', 'content-encoding': 'gzip' });
     if (route === '/bomb.png') return send(200, bomb);
-    if (route === '/truncated.jpg') return send(200, (seedJpeg ?? png).subarray(0, (seedJpeg ?? png).length >> 1), { 'content-type': 'image/jpeg' });
+    if (route === '/truncated.jpg')
+      return send(200, (seedJpeg ?? png).subarray(0, (seedJpeg ?? png).length >> 1), { 'content-type': 'image/jpeg' });
     if (route === '/slow-headers') {
       held.add(res);
       res.on('close', () => held.delete(res));
@@ -288,22 +294,28 @@ function check(c: Case, answer: Answer): string[] {
   }
   if (answer.status >= 400) {
     const body = answer.json;
-    if (!/^application\/json/.test(String(answer.headers['content-type']))) problems.push(`content-type ${answer.headers['content-type']}`);
+    if (!/^application\/json/.test(String(answer.headers['content-type'])))
+      problems.push(`content-type ${answer.headers['content-type']}`);
     if (body === null || typeof body !== 'object' || Array.isArray(body)) {
       problems.push(`body is not an object: ${answer.text.slice(0, 200)}`);
     } else {
       if (typeof body.message !== 'string' || body.message.length === 0) problems.push('no message');
       if (typeof body.code !== 'string') problems.push('no code');
-      else if (expect.codes && !expect.codes.includes(body.code)) problems.push(`code ${body.code}, expected ${expect.codes.join(' or ')}`);
+      else if (expect.codes && !expect.codes.includes(body.code))
+        problems.push(`code ${body.code}, expected ${expect.codes.join(' or ')}`);
       if (expect.row !== undefined && body.row !== expect.row) problems.push(`row ${body.row}, expected ${expect.row}`);
-      if (body.row !== undefined && !String(body.message).startsWith(`row ${body.row}: `)) problems.push('row error message does not start with "row N: "');
-      if (typeof body.message === 'string' && body.message.length > 2000) problems.push(`message of ${body.message.length} characters`);
+      if (body.row !== undefined && !String(body.message).startsWith(`row ${body.row}: `))
+        problems.push('row error message does not start with "row N: "');
+      if (typeof body.message === 'string' && body.message.length > 2000)
+        problems.push(`message of ${body.message.length} characters`);
     }
-    if ((answer.status === 429 || answer.status === 503) && answer.headers['retry-after'] === undefined) problems.push('no Retry-After');
+    if ((answer.status === 429 || answer.status === 503) && answer.headers['retry-after'] === undefined)
+      problems.push('no Retry-After');
   }
   if (answer.status === 200 && c.method === 'POST') {
     if (!Array.isArray(answer.json)) problems.push(`200 body is not an array: ${answer.text.slice(0, 200)}`);
-    else if (!answer.json.every((row: any) => Array.isArray(row.image_features ?? row.text_features))) problems.push('a 200 row without features');
+    else if (!answer.json.every((row: any) => Array.isArray(row.image_features ?? row.text_features)))
+      problems.push('a 200 row without features');
   }
   return problems;
 }
@@ -336,7 +348,8 @@ t.test('hostile requests against clip-native serve', async (t) => {
     'content-type': 'application/json',
     ...(s === open ? { authorization: `Bearer ${API_KEY}` } : {}),
   });
-  const probeOnce = (s: Server) => request(s.port, { method: 'POST', path: '/score', headers: probeHeaders(s), body: probe });
+  const probeOnce = (s: Server) =>
+    request(s.port, { method: 'POST', path: '/score', headers: probeHeaders(s), body: probe });
   const want = new Map<Server, any>();
   for (const s of [strict, open]) {
     for (let i = 0; i < 5; i++) {
@@ -367,7 +380,11 @@ t.test('hostile requests against clip-native serve', async (t) => {
   const send = (c: Case): Promise<Answer> => {
     const server = servers[c.target];
     if (c.raw) return rawRequest(server.port, c.raw);
-    return request(server.port, { method: c.method, path: c.path, headers: c.headers, body: c.body }, c.slow ? 60_000 : 120_000);
+    return request(
+      server.port,
+      { method: c.method, path: c.path, headers: c.headers, body: c.body },
+      c.slow ? 60_000 : 120_000,
+    );
   };
   const outcomes = new Map<string, { status: number; code?: string }>();
   /** Runs one case; its failure, if any, goes to `failures`. */
@@ -406,7 +423,9 @@ t.test('hostile requests against clip-native serve', async (t) => {
       for (const c of cases.filter((c) => c.exclusive)) await run(c, failures);
       t.same(failures, [], `${cases.length} cases answered as their case says`);
       await stillServing(t, `after ${category}`);
-      t.comment(`RSS after ${category}: strict ${rssMb(strict.child.pid!).rss.toFixed(0)} MB, open ${rssMb(open.child.pid!).rss.toFixed(0)} MB`);
+      t.comment(
+        `RSS after ${category}: strict ${rssMb(strict.child.pid!).rss.toFixed(0)} MB, open ${rssMb(open.child.pid!).rss.toFixed(0)} MB`,
+      );
     });
   }
   await slowDone;
@@ -433,7 +452,11 @@ t.test('hostile requests against clip-native serve', async (t) => {
   });
 
   // What the many-rows cases got: the report quotes these.
-  for (const name of ['rows/20000 text rows', 'rows/5000 image rows of a 1x1 PNG', 'rows/4096 text rows (exactly the queue capacity)']) {
+  for (const name of [
+    'rows/20000 text rows',
+    'rows/5000 image rows of a 1x1 PNG',
+    'rows/4096 text rows (exactly the queue capacity)',
+  ]) {
     t.comment(`${name}: ${JSON.stringify(outcomes.get(name))}`);
   }
   // CLIP_ADVERSARIAL_REPORT=FILE writes every case's answer there (status and code).

@@ -14,15 +14,8 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
-
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const { PNG_SIGNATURE, crc32, makePng, makePngHeaderOnly, pngFile } = require('../helpers/images') as {
-  PNG_SIGNATURE: Buffer;
-  crc32(bytes: Uint8Array): number;
-  pngFile(width: number, height: number, idat: Uint8Array, options?: { bitDepth?: number; colorType?: number }): Buffer;
-  makePng(width: number, height: number, pixel: (x: number, y: number) => number[]): Buffer;
-  makePngHeaderOnly(width: number, height: number): Buffer;
-};
+import t from 'tap';
+import { PNG_SIGNATURE, crc32, makePng, makePngHeaderOnly, pngFile } from '../helpers/images';
 
 /** Which server a case goes to: `strict` is plain `serve`; `open` has --allow-private-urls and an API key. */
 export type Target = 'strict' | 'open';
@@ -175,7 +168,16 @@ function makeBmp(
 const b64 = (bytes: Buffer) => bytes.toString('base64');
 
 /** The JSON body of one request in Azure's split format. */
-export function scoreBody(data: unknown[][], columns: string[] = ['image', 'text'], extra: Record<string, unknown> = {}): Buffer {
+/** A `/score` body with columns image and text and no index. */
+function bodyWithoutIndex(data: unknown[][]): Buffer {
+  return Buffer.from(JSON.stringify({ input_data: { columns: ['image', 'text'], data } }));
+}
+
+export function scoreBody(
+  data: unknown[][],
+  columns: string[] = ['image', 'text'],
+  extra: Record<string, unknown> = {},
+): Buffer {
   return Buffer.from(JSON.stringify({ input_data: { columns, index: data.map((_, i) => i), data, ...extra } }));
 }
 
@@ -193,7 +195,7 @@ export function buildCorpus(context: CorpusContext): Case[] {
       ...c,
       target,
       headers: { ...json, ...(target === 'open' ? auth : {}), ...(c.headers ?? {}) },
-    } as Case);
+    });
   };
   const invalid = (row?: number): Expect => ({ status: [400], codes: INVALID, ...(row === undefined ? {} : { row }) });
   const imageError = (row = 0, codes = IMAGE_CODES): Expect => ({ status: [400], codes, row });
@@ -235,7 +237,10 @@ export function buildCorpus(context: CorpusContext): Case[] {
     ['huge number', `{"input_data": ${'9'.repeat(100_000)}}`],
     ['__proto__ key', '{"__proto__": {"input_data": {"columns": ["text"], "data": [["x"]]}}}'],
     ['constructor.prototype key', '{"constructor": {"prototype": {"input_data": 1}}}'],
-    ['invalid UTF-8 outside strings', Buffer.concat([Buffer.from('{"input_data"'), Buffer.from([0xff, 0xfe]), Buffer.from(': 1}')])],
+    [
+      'invalid UTF-8 outside strings',
+      Buffer.concat([Buffer.from('{"input_data"'), Buffer.from([0xff, 0xfe]), Buffer.from(': 1}')]),
+    ],
   ];
   for (const [name, body] of malformed) {
     add({ name: `json/${name}`, category: 'malformed JSON', body: Buffer.from(body), expect: invalid() });
@@ -269,8 +274,18 @@ export function buildCorpus(context: CorpusContext): Case[] {
     ['nested array', [[['x']]]],
   ];
   for (const [label, value] of wrongValues) {
-    add({ name: `types/body is ${label}`, category: 'wrong types', body: Buffer.from(JSON.stringify(value)), expect: invalid() });
-    add({ name: `types/input_data is ${label}`, category: 'wrong types', body: Buffer.from(JSON.stringify({ input_data: value })), expect: invalid() });
+    add({
+      name: `types/body is ${label}`,
+      category: 'wrong types',
+      body: Buffer.from(JSON.stringify(value)),
+      expect: invalid(),
+    });
+    add({
+      name: `types/input_data is ${label}`,
+      category: 'wrong types',
+      body: Buffer.from(JSON.stringify({ input_data: value })),
+      expect: invalid(),
+    });
     if (label !== 'array') {
       add({
         name: `types/columns is ${label}`,
@@ -313,25 +328,72 @@ export function buildCorpus(context: CorpusContext): Case[] {
     add({
       name: `types/image cell is ${label}`,
       category: 'wrong types',
-      body: Buffer.from(JSON.stringify({ input_data: { columns: ['image', 'text'], data: [['', 'ok'], [value, 'text']] } })),
+      body: bodyWithoutIndex([
+        ['', 'ok'],
+        [value, 'text'],
+      ]),
       // 'text' is valid base64 (3 bytes that are no image).
-      expect: absent ? ok : label === 'string' ? { status: [400], codes: [...INVALID, ...IMAGE_CODES], row: 1 } : invalid(1),
+      expect: absent
+        ? ok
+        : label === 'string'
+          ? { status: [400], codes: [...INVALID, ...IMAGE_CODES], row: 1 }
+          : invalid(1),
     });
     add({
       name: `types/text cell is ${label}`,
       category: 'wrong types',
-      body: Buffer.from(JSON.stringify({ input_data: { columns: ['image', 'text'], data: [['', 'ok'], [pngB64, value]] } })),
+      body: bodyWithoutIndex([
+        ['', 'ok'],
+        [pngB64, value],
+      ]),
       expect: absent ? ok : label === 'string' ? ok : invalid(1),
     });
   }
   add({ name: 'types/no input_data', category: 'wrong types', body: Buffer.from('{"inputs": []}'), expect: invalid() });
   add({ name: 'types/columns empty', category: 'wrong types', body: scoreBody([[]], []), expect: invalid() });
-  add({ name: 'types/columns neither image nor text', category: 'wrong types', body: scoreBody([['x']], ['caption']), expect: invalid() });
-  add({ name: 'types/columns duplicated', category: 'wrong types', body: scoreBody([['x', 'y']], ['text', 'text']), expect: invalid() });
-  add({ name: 'types/column names differ in case', category: 'wrong types', body: scoreBody([['x']], ['TEXT']), expect: invalid() });
-  add({ name: 'types/extra columns ignored (valid)', category: 'wrong types', body: scoreBody([['', 'x', 'z']], ['image', 'text', 'extra']), expect: ok });
-  add({ name: 'types/row with neither', category: 'wrong types', body: scoreBody([['', 'ok'], ['', '']]), expect: invalid(1) });
-  add({ name: 'types/row of nulls', category: 'wrong types', body: scoreBody([['', 'ok'], ['', 'ok'], [null, null]]), expect: invalid(2) });
+  add({
+    name: 'types/columns neither image nor text',
+    category: 'wrong types',
+    body: scoreBody([['x']], ['caption']),
+    expect: invalid(),
+  });
+  add({
+    name: 'types/columns duplicated',
+    category: 'wrong types',
+    body: scoreBody([['x', 'y']], ['text', 'text']),
+    expect: invalid(),
+  });
+  add({
+    name: 'types/column names differ in case',
+    category: 'wrong types',
+    body: scoreBody([['x']], ['TEXT']),
+    expect: invalid(),
+  });
+  add({
+    name: 'types/extra columns ignored (valid)',
+    category: 'wrong types',
+    body: scoreBody([['', 'x', 'z']], ['image', 'text', 'extra']),
+    expect: ok,
+  });
+  add({
+    name: 'types/row with neither',
+    category: 'wrong types',
+    body: scoreBody([
+      ['', 'ok'],
+      ['', ''],
+    ]),
+    expect: invalid(1),
+  });
+  add({
+    name: 'types/row of nulls',
+    category: 'wrong types',
+    body: scoreBody([
+      ['', 'ok'],
+      ['', 'ok'],
+      [null, null],
+    ]),
+    expect: invalid(2),
+  });
   add({
     name: 'types/100000 empty rows',
     category: 'wrong types',
@@ -340,12 +402,19 @@ export function buildCorpus(context: CorpusContext): Case[] {
   });
 
   // --- index / data mismatches and row widths -------------------------------
-  const twoRows = [['', 'a'], ['', 'b']];
+  const twoRows = [
+    ['', 'a'],
+    ['', 'b'],
+  ];
   for (const length of [0, 1, 3, 1000]) {
     add({
       name: `shape/index of ${length} for 2 rows`,
       category: 'index and row shape',
-      body: Buffer.from(JSON.stringify({ input_data: { columns: ['image', 'text'], index: Array.from({ length }, (_, i) => i), data: twoRows } })),
+      body: Buffer.from(
+        JSON.stringify({
+          input_data: { columns: ['image', 'text'], index: Array.from({ length }, (_, i) => i), data: twoRows },
+        }),
+      ),
       expect: invalid(),
     });
   }
@@ -375,8 +444,18 @@ export function buildCorpus(context: CorpusContext): Case[] {
       expect: invalid(2),
     });
   }
-  add({ name: 'shape/row of 3 cells for 1 column', category: 'index and row shape', body: scoreBody([['a', 'b', 'c']], ['text']), expect: invalid(0) });
-  add({ name: 'shape/rows as objects', category: 'index and row shape', body: scoreBody([{ text: 'x' } as unknown as unknown[]], ['text']), expect: invalid(0) });
+  add({
+    name: 'shape/row of 3 cells for 1 column',
+    category: 'index and row shape',
+    body: scoreBody([['a', 'b', 'c']], ['text']),
+    expect: invalid(0),
+  });
+  add({
+    name: 'shape/rows as objects',
+    category: 'index and row shape',
+    body: scoreBody([{ text: 'x' } as unknown as unknown[]], ['text']),
+    expect: invalid(0),
+  });
 
   // --- invalid base64 and data: URIs ---------------------------------------
   const badBase64: Array<[string, string, string[]]> = [
@@ -408,7 +487,15 @@ export function buildCorpus(context: CorpusContext): Case[] {
     ['base64 with NUL characters', `${pngB64.slice(0, 8)}\u0000${pngB64.slice(8)}`, INVALID],
   ];
   for (const [name, value, codes] of badBase64) {
-    add({ name: `base64/${name}`, category: 'invalid base64', body: scoreBody([['', 'ok'], [value, '']]), expect: { status: [400], codes, row: 1 } });
+    add({
+      name: `base64/${name}`,
+      category: 'invalid base64',
+      body: scoreBody([
+        ['', 'ok'],
+        [value, ''],
+      ]),
+      expect: { status: [400], codes, row: 1 },
+    });
   }
   // Accepted spellings of a valid image (contract: MIME line breaks, URL-safe, data: URIs).
   const goodSpellings: Array<[string, string]> = [
@@ -493,7 +580,10 @@ export function buildCorpus(context: CorpusContext): Case[] {
       add({
         name: `image/${seed.name}: ${name}`,
         category: 'corrupt images',
-        body: scoreBody([['', 'ok'], [b64(mutate()), '']]),
+        body: scoreBody([
+          ['', 'ok'],
+          [b64(mutate()), ''],
+        ]),
         expect,
       });
     }
@@ -513,7 +603,13 @@ export function buildCorpus(context: CorpusContext): Case[] {
     ['7000x7000 zero PNG, just under the 50 MP limit', () => makeZeroPng(7000, 7000), ok],
   ];
   for (const [name, make, expect] of sizes) {
-    add({ name: `size/${name}`, category: 'degenerate sizes', body: scoreBody([[b64(make()), '']]), expect, exclusive: name.startsWith('7000') });
+    add({
+      name: `size/${name}`,
+      category: 'degenerate sizes',
+      body: scoreBody([[b64(make()), '']]),
+      expect,
+      exclusive: name.startsWith('7000'),
+    });
   }
 
   // --- decompression bombs and headers that claim huge sizes ----------------
@@ -535,7 +631,11 @@ export function buildCorpus(context: CorpusContext): Case[] {
     ['PNG bit depth 3', () => patchIhdr(png, (h) => (h[8] = 3)), imageError(0)],
     ['PNG color type 5', () => patchIhdr(png, (h) => (h[9] = 5)), imageError(0)],
     ['PNG interlace method 7', () => patchIhdr(png, (h) => (h[12] = 7)), imageError(0)],
-    ['PNG IHDR claims 64x64 for 32x24 data', () => patchIhdr(png, (h) => (h.writeUInt32BE(64, 0), h.writeUInt32BE(64, 4))), imageError(0)],
+    [
+      'PNG IHDR claims 64x64 for 32x24 data',
+      () => patchIhdr(png, (h) => (h.writeUInt32BE(64, 0), h.writeUInt32BE(64, 4))),
+      imageError(0),
+    ],
     [
       'PNG IDAT length 0xffffffff',
       () => {
@@ -555,7 +655,11 @@ export function buildCorpus(context: CorpusContext): Case[] {
     bombs.push(['JPEG SOF claims 65500x65500', () => patchJpegSize(jpeg, 65_500, 65_500), tooLarge()]);
     bombs.push(['JPEG SOF claims 65500x1000', () => patchJpegSize(jpeg, 65_500, 1000), tooLarge()]);
     bombs.push(['JPEG SOF claims height 0', () => patchJpegSize(jpeg, 320, 0), imageError(0)]);
-    bombs.push(['JPEG SOF claims 7000x7000 (under the limit, data for 320x240)', () => patchJpegSize(jpeg, 7000, 7000), maybeImage(0)]);
+    bombs.push([
+      'JPEG SOF claims 7000x7000 (under the limit, data for 320x240)',
+      () => patchJpegSize(jpeg, 7000, 7000),
+      maybeImage(0),
+    ]);
   }
   if (gif) {
     bombs.push([
@@ -648,9 +752,30 @@ export function buildCorpus(context: CorpusContext): Case[] {
     ['reversed surrogate pair', lone('\\udc00\\ud800')],
     ['high surrogates only', lone('\\ud83d'.repeat(500))],
     ['NUL escapes', lone('a\\u0000b\\u0000')],
-    ['invalid UTF-8 bytes in a string', Buffer.concat([Buffer.from('{"input_data": {"columns": ["text"], "data": [["a'), Buffer.from([0xff, 0xc0, 0xaf, 0xed, 0xa0, 0x80, 0xf4, 0x90, 0x80, 0x80]), Buffer.from('b"]]}}')])],
-    ['CESU-8 surrogate pair bytes', Buffer.concat([Buffer.from('{"input_data": {"columns": ["text"], "data": [["'), Buffer.from([0xed, 0xa0, 0xbd, 0xed, 0xb8, 0x80]), Buffer.from('"]]}}')])],
-    ['truncated UTF-8 sequence at the end of a string', Buffer.concat([Buffer.from('{"input_data": {"columns": ["text"], "data": [["cat'), Buffer.from([0xf0, 0x9f, 0x90]), Buffer.from('"]]}}')])],
+    [
+      'invalid UTF-8 bytes in a string',
+      Buffer.concat([
+        Buffer.from('{"input_data": {"columns": ["text"], "data": [["a'),
+        Buffer.from([0xff, 0xc0, 0xaf, 0xed, 0xa0, 0x80, 0xf4, 0x90, 0x80, 0x80]),
+        Buffer.from('b"]]}}'),
+      ]),
+    ],
+    [
+      'CESU-8 surrogate pair bytes',
+      Buffer.concat([
+        Buffer.from('{"input_data": {"columns": ["text"], "data": [["'),
+        Buffer.from([0xed, 0xa0, 0xbd, 0xed, 0xb8, 0x80]),
+        Buffer.from('"]]}}'),
+      ]),
+    ],
+    [
+      'truncated UTF-8 sequence at the end of a string',
+      Buffer.concat([
+        Buffer.from('{"input_data": {"columns": ["text"], "data": [["cat'),
+        Buffer.from([0xf0, 0x9f, 0x90]),
+        Buffer.from('"]]}}'),
+      ]),
+    ],
     ['5 MB of words', scoreBody([['', 'a photo of a cat '.repeat(300_000).slice(0, 5_000_000)]])],
     ['5 MB single word', scoreBody([['', 'x'.repeat(5_000_000)]])],
     ['5 MB of combining marks', scoreBody([['', `e${'\u0301'.repeat(2_500_000)}`]])],
@@ -673,10 +798,26 @@ export function buildCorpus(context: CorpusContext): Case[] {
   const bulk = (label: string, rows: unknown[][], expect: Expect) =>
     add({ name: `rows/${label}`, category: 'many rows', body: scoreBody(rows), expect, exclusive: true });
   const overCapacity: Expect = { status: [413], codes: ['CLIP_REQUEST_TOO_LARGE'] };
-  bulk('20000 text rows', Array.from({ length: 20_000 }, (_, i) => ['', `caption number ${i}`]), overCapacity);
-  bulk('4096 text rows (exactly the queue capacity)', Array.from({ length: 4096 }, (_, i) => ['', `row ${i}`]), ok);
-  bulk('5000 image rows of a 1x1 PNG', Array.from({ length: 5000 }, () => [b64(makePng(1, 1, () => [1, 2, 3])), '']), overCapacity);
-  bulk('1000 mixed rows', Array.from({ length: 1000 }, (_, i) => (i % 2 ? ['', `t${i}`] : [pngB64, `both ${i}`])), ok);
+  bulk(
+    '20000 text rows',
+    Array.from({ length: 20_000 }, (_, i) => ['', `caption number ${i}`]),
+    overCapacity,
+  );
+  bulk(
+    '4096 text rows (exactly the queue capacity)',
+    Array.from({ length: 4096 }, (_, i) => ['', `row ${i}`]),
+    ok,
+  );
+  bulk(
+    '5000 image rows of a 1x1 PNG',
+    Array.from({ length: 5000 }, () => [b64(makePng(1, 1, () => [1, 2, 3])), '']),
+    overCapacity,
+  );
+  bulk(
+    '1000 mixed rows',
+    Array.from({ length: 1000 }, (_, i) => (i % 2 ? ['', `t${i}`] : [pngB64, `both ${i}`])),
+    ok,
+  );
   bulk('3000 rows, a bad one last', [...Array.from({ length: 2999 }, (_, i) => ['', `r${i}`]), ['', 5]], invalid(2999));
 
   // --- content types, methods, routes --------------------------------------
@@ -693,12 +834,29 @@ export function buildCorpus(context: CorpusContext): Case[] {
     ['garbage', ';;;/;', { status: [415], codes: ['CLIP_UNSUPPORTED_MEDIA_TYPE'] }],
     ['upper case (valid)', 'APPLICATION/JSON', ok],
     ['with charset (valid)', 'application/json; charset=utf-8', ok],
-    ['application/problem+json', 'application/problem+json', { status: [200, 415], codes: ['CLIP_UNSUPPORTED_MEDIA_TYPE'] }],
-    ['charset latin1', 'application/json; charset=latin1', { status: [200, 400, 415], codes: ['CLIP_UNSUPPORTED_MEDIA_TYPE', 'CLIP_INVALID_ARGUMENT'] }],
+    [
+      'application/problem+json',
+      'application/problem+json',
+      { status: [200, 415], codes: ['CLIP_UNSUPPORTED_MEDIA_TYPE'] },
+    ],
+    [
+      'charset latin1',
+      'application/json; charset=latin1',
+      { status: [200, 400, 415], codes: ['CLIP_UNSUPPORTED_MEDIA_TYPE', 'CLIP_INVALID_ARGUMENT'] },
+    ],
   ];
   for (const [name, type, expect] of contentTypes) {
     const headers: Record<string, string> = type === undefined ? {} : { 'content-type': type };
-    cases.push({ name: `content-type/${name}`, category: 'content types and routes', target: 'strict', method: 'POST', path: '/score', headers, body, expect });
+    cases.push({
+      name: `content-type/${name}`,
+      category: 'content types and routes',
+      target: 'strict',
+      method: 'POST',
+      path: '/score',
+      headers,
+      body,
+      expect,
+    });
   }
   const notFound: Expect = { status: [404], codes: ['CLIP_NOT_FOUND'] };
   const routes: Array<[string, string, string]> = [
@@ -715,7 +873,16 @@ export function buildCorpus(context: CorpusContext): Case[] {
     ['GET an 8 KB path', 'GET', `/${'a'.repeat(8000)}`],
   ];
   for (const [name, method, route] of routes) {
-    cases.push({ name: `route/${name}`, category: 'content types and routes', target: 'strict', method, path: route, headers: json, body: method === 'GET' ? undefined : body, expect: notFound });
+    cases.push({
+      name: `route/${name}`,
+      category: 'content types and routes',
+      target: 'strict',
+      method,
+      path: route,
+      headers: json,
+      body: method === 'GET' ? undefined : body,
+      expect: notFound,
+    });
   }
 
   // --- body size: the strict server runs with --body-limit-mb 16 -------------
@@ -724,8 +891,14 @@ export function buildCorpus(context: CorpusContext): Case[] {
   // written the whole body (an HTTP client then reports EPIPE, not the answer).
   const huge = scoreBody([['', 'x'.repeat(17 << 20)]]);
   for (const [name, head] of [
-    ['17 MiB body', `POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${huge.length}\r\n\r\n`],
-    ['17 MiB body, chunked', 'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n'],
+    [
+      '17 MiB body',
+      `POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${huge.length}\r\n\r\n`,
+    ],
+    [
+      '17 MiB body, chunked',
+      'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n',
+    ],
   ]) {
     const body = name.endsWith('chunked')
       ? Buffer.concat([Buffer.from(`${huge.length.toString(16)}\r\n`), huge, Buffer.from('\r\n0\r\n\r\n')])
@@ -749,25 +922,68 @@ export function buildCorpus(context: CorpusContext): Case[] {
   // --- raw HTTP: what reaches Node's parser or lies about the body ----------
   // Node's parser refuses these before any route runs; the server's
   // clientError handler still answers {message, code}.
-  const parser = (...status: number[]): Expect => ({ status, codes: ['CLIP_INVALID_ARGUMENT', 'CLIP_HEADERS_TOO_LARGE'] });
+  const parser = (...status: number[]): Expect => ({
+    status,
+    codes: ['CLIP_INVALID_ARGUMENT', 'CLIP_HEADERS_TOO_LARGE'],
+  });
   const rawCases: Array<[string, string | Buffer, Expect]> = [
-    ['Content-Length claims 10 GB', `POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n{}`, limit],
-    ['Content-Length claims 17 MiB', `POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${17 << 20}\r\n\r\n{}`, limit],
-    ['Content-Length negative', 'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: -5\r\n\r\n{}', parser(400)],
-    ['Content-Length not a number', 'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n{}', parser(400)],
-    ['two different Content-Lengths', 'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}', parser(400)],
-    ['Content-Length and chunked (smuggling)', 'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n', parser(400)],
-    ['bad chunk size', 'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n', parser(0, 400)],
-    ['Content-Length longer than the body, then close', 'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"input_data"', parser(0, 400)],
+    [
+      'Content-Length claims 10 GB',
+      `POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n{}`,
+      limit,
+    ],
+    [
+      'Content-Length claims 17 MiB',
+      `POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${17 << 20}\r\n\r\n{}`,
+      limit,
+    ],
+    [
+      'Content-Length negative',
+      'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: -5\r\n\r\n{}',
+      parser(400),
+    ],
+    [
+      'Content-Length not a number',
+      'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n{}',
+      parser(400),
+    ],
+    [
+      'two different Content-Lengths',
+      'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}',
+      parser(400),
+    ],
+    [
+      'Content-Length and chunked (smuggling)',
+      'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n',
+      parser(400),
+    ],
+    [
+      'bad chunk size',
+      'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n',
+      parser(0, 400),
+    ],
+    [
+      'Content-Length longer than the body, then close',
+      'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"input_data"',
+      parser(0, 400),
+    ],
     ['garbage request line', 'HELLO\r\n\r\n', parser(400)],
     ['binary garbage', Buffer.from(Array.from({ length: 512 }, (_, i) => (i * 131 + 7) & 255)), parser(0, 400)],
     ['HTTP/0.9 request', 'GET /\r\n', parser(0, 400)],
-    ['64 KiB header', `POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Big: ${'a'.repeat(65_536)}\r\nContent-Length: 2\r\n\r\n{}`, parser(431, 400, 0)],
+    [
+      '64 KiB header',
+      `POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Big: ${'a'.repeat(65_536)}\r\nContent-Length: 2\r\n\r\n{}`,
+      parser(431, 400, 0),
+    ],
     ['20 KiB URL', `GET /${'a'.repeat(20_000)} HTTP/1.1\r\nHost: x\r\n\r\n`, parser(431, 414, 400, 0)],
     ['header without colon', 'POST /score HTTP/1.1\r\nHost: x\r\nBroken header\r\n\r\n', parser(400)],
     ['NUL in a header', 'POST /score HTTP/1.1\r\nHost: x\r\nX-A: a\u0000b\r\n\r\n', parser(400)],
     ['LF-only line endings (valid)', 'GET / HTTP/1.1\nHost: x\n\n', parser(200, 400)],
-    ['5000 headers', `GET / HTTP/1.1\r\nHost: x\r\n${Array.from({ length: 5000 }, (_, i) => `X-H${i}: v`).join('\r\n')}\r\n\r\n`, parser(200, 431, 400, 0)],
+    [
+      '5000 headers',
+      `GET / HTTP/1.1\r\nHost: x\r\n${Array.from({ length: 5000 }, (_, i) => `X-H${i}: v`).join('\r\n')}\r\n\r\n`,
+      parser(200, 431, 400, 0),
+    ],
   ];
   for (const [name, request, expect] of rawCases) {
     cases.push({
@@ -777,7 +993,7 @@ export function buildCorpus(context: CorpusContext): Case[] {
       method: 'RAW',
       path: '',
       headers: {},
-      raw: Buffer.from(request as string | Buffer),
+      raw: Buffer.from(request),
       expect,
     });
   }
@@ -827,13 +1043,25 @@ export function buildCorpus(context: CorpusContext): Case[] {
     ['backslashes', 'http:\\\\127.0.0.1\\x.png', forbidden],
     ['userinfo trick', 'http://example.com@127.0.0.1/', forbidden],
     ['.invalid name', 'http://no-such-host.invalid/cat.jpg', forbiddenOrFailed],
-    ['empty host', 'http:///x.png', { status: [400], codes: ['CLIP_URL_FORBIDDEN', 'CLIP_IMAGE_FETCH_FAILED', 'CLIP_INVALID_ARGUMENT'], row: 1 }],
+    [
+      'empty host',
+      'http:///x.png',
+      { status: [400], codes: ['CLIP_URL_FORBIDDEN', 'CLIP_IMAGE_FETCH_FAILED', 'CLIP_INVALID_ARGUMENT'], row: 1 },
+    ],
     ['bad port', 'http://127.0.0.1:99999/', { status: [400], codes: INVALID, row: 1 }],
     ['bad IPv6', 'http://[::1/', { status: [400], codes: INVALID, row: 1 }],
     ['100 KB URL', `http://127.0.0.1/${'a'.repeat(100_000)}`, forbidden],
   ];
   for (const [name, url, expect] of refused) {
-    add({ name: `destination/${name}`, category: 'schemes and destinations', body: scoreBody([['', 'ok'], [url, '']]), expect });
+    add({
+      name: `destination/${name}`,
+      category: 'schemes and destinations',
+      body: scoreBody([
+        ['', 'ok'],
+        [url, ''],
+      ]),
+      expect,
+    });
   }
 
   // --- URLs to the local image server (open server: private URLs allowed) ---
@@ -872,7 +1100,14 @@ export function buildCorpus(context: CorpusContext): Case[] {
     ['body trickles (fetch timeout)', '/trickle', failed, true],
   ];
   for (const [name, route, expect, slow] of urls) {
-    add({ name: `url/${name}`, category: 'image URLs', target: 'open', body: scoreBody([[`${origin}${route}`, '']]), expect, slow });
+    add({
+      name: `url/${name}`,
+      category: 'image URLs',
+      target: 'open',
+      body: scoreBody([[`${origin}${route}`, '']]),
+      expect,
+      slow,
+    });
   }
   add({
     name: 'url/16 rows of one URL plus a 404 (the first failing row wins)',
@@ -913,8 +1148,6 @@ export function corpusDigest(cases: Case[]): string {
 }
 
 if (require.main === module) {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const t = require('tap') as typeof import('tap');
   t.test('the corpus is deterministic, large and covers every category', async (t) => {
     const seeds = loadSeeds(path.resolve(__dirname, '..', 'fixtures', 'images'));
     const context = { seeds, imageOrigin: 'http://127.0.0.1:9', apiKey: 'k' };

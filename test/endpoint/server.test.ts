@@ -53,7 +53,13 @@ t.test('the endpoint', async (t) => {
   });
 
   await t.test('text-only rows', async (t) => {
-    const answer = await score(base, splitRequest(['text'], texts.map((text) => [text])));
+    const answer = await score(
+      base,
+      splitRequest(
+        ['text'],
+        texts.map((text) => [text]),
+      ),
+    );
     t.equal(answer.status, 200, answer.text.slice(0, 200));
     t.equal(answer.json.length, texts.length);
     answer.json.forEach((row: any, i: number) => {
@@ -65,7 +71,14 @@ t.test('the endpoint', async (t) => {
   await t.test('rows with both, and rows of mixed kinds in either column order', async (t) => {
     const both = await score(
       base,
-      splitRequest(['image', 'text'], [[mimeBase64(images[3]), texts[0]], [images[4].toString('base64'), texts[1]]], [0, 1]),
+      splitRequest(
+        ['image', 'text'],
+        [
+          [mimeBase64(images[3]), texts[0]],
+          [images[4].toString('base64'), texts[1]],
+        ],
+        [0, 1],
+      ),
     );
     t.equal(both.status, 200, both.text.slice(0, 200));
     checkFeatures(t, both.json[0].image_features, imageFeatures[3], 'row 0 image');
@@ -76,15 +89,21 @@ t.test('the endpoint', async (t) => {
     const dataUri = `data:image/png;base64,${images[5].toString('base64')}`;
     const mixed = await score(
       base,
-      splitRequest(['text', 'image'], [[texts[2], ''], ['', dataUri], [texts[3], images[0].toString('base64')], [null, images[1].toString('base64')]]),
+      splitRequest(
+        ['text', 'image'],
+        [
+          [texts[2], ''],
+          ['', dataUri],
+          [texts[3], images[0].toString('base64')],
+          [null, images[1].toString('base64')],
+        ],
+      ),
     );
     t.equal(mixed.status, 200, mixed.text.slice(0, 200));
-    t.same(mixed.json.map((row: object) => Object.keys(row).sort()), [
-      ['text_features'],
-      ['image_features'],
-      ['image_features', 'text_features'],
-      ['image_features'],
-    ]);
+    t.same(
+      mixed.json.map((row: object) => Object.keys(row).sort()),
+      [['text_features'], ['image_features'], ['image_features', 'text_features'], ['image_features']],
+    );
     checkFeatures(t, mixed.json[0].text_features, textFeatures[2], 'text row');
     checkFeatures(t, mixed.json[1].image_features, imageFeatures[5], 'data: URI row');
     checkFeatures(t, mixed.json[2].text_features, textFeatures[3], 'both row, text');
@@ -108,17 +127,92 @@ t.test('the endpoint', async (t) => {
       ['bad JSON', '{"input_data": [', 'CLIP_INVALID_ARGUMENT', undefined, /JSON/],
       ['empty body', '', 'CLIP_INVALID_ARGUMENT', undefined, /empty/],
       ['no input_data', '{"inputs": []}', 'CLIP_INVALID_ARGUMENT', undefined, /input_data/],
-      ['columns not image/text', JSON.stringify(splitRequest(['img'], [['x']])), 'CLIP_INVALID_ARGUMENT', undefined, /columns/],
-      ['data not an array', JSON.stringify({ input_data: { columns: ['text'], data: 'x' } }), 'CLIP_INVALID_ARGUMENT', undefined, /input_data\.data/],
-      ['index length differs', JSON.stringify(splitRequest(['text'], [['a'], ['b']], [0])), 'CLIP_INVALID_ARGUMENT', undefined, /index/],
-      ['row of the wrong length', JSON.stringify(splitRequest(['image', 'text'], [['', 'a'], ['b']])), 'CLIP_INVALID_ARGUMENT', 1, /^row 1: .*input_data\.data\[1\]/],
-      ['row with neither image nor text', JSON.stringify(splitRequest(['image', 'text'], [[good, ''], ['', ''], ['', 'a']])), 'CLIP_INVALID_ARGUMENT', 1, /^row 1: .*neither/],
-      ['text not a string', JSON.stringify(splitRequest(['text'], [['a'], [5]])), 'CLIP_INVALID_ARGUMENT', 1, /^row 1: Expected a string for text but received number 5/],
-      ['not base64, not a URL', JSON.stringify(splitRequest(['image'], [[good], ['not an image!']])), 'CLIP_INVALID_ARGUMENT', 1, /^row 1: Expected an http\(s\) URL, base64 or a data: URI/],
-      ['base64 of something else', JSON.stringify(splitRequest(['image'], [[good], [Buffer.from('hello world').toString('base64')]])), 'CLIP_UNSUPPORTED_IMAGE_FORMAT', 1, /^row 1: /],
-      ['a broken PNG', JSON.stringify(splitRequest(['image'], [[makePngHeaderOnly(64, 64).toString('base64')]])), 'CLIP_IMAGE_DECODE_FAILED', 0, /^row 0: /],
-      ['a file: URL', JSON.stringify(splitRequest(['image'], [['file:///etc/passwd']])), 'CLIP_URL_FORBIDDEN', 0, /^row 0: .*"file:"/],
-      ['an ftp: URL', JSON.stringify(splitRequest(['image'], [['ftp://example.com/a.png']])), 'CLIP_URL_FORBIDDEN', 0, /^row 0: /],
+      [
+        'columns not image/text',
+        JSON.stringify(splitRequest(['img'], [['x']])),
+        'CLIP_INVALID_ARGUMENT',
+        undefined,
+        /columns/,
+      ],
+      [
+        'data not an array',
+        JSON.stringify({ input_data: { columns: ['text'], data: 'x' } }),
+        'CLIP_INVALID_ARGUMENT',
+        undefined,
+        /input_data\.data/,
+      ],
+      [
+        'index length differs',
+        JSON.stringify(splitRequest(['text'], [['a'], ['b']], [0])),
+        'CLIP_INVALID_ARGUMENT',
+        undefined,
+        /index/,
+      ],
+      [
+        'row of the wrong length',
+        JSON.stringify(splitRequest(['image', 'text'], [['', 'a'], ['b']])),
+        'CLIP_INVALID_ARGUMENT',
+        1,
+        /^row 1: .*input_data\.data\[1\]/,
+      ],
+      [
+        'row with neither image nor text',
+        JSON.stringify(
+          splitRequest(
+            ['image', 'text'],
+            [
+              [good, ''],
+              ['', ''],
+              ['', 'a'],
+            ],
+          ),
+        ),
+        'CLIP_INVALID_ARGUMENT',
+        1,
+        /^row 1: .*neither/,
+      ],
+      [
+        'text not a string',
+        JSON.stringify(splitRequest(['text'], [['a'], [5]])),
+        'CLIP_INVALID_ARGUMENT',
+        1,
+        /^row 1: Expected a string for text but received number 5/,
+      ],
+      [
+        'not base64, not a URL',
+        JSON.stringify(splitRequest(['image'], [[good], ['not an image!']])),
+        'CLIP_INVALID_ARGUMENT',
+        1,
+        /^row 1: Expected an http\(s\) URL, base64 or a data: URI/,
+      ],
+      [
+        'base64 of something else',
+        JSON.stringify(splitRequest(['image'], [[good], [Buffer.from('hello world').toString('base64')]])),
+        'CLIP_UNSUPPORTED_IMAGE_FORMAT',
+        1,
+        /^row 1: /,
+      ],
+      [
+        'a broken PNG',
+        JSON.stringify(splitRequest(['image'], [[makePngHeaderOnly(64, 64).toString('base64')]])),
+        'CLIP_IMAGE_DECODE_FAILED',
+        0,
+        /^row 0: /,
+      ],
+      [
+        'a file: URL',
+        JSON.stringify(splitRequest(['image'], [['file:///etc/passwd']])),
+        'CLIP_URL_FORBIDDEN',
+        0,
+        /^row 0: .*"file:"/,
+      ],
+      [
+        'an ftp: URL',
+        JSON.stringify(splitRequest(['image'], [['ftp://example.com/a.png']])),
+        'CLIP_URL_FORBIDDEN',
+        0,
+        /^row 0: /,
+      ],
     ];
     for (const [name, body, code, row, message] of cases) {
       const answer = await request(base, '/score', { body, headers: JSON_TYPE });
@@ -238,7 +332,10 @@ t.test('image URLs: fetched when private destinations are allowed, refused by de
   const held: http.ServerResponse[] = [];
   let hangArrived!: () => void;
   let hangClosed!: () => void;
-  const hang = { arrived: new Promise<void>((r) => (hangArrived = r)), closed: new Promise<void>((r) => (hangClosed = r)) };
+  const hang = {
+    arrived: new Promise<void>((r) => (hangArrived = r)),
+    closed: new Promise<void>((r) => (hangClosed = r)),
+  };
   const files = http.createServer((req, res) => {
     switch (req.url) {
       case '/hang':
@@ -280,10 +377,23 @@ t.test('image URLs: fetched when private destinations are allowed, refused by de
     files.close();
   });
   const origin = `http://127.0.0.1:${(files.address() as AddressInfo).port}`;
-  const open = await listen(t, model, { score: { allowPrivateUrls: true, maxImageBytes: 20_000, fetchTimeoutMs: 500 } });
+  const open = await listen(t, model, {
+    score: { allowPrivateUrls: true, maxImageBytes: 20_000, fetchTimeoutMs: 500 },
+  });
   const strict = await listen(t, model);
 
-  const ok = await score(open, splitRequest(['image', 'text'], [[`${origin}/cat.png`, ''], ['', 'a cat'], [`${origin}/redirect`, ''], [`  ${origin}/octet`, '']]));
+  const ok = await score(
+    open,
+    splitRequest(
+      ['image', 'text'],
+      [
+        [`${origin}/cat.png`, ''],
+        ['', 'a cat'],
+        [`${origin}/redirect`, ''],
+        [`  ${origin}/octet`, ''],
+      ],
+    ),
+  );
   t.equal(ok.status, 200, ok.text.slice(0, 200));
   checkFeatures(t, ok.json[0].image_features, want, 'fetched image');
   checkFeatures(t, ok.json[2].image_features, want, 'after a redirect');
@@ -293,7 +403,10 @@ t.test('image URLs: fetched when private destinations are allowed, refused by de
   t.equal(refused.status, 400);
   t.equal(refused.json.code, 'CLIP_URL_FORBIDDEN');
   t.equal(refused.json.row, 0);
-  const local = await score(strict, splitRequest(['image'], [[`http://localhost:${(files.address() as AddressInfo).port}/cat.png`]]));
+  const local = await score(
+    strict,
+    splitRequest(['image'], [[`http://localhost:${(files.address() as AddressInfo).port}/cat.png`]]),
+  );
   t.equal(local.json?.code, 'CLIP_URL_FORBIDDEN', 'a name that resolves to loopback is refused after resolution');
   const v6 = await score(strict, splitRequest(['image'], [['http://[::ffff:127.0.0.1]/x.png']]));
   t.equal(v6.json?.code, 'CLIP_URL_FORBIDDEN', 'an IPv4-mapped loopback address is refused');
@@ -323,16 +436,18 @@ t.test('image URLs: fetched when private destinations are allowed, refused by de
   const hungUp = Date.now();
   gone.destroy();
   await hang.closed;
-  t.ok(Date.now() - hungUp < 5_000, `the fetch was dropped ${Date.now() - hungUp} ms after the client left (fetch timeout 20 s)`);
+  t.ok(
+    Date.now() - hungUp < 5_000,
+    `the fetch was dropped ${Date.now() - hungUp} ms after the client left (fetch timeout 20 s)`,
+  );
   t.equal((await score(patient, splitRequest(['text'], [['still fine']]))).status, 200, 'the server carries on');
 
   // The batch job's entry point: errors are values, good rows still embed.
-  const rows = await scoreRows(model, [
-    { image: `${origin}/cat.png` },
-    { image: `${origin}/missing`, text: 'x' },
-    { text: 'a dog' },
-    {},
-  ], { allowPrivateUrls: true });
+  const rows = await scoreRows(
+    model,
+    [{ image: `${origin}/cat.png` }, { image: `${origin}/missing`, text: 'x' }, { text: 'a dog' }, {}],
+    { allowPrivateUrls: true },
+  );
   checkFeatures(t, (rows[0] as any).image_features, want, 'scoreRows row 0');
   t.match(rows[1], { code: 'CLIP_IMAGE_FETCH_FAILED', row: 1 });
   t.ok(Array.isArray((rows[2] as any).text_features), 'scoreRows row 2 has text features');
@@ -341,12 +456,39 @@ t.test('image URLs: fetched when private destinations are allowed, refused by de
 
 t.test('the address policy', async (t) => {
   const blocked = [
-    '127.0.0.1', '10.1.2.3', '172.16.0.1', '172.31.255.255', '192.168.1.1', '169.254.169.254', '100.64.0.1',
-    '0.0.0.0', '224.0.0.1', '255.255.255.255', '::', '::1', 'fe80::1', 'fe80::1%eth0', 'fc00::1', 'fd12:3456::1',
-    'ff02::1', '::ffff:127.0.0.1', '::ffff:7f00:1', '::ffff:10.0.0.1', '64:ff9b::a00:1', '2002:c0a8:101::1',
+    '127.0.0.1',
+    '10.1.2.3',
+    '172.16.0.1',
+    '172.31.255.255',
+    '192.168.1.1',
+    '169.254.169.254',
+    '100.64.0.1',
+    '0.0.0.0',
+    '224.0.0.1',
+    '255.255.255.255',
+    '::',
+    '::1',
+    'fe80::1',
+    'fe80::1%eth0',
+    'fc00::1',
+    'fd12:3456::1',
+    'ff02::1',
+    '::ffff:127.0.0.1',
+    '::ffff:7f00:1',
+    '::ffff:10.0.0.1',
+    '64:ff9b::a00:1',
+    '2002:c0a8:101::1',
     'not an address',
   ];
-  const allowed = ['8.8.8.8', '1.1.1.1', '172.32.0.1', '100.128.0.1', '2606:4700:4700::1111', '::ffff:8.8.8.8', '64:ff9b::808:808'];
+  const allowed = [
+    '8.8.8.8',
+    '1.1.1.1',
+    '172.32.0.1',
+    '100.128.0.1',
+    '2606:4700:4700::1111',
+    '::ffff:8.8.8.8',
+    '64:ff9b::808:808',
+  ];
   for (const address of blocked) t.ok(isBlockedAddress(address), `${address} is blocked`);
   for (const address of allowed) t.notOk(isBlockedAddress(address), `${address} is allowed`);
 
@@ -368,17 +510,19 @@ t.test('429 with Retry-After when the engine queue is full; 503 while the model 
   // Large, flat images: tiny to send, slow to decode, so the one queue slot stays taken.
   const slow = makePng(1200, 1200, () => [20, 120, 220]).toString('base64');
   const [want] = await model.embedImages([Buffer.from(slow, 'base64')]);
-  const answers = await Promise.all(
-    Array.from({ length: 24 }, () => score(base, splitRequest(['image'], [[slow]]))),
-  );
+  const answers = await Promise.all(Array.from({ length: 24 }, () => score(base, splitRequest(['image'], [[slow]]))));
   const full = answers.filter((a) => a.status === 429);
   const ok = answers.filter((a) => a.status === 200);
-  t.equal(full.length + ok.length, answers.length, `every answer is 200 or 429 (${answers.map((a) => a.status).join(',')})`);
+  t.equal(
+    full.length + ok.length,
+    answers.length,
+    `every answer is 200 or 429 (${answers.map((a) => a.status).join(',')})`,
+  );
   t.ok(full.length >= 1, `some requests found the queue full (${full.length})`);
   t.ok(ok.length >= 1, `some requests got through (${ok.length})`);
   t.equal(full[0]?.headers['retry-after'], '2');
   t.equal(full[0]?.json.code, 'CLIP_QUEUE_FULL');
-  t.equal(full[0]?.json.row, undefined, 'a full queue is no row\'s fault');
+  t.equal(full[0]?.json.row, undefined, "a full queue is no row's fault");
   for (const answer of ok) checkFeatures(t, answer.json[0].image_features, want, 'a request that got through');
   const after = await score(base, splitRequest(['image'], [[slow]]));
   t.equal(after.status, 200, 'the server serves again once the queue drains');
@@ -417,9 +561,24 @@ t.test("what Node's HTTP parser refuses still gets {message, code}", async (t) =
       socket.on('error', reject);
     });
   const cases: Array<[string, string, number, string]> = [
-    ['bad Content-Length', 'POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}', 400, 'CLIP_INVALID_ARGUMENT'],
-    ['smuggling', 'POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 400, 'CLIP_INVALID_ARGUMENT'],
-    ['64 KiB header', `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(65_536)}\r\n\r\n`, 431, 'CLIP_HEADERS_TOO_LARGE'],
+    [
+      'bad Content-Length',
+      'POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}',
+      400,
+      'CLIP_INVALID_ARGUMENT',
+    ],
+    [
+      'smuggling',
+      'POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
+      400,
+      'CLIP_INVALID_ARGUMENT',
+    ],
+    [
+      '64 KiB header',
+      `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(65_536)}\r\n\r\n`,
+      431,
+      'CLIP_HEADERS_TOO_LARGE',
+    ],
   ];
   for (const [name, request, status, code] of cases) {
     const answer = await raw(request);

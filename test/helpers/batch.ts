@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { mimeBase64 } from './azure';
-import { root } from './env';
+import { root, tinyModel } from './env';
 import { bin } from './process';
 
 export { mimeBase64 } from './azure';
@@ -28,7 +28,10 @@ export type InputFiles = Record<string, Array<{ image?: string; text?: string }>
  * `<first index>batch_input.csv` (the index continues across files, as the
  * sample slices one DataFrame).
  */
-export function azureFolder(dir: string, parts: { images: Uint8Array[]; texts: string[]; both: Array<[Uint8Array, string]> }): InputFiles {
+export function azureFolder(
+  dir: string,
+  parts: { images: Uint8Array[]; texts: string[]; both: Array<[Uint8Array, string]> },
+): InputFiles {
   fs.mkdirSync(dir, { recursive: true });
   const files: InputFiles = {};
   let index = 0;
@@ -98,7 +101,7 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): SpawnSyncRe
 export function startCli(args: string[]) {
   const child = spawn(process.execPath, [bin, ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
-  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
   const ended = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) =>
     child.on('close', (code, signal) => resolve({ code, signal, stderr })),
   );
@@ -111,4 +114,19 @@ export function featureDiff(a: ArrayLike<number> | undefined, b: ArrayLike<numbe
   let max = 0;
   for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
   return max;
+}
+
+/** The objects of a JSON Lines output file, in order; none when the file is not there. */
+export function readJsonLines(file: string): Array<Record<string, any>> {
+  if (!fs.existsSync(file)) return [];
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => JSON.parse(line) as Record<string, any>);
+}
+
+/** `batch` with the tiny model on the CPU, then `more`. */
+export function batchArgs(input: string, output: string, ...more: string[]): string[] {
+  return ['batch', '--model', tinyModel, '--device', 'cpu', '--input', input, '--output', output, ...more];
 }

@@ -57,14 +57,4 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return max;
 }
 
-export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let dot = 0;
-  let na = 0;
-  let nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    dot += a[i] * b[i];
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
-  }
-  return dot / Math.sqrt(na * nb);
-}
+export { cosine } from './vectors';

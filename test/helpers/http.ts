@@ -23,7 +23,9 @@ export function request(base: string, path: string, init: RequestInit = {}): Pro
   return new Promise((resolve, reject) => {
     // An explicit length: Node sends a DELETE or OPTIONS body without one otherwise.
     const headers =
-      init.body === undefined ? init.headers : { ...init.headers, 'content-length': String(Buffer.byteLength(init.body)) };
+      init.body === undefined
+        ? init.headers
+        : { ...init.headers, 'content-length': String(Buffer.byteLength(init.body)) };
     const method = init.method ?? (init.body === undefined ? 'GET' : 'POST');
     const req = http.request(`${base}${path}`, { method, agent: false, headers }, (res) => {
       const chunks: Buffer[] = [];
@@ -52,5 +54,8 @@ export function request(base: string, path: string, init: RequestInit = {}): Pro
 
 /** `POST /score` with a JSON body. */
 export function postScore(base: string, body: unknown, headers: Record<string, string> = {}): Promise<Answer> {
-  return request(base, '/score', { body: JSON.stringify(body), headers: { 'content-type': 'application/json', ...headers } });
+  return request(base, '/score', {
+    body: JSON.stringify(body),
+    headers: { 'content-type': 'application/json', ...headers },
+  });
 }

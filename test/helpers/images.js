@@ -77,7 +77,11 @@ function sampleImages(count) {
   for (let i = 0; i < count; i++) {
     const w = 40 + ((i * 37) % 200);
     const h = 30 + ((i * 53) % 150);
-    out.push(makePng(w, h, (x, y) => [(x * 255) / w + i * 17, (y * 255) / h, ((x + y + i * 29) % 32) * 8].map((v) => Math.round(v) & 255)));
+    out.push(
+      makePng(w, h, (x, y) =>
+        [(x * 255) / w + i * 17, (y * 255) / h, ((x + y + i * 29) % 32) * 8].map((v) => Math.round(v) & 255),
+      ),
+    );
   }
   return out;
 }

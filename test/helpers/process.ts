@@ -53,7 +53,9 @@ export function readLog(child: ChildProcess) {
       return new Promise((resolve, reject) => {
         waiters.push({ pattern, resolve });
         check();
-        child.once('exit', (code) => reject(new Error(`the process exited (${code}) before logging ${pattern}:\n${lines.join('\n')}`)));
+        child.once('exit', (code) =>
+          reject(new Error(`the process exited (${code}) before logging ${pattern}:\n${lines.join('\n')}`)),
+        );
       });
     },
   };

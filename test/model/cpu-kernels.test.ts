@@ -101,7 +101,8 @@ t.test('CLIP_NATIVE_CPU_KERNELS forces a candidate; unknown names are refused', 
   delete process.env.CLIP_NATIVE_CPU_KERNELS;
   await t.rejects(ClipModel.load(tinyModel, { device: 'cpu', cpuKernels: 'fastest' }), {
     code: 'CLIP_INVALID_ARGUMENT',
-    message: /Expected "auto" or one of "onednn", ("onednn\+avx512", )?"aten" for cpuKernels at float32 but received "fastest"/,
+    message:
+      /Expected "auto" or one of "onednn", ("onednn\+avx512", )?"aten" for cpuKernels at float32 but received "fastest"/,
   });
   await t.rejects(ClipModel.load(tinyModel, { device: 'cpu', cpuKernels: '' }), { code: 'CLIP_INVALID_ARGUMENT' });
   await t.rejects(ClipModel.load(tinyModel, { device: 'cpu', dtype: 'int4' as DType }), {

@@ -11,7 +11,23 @@ import { makePng, sampleImages } from '../helpers/images';
 const dist = path.join(root, 'dist', 'index.js');
 
 function captions(n: number): string[] {
-  const words = ['a', 'photo', 'of', 'the', 'red', 'cat', 'dog', 'sitting', 'on', 'green', 'grass', 'near', 'river', 'at', 'night'];
+  const words = [
+    'a',
+    'photo',
+    'of',
+    'the',
+    'red',
+    'cat',
+    'dog',
+    'sitting',
+    'on',
+    'green',
+    'grass',
+    'near',
+    'river',
+    'at',
+    'night',
+  ];
   return Array.from({ length: n }, (_, i) => {
     const len = 3 + (i % 15);
     return Array.from({ length: len }, (_, j) => words[(i * 7 + j * 3) % words.length]).join(' ');
@@ -69,7 +85,10 @@ t.test('maxBatchTokens caps a text batch by texts x longest text', async (t) => 
   t.ok(batches >= 3 && batches < 42, `42 short texts in ${batches} batches (at least 3)`);
 
   const alone = await model.embedTexts([fullLength[3], short[5]]);
-  t.ok(maxAbsDiff(alone[0], long[3]) <= 1e-5 && maxAbsDiff(alone[1], shortEmbeddings[5]) <= 1e-5, 'embeddings do not depend on the split');
+  t.ok(
+    maxAbsDiff(alone[0], long[3]) <= 1e-5 && maxAbsDiff(alone[1], shortEmbeddings[5]) <= 1e-5,
+    'embeddings do not depend on the split',
+  );
   const defaults = await ClipModel.load(tinyModel, { device: 'cpu' });
   t.equal(defaults.info.maxBatchTokens, 16 * context, 'default on the CPU: 16 full-length texts');
   await defaults.dispose();
@@ -114,7 +133,11 @@ t.test('a submission "together" runs as batches of its own, in order; failures a
   t.ok(batches >= 4, `${batches} batches: the group was not mixed with the other calls`);
   const alone = await model.embedImages(images.slice(0, 4));
   for (let i = 0; i < 4; i++) {
-    t.same(Array.from(grouped[i === 0 ? 0 : i + 1] as Float32Array), Array.from(alone[i]), `image ${i}: the same bits as in a batch of the same four`);
+    t.same(
+      Array.from(grouped[i === 0 ? 0 : i + 1] as Float32Array),
+      Array.from(alone[i]),
+      `image ${i}: the same bits as in a batch of the same four`,
+    );
   }
   const controller = new AbortController();
   const aborted = model._submit(TaskKind.ImageBytes, sampleImages(12), { together: true, signal: controller.signal });
@@ -168,7 +191,12 @@ t.test('a full queue rejects at once with CLIP_QUEUE_FULL', async (t) => {
     'and the binding checks it before copying the inputs',
   );
   t.same((await model.embedTexts(Array(8).fill('a'))).length, 8, 'exactly the capacity fits');
-  const calls = Array.from({ length: 6 }, () => model.embedImages(images).then(() => 'ok', (e) => e.code));
+  const calls = Array.from({ length: 6 }, () =>
+    model.embedImages(images).then(
+      () => 'ok',
+      (e) => e.code,
+    ),
+  );
   const outcomes = await Promise.all(calls);
   t.ok(outcomes.includes('CLIP_QUEUE_FULL'), `some calls were refused: ${outcomes.join(', ')}`);
   t.ok(outcomes.includes('ok'), 'the others completed');
@@ -202,7 +230,7 @@ t.test('embed: mixed text and image items equal embedTexts/embedImages, in item 
   const mixed = await model.embed([
     { text: texts[0] },
     { image: images[0] },
-    { image: images[1].buffer.slice(images[1].byteOffset, images[1].byteOffset + images[1].byteLength) },
+    { image: images[1].buffer.slice(images[1].byteOffset, images[1].byteOffset + images[1].byteLength) as ArrayBuffer },
     { text: texts[1] },
     { text: texts[2] },
     { image: images[2] },
@@ -230,7 +258,11 @@ t.test('embed: mixed text and image items equal embedTexts/embedImages, in item 
 t.test('AbortSignal: an aborted call rejects with CLIP_ABORTED and its queued items are dropped', async (t) => {
   const model = await ClipModel.load(tinyModel, { device: 'cpu', maxBatchImages: 2 });
   t.teardown(() => model.dispose());
-  await t.rejects(model.embedTexts(['a'], { signal: AbortSignal.abort() }), { code: 'CLIP_ABORTED' }, 'already aborted');
+  await t.rejects(
+    model.embedTexts(['a'], { signal: AbortSignal.abort() }),
+    { code: 'CLIP_ABORTED' },
+    'already aborted',
+  );
   const controller = new AbortController();
   const images = sampleImages(64);
   const call = model.embedImages(images, { signal: controller.signal });
@@ -259,7 +291,10 @@ t.test('dispose during 100 pending calls settles every one', async (t) => {
   const outcomes = await Promise.all(calls);
   const counts = outcomes.reduce<Record<string, number>>((acc, o) => ({ ...acc, [o]: (acc[o] ?? 0) + 1 }), {});
   t.equal(outcomes.length, 100);
-  t.ok(outcomes.every((o) => o === 'ok' || o === 'CLIP_DISPOSED'), JSON.stringify(counts));
+  t.ok(
+    outcomes.every((o) => o === 'ok' || o === 'CLIP_DISPOSED'),
+    JSON.stringify(counts),
+  );
   t.ok(counts.CLIP_DISPOSED > 0, 'queued calls were rejected with CLIP_DISPOSED');
 });
 
@@ -352,10 +387,19 @@ t.test('a process with a loaded, idle model exits on its own', async (t) => {
 t.test('inputs are validated with the boundary message', async (t) => {
   const model = await ClipModel.load(tinyModel, { device: 'cpu' });
   t.teardown(() => model.dispose());
-  await t.rejects(model.embedTexts('a cat' as never), { code: 'CLIP_INVALID_ARGUMENT', message: 'Expected an array of strings for texts but received "a cat"' });
-  await t.rejects(model.embedTexts(['ok', 3 as never]), { message: 'Expected a string for texts[1] but received number 3' });
+  await t.rejects(model.embedTexts('a cat' as never), {
+    code: 'CLIP_INVALID_ARGUMENT',
+    message: 'Expected an array of strings for texts but received "a cat"',
+  });
+  await t.rejects(model.embedTexts(['ok', 3 as never]), {
+    message: 'Expected a string for texts[1] but received number 3',
+  });
   await t.rejects(model.embedImages([{} as never]), { code: 'CLIP_INVALID_ARGUMENT', message: /images\[0\]/ });
   t.same(await model.embedTexts([]), [], 'an empty list gives an empty list');
   const png = makePng(4, 4, () => [1, 2, 3]);
-  t.equal((await model.embedImages([png.buffer.slice(png.byteOffset, png.byteOffset + png.length)]))[0].length, 512, 'an ArrayBuffer works');
+  t.equal(
+    (await model.embedImages([png.buffer.slice(png.byteOffset, png.byteOffset + png.length) as ArrayBuffer]))[0].length,
+    512,
+    'an ArrayBuffer works',
+  );
 });

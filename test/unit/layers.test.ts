@@ -36,8 +36,16 @@ t.test("require('clip-native') loads neither node:http, node:https, node:dns nor
   for (const name of ['http', 'https', 'dns']) t.notOk(builtins.includes(name), `node:${name} is not loaded`);
   t.ok(builtins.includes('fs'), 'the list of loaded builtins is read');
   const loaded = files.map((f) => path.relative(root, f));
-  t.same(loaded.filter((f) => f.startsWith(path.join('dist', 'endpoint'))), [], 'nothing of dist/endpoint/ is loaded');
-  t.same(loaded.filter((f) => /node_modules[\\/](fastify|pino|prom-client)[\\/]/.test(f)), [], 'no server package is loaded');
+  t.same(
+    loaded.filter((f) => f.startsWith(path.join('dist', 'endpoint'))),
+    [],
+    'nothing of dist/endpoint/ is loaded',
+  );
+  t.same(
+    loaded.filter((f) => /node_modules[\\/](fastify|pino|prom-client)[\\/]/.test(f)),
+    [],
+    'no server package is loaded',
+  );
   t.ok(loaded.includes(path.join('dist', 'model.js')), 'the model is loaded');
 });
 
