@@ -97,6 +97,11 @@ export function describe(value: unknown): string {
   return name && name !== 'Object' ? `an instance of ${name}` : 'an object';
 }
 
+/** `a, b or c`: a list of choices as the messages name them. */
+export function orList(items: readonly string[]): string {
+  return items.length < 2 ? items.join('') : `${items.slice(0, -1).join(', ')} or ${items[items.length - 1]}`;
+}
+
 /** Builds the CLIP_INVALID_ARGUMENT error of the boundary's one message form. */
 export function invalidArgument(what: string, name: string, value: unknown): ClipError {
   return new ClipError('CLIP_INVALID_ARGUMENT', `Expected ${what} for ${name} but received ${describe(value)}`);

@@ -1,7 +1,7 @@
 import { score, type ScoreOptions } from './azure/score';
 import type { ScoreResponse } from './azure/types';
 import { checkInteger } from './check';
-import { ClipError, invalidArgument, toClipError } from './errors';
+import { ClipError, invalidArgument, orList, toClipError } from './errors';
 import {
   binding,
   TaskKind,
@@ -188,7 +188,7 @@ export class ClipModel {
     }
     const dtype = options.dtype ?? 'float32';
     if (typeof dtype !== 'string' || !(DTYPES as readonly string[]).includes(dtype)) {
-      throw invalidArgument(DTYPES.map((d) => `"${d}"`).join(', '), 'options.dtype', dtype);
+      throw invalidArgument(orList(DTYPES.map((d) => `"${d}"`)), 'options.dtype', dtype);
     }
     if (options.cpuKernels !== undefined && (typeof options.cpuKernels !== 'string' || options.cpuKernels === '')) {
       throw invalidArgument('"auto" or a kernel candidate name', 'options.cpuKernels', options.cpuKernels);

@@ -1,4 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { orList } from '../errors';
 import { DEVICE_PATTERN, DTYPES, type Device, type DType } from '../model';
 
 /** A bad command line: printed as one line, exit status 2. */
@@ -66,7 +67,7 @@ export function deviceFlags(values: Record<string, unknown>): { device: Device; 
   }
   const dtype = values.dtype ?? 'float32';
   if (typeof dtype !== 'string' || !(DTYPES as readonly string[]).includes(dtype)) {
-    throw new UsageError(`--dtype must be ${DTYPES.join(', ')}, not "${flagText(dtype)}"`);
+    throw new UsageError(`--dtype must be ${orList(DTYPES)}, not "${flagText(dtype)}"`);
   }
   return { device: device as Device, dtype: dtype as DType };
 }

@@ -217,7 +217,7 @@ t.test('options are validated before anything loads', async (t) => {
     code: 'CLIP_INVALID_ARGUMENT',
     message: /options\.device/,
   });
-  await t.rejects(ClipModel.load(tinyModel, { dtype: 'int8' as never }), { code: 'CLIP_INVALID_ARGUMENT' });
+  await t.rejects(ClipModel.load(tinyModel, { dtype: 'int4' as never }), { code: 'CLIP_INVALID_ARGUMENT' });
   await t.rejects(ClipModel.load(tinyModel, { maxBatchImages: 0 }), { code: 'CLIP_INVALID_ARGUMENT' });
   await t.rejects(ClipModel.load(42 as never), {
     code: 'CLIP_INVALID_ARGUMENT',
