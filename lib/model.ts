@@ -37,9 +37,11 @@ export interface LoadOptions {
   threads?: number;
   /**
    * How the CPU encoders run: `auto` (default) times each candidate of the dtype at load and keeps the fastest
-   * per encoder; a candidate's name forces it (`info.cpuKernels.candidates` lists them: float32 `onednn`, `aten`;
-   * bfloat16 `onednn`, `onednn-bf16`; int8 `fbgemm`, `onednn`). The environment variable
-   * `CLIP_NATIVE_CPU_KERNELS` does the same when this option is absent. Ignored on CUDA.
+   * per encoder; `fixed` takes the first candidate without measuring, so every process on a machine makes the
+   * same choice (the bits of an embedding can depend on the kernel: the batch command uses it); a candidate's
+   * name forces it (`info.cpuKernels.candidates` lists them: float32 `onednn`, `onednn+avx512`, `aten`; bfloat16
+   * `onednn`, `onednn-bf16`; int8 `fbgemm`, `onednn`). The environment variable `CLIP_NATIVE_CPU_KERNELS` does
+   * the same when this option is absent. Ignored on CUDA.
    */
   cpuKernels?: string;
   /** Largest image batch. Default 16 on CPU, 128 on CUDA. */
@@ -191,7 +193,7 @@ export class ClipModel {
       throw invalidArgument(orList(DTYPES.map((d) => `"${d}"`)), 'options.dtype', dtype);
     }
     if (options.cpuKernels !== undefined && (typeof options.cpuKernels !== 'string' || options.cpuKernels === '')) {
-      throw invalidArgument('"auto" or a kernel candidate name', 'options.cpuKernels', options.cpuKernels);
+      throw invalidArgument('"auto", "fixed" or a kernel candidate name', 'options.cpuKernels', options.cpuKernels);
     }
     const native = {
       device,

@@ -40,9 +40,10 @@ export interface BatchJobOptions {
    * Rows per chunk, the grain of read-ahead. Default: the model's image batch size (16 on CPU, 128
    * on CUDA) when the job starts; reruns and shards take the job's.
    *
-   * Byte-identical results across reruns and shards need the same model, device, dtype, image batch
-   * size and chunk rows; other work on the same model does not matter (the job's chunks run as
-   * batches of their own).
+   * Byte-identical results across reruns and shards need the same model, device, dtype, CPU kernels
+   * (load the model with `cpuKernels: 'fixed'`, as the batch command does, or a named candidate),
+   * image batch size and chunk rows; other work on the same model does not matter (the job's chunks
+   * run as batches of their own).
    */
   chunkRows?: number;
   /** Rows per part file: the grain of resuming and sharding. Default 1000. Fixed for an output folder. */
@@ -120,7 +121,8 @@ function identityDifference(now: JobIdentity, recorded: JobIdentity): string | u
   if (now.format !== recorded.format) return `the format (${recorded.format}, now ${now.format})`;
   if (now.partRows !== recorded.partRows) return `part rows (${recorded.partRows}, now ${now.partRows})`;
   if (JSON.stringify(now.model) !== JSON.stringify(recorded.model)) {
-    return `the model (${recorded.model.name} ${recorded.model.dtype}, now ${now.model.name} ${now.model.dtype})`;
+    const describe = (m: JobIdentity['model']) => [m.name, m.dtype, m.cpuKernels].filter(Boolean).join(' ');
+    return `the model (${describe(recorded.model)}, now ${describe(now.model)})`;
   }
   if (now.files.length !== recorded.files.length)
     return `the input files (${recorded.files.length}, now ${now.files.length})`;
@@ -139,10 +141,12 @@ async function openJob(
   listing: InputListing,
   store: PartStore,
 ): Promise<{ manifest: Manifest; complete?: string[] }> {
+  const kernels = model.info.cpuKernels;
   const identity = jobIdentity(listing, settings.format, settings.partRows, {
     name: model.info.name,
     dtype: model.info.dtype,
     embedDim: model.info.embedDim,
+    ...(kernels ? { cpuKernels: `${kernels.image}/${kernels.text}` } : {}),
   });
   await fs.promises.mkdir(store.dir, { recursive: true });
   const recorded = await store.readManifest();

@@ -39,7 +39,8 @@ export interface JobIdentity {
   version: 1;
   format: BatchFormat;
   partRows: number;
-  model: { name: string; dtype: string; embedDim: number };
+  /** `cpuKernels`: the image/text kernels on the CPU (absent on CUDA). */
+  model: { name: string; dtype: string; embedDim: number; cpuKernels?: string };
   /** [name, size, mtimeMs] of every input file, in job order. */
   files: Array<[string, number, number]>;
 }

@@ -158,8 +158,11 @@ export async function runBatch(args: string[]): Promise<number> {
   const threads = integerFlag(values, 'threads', 1);
 
   // A model of the job's own: the job submits whole chunks, each run as batches of its own
-  // (see ChunkEmbedder), so its features are the same bits in every run.
-  const model = await ClipModel.load(modelDir, { device, dtype, threads });
+  // (see ChunkEmbedder), so its features are the same bits in every run. Its kernels are the
+  // fixed choice, not one measured per process, so that shards and reruns agree too
+  // (CLIP_NATIVE_CPU_KERNELS still names others).
+  const cpuKernels = process.env.CLIP_NATIVE_CPU_KERNELS ? undefined : 'fixed';
+  const model = await ClipModel.load(modelDir, { device, dtype, threads, cpuKernels });
   const controller = new AbortController();
   let interrupted = false;
   const onSignal = () => {

@@ -505,10 +505,14 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
   torch::InferenceMode guard;
   const torch::Tensor example = ExampleInput(manifest, image);
   torch::Tensor expected;
-  {
+  try {
     Model::Encoder as_loaded;
     as_loaded.module = archive;
     expected = Forward(as_loaded, example);
+  } catch (const std::exception&) {
+    // An archive that cannot run is left to Model::Load's check, which
+    // names the file and what failed.
+    return BuildCandidate(archive, "archive", precision);
   }
   // A measurement of the same file in this process names the winner: build
   // only that one (it still has to agree with the archive).
@@ -741,12 +745,17 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
   }
   if (forced.empty() || forced == "auto") {
     cpu_kernels_.selected_by = candidates.size() > 1 ? "calibration" : "only candidate";
+  } else if (forced == "fixed") {
+    // The first candidate, unmeasured: every process on this machine and
+    // libtorch makes the same choice (reproducible bits across processes).
+    candidates.resize(1);
+    cpu_kernels_.selected_by = "fixed";
   } else {
     if (std::find(candidates.begin(), candidates.end(), forced) == candidates.end()) {
       std::string list;
       for (const auto& name : candidates) list += (list.empty() ? "\"" : ", \"") + name + "\"";
       throw ClipError(ErrorCode::kInvalidArgument,
-                      "Expected \"auto\" or one of " + list + " for cpuKernels at " + PrecisionName(precision_) +
+                      "Expected \"auto\", \"fixed\" or one of " + list + " for cpuKernels at " + PrecisionName(precision_) +
                           " but received \"" + forced + "\"" +
                           (source == "environment" ? " (CLIP_NATIVE_CPU_KERNELS)" : ""));
     }

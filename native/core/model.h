@@ -28,8 +28,10 @@ struct ModelOptions {
   Precision precision = Precision::kFloat32;
   // How the CPU encoders run (CpuKernelCandidates lists the names per
   // precision): "auto" measures each candidate at load and keeps the fastest
-  // per encoder; a name forces that candidate for both encoders. An empty
-  // string reads CLIP_NATIVE_CPU_KERNELS, else "auto". Ignored on CUDA.
+  // per encoder; "fixed" takes the first candidate without measuring (the
+  // same choice in every process); a name forces that candidate for both
+  // encoders. An empty string reads CLIP_NATIVE_CPU_KERNELS, else "auto".
+  // Ignored on CUDA.
   std::string cpu_kernels;
   // Intra-op threads for the whole process; 0 keeps libtorch's default.
   // Applied once, by the first model loaded in the process.
@@ -57,7 +59,8 @@ std::vector<std::string> CpuKernelCandidates(Precision precision);
 struct CpuKernelChoice {
   std::string image;
   std::string text;
-  // "calibration" (measured at load), "option" (forced) or "only candidate".
+  // "calibration" (measured at load), "fixed", "option" or "environment"
+  // (forced) or "only candidate".
   std::string selected_by;
   std::vector<std::string> candidates;
   // Per-item milliseconds of each candidate measured at load, when measured.

@@ -84,6 +84,19 @@ t.test('auto calibrates among the candidates and reports what it measured', asyn
   t.ok(Array.isArray(binding().cpuIsa), 'the addon reports the CPU ISA');
 });
 
+t.test('fixed takes the first candidate without measuring', async (t) => {
+  for (const dtype of ['float32', 'bfloat16', 'int8'] as const) {
+    const model = await ClipModel.load(tinyModel, { device: 'cpu', dtype, cpuKernels: 'fixed' });
+    const kernels = model.info.cpuKernels!;
+    t.same(
+      [kernels.image, kernels.text, kernels.selectedBy, kernels.imageMsPerItem],
+      [kernels.candidates[0], kernels.candidates[0], 'fixed', {}],
+      dtype,
+    );
+    await model.dispose();
+  }
+});
+
 t.test('CLIP_NATIVE_CPU_KERNELS forces a candidate; unknown names are refused', async (t) => {
   const saved = process.env.CLIP_NATIVE_CPU_KERNELS;
   t.teardown(() => {
@@ -102,7 +115,7 @@ t.test('CLIP_NATIVE_CPU_KERNELS forces a candidate; unknown names are refused', 
   await t.rejects(ClipModel.load(tinyModel, { device: 'cpu', cpuKernels: 'fastest' }), {
     code: 'CLIP_INVALID_ARGUMENT',
     message:
-      /Expected "auto" or one of "onednn", ("onednn\+avx512", )?"aten" for cpuKernels at float32 but received "fastest"/,
+      /Expected "auto", "fixed" or one of "onednn", ("onednn\+avx512", )?"aten" for cpuKernels at float32 but received "fastest"/,
   });
   await t.rejects(ClipModel.load(tinyModel, { device: 'cpu', cpuKernels: '' }), { code: 'CLIP_INVALID_ARGUMENT' });
   await t.rejects(ClipModel.load(tinyModel, { device: 'cpu', dtype: 'int4' as DType }), {
