@@ -28,11 +28,20 @@ function table(report, kind) {
   const head = ['input', 'batch', ...impls, ...ratios.map((i) => `${i.replace('clip-native ', '')} / ORT`)];
   const lines = [`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`];
   for (const r of rows) {
-    const input = r.mode === 'model' ? (r.encoder === 'image' ? 'pixels (model only)' : 'token ids (model only)')
-      : r.encoder === 'image' ? 'JPEG/PNG bytes' : 'strings';
-    const cells = impls.map((i) => (r.impls[i] ? `${rate(r.impls[i].itemsPerSecond)} · ${fmt(r.impls[i].latencyMs.p50, 0)} ms` : '—'));
+    const input =
+      r.mode === 'model'
+        ? r.encoder === 'image'
+          ? 'pixels (model only)'
+          : 'token ids (model only)'
+        : r.encoder === 'image'
+          ? 'JPEG/PNG bytes'
+          : 'strings';
+    const cells = impls.map((i) =>
+      r.impls[i] ? `${rate(r.impls[i].itemsPerSecond)} · ${fmt(r.impls[i].latencyMs.p50, 0)} ms` : '—',
+    );
     const ratioCells = ratios.map((i) =>
-      (r.impls[i] && r.impls[ort] ? `${fmt(r.impls[i].itemsPerSecond / r.impls[ort].itemsPerSecond, 2)}x` : '—'));
+      r.impls[i] && r.impls[ort] ? `${fmt(r.impls[i].itemsPerSecond / r.impls[ort].itemsPerSecond, 2)}x` : '—',
+    );
     lines.push(`| ${input} | ${r.batch} | ${cells.join(' | ')} | ${ratioCells.join(' | ')} |`);
   }
   return `### ${CASE_TITLES[kind]}\n\n${lines.join('\n')}\n`;
@@ -71,8 +80,11 @@ function ratioSummary(report) {
   return `## Summary\n\nGeometric mean over the batch sizes (and text lengths) of each group, (min-max) in brackets.\n\n${lines.join('\n')}\n`;
 }
 
-const rowOf = (report, encoder, mode, batch) => report.results.find((r) =>
-  r.encoder === encoder && r.mode === mode && r.batch === batch && (encoder === 'image' || r.input === 'caption'));
+const rowOf = (report, encoder, mode, batch) =>
+  report.results.find(
+    (r) =>
+      r.encoder === encoder && r.mode === mode && r.batch === batch && (encoder === 'image' || r.input === 'caption'),
+  );
 
 /** The ISA flags the kernels depend on, each present or absent. */
 function isaLine(m) {
@@ -86,13 +98,20 @@ const reason = (report, id) => `n/a (${report.unavailable[id]})`;
  * (same encoder and batch): the measure the performance targets are stated in. Images and captions.
  */
 function againstOrt(report) {
-  const batches = [...new Set(report.results.filter((r) => r.encoder === 'image' || r.input === 'caption').map((r) => r.batch))]
-    .sort((x, y) => x - y);
+  const batches = [
+    ...new Set(report.results.filter((r) => r.encoder === 'image' || r.input === 'caption').map((r) => r.batch)),
+  ].sort((x, y) => x - y);
   const columns = ['image', 'text'].flatMap((encoder) => batches.map((batch) => ({ encoder, batch })));
-  const head = ['implementation', 'input', ...columns.map((c) => `${c.encoder === 'image' ? 'images' : 'texts'}/s, batch ${c.batch}`)];
+  const head = [
+    'implementation',
+    'input',
+    ...columns.map((c) => `${c.encoder === 'image' ? 'images' : 'texts'}/s, batch ${c.batch}`),
+  ];
   const lines = [`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`];
   const ort = (c) => rowOf(report, c.encoder, 'model', c.batch)?.impls[ORT];
-  lines.push(`| ${ORT} | model only | ${columns.map((c) => (ort(c) ? rate(ort(c).itemsPerSecond) : '—')).join(' | ')} |`);
+  lines.push(
+    `| ${ORT} | model only | ${columns.map((c) => (ort(c) ? rate(ort(c).itemsPerSecond) : '—')).join(' | ')} |`,
+  );
   for (const dtype of NATIVE_DTYPES) {
     const id = `clip-native ${dtype}`;
     if (report.unavailable?.[id]) {
@@ -104,7 +123,9 @@ function againstOrt(report) {
         const mine = rowOf(report, c.encoder, mode, c.batch)?.impls[id];
         if (!mine) return '—';
         const base = ort(c);
-        return base ? `${rate(mine.itemsPerSecond)} · **${fmt(mine.itemsPerSecond / base.itemsPerSecond, 2)}x**` : rate(mine.itemsPerSecond);
+        return base
+          ? `${rate(mine.itemsPerSecond)} · **${fmt(mine.itemsPerSecond / base.itemsPerSecond, 2)}x**`
+          : rate(mine.itemsPerSecond);
       });
       if (cells.some((c) => c !== '—')) {
         lines.push(`| ${id} | ${mode === 'model' ? 'model only' : 'end to end'} | ${cells.join(' | ')} |`);
@@ -135,11 +156,18 @@ function endToEndShare(report, batch = 8) {
 
 function kernelLines(report) {
   return Object.entries(report.kernels ?? {}).map(([id, k]) => {
-    const measured = (ms) => Object.entries(ms ?? {}).map(([name, v]) => `${name} ${fmt(v, 2)}`).join(', ');
-    const timing = k.selectedBy === 'calibration'
-      ? ` (ms per item at load: image ${measured(k.imageMsPerItem)}; text ${measured(k.textMsPerItem)})` : '';
-    return `- ${id}: image \`${k.image}\`, text \`${k.text}\`, chosen by ${k.selectedBy} among ` +
-      `${k.candidates.join(', ')}${timing}`;
+    const measured = (ms) =>
+      Object.entries(ms ?? {})
+        .map(([name, v]) => `${name} ${fmt(v, 2)}`)
+        .join(', ');
+    const timing =
+      k.selectedBy === 'calibration'
+        ? ` (ms per item at load: image ${measured(k.imageMsPerItem)}; text ${measured(k.textMsPerItem)})`
+        : '';
+    return (
+      `- ${id}: image \`${k.image}\`, text \`${k.text}\`, chosen by ${k.selectedBy} among ` +
+      `${k.candidates.join(', ')}${timing}`
+    );
   });
 }
 
@@ -169,7 +197,8 @@ function machineLines(report) {
     `- CPU: ${m.cpu}, ${m.logicalCpus} logical CPUs, ${m.memoryGiB} GiB memory, ${m.os}`,
     `- ISA: ${isaLine(m)}`,
     `- Node.js ${m.node}; clip-native on libtorch ${m.libtorch}; onnxruntime-node ${m.onnxruntimeNode} ` +
-      `through @huggingface/transformers ${m.transformersJs}` + (m.pytorch ? `; PyTorch ${m.pytorch} (Python)` : ''),
+      `through @huggingface/transformers ${m.transformersJs}` +
+      (m.pytorch ? `; PyTorch ${m.pytorch} (Python)` : ''),
     `- ${s.threads} intra-op threads for every implementation; ${s.rounds} interleaved rounds, each case at ` +
       `least ${s.minSecondsPerMeasurement} s and 16 items per implementation per round; medians of the rounds`,
   ];
@@ -182,16 +211,21 @@ function quickMarkdown(report) {
   out.push(...machineLines(report));
   const foreign = report.load.map((l) => fmt(l.foreignCpus, 2)).join(', ');
   out.push(`- Other processes during the rounds: ${foreign} CPUs busy; ${fmt(report.durationSeconds, 0)} s in all\n`);
-  out.push('Items/s (median of the rounds) · ratio to onnxruntime-node fp32 model-only at the same batch. Model ' +
-    'only: pixels / token ids in; end to end: JPEG/PNG bytes / strings in. Texts: captions of 5-20 words.\n');
+  out.push(
+    'Items/s (median of the rounds) · ratio to onnxruntime-node fp32 model-only at the same batch. Model ' +
+      'only: pixels / token ids in; end to end: JPEG/PNG bytes / strings in. Texts: captions of 5-20 words.\n',
+  );
   out.push(againstOrt(report));
   out.push('End to end / model only, batch 8:\n');
   out.push(endToEndShare(report));
   const kernels = kernelLines(report);
   if (kernels.length) out.push('CPU kernels (`model.info.cpuKernels`):\n', ...kernels, '');
   if (report.parity?.length) {
-    out.push('Min cosine vs clip-native fp32: ' +
-      report.parity.map((p) => `${p.impl} ${p.case} ${fmt(p.minCosine, 6)}`).join('; ') + '\n');
+    out.push(
+      'Min cosine vs clip-native fp32: ' +
+        report.parity.map((p) => `${p.impl} ${p.case} ${fmt(p.minCosine, 6)}`).join('; ') +
+        '\n',
+    );
   }
   return out.join('\n');
 }
@@ -202,9 +236,11 @@ function markdown(report) {
   const out = [];
   const slug = cpuSlug(m.cpu, m.cpuFlags);
   out.push(`# clip-native benchmark results: ${m.cpu}\n`);
-  out.push(`Made by \`npm run bench\` (bench/run.js) on this CPU; the numbers are in ${slug}.json. ` +
-    'Full-size ViT-B/32 with random weights (`bench/models/vit-b-32`, exporter seed 0) and the same weights ' +
-    'exported to ONNX by tools/onnx_export.py.\n');
+  out.push(
+    `Made by \`npm run bench\` (bench/run.js) on this CPU; the numbers are in ${slug}.json. ` +
+      'Full-size ViT-B/32 with random weights (`bench/models/vit-b-32`, exporter seed 0) and the same weights ' +
+      'exported to ONNX by tools/onnx_export.py.\n',
+  );
   out.push(`Run ${report.date}, ${fmt(report.durationSeconds / 60, 1)} min.\n`);
   out.push('## Machine\n');
   out.push(...machineLines(report));
@@ -224,25 +260,39 @@ function markdown(report) {
   const kernels = kernelLines(report);
   if (kernels.length) out.push('CPU kernels (`model.info.cpuKernels`):\n', ...kernels, '');
   out.push('## Throughput\n');
-  out.push('Items per second (median of the rounds) · median latency of one call of `batch` items. ' +
-    'Implementations, all on the CPU:\n');
-  out.push('- **clip-native fp32 stock graph**: clip-native fp32 with `CLIP_NATIVE_CPU_GRAPH=0`, i.e. the ' +
-    'TorchScript archive as loaded, without the load-time oneDNN graph (the state before issue 8), model-only cases.');
-  out.push('- **clip-native** (a) *model only*: preprocessed pixels / token ids in through the engine ' +
-    '(`_submit`), (b) *end to end*: `embedImages(JPEG/PNG bytes)`, `embedTexts(strings)`. Its engine splits ' +
-    'a call into batches of at most `maxBatchImages` (16 on the CPU) images and `maxBatchTokens` (16 x 77 on ' +
-    'the CPU) text tokens. bf16 = `dtype: \'bfloat16\'`: the linears on bfloat16 weights packed at load; ' +
-    'int8 = `dtype: \'int8\'`: int8 weights, activations quantized per call.' +
-    Object.keys(report.unavailable ?? {}).map((id) => ` ${id}: ${reason(report, id)}.`).join(''));
-  out.push('- **onnxruntime-node fp32** (c): transformers.js `CLIPVisionModelWithProjection` / ' +
-    '`CLIPTextModelWithProjection` on the ONNX files, local only; end to end with its `AutoProcessor` ' +
-    '(sharp decoding) and `AutoTokenizer`.');
-  out.push('- **PyTorch** (d): the same TorchScript files in Python (`torch.jit.load`, `inference_mode`); ' +
-    'end to end with Pillow + transformers\' `CLIPImageProcessor` / `CLIPTokenizer`. The worker runs with ' +
-    `\`OMP_WAIT_POLICY=${s.pythonOmpWaitPolicy ?? 'unset'}\` (with libgomp's default spin-waiting it ran about 10x ` +
-    'slower on this shared machine).');
-  out.push('- Texts are padded to the longest of the batch by every implementation. Images: batch 1 is a ' +
-    '640x480 JPEG; batches mix JPEG and PNG photos of 320-800 px.\n');
+  out.push(
+    'Items per second (median of the rounds) · median latency of one call of `batch` items. ' +
+      'Implementations, all on the CPU:\n',
+  );
+  out.push(
+    '- **clip-native fp32 stock graph**: clip-native fp32 with `CLIP_NATIVE_CPU_GRAPH=0`, i.e. the ' +
+      'TorchScript archive as loaded, without the load-time oneDNN graph (the state before issue 8), model-only cases.',
+  );
+  out.push(
+    '- **clip-native** (a) *model only*: preprocessed pixels / token ids in through the engine ' +
+      '(`_submit`), (b) *end to end*: `embedImages(JPEG/PNG bytes)`, `embedTexts(strings)`. Its engine splits ' +
+      'a call into batches of at most `maxBatchImages` (16 on the CPU) images and `maxBatchTokens` (16 x 77 on ' +
+      "the CPU) text tokens. bf16 = `dtype: 'bfloat16'`: the linears on bfloat16 weights packed at load; " +
+      "int8 = `dtype: 'int8'`: int8 weights, activations quantized per call." +
+      Object.keys(report.unavailable ?? {})
+        .map((id) => ` ${id}: ${reason(report, id)}.`)
+        .join(''),
+  );
+  out.push(
+    '- **onnxruntime-node fp32** (c): transformers.js `CLIPVisionModelWithProjection` / ' +
+      '`CLIPTextModelWithProjection` on the ONNX files, local only; end to end with its `AutoProcessor` ' +
+      '(sharp decoding) and `AutoTokenizer`.',
+  );
+  out.push(
+    '- **PyTorch** (d): the same TorchScript files in Python (`torch.jit.load`, `inference_mode`); ' +
+      "end to end with Pillow + transformers' `CLIPImageProcessor` / `CLIPTokenizer`. The worker runs with " +
+      `\`OMP_WAIT_POLICY=${s.pythonOmpWaitPolicy ?? 'unset'}\` (with libgomp's default spin-waiting it ran about 10x ` +
+      'slower on this shared machine).',
+  );
+  out.push(
+    '- Texts are padded to the longest of the batch by every implementation. Images: batch 1 is a ' +
+      '640x480 JPEG; batches mix JPEG and PNG photos of 320-800 px.\n',
+  );
   for (const kind of ['image', 'caption', 'long77']) out.push(table(report, kind));
 
   if (report.parity?.length) {
@@ -285,25 +335,35 @@ function markdown(report) {
 /** The full runs' reports in `resultsDir` (not --quick's), by file name. */
 function fullReports(resultsDir) {
   if (!fs.existsSync(resultsDir)) return [];
-  return fs.readdirSync(resultsDir).filter((f) => f.endsWith('.json') && !f.endsWith('-quick.json')).sort()
-    .map((f) => ({ name: f.slice(0, -'.json'.length), report: JSON.parse(fs.readFileSync(path.join(resultsDir, f), 'utf8')) }));
+  return fs
+    .readdirSync(resultsDir)
+    .filter((f) => f.endsWith('.json') && !f.endsWith('-quick.json'))
+    .sort()
+    .map((f) => ({
+      name: f.slice(0, -'.json'.length),
+      report: JSON.parse(fs.readFileSync(path.join(resultsDir, f), 'utf8')),
+    }));
 }
 
 /** bench/RESULTS.md: one line per CPU model with a full run, linking its document, then optimizations.md. */
 function indexMarkdown(resultsDir) {
   const out = ['# clip-native benchmark results\n'];
-  out.push('`npm run bench` (bench/run.js) writes one document per CPU model it runs on, ' +
-    '`results/<cpu>.md` with its numbers in `results/<cpu>.json`, and this index; a run on one CPU never ' +
-    'replaces another CPU\'s. Full-size ViT-B/32 with random weights (exporter seed 0) and the same weights ' +
-    'exported to ONNX. `npm run bench -- --quick` prints the clip-native rows of these documents in a few ' +
-    'minutes.\n');
+  out.push(
+    '`npm run bench` (bench/run.js) writes one document per CPU model it runs on, ' +
+      '`results/<cpu>.md` with its numbers in `results/<cpu>.json`, and this index; a run on one CPU never ' +
+      "replaces another CPU's. Full-size ViT-B/32 with random weights (exporter seed 0) and the same weights " +
+      'exported to ONNX. `npm run bench -- --quick` prints the clip-native rows of these documents in a few ' +
+      'minutes.\n',
+  );
   out.push('| CPU | ISA | run | clip-native end to end / onnxruntime-node fp32 model-only, images and captions |');
   out.push('| --- | --- | --- | --- |');
   for (const { name, report } of fullReports(resultsDir)) {
     const m = report.machine;
     const flags = ISA_FLAGS.filter((f) => m.cpuFlags.includes(f)).join(' ') || 'none of ' + ISA_FLAGS.join(', ');
-    out.push(`| [${m.cpu}](results/${name}.md) | ${flags} | ${report.date.slice(0, 10)}, ${m.logicalCpus} CPUs | ` +
-      `${summaryLine(report)} |`);
+    out.push(
+      `| [${m.cpu}](results/${name}.md) | ${flags} | ${report.date.slice(0, 10)}, ${m.logicalCpus} CPUs | ` +
+        `${summaryLine(report)} |`,
+    );
   }
   out.push('');
   const notes = path.join(__dirname, 'optimizations.md');
@@ -317,6 +377,7 @@ if (require.main === module) {
   // Re-renders every CPU's document and the index from the JSON (after editing this file or optimizations.md).
   const dir = process.argv[2] || __dirname;
   const resultsDir = path.join(dir, 'results');
-  for (const { name, report } of fullReports(resultsDir)) fs.writeFileSync(path.join(resultsDir, `${name}.md`), markdown(report));
+  for (const { name, report } of fullReports(resultsDir))
+    fs.writeFileSync(path.join(resultsDir, `${name}.md`), markdown(report));
   fs.writeFileSync(path.join(dir, 'RESULTS.md'), indexMarkdown(resultsDir));
 }

@@ -410,6 +410,17 @@ function cases() {
   return out.filter((c) => !caseFilter || caseFilter.test(c.id));
 }
 
+function cosine(a, b) {
+  let dot = 0,
+    na = 0,
+    nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += a[i] * b[i];
+    na += a[i] * a[i];
+    nb += b[i] * b[i];
+  }
+  return dot / Math.sqrt(na * nb);
+}
 const minCosine = (xs, ys) => Math.min(...xs.map((x, i) => cosine(x, ys[i])));
 
 async function embeddingsOf(impl, c) {
@@ -474,11 +485,17 @@ async function main() {
       continue;
     }
     impls.push(impl);
-    log(`loaded ${impl.id} in ${((Date.now() - t0) / 1000).toFixed(1)} s` +
-      (impl.kernels ? `; kernels image ${impl.kernels.image}, text ${impl.kernels.text} (${impl.kernels.selectedBy})` : ''));
+    log(
+      `loaded ${impl.id} in ${((Date.now() - t0) / 1000).toFixed(1)} s` +
+        (impl.kernels
+          ? `; kernels image ${impl.kernels.image}, text ${impl.kernels.text} (${impl.kernels.selectedBy})`
+          : ''),
+    );
   }
   // Token ids for the tensors-in cases come from clip-native's tokenizer, bos..eos without padding.
-  const tokenizer = await ClipModel.load(path.join(root, 'test', 'fixtures', 'tiny'), { device: 'cpu' }).catch(() => undefined);
+  const tokenizer = await ClipModel.load(path.join(root, 'test', 'fixtures', 'tiny'), { device: 'cpu' }).catch(
+    () => undefined,
+  );
   const tokenizerModel = tokenizer ?? impls.find((i) => i instanceof ClipNative)?.model;
   for (const [kind, list] of Object.entries(texts)) {
     const padded = await tokenizerModel.tokenize(list);
@@ -491,10 +508,13 @@ async function main() {
   const fp32 = impls.find((i) => i.id === 'clip-native fp32');
   const reduced = impls.filter((i) => i.id === 'clip-native bf16' || i.id === 'clip-native int8');
   if (fp32 && !quick) {
-    for (const c of [{ id: 'image/model/b16', encoder: 'image', mode: 'model', batch: 16 },
-      { id: 'text-long77/model/b16', encoder: 'text', text: 'long77', mode: 'model', batch: 16 }]) {
+    for (const c of [
+      { id: 'image/model/b16', encoder: 'image', mode: 'model', batch: 16 },
+      { id: 'text-long77/model/b16', encoder: 'text', text: 'long77', mode: 'model', batch: 16 },
+    ]) {
       const ref = await embeddingsOf(fp32, c);
-      for (const impl of reduced) agreement.push({ case: c.id, impl: impl.id, minCosine: minCosine(ref, await embeddingsOf(impl, c)) });
+      for (const impl of reduced)
+        agreement.push({ case: c.id, impl: impl.id, minCosine: minCosine(ref, await embeddingsOf(impl, c)) });
     }
   }
   for (const a of agreement) log(`  ${a.case} ${a.impl}: min cosine vs clip-native fp32 ${a.minCosine.toFixed(6)}`);
@@ -580,12 +600,22 @@ async function main() {
   const result = {
     date: new Date().toISOString(),
     quick,
-    machine: await machine({ onnxruntimeNode: packageVersion('onnxruntime-node'),
-      transformersJs: packageVersion('@huggingface/transformers'), libtorch: binding().torchVersion,
-      pytorch: impls.find((i) => i instanceof PyTorch)?.info?.torch, cpuIsa: binding().cpuIsa }),
-    settings: { rounds, minSecondsPerMeasurement: minSeconds, threads,
-      pythonOmpWaitPolicy: process.env.OMP_WAIT_POLICY ?? process.env.CLIP_BENCH_PY_OMP_WAIT_POLICY ?? 'PASSIVE', model: path.relative(root, modelDir),
-      onnx: path.relative(root, onnxDir), images: files.map((f) => path.basename(f)) },
+    machine: await machine({
+      onnxruntimeNode: packageVersion('onnxruntime-node'),
+      transformersJs: packageVersion('@huggingface/transformers'),
+      libtorch: binding().torchVersion,
+      pytorch: impls.find((i) => i instanceof PyTorch)?.info?.torch,
+      cpuIsa: binding().cpuIsa,
+    }),
+    settings: {
+      rounds,
+      minSecondsPerMeasurement: minSeconds,
+      threads,
+      pythonOmpWaitPolicy: process.env.OMP_WAIT_POLICY ?? process.env.CLIP_BENCH_PY_OMP_WAIT_POLICY ?? 'PASSIVE',
+      model: path.relative(root, modelDir),
+      onnx: path.relative(root, onnxDir),
+      images: files.map((f) => path.basename(f)),
+    },
     load: loads,
     kernels: Object.fromEntries(impls.filter((i) => i.kernels).map((i) => [i.id, i.kernels])),
     unavailable,
@@ -600,7 +630,9 @@ async function main() {
   if (quick) {
     fs.writeFileSync(path.join(resultsDir, `${slug}-quick.json`), JSON.stringify(result, null, 2) + '\n');
     console.log(report.quickMarkdown(result));
-    log(`wrote ${path.relative(root, path.join(resultsDir, `${slug}-quick.json`))}; done in ${result.durationSeconds.toFixed(0)} s`);
+    log(
+      `wrote ${path.relative(root, path.join(resultsDir, `${slug}-quick.json`))}; done in ${result.durationSeconds.toFixed(0)} s`,
+    );
     return;
   }
   fs.writeFileSync(path.join(resultsDir, `${slug}.json`), JSON.stringify(result, null, 2) + '\n');
@@ -608,8 +640,10 @@ async function main() {
   fs.writeFileSync(path.join(resultsDir, `${slug}.md`), markdown);
   fs.writeFileSync(path.join(outDir, 'RESULTS.md'), report.indexMarkdown(resultsDir));
   console.log(markdown);
-  log(`wrote ${path.relative(root, path.join(resultsDir, slug))}.md/.json and the index RESULTS.md; ` +
-    `done in ${result.durationSeconds.toFixed(0)} s`);
+  log(
+    `wrote ${path.relative(root, path.join(resultsDir, slug))}.md/.json and the index RESULTS.md; ` +
+      `done in ${result.durationSeconds.toFixed(0)} s`,
+  );
 }
 
 main().catch((error) => {
