@@ -210,6 +210,8 @@ function quickMarkdown(report) {
   out.push(`# clip-native quick benchmark: ${report.machine.cpu}\n`);
   out.push(...machineLines(report));
   const foreign = report.load.map((l) => fmt(l.foreignCpus, 2)).join(', ');
+  const loads = Object.entries(report.loadSeconds ?? {}).map(([id, seconds]) => `${id} ${fmt(seconds, 1)} s`);
+  out.push(`- Model loads (clip-native's include its kernel calibration): ${loads.join(', ') || '—'}`);
   out.push(`- Other processes during the rounds: ${foreign} CPUs busy; ${fmt(report.durationSeconds, 0)} s in all\n`);
   out.push(
     'Items/s (median of the rounds) · ratio to onnxruntime-node fp32 model-only at the same batch. Model ' +

@@ -474,6 +474,7 @@ async function main() {
   // A reduced precision this build or CPU cannot run (the addon refuses it at load) is reported, not fatal.
   const unavailable = {};
   const impls = [];
+  const loadSeconds = {};
   for (const impl of chosen) {
     const t0 = Date.now();
     try {
@@ -485,8 +486,9 @@ async function main() {
       continue;
     }
     impls.push(impl);
+    loadSeconds[impl.id] = (Date.now() - t0) / 1000;
     log(
-      `loaded ${impl.id} in ${((Date.now() - t0) / 1000).toFixed(1)} s` +
+      `loaded ${impl.id} in ${loadSeconds[impl.id].toFixed(1)} s` +
         (impl.kernels
           ? `; kernels image ${impl.kernels.image}, text ${impl.kernels.text} (${impl.kernels.selectedBy})`
           : ''),
@@ -617,6 +619,7 @@ async function main() {
       images: files.map((f) => path.basename(f)),
     },
     load: loads,
+    loadSeconds,
     kernels: Object.fromEntries(impls.filter((i) => i.kernels).map((i) => [i.id, i.kernels])),
     unavailable,
     parity: agreement,
