@@ -16,7 +16,8 @@
 // run on another CPU never replaces it), and the index bench/RESULTS.md that
 // links them all; --quick writes bench/results/<cpu-slug>-quick.json only.
 //
-// Environment: CLIP_BENCH_ROUNDS (default 3; 5 with --quick), CLIP_BENCH_MIN_SECONDS
+// Environment: CLIP_BENCH_ROUNDS (default 3; 5 with --quick, which stops after 3
+// when another round would end past 4 minutes from its start), CLIP_BENCH_MIN_SECONDS
 // per measurement (default 0.75; 0.25 with --quick; a measurement also covers at
 // least 16 items), CLIP_BENCH_THREADS (default: the CPU count),
 // CLIP_BENCH_SERVE_SECONDS per autocannon run (default 8; 0 skips serve),
@@ -65,6 +66,7 @@ const rounds = Number(process.env.CLIP_BENCH_ROUNDS || (quick ? 5 : 3));
 const minSeconds = Number(process.env.CLIP_BENCH_MIN_SECONDS || (quick ? 0.25 : 0.75));
 // One call of one item measures mostly noise: every timed measurement covers at least this many items.
 const MIN_ITEMS = 16;
+const QUICK_BUDGET_SECONDS = 240;
 const threads = Number(process.env.CLIP_BENCH_THREADS || os.availableParallelism());
 const serveSeconds = quick ? 0 : Number(process.env.CLIP_BENCH_SERVE_SECONDS ?? 8);
 const only = process.env.CLIP_BENCH_ONLY ? new Set(process.env.CLIP_BENCH_ONLY.split(',')) : undefined;
@@ -536,6 +538,13 @@ async function main() {
   const samples = {}; // caseId -> implId -> [{ itemsPerSecond, times }]
   const loads = [];
   for (let round = 0; round < rounds; round++) {
+    // --quick keeps to its time budget on a slow or busy machine: no round starts that would end past it,
+    // once the 3 rounds a median needs are done.
+    const elapsed = (Date.now() - started) / 1000;
+    if (quick && round >= 3 && elapsed + loads.at(-1).seconds > QUICK_BUDGET_SECONDS) {
+      log(`stopping after ${round} rounds: the next would end past ${QUICK_BUDGET_SECONDS} s`);
+      break;
+    }
     meter.start();
     for (const c of list) {
       for (let k = 0; k < impls.length; k++) {
@@ -610,7 +619,7 @@ async function main() {
       cpuIsa: binding().cpuIsa,
     }),
     settings: {
-      rounds,
+      rounds: loads.length,
       minSecondsPerMeasurement: minSeconds,
       threads,
       pythonOmpWaitPolicy: process.env.OMP_WAIT_POLICY ?? process.env.CLIP_BENCH_PY_OMP_WAIT_POLICY ?? 'PASSIVE',
