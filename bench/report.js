@@ -151,7 +151,7 @@ function endToEndShare(report, batch = 8) {
     });
     if (cells.some((c) => c !== '—')) lines.push(`| ${id} | ${cells.join(' | ')} |`);
   }
-  return lines.join('\n') + '\n';
+  return lines.length > 2 ? `End to end / model only, batch ${batch}:\n\n${lines.join('\n')}\n` : '';
 }
 
 function kernelLines(report) {
@@ -218,7 +218,6 @@ function quickMarkdown(report) {
       'only: pixels / token ids in; end to end: JPEG/PNG bytes / strings in. Texts: captions of 5-20 words.\n',
   );
   out.push(againstOrt(report));
-  out.push('End to end / model only, batch 8:\n');
   out.push(endToEndShare(report));
   const kernels = kernelLines(report);
   if (kernels.length) out.push('CPU kernels (`model.info.cpuKernels`):\n', ...kernels, '');
@@ -257,7 +256,6 @@ function markdown(report) {
   out.push('## Against onnxruntime-node fp32 model-only\n');
   out.push('Items/s · ratio to onnxruntime-node fp32 model-only at the same batch, images and captions.\n');
   out.push(againstOrt(report));
-  out.push('End to end / model only, batch 8:\n');
   out.push(endToEndShare(report));
   const kernels = kernelLines(report);
   if (kernels.length) out.push('CPU kernels (`model.info.cpuKernels`):\n', ...kernels, '');
