@@ -37,6 +37,7 @@ const { ClipModel } = require('../dist');
 const { TaskKind, binding } = require('../dist/native/binding');
 const { cpuFlags, cpuName, cpuSlug, loadMeter, machine } = require('./machine');
 const report = require('./report');
+const { cosine } = require('../test/helpers/vectors.js');
 const { runServe } = require('./serve');
 
 const root = path.resolve(__dirname, '..');
@@ -412,17 +413,6 @@ function cases() {
   return out.filter((c) => !caseFilter || caseFilter.test(c.id));
 }
 
-function cosine(a, b) {
-  let dot = 0,
-    na = 0,
-    nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    dot += a[i] * b[i];
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
-  }
-  return dot / Math.sqrt(na * nb);
-}
 const minCosine = (xs, ys) => Math.min(...xs.map((x, i) => cosine(x, ys[i])));
 
 async function embeddingsOf(impl, c) {
