@@ -56,21 +56,64 @@ function loadMeter(pids) {
   };
 }
 
-function cpuFlags() {
+/** The ISA extensions the CPU kernels depend on, in the order the tables print them. */
+const ISA_FLAGS = ['avx512f', 'avx512_bf16', 'amx_bf16', 'amx_int8', 'avx512_vnni', 'avx_vnni'];
+
+function readCpuinfo() {
   try {
-    const info = fs.readFileSync('/proc/cpuinfo', 'utf8');
-    const flags = new Set((info.match(/^flags\s*:\s*(.*)$/m)?.[1] ?? '').split(/\s+/));
-    return ['avx2', 'avx512f', 'avx512_bf16', 'avx512_vnni', 'amx_bf16', 'amx_tile'].filter((f) => flags.has(f));
+    return fs.readFileSync('/proc/cpuinfo', 'utf8');
   } catch {
-    return [];
+    return '';
   }
+}
+
+/** The flags of /proc/cpuinfo that matter here (avx2, amx_tile and ISA_FLAGS), present ones only. */
+function cpuFlags(info = readCpuinfo()) {
+  const flags = new Set((info.match(/^flags\s*:\s*(.*)$/m)?.[1] ?? '').split(/\s+/));
+  return ['avx2', ...ISA_FLAGS, 'amx_tile'].filter((f) => flags.has(f));
+}
+
+/** The CPU model name: /proc/cpuinfo's "model name" (os.cpus() reads the same on Linux). */
+function cpuName(info = readCpuinfo()) {
+  return (info.match(/^model name\s*:\s*(.*)$/m)?.[1] ?? os.cpus()[0]?.model ?? 'unknown CPU').trim();
+}
+
+/**
+ * The class of the widest matrix instructions a CPU has, which decides which kernels can be fast on it:
+ * `amx`, `avx512-bf16`, `avx512-vnni`, `avx512`, `avx2-vnni`, `avx2`, else `generic`.
+ */
+function isaClass(flags) {
+  const has = (f) => flags.includes(f);
+  if (has('amx_bf16') || has('amx_int8')) return 'amx';
+  if (has('avx512_bf16')) return 'avx512-bf16';
+  if (has('avx512_vnni')) return 'avx512-vnni';
+  if (has('avx512f')) return 'avx512';
+  if (has('avx_vnni')) return 'avx2-vnni';
+  if (has('avx2')) return 'avx2';
+  return 'generic';
+}
+
+/**
+ * A file name for one CPU model: its name without trademarks, clock and core count, and its ISA class, e.g.
+ * `amd-epyc-avx512-bf16` or `intel-xeon-platinum-8488c-amx`. Two machines with the same CPU model and
+ * flags share a slug (a later run replaces the earlier one's table); any other CPU gets its own.
+ */
+function cpuSlug(name, flags) {
+  const base = name
+    .replace(/\((r|tm)\)/gi, ' ')
+    .replace(/@.*$/, ' ')
+    .replace(/\b(cpu|processor|\d+-core)\b/gi, ' ')
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, '-')
+    .replace(/^-+|-+$/g, '');
+  return `${base || 'cpu'}-${isaClass(flags)}`;
 }
 
 async function machine(versions) {
   const cpus = os.cpus();
   const pythonTorch = versions.pytorch;
   return {
-    cpu: cpus[0]?.model?.trim(),
+    cpu: cpuName(),
     logicalCpus: cpus.length,
     availableParallelism: os.availableParallelism(),
     cpuFlags: cpuFlags(),
@@ -84,4 +127,4 @@ async function machine(versions) {
   };
 }
 
-module.exports = { loadMeter, machine };
+module.exports = { ISA_FLAGS, cpuFlags, cpuName, cpuSlug, isaClass, loadMeter, machine };

@@ -2,6 +2,9 @@
 // `npm run bench`: clip-native against onnxruntime-node (through transformers.js)
 // and PyTorch in Python, on the full-size random-weight ViT-B/32 model and the
 // same weights exported to ONNX, side by side in one run.
+// `npm run bench -- --quick`: a few minutes on 2 cores; clip-native fp32, bf16
+// and int8 against onnxruntime-node fp32 model-only at batch 1 and 8, images
+// and captions, printed as one table (no PyTorch, stock graph or serve).
 //
 //   (a) clip-native, tensors in (model only)     (b) clip-native end to end
 //   (c) transformers.js + onnxruntime-node        (d) PyTorch (Python) on the same TorchScript files
@@ -9,10 +12,14 @@
 // Every case (encoder x input x batch) is measured for every implementation
 // in each round, implementations rotated from round to round, and each figure
 // is the median of the rounds. Then `clip-native serve` under autocannon.
-// Writes bench/RESULTS.md (markdown) and bench/RESULTS.json.
+// Writes one report per CPU model, bench/results/<cpu-slug>.md and .json (a
+// run on another CPU never replaces it), and the index bench/RESULTS.md that
+// links them all; --quick writes bench/results/<cpu-slug>-quick.json only.
 //
-// Environment: CLIP_BENCH_ROUNDS (default 3), CLIP_BENCH_MIN_SECONDS per
-// measurement (default 0.75), CLIP_BENCH_THREADS (default: the CPU count),
+// Environment: CLIP_BENCH_ROUNDS (default 3; 5 with --quick, which stops after 3
+// when another round would end past 4 minutes from its start), CLIP_BENCH_MIN_SECONDS
+// per measurement (default 0.75; 0.25 with --quick; a measurement also covers at
+// least 16 items), CLIP_BENCH_THREADS (default: the CPU count),
 // CLIP_BENCH_SERVE_SECONDS per autocannon run (default 8; 0 skips serve),
 // CLIP_BENCH_STOCK=0 leaves out clip-native fp32 without its load-time graph
 // (CLIP_NATIVE_CPU_GRAPH=0), CLIP_BENCH_ONLY (comma-separated implementation
@@ -28,7 +35,8 @@ const { spawn, spawnSync } = require('node:child_process');
 const readline = require('node:readline');
 const { ClipModel } = require('../dist');
 const { TaskKind, binding } = require('../dist/native/binding');
-const { loadMeter, machine } = require('./machine');
+const { cpuFlags, cpuName, cpuSlug, loadMeter, machine } = require('./machine');
+const report = require('./report');
 const { cosine } = require('../test/helpers/vectors.js');
 const { runServe } = require('./serve');
 
@@ -41,14 +49,32 @@ const imageDir = path.join(models, 'images');
 const cacheDir = path.join(models, '.cache');
 const outDir = process.env.CLIP_BENCH_OUT || path.join(root, 'bench');
 
-const rounds = Number(process.env.CLIP_BENCH_ROUNDS || 3);
-const minSeconds = Number(process.env.CLIP_BENCH_MIN_SECONDS || 0.75);
+const USAGE = 'usage: node bench/run.js [--quick]   (npm run bench [-- --quick])';
+const args = process.argv.slice(2);
+for (const arg of args) {
+  if (arg === '--help' || arg === '-h') {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  if (arg !== '--quick') {
+    console.error(`Expected --quick or --help for the arguments but received ${JSON.stringify(arg)}\n${USAGE}`);
+    process.exit(2);
+  }
+}
+const quick = args.includes('--quick');
+
+const rounds = Number(process.env.CLIP_BENCH_ROUNDS || (quick ? 5 : 3));
+const minSeconds = Number(process.env.CLIP_BENCH_MIN_SECONDS || (quick ? 0.25 : 0.75));
+// One call of one item measures mostly noise: every timed measurement covers at least this many items.
+const MIN_ITEMS = 16;
+const QUICK_BUDGET_SECONDS = 240;
 const threads = Number(process.env.CLIP_BENCH_THREADS || os.availableParallelism());
-const serveSeconds = Number(process.env.CLIP_BENCH_SERVE_SECONDS ?? 8);
+const serveSeconds = quick ? 0 : Number(process.env.CLIP_BENCH_SERVE_SECONDS ?? 8);
 const only = process.env.CLIP_BENCH_ONLY ? new Set(process.env.CLIP_BENCH_ONLY.split(',')) : undefined;
-const stock = (process.env.CLIP_BENCH_STOCK ?? '1') !== '0';
+const stock = !quick && (process.env.CLIP_BENCH_STOCK ?? '1') !== '0';
 const caseFilter = process.env.CLIP_BENCH_CASES ? new RegExp(process.env.CLIP_BENCH_CASES) : undefined;
-const BATCHES = [1, 8, 32];
+const BATCHES = quick ? [1, 8] : [1, 8, 32];
+const TEXT_KINDS = quick ? ['caption'] : ['caption', 'long77'];
 const PIXELS = 3 * 224 * 224;
 
 const log = (...args) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}]`, ...args);
@@ -108,11 +134,17 @@ function runPython(args) {
   if (result.status !== 0) throw new Error(`${python} ${args.join(' ')} failed (${result.status ?? result.signal})`);
 }
 
+/**
+ * Identifies the inputs of a made artefact: the content of small files (scripts, whose checkout times vary
+ * between clones), size and time of the large model archives, all by path relative to the repository.
+ */
 function digest(files) {
   const hash = crypto.createHash('sha256');
   for (const file of files) {
     const stat = fs.statSync(file);
-    hash.update(`${file}:${stat.size}:${stat.mtimeMs}\n`);
+    const name = path.relative(root, file);
+    if (stat.size < 1 << 20) hash.update(`${name}:`).update(fs.readFileSync(file)).update('\n');
+    else hash.update(`${name}:${stat.size}:${stat.mtimeMs}\n`);
   }
   return hash.digest('hex');
 }
@@ -158,11 +190,13 @@ function prepare() {
 // Each has an id, a dtype and `prepare(case)` -> an async function running one call of the case
 // (or `measure(case, options)` when it times itself, as the Python worker does).
 
+const SHORT_DTYPES = { float32: 'fp32', bfloat16: 'bf16', int8: 'int8' };
+
 class ClipNative {
   /** `stock`: the archive as loaded, without the oneDNN graph of Model::Load (model-only cases). */
   constructor(dtype, inputs, { stock = false } = {}) {
     this.dtype = dtype;
-    this.id = `clip-native ${dtype === 'float32' ? 'fp32' : 'bf16'}${stock ? ' stock graph' : ''}`;
+    this.id = `clip-native ${SHORT_DTYPES[dtype]}${stock ? ' stock graph' : ''}`;
     this.inputs = inputs;
     this.stock = stock;
   }
@@ -171,6 +205,7 @@ class ClipNative {
     if (this.stock) process.env.CLIP_NATIVE_CPU_GRAPH = '0';
     try {
       this.model = await ClipModel.load(modelDir, { device: 'cpu', dtype: this.dtype, threads });
+      this.kernels = this.model.info.cpuKernels ?? undefined;
     } finally {
       if (saved === undefined) delete process.env.CLIP_NATIVE_CPU_GRAPH;
       else process.env.CLIP_NATIVE_CPU_GRAPH = saved;
@@ -205,10 +240,15 @@ class ClipNative {
 }
 
 class TransformersJs {
-  constructor(inputs) {
+  /** `modelOnly`: only the model-only cases, the baseline that every ratio of --quick divides by. */
+  constructor(inputs, { modelOnly = false } = {}) {
     this.dtype = 'float32';
     this.id = 'onnxruntime-node fp32';
     this.inputs = inputs;
+    this.modelOnly = modelOnly;
+  }
+  supports(c) {
+    return !this.modelOnly || c.mode === 'model';
   }
   async load() {
     const t = await import('@huggingface/transformers');
@@ -337,7 +377,8 @@ class PyTorch {
     });
   }
   async measure(c, { once = false } = {}) {
-    return (await this.request(c, 'bench', { minSeconds: once ? 0 : minSeconds, minCalls: 1, warmup: false })).times;
+    const minCalls = once ? 1 : Math.ceil(MIN_ITEMS / c.batch);
+    return (await this.request(c, 'bench', { minSeconds: once ? 0 : minSeconds, minCalls, warmup: false })).times;
   }
   async embed(c) {
     return (await this.request(c, 'embed')).embeddings.map((e) => Float32Array.from(e));
@@ -347,10 +388,10 @@ class PyTorch {
 
 // --- measuring ------------------------------------------------------------------------------------
 
-async function timeCalls(run) {
+async function timeCalls(run, batch) {
   const times = [];
   const start = now();
-  while (times.length < 1 || now() - start < minSeconds) {
+  while (times.length * batch < MIN_ITEMS || now() - start < minSeconds) {
     const t0 = now();
     await run();
     times.push(now() - t0);
@@ -363,7 +404,7 @@ function cases() {
   for (const mode of ['model', 'e2e']) {
     for (const batch of BATCHES) out.push({ id: `image/${mode}/b${batch}`, encoder: 'image', mode, batch });
   }
-  for (const text of ['caption', 'long77']) {
+  for (const text of TEXT_KINDS) {
     for (const mode of ['model', 'e2e']) {
       for (const batch of BATCHES)
         out.push({ id: `text-${text}/${mode}/b${batch}`, encoder: 'text', text, mode, batch });
@@ -392,7 +433,7 @@ async function parity(impls) {
     { id: 'text-caption/model/b8', encoder: 'text', text: 'caption', mode: 'model', batch: 8 },
     { id: 'text-caption/e2e/b8', encoder: 'text', text: 'caption', mode: 'e2e', batch: 8 },
     { id: 'text-long77/model/b8', encoder: 'text', text: 'long77', mode: 'model', batch: 8 },
-  ];
+  ].filter((c) => !quick || (c.mode === 'model' && c.text !== 'long77'));
   const out = [];
   for (const c of checks) {
     const ref = await embeddingsOf(reference, c);
@@ -411,26 +452,45 @@ async function main() {
   const texts = makeTexts();
   const inputs = { pixels, pixelFile, files, bytes, texts, ids: {} };
 
-  const worker = new PyTorchWorker();
+  const torch = !quick && (!only || only.has('PyTorch fp32') || only.has('PyTorch bf16'));
+  const worker = torch ? new PyTorchWorker() : undefined;
   const all = [
     new ClipNative('float32', inputs),
     new ClipNative('bfloat16', inputs),
+    new ClipNative('int8', inputs),
     ...(stock ? [new ClipNative('float32', inputs, { stock: true })] : []),
-    new TransformersJs(inputs),
-    new PyTorch('float32', worker, inputs),
-    new PyTorch('bfloat16', worker, inputs),
+    new TransformersJs(inputs, { modelOnly: quick }),
+    ...(worker ? [new PyTorch('float32', worker, inputs), new PyTorch('bfloat16', worker, inputs)] : []),
   ];
-  const impls = all.filter((i) => !only || only.has(i.id));
-  for (const impl of impls) {
+  const chosen = all.filter((i) => !only || only.has(i.id));
+  // A reduced precision this build or CPU cannot run (the addon refuses it at load) is reported, not fatal.
+  const unavailable = {};
+  const impls = [];
+  const loadSeconds = {};
+  for (const impl of chosen) {
     const t0 = Date.now();
-    await impl.load();
-    log(`loaded ${impl.id} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    try {
+      await impl.load();
+    } catch (error) {
+      if (!(impl instanceof ClipNative) || impl.dtype === 'float32') throw error;
+      unavailable[impl.id] = `${error.code ?? error.name}: ${error.message}`;
+      log(`${impl.id}: n/a (${unavailable[impl.id]})`);
+      continue;
+    }
+    impls.push(impl);
+    loadSeconds[impl.id] = (Date.now() - t0) / 1000;
+    log(
+      `loaded ${impl.id} in ${loadSeconds[impl.id].toFixed(1)} s` +
+        (impl.kernels
+          ? `; kernels image ${impl.kernels.image}, text ${impl.kernels.text} (${impl.kernels.selectedBy})`
+          : ''),
+    );
   }
   // Token ids for the tensors-in cases come from clip-native's tokenizer, bos..eos without padding.
   const tokenizer = await ClipModel.load(path.join(root, 'test', 'fixtures', 'tiny'), { device: 'cpu' }).catch(
     () => undefined,
   );
-  const tokenizerModel = tokenizer ?? all[0].model;
+  const tokenizerModel = tokenizer ?? impls.find((i) => i instanceof ClipNative)?.model;
   for (const [kind, list] of Object.entries(texts)) {
     const padded = await tokenizerModel.tokenize(list);
     inputs.ids[kind] = padded.map((row) => row.subarray(0, row.indexOf(49407) + 1));
@@ -439,23 +499,21 @@ async function main() {
 
   log('parity check');
   const agreement = await parity(impls);
-  const bf16 = impls.find((i) => i.id === 'clip-native bf16');
   const fp32 = impls.find((i) => i.id === 'clip-native fp32');
-  if (bf16 && fp32) {
+  const reduced = impls.filter((i) => i.id === 'clip-native bf16' || i.id === 'clip-native int8');
+  if (fp32 && !quick) {
     for (const c of [
       { id: 'image/model/b16', encoder: 'image', mode: 'model', batch: 16 },
       { id: 'text-long77/model/b16', encoder: 'text', text: 'long77', mode: 'model', batch: 16 },
     ]) {
-      agreement.push({
-        case: c.id,
-        impl: bf16.id,
-        minCosine: minCosine(await embeddingsOf(fp32, c), await embeddingsOf(bf16, c)),
-      });
+      const ref = await embeddingsOf(fp32, c);
+      for (const impl of reduced)
+        agreement.push({ case: c.id, impl: impl.id, minCosine: minCosine(ref, await embeddingsOf(impl, c)) });
     }
   }
   for (const a of agreement) log(`  ${a.case} ${a.impl}: min cosine vs clip-native fp32 ${a.minCosine.toFixed(6)}`);
 
-  const meter = loadMeter(() => [process.pid, worker.pid]);
+  const meter = loadMeter(() => (worker ? [process.pid, worker.pid] : [process.pid]));
   const list = cases();
   // One untimed call per implementation and kind of input (batch 8) before the rounds: the first calls
   // pay for TorchScript's profiling runs, oneDNN primitive creation and ORT's allocation planning.
@@ -470,13 +528,20 @@ async function main() {
   const samples = {}; // caseId -> implId -> [{ itemsPerSecond, times }]
   const loads = [];
   for (let round = 0; round < rounds; round++) {
+    // --quick keeps to its time budget on a slow or busy machine: no round starts that would end past it,
+    // once the 3 rounds a median needs are done.
+    const elapsed = (Date.now() - started) / 1000;
+    if (quick && round >= 3 && elapsed + loads.at(-1).seconds > QUICK_BUDGET_SECONDS) {
+      log(`stopping after ${round} rounds: the next would end past ${QUICK_BUDGET_SECONDS} s`);
+      break;
+    }
     meter.start();
     for (const c of list) {
       for (let k = 0; k < impls.length; k++) {
         const impl = impls[(k + round) % impls.length];
         if (impl.supports && !impl.supports(c)) continue;
         await sleep(100); // lets the previous implementation's spinning worker threads go idle
-        const times = impl.measure ? await impl.measure(c) : await timeCalls(impl.prepare(c));
+        const times = impl.measure ? await impl.measure(c) : await timeCalls(impl.prepare(c), c.batch);
         const total = times.reduce((a, b) => a + b, 0);
         ((samples[c.id] ??= {})[impl.id] ??= []).push({ itemsPerSecond: (c.batch * times.length) / total, times });
       }
@@ -519,7 +584,7 @@ async function main() {
     }));
 
   for (const impl of impls) await impl.dispose();
-  await worker.close();
+  await worker?.close();
 
   let serve;
   if (serveSeconds > 0) {
@@ -533,16 +598,18 @@ async function main() {
     });
   }
 
-  const report = {
+  const result = {
     date: new Date().toISOString(),
+    quick,
     machine: await machine({
       onnxruntimeNode: packageVersion('onnxruntime-node'),
       transformersJs: packageVersion('@huggingface/transformers'),
       libtorch: binding().torchVersion,
       pytorch: impls.find((i) => i instanceof PyTorch)?.info?.torch,
+      cpuIsa: binding().cpuIsa,
     }),
     settings: {
-      rounds,
+      rounds: loads.length,
       minSecondsPerMeasurement: minSeconds,
       threads,
       pythonOmpWaitPolicy: process.env.OMP_WAIT_POLICY ?? process.env.CLIP_BENCH_PY_OMP_WAIT_POLICY ?? 'PASSIVE',
@@ -551,17 +618,34 @@ async function main() {
       images: files.map((f) => path.basename(f)),
     },
     load: loads,
+    loadSeconds,
+    kernels: Object.fromEntries(impls.filter((i) => i.kernels).map((i) => [i.id, i.kernels])),
+    unavailable,
     parity: agreement,
     results,
     serve,
     durationSeconds: (Date.now() - started) / 1000,
   };
-  fs.mkdirSync(outDir, { recursive: true });
-  fs.writeFileSync(path.join(outDir, 'RESULTS.json'), JSON.stringify(report, null, 2) + '\n');
-  const markdown = require('./report').markdown(report);
-  fs.writeFileSync(path.join(outDir, 'RESULTS.md'), markdown);
+  const resultsDir = path.join(outDir, 'results');
+  fs.mkdirSync(resultsDir, { recursive: true });
+  const slug = cpuSlug(cpuName(), cpuFlags());
+  if (quick) {
+    fs.writeFileSync(path.join(resultsDir, `${slug}-quick.json`), JSON.stringify(result, null, 2) + '\n');
+    console.log(report.quickMarkdown(result));
+    log(
+      `wrote ${path.relative(root, path.join(resultsDir, `${slug}-quick.json`))}; done in ${result.durationSeconds.toFixed(0)} s`,
+    );
+    return;
+  }
+  fs.writeFileSync(path.join(resultsDir, `${slug}.json`), JSON.stringify(result, null, 2) + '\n');
+  const markdown = report.markdown(result);
+  fs.writeFileSync(path.join(resultsDir, `${slug}.md`), markdown);
+  fs.writeFileSync(path.join(outDir, 'RESULTS.md'), report.indexMarkdown(resultsDir));
   console.log(markdown);
-  log(`done in ${report.durationSeconds.toFixed(0)} s`);
+  log(
+    `wrote ${path.relative(root, path.join(resultsDir, slug))}.md/.json and the index RESULTS.md; ` +
+      `done in ${result.durationSeconds.toFixed(0)} s`,
+  );
 }
 
 main().catch((error) => {
