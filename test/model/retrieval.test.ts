@@ -121,7 +121,13 @@ t.test('zeroShot, rank and logitScale', async (t) => {
     t.equal(mixed[0].index, 0, 'an image is nearest to itself');
     t.ok(Math.abs(mixed[0].cosine - 1) < 1e-5);
     const fromIndex = await model.rank({ text: 'a gradient' }, imageEmbeddings, { topK: 2 });
-    t.same(fromIndex, byImage, 'embeddings computed before rank as the images do');
+    // Batched differently, the embeddings may differ in their last bits.
+    t.same(
+      fromIndex.map((r) => r.index),
+      byImage.map((r) => r.index),
+      'embeddings computed before rank as the images do',
+    );
+    fromIndex.forEach((r, i) => t.ok(Math.abs(r.cosine - byImage[i].cosine) <= 1e-6));
     await t.rejects(model.rank({ text: 'x' }, [new Float32Array(3)]), { code: 'CLIP_INVALID_ARGUMENT' });
     await t.rejects(model.rank({ text: 'x' }, []), { code: 'CLIP_INVALID_ARGUMENT' });
     await t.rejects(model.rank({ text: 'x' }, [{ text: 'y' }], { topK: 0 }), { code: 'CLIP_INVALID_ARGUMENT' });
