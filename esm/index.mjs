@@ -6,11 +6,14 @@ export const {
   BATCH_FORMATS,
   ClipError,
   ClipModel,
+  cosineSimilarity,
   ERROR_CODES,
   ERROR_THRESHOLD_EXCEEDED,
   HTTP_ERROR_CODES,
   mergeBatchOutput,
+  normalize,
   runBatchJob,
   scoreRows,
+  similarityMatrix,
 } = cjs;
 export default cjs;

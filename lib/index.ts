@@ -11,6 +11,9 @@ export type {
   ModelInfo,
   ModelStats,
 } from './model';
+export { cosineSimilarity, normalize, similarityMatrix } from './retrieval';
+export type { RankItem, RankOptions, RankResult, ZeroShotOptions, ZeroShotResult } from './retrieval';
+export type { CacheOptions, CacheStats } from './cache';
 export { ClipError, ERROR_CODES, HTTP_ERROR_CODES } from './errors';
 export type { ClipErrorCode, ClipErrorOptions } from './errors';
 export { scoreRows } from './azure/score';

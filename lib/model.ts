@@ -1,4 +1,7 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { score, type ScoreOptions } from './azure/score';
+import { checkCacheOptions, EmbeddingCache, type CacheOptions, type CacheStats } from './cache';
 import type { ScoreResponse } from './azure/types';
 import { checkInteger } from './check';
 import { ClipError, invalidArgument, orList, toClipError } from './errors';
@@ -10,6 +13,15 @@ import {
   type NativeResult,
   type NativeSubmitOptions,
 } from './native/binding';
+import {
+  rank,
+  zeroShot,
+  type RankItem,
+  type RankOptions,
+  type RankResult,
+  type ZeroShotOptions,
+  type ZeroShotResult,
+} from './retrieval';
 
 /** Where the encoders run. `auto` picks CUDA when this build and the machine have it. */
 export type Device = 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
@@ -74,6 +86,13 @@ export interface LoadOptions {
   maxImagePixels?: number;
   /** Default for {@link ImageOptions.applyExifOrientation}. Off, as the Hugging Face processor. */
   applyExifOrientation?: boolean;
+  /**
+   * Keep computed embeddings in memory, keyed by the sha256 of the image bytes or the text (and the model,
+   * dtype, device and `padImageBatches`), and answer repeated inputs from there without entering the engine
+   * queue; `true` takes the defaults of {@link CacheOptions}. A cached answer is the same bits as the first.
+   * Default off.
+   */
+  cache?: boolean | CacheOptions;
 }
 
 /** Options every call takes. */
@@ -108,10 +127,27 @@ export interface EncoderStats {
 export interface ModelStats {
   image: EncoderStats;
   text: EncoderStats;
+  /** Present when the load option `cache` is on. */
+  cache?: CacheStats;
 }
 
 /** What was loaded and how it runs. */
-export type ModelInfo = NativeModelInfo;
+export type ModelInfo = NativeModelInfo & {
+  /** CLIP's learned temperature, exp'd (clip.json's `logitScale`; 100 when the model directory has none). */
+  logitScale: number;
+};
+
+/** The temperature of the model directory's clip.json; 100 (OpenAI CLIP's) when it records none. */
+async function readLogitScale(directory: string): Promise<number> {
+  try {
+    const manifest = JSON.parse(await readFile(path.join(directory, 'clip.json'), 'utf8')) as { logitScale?: unknown };
+    const value = manifest.logitScale;
+    return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : 100;
+  } catch {
+    // The native loader has read and checked clip.json already; a race with its removal changes nothing here.
+    return 100;
+  }
+}
 
 /** An image as encoded bytes (JPEG, PNG, WebP, GIF or BMP); the format comes from the bytes. */
 export type ImageInput = Uint8Array | ArrayBuffer;
@@ -159,17 +195,20 @@ function abortError(signal: AbortSignal): ClipError {
 export class ClipModel {
   readonly #native: NativeModel;
   readonly #defaults: { applyExifOrientation: boolean; maxPixels: number };
+  readonly #cache: EmbeddingCache | undefined;
   #disposed: Promise<void> | undefined;
   /** What was loaded and how it runs. */
   readonly info: ModelInfo;
 
-  private constructor(native: NativeModel, options: LoadOptions) {
+  private constructor(native: NativeModel, options: LoadOptions, logitScale: number, cache: CacheOptions | undefined) {
     this.#native = native;
     this.#defaults = {
       applyExifOrientation: options.applyExifOrientation ?? false,
       maxPixels: options.maxImagePixels ?? 50_000_000,
     };
-    this.info = Object.freeze(native.info());
+    this.info = Object.freeze({ ...native.info(), logitScale });
+    const { name, dtype, device, padImageBatches } = this.info;
+    this.#cache = cache && new EmbeddingCache(cache, { model: name, dtype, device, padImageBatches });
   }
 
   /**
@@ -218,13 +257,14 @@ export class ClipModel {
     if (options.padImageBatches !== undefined && typeof options.padImageBatches !== 'boolean') {
       throw invalidArgument('a boolean', 'options.padImageBatches', options.padImageBatches);
     }
+    const cache = checkCacheOptions(options.cache);
     let handle: NativeModel;
     try {
       handle = await binding().load(directory, native);
     } catch (error) {
       throw toClipError(error);
     }
-    return new ClipModel(handle, options);
+    return new ClipModel(handle, options, await readLogitScale(directory), cache);
   }
 
   /**
@@ -330,9 +370,32 @@ export class ClipModel {
     return score(this, request, options);
   }
 
-  /** Queue depth, batches, mean batch size and throughput per encoder. Zeros once disposed. */
+  /**
+   * Zero-shot classification of one image: each label's text (through the template(s)) against the image,
+   * sorted best first, with `score` = softmax(logitScale x cosine) over the labels.
+   *
+   * Rejects like {@link embedImages}, and with `CLIP_INVALID_ARGUMENT` for bad labels or templates.
+   */
+  async zeroShot(image: ImageInput, labels: readonly string[], options?: ZeroShotOptions): Promise<ZeroShotResult[]> {
+    return zeroShot(this, image, labels, options);
+  }
+
+  /**
+   * Ranks candidates against a query by cosine similarity, best first, with `score` = softmax(logitScale x
+   * cosine) over all candidates; `topK` keeps the best ones. Each is a `{ text }`, an `{ image }` (encoded
+   * bytes) or a Float32Array embedding computed before (an index), used as it is.
+   *
+   * Rejects like {@link embed}, and with `CLIP_INVALID_ARGUMENT` for an empty candidate list or a bad topK.
+   */
+  async rank(query: RankItem, candidates: readonly RankItem[], options?: RankOptions): Promise<RankResult[]> {
+    return rank(this, query, candidates, options);
+  }
+
+  /** Queue depth, batches, mean batch size and throughput per encoder, and the cache's counters. */
   stats(): ModelStats {
-    return this.#native.stats();
+    const stats: ModelStats = this.#native.stats();
+    if (this.#cache) stats.cache = this.#cache.stats();
+    return stats;
   }
 
   /**
@@ -428,6 +491,32 @@ export class ClipModel {
   }
 
   #submit(
+    kind: TaskKind,
+    inputs: ReadonlyArray<Uint8Array | Float32Array | Int32Array | string>,
+    options: NativeSubmitOptions,
+    signal: AbortSignal | undefined,
+  ): Promise<NativeResult[]> {
+    const cache = this.#cache;
+    if (!cache || (kind !== TaskKind.Text && kind !== TaskKind.ImageBytes) || inputs.length === 0) {
+      return this.#submitNative(kind, inputs, options, signal);
+    }
+    if (this.#disposed) return Promise.reject(new ClipError('CLIP_DISPOSED', 'The model has been disposed'));
+    if (signal?.aborted) return Promise.reject(abortError(signal));
+    const embedded = inputs as ReadonlyArray<Uint8Array | string>;
+    // Only what changes an embedding goes into the key; the batching options do not.
+    const keyed =
+      kind === TaskKind.Text
+        ? {}
+        : { applyExifOrientation: options.applyExifOrientation, maxPixels: options.maxPixels };
+    const encoder = kind === TaskKind.Text ? 'text' : 'image';
+    const keys = embedded.map((input) => cache.key(encoder, keyed, input));
+    // Text and image tasks answer Float32Arrays or errors, never token ids.
+    const compute = (misses: Array<Uint8Array | string>) =>
+      this.#submitNative(kind, misses, options, signal) as Promise<Array<Float32Array | Error>>;
+    return cache.get(keys, embedded, compute) as Promise<NativeResult[]>;
+  }
+
+  #submitNative(
     kind: TaskKind,
     inputs: ReadonlyArray<Uint8Array | Float32Array | Int32Array | string>,
     options: NativeSubmitOptions,

@@ -6,6 +6,7 @@ const USAGE = `Usage: clip-native <command> [options]
 Commands:
   serve    the online endpoint (POST /score, Azure ML CLIP embeddings wire format)
   batch    the batch job (Azure batch endpoint inputs and outputs)
+  classify zero-shot classification of image files against text labels
   export   write a model directory from a Hugging Face CLIP checkpoint, or a random-weight one
 
 Run "clip-native <command> --help" for a command's options.
@@ -17,6 +18,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   serve: async () => (await import('./serve')).runServe,
   batch: async () => (await import('./batch')).runBatch,
   export: async () => runExport,
+  classify: async () => (await import('./classify')).runClassify,
 };
 
 /** Runs one command line; resolves to the exit status. */
@@ -28,7 +30,7 @@ export async function main(args: string[]): Promise<number> {
   }
   const load = COMMANDS[name];
   if (!load) {
-    process.stderr.write(`clip-native: unknown command "${name}" (expected serve, batch or export)\n`);
+    process.stderr.write(`clip-native: unknown command "${name}" (expected serve, batch, classify or export)\n`);
     return 2;
   }
   try {

@@ -6,7 +6,7 @@ import { deviceFlags, integerFlag, parseCommandLine, required, UsageError } from
 const USAGE = `Usage: clip-native serve --model DIR [options]
 
 The online endpoint (Azure ML CLIP embeddings wire format):
-POST /score, GET / (health), GET /swagger.json, GET /metrics.
+POST /score, POST /v1/classify, POST /v1/rank, GET / (health), GET /swagger.json, GET /metrics.
 
 Options:
   --model DIR             model directory (required)
@@ -20,7 +20,8 @@ Options:
   --max-batch-tokens N    largest text batch in token rows (default 16 x 77 on CPU)
   --queue-capacity N      items that may wait per encoder before 429 (default 4096)
   --threads N             libtorch intra-op threads
-  --api-key K             require "Authorization: Bearer K" on POST /score
+  --api-key K             require "Authorization: Bearer K" on the POST routes
+  --cache-mb N            keep up to N MiB of computed embeddings and answer repeats from there (default off)
                           (default: the CLIP_NATIVE_API_KEY environment variable)
   --body-limit-mb N       largest request body in MiB (default 100)
   --allow-private-urls    let image URLs reach private, loopback and link-local addresses
@@ -34,6 +35,11 @@ model, exit 0. A second signal exits at once with status 1.
 `;
 
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
+
+function cacheOption(values: Record<string, unknown>) {
+  const megabytes = integerFlag(values, 'cache-mb', 1);
+  return megabytes === undefined ? undefined : { maxBytes: megabytes * 1024 * 1024 };
+}
 
 /**
  * `clip-native serve`: listens first, then loads the model (`GET /` answers
@@ -57,6 +63,7 @@ export async function runServe(args: string[]): Promise<number> {
     'allow-private-urls': { type: 'boolean' },
     'retry-after': { type: 'string' },
     'log-level': { type: 'string' },
+    'cache-mb': { type: 'string' },
   } as const);
   const values = parsed as Record<string, string | undefined> & { help?: boolean; 'allow-private-urls'?: boolean };
   if (values.help) {
@@ -81,6 +88,7 @@ export async function runServe(args: string[]): Promise<number> {
     maxBatchTokens: integerFlag(values, 'max-batch-tokens', 1),
     queueCapacity: integerFlag(values, 'queue-capacity', 1),
     threads: integerFlag(values, 'threads', 1),
+    cache: cacheOption(values),
   };
 
   let resolveModel!: (model: ClipModel) => void;

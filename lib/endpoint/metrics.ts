@@ -90,6 +90,28 @@ export function createMetrics(stats: () => ModelStats | undefined, options: Metr
   engineCounter('clip_engine_batches_total', 'Inference batches run since load.', (s) => s.batches);
   engineCounter('clip_engine_items_total', 'Items embedded since load.', (s) => s.items);
 
+  const cacheCounter = (name: string, help: string, read: (s: NonNullable<ModelStats['cache']>) => number) =>
+    new Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        const cache = stats()?.cache;
+        this.reset();
+        if (cache) this.inc(read(cache));
+      },
+    });
+  cacheCounter('clip_cache_hits_total', 'Inputs answered from the embedding cache since load.', (s) => s.hits);
+  cacheCounter('clip_cache_misses_total', 'Inputs the embedding cache had to compute since load.', (s) => s.misses);
+  new Gauge({
+    name: 'clip_cache_bytes',
+    help: 'Bytes held by the embedding cache.',
+    registers: [registry],
+    collect() {
+      this.set(stats()?.cache?.bytes ?? 0);
+    },
+  });
+
   return {
     registry,
     observeRequest(method, route, status, seconds) {

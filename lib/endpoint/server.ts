@@ -20,6 +20,7 @@ import type { ClipModel } from '../model';
 import { packageRoot } from '../native/locate';
 import { createMetrics } from './metrics';
 import { openApiDocument } from './openapi';
+import { registerRetrievalRoutes, retrievalOpenApi } from './retrieval';
 
 /** Options of {@link createServer}. */
 export interface ServerOptions {
@@ -214,7 +215,7 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
   // Bad options fail here, once, rather than on every request.
   if (scoreOptions.signal !== undefined)
     throw invalidArgument('no signal', 'options.score.signal', scoreOptions.signal);
-  resolveScoreOptions(scoreOptions, 'options.score');
+  const resolvedScoreOptions = resolveScoreOptions(scoreOptions, 'options.score');
 
   let current: ClipModel | undefined;
   let closing = false;
@@ -266,14 +267,15 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
     reply.header('x-ms-request-id', request.id);
-    if (request.method !== 'POST' || request.routeOptions.url !== '/score') return;
+    const routeConfig = request.routeOptions.config as { protected?: boolean } | undefined;
+    if (request.method !== 'POST' || (request.routeOptions.url !== '/score' && !routeConfig?.protected)) return;
     // Before the body is read: a wrong key costs no parsing.
     if (keyDigest) {
       const header = request.headers.authorization;
       const match = typeof header === 'string' ? /^Bearer\s+(.+)$/i.exec(header.trim()) : null;
       if (!match || !timingSafeEqual(digest(match[1]), keyDigest)) {
         return sendError(reply, 401, {
-          message: `Expected an Authorization: Bearer <key> header with the endpoint's key for POST /score but received ${match ? 'a wrong key' : header === undefined || header.trim() === '' ? 'none' : 'another scheme'}`,
+          message: `Expected an Authorization: Bearer <key> header with the endpoint's key for POST ${request.routeOptions.url} but received ${match ? 'a wrong key' : header === undefined || header.trim() === '' ? 'none' : 'another scheme'}`,
           code: 'CLIP_UNAUTHORIZED',
         });
       }
@@ -308,7 +310,7 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
 
   app.setNotFoundHandler((request, reply) =>
     sendError(reply, 404, {
-      message: `Expected POST /score, GET /, GET /swagger.json or GET /metrics but received ${request.method} ${request.url.slice(0, 200)}`,
+      message: `Expected POST /score, POST /v1/classify, POST /v1/rank, GET /, GET /swagger.json or GET /metrics but received ${request.method} ${request.url.slice(0, 200)}`,
       code: 'CLIP_NOT_FOUND',
     }),
   );
@@ -324,6 +326,12 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
       embedDim: current?.info.embedDim ?? 512,
       apiKey: keyDigest !== undefined,
     });
+    const paths = document.paths as Record<string, { post: { responses: Record<string, unknown> } }>;
+    // The retrieval routes answer errors as /score does; their 200s are their own.
+    const errorResponses = Object.fromEntries(
+      Object.entries(paths['/score'].post.responses).filter(([status]) => status !== '200'),
+    );
+    Object.assign(paths, retrievalOpenApi(keyDigest !== undefined, errorResponses));
     return reply.type('application/json; charset=utf-8').send(document);
   });
 
@@ -355,6 +363,12 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
       metrics.observeRows(images, texts);
     }
     return reply.type('application/json; charset=utf-8').send(result);
+  });
+
+  registerRetrievalRoutes(app, {
+    model: () => (closing ? undefined : current),
+    notReady,
+    options: resolvedScoreOptions,
   });
 
   return app;

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import os
 import shutil
 import struct
@@ -22,6 +23,8 @@ TEXT_FILE = "text_encoder.pt"
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
 MANIFEST_FILE = "clip.json"
+# OpenAI CLIP's trained temperature (exp of logit_scale, clamped at 100 in training): models without one use it.
+DEFAULT_LOGIT_SCALE = 100.0
 
 # CLIPImageProcessor defaults (openai/clip-vit-base-patch32's preprocessor_config.json).
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -266,8 +269,19 @@ def write_model_dir(out: Path, image: torch.nn.Module, text: torch.nn.Module, cf
         raise
 
 
+def checkpoint_logit_scale(weights: Dict[str, torch.Tensor]) -> float:
+    """CLIP's learned temperature as the similarity scores use it: exp of the stored ``logit_scale``
+    (100 for openai/clip-vit-base-patch32); the default when the checkpoint has none."""
+    stored = weights.get("logit_scale")
+    if stored is None or stored.numel() != 1:
+        return DEFAULT_LOGIT_SCALE
+    value = math.exp(float(stored.reshape(()).item()))
+    return value if math.isfinite(value) and value > 0 else DEFAULT_LOGIT_SCALE
+
+
 def base_manifest(name: str, cfg: ClipConfig, image: Dict[str, object], ids: Dict[str, int],
-                  attention: str, source: Dict[str, object]) -> Dict[str, object]:
+                  attention: str, source: Dict[str, object],
+                  logit_scale: float = DEFAULT_LOGIT_SCALE) -> Dict[str, object]:
     return {
         "format": MANIFEST_FORMAT,
         "name": name,
@@ -278,6 +292,7 @@ def base_manifest(name: str, cfg: ClipConfig, image: Dict[str, object], ids: Dic
                   "merges": MERGES_FILE},
         "architecture": cfg.to_manifest(),
         "attention": attention,
+        "logitScale": logit_scale,
         "exportedBy": EXPORTER_ID,
         "torchVersion": torch.__version__.split("+")[0],
         "source": source,
@@ -331,12 +346,13 @@ def export_checkpoint(checkpoint: Path, out: Path, vocab_dir: Optional[Path], at
         raise UsageError(f"{checkpoint / weights_file} is not a CLIPModel checkpoint: missing tensor {err}")
     except ValueError as err:
         raise UsageError(f"{checkpoint / weights_file}: {err}")
+    logit_scale = checkpoint_logit_scale(weights)
     del weights
 
     model_name = name or str(hf_config.get("_name_or_path") or "") or checkpoint.resolve().name
     manifest = base_manifest(model_name, cfg, image_info, ids, attention,
                              {"kind": "huggingface", "checkpoint": checkpoint.resolve().name,
-                              "weights": weights_file})
+                              "weights": weights_file}, logit_scale)
     write_model_dir(out, image, text, cfg, manifest, vocab_dir, force)
 
 
