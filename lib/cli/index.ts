@@ -6,7 +6,8 @@ const USAGE = `Usage: clip-native <command> [options]
 Commands:
   serve    the online endpoint (POST /score, Azure ML CLIP embeddings wire format)
   batch    the batch job (Azure batch endpoint inputs and outputs)
-  export   write a model directory from a Hugging Face CLIP checkpoint, or a random-weight one
+  pull     download and convert a Hugging Face model (default openai/clip-vit-base-patch32), print its directory
+  export   write a model directory from a Hugging Face repo id or checkpoint folder, or a random-weight one
 
 Run "clip-native <command> --help" for a command's options.
 `;
@@ -16,6 +17,7 @@ type Command = (args: string[]) => Promise<number> | number;
 const COMMANDS: Record<string, () => Promise<Command>> = {
   serve: async () => (await import('./serve')).runServe,
   batch: async () => (await import('./batch')).runBatch,
+  pull: async () => (await import('./pull')).runPull,
   export: async () => runExport,
 };
 
@@ -28,7 +30,7 @@ export async function main(args: string[]): Promise<number> {
   }
   const load = COMMANDS[name];
   if (!load) {
-    process.stderr.write(`clip-native: unknown command "${name}" (expected serve, batch or export)\n`);
+    process.stderr.write(`clip-native: unknown command "${name}" (expected serve, batch, pull or export)\n`);
     return 2;
   }
   try {
