@@ -147,11 +147,13 @@ export async function runServe(args: string[]): Promise<number> {
     const started = Date.now();
     // A repo id downloads and converts first; GET / answers 503 meanwhile and the log shows how far it is.
     let lastTenth = -1;
+    let lastFile = '';
     const onProgress = (event: ModelProgress) => {
       if (event.phase === 'download') {
         const tenth = event.totalBytes > 0 ? Math.floor((10 * event.bytes) / event.totalBytes) : 10;
-        if (tenth === lastTenth) return;
+        if (tenth === lastTenth && event.file === lastFile) return;
         lastTenth = tenth;
+        lastFile = event.file;
       }
       log.info({ progress: event.phase, repo: event.reference.repo, commit: event.commit }, describeProgress(event));
     };

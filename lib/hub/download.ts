@@ -51,12 +51,42 @@ export function selectFiles<T extends { path: string }>(files: T[]): T[] {
   throw new Error('the repository has neither model.safetensors nor pytorch_model.bin');
 }
 
+let proxyAgent: import('undici').Dispatcher | undefined;
+
+/**
+ * fetch, through the proxy that HTTPS_PROXY / HTTP_PROXY name (NO_PROXY excepted) when one is set: Node's
+ * own fetch ignores them before Node 24, so undici's EnvHttpProxyAgent reads them as curl and Python do.
+ */
+function hubFetch(url: string, init: RequestInit): Promise<Response> {
+  const env = process.env;
+  if (!(env.HTTPS_PROXY || env.https_proxy || env.HTTP_PROXY || env.http_proxy)) return fetch(url, init);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only when a proxy is configured
+  const undici = require('undici') as typeof import('undici');
+  proxyAgent ??= new undici.EnvHttpProxyAgent();
+  // undici's Response is typed apart from Node's global one but has the same members (status, headers, body).
+  return undici.fetch(url, {
+    ...init,
+    dispatcher: proxyAgent,
+  }) as Promise<unknown> as Promise<Response>;
+}
+
 function headers(settings: HubSettings, extra: Record<string, string> = {}): Record<string, string> {
   return { ...(settings.token ? { authorization: `Bearer ${settings.token}` } : {}), ...extra };
 }
 
+/** How long an API call may take before the hub counts as unreachable (huggingface_hub waits 10 s too). */
+const API_TIMEOUT_MS = 10_000;
+
+function apiSignal(signal?: AbortSignal): AbortSignal {
+  const timeout = AbortSignal.timeout(API_TIMEOUT_MS);
+  return signal ? AbortSignal.any([signal, timeout]) : timeout;
+}
+
 async function getJson(url: string, settings: HubSettings, signal?: AbortSignal): Promise<unknown> {
-  const response = await fetch(url, { headers: headers(settings, { accept: 'application/json' }), signal });
+  const response = await hubFetch(url, {
+    headers: headers(settings, { accept: 'application/json' }),
+    signal: apiSignal(signal),
+  });
   if (!response.ok) {
     await response.body?.cancel();
     throw new HubHttpError(response.status, url, response.headers.get('x-error-code') ?? undefined);
@@ -87,7 +117,10 @@ export async function remoteSnapshot(
   // The tree pages through a Link header, as @huggingface/hub's listFiles follows it.
   let url: string | undefined = `${base}/tree/${commit}`;
   while (url) {
-    const response: Response = await fetch(url, { headers: headers(settings, { accept: 'application/json' }), signal });
+    const response: Response = await hubFetch(url, {
+      headers: headers(settings, { accept: 'application/json' }),
+      signal,
+    });
     if (!response.ok) {
       await response.body?.cancel();
       throw new HubHttpError(response.status, url, response.headers.get('x-error-code') ?? undefined);
@@ -187,7 +220,7 @@ export async function downloadFile(options: {
     const url = `${settings.endpoint}/${repoPath(reference.repo)}/resolve/${commit}/${file.path.split('/').map(encodeURIComponent).join('/')}`;
     if (offset < file.size || file.size === 0) {
       const extra: Record<string, string> = offset > 0 ? { range: `bytes=${offset}-` } : {};
-      const response = await fetch(url, { headers: headers(settings, extra), signal, redirect: 'follow' });
+      const response = await hubFetch(url, { headers: headers(settings, extra), signal, redirect: 'follow' });
       if (response.status === 416 && offset === file.size) {
         await response.body?.cancel();
       } else {

@@ -27,6 +27,7 @@ export function isNetworkError(error: unknown): boolean {
   const e = error as { name?: string; message?: string; cause?: { code?: string }; code?: string } | null;
   if (!e) return false;
   if (e.name === 'TypeError' && e.message === 'fetch failed') return true;
+  if (e.name === 'TimeoutError') return true;
   const code = e.code ?? e.cause?.code;
   return typeof code === 'string' && /^(E[A-Z]+|UND_ERR_[A-Z_]+)$/.test(code) && code !== 'ENOSPC' && code !== 'EDQUOT';
 }
@@ -63,7 +64,7 @@ export function describeHubError(error: unknown, settings: { endpoint: string; t
     const detail = e.cause?.code ?? e.code ?? e.cause?.message ?? e.message;
     return (
       `network error reaching ${settings.endpoint} (${detail}); set HF_ENDPOINT for a mirror, ` +
-      'HTTPS_PROXY with NODE_USE_ENV_PROXY=1 for a proxy, or HF_HUB_OFFLINE=1 to use only what is cached'
+      'HTTPS_PROXY for a proxy, or HF_HUB_OFFLINE=1 to use only what is cached'
     );
   }
   return (error as Error)?.message ?? String(error);

@@ -5,7 +5,7 @@ import { cachedCommit, cachedSnapshot, downloadSnapshot, hubRepoDir, remoteSnaps
 import { describeHubError, hubLoadFailed, isDiskFull, isNetworkError } from './errors';
 import { acquireLock } from './lock';
 import type { ModelProgress } from './progress';
-import { parseHubReference, type HubReference } from './reference';
+import { isCommitSha, parseHubReference, type HubReference } from './reference';
 import { hubSettings, repoFolderName, type HubSettings } from './settings';
 
 export { DEFAULT_MODEL, parseHubReference, formatReference } from './reference';
@@ -64,7 +64,10 @@ async function resolveHub(reference: HubReference, settings: HubSettings, option
 
   let commit: string | undefined;
   let remote: Awaited<ReturnType<typeof remoteSnapshot>> | undefined;
-  if (settings.offline) {
+  if (isCommitSha(reference.revision) && isModel(modelDirectory(settings, reference.repo, reference.revision))) {
+    // A pinned commit that is converted cannot change: no need to ask the hub.
+    commit = reference.revision;
+  } else if (settings.offline) {
     commit = fromCache();
     if (!commit) {
       throw hubLoadFailed(
@@ -136,6 +139,7 @@ async function resolveHub(reference: HubReference, settings: HubSettings, option
         );
       }
     }
+    sweepConversions(directory);
     onProgress?.({ phase: 'convert', reference, commit });
     try {
       await convertCheckpoint(checkpoint, directory, { ...reference, commit }, signal);
@@ -146,6 +150,22 @@ async function resolveHub(reference: HubReference, settings: HubSettings, option
     return ready();
   } finally {
     release();
+  }
+}
+
+/**
+ * Removes what a conversion of this commit killed midway (SIGKILL, power loss) left: its temporary
+ * folders. Called under the commit's lock, so no live conversion owns them.
+ */
+function sweepConversions(directory: string): void {
+  const parent = path.dirname(directory);
+  const prefix = `.${path.basename(directory)}.convert-`;
+  try {
+    for (const name of fs.readdirSync(parent)) {
+      if (name.startsWith(prefix)) fs.rmSync(path.join(parent, name), { recursive: true, force: true });
+    }
+  } catch {
+    // no snapshots folder yet
   }
 }
 

@@ -2,7 +2,7 @@
 // revision, the file tree, resolve/<revision>/<file> with ETag, X-Linked-Etag, X-Repo-Commit and Range).
 import { createHash } from 'node:crypto';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 
 export interface FakeRepo {
   /** commit sha -> file path -> content */
@@ -19,6 +19,8 @@ export interface FakeHub {
   requests: string[];
   /** The next download of this file sends `bytes` bytes and then drops the connection. */
   cut?: { file: string; bytes: number };
+  /** Downloads of this file wait for `until` before they answer. */
+  hold?: { file: string; until: Promise<void> };
   close(): Promise<void>;
 }
 
@@ -98,6 +100,10 @@ export async function startFakeHub(repos: Record<string, FakeRepo>): Promise<Fak
     headers['content-length'] = data.length - start;
     res.writeHead(range ? 206 : 200, headers);
     if (req.method === 'HEAD') return res.end();
+    if (hub.hold && hub.hold.file === name) {
+      void hub.hold.until.then(() => res.end(data.subarray(start)));
+      return;
+    }
     if (hub.cut && hub.cut.file === name) {
       const { bytes } = hub.cut;
       hub.cut = undefined;
@@ -105,6 +111,18 @@ export async function startFakeHub(repos: Record<string, FakeRepo>): Promise<Fak
       return;
     }
     res.end(data.subarray(start));
+  });
+  // As a forward proxy: CONNECT tunnels (what proxy clients open, for http: targets too) lead to this server.
+  server.on('connect', (req: http.IncomingMessage, client: net.Socket, head: Buffer) => {
+    hub.requests.push(`CONNECT ${req.url}`);
+    const upstream = net.connect((server.address() as AddressInfo).port, '127.0.0.1', () => {
+      client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+      upstream.write(head);
+      upstream.pipe(client);
+      client.pipe(upstream);
+    });
+    upstream.on('error', () => client.destroy());
+    client.on('error', () => upstream.destroy());
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   hub.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
