@@ -5,12 +5,12 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { ClipModel, type ModelProgress } from '../lib/index';
-import { downloadCheckpoint, resolveModel } from '../lib/hub/index';
-import { streamProgress } from '../lib/hub/progress';
-import { parseHubReference } from '../lib/hub/reference';
-import { fakeCommit, startFakeHub, type FakeHub, type FakeRepo } from './helpers/fake-hub';
-import { fixtures, hfCheckpoint, hfModel, maxAbsDiff, root, tempDir } from './helpers/env';
+import { ClipModel, type ModelProgress } from '../../lib/index';
+import { downloadCheckpoint, resolveModel } from '../../lib/hub/index';
+import { streamProgress } from '../../lib/hub/progress';
+import { parseHubReference } from '../../lib/hub/reference';
+import { fakeCommit, startFakeHub, type FakeHub, type FakeRepo } from '../helpers/fake-hub';
+import { fixtures, hfCheckpoint, hfModel, maxAbsDiff, root, tempDir } from '../helpers/env';
 
 const REPO = 'fake-org/clip-tiny';
 const GATED = 'fake-org/gated';
