@@ -144,6 +144,14 @@ async function resolveHub(reference: HubReference, settings: HubSettings, option
     try {
       await convertCheckpoint(checkpoint, directory, { ...reference, commit }, signal);
     } catch (error) {
+      // Empty snapshots/ and models--org--name/ folders would look like a half-made entry: drop them.
+      for (const dir of [path.dirname(directory), path.dirname(path.dirname(directory))]) {
+        try {
+          fs.rmdirSync(dir);
+        } catch {
+          break; // not empty: other commits live there
+        }
+      }
       const cause = error instanceof ConversionError ? error.message : describeHubError(error, settings);
       throw hubLoadFailed(reference, cause, error);
     }
