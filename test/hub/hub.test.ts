@@ -18,6 +18,8 @@ const SMALL = 'fake-org/small';
 const COMMIT_A = fakeCommit('a');
 const COMMIT_B = fakeCommit('b');
 const quiet = () => undefined;
+// One kernel for every load: `auto` times candidates at load, and two loads may pick different ones.
+const SAME_KERNELS = { device: 'cpu', cpuKernels: 'aten' } as const;
 
 /** The fixture checkpoint with the visual projection doubled: image embeddings exactly twice commit A's. */
 function doubledProjection(weights: Buffer): Buffer {
@@ -114,8 +116,8 @@ t.test(
   async (t) => {
     const caches = useCaches('load');
     const events: ModelProgress[] = [];
-    const byId = await ClipModel.load(REPO, { device: 'cpu', onProgress: (e) => events.push(e) });
-    const local = await ClipModel.load(hfModel, { device: 'cpu' });
+    const byId = await ClipModel.load(REPO, { ...SAME_KERNELS, onProgress: (e) => events.push(e) });
+    const local = await ClipModel.load(hfModel, SAME_KERNELS);
     const a = await embeddings(byId);
     const b = await embeddings(local);
     t.equal(maxAbsDiff(a.image, b.image), 0);
@@ -164,7 +166,7 @@ t.test(
     await hub.close();
     try {
       process.env.HF_HUB_OFFLINE = '1';
-      const offline = await ClipModel.load(REPO, { device: 'cpu', onProgress: quiet });
+      const offline = await ClipModel.load(REPO, { ...SAME_KERNELS, onProgress: quiet });
       t.equal(maxAbsDiff((await embeddings(offline)).image, a.image), 0);
       await offline.dispose();
       delete process.env.HF_HUB_OFFLINE;
