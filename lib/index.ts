@@ -16,6 +16,9 @@ export type { RankItem, RankOptions, RankResult, ZeroShotOptions, ZeroShotResult
 export type { CacheOptions, CacheStats } from './cache';
 export { ClipError, ERROR_CODES, HTTP_ERROR_CODES } from './errors';
 export type { ClipErrorCode, ClipErrorOptions } from './errors';
+export { DEFAULT_MODEL } from './hub/reference';
+export type { HubReference } from './hub/reference';
+export type { ModelProgress } from './hub/progress';
 export { scoreRows } from './azure/score';
 export type { ScoreOptions } from './azure/score';
 export type { ErrorBody, ScoreRequest, ScoreResponse, ScoreRowInput, ScoreRowResult } from './azure/types';

@@ -22,6 +22,8 @@ import {
   type ZeroShotOptions,
   type ZeroShotResult,
 } from './retrieval';
+import { parseHubReference } from './hub/reference';
+import type { ModelProgress } from './hub/progress';
 
 /** Where the encoders run. `auto` picks CUDA when this build and the machine have it. */
 export type Device = 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
@@ -93,6 +95,11 @@ export interface LoadOptions {
    * Default off.
    */
   cache?: boolean | CacheOptions;
+  /**
+   * Progress of a load by repo id (download, conversion). Default: a bar on stderr when it is a terminal,
+   * plain lines otherwise; pass a function of your own to log elsewhere or to stay silent.
+   */
+  onProgress?: (event: ModelProgress) => void;
 }
 
 /** Options every call takes. */
@@ -213,14 +220,19 @@ export class ClipModel {
 
   /**
    * Loads a model directory (clip.json, both TorchScript encoders, vocab.json,
-   * merges.txt; the README's "Model directory" describes it).
+   * merges.txt; the README's "Model directory" describes it), or a Hugging Face
+   * repo id `org/name[@revision]`: downloaded, converted once into the
+   * clip-native cache and loaded from there (an existing directory of that name
+   * wins).
    *
    * Rejects with `CLIP_INVALID_ARGUMENT` (bad options), `CLIP_MODEL_LOAD_FAILED`
-   * (a missing or broken file, named in the message) or `CLIP_DEVICE_UNAVAILABLE`.
+   * (a missing or broken file, named in the message; a repo that cannot be
+   * fetched or converted, named with its revision and the cause) or
+   * `CLIP_DEVICE_UNAVAILABLE`.
    */
   static async load(directory: string, options: LoadOptions = {}): Promise<ClipModel> {
     if (typeof directory !== 'string' || directory.length === 0) {
-      throw invalidArgument('a model directory path', 'directory', directory);
+      throw invalidArgument('a model directory or a Hugging Face repo id', 'directory', directory);
     }
     if (options === null || typeof options !== 'object') throw invalidArgument('an options object', 'options', options);
     const device = options.device ?? 'auto';
@@ -258,6 +270,14 @@ export class ClipModel {
       throw invalidArgument('a boolean', 'options.padImageBatches', options.padImageBatches);
     }
     const cache = checkCacheOptions(options.cache);
+    if (options.onProgress !== undefined && typeof options.onProgress !== 'function') {
+      throw invalidArgument('a function', 'options.onProgress', options.onProgress);
+    }
+    // A repo id becomes the directory of its converted model (lib/hub is loaded only for repo ids).
+    if (parseHubReference(directory)) {
+      const hub = await import('./hub/index');
+      directory = await hub.resolveModel(directory, { onProgress: options.onProgress ?? hub.streamProgress() });
+    }
     let handle: NativeModel;
     try {
       handle = await binding().load(directory, native);

@@ -2,8 +2,9 @@ import fs from 'node:fs';
 import { BATCH_FORMATS, mergeBatchOutput, runBatchJob, type BatchFormat } from '../batch/job';
 import { ClipModel } from '../model';
 import { deviceFlags, integerFlag, parseCommandLine, required, UsageError } from './common';
+import { DEFAULT_MODEL, parseHubReference } from '../hub/reference';
 
-const USAGE = `Usage: clip-native batch --model DIR --input PATH --output DIR [options]
+const USAGE = `Usage: clip-native batch [--model DIR|ID] --input PATH --output DIR [options]
        clip-native batch --merge --output DIR [--error-threshold N]
 
 The batch job (Azure batch endpoint inputs and outputs). PATH is a CSV file
@@ -12,7 +13,8 @@ them, or a folder of image files (jpg, jpeg, png, webp, gif, bmp); folders
 are read recursively in sorted path order.
 
 Options:
-  --model DIR             model directory (required)
+  --model DIR|ID          model directory, or Hugging Face repo id org/name[@revision]
+                          (default ${DEFAULT_MODEL})
   --input PATH            input file or folder (required)
   --output DIR            output folder (required; created when missing)
   --format F              azure-csv | jsonl | npy (default azure-csv: OUTPUT/predictions.csv)
@@ -135,10 +137,12 @@ export async function runBatch(args: string[]): Promise<number> {
     await mergeBatchOutput(output, { errorThreshold: threshold, keepParts: values['keep-parts'] ?? false });
     return 0;
   }
-  const modelDir = required(values, 'model');
+  const modelDir = values.model ?? DEFAULT_MODEL;
   const input = required(values, 'input');
   if (!fs.existsSync(input)) throw new UsageError(`--input ${input} does not exist`);
-  if (!fs.existsSync(modelDir)) throw new UsageError(`--model ${modelDir} does not exist`);
+  if (!fs.existsSync(modelDir) && !parseHubReference(modelDir)) {
+    throw new UsageError(`--model ${modelDir} is neither a directory nor a Hugging Face repo id org/name[@revision]`);
+  }
   const format = (values.format ?? 'azure-csv') as BatchFormat;
   if (!BATCH_FORMATS.includes(format))
     throw new UsageError(`--format must be ${BATCH_FORMATS.join(', ')}, not "${format}"`);

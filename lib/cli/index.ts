@@ -7,7 +7,8 @@ Commands:
   serve    the online endpoint (POST /score, Azure ML CLIP embeddings wire format)
   batch    the batch job (Azure batch endpoint inputs and outputs)
   classify zero-shot classification of image files against text labels
-  export   write a model directory from a Hugging Face CLIP checkpoint, or a random-weight one
+  pull     download and convert a Hugging Face model (default openai/clip-vit-base-patch32), print its directory
+  export   write a model directory from a Hugging Face repo id or checkpoint folder, or a random-weight one
 
 Run "clip-native <command> --help" for a command's options.
 `;
@@ -17,6 +18,7 @@ type Command = (args: string[]) => Promise<number> | number;
 const COMMANDS: Record<string, () => Promise<Command>> = {
   serve: async () => (await import('./serve')).runServe,
   batch: async () => (await import('./batch')).runBatch,
+  pull: async () => (await import('./pull')).runPull,
   export: async () => runExport,
   classify: async () => (await import('./classify')).runClassify,
 };
@@ -30,7 +32,7 @@ export async function main(args: string[]): Promise<number> {
   }
   const load = COMMANDS[name];
   if (!load) {
-    process.stderr.write(`clip-native: unknown command "${name}" (expected serve, batch, classify or export)\n`);
+    process.stderr.write(`clip-native: unknown command "${name}" (expected serve, batch, pull, classify or export)\n`);
     return 2;
   }
   try {

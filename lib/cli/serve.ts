@@ -1,15 +1,19 @@
 import type { AddressInfo } from 'node:net';
 import { createServer } from '../endpoint/server';
 import { ClipModel } from '../model';
-import { deviceFlags, integerFlag, parseCommandLine, required, UsageError } from './common';
+import { deviceFlags, integerFlag, parseCommandLine, UsageError } from './common';
+import { DEFAULT_MODEL } from '../hub/reference';
+import { describeProgress, type ModelProgress } from '../hub/progress';
 
-const USAGE = `Usage: clip-native serve --model DIR [options]
+const USAGE = `Usage: clip-native serve [--model DIR|ID] [options]
 
 The online endpoint (Azure ML CLIP embeddings wire format):
 POST /score, POST /v1/classify, POST /v1/rank, GET / (health), GET /swagger.json, GET /metrics.
 
 Options:
-  --model DIR             model directory (required)
+  --model DIR|ID          model directory, or Hugging Face repo id org/name[@revision],
+                          downloaded and converted on first use
+                          (default ${DEFAULT_MODEL}; about 600 MB)
   --host H                address to listen on (default 127.0.0.1; use 0.0.0.0 in a container)
   --port P                port (default 5001; 0 picks a free one)
   --device D              auto | cpu | cuda | cuda:N (default auto)
@@ -70,7 +74,8 @@ export async function runServe(args: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
-  const directory = required(values, 'model');
+  const directory = values.model ?? DEFAULT_MODEL;
+  if (directory.length === 0) throw new UsageError('--model must not be empty');
   const { device, dtype } = deviceFlags(values);
   const logLevel = values['log-level'] ?? 'info';
   if (!LOG_LEVELS.has(logLevel))
@@ -148,7 +153,19 @@ export async function runServe(args: string[]): Promise<number> {
     log.info({ host: address.address, port: address.port }, 'loading the model');
 
     const started = Date.now();
-    const load = ClipModel.load(directory, loadOptions);
+    // A repo id downloads and converts first; GET / answers 503 meanwhile and the log shows how far it is.
+    let lastTenth = -1;
+    let lastFile = '';
+    const onProgress = (event: ModelProgress) => {
+      if (event.phase === 'download') {
+        const tenth = event.totalBytes > 0 ? Math.floor((10 * event.bytes) / event.totalBytes) : 10;
+        if (tenth === lastTenth && event.file === lastFile) return;
+        lastTenth = tenth;
+        lastFile = event.file;
+      }
+      log.info({ progress: event.phase, repo: event.reference.repo, commit: event.commit }, describeProgress(event));
+    };
+    const load = ClipModel.load(directory, { ...loadOptions, onProgress });
     loading = load;
     try {
       model = await load;

@@ -29,10 +29,10 @@ function connects(port: number): Promise<boolean> {
 }
 
 t.test('bad command lines exit 2 with one line; a model that fails to load exits 1', async (t) => {
-  const noModel = spawnSync(process.execPath, [bin, 'serve', '--port', '0'], { encoding: 'utf8' });
+  const noModel = spawnSync(process.execPath, [bin, 'serve', '--model', '', '--port', '0'], { encoding: 'utf8' });
   t.equal(noModel.status, 2);
   t.equal(noModel.stderr.trim().split('\n').length, 1, noModel.stderr);
-  t.match(noModel.stderr, /--model is required/);
+  t.match(noModel.stderr, /--model must not be empty/);
   const badPort = spawnSync(process.execPath, [bin, 'serve', '--model', tinyModel, '--port', 'x'], {
     encoding: 'utf8',
   });
