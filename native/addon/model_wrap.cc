@@ -118,6 +118,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                      {
                          InstanceMethod<&ModelWrap::Submit>("submit"),
                          InstanceMethod<&ModelWrap::Cancel>("cancel"),
+                         InstanceMethod<&ModelWrap::HoldForTesting>("holdForTesting"),
                          InstanceMethod<&ModelWrap::Stats>("stats"),
                          InstanceMethod<&ModelWrap::Info>("info"),
                          InstanceMethod<&ModelWrap::Dispose>("dispose"),
@@ -337,6 +338,12 @@ Napi::Value ModelWrap::Cancel(const Napi::CallbackInfo& info) {
     auto it = requests_.find(static_cast<uint64_t>(info[0].As<Napi::Number>().DoubleValue()));
     if (it != requests_.end()) it->second.cancel->cancelled.store(true);
   }
+  return info.Env().Undefined();
+}
+
+// JS thread. Test hook: holds (true) or releases (false) the engine's inference thread.
+Napi::Value ModelWrap::HoldForTesting(const Napi::CallbackInfo& info) {
+  if (engine_ && info.Length() >= 1 && info[0].IsBoolean()) engine_->HoldForTesting(info[0].As<Napi::Boolean>());
   return info.Env().Undefined();
 }
 

@@ -321,6 +321,7 @@ void Engine::InferenceLoop() {
   for (;;) {
     const Task* next[2] = {nullptr, nullptr};
     ready_cv_.wait(lock, [&] {
+      if (held_) return stopping_;
       next[0] = NextRunnable(queues_[0]);
       next[1] = NextRunnable(queues_[1]);
       return stopping_ || next[0] || next[1];
@@ -486,6 +487,14 @@ void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch
     result.block_results = static_cast<size_t>(n);
     Finish(std::move(batch[i]), std::move(result));
   }
+}
+
+void Engine::HoldForTesting(bool hold) {
+  {
+    std::lock_guard<std::mutex> guard(mutex_);
+    held_ = hold;
+  }
+  ready_cv_.notify_all();
 }
 
 void Engine::Shutdown() {

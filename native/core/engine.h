@@ -132,6 +132,10 @@ class Engine {
   // the batch in flight, joins the threads and releases the model.
   void Shutdown();
 
+  // Test hook: while held, the inference thread takes no batch, so submitted
+  // work waits without progress (what a wedged engine looks like from outside).
+  void HoldForTesting(bool hold);
+
   EncoderStats Stats(Encoder encoder) const;
   const Model& model() const { return *model_; }
   int max_batch(Encoder encoder) const { return max_batch_[static_cast<int>(encoder)]; }
@@ -179,6 +183,7 @@ class Engine {
   std::deque<std::unique_ptr<Task>> prep_queue_;
   Queue queues_[2];
   bool stopping_ = false;
+  bool held_ = false;  // HoldForTesting; guarded by mutex_
   std::atomic<uint64_t> next_batch_id_{1};
   uint64_t next_sequence_ = 0;  // guarded by mutex_
 
