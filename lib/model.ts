@@ -350,7 +350,8 @@ export class ClipModel {
   /**
    * One embedding per input for the callers that report errors per row (the Azure contract's `score` and
    * `scoreRows`, the batch job): a failing input gets its ClipError in its place instead of failing the
-   * call. Inputs are not checked again: strings for `text`, encoded image bytes for `image`. With `together`
+   * call. Inputs are not checked again: strings for `text`, encoded image bytes for `image`, token ids (bos
+   * and eos included, in the vocabulary, at most contextLength) for `tokens`. With `together`
    * the inputs run as batches of their own, formed in input order once all are prepared, so their bits do
    * not depend on other calls.
    *
@@ -358,12 +359,21 @@ export class ClipModel {
    * @internal
    */
   _embedEach(
-    encoder: 'image' | 'text',
-    inputs: readonly Uint8Array[] | readonly string[],
+    encoder: 'image' | 'text' | 'tokens',
+    inputs: readonly Uint8Array[] | readonly string[] | readonly Int32Array[],
     options: EmbedEachOptions = {},
   ): Promise<Array<Float32Array | ClipError>> {
-    const kind = encoder === 'text' ? TaskKind.Text : TaskKind.ImageBytes;
+    const kind = encoder === 'text' ? TaskKind.Text : encoder === 'tokens' ? TaskKind.TokenIds : TaskKind.ImageBytes;
     return this._submit(kind, inputs, options) as Promise<Array<Float32Array | ClipError>>;
+  }
+
+  /**
+   * Test hook: holds (`true`) or releases (`false`) the engine's inference thread, so that submitted work waits
+   * without progress as in a wedged engine. The health watchdog's tests use it.
+   * @internal
+   */
+  _holdForTesting(hold: boolean): void {
+    this.#native.holdForTesting?.(hold);
   }
 
   /**

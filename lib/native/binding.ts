@@ -85,6 +85,8 @@ export interface NativeModel {
     callback: (results: NativeResult[]) => void,
   ): number;
   cancel(requestId: number): void;
+  /** Test hook: while held, the inference thread takes no batch (a wedged engine, seen from outside). */
+  holdForTesting?(hold: boolean): void;
   stats(): { image: NativeEncoderStats; text: NativeEncoderStats };
   info(): NativeModelInfo;
   dispose(): Promise<void>;
