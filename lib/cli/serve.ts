@@ -6,7 +6,9 @@ import { deviceFlags, integerFlag, parseCommandLine, required, UsageError } from
 const USAGE = `Usage: clip-native serve --model DIR [options]
 
 The online endpoint (Azure ML CLIP embeddings wire format):
-POST /score, GET / (health), GET /swagger.json, GET /metrics.
+POST /score, GET / (health), GET /swagger.json, GET /metrics; beside it
+POST /v1/embeddings (+ /embeddings; OpenAI, with images), POST /v1/embeddings/image,
+GET /v1/models, GET /info, POST /invocations + GET /ping (SageMaker), GET /health.
 
 Options:
   --model DIR             model directory (required)
@@ -25,6 +27,10 @@ Options:
   --body-limit-mb N       largest request body in MiB (default 100)
   --allow-private-urls    let image URLs reach private, loopback and link-local addresses
   --retry-after S         Retry-After seconds of 429 and 503 answers (default 1)
+  --route-prefix P        serve every route under the path P (e.g. /clip), for proxies
+  --max-concurrent-requests N
+                          engine requests served at once; more get 429 (default unbounded)
+  --watchdog-ms N         health answers 503 once queued work has not moved for N ms (default 30000)
   --log-level L           fatal | error | warn | info | debug | trace | silent (default info)
   -h, --help              this help
 
@@ -34,6 +40,15 @@ model, exit 0. A second signal exits at once with status 1.
 `;
 
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
+
+function routePrefix(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  const trimmed = value.replace(/\/+$/, '');
+  if (trimmed !== '' && !/^(\/[A-Za-z0-9._~-]+)+$/.test(trimmed)) {
+    throw new UsageError(`--route-prefix must be a path such as /clip, not "${value}"`);
+  }
+  return trimmed;
+}
 
 /**
  * `clip-native serve`: listens first, then loads the model (`GET /` answers
@@ -56,6 +71,9 @@ export async function runServe(args: string[]): Promise<number> {
     'body-limit-mb': { type: 'string' },
     'allow-private-urls': { type: 'boolean' },
     'retry-after': { type: 'string' },
+    'route-prefix': { type: 'string' },
+    'max-concurrent-requests': { type: 'string' },
+    'watchdog-ms': { type: 'string' },
     'log-level': { type: 'string' },
   } as const);
   const values = parsed as Record<string, string | undefined> & { help?: boolean; 'allow-private-urls'?: boolean };
@@ -96,6 +114,9 @@ export async function runServe(args: string[]): Promise<number> {
     retryAfterSeconds: integerFlag(values, 'retry-after', 0),
     score: { allowPrivateUrls: values['allow-private-urls'] ?? false },
     logger: { level: logLevel },
+    routePrefix: routePrefix(values['route-prefix']),
+    maxConcurrentRequests: integerFlag(values, 'max-concurrent-requests', 1),
+    watchdogIntervalMs: integerFlag(values, 'watchdog-ms', 1),
   });
   const log = app.log;
 
