@@ -118,6 +118,13 @@ export type ImageInput = Uint8Array | ArrayBuffer;
 export type EmbedItem = { text: string; image?: undefined } | { image: ImageInput; text?: undefined };
 
 /**
+ * Receives the seconds each embedded item spent in each stage of the engine: `prepare` (decode and
+ * preprocess, or tokenize), `queue` (waiting for a batch) and `inference` (its batch's forward pass).
+ * @internal
+ */
+export type StageObserver = (encoder: 'image' | 'text', prepare: number, queue: number, inference: number) => void;
+
+/**
  * Options of the per-row calls ({@link ClipModel._embedEach}).
  * @internal
  */
@@ -158,6 +165,7 @@ export class ClipModel {
   readonly #native: NativeModel;
   readonly #defaults: { applyExifOrientation: boolean; maxPixels: number };
   #disposed: Promise<void> | undefined;
+  readonly #stageObservers = new Set<StageObserver>();
   /** What was loaded and how it runs. */
   readonly info: ModelInfo;
 
@@ -377,6 +385,16 @@ export class ClipModel {
   }
 
   /**
+   * Calls `observer` with the stage times of every item embedded from now on (the server's metrics use it);
+   * returns the function that stops it.
+   * @internal
+   */
+  _observeStages(observer: StageObserver): () => void {
+    this.#stageObservers.add(observer);
+    return () => this.#stageObservers.delete(observer);
+  }
+
+  /**
    * Per-item results of one submission of any task kind, errors included; the tensor-level tests and
    * benchmarks build on it.
    * @internal
@@ -453,8 +471,15 @@ export class ClipModel {
         reject(abortError(signal!));
       };
       try {
-        requestId = this.#native.submit(kind, inputs, options, (results) => {
+        requestId = this.#native.submit(kind, inputs, options, (results, stages) => {
           signal?.removeEventListener('abort', onAbort);
+          if (this.#stageObservers.size > 0 && kind !== TaskKind.Tokenize && kind !== TaskKind.Preprocess) {
+            const encoder = kind === TaskKind.Text || kind === TaskKind.TokenIds ? 'text' : 'image';
+            results.forEach((result, i) => {
+              if (result instanceof Error) return;
+              for (const observe of this.#stageObservers) observe(encoder, stages[i * 3], stages[i * 3 + 1], stages[i * 3 + 2]);
+            });
+          }
           resolve(results);
         });
       } catch (error) {

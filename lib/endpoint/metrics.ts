@@ -14,8 +14,8 @@ export interface EndpointMetrics {
   observeRequest(method: string, route: string, status: number, seconds: number): void;
   /** Counts the rows of a scored request by the inputs they had. */
   observeRows(images: number, texts: number): void;
-  /** Observes the seconds one stage of a request took (`fetch`: one image URL; `engine`: decode, queue and inference of a call). */
-  observeStage(stage: string, seconds: number): void;
+  /** Observes the seconds one item spent in one stage: `fetch` (an image URL), `prepare`, `queue`, `inference`. */
+  observeStage(stage: 'fetch' | 'prepare' | 'queue' | 'inference', encoder: 'image' | 'text', seconds: number): void;
 }
 
 const ENCODERS = ['image', 'text'] as const;
@@ -52,8 +52,8 @@ export function createMetrics(stats: () => ModelStats | undefined, options: Metr
 
   const stages = new Histogram({
     name: 'clip_stage_duration_seconds',
-    help: 'Time of one stage of a request: fetch (one image URL), engine (decode, preprocess, queue wait and inference of one call).',
-    labelNames: ['stage'] as const,
+    help: 'Seconds one item spent in one stage: fetch (an image URL), prepare (decode and preprocess, or tokenize), queue (waiting for a batch), inference (its batch).',
+    labelNames: ['stage', 'encoder'] as const,
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     registers: [registry],
   });
@@ -110,8 +110,8 @@ export function createMetrics(stats: () => ModelStats | undefined, options: Metr
       if (images > 0) rows.inc({ input: 'image' }, images);
       if (texts > 0) rows.inc({ input: 'text' }, texts);
     },
-    observeStage(stage, seconds) {
-      stages.observe({ stage }, seconds);
+    observeStage(stage, encoder, seconds) {
+      stages.observe({ stage, encoder }, seconds);
     },
   };
 }

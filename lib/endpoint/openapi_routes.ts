@@ -89,7 +89,7 @@ export function routesOpenApi(options: {
         get: {
           operationId: 'metrics',
           summary:
-            'Prometheus metrics: requests by route and status, latency, per-stage time (fetch, engine), engine queue and throughput',
+            'Prometheus metrics: requests by route and status, latency, per-stage time (fetch, prepare, queue, inference), engine queue and throughput',
           responses: {
             '200': {
               description: 'Prometheus text format.',

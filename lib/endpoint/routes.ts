@@ -116,14 +116,14 @@ export async function registerRoutes(scope: FastifyInstance, context: RouteConte
   scope.addContentTypeParser(/^image\//i, { parseAs: 'buffer' }, raw);
   scope.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, raw);
 
-  const observeStage =
-    context.metrics && ((stage: string, seconds: number) => context.metrics!.observeStage(stage, seconds));
+  const metrics = context.metrics;
+  const onFetch = metrics && ((seconds: number) => metrics.observeStage('fetch', 'image', seconds));
 
   const embeddingsHandler = async (request: FastifyRequest, reply: FastifyReply) => {
     const result = await embeddings(loaded(context), request.body, {
       ...context.scoreOptions,
       signal: context.signalOf(reply),
-      onStage: observeStage,
+      onFetch,
     });
     return reply.type(JSON_TYPE).send(result);
   };
@@ -134,14 +134,12 @@ export async function registerRoutes(scope: FastifyInstance, context: RouteConte
     const options = uploadOptions(request.query);
     const model = loaded(context);
     const images = await uploadedImages(request);
-    const started = performance.now();
     const { applyExifOrientation, maxPixels } = context.scoreOptions;
     const vectors = await model.embedImages(images, {
       applyExifOrientation,
       maxPixels,
       signal: context.signalOf(reply),
     });
-    observeStage?.('engine', (performance.now() - started) / 1000);
     return reply
       .type(JSON_TYPE)
       .send(buildEmbeddingsResponse(vectors, { ...options, model: options.model ?? model.info.name }));

@@ -232,17 +232,29 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
   resolveScoreOptions(scoreOptions, 'options.score');
 
   let current: ClipModel | undefined;
+  let unobserve: (() => void) | undefined;
+  // Per-item engine stage times into the metrics, until the server closes (the model is the caller's).
+  const observeStages = (loaded: ClipModel) => {
+    if (options.metrics === false) return;
+    unobserve = loaded._observeStages((encoder, prepare, queue, inference) => {
+      metrics?.observeStage('prepare', encoder, prepare);
+      metrics?.observeStage('queue', encoder, queue);
+      metrics?.observeStage('inference', encoder, inference);
+    });
+  };
   let closing = false;
   if (isThenable(model)) {
     // A failed load is the caller's to report; the server just stays unready.
     model.then(
       (loaded) => {
         current = loaded;
+        observeStages(loaded);
       },
       () => undefined,
     );
   } else {
     current = model;
+    observeStages(model);
   }
 
   const loggerOption = options.logger ?? false;
@@ -328,7 +340,10 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
   app.addHook('preClose', async () => {
     closing = true;
   });
-  app.addHook('onClose', async () => watchdog.close());
+  app.addHook('onClose', async () => {
+    watchdog.close();
+    unobserve?.();
+  });
 
   app.setErrorHandler((error, request, reply) => {
     const { status, body, internal } = errorAnswer(error, bodyLimit, request.headers['content-type']);

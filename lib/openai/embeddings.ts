@@ -32,13 +32,10 @@ export interface ParsedEmbeddingsRequest {
 /** How a model shapes the requests it takes: its {@link ModelInfo} fields that parsing needs. */
 export type EmbeddingsLimits = Pick<ModelInfo, 'embedDim' | 'vocabSize' | 'contextLength'>;
 
-/** Stages of one request that {@link EmbeddingsOptions.onStage} reports. */
-export type EmbeddingsStage = 'fetch' | 'engine';
-
 /** Options of {@link embeddings}. */
 export interface EmbeddingsOptions extends ScoreOptions {
-  /** Called with the seconds each stage took: every image URL fetch, and the engine call (decode, queue, inference). */
-  onStage?: (stage: EmbeddingsStage, seconds: number) => void;
+  /** Called with the seconds each image URL fetch took, failed ones included. */
+  onFetch?: (seconds: number) => void;
 }
 
 const isRecord = (value: unknown): value is Record<string, unknown> =>
@@ -246,9 +243,10 @@ export async function embeddings(
   body: unknown,
   options: EmbeddingsOptions = {},
 ): Promise<EmbeddingsResponse> {
-  const { onStage, ...scoreOptions } = options;
-  if (onStage !== undefined && typeof onStage !== 'function')
-    throw invalidArgument('a function', 'options.onStage', onStage);
+  const { onFetch, ...scoreOptions } = options;
+  if (onFetch !== undefined && typeof onFetch !== 'function') {
+    throw invalidArgument('a function', 'options.onFetch', onFetch);
+  }
   const resolved = resolveScoreOptions(scoreOptions);
   const info = model.info;
   const request = parseEmbeddingsRequest(body, info);
@@ -286,7 +284,7 @@ export async function embeddings(
           if (!controller.signal.aborted) controller.abort(failed);
           return new ClipError(failed.code, `${input.name}: ${failed.message}`, { cause: failed });
         } finally {
-          onStage?.('fetch', (performance.now() - started) / 1000);
+          onFetch?.((performance.now() - started) / 1000);
         }
       },
     );
@@ -310,7 +308,6 @@ export async function embeddings(
     });
     const texts = request.inputs.flatMap((input) => (input.kind === 'text' ? [input.text] : []));
     const signal = controller.signal;
-    const started = performance.now();
     const [itemVectors, tokenVectors, tokenized] = await Promise.all([
       model.embed(items, { ...resolved.submit, signal }).catch((error: unknown) => {
         throw renamed(
@@ -321,7 +318,6 @@ export async function embeddings(
       tokens.length === 0 ? [] : model._embedEach('tokens', tokens, { signal }),
       model.tokenize(texts, { signal }),
     ]);
-    onStage?.('engine', (performance.now() - started) / 1000);
     const vectors = new Array<Float32Array>(request.inputs.length);
     itemAt.forEach((at, k) => (vectors[at] = itemVectors[k]));
     tokenVectors.forEach((value, k) => {

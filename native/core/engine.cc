@@ -163,7 +163,9 @@ void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks, bool together) {
     group->unsettled = tasks.size();
     for (auto& task : tasks) task->group = group;
   }
+  const auto now = Clock::now();
   for (auto& task : tasks) {
+    task->submitted_at = now;
     task->sequence = next_sequence_++;
     prep_queue_.push_back(std::move(task));
   }
@@ -421,6 +423,7 @@ bool Engine::TakeBatch(int e, const Task* first, std::unique_lock<std::mutex>& l
 void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch) {
   const int64_t n = static_cast<int64_t>(batch.size());
   const Manifest& m = model_->manifest();
+  const auto started = Clock::now();
   torch::Tensor output;
   ErrorCode code = ErrorCode::kInternal;
   std::string message;
@@ -485,6 +488,10 @@ void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch
     result.block = base;
     result.block_bytes = static_cast<size_t>(n * dim) * sizeof(float);
     result.block_results = static_cast<size_t>(n);
+    const auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
+    result.prepare_seconds = seconds(batch[i]->ready_at - batch[i]->submitted_at);
+    result.queue_seconds = seconds(started - batch[i]->ready_at);
+    result.inference_seconds = seconds(now - started);
     Finish(std::move(batch[i]), std::move(result));
   }
 }

@@ -55,6 +55,12 @@ struct TaskResult {
   const void* block = nullptr;
   size_t block_bytes = 0;
   size_t block_results = 1;
+  // Seconds this task spent in each stage (successful inference only):
+  // submitted -> prepared (decode, preprocess or tokenize), prepared -> in a
+  // batch (queue wait), and the batch's inference.
+  double prepare_seconds = 0;
+  double queue_seconds = 0;
+  double inference_seconds = 0;
 };
 
 using TaskCallback = std::function<void(TaskResult&&)>;
@@ -76,6 +82,7 @@ struct Task {
   // Called exactly once, on an engine thread (or the submitting thread when
   // the engine is shutting down).
   TaskCallback done;
+  std::chrono::steady_clock::time_point submitted_at;  // set by Engine::Submit
   std::chrono::steady_clock::time_point ready_at;
   uint64_t sequence = 0;  // submission order, set by Engine::Submit
   std::shared_ptr<TaskGroup> group;  // set by Engine::Submit with `together`

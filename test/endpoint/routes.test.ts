@@ -1,6 +1,8 @@
 // The routes beside /score on loopback with the tiny model: OpenAI's embeddings API through the real `openai`
 // client, the Infinity, Jina and vLLM image forms, raw and multipart uploads, SageMaker's routes, the route
 // prefix, the concurrency limit, metrics, the OpenAPI document and the health watchdog.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import t, { type Test } from 'tap';
 import { ClipModel } from '../../lib/index';
@@ -57,7 +59,15 @@ function isError(t: Test, answer: Answer, status: number, code: string, what: st
 t.test('the routes beside /score', async (t) => {
   const model = await ClipModel.load(tinyModel, { device: 'cpu' });
   t.teardown(() => model.dispose());
-  const { base, routes } = await listen(t, model);
+  const { base, routes } = await listen(t, model, { score: { allowPrivateUrls: true } });
+  // Images by URL come from a loopback server of the test's own.
+  const imageServer = http.createServer((req, res) => {
+    const image = images[Number(req.url?.slice(1))];
+    res.writeHead(image ? 200 : 404, { 'content-type': 'image/png' }).end(image);
+  });
+  await new Promise<void>((resolve) => imageServer.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => imageServer.close());
+  const imageBase = `http://127.0.0.1:${(imageServer.address() as AddressInfo).port}`;
   const textFeatures = await model.embedTexts(texts);
   const imageFeatures = await model.embedImages(images);
   const base64s = images.map((image) => image.toString('base64'));
@@ -101,7 +111,7 @@ t.test('the routes beside /score', async (t) => {
   });
 
   await t.test("Infinity's modality: image with base64, data: URIs", async (t) => {
-    const input = [base64s[0], `data:image/png;base64,${base64s[1]}`, base64s[2]];
+    const input = [base64s[0], `data:image/png;base64,${base64s[1]}`, `${imageBase}/2`];
     const got = embeddingsOf(t, await post(base, '/v1/embeddings', { model: 'clip', modality: 'image', input }));
     same(t, got, imageFeatures, 'infinity');
   });
@@ -236,6 +246,9 @@ t.test('the routes beside /score', async (t) => {
       'scheme',
     );
     isError(t, await post(base, '/v1/embeddings', { input: [[1, 1e9]] }), 400, 'CLIP_INVALID_ARGUMENT', 'token id');
+    const missing = await post(base, '/v1/embeddings', { input: [{ text: 'a' }, { image: `${imageBase}/9` }] });
+    isError(t, missing, 400, 'CLIP_IMAGE_FETCH_FAILED', 'a URL that answers 404');
+    t.match(missing.json.message, /^input\[1\]\.image: /);
     isError(
       t,
       await post(base, '/v1/embeddings', { input: new Array(2049).fill('x') }),
@@ -300,7 +313,12 @@ t.test('the routes beside /score', async (t) => {
 
   await t.test('metrics: per-stage histograms and per-route counters', async (t) => {
     const text = (await request(base, '/metrics')).text;
-    t.match(text, /clip_stage_duration_seconds_count\{stage="engine"\} [1-9]/);
+    t.match(text, /clip_stage_duration_seconds_count\{stage="fetch",encoder="image"\} [1-9]/);
+    for (const stage of ['prepare', 'queue', 'inference']) {
+      for (const encoder of ['image', 'text']) {
+        t.match(text, new RegExp(`clip_stage_duration_seconds_count\\{stage="${stage}",encoder="${encoder}"\\} [1-9]`));
+      }
+    }
     t.match(text, /clip_http_requests_total\{method="POST",route="\/v1\/embeddings",status="200"\} [1-9]/);
     t.match(text, /clip_http_requests_total\{method="POST",route="\/v1\/embeddings\/image",status="200"\} [1-9]/);
     t.match(text, /clip_http_requests_total\{method="POST",route="\/invocations",status="200"\} [1-9]/);
