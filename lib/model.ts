@@ -477,7 +477,8 @@ export class ClipModel {
             const encoder = kind === TaskKind.Text || kind === TaskKind.TokenIds ? 'text' : 'image';
             results.forEach((result, i) => {
               if (result instanceof Error) return;
-              for (const observe of this.#stageObservers) observe(encoder, stages[i * 3], stages[i * 3 + 1], stages[i * 3 + 2]);
+              for (const observe of this.#stageObservers)
+                observe(encoder, stages[i * 3], stages[i * 3 + 1], stages[i * 3 + 2]);
             });
           }
           resolve(results);

@@ -7,7 +7,7 @@ import type { ClipModel } from '../model';
 import {
   MAX_EMBEDDING_INPUTS,
   buildEmbeddingsResponse,
-  embeddings,
+  openAIEmbeddings,
   type EncodingFormat,
   type ModelList,
 } from '../openai/embeddings';
@@ -67,7 +67,7 @@ function uploadOptions(query: unknown): { encodingFormat: EncodingFormat; normal
   return {
     encodingFormat,
     normalize: normalize === 'true',
-    ...(q.model !== undefined ? { model: q.model as string } : {}),
+    ...(q.model !== undefined ? { model: q.model } : {}),
   };
 }
 
@@ -120,7 +120,7 @@ export async function registerRoutes(scope: FastifyInstance, context: RouteConte
   const onFetch = metrics && ((seconds: number) => metrics.observeStage('fetch', 'image', seconds));
 
   const embeddingsHandler = async (request: FastifyRequest, reply: FastifyReply) => {
-    const result = await embeddings(loaded(context), request.body, {
+    const result = await openAIEmbeddings(loaded(context), request.body, {
       ...context.scoreOptions,
       signal: context.signalOf(reply),
       onFetch,

@@ -32,7 +32,7 @@ export interface ParsedEmbeddingsRequest {
 /** How a model shapes the requests it takes: its {@link ModelInfo} fields that parsing needs. */
 export type EmbeddingsLimits = Pick<ModelInfo, 'embedDim' | 'vocabSize' | 'contextLength'>;
 
-/** Options of {@link embeddings}. */
+/** Options of {@link openAIEmbeddings}. */
 export interface EmbeddingsOptions extends ScoreOptions {
   /** Called with the seconds each image URL fetch took, failed ones included. */
   onFetch?: (seconds: number) => void;
@@ -238,7 +238,7 @@ function renamed(error: unknown, names: readonly string[]): ClipError {
  * names it), `CLIP_REQUEST_TOO_LARGE` when more texts or images come than the model's `queueCapacity`,
  * `CLIP_QUEUE_FULL`, `CLIP_ABORTED`, `CLIP_DISPOSED`.
  */
-export async function embeddings(
+export async function openAIEmbeddings(
   model: ClipModel,
   body: unknown,
   options: EmbeddingsOptions = {},
@@ -323,7 +323,7 @@ export async function embeddings(
     tokenVectors.forEach((value, k) => {
       if (value instanceof Error)
         throw new ClipError(value.code, `${names[tokenAt[k]]}: ${value.message}`, { cause: value });
-      vectors[tokenAt[k]] = value as Float32Array;
+      vectors[tokenAt[k]] = value;
     });
     const promptTokens =
       tokenized.reduce((sum, ids) => sum + tokenCount(ids), 0) + tokens.reduce((sum, ids) => sum + ids.length, 0);
