@@ -473,7 +473,12 @@ export class ClipModel {
       try {
         requestId = this.#native.submit(kind, inputs, options, (results, stages) => {
           signal?.removeEventListener('abort', onAbort);
-          if (this.#stageObservers.size > 0 && kind !== TaskKind.Tokenize && kind !== TaskKind.Preprocess) {
+          if (
+            stages !== undefined &&
+            this.#stageObservers.size > 0 &&
+            kind !== TaskKind.Tokenize &&
+            kind !== TaskKind.Preprocess
+          ) {
             const encoder = kind === TaskKind.Text || kind === TaskKind.TokenIds ? 'text' : 'image';
             results.forEach((result, i) => {
               if (result instanceof Error) return;

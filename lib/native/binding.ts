@@ -83,7 +83,7 @@ export interface NativeModel {
     inputs: ReadonlyArray<Uint8Array | Float32Array | Int32Array | string>,
     options: NativeSubmitOptions,
     /** `stages`: per input, the seconds of preparation, queue wait and inference (zeros where it failed). */
-    callback: (results: NativeResult[], stages: Float64Array) => void,
+    callback: (results: NativeResult[], stages?: Float64Array) => void,
   ): number;
   cancel(requestId: number): void;
   /** Test hook: while held, the inference thread takes no batch (a wedged engine, seen from outside). */
