@@ -3,15 +3,21 @@
 import cjs from '../dist/index.js';
 
 export const {
+  base64ToFloat32,
   BATCH_FORMATS,
+  buildEmbeddingsResponse,
   ClipError,
   ClipModel,
   cosineSimilarity,
   ERROR_CODES,
   ERROR_THRESHOLD_EXCEEDED,
+  float32ToBase64,
   HTTP_ERROR_CODES,
+  MAX_EMBEDDING_INPUTS,
   mergeBatchOutput,
   normalize,
+  openAIEmbeddings,
+  parseEmbeddingsRequest,
   runBatchJob,
   scoreRows,
   similarityMatrix,

@@ -25,3 +25,23 @@ export type { ErrorBody, ScoreRequest, ScoreResponse, ScoreRowInput, ScoreRowRes
 export type { RowError } from './azure/rows';
 export { BATCH_FORMATS, ERROR_THRESHOLD_EXCEEDED, mergeBatchOutput, runBatchJob } from './batch/job';
 export type { BatchFormat, BatchJobOptions, BatchJobResult, ErrorRecord, MergeOptions } from './batch/job';
+export {
+  base64ToFloat32,
+  buildEmbeddingsResponse,
+  float32ToBase64,
+  MAX_EMBEDDING_INPUTS,
+  openAIEmbeddings,
+  parseEmbeddingsRequest,
+} from './openai/embeddings';
+export type {
+  Embedding,
+  EmbeddingsInput,
+  EmbeddingsMessage,
+  EmbeddingsOptions,
+  EmbeddingsRequest,
+  EmbeddingsResponse,
+  EmbeddingsResponseOptions,
+  EncodingFormat,
+  ModelList,
+  ParsedEmbeddingsRequest,
+} from './openai/embeddings';

@@ -163,6 +163,13 @@ export type ImageInput = Uint8Array | ArrayBuffer;
 export type EmbedItem = { text: string; image?: undefined } | { image: ImageInput; text?: undefined };
 
 /**
+ * Receives the seconds each embedded item spent in each stage of the engine: `prepare` (decode and
+ * preprocess, or tokenize), `queue` (waiting for a batch) and `inference` (its batch's forward pass).
+ * @internal
+ */
+export type StageObserver = (encoder: 'image' | 'text', prepare: number, queue: number, inference: number) => void;
+
+/**
  * Options of the per-row calls ({@link ClipModel._embedEach}).
  * @internal
  */
@@ -204,6 +211,7 @@ export class ClipModel {
   readonly #defaults: { applyExifOrientation: boolean; maxPixels: number };
   readonly #cache: EmbeddingCache | undefined;
   #disposed: Promise<void> | undefined;
+  readonly #stageObservers = new Set<StageObserver>();
   /** What was loaded and how it runs. */
   readonly info: ModelInfo;
 
@@ -435,7 +443,8 @@ export class ClipModel {
   /**
    * One embedding per input for the callers that report errors per row (the Azure contract's `score` and
    * `scoreRows`, the batch job): a failing input gets its ClipError in its place instead of failing the
-   * call. Inputs are not checked again: strings for `text`, encoded image bytes for `image`. With `together`
+   * call. Inputs are not checked again: strings for `text`, encoded image bytes for `image`, token ids (bos
+   * and eos included, in the vocabulary, at most contextLength) for `tokens`. With `together`
    * the inputs run as batches of their own, formed in input order once all are prepared, so their bits do
    * not depend on other calls.
    *
@@ -443,12 +452,31 @@ export class ClipModel {
    * @internal
    */
   _embedEach(
-    encoder: 'image' | 'text',
-    inputs: readonly Uint8Array[] | readonly string[],
+    encoder: 'image' | 'text' | 'tokens',
+    inputs: readonly Uint8Array[] | readonly string[] | readonly Int32Array[],
     options: EmbedEachOptions = {},
   ): Promise<Array<Float32Array | ClipError>> {
-    const kind = encoder === 'text' ? TaskKind.Text : TaskKind.ImageBytes;
+    const kind = encoder === 'text' ? TaskKind.Text : encoder === 'tokens' ? TaskKind.TokenIds : TaskKind.ImageBytes;
     return this._submit(kind, inputs, options) as Promise<Array<Float32Array | ClipError>>;
+  }
+
+  /**
+   * Test hook: holds (`true`) or releases (`false`) the engine's inference thread, so that submitted work waits
+   * without progress as in a wedged engine. The health watchdog's tests use it.
+   * @internal
+   */
+  _holdForTesting(hold: boolean): void {
+    this.#native.holdForTesting?.(hold);
+  }
+
+  /**
+   * Calls `observer` with the stage times of every item embedded from now on (the server's metrics use it);
+   * returns the function that stops it.
+   * @internal
+   */
+  _observeStages(observer: StageObserver): () => void {
+    this.#stageObservers.add(observer);
+    return () => this.#stageObservers.delete(observer);
   }
 
   /**
@@ -554,8 +582,21 @@ export class ClipModel {
         reject(abortError(signal!));
       };
       try {
-        requestId = this.#native.submit(kind, inputs, options, (results) => {
+        requestId = this.#native.submit(kind, inputs, options, (results, stages) => {
           signal?.removeEventListener('abort', onAbort);
+          if (
+            stages !== undefined &&
+            this.#stageObservers.size > 0 &&
+            kind !== TaskKind.Tokenize &&
+            kind !== TaskKind.Preprocess
+          ) {
+            const encoder = kind === TaskKind.Text || kind === TaskKind.TokenIds ? 'text' : 'image';
+            results.forEach((result, i) => {
+              if (result instanceof Error) return;
+              for (const observe of this.#stageObservers)
+                observe(encoder, stages[i * 3], stages[i * 3 + 1], stages[i * 3 + 2]);
+            });
+          }
           resolve(results);
         });
       } catch (error) {

@@ -8,7 +8,9 @@ import { describeProgress, type ModelProgress } from '../hub/progress';
 const USAGE = `Usage: clip-native serve [--model DIR|ID] [options]
 
 The online endpoint (Azure ML CLIP embeddings wire format):
-POST /score, POST /v1/classify, POST /v1/rank, GET / (health), GET /swagger.json, GET /metrics.
+POST /score, POST /v1/classify, POST /v1/rank, GET / (health), GET /swagger.json, GET /metrics; beside it
+POST /v1/embeddings (+ /embeddings; OpenAI, with images), POST /v1/embeddings/image,
+GET /v1/models, GET /info, POST /invocations + GET /ping (SageMaker), GET /health.
 
 Options:
   --model DIR|ID          model directory, or Hugging Face repo id org/name[@revision],
@@ -30,6 +32,10 @@ Options:
   --body-limit-mb N       largest request body in MiB (default 100)
   --allow-private-urls    let image URLs reach private, loopback and link-local addresses
   --retry-after S         Retry-After seconds of 429 and 503 answers (default 1)
+  --route-prefix P        serve every route under the path P (e.g. /clip), for proxies
+  --max-concurrent-requests N
+                          engine requests served at once; more get 429 (default unbounded)
+  --watchdog-ms N         health answers 503 once queued work has not moved for N ms (default 30000)
   --log-level L           fatal | error | warn | info | debug | trace | silent (default info)
   -h, --help              this help
 
@@ -43,6 +49,15 @@ const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 
 function cacheOption(values: Record<string, unknown>) {
   const megabytes = integerFlag(values, 'cache-mb', 1);
   return megabytes === undefined ? undefined : { maxBytes: megabytes * 1024 * 1024 };
+}
+
+function routePrefix(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  const trimmed = value.replace(/\/+$/, '');
+  if (trimmed !== '' && !/^(\/[A-Za-z0-9._~-]+)+$/.test(trimmed)) {
+    throw new UsageError(`--route-prefix must be a path such as /clip, not "${value}"`);
+  }
+  return trimmed;
 }
 
 /**
@@ -66,6 +81,9 @@ export async function runServe(args: string[]): Promise<number> {
     'body-limit-mb': { type: 'string' },
     'allow-private-urls': { type: 'boolean' },
     'retry-after': { type: 'string' },
+    'route-prefix': { type: 'string' },
+    'max-concurrent-requests': { type: 'string' },
+    'watchdog-ms': { type: 'string' },
     'log-level': { type: 'string' },
     'cache-mb': { type: 'string' },
   } as const);
@@ -109,6 +127,9 @@ export async function runServe(args: string[]): Promise<number> {
     retryAfterSeconds: integerFlag(values, 'retry-after', 0),
     score: { allowPrivateUrls: values['allow-private-urls'] ?? false },
     logger: { level: logLevel },
+    routePrefix: routePrefix(values['route-prefix']),
+    maxConcurrentRequests: integerFlag(values, 'max-concurrent-requests', 1),
+    watchdogIntervalMs: integerFlag(values, 'watchdog-ms', 1),
   });
   const log = app.log;
 

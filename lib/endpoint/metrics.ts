@@ -14,6 +14,8 @@ export interface EndpointMetrics {
   observeRequest(method: string, route: string, status: number, seconds: number): void;
   /** Counts the rows of a scored request by the inputs they had. */
   observeRows(images: number, texts: number): void;
+  /** Observes the seconds one item spent in one stage: `fetch` (an image URL), `prepare`, `queue`, `inference`. */
+  observeStage(stage: 'fetch' | 'prepare' | 'queue' | 'inference', encoder: 'image' | 'text', seconds: number): void;
 }
 
 const ENCODERS = ['image', 'text'] as const;
@@ -45,6 +47,14 @@ export function createMetrics(stats: () => ModelStats | undefined, options: Metr
     name: 'clip_score_rows_total',
     help: 'Rows of successful /score requests, by input (a row with both counts once for each).',
     labelNames: ['input'] as const,
+    registers: [registry],
+  });
+
+  const stages = new Histogram({
+    name: 'clip_stage_duration_seconds',
+    help: 'Seconds one item spent in one stage: fetch (an image URL), prepare (decode and preprocess, or tokenize), queue (waiting for a batch), inference (its batch).',
+    labelNames: ['stage', 'encoder'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     registers: [registry],
   });
 
@@ -121,6 +131,9 @@ export function createMetrics(stats: () => ModelStats | undefined, options: Metr
     observeRows(images, texts) {
       if (images > 0) rows.inc({ input: 'image' }, images);
       if (texts > 0) rows.inc({ input: 'text' }, texts);
+    },
+    observeStage(stage, encoder, seconds) {
+      stages.observe({ stage, encoder }, seconds);
     },
   };
 }

@@ -1,3 +1,5 @@
+import { routesOpenApi } from './openapi_routes';
+
 /** Options of {@link openApiDocument}. */
 export interface OpenApiOptions {
   /** Package version shown in `info.version`. */
@@ -6,6 +8,8 @@ export interface OpenApiOptions {
   embedDim: number;
   /** Whether `POST /score` needs `Authorization: Bearer <key>`. */
   apiKey: boolean;
+  /** The route prefix every path is served under ('' for none). */
+  prefix?: string;
 }
 
 const errorResponse = (description: string, retryAfter = false) => ({
@@ -17,8 +21,8 @@ const errorResponse = (description: string, retryAfter = false) => ({
 });
 
 /**
- * The OpenAPI 3.0 description of `POST /score` that `GET /swagger.json`
- * serves: the Azure ML CLIP embeddings wire format and the error answers.
+ * The OpenAPI 3.0 description that `GET /swagger.json` serves: `POST /score` (the Azure ML CLIP
+ * embeddings wire format) and every route beside it, with the error answers.
  */
 export function openApiDocument(options: OpenApiOptions): Record<string, unknown> {
   const features = (what: string) => ({
@@ -28,7 +32,7 @@ export function openApiDocument(options: OpenApiOptions): Record<string, unknown
     maxItems: options.embedDim,
     description: `${what} embedding (${options.embedDim} numbers, not normalized).`,
   });
-  return {
+  const document = {
     openapi: '3.0.3',
     info: {
       title: 'clip-native CLIP embeddings endpoint',
@@ -38,6 +42,7 @@ export function openApiDocument(options: OpenApiOptions): Record<string, unknown
         'An image is an http(s) URL, base64 (MIME line breaks allowed) or a data: URI; an empty ' +
         'string means the row has no such input.',
     },
+    servers: [{ url: options.prefix || '/' }],
     paths: {
       '/score': {
         post: {
@@ -129,4 +134,8 @@ export function openApiDocument(options: OpenApiOptions): Record<string, unknown
       ...(options.apiKey ? { securitySchemes: { bearerKey: { type: 'http', scheme: 'bearer' } } } : {}),
     },
   };
+  const routes = routesOpenApi({ ...options, scoreOperation: document.paths['/score'].post });
+  Object.assign(document.paths, routes.paths);
+  Object.assign(document.components.schemas, routes.schemas);
+  return document;
 }

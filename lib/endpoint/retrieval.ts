@@ -15,8 +15,8 @@ export interface RetrievalRouteContext {
   options: ResolvedScoreOptions;
 }
 
-/** Route config that makes the server's onRequest hook check the API key and readiness. */
-export const PROTECTED = { protected: true };
+/** Route config that makes the server's onRequest hooks check the API key, readiness and the concurrency limit. */
+export const PROTECTED = { auth: true, engine: true };
 
 function isObject(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value);

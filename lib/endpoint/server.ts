@@ -9,6 +9,7 @@ import Fastify, {
   type FastifyError,
   type FastifyInstance,
   type FastifyReply,
+  type FastifyRequest,
   type FastifyServerOptions,
 } from 'fastify';
 import { isRowError } from '../azure/rows';
@@ -21,6 +22,8 @@ import { packageRoot } from '../native/locate';
 import { createMetrics } from './metrics';
 import { openApiDocument } from './openapi';
 import { registerRetrievalRoutes, retrievalOpenApi } from './retrieval';
+import { AUTH_ENGINE, registerRoutes } from './routes';
+import { createWatchdog } from './watchdog';
 
 /** Options of {@link createServer}. */
 export interface ServerOptions {
@@ -38,6 +41,12 @@ export interface ServerOptions {
   metrics?: boolean;
   /** Also collect process and Node.js metrics. Default true. */
   defaultMetrics?: boolean;
+  /** A path every route is served under (`/clip` serves `/clip/score`, `/clip/v1/embeddings`, …), for proxies. Default none. */
+  routePrefix?: string;
+  /** Requests on the engine routes (`/score`, `/invocations`, `/v1/embeddings`, …) served at once; more get 429 with `Retry-After`. Default unbounded. */
+  maxConcurrentRequests?: number;
+  /** The health routes answer 503 once the engine has had work waiting without progress for this long. Default 30000 ms. */
+  watchdogIntervalMs?: number;
 }
 
 /** HTTP status of each error code the endpoint answers with. */
@@ -211,6 +220,12 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
     throw invalidArgument('a non-empty string', 'options.apiKey', options.apiKey);
   }
   const keyDigest = options.apiKey === undefined ? undefined : digest(options.apiKey);
+  const maxConcurrent = checkInteger(options.maxConcurrentRequests, 'options.maxConcurrentRequests', 1);
+  const watchdogMs = checkInteger(options.watchdogIntervalMs, 'options.watchdogIntervalMs', 1, 30_000);
+  const prefix = options.routePrefix ?? '';
+  if (typeof prefix !== 'string' || (prefix !== '' && !/^(\/[A-Za-z0-9._~-]+)+$/.test(prefix))) {
+    throw invalidArgument('a path such as "/clip" (no trailing slash)', 'options.routePrefix', prefix);
+  }
   const scoreOptions: ScoreOptions = { ...(options.score ?? {}) };
   // Bad options fail here, once, rather than on every request.
   if (scoreOptions.signal !== undefined)
@@ -218,17 +233,29 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
   const resolvedScoreOptions = resolveScoreOptions(scoreOptions, 'options.score');
 
   let current: ClipModel | undefined;
+  let unobserve: (() => void) | undefined;
+  // Per-item engine stage times into the metrics, until the server closes (the model is the caller's).
+  const observeStages = (loaded: ClipModel) => {
+    if (options.metrics === false) return;
+    unobserve = loaded._observeStages((encoder, prepare, queue, inference) => {
+      metrics?.observeStage('prepare', encoder, prepare);
+      metrics?.observeStage('queue', encoder, queue);
+      metrics?.observeStage('inference', encoder, inference);
+    });
+  };
   let closing = false;
   if (isThenable(model)) {
     // A failed load is the caller's to report; the server just stays unready.
     model.then(
       (loaded) => {
         current = loaded;
+        observeStages(loaded);
       },
       () => undefined,
     );
   } else {
     current = model;
+    observeStages(model);
   }
 
   const loggerOption = options.logger ?? false;
@@ -252,6 +279,8 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
       ? undefined
       : createMetrics(() => current?.stats(), { defaultMetrics: options.defaultMetrics });
   let document: Record<string, unknown> | undefined;
+  const watchdog = createWatchdog(() => current?.stats(), watchdogMs);
+  let inFlight = 0;
 
   const sendError = (reply: FastifyReply, status: number, body: ErrorBody) => {
     if (status === 429 || status === 503) reply.header('retry-after', retryAfter);
@@ -267,20 +296,32 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
     reply.header('x-ms-request-id', request.id);
-    const routeConfig = request.routeOptions.config as { protected?: boolean } | undefined;
-    if (request.method !== 'POST' || (request.routeOptions.url !== '/score' && !routeConfig?.protected)) return;
+    const config = request.routeOptions.config;
+    if (!config?.auth) return;
     // Before the body is read: a wrong key costs no parsing.
     if (keyDigest) {
       const header = request.headers.authorization;
       const match = typeof header === 'string' ? /^Bearer\s+(.+)$/i.exec(header.trim()) : null;
       if (!match || !timingSafeEqual(digest(match[1]), keyDigest)) {
         return sendError(reply, 401, {
-          message: `Expected an Authorization: Bearer <key> header with the endpoint's key for POST ${request.routeOptions.url} but received ${match ? 'a wrong key' : header === undefined || header.trim() === '' ? 'none' : 'another scheme'}`,
+          message: `Expected an Authorization: Bearer <key> header with the endpoint's key for ${request.method} ${request.routeOptions.url} but received ${match ? 'a wrong key' : header === undefined || header.trim() === '' ? 'none' : 'another scheme'}`,
           code: 'CLIP_UNAUTHORIZED',
         });
       }
     }
+    if (!config.engine) return;
     if (closing || current === undefined) return notReady(reply);
+    if (maxConcurrent !== undefined) {
+      if (inFlight >= maxConcurrent) {
+        return sendError(reply, 429, {
+          message: `Expected at most ${maxConcurrent} concurrent requests (maxConcurrentRequests) but received more; retry later`,
+          code: 'CLIP_QUEUE_FULL',
+        });
+      }
+      inFlight++;
+      // 'close' comes once per response, answered or abandoned.
+      reply.raw.once('close', () => inFlight--);
+    }
   });
 
   app.addHook('onResponse', async (request, reply) => {
@@ -300,6 +341,10 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
   app.addHook('preClose', async () => {
     closing = true;
   });
+  app.addHook('onClose', async () => {
+    watchdog.close();
+    unobserve?.();
+  });
 
   app.setErrorHandler((error, request, reply) => {
     const { status, body, internal } = errorAnswer(error, bodyLimit, request.headers['content-type']);
@@ -310,66 +355,101 @@ export function createServer(model: ClipModel | PromiseLike<ClipModel>, options:
 
   app.setNotFoundHandler((request, reply) =>
     sendError(reply, 404, {
-      message: `Expected POST /score, POST /v1/classify, POST /v1/rank, GET /, GET /swagger.json or GET /metrics but received ${request.method} ${request.url.slice(0, 200)}`,
+      message: `Expected one of the routes of ${prefix}/swagger.json but received ${request.method} ${request.url.slice(0, 200)}`,
       code: 'CLIP_NOT_FOUND',
     }),
   );
 
-  app.get('/', async (_request, reply) => {
-    if (closing || current === undefined) return notReady(reply);
-    return reply.type('text/plain; charset=utf-8').send('Healthy');
-  });
-
-  app.get('/swagger.json', async (_request, reply) => {
-    document ??= openApiDocument({
-      version: packageVersion(),
-      embedDim: current?.info.embedDim ?? 512,
-      apiKey: keyDigest !== undefined,
-    });
-    const paths = document.paths as Record<string, { post: { responses: Record<string, unknown> } }>;
-    // The retrieval routes answer errors as /score does; their 200s are their own.
-    const errorResponses = Object.fromEntries(
-      Object.entries(paths['/score'].post.responses).filter(([status]) => status !== '200'),
-    );
-    Object.assign(paths, retrievalOpenApi(keyDigest !== undefined, errorResponses));
-    return reply.type('application/json; charset=utf-8').send(document);
-  });
-
-  if (metrics) {
-    app.get('/metrics', async (_request, reply) => {
-      const text = await metrics.registry.metrics();
-      return reply.type(metrics.registry.contentType).send(text);
-    });
-  }
-
-  app.post('/score', async (request, reply) => {
-    const loaded = current;
-    if (loaded === undefined) return notReady(reply);
+  const signalOf = (reply: FastifyReply) => {
     // A client that hangs up stops its own work, not anyone else's.
     const controller = new AbortController();
-    const onClose = () => {
+    reply.raw.once('close', () => {
       if (!reply.raw.writableFinished)
         controller.abort(new ClipError('CLIP_ABORTED', 'The client closed the connection'));
-    };
-    reply.raw.once('close', onClose);
-    const result = await score(loaded, request.body, { ...scoreOptions, signal: controller.signal });
-    if (metrics) {
-      let images = 0;
-      let texts = 0;
-      for (const row of result) {
-        if (row.image_features) images++;
-        if (row.text_features) texts++;
-      }
-      metrics.observeRows(images, texts);
+    });
+    return controller.signal;
+  };
+  const health = async (_request: FastifyRequest, reply: FastifyReply) => {
+    if (closing || current === undefined) return notReady(reply);
+    const stalled = watchdog.stalledMs();
+    if (stalled > watchdogMs) {
+      return sendError(reply, 503, {
+        message: `The engine has had work waiting without progress for ${Math.round(stalled)} ms`,
+        code: 'CLIP_NOT_READY',
+      });
     }
-    return reply.type('application/json; charset=utf-8').send(result);
-  });
+    return reply.type('text/plain; charset=utf-8').send('Healthy');
+  };
 
-  registerRetrievalRoutes(app, {
-    model: () => (closing ? undefined : current),
-    notReady,
-    options: resolvedScoreOptions,
-  });
+  // Every route under the prefix, in a scope of its own.
+  const routes = async (app: FastifyInstance) => {
+    app.get('/', health);
+    app.get('/ping', health);
+    app.get('/health', health);
+
+    app.get('/swagger.json', async (_request, reply) => {
+      if (document === undefined) {
+        document = openApiDocument({
+          version: packageVersion(),
+          embedDim: current?.info.embedDim ?? 512,
+          apiKey: keyDigest !== undefined,
+          prefix,
+        });
+        const paths = document.paths as Record<string, { post: { responses: Record<string, unknown> } }>;
+        // The retrieval routes answer errors as /score does; their 200s are their own.
+        const errorResponses = Object.fromEntries(
+          Object.entries(paths['/score'].post.responses).filter(([status]) => status !== '200'),
+        );
+        const retrieval = retrievalOpenApi(keyDigest !== undefined, errorResponses);
+        Object.assign(paths, retrieval);
+      }
+      return reply.type('application/json; charset=utf-8').send(document);
+    });
+
+    if (metrics) {
+      app.get('/metrics', async (_request, reply) => {
+        const text = await metrics.registry.metrics();
+        return reply.type(metrics.registry.contentType).send(text);
+      });
+    }
+
+    const scoreHandler = async (request: FastifyRequest, reply: FastifyReply) => {
+      const loaded = current;
+      if (loaded === undefined) return notReady(reply);
+      const result = await score(loaded, request.body, { ...scoreOptions, signal: signalOf(reply) });
+      if (metrics) {
+        let images = 0;
+        let texts = 0;
+        for (const row of result) {
+          if (row.image_features) images++;
+          if (row.text_features) texts++;
+        }
+        metrics.observeRows(images, texts);
+      }
+      return reply.type('application/json; charset=utf-8').send(result);
+    };
+    app.post('/score', AUTH_ENGINE, scoreHandler);
+    // SageMaker's contract: the same body and answer as /score.
+    app.post('/invocations', AUTH_ENGINE, scoreHandler);
+
+    await app.register(registerRoutes, {
+      model: () => current,
+      scoreOptions,
+      bodyLimit,
+      maxConcurrentRequests: maxConcurrent,
+      metrics,
+      version: packageVersion(),
+      created: Math.floor(Date.now() / 1000),
+      sendError,
+      signalOf,
+    });
+    registerRetrievalRoutes(app, {
+      model: () => (closing ? undefined : current),
+      notReady,
+      options: resolvedScoreOptions,
+    });
+  };
+  void app.register(routes, { prefix });
 
   return app;
 }

@@ -82,9 +82,12 @@ export interface NativeModel {
     kind: TaskKind,
     inputs: ReadonlyArray<Uint8Array | Float32Array | Int32Array | string>,
     options: NativeSubmitOptions,
-    callback: (results: NativeResult[]) => void,
+    /** `stages`: per input, the seconds of preparation, queue wait and inference (zeros where it failed). */
+    callback: (results: NativeResult[], stages?: Float64Array) => void,
   ): number;
   cancel(requestId: number): void;
+  /** Test hook: while held, the inference thread takes no batch (a wedged engine, seen from outside). */
+  holdForTesting?(hold: boolean): void;
   stats(): { image: NativeEncoderStats; text: NativeEncoderStats };
   info(): NativeModelInfo;
   dispose(): Promise<void>;

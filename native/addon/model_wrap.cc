@@ -118,6 +118,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                      {
                          InstanceMethod<&ModelWrap::Submit>("submit"),
                          InstanceMethod<&ModelWrap::Cancel>("cancel"),
+                         InstanceMethod<&ModelWrap::HoldForTesting>("holdForTesting"),
                          InstanceMethod<&ModelWrap::Stats>("stats"),
                          InstanceMethod<&ModelWrap::Info>("info"),
                          InstanceMethod<&ModelWrap::Dispose>("dispose"),
@@ -260,6 +261,7 @@ Napi::Value ModelWrap::Submit(const Napi::CallbackInfo& info) {
   request.remaining = count;
   request.int32_results = kind == TaskKind::kTokenize;
   request.results = Napi::Persistent(Napi::Array::New(env, count));
+  request.stages.assign(static_cast<size_t>(count) * 3, 0.0);
   request.callback = Napi::Persistent(info[3].As<Napi::Function>());
   request.cancel = cancel;
   if (requests_.empty()) {
@@ -303,15 +305,24 @@ void ModelWrap::Drain(Napi::Env env) {
   if (!delivery_) return;
   Napi::HandleScope scope(env);
   std::vector<Delivery::Completion> completions = delivery_->Take();
-  std::vector<std::pair<Napi::FunctionReference, Napi::Reference<Napi::Array>>> settled;
+  struct Settled {
+    Napi::FunctionReference callback;
+    Napi::Reference<Napi::Array> results;
+    std::vector<double> stages;
+  };
+  std::vector<Settled> settled;
   for (auto& completion : completions) {
     auto it = requests_.find(completion.request_id);
     if (it == requests_.end()) continue;
     Request& request = it->second;
     Napi::Value value = Convert(env, completion.result, request.int32_results);
     request.results.Value().Set(completion.index, value);
+    double* stage = request.stages.data() + static_cast<size_t>(completion.index) * 3;
+    stage[0] = completion.result.prepare_seconds;
+    stage[1] = completion.result.queue_seconds;
+    stage[2] = completion.result.inference_seconds;
     if (--request.remaining == 0) {
-      settled.emplace_back(std::move(request.callback), std::move(request.results));
+      settled.push_back({std::move(request.callback), std::move(request.results), std::move(request.stages)});
       requests_.erase(it);
     }
   }
@@ -322,9 +333,11 @@ void ModelWrap::Drain(Napi::Env env) {
   // Callbacks only settle promises, but should one throw, the others still
   // run and the first error is handed back to Node as an uncaught exception.
   std::optional<Napi::Error> first_error;
-  for (auto& [callback, results] : settled) {
+  for (auto& [callback, results, stages] : settled) {
     try {
-      callback.Call({results.Value()});
+      Napi::Float64Array times = Napi::Float64Array::New(env, stages.size());
+      std::copy(stages.begin(), stages.end(), times.Data());
+      callback.Call({results.Value(), times});
     } catch (const Napi::Error& e) {
       if (!first_error) first_error = e;
     }
@@ -337,6 +350,12 @@ Napi::Value ModelWrap::Cancel(const Napi::CallbackInfo& info) {
     auto it = requests_.find(static_cast<uint64_t>(info[0].As<Napi::Number>().DoubleValue()));
     if (it != requests_.end()) it->second.cancel->cancelled.store(true);
   }
+  return info.Env().Undefined();
+}
+
+// JS thread. Test hook: holds (true) or releases (false) the engine's inference thread.
+Napi::Value ModelWrap::HoldForTesting(const Napi::CallbackInfo& info) {
+  if (engine_ && info.Length() >= 1 && info[0].IsBoolean()) engine_->HoldForTesting(info[0].As<Napi::Boolean>());
   return info.Env().Undefined();
 }
 

@@ -60,6 +60,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     uint32_t remaining;
     bool int32_results;  // token ids rather than floats
     Napi::Reference<Napi::Array> results;
+    // Per item: prepare, queue and inference seconds (zeros for a failed item).
+    std::vector<double> stages;
     Napi::FunctionReference callback;
     std::shared_ptr<CancelFlag> cancel;
   };
@@ -70,6 +72,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
 
   Napi::Value Submit(const Napi::CallbackInfo& info);
   Napi::Value Cancel(const Napi::CallbackInfo& info);
+  Napi::Value HoldForTesting(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);

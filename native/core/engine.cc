@@ -163,7 +163,9 @@ void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks, bool together) {
     group->unsettled = tasks.size();
     for (auto& task : tasks) task->group = group;
   }
+  const auto now = Clock::now();
   for (auto& task : tasks) {
+    task->submitted_at = now;
     task->sequence = next_sequence_++;
     prep_queue_.push_back(std::move(task));
   }
@@ -321,6 +323,7 @@ void Engine::InferenceLoop() {
   for (;;) {
     const Task* next[2] = {nullptr, nullptr};
     ready_cv_.wait(lock, [&] {
+      if (held_) return stopping_;
       next[0] = NextRunnable(queues_[0]);
       next[1] = NextRunnable(queues_[1]);
       return stopping_ || next[0] || next[1];
@@ -420,6 +423,7 @@ bool Engine::TakeBatch(int e, const Task* first, std::unique_lock<std::mutex>& l
 void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch) {
   const int64_t n = static_cast<int64_t>(batch.size());
   const Manifest& m = model_->manifest();
+  const auto started = Clock::now();
   torch::Tensor output;
   ErrorCode code = ErrorCode::kInternal;
   std::string message;
@@ -484,8 +488,20 @@ void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch
     result.block = base;
     result.block_bytes = static_cast<size_t>(n * dim) * sizeof(float);
     result.block_results = static_cast<size_t>(n);
+    const auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
+    result.prepare_seconds = seconds(batch[i]->ready_at - batch[i]->submitted_at);
+    result.queue_seconds = seconds(started - batch[i]->ready_at);
+    result.inference_seconds = seconds(now - started);
     Finish(std::move(batch[i]), std::move(result));
   }
+}
+
+void Engine::HoldForTesting(bool hold) {
+  {
+    std::lock_guard<std::mutex> guard(mutex_);
+    held_ = hold;
+  }
+  ready_cv_.notify_all();
 }
 
 void Engine::Shutdown() {

@@ -55,6 +55,12 @@ struct TaskResult {
   const void* block = nullptr;
   size_t block_bytes = 0;
   size_t block_results = 1;
+  // Seconds this task spent in each stage (successful inference only):
+  // submitted -> prepared (decode, preprocess or tokenize), prepared -> in a
+  // batch (queue wait), and the batch's inference.
+  double prepare_seconds = 0;
+  double queue_seconds = 0;
+  double inference_seconds = 0;
 };
 
 using TaskCallback = std::function<void(TaskResult&&)>;
@@ -76,6 +82,7 @@ struct Task {
   // Called exactly once, on an engine thread (or the submitting thread when
   // the engine is shutting down).
   TaskCallback done;
+  std::chrono::steady_clock::time_point submitted_at;  // set by Engine::Submit
   std::chrono::steady_clock::time_point ready_at;
   uint64_t sequence = 0;  // submission order, set by Engine::Submit
   std::shared_ptr<TaskGroup> group;  // set by Engine::Submit with `together`
@@ -132,6 +139,10 @@ class Engine {
   // the batch in flight, joins the threads and releases the model.
   void Shutdown();
 
+  // Test hook: while held, the inference thread takes no batch, so submitted
+  // work waits without progress (what a wedged engine looks like from outside).
+  void HoldForTesting(bool hold);
+
   EncoderStats Stats(Encoder encoder) const;
   const Model& model() const { return *model_; }
   int max_batch(Encoder encoder) const { return max_batch_[static_cast<int>(encoder)]; }
@@ -179,6 +190,7 @@ class Engine {
   std::deque<std::unique_ptr<Task>> prep_queue_;
   Queue queues_[2];
   bool stopping_ = false;
+  bool held_ = false;  // HoldForTesting; guarded by mutex_
   std::atomic<uint64_t> next_batch_id_{1};
   uint64_t next_sequence_ = 0;  // guarded by mutex_
 
