@@ -3,7 +3,7 @@
 # go, from the repository root, with what scripts/device-pack.sh put in
 # .device/ (Node.js, the codec/ICU packages, the npm dependencies):
 #
-#   1. unpacks the pack into .device/run/ (never over /)
+#   1. unpacks the pack into .cache/device-run/ (never over /)
 #   2. builds the addon with CUDA against python3's torch (CLIP_LIBTORCH=venv, CLIP_PYTHON)
 #      and dist/ with tsc; exports the tiny and the random full-size ViT-B/32 models
 #   3. test/device/device.test.ts with CLIP_TEST_DEVICE=cuda
@@ -34,13 +34,14 @@ done
 
 started=$(date +%s)
 total=${CLIP_DEVICE_CHECK_SECONDS:-470} # 7 min 50 s: inside the 8 minutes with the summary
-out=${OUT:-$root/.device/out}
+work=$root/.cache/device-run
+out=${OUT:-$work/out}
 mkdir -p "$out"
 log=$out/device-log.txt
 stages=$out/stages.tsv
 : >"$log"
 : >"$stages"
-work=$root/.device/run
+
 mkdir -p "$work"
 
 say() { echo "[device-check $(date -u +%H:%M:%S)] $*" | tee -a "$log"; }
@@ -148,8 +149,8 @@ if [[ $mode == cpu && -f build/Release/clip_native.node ]]; then
 else
   stage build 300 build_addon
 fi
-if [[ $mode == cpu && -f dist/index.js ]]; then
-  say "dist/: reusing the compiled TypeScript"
+if [[ -f dist/index.js ]]; then
+  say "dist/: reusing the compiled TypeScript (the pack's on a GPU machine)"
 else
   stage tsc 90 node node_modules/typescript/bin/tsc -p tsconfig.json
 fi

@@ -8,8 +8,8 @@
 #                         here into a prefix and pruned (no static libraries, docs or ICU tools); their
 #                         .pc files find the prefix wherever it lands (${pcfiledir})
 #   node_modules.tar.xz   the production dependencies, tap and typescript, with what they need: the tests
-#                         run there as here (TypeScript through tap), and tsc builds dist/ there
-#   fixtures.tar.xz       the CLIP vocabulary of test/fixtures/vocab (made from an npm package)
+#                         run there as here (TypeScript through tap)
+#   fixtures.tar.xz       the CLIP vocabulary of test/fixtures/vocab (made from an npm package) and dist/
 #   MANIFEST              versions and sizes
 #
 # Run it from the repository root on Debian 12 (apt-get download needs the
@@ -51,7 +51,7 @@ fi
 mkdir -p "$pack" "$work"
 grep -qxF '.device/' .gitignore || { echo ".gitignore must ignore .device/" >&2; exit 1; }
 
-# --- Node.js: compressed once per binary (xz -9 takes minutes on two cores) ----------------------
+# --- Node.js: compressed once per binary (xz -9 takes minutes on two cores; -6 for the rest) ----------------------
 node_bin=$(readlink -f "$(command -v node)")
 node_stamp="$(node --version) $(stat -c %s "$node_bin")"
 if [[ ! -f $pack/node.xz || "$(cat "$work/node.stamp" 2>/dev/null)" != "$node_stamp" ]]; then
@@ -84,7 +84,7 @@ done < <(find "$work/prefix" -name '*.pc')
 PKG_CONFIG_LIBDIR="$work/prefix/usr/lib/x86_64-linux-gnu/pkgconfig:$work/prefix/usr/share/pkgconfig" \
   pkg-config --cflags --libs icu-uc icu-i18n libwebp libwebpdemux libpng | grep -q "$work/prefix" ||
   { echo "device-pack: the rewritten .pc files do not point into the prefix" >&2; exit 1; }
-tar -C "$work/prefix" -cf - . | xz -9 -T0 >"$pack/prefix.tar.xz"
+tar -C "$work/prefix" -cf - . | xz -6 -T0 >"$pack/prefix.tar.xz"
 
 # --- npm dependencies ----------------------------------------------------------------------------
 node - "$work/npm-list" <<'EOF'
@@ -114,18 +114,23 @@ function visit(name, from, optional) {
   if (!rel.includes(`node_modules${path.sep}`)) dirs.push(rel); // nested copies travel with their parent
   const p = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8'));
   for (const dep of Object.keys(p.dependencies ?? {})) visit(dep, dir, false);
-  for (const dep of Object.keys(p.optionalDependencies ?? {})) visit(dep, dir, true);
-  for (const dep of Object.keys(p.peerDependencies ?? {})) visit(dep, dir, true);
+  // Peers the package marks optional (tap's alternative TypeScript loaders, …) stay behind.
+  const optionalPeers = p.peerDependenciesMeta ?? {};
+  for (const dep of Object.keys(p.peerDependencies ?? {})) if (!optionalPeers[dep]?.optional) visit(dep, dir, true);
 }
 for (const name of [...Object.keys(pkg.dependencies), 'tap', 'typescript']) visit(name, root, false);
 const bins = ['tap', 'tsc', 'cmake-js'].map((b) => path.join('.bin', b)).filter((b) => fs.existsSync(path.join(root, 'node_modules', b)));
 fs.writeFileSync(process.argv[2], [...dirs.sort(), ...bins].join('\n') + '\n');
 EOF
-tar -C "$(readlink -f node_modules)" -cf - -T "$work/npm-list" | xz -9 -T0 >"$pack/node_modules.tar.xz"
+# Source maps, type declarations and docs are not read at run time (tap transpiles the tests without type-checking).
+tar -C "$(readlink -f node_modules)" --exclude='*.map' --exclude='*.d.ts' --exclude='*.d.mts' --exclude='*.d.cts' \
+  --exclude='*.md' --exclude='*.markdown' -cf - -T "$work/npm-list" | xz -6 -T0 >"$pack/node_modules.tar.xz"
 
-# --- the vocabulary fixture (its stamp lets scripts/fixtures.js keep it) ------------------------
+# --- the vocabulary fixture (its stamp lets scripts/fixtures.js keep it) and dist/ -------------
+# dist/ is compiled here: tsc there would need @types/node and the declarations left out above.
 [[ -f test/fixtures/vocab/vocab.json ]] || node scripts/fixtures.js
-tar -C "$root" -cf - test/fixtures/vocab | xz -9 -T0 >"$pack/fixtures.tar.xz"
+npx tsc -p tsconfig.json
+tar -C "$root" -cf - test/fixtures/vocab dist | xz -6 -T0 >"$pack/fixtures.tar.xz"
 
 {
   echo "node $(node --version)"
