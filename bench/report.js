@@ -56,6 +56,8 @@ function ratioSummary(report) {
     ['clip-native int8', 'clip-native fp32', 'clip-native int8 / clip-native fp32'],
     ['clip-native fp32', 'clip-native fp32 stock graph', 'clip-native fp32 / its stock graph (before issue 8)'],
     ['clip-native fp32', 'PyTorch fp32', 'clip-native fp32 / PyTorch fp32'],
+    ['clip-native fp16', 'PyTorch eager fp16', 'clip-native fp16 / PyTorch eager fp16'],
+    ['clip-native bf16', 'PyTorch eager fp16', 'clip-native bf16 / PyTorch eager fp16'],
   ];
   const groups = [
     ['images, end to end', (r) => r.encoder === 'image' && r.mode === 'e2e'],
@@ -366,8 +368,11 @@ function indexMarkdown(resultsDir) {
     );
   }
   out.push('');
-  const notes = path.join(__dirname, 'optimizations.md');
-  if (fs.existsSync(notes)) out.push(fs.readFileSync(notes, 'utf8'));
+  // Hand-written notes: what was tried on the CPU, and how the GPU figures are made.
+  for (const name of ['optimizations.md', 'gpu.md']) {
+    const notes = path.join(__dirname, name);
+    if (fs.existsSync(notes)) out.push(fs.readFileSync(notes, 'utf8'));
+  }
   return out.join('\n');
 }
 

@@ -26,6 +26,15 @@
 // ids), CLIP_BENCH_CASES
 // (a regular expression over case ids), CLIP_BENCH_OUT (directory of the
 // outputs, default bench/).
+//
+// For GPUs (scripts/device-check.sh sets these): CLIP_BENCH_DEVICE (cpu, cuda,
+// cuda:N; default cpu) for clip-native and the PyTorch worker, CLIP_BENCH_DTYPES
+// (clip-native's, default float32,bfloat16), CLIP_BENCH_PYTORCH_DTYPES (default
+// float32,bfloat16; on CUDA the worker runs the exporter's eager modules),
+// CLIP_BENCH_PYTORCH_MODES (model,e2e), CLIP_BENCH_BATCHES (default 1,8,32),
+// CLIP_BENCH_PREP_THREADS (clip-native's decode/tokenize threads),
+// CLIP_BENCH_IMAGES=jpg (JPEG files only), CLIP_BENCH_WARMUP=all (one untimed
+// call of every case rather than of batch 8 only).
 'use strict';
 const crypto = require('node:crypto');
 const fs = require('node:fs');
@@ -38,7 +47,6 @@ const { TaskKind, binding } = require('../dist/native/binding');
 const { cpuFlags, cpuName, cpuSlug, loadMeter, machine } = require('./machine');
 const report = require('./report');
 const { cosine } = require('../test/helpers/vectors.js');
-const { runServe } = require('./serve');
 
 const root = path.resolve(__dirname, '..');
 const python = process.env.CLIP_PYTHON || path.join(root, '.venv', 'bin', 'python');
@@ -73,8 +81,26 @@ const serveSeconds = quick ? 0 : Number(process.env.CLIP_BENCH_SERVE_SECONDS ?? 
 const only = process.env.CLIP_BENCH_ONLY ? new Set(process.env.CLIP_BENCH_ONLY.split(',')) : undefined;
 const stock = !quick && (process.env.CLIP_BENCH_STOCK ?? '1') !== '0';
 const caseFilter = process.env.CLIP_BENCH_CASES ? new RegExp(process.env.CLIP_BENCH_CASES) : undefined;
-const BATCHES = quick ? [1, 8] : [1, 8, 32];
+const list = (value, fallback) =>
+  value
+    ? value
+        .split(',')
+        .map((x) => x.trim())
+        .filter(Boolean)
+    : fallback;
+const device = process.env.CLIP_BENCH_DEVICE || 'cpu';
+const nativeDtypes = list(process.env.CLIP_BENCH_DTYPES, ['float32', 'bfloat16', 'int8']);
+const torchDtypes = quick ? [] : list(process.env.CLIP_BENCH_PYTORCH_DTYPES, ['float32', 'bfloat16']);
+const torchModes = new Set(list(process.env.CLIP_BENCH_PYTORCH_MODES, ['model', 'e2e']));
+const BATCHES = list(process.env.CLIP_BENCH_BATCHES, quick ? ['1', '8'] : ['1', '8', '32']).map(Number);
 const TEXT_KINDS = quick ? ['caption'] : ['caption', 'long77'];
+const maxBatch = Math.max(...BATCHES);
+const prepThreads = process.env.CLIP_BENCH_PREP_THREADS ? Number(process.env.CLIP_BENCH_PREP_THREADS) : undefined;
+const imageKinds = process.env.CLIP_BENCH_IMAGES === 'jpg' ? /\.jpg$/ : /\.(jpg|png)$/;
+const warmAll = process.env.CLIP_BENCH_WARMUP === 'all';
+const SHORT = { float32: 'fp32', bfloat16: 'bf16', float16: 'fp16', int8: 'int8' };
+/** `count` items cycling through `items`: batches larger than the inputs reuse them. */
+const cycle = (items, count) => Array.from({ length: count }, (_, i) => items[i % items.length]);
 const PIXELS = 3 * 224 * 224;
 
 const log = (...args) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}]`, ...args);
@@ -122,9 +148,14 @@ function randomPixels(count) {
   return all;
 }
 
-/** The version of an installed package, whatever its "exports" allow. */
+/** The version of an installed package, whatever its "exports" allow; undefined where it is not installed. */
 function packageVersion(name) {
-  let dir = path.dirname(require.resolve(name));
+  let dir;
+  try {
+    dir = path.dirname(require.resolve(name));
+  } catch {
+    return undefined;
+  }
   while (!fs.existsSync(path.join(dir, 'package.json'))) dir = path.dirname(dir);
   return JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')).version;
 }
@@ -160,23 +191,29 @@ function prepare() {
     log(`made ${name} in ${((Date.now() - started) / 1000).toFixed(0)} s`);
   };
   const manifest = path.join(modelDir, 'clip.json');
-  ensure(
-    'the ONNX export',
-    onnxDir,
-    digest([
-      manifest,
-      path.join(modelDir, 'image_encoder.pt'),
-      path.join(modelDir, 'text_encoder.pt'),
-      path.join(root, 'tools', 'onnx_export.py'),
-    ]),
-    () => runPython(['tools/onnx_export.py', '--model', modelDir, '--out', onnxDir]),
-  );
+  // The ONNX export feeds onnxruntime-node and the tokenizer/processor files of PyTorch's end-to-end cases.
+  const needsOnnx =
+    (device === 'cpu' && (!only || only.has('onnxruntime-node fp32'))) ||
+    (torchDtypes.length > 0 && torchModes.has('e2e'));
+  if (needsOnnx) {
+    ensure(
+      'the ONNX export',
+      onnxDir,
+      digest([
+        manifest,
+        path.join(modelDir, 'image_encoder.pt'),
+        path.join(modelDir, 'text_encoder.pt'),
+        path.join(root, 'tools', 'onnx_export.py'),
+      ]),
+      () => runPython(['tools/onnx_export.py', '--model', modelDir, '--out', onnxDir]),
+    );
+  }
   ensure('the test images', imageDir, digest([path.join(__dirname, 'make_images.py')]), () =>
     runPython(['bench/make_images.py', '--out', imageDir, '--count', '32']),
   );
   const files = fs
     .readdirSync(imageDir)
-    .filter((f) => /\.(jpg|png)$/.test(f))
+    .filter((f) => imageKinds.test(f))
     .sort()
     .map((f) => path.join(imageDir, f));
   fs.mkdirSync(cacheDir, { recursive: true });
@@ -190,13 +227,11 @@ function prepare() {
 // Each has an id, a dtype and `prepare(case)` -> an async function running one call of the case
 // (or `measure(case, options)` when it times itself, as the Python worker does).
 
-const SHORT_DTYPES = { float32: 'fp32', bfloat16: 'bf16', int8: 'int8' };
-
 class ClipNative {
   /** `stock`: the archive as loaded, without the oneDNN graph of Model::Load (model-only cases). */
   constructor(dtype, inputs, { stock = false } = {}) {
     this.dtype = dtype;
-    this.id = `clip-native ${SHORT_DTYPES[dtype]}${stock ? ' stock graph' : ''}`;
+    this.id = `clip-native ${SHORT[dtype]}${stock ? ' stock graph' : ''}`;
     this.inputs = inputs;
     this.stock = stock;
   }
@@ -204,7 +239,12 @@ class ClipNative {
     const saved = process.env.CLIP_NATIVE_CPU_GRAPH;
     if (this.stock) process.env.CLIP_NATIVE_CPU_GRAPH = '0';
     try {
-      this.model = await ClipModel.load(modelDir, { device: 'cpu', dtype: this.dtype, threads });
+      // Batches as large as the largest case, so that a case's batch runs as one forward.
+      const batchLimits =
+        device === 'cpu' && maxBatch <= 32
+          ? {}
+          : { maxBatchImages: maxBatch, maxBatchTexts: maxBatch, maxBatchTokens: maxBatch * 77 };
+      this.model = await ClipModel.load(modelDir, { device, dtype: this.dtype, threads, prepThreads, ...batchLimits });
       this.kernels = this.model.info.cpuKernels ?? undefined;
     } finally {
       if (saved === undefined) delete process.env.CLIP_NATIVE_CPU_GRAPH;
@@ -224,14 +264,14 @@ class ClipNative {
       return () => m._submit(TaskKind.ImagePixels, items);
     }
     if (c.encoder === 'image') {
-      const items = bytes.slice(0, c.batch);
+      const items = cycle(bytes, c.batch);
       return () => m.embedImages(items);
     }
     if (c.mode === 'model') {
-      const items = ids[c.text].slice(0, c.batch);
+      const items = cycle(ids[c.text], c.batch);
       return () => m._submit(TaskKind.TokenIds, items);
     }
-    const items = texts[c.text].slice(0, c.batch);
+    const items = cycle(texts[c.text], c.batch);
     return () => m.embedTexts(items);
   }
   async dispose() {
@@ -351,13 +391,13 @@ class PyTorchWorker {
 class PyTorch {
   constructor(dtype, worker, inputs) {
     this.dtype = dtype;
-    this.id = `PyTorch ${dtype === 'float32' ? 'fp32' : 'bf16'}`;
+    this.id = `PyTorch ${device === 'cpu' ? '' : 'eager '}${SHORT[dtype]}`;
     this.worker = worker;
     this.inputs = inputs;
   }
   async load() {
     if (!this.worker.loaded) {
-      this.worker.loaded = this.worker.request({ op: 'load', model: modelDir, hf: onnxDir, threads });
+      this.worker.loaded = this.worker.request({ op: 'load', model: modelDir, hf: onnxDir, threads, device });
     }
     this.info = await this.worker.loaded;
   }
@@ -382,6 +422,9 @@ class PyTorch {
   }
   async embed(c) {
     return (await this.request(c, 'embed')).embeddings.map((e) => Float32Array.from(e));
+  }
+  supports(c) {
+    return torchModes.has(c.mode);
   }
   async dispose() {}
 }
@@ -452,15 +495,13 @@ async function main() {
   const texts = makeTexts();
   const inputs = { pixels, pixelFile, files, bytes, texts, ids: {} };
 
-  const torch = !quick && (!only || only.has('PyTorch fp32') || only.has('PyTorch bf16'));
+  const torch = torchDtypes.length > 0 && (!only || [...only].some((id) => id.startsWith('PyTorch')));
   const worker = torch ? new PyTorchWorker() : undefined;
   const all = [
-    new ClipNative('float32', inputs),
-    new ClipNative('bfloat16', inputs),
-    new ClipNative('int8', inputs),
-    ...(stock ? [new ClipNative('float32', inputs, { stock: true })] : []),
-    new TransformersJs(inputs, { modelOnly: quick }),
-    ...(worker ? [new PyTorch('float32', worker, inputs), new PyTorch('bfloat16', worker, inputs)] : []),
+    ...nativeDtypes.map((dtype) => new ClipNative(dtype, inputs)),
+    ...(stock && device === 'cpu' ? [new ClipNative('float32', inputs, { stock: true })] : []),
+    ...(device === 'cpu' ? [new TransformersJs(inputs, { modelOnly: quick })] : []),
+    ...(worker ? torchDtypes.map((dtype) => new PyTorch(dtype, worker, inputs)) : []),
   ];
   const chosen = all.filter((i) => !only || only.has(i.id));
   // A reduced precision this build or CPU cannot run (the addon refuses it at load) is reported, not fatal.
@@ -472,9 +513,10 @@ async function main() {
     try {
       await impl.load();
     } catch (error) {
-      if (!(impl instanceof ClipNative) || impl.dtype === 'float32') throw error;
-      unavailable[impl.id] = `${error.code ?? error.name}: ${error.message}`;
-      log(`${impl.id}: n/a (${unavailable[impl.id]})`);
+      // A peer that cannot load leaves the others' figures standing; clip-native float32 failing fails the run.
+      if (impl instanceof ClipNative && impl.dtype === 'float32') throw error;
+      if (impl instanceof ClipNative) unavailable[impl.id] = `${error.code ?? error.name}: ${error.message}`;
+      log(`left out ${impl.id}: ${error.message}`);
       continue;
     }
     impls.push(impl);
@@ -500,7 +542,7 @@ async function main() {
   log('parity check');
   const agreement = await parity(impls);
   const fp32 = impls.find((i) => i.id === 'clip-native fp32');
-  const reduced = impls.filter((i) => i.id === 'clip-native bf16' || i.id === 'clip-native int8');
+  const reduced = impls.filter((i) => ['clip-native bf16', 'clip-native int8', 'clip-native fp16'].includes(i.id));
   if (fp32 && !quick) {
     for (const c of [
       { id: 'image/model/b16', encoder: 'image', mode: 'model', batch: 16 },
@@ -518,7 +560,7 @@ async function main() {
   // One untimed call per implementation and kind of input (batch 8) before the rounds: the first calls
   // pay for TorchScript's profiling runs, oneDNN primitive creation and ORT's allocation planning.
   log('warm-up');
-  for (const c of list.filter((x) => x.batch === 8)) {
+  for (const c of list.filter((x) => warmAll || x.batch === 8)) {
     for (const impl of impls) {
       if (impl.supports && !impl.supports(c)) continue;
       if (impl.measure) await impl.measure(c, { once: true });
@@ -589,6 +631,8 @@ async function main() {
   let serve;
   if (serveSeconds > 0) {
     log('serve under autocannon');
+    // Loaded here: autocannon is not installed where only the model benchmark runs (a GPU machine).
+    const { runServe } = require('./serve');
     serve = await runServe({
       modelDir,
       imageBytes: bytes[0],
@@ -609,6 +653,9 @@ async function main() {
       cpuIsa: binding().cpuIsa,
     }),
     settings: {
+      device,
+      prepThreads,
+      batches: BATCHES,
       rounds: loads.length,
       minSecondsPerMeasurement: minSeconds,
       threads,

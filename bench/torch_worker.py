@@ -6,8 +6,8 @@ one JSON request per line on stdin and answers one JSON line on stdout. Timings 
 each call, so the pipe costs nothing to the figures.
 
 Requests:
-  {"op": "load", "model": DIR, "hf": HF_DIR, "threads": N}
-  {"op": "bench", "encoder": "image"|"text", "mode": "model"|"e2e", "dtype": "float32"|"bfloat16",
+  {"op": "load", "model": DIR, "hf": HF_DIR, "threads": N, "device": "cpu"|"cuda"|"cuda:N"}
+  {"op": "bench", "encoder": "image"|"text", "mode": "model"|"e2e", "dtype": "float32"|"bfloat16"|"float16",
    "batch": B, "input": INPUT, "minSeconds": S, "minCalls": K, "warmup": bool}
      INPUT: image/model: {"pixels": FILE (raw float32 [M,3,S,S]), "count": M}
             image/e2e:   {"files": [image files]}
@@ -19,6 +19,11 @@ Requests:
 
 The end-to-end mode is what a Python user would write: Pillow decoding plus transformers'
 CLIPImageProcessor, and transformers' CLIPTokenizer with padding to the longest text.
+
+On CUDA the worker runs PyTorch eager, as a PyTorch user would: the exporter's own modules
+(tools/clip_native_export/model.py, scaled_dot_product_attention) with the archives' weights, converted
+to the dtype once (float16/bfloat16). Inputs start in host memory and outputs end there, as clip-native's
+do, and each call waits for its result.
 """
 
 import io
@@ -29,7 +34,8 @@ import time
 import numpy as np
 import torch
 
-state = {}
+state = {"device": torch.device("cpu")}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def load(req):
@@ -42,12 +48,44 @@ def load(req):
         pass
     manifest = json.load(open(f"{req['model']}/clip.json", encoding="utf-8"))
     state["pad"] = manifest["text"]["pad"]
+    device = torch.device(req.get("device") or "cpu")
+    state["device"] = device
     for name, key in (("image", "imageEncoder"), ("text", "textEncoder")):
         module = torch.jit.load(f"{req['model']}/{manifest['files'][key]}", map_location="cpu")
         module.eval()
         state[name] = module
+    if device.type == "cuda":
+        load_eager(manifest, device)
     state["hf"] = req["hf"]
-    return {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    reply = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        reply["gpu"] = torch.cuda.get_device_name(device)
+    return reply
+
+
+def load_eager(manifest, device):
+    """The exporter's eager encoders on the device, one copy per dtype, with the archives' weights."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from onnx_export import config_from_manifest  # the manifest's architecture block -> ClipConfig
+    from clip_native_export.model import build_encoders
+
+    image, text = build_encoders(config_from_manifest(manifest), "sdpa")
+    for module, name in ((image, "image"), (text, "text")):
+        module.load_state_dict({k: v.float() for k, v in state[name].state_dict().items()}, strict=True)
+    state["eager"] = {}
+    for dtype_name, dtype in DTYPES.items():
+        state["eager"][dtype_name] = {
+            "image": copy_to(image, device, dtype),
+            "text": copy_to(text, device, dtype),
+        }
+
+
+def copy_to(module, device, dtype):
+    import copy
+
+    return copy.deepcopy(module).to(device=device, dtype=dtype).eval()
 
 
 def processors():
@@ -67,11 +105,24 @@ def make_call(req):
     """A closure that runs one batch of the request and returns the [B, D] output."""
     batch = int(req["batch"])
     inp = req["input"]
-    encoder = state[req["encoder"]]
+    device = state["device"]
+    if device.type == "cuda":
+        module = state["eager"][req["dtype"]][req["encoder"]]
+        dtype = DTYPES[req["dtype"]]
+
+        def encoder(x):
+            # Host in, host out, waiting for the result: what one clip-native call does.
+            x = x.to(device, non_blocking=True)
+            out = module(x.to(dtype) if x.is_floating_point() else x)
+            return out.float().cpu()
+    else:
+        encoder = state[req["encoder"]]
     if req["encoder"] == "image" and req["mode"] == "model":
         count = int(inp["count"])
         pixels = torch.from_numpy(np.fromfile(inp["pixels"], dtype=np.float32).reshape(count, 3, 224, 224))
         x = pixels[:batch].contiguous() if batch <= count else pixels.repeat((batch + count - 1) // count, 1, 1, 1)[:batch]
+        if device.type == "cuda":
+            x = x.pin_memory()
         return lambda: encoder(x)
     if req["encoder"] == "image":
         from PIL import Image
@@ -104,6 +155,8 @@ def make_call(req):
 
 
 def context(dtype):
+    if state["device"].type == "cuda":  # the eager modules hold weights of the dtype itself
+        return torch.autocast("cuda", enabled=False)
     if dtype == "bfloat16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)

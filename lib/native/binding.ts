@@ -61,6 +61,11 @@ export interface NativeModelInfo {
   padImageBatches: boolean;
   /** How the CPU encoders run; null on CUDA. */
   cpuKernels: NativeCpuKernels | null;
+  /**
+   * libtorch's id of the CUDA stream the encoders run on; 0 would be the device's default stream, which
+   * synchronizes with all other work on the device. null on the CPU.
+   */
+  cudaStream: number | null;
 }
 
 /** The kernel candidate each CPU encoder runs, and how it was chosen. */

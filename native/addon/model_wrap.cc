@@ -395,6 +395,12 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
   out.Set("maxBatchTokens", engine_->max_batch_tokens());
   out.Set("queueCapacity", static_cast<double>(engine_->queue_capacity()));
   out.Set("padImageBatches", engine_->pad_image_batches());
+  // A stream id fits a double exactly: libtorch's pool streams have small ids.
+  if (model.is_cuda()) {
+    out.Set("cudaStream", static_cast<double>(model.cuda_stream_id()));
+  } else {
+    out.Set("cudaStream", env.Null());
+  }
   if (!model.is_cuda()) {
     const CpuKernelChoice& k = model.cpu_kernels();
     Napi::Object kernels = Napi::Object::New(env);

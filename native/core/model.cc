@@ -777,6 +777,13 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
   cpu_kernels_.text = text_encoder_.kernel;
 }
 
+int64_t Model::cuda_stream_id() const {
+#ifdef CLIP_WITH_CUDA
+  if (cuda_) return static_cast<int64_t>(cuda_->stream.id());
+#endif
+  return -1;
+}
+
 torch::Tensor Model::ImageStaging(int64_t batch) {
   const int64_t size = manifest_.image.size;
   const int64_t needed = batch * 3 * size * size;

@@ -95,6 +95,9 @@ class Model {
   bool is_cuda() const { return device_.is_cuda(); }
   // Empty on CUDA.
   const CpuKernelChoice& cpu_kernels() const { return cpu_kernels_; }
+  // libtorch's id of the CUDA stream the forwards run on (0 is the device's
+  // default stream, which would synchronize with all other work); -1 on the CPU.
+  int64_t cuda_stream_id() const;
 
   // Applies the thread-local state (InferenceMode is scoped by the caller)
   // that every forward on the calling thread needs.
