@@ -36,9 +36,7 @@ Stats Summarize(std::vector<double> ms) {
   Stats stats;
   if (ms.empty()) return stats;
   std::sort(ms.begin(), ms.end());
-  stats.median_ms = ms.size() % 2
-                        ? ms[ms.size() / 2]
-                        : (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]) / 2;
+  stats.median_ms = ms.size() % 2 ? ms[ms.size() / 2] : (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]) / 2;
   double sum = 0;
   for (double v : ms) sum += v;
   stats.mean_ms = sum / ms.size();
@@ -65,9 +63,7 @@ Sample Time(F&& body) {
   const double cpu_start = ThreadCpuMs();
   const auto start = Clock::now();
   body();
-  return {
-      std::chrono::duration<double, std::milli>(Clock::now() - start).count(),
-      ThreadCpuMs() - cpu_start};
+  return {std::chrono::duration<double, std::milli>(Clock::now() - start).count(), ThreadCpuMs() - cpu_start};
 }
 
 struct Timings {
@@ -122,8 +118,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "cannot read %s\n", path.c_str());
       return 2;
     }
-    const std::vector<uint8_t> data((std::istreambuf_iterator<char>(file)),
-                                    std::istreambuf_iterator<char>());
+    const std::vector<uint8_t> data((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
     Row row;
     row.path = path;
     row.bytes = data.size();
@@ -131,16 +126,10 @@ int main(int argc, char** argv) {
     try {
       for (int i = -2; i < iterations; ++i) {  // Two warm-up runs.
         clip::RgbImage image;
-        const Sample d = Time([&] {
-          image = clip::DecodeImage(data.data(), data.size(), decode_options);
-        });
-        const Sample p = Time([&] {
-          clip::PreprocessRgb(image, preprocess_options, out.data());
-        });
-        const Sample t = Time([&] {
-          clip::PreprocessImage(data.data(), data.size(), decode_options,
-                                preprocess_options, out.data());
-        });
+        const Sample d = Time([&] { image = clip::DecodeImage(data.data(), data.size(), decode_options); });
+        const Sample p = Time([&] { clip::PreprocessRgb(image, preprocess_options, out.data()); });
+        const Sample t = Time(
+            [&] { clip::PreprocessImage(data.data(), data.size(), decode_options, preprocess_options, out.data()); });
         row.width = image.width;
         row.height = image.height;
         if (i < 0) continue;
@@ -149,8 +138,7 @@ int main(int argc, char** argv) {
         total.Add(t);
       }
     } catch (const clip::ClipError& error) {
-      std::fprintf(stderr, "%s: %s: %s\n", path.c_str(),
-                   clip::ErrorCodeName(error.code()), error.what());
+      std::fprintf(stderr, "%s: %s: %s\n", path.c_str(), clip::ErrorCodeName(error.code()), error.what());
       return 1;
     }
     row.decode = Summarize(decode.wall);
@@ -166,19 +154,14 @@ int main(int argc, char** argv) {
       "Single thread, %d iterations; ms per image, median wall (median "
       "CPU)\n\n",
       iterations);
-  std::printf(
-      "| image | size | bytes | decode | preprocess | decode+preprocess |\n");
+  std::printf("| image | size | bytes | decode | preprocess | decode+preprocess |\n");
   std::printf("| --- | --- | ---: | ---: | ---: | ---: |\n");
   for (const Row& row : rows) {
     const size_t slash = row.path.find_last_of('/');
-    const std::string name =
-        slash == std::string::npos ? row.path : row.path.substr(slash + 1);
-    std::printf(
-        "| %s | %dx%d | %zu | %.2f (%.2f) | %.2f (%.2f) | %.2f (%.2f) |\n",
-        name.c_str(), row.width, row.height, row.bytes, row.decode.median_ms,
-        row.decode_cpu.median_ms, row.preprocess.median_ms,
-        row.preprocess_cpu.median_ms, row.total.median_ms,
-        row.total_cpu.median_ms);
+    const std::string name = slash == std::string::npos ? row.path : row.path.substr(slash + 1);
+    std::printf("| %s | %dx%d | %zu | %.2f (%.2f) | %.2f (%.2f) | %.2f (%.2f) |\n", name.c_str(), row.width, row.height,
+                row.bytes, row.decode.median_ms, row.decode_cpu.median_ms, row.preprocess.median_ms,
+                row.preprocess_cpu.median_ms, row.total.median_ms, row.total_cpu.median_ms);
   }
 
   if (!json_path.empty()) {
@@ -201,10 +184,9 @@ int main(int argc, char** argv) {
                    "%.4f, \"preprocess_ms\": %.4f, \"preprocess_cpu_ms\": "
                    "%.4f, \"total_ms\": %.4f, \"total_cpu_ms\": %.4f, "
                    "\"total_mean_ms\": %.4f}",
-                   i ? ", " : "", escaped.c_str(), r.width, r.height, r.bytes,
-                   r.decode.median_ms, r.decode_cpu.median_ms,
-                   r.preprocess.median_ms, r.preprocess_cpu.median_ms,
-                   r.total.median_ms, r.total_cpu.median_ms, r.total.mean_ms);
+                   i ? ", " : "", escaped.c_str(), r.width, r.height, r.bytes, r.decode.median_ms,
+                   r.decode_cpu.median_ms, r.preprocess.median_ms, r.preprocess_cpu.median_ms, r.total.median_ms,
+                   r.total_cpu.median_ms, r.total.mean_ms);
     }
     std::fprintf(json, "]}\n");
     std::fclose(json);

@@ -93,10 +93,9 @@ struct Row {
 
 // Best of several passes over all captions: the least disturbed by other
 // processes on a shared machine.
-Row Measure(const std::string& mode, const clip::Tokenizer& tokenizer,
-            const std::vector<std::string>& captions, int passes) {
-  std::vector<int32_t> ids(
-      static_cast<size_t>(tokenizer.options().context_length));
+Row Measure(const std::string& mode, const clip::Tokenizer& tokenizer, const std::vector<std::string>& captions,
+            int passes) {
+  std::vector<int32_t> ids(static_cast<size_t>(tokenizer.options().context_length));
   Row row;
   row.mode = mode;
   row.captions = captions.size();
@@ -105,11 +104,9 @@ Row Measure(const std::string& mode, const clip::Tokenizer& tokenizer,
     size_t tokens = 0;
     auto start = std::chrono::steady_clock::now();
     for (const std::string& caption : captions) {
-      tokens +=
-          static_cast<size_t>(tokenizer.EncodePadded(caption, ids.data()) - 2);
+      tokens += static_cast<size_t>(tokenizer.EncodePadded(caption, ids.data()) - 2);
     }
-    std::chrono::duration<double> took =
-        std::chrono::steady_clock::now() - start;
+    std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
     row.tokens = tokens;
     row.seconds = std::min(row.seconds, took.count());
   }
@@ -120,8 +117,7 @@ Row Measure(const std::string& mode, const clip::Tokenizer& tokenizer,
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::cerr << "usage: " << argv[0]
-              << " <vocab.json> <merges.txt> [--json <path>] [--captions N]\n";
+    std::cerr << "usage: " << argv[0] << " <vocab.json> <merges.txt> [--json <path>] [--captions N]\n";
     return 2;
   }
   std::string json_path;
@@ -143,12 +139,10 @@ int main(int argc, char** argv) {
   try {
     clip::TokenizerOptions uncached;
     uncached.cache_capacity = 0;
-    auto cold =
-        clip::Tokenizer::FromHuggingFaceFiles(argv[1], argv[2], uncached);
+    auto cold = clip::Tokenizer::FromHuggingFaceFiles(argv[1], argv[2], uncached);
     rows.push_back(Measure("no word cache", *cold, captions, 3));
 
-    auto warm = clip::Tokenizer::FromHuggingFaceFiles(argv[1], argv[2],
-                                                      clip::TokenizerOptions());
+    auto warm = clip::Tokenizer::FromHuggingFaceFiles(argv[1], argv[2], clip::TokenizerOptions());
     Measure("warm-up", *warm, captions, 1);
     rows.push_back(Measure("word cache, warm", *warm, captions, 3));
   } catch (const clip::ClipError& e) {
@@ -160,11 +154,9 @@ int main(int argc, char** argv) {
                "| us/caption |\n";
   std::cout << "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
   for (const Row& row : rows) {
-    std::cout << std::fixed << "| " << row.mode << " | " << row.captions
-              << " | " << row.tokens << " | " << std::setprecision(3)
-              << row.seconds << " | " << std::setprecision(0)
-              << row.tokens / row.seconds << " | " << row.captions / row.seconds
-              << " | " << std::setprecision(2)
+    std::cout << std::fixed << "| " << row.mode << " | " << row.captions << " | " << row.tokens << " | "
+              << std::setprecision(3) << row.seconds << " | " << std::setprecision(0) << row.tokens / row.seconds
+              << " | " << row.captions / row.seconds << " | " << std::setprecision(2)
               << 1e6 * row.seconds / row.captions << " |\n";
   }
 
@@ -173,9 +165,8 @@ int main(int argc, char** argv) {
     out << "{\"benchmark\":\"tokenizer\",\"threads\":1,\"rows\":[";
     for (size_t k = 0; k < rows.size(); ++k) {
       const Row& row = rows[k];
-      out << (k ? "," : "") << "{\"mode\":\"" << row.mode
-          << "\",\"captions\":" << row.captions << ",\"tokens\":" << row.tokens
-          << ",\"seconds\":" << row.seconds
+      out << (k ? "," : "") << "{\"mode\":\"" << row.mode << "\",\"captions\":" << row.captions
+          << ",\"tokens\":" << row.tokens << ",\"seconds\":" << row.seconds
           << ",\"tokens_per_second\":" << row.tokens / row.seconds << "}";
     }
     out << "]}\n";

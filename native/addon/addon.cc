@@ -27,8 +27,8 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
   LoadOptions options = ParseLoadOptions(env, info[1].As<Napi::Object>());
 
   auto* data = env.GetInstanceData<AddonData>();
-  auto* worker = new LoadWorker(env, &data->model_constructor, info[0].As<Napi::String>().Utf8Value(),
-                                options.model, options.engine);
+  auto* worker = new LoadWorker(env, &data->model_constructor, info[0].As<Napi::String>().Utf8Value(), options.model,
+                                options.engine);
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;
@@ -71,8 +71,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 }  // namespace
 }  // namespace clip::addon
 
-static Napi::Object InitClipNative(Napi::Env env, Napi::Object exports) {
-  return clip::addon::Init(env, exports);
-}
+static Napi::Object InitClipNative(Napi::Env env, Napi::Object exports) { return clip::addon::Init(env, exports); }
 
 NODE_API_MODULE(clip_native, InitClipNative)

@@ -175,8 +175,7 @@ void ModelWrap::CloseDelivery() {
 Napi::Value ModelWrap::Submit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!engine_ || disposing_) throw MakeError(env, ErrorCode::kDisposed, "the model has been disposed");
-  if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsArray() || !info[2].IsObject() ||
-      !info[3].IsFunction()) {
+  if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsArray() || !info[2].IsObject() || !info[3].IsFunction()) {
     throw MakeError(env, ErrorCode::kInvalidArgument, "submit(kind, inputs, options, callback)");
   }
   const int kind_number = info[0].As<Napi::Number>().Int32Value();

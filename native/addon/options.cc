@@ -27,9 +27,9 @@ Precision ParsePrecision(Napi::Env env, const std::string& name) {
   if (name == "float16") return Precision::kFloat16;
   if (name == "bfloat16") return Precision::kBFloat16;
   if (name == "int8") return Precision::kInt8;
-  throw MakeError(env, ErrorCode::kInvalidArgument,
-                  "Expected \"float32\", \"float16\", \"bfloat16\" or \"int8\" for dtype but received \"" + name +
-                      "\"");
+  throw MakeError(
+      env, ErrorCode::kInvalidArgument,
+      "Expected \"float32\", \"float16\", \"bfloat16\" or \"int8\" for dtype but received \"" + name + "\"");
 }
 
 }  // namespace

@@ -74,9 +74,10 @@ __attribute__((target("avx512f"))) void Panels(const float* x, int64_t rows, int
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanel;
     const int64_t valid = std::min<int64_t>(kPanel, n_size - n0);
-    const __mmask16 mask[2] = {
-        valid >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << valid) - 1),
-        valid >= 32 ? __mmask16{0xFFFF} : valid <= 16 ? __mmask16{0} : static_cast<__mmask16>((1u << (valid - 16)) - 1)};
+    const __mmask16 mask[2] = {valid >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << valid) - 1),
+                               valid >= 32   ? __mmask16{0xFFFF}
+                               : valid <= 16 ? __mmask16{0}
+                                             : static_cast<__mmask16>((1u << (valid - 16)) - 1)};
     const __m512 biases[2] = {bias ? _mm512_maskz_loadu_ps(mask[0], bias + n0) : _mm512_setzero_ps(),
                               bias ? _mm512_maskz_loadu_ps(mask[1], bias + n0 + 16) : _mm512_setzero_ps()};
     const float* panel = packed + p * k_size * kPanel;
@@ -103,8 +104,12 @@ at::Tensor LinearRows(const at::Tensor& x, const at::Tensor& packed, const at::T
     static const c10::OperatorHandle op =
         c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
     c10::IValue no_bias;
-    torch::jit::Stack stack{x, onednn_weight, bias ? c10::IValue(*bias) : no_bias, std::string(attr.data(), attr.size()),
-                            c10::List<c10::optional<at::Scalar>>(), c10::IValue()};
+    torch::jit::Stack stack{x,
+                            onednn_weight,
+                            bias ? c10::IValue(*bias) : no_bias,
+                            std::string(attr.data(), attr.size()),
+                            c10::List<c10::optional<at::Scalar>>(),
+                            c10::IValue()};
     op.callBoxed(&stack);
     return stack[0].toTensor();
   }
@@ -143,8 +148,8 @@ at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c
               out_features, " features");
   if (bias) {
     CheckFloatCpu(*bias, "the bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->is_contiguous(),
-                "clip_native: a bias of ", out_features, " features was expected, got ", bias->sizes());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->is_contiguous(), "clip_native: a bias of ",
+                out_features, " features was expected, got ", bias->sizes());
   }
   TORCH_CHECK(SmallRowLinearAvailable(), "clip_native: this CPU lacks AVX-512F for the small-row linear");
   const int64_t k = x.size(-1);
@@ -158,9 +163,8 @@ at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c
   const float* pp = packed.data_ptr<float>();
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, packed.size(0), 1, [&](int64_t first, int64_t last) {
-    Panels(xp, m, k, pp, bp, out_features, yp, first, last);
-  });
+  at::parallel_for(0, packed.size(0), 1,
+                   [&](int64_t first, int64_t last) { Panels(xp, m, k, pp, bp, out_features, yp, first, last); });
 #endif
   return y.view(shape);
 }

@@ -5,9 +5,9 @@
 
 #ifdef __linux__
 #include <sys/resource.h>
-#include <cerrno>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <cerrno>
 #endif
 
 namespace clip {
@@ -151,10 +151,9 @@ void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks, bool together) {
     if (per_encoder[e] == 0) continue;
     CheckCapacity(per_encoder[e]);
     if (queues_[e].waiting + per_encoder[e] > queue_capacity_) {
-      throw ClipError(ErrorCode::kQueueFull,
-                      std::string("the ") + (e == 0 ? "image" : "text") + " queue is full (" +
-                          std::to_string(queues_[e].waiting) + " waiting, capacity " +
-                          std::to_string(queue_capacity_) + ")");
+      throw ClipError(ErrorCode::kQueueFull, std::string("the ") + (e == 0 ? "image" : "text") + " queue is full (" +
+                                                 std::to_string(queues_[e].waiting) + " waiting, capacity " +
+                                                 std::to_string(queue_capacity_) + ")");
     }
   }
   for (int e = 0; e < 2; ++e) queues_[e].waiting += per_encoder[e];
@@ -234,70 +233,72 @@ void Engine::Prepare(std::unique_ptr<Task> task) {
   TaskResult immediate;
   bool has_immediate = false;
 
-  bool ok = Guard([&] {
-    switch (task->kind) {
-      case TaskKind::kImageBytes:
-      case TaskKind::kPreprocess: {
-        auto pixels = std::make_shared<std::vector<float>>(pixel_count);
-        PreprocessImage(reinterpret_cast<const uint8_t*>(task->input.data()), task->input.size(),
-                        task->decode, preprocess_, pixels->data());
-        std::string().swap(task->input);
-        if (task->kind == TaskKind::kPreprocess) {
-          immediate.ok = true;
-          immediate.data = pixels->data();
-          immediate.length = pixels->size();
-          immediate.block = pixels->data();
-          immediate.block_bytes = pixels->size() * sizeof(float);
-          immediate.owner = std::move(pixels);
-          has_immediate = true;
-        } else {
-          task->pixels = std::move(*pixels);
-        }
-        break;
-      }
-      case TaskKind::kImagePixels:
-        if (task->pixels.size() != pixel_count) {
-          throw ClipError(ErrorCode::kInvalidArgument,
-                          "Expected " + std::to_string(pixel_count) + " pixel values but received " +
-                              std::to_string(task->pixels.size()));
-        }
-        break;
-      case TaskKind::kText: {
-        std::vector<int32_t> ids = model_->tokenizer().Encode(task->input);
-        task->ids.assign(ids.begin(), ids.end());
-        std::string().swap(task->input);
-        break;
-      }
-      case TaskKind::kTokenize: {
-        auto ids = std::make_shared<std::vector<int32_t>>(m.text.context_length);
-        model_->tokenizer().EncodePadded(task->input, ids->data());
-        immediate.ok = true;
-        immediate.data = ids->data();
-        immediate.length = ids->size();
-        immediate.block = ids->data();
-        immediate.block_bytes = ids->size() * sizeof(int32_t);
-        immediate.owner = std::move(ids);
-        has_immediate = true;
-        break;
-      }
-      case TaskKind::kTokenIds: {
-        const auto& ids = task->ids;
-        if (ids.empty() || ids.size() > static_cast<size_t>(m.text.context_length)) {
-          throw ClipError(ErrorCode::kInvalidArgument,
-                          "Expected between 1 and " + std::to_string(m.text.context_length) +
-                              " token ids but received " + std::to_string(ids.size()));
-        }
-        for (int64_t id : ids) {
-          if (id < 0 || id >= m.text.vocab_size) {
-            throw ClipError(ErrorCode::kInvalidArgument,
-                            "Expected token ids below " + std::to_string(m.text.vocab_size) +
-                                " but received " + std::to_string(id));
+  bool ok = Guard(
+      [&] {
+        switch (task->kind) {
+          case TaskKind::kImageBytes:
+          case TaskKind::kPreprocess: {
+            auto pixels = std::make_shared<std::vector<float>>(pixel_count);
+            PreprocessImage(reinterpret_cast<const uint8_t*>(task->input.data()), task->input.size(), task->decode,
+                            preprocess_, pixels->data());
+            std::string().swap(task->input);
+            if (task->kind == TaskKind::kPreprocess) {
+              immediate.ok = true;
+              immediate.data = pixels->data();
+              immediate.length = pixels->size();
+              immediate.block = pixels->data();
+              immediate.block_bytes = pixels->size() * sizeof(float);
+              immediate.owner = std::move(pixels);
+              has_immediate = true;
+            } else {
+              task->pixels = std::move(*pixels);
+            }
+            break;
+          }
+          case TaskKind::kImagePixels:
+            if (task->pixels.size() != pixel_count) {
+              throw ClipError(ErrorCode::kInvalidArgument, "Expected " + std::to_string(pixel_count) +
+                                                               " pixel values but received " +
+                                                               std::to_string(task->pixels.size()));
+            }
+            break;
+          case TaskKind::kText: {
+            std::vector<int32_t> ids = model_->tokenizer().Encode(task->input);
+            task->ids.assign(ids.begin(), ids.end());
+            std::string().swap(task->input);
+            break;
+          }
+          case TaskKind::kTokenize: {
+            auto ids = std::make_shared<std::vector<int32_t>>(m.text.context_length);
+            model_->tokenizer().EncodePadded(task->input, ids->data());
+            immediate.ok = true;
+            immediate.data = ids->data();
+            immediate.length = ids->size();
+            immediate.block = ids->data();
+            immediate.block_bytes = ids->size() * sizeof(int32_t);
+            immediate.owner = std::move(ids);
+            has_immediate = true;
+            break;
+          }
+          case TaskKind::kTokenIds: {
+            const auto& ids = task->ids;
+            if (ids.empty() || ids.size() > static_cast<size_t>(m.text.context_length)) {
+              throw ClipError(ErrorCode::kInvalidArgument, "Expected between 1 and " +
+                                                               std::to_string(m.text.context_length) +
+                                                               " token ids but received " + std::to_string(ids.size()));
+            }
+            for (int64_t id : ids) {
+              if (id < 0 || id >= m.text.vocab_size) {
+                throw ClipError(ErrorCode::kInvalidArgument, "Expected token ids below " +
+                                                                 std::to_string(m.text.vocab_size) + " but received " +
+                                                                 std::to_string(id));
+              }
+            }
+            break;
           }
         }
-        break;
-      }
-    }
-  }, &code, &message);
+      },
+      &code, &message);
 
   if (!ok || has_immediate) {
     leave_queue();
@@ -427,37 +428,39 @@ void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch
   torch::Tensor output;
   ErrorCode code = ErrorCode::kInternal;
   std::string message;
-  bool ok = Guard([&] {
-    if (encoder == Encoder::kImage) {
-      const int64_t rows = pad_image_batches_ ? std::max<int64_t>(n, max_batch_[0]) : n;
-      torch::Tensor staging = model_->ImageStaging(rows);
-      float* dst = staging.data_ptr<float>();
-      const size_t per_item = static_cast<size_t>(3) * m.image.size * m.image.size;
-      for (int64_t i = 0; i < n; ++i) {
-        std::memcpy(dst + i * per_item, batch[i]->pixels.data(), per_item * sizeof(float));
-      }
-      if (rows > n) std::memset(dst + n * per_item, 0, (rows - n) * per_item * sizeof(float));
-      output = model_->EncodeImages(staging);
-      // Rows [0, n) of a contiguous [rows, dim] tensor: still contiguous.
-      if (rows > n) output = output.narrow(0, 0, n);
-    } else {
-      // Pad to the longest sequence of this batch, not to the context length:
-      // pooling happens at the first eos, so the padding never reaches it.
-      size_t length = 1;
-      for (const auto& task : batch) length = std::max(length, task->ids.size());
-      torch::Tensor staging = model_->TextStaging(n, static_cast<int64_t>(length));
-      int64_t* dst = staging.data_ptr<int64_t>();
-      for (int64_t i = 0; i < n; ++i) {
-        const auto& ids = batch[i]->ids;
-        std::copy(ids.begin(), ids.end(), dst + i * length);
-        std::fill(dst + i * length + ids.size(), dst + (i + 1) * length, static_cast<int64_t>(m.text.pad));
-      }
-      output = model_->EncodeTexts(staging);
-    }
-    if (output.dim() != 2 || output.size(0) != n || !output.is_contiguous()) {
-      throw ClipError(ErrorCode::kInternal, "the encoder returned shape " + c10::str(output.sizes()));
-    }
-  }, &code, &message);
+  bool ok = Guard(
+      [&] {
+        if (encoder == Encoder::kImage) {
+          const int64_t rows = pad_image_batches_ ? std::max<int64_t>(n, max_batch_[0]) : n;
+          torch::Tensor staging = model_->ImageStaging(rows);
+          float* dst = staging.data_ptr<float>();
+          const size_t per_item = static_cast<size_t>(3) * m.image.size * m.image.size;
+          for (int64_t i = 0; i < n; ++i) {
+            std::memcpy(dst + i * per_item, batch[i]->pixels.data(), per_item * sizeof(float));
+          }
+          if (rows > n) std::memset(dst + n * per_item, 0, (rows - n) * per_item * sizeof(float));
+          output = model_->EncodeImages(staging);
+          // Rows [0, n) of a contiguous [rows, dim] tensor: still contiguous.
+          if (rows > n) output = output.narrow(0, 0, n);
+        } else {
+          // Pad to the longest sequence of this batch, not to the context length:
+          // pooling happens at the first eos, so the padding never reaches it.
+          size_t length = 1;
+          for (const auto& task : batch) length = std::max(length, task->ids.size());
+          torch::Tensor staging = model_->TextStaging(n, static_cast<int64_t>(length));
+          int64_t* dst = staging.data_ptr<int64_t>();
+          for (int64_t i = 0; i < n; ++i) {
+            const auto& ids = batch[i]->ids;
+            std::copy(ids.begin(), ids.end(), dst + i * length);
+            std::fill(dst + i * length + ids.size(), dst + (i + 1) * length, static_cast<int64_t>(m.text.pad));
+          }
+          output = model_->EncodeTexts(staging);
+        }
+        if (output.dim() != 2 || output.size(0) != n || !output.is_contiguous()) {
+          throw ClipError(ErrorCode::kInternal, "the encoder returned shape " + c10::str(output.sizes()));
+        }
+      },
+      &code, &message);
 
   const auto now = Clock::now();
   {

@@ -74,9 +74,9 @@ struct TaskGroup {
 
 struct Task {
   TaskKind kind = TaskKind::kText;
-  std::string input;            // image bytes or UTF-8 text
-  std::vector<float> pixels;    // kImagePixels input; prepared pixels
-  std::vector<int64_t> ids;     // kTokenIds input; prepared ids
+  std::string input;          // image bytes or UTF-8 text
+  std::vector<float> pixels;  // kImagePixels input; prepared pixels
+  std::vector<int64_t> ids;   // kTokenIds input; prepared ids
   ImageDecodeOptions decode;
   std::shared_ptr<CancelFlag> cancel;
   // Called exactly once, on an engine thread (or the submitting thread when
@@ -84,7 +84,7 @@ struct Task {
   TaskCallback done;
   std::chrono::steady_clock::time_point submitted_at;  // set by Engine::Submit
   std::chrono::steady_clock::time_point ready_at;
-  uint64_t sequence = 0;  // submission order, set by Engine::Submit
+  uint64_t sequence = 0;             // submission order, set by Engine::Submit
   std::shared_ptr<TaskGroup> group;  // set by Engine::Submit with `together`
 };
 

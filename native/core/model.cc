@@ -3,21 +3,21 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
-#include <c10/util/Exception.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Exception.h>
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
-#include <stdexcept>
 #include <mutex>
-#include <algorithm>
 #include <optional>
+#include <stdexcept>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -43,8 +43,7 @@ namespace clip {
 // result never synchronizes the whole device.
 struct Model::CudaState {
   c10::cuda::CUDAStream stream;
-  explicit CudaState(c10::DeviceIndex index)
-      : stream(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index)) {}
+  explicit CudaState(c10::DeviceIndex index) : stream(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index)) {}
 };
 #else
 struct Model::CudaState {};
@@ -88,13 +87,11 @@ torch::Device ParseDevice(const std::string& spec) {
     return device;
 #else
     throw ClipError(ErrorCode::kDeviceUnavailable,
-                    "device \"" + spec +
-                        "\" was asked for but this build of clip-native uses a libtorch without CUDA");
+                    "device \"" + spec + "\" was asked for but this build of clip-native uses a libtorch without CUDA");
 #endif
   }
   throw ClipError(ErrorCode::kInvalidArgument,
-                  "Expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\" for device but received \"" +
-                      spec + "\"");
+                  "Expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\" for device but received \"" + spec + "\"");
 }
 
 void SetCpuAutocast(bool enabled) {
@@ -118,8 +115,7 @@ torch::jit::script::Module LoadArchive(const std::string& path, const torch::Dev
     throw ClipError(ErrorCode::kModelLoadFailed,
                     path + ": not a loadable TorchScript archive (" + e.what_without_backtrace() + ")");
   } catch (const std::exception& e) {
-    throw ClipError(ErrorCode::kModelLoadFailed,
-                    path + ": not a loadable TorchScript archive (" + e.what() + ")");
+    throw ClipError(ErrorCode::kModelLoadFailed, path + ": not a loadable TorchScript archive (" + e.what() + ")");
   }
 }
 
@@ -272,13 +268,12 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
     torch::jit::Node* no_scalars =
         graph->insertNode(graph->createList(c10::OptionalType::create(c10::NumberType::get()), {}));
     torch::jit::Node* fused =
-        small_rows
-            ? graph->create(linear_rows, {input, graph->insertConstant(small_row_weight), w_value, b_value,
-                                          graph->insertConstant(out_features),
-                                          graph->insertConstant(std::string(gate ? "swish" : "none"))})
-            : graph->create(linear_pointwise,
-                            {input, w_value, b_value, graph->insertConstant(std::string(gate ? "swish" : "none")),
-                             no_scalars->output(), graph->insertConstant(c10::IValue())});
+        small_rows ? graph->create(linear_rows, {input, graph->insertConstant(small_row_weight), w_value, b_value,
+                                                 graph->insertConstant(out_features),
+                                                 graph->insertConstant(std::string(gate ? "swish" : "none"))})
+                   : graph->create(linear_pointwise, {input, w_value, b_value,
+                                                      graph->insertConstant(std::string(gate ? "swish" : "none")),
+                                                      no_scalars->output(), graph->insertConstant(c10::IValue())});
     fused->output()->setType(c10::TensorType::get());
     graph->insertNode(fused);
 
@@ -424,8 +419,7 @@ torch::Tensor Forward(Model::Encoder& encoder, const torch::Tensor& input) {
 }
 
 // Builds candidate `name` of `archive` (the module as loaded, left unchanged).
-Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const std::string& name,
-                              Precision precision) {
+Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const std::string& name, Precision precision) {
   Model::Encoder encoder;
   encoder.kernel = name;
   const bool bfloat16 = precision == Precision::kBFloat16;
@@ -471,9 +465,12 @@ double MinCosine(const torch::Tensor& expected, const torch::Tensor& actual) {
 
 double RequiredCosine(Precision precision) {
   switch (precision) {
-    case Precision::kFloat32: return 0.99999;
-    case Precision::kInt8: return 0.99;
-    default: return 0.999;
+    case Precision::kFloat32:
+      return 0.99999;
+    case Precision::kInt8:
+      return 0.99;
+    default:
+      return 0.999;
   }
 }
 
@@ -501,7 +498,8 @@ std::string CalibrationKey(const std::string& path, Precision precision, const s
 // scored by milliseconds per item summed over the shapes.
 Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const std::string& path,
                                 const Manifest& manifest, bool image, Precision precision,
-                                const std::vector<std::string>& names, std::vector<std::pair<std::string, double>>* timings) {
+                                const std::vector<std::string>& names,
+                                std::vector<std::pair<std::string, double>>* timings) {
   torch::InferenceMode guard;
   const torch::Tensor example = ExampleInput(manifest, image);
   torch::Tensor expected;
@@ -549,9 +547,8 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
     return BuildCandidate(archive, "archive", precision);
   }
   if (built.empty()) {
-    throw ClipError(ErrorCode::kModelLoadFailed,
-                    path + ": no way to run this encoder at " + PrecisionName(precision) + " on this CPU (" +
-                        failures + ")");
+    throw ClipError(ErrorCode::kModelLoadFailed, path + ": no way to run this encoder at " + PrecisionName(precision) +
+                                                     " on this CPU (" + failures + ")");
   }
   if (!failures.empty() && names.size() > 1) {
     TORCH_WARN("clip-native: ", path, ": left out", failures);
@@ -608,7 +605,8 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
       if (HasQEngine(at::QEngine::ONEDNN)) names.emplace_back("onednn");
       return names;
     }
-    case Precision::kFloat16: return {};
+    case Precision::kFloat16:
+      return {};
   }
   return {};
 }
@@ -623,10 +621,14 @@ bool BuiltWithCuda() {
 
 const char* PrecisionName(Precision precision) {
   switch (precision) {
-    case Precision::kFloat32: return "float32";
-    case Precision::kFloat16: return "float16";
-    case Precision::kBFloat16: return "bfloat16";
-    case Precision::kInt8: return "int8";
+    case Precision::kFloat32:
+      return "float32";
+    case Precision::kFloat16:
+      return "float16";
+    case Precision::kBFloat16:
+      return "bfloat16";
+    case Precision::kInt8:
+      return "int8";
   }
   return "float32";
 }
@@ -652,8 +654,8 @@ std::shared_ptr<Model> Model::Load(const std::string& directory, const ModelOpti
   tokenizer_options.bos = model->manifest_.text.bos;
   tokenizer_options.eos = model->manifest_.text.eos;
   tokenizer_options.pad = model->manifest_.text.pad;
-  model->tokenizer_ = Tokenizer::FromHuggingFaceFiles(model->manifest_.vocab_path,
-                                                      model->manifest_.merges_path, tokenizer_options);
+  model->tokenizer_ =
+      Tokenizer::FromHuggingFaceFiles(model->manifest_.vocab_path, model->manifest_.merges_path, tokenizer_options);
 
 #ifdef CLIP_WITH_CUDA
   if (model->is_cuda()) model->cuda_ = std::make_shared<CudaState>(model->device_.index());
@@ -700,9 +702,9 @@ std::shared_ptr<Model> Model::Load(const std::string& directory, const ModelOpti
                       path + ": the " + what + " failed on a test input (" + e.what() + ")");
     }
     if (out.dim() != 2 || out.size(0) != 1 || out.size(1) != m.embed_dim) {
-      throw ClipError(ErrorCode::kModelLoadFailed,
-                      path + ": the " + what + " returned shape " + c10::str(out.sizes()) +
-                          ", expected [1, " + std::to_string(m.embed_dim) + "] (clip.json embedDim)");
+      throw ClipError(ErrorCode::kModelLoadFailed, path + ": the " + what + " returned shape " + c10::str(out.sizes()) +
+                                                       ", expected [1, " + std::to_string(m.embed_dim) +
+                                                       "] (clip.json embedDim)");
     }
   };
   check("image encoder", m.image_encoder_path, [&] {
@@ -754,10 +756,10 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
     if (std::find(candidates.begin(), candidates.end(), forced) == candidates.end()) {
       std::string list;
       for (const auto& name : candidates) list += (list.empty() ? "\"" : ", \"") + name + "\"";
-      throw ClipError(ErrorCode::kInvalidArgument,
-                      "Expected \"auto\", \"fixed\" or one of " + list + " for cpuKernels at " + PrecisionName(precision_) +
-                          " but received \"" + forced + "\"" +
-                          (source == "environment" ? " (CLIP_NATIVE_CPU_KERNELS)" : ""));
+      throw ClipError(ErrorCode::kInvalidArgument, "Expected \"auto\", \"fixed\" or one of " + list +
+                                                       " for cpuKernels at " + PrecisionName(precision_) +
+                                                       " but received \"" + forced + "\"" +
+                                                       (source == "environment" ? " (CLIP_NATIVE_CPU_KERNELS)" : ""));
     }
     candidates = {forced};
     cpu_kernels_.selected_by = source;
@@ -769,10 +771,10 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
   for (const auto& name : candidates) {
     if (name != "onednn+avx512" || candidates.size() == 1) image_candidates.push_back(name);
   }
-  image_encoder_ = ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true,
-                                    precision_, image_candidates, &cpu_kernels_.image_ms);
-  text_encoder_ = ChooseCpuEncoder(text_archive, manifest_.text_encoder_path, manifest_, /*image=*/false,
-                                   precision_, candidates, &cpu_kernels_.text_ms);
+  image_encoder_ = ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
+                                    image_candidates, &cpu_kernels_.image_ms);
+  text_encoder_ = ChooseCpuEncoder(text_archive, manifest_.text_encoder_path, manifest_, /*image=*/false, precision_,
+                                   candidates, &cpu_kernels_.text_ms);
   cpu_kernels_.image = image_encoder_.kernel;
   cpu_kernels_.text = text_encoder_.kernel;
 }

@@ -74,8 +74,7 @@ class Model {
   // the device and checks each encoder with one small forward. Throws
   // ClipError: kModelLoadFailed naming the file, kDeviceUnavailable,
   // kInvalidArgument for a bad option.
-  static std::shared_ptr<Model> Load(const std::string& directory,
-                                     const ModelOptions& options);
+  static std::shared_ptr<Model> Load(const std::string& directory, const ModelOptions& options);
 
   // Not thread-safe: the engine runs all forwards on its single inference
   // thread. `pixels` is float32 [N,3,S,S] on the CPU, `ids` int64 [N,L]. The
@@ -115,8 +114,8 @@ class Model {
  private:
   Model() = default;
   torch::Tensor Run(Encoder& encoder, const torch::Tensor& input);
-  void ChooseCpuKernels(const torch::jit::script::Module& image_archive,
-                        const torch::jit::script::Module& text_archive, const ModelOptions& options);
+  void ChooseCpuKernels(const torch::jit::script::Module& image_archive, const torch::jit::script::Module& text_archive,
+                        const ModelOptions& options);
 
   Manifest manifest_;
   std::unique_ptr<Tokenizer> tokenizer_;

@@ -36,8 +36,7 @@ constexpr uint64_t kMaxPixels = 4'000'000;
 }
 
 bool IsImageCode(clip::ErrorCode code) {
-  return code == clip::ErrorCode::kImageDecodeFailed ||
-         code == clip::ErrorCode::kUnsupportedImageFormat ||
+  return code == clip::ErrorCode::kImageDecodeFailed || code == clip::ErrorCode::kUnsupportedImageFormat ||
          code == clip::ErrorCode::kImageTooLarge;
 }
 

@@ -43,8 +43,7 @@ std::unique_ptr<clip::Tokenizer> Load(const std::string& dir, const clip::Tokeni
   try {
     return clip::Tokenizer::FromHuggingFaceFiles(dir + "/vocab.json", dir + "/merges.txt", options);
   } catch (const std::exception& error) {
-    std::fprintf(stderr, "tokenizer_fuzzer: cannot load the vocabulary from %s: %s\n", dir.c_str(),
-                 error.what());
+    std::fprintf(stderr, "tokenizer_fuzzer: cannot load the vocabulary from %s: %s\n", dir.c_str(), error.what());
     std::exit(2);
   }
 }

@@ -51,16 +51,13 @@ std::atomic<size_t> g_largest_allocation{0};
 // for a new/free mismatch at inlined call sites.
 [[gnu::noinline]] void* operator new(size_t size) {
   size_t seen = g_largest_allocation.load(std::memory_order_relaxed);
-  while (size > seen && !g_largest_allocation.compare_exchange_weak(
-                            seen, size, std::memory_order_relaxed)) {
+  while (size > seen && !g_largest_allocation.compare_exchange_weak(seen, size, std::memory_order_relaxed)) {
   }
   if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
   throw std::bad_alloc();
 }
 [[gnu::noinline]] void operator delete(void* p) noexcept { std::free(p); }
-[[gnu::noinline]] void operator delete(void* p, size_t) noexcept {
-  std::free(p);
-}
+[[gnu::noinline]] void operator delete(void* p, size_t) noexcept { std::free(p); }
 
 namespace {
 
@@ -85,16 +82,13 @@ void Check(bool ok, const std::string& what) {
 }
 
 // Runs `body`, expecting a ClipError with `code`.
-void ExpectError(ErrorCode code, const std::string& what,
-                 const std::function<void()>& body) {
+void ExpectError(ErrorCode code, const std::string& what, const std::function<void()>& body) {
   try {
     body();
-    Check(false, what + ": expected " + clip::ErrorCodeName(code) +
-                     " but nothing was thrown");
+    Check(false, what + ": expected " + clip::ErrorCodeName(code) + " but nothing was thrown");
   } catch (const ClipError& error) {
-    Check(error.code() == code,
-          what + ": expected " + clip::ErrorCodeName(code) + " but got " +
-              clip::ErrorCodeName(error.code()) + " (" + error.what() + ")");
+    Check(error.code() == code, what + ": expected " + clip::ErrorCodeName(code) + " but got " +
+                                    clip::ErrorCodeName(error.code()) + " (" + error.what() + ")");
   } catch (const std::exception& error) {
     Check(false, what + ": expected ClipError but got " + error.what());
   }
@@ -105,8 +99,7 @@ RgbImage Decode(const Bytes& data, ImageDecodeOptions options = {}) {
 }
 
 // Decodes, reporting any exception as a failure; returns an empty image then.
-RgbImage DecodeOrFail(const Bytes& data, const std::string& what,
-                      ImageDecodeOptions options = {}) {
+RgbImage DecodeOrFail(const Bytes& data, const std::string& what, ImageDecodeOptions options = {}) {
   try {
     return Decode(data, options);
   } catch (const std::exception& error) {
@@ -118,8 +111,7 @@ RgbImage DecodeOrFail(const Bytes& data, const std::string& what,
 bool ReadFile(const std::string& path, Bytes* out) {
   std::ifstream file(path, std::ios::binary);
   if (!file) return false;
-  out->assign(std::istreambuf_iterator<char>(file),
-              std::istreambuf_iterator<char>());
+  out->assign(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
   return true;
 }
 
@@ -133,31 +125,23 @@ void PutLe16(Bytes* out, uint32_t v) {
 void PutLe32(Bytes* out, uint32_t v) {
   for (int shift = 0; shift < 32; shift += 8) out->push_back(v >> shift);
 }
-void Append(Bytes* out, const Bytes& more) {
-  out->insert(out->end(), more.begin(), more.end());
-}
-void Append(Bytes* out, const char* text) {
-  out->insert(out->end(), text, text + std::strlen(text));
-}
+void Append(Bytes* out, const Bytes& more) { out->insert(out->end(), more.begin(), more.end()); }
+void Append(Bytes* out, const char* text) { out->insert(out->end(), text, text + std::strlen(text)); }
 
 // ---------------------------------------------------------------------------
 // SHA-256 (FIPS 180-4), for manifest.json's decoded_rgb_sha256.
 // ---------------------------------------------------------------------------
 std::string Sha256Hex(const uint8_t* data, size_t size) {
   static const uint32_t k[64] = {
-      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1,
-      0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
-      0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
-      0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-      0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
-      0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
-      0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-      0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-      0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
-      0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
-      0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+      0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+      0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+      0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+      0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+      0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+      0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+      0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
   auto rotr = [](uint32_t x, int n) { return (x >> n) | (x << (32 - n)); };
   Bytes tail(data + size - size % 64, data + size);
   tail.push_back(0x80);
@@ -166,27 +150,20 @@ std::string Sha256Hex(const uint8_t* data, size_t size) {
   for (int shift = 56; shift >= 0; shift -= 8) tail.push_back(bits >> shift);
   const size_t whole = size - size % 64;
   for (size_t offset = 0; offset < whole + tail.size(); offset += 64) {
-    const uint8_t* block =
-        offset < whole ? data + offset : tail.data() + (offset - whole);
+    const uint8_t* block = offset < whole ? data + offset : tail.data() + (offset - whole);
     uint32_t w[64];
     for (int i = 0; i < 16; ++i) {
-      w[i] = (uint32_t{block[4 * i]} << 24) | (block[4 * i + 1] << 16) |
-             (block[4 * i + 2] << 8) | block[4 * i + 3];
+      w[i] = (uint32_t{block[4 * i]} << 24) | (block[4 * i + 1] << 16) | (block[4 * i + 2] << 8) | block[4 * i + 3];
     }
     for (int i = 16; i < 64; ++i) {
-      const uint32_t s0 =
-          rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-      const uint32_t s1 =
-          rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+      const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+      const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
       w[i] = w[i - 16] + s0 + w[i - 7] + s1;
     }
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5],
-             g = h[6], hh = h[7];
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
     for (int i = 0; i < 64; ++i) {
-      const uint32_t t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) +
-                          ((e & f) ^ (~e & g)) + k[i] + w[i];
-      const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) +
-                          ((a & b) ^ (a & c) ^ (b & c));
+      const uint32_t t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
+      const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
       hh = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
     }
     h[0] += a, h[1] += b, h[2] += c, h[3] += d;
@@ -202,16 +179,14 @@ std::string Sha256Hex(const uint8_t* data, size_t size) {
 // ---------------------------------------------------------------------------
 
 // Deterministic non-trivial test pattern, `channels` samples per pixel.
-std::vector<uint8_t> Pattern(int width, int height, int channels,
-                             uint32_t seed) {
+std::vector<uint8_t> Pattern(int width, int height, int channels, uint32_t seed) {
   std::mt19937 random(seed);
   std::vector<uint8_t> out(static_cast<size_t>(width) * height * channels);
   for (int y = 0; y < height; ++y) {
     for (int x = 0; x < width; ++x) {
       for (int c = 0; c < channels; ++c) {
         const int smooth = (x * (7 + 3 * c) + y * (5 + c) + c * 60) % 256;
-        out[(static_cast<size_t>(y) * width + x) * channels + c] =
-            static_cast<uint8_t>((smooth + random() % 48) % 256);
+        out[(static_cast<size_t>(y) * width + x) * channels + c] = static_cast<uint8_t>((smooth + random() % 48) % 256);
       }
     }
   }
@@ -266,10 +241,7 @@ Bytes EncodePng(const PngSpec& spec) {
       uint8_t current = 0;
       for (int x = x0; x < spec.width; x += dx) {
         for (int c = 0; c < channels; ++c) {
-          const uint16_t v =
-              spec.samples[(static_cast<size_t>(y) * spec.width + x) *
-                               channels +
-                           c];
+          const uint16_t v = spec.samples[(static_cast<size_t>(y) * spec.width + x) * channels + c];
           if (spec.bit_depth == 16) {
             raw->push_back(v >> 8);
             raw->push_back(v & 0xFF);
@@ -291,9 +263,8 @@ Bytes EncodePng(const PngSpec& spec) {
   };
   Bytes raw;
   if (spec.interlace) {
-    static const int kPasses[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8},
-                                      {2, 0, 4, 4}, {0, 2, 2, 4}, {1, 0, 2, 2},
-                                      {0, 1, 1, 2}};
+    static const int kPasses[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4},
+                                      {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};
     for (const auto& p : kPasses) pass_rows(p[0], p[1], p[2], p[3], &raw);
   } else {
     pass_rows(0, 0, 1, 1, &raw);
@@ -352,9 +323,7 @@ Bytes EncodeJpeg(const JpegSpec& spec) {
   cinfo.image_width = spec.width;
   cinfo.image_height = spec.height;
   cinfo.input_components = spec.components;
-  cinfo.in_color_space = spec.components == 1   ? JCS_GRAYSCALE
-                         : spec.components == 3 ? JCS_RGB
-                                                : JCS_CMYK;
+  cinfo.in_color_space = spec.components == 1 ? JCS_GRAYSCALE : spec.components == 3 ? JCS_RGB : JCS_CMYK;
   jpeg_set_defaults(&cinfo);
   jpeg_set_quality(&cinfo, spec.quality, TRUE);
   // No chroma subsampling, so that flat test blocks decode almost exactly.
@@ -365,13 +334,11 @@ Bytes EncodeJpeg(const JpegSpec& spec) {
   if (spec.progressive) jpeg_simple_progression(&cinfo);
   jpeg_start_compress(&cinfo, TRUE);
   if (!spec.app1.empty()) {
-    jpeg_write_marker(&cinfo, JPEG_APP0 + 1, spec.app1.data(),
-                      static_cast<unsigned>(spec.app1.size()));
+    jpeg_write_marker(&cinfo, JPEG_APP0 + 1, spec.app1.data(), static_cast<unsigned>(spec.app1.size()));
   }
   while (cinfo.next_scanline < cinfo.image_height) {
-    JSAMPROW row = const_cast<JSAMPROW>(
-        spec.samples.data() + static_cast<size_t>(cinfo.next_scanline) *
-                                  spec.width * spec.components);
+    JSAMPROW row = const_cast<JSAMPROW>(spec.samples.data() +
+                                        static_cast<size_t>(cinfo.next_scanline) * spec.width * spec.components);
     jpeg_write_scanlines(&cinfo, &row, 1);
   }
   jpeg_finish_compress(&cinfo);
@@ -382,8 +349,7 @@ Bytes EncodeJpeg(const JpegSpec& spec) {
 }
 
 // Lossless WebP from RGBA; `exact` keeps RGB under alpha 0.
-Bytes EncodeWebpLossless(int width, int height,
-                         const std::vector<uint8_t>& rgba, bool exact) {
+Bytes EncodeWebpLossless(int width, int height, const std::vector<uint8_t>& rgba, bool exact) {
   WebPConfig config;
   WebPConfigInit(&config);
   config.lossless = 1;
@@ -471,8 +437,7 @@ Bytes EncodeGif(const GifSpec& spec) {
   out.push_back(0);
   Append(&out, spec.global_palette);
   if (spec.transparency >= 0) {
-    const Bytes gce = {
-        0x21, 0xF9, 4, 1, 0, 0, static_cast<uint8_t>(spec.transparency), 0};
+    const Bytes gce = {0x21, 0xF9, 4, 1, 0, 0, static_cast<uint8_t>(spec.transparency), 0};
     Append(&out, gce);
   }
   out.push_back(',');
@@ -518,8 +483,7 @@ struct BmpSpec {
 };
 
 Bytes EncodeBmp(const BmpSpec& spec) {
-  const size_t stride =
-      ((static_cast<size_t>(spec.width) * spec.bits + 31) / 32) * 4;
+  const size_t stride = ((static_cast<size_t>(spec.width) * spec.bits + 31) / 32) * 4;
   Bytes pixels;
   for (int i = 0; i < spec.height; ++i) {
     const Bytes& row = spec.rows[spec.top_down ? i : spec.height - 1 - i];
@@ -537,8 +501,7 @@ Bytes EncodeBmp(const BmpSpec& spec) {
   } else {
     PutLe32(&header, spec.header_size);
     PutLe32(&header, spec.width);
-    PutLe32(&header,
-            spec.top_down ? static_cast<uint32_t>(-spec.height) : spec.height);
+    PutLe32(&header, spec.top_down ? static_cast<uint32_t>(-spec.height) : spec.height);
     PutLe16(&header, 1);
     PutLe16(&header, spec.bits);
     PutLe32(&header, spec.compression);
@@ -558,8 +521,7 @@ Bytes EncodeBmp(const BmpSpec& spec) {
   if (spec.header_size == 40 && !spec.masks.empty()) {
     for (size_t i = 0; i < 3; ++i) PutLe32(&extra, spec.masks[i]);
   }
-  const uint32_t offset = static_cast<uint32_t>(
-      14 + header.size() + extra.size() + spec.palette.size());
+  const uint32_t offset = static_cast<uint32_t>(14 + header.size() + extra.size() + spec.palette.size());
   Bytes out = {'B', 'M'};
   PutLe32(&out, static_cast<uint32_t>(offset + pixels.size()));
   PutLe32(&out, 0);
@@ -614,8 +576,7 @@ double ReferenceKernel(double x) {
 }
 
 // One axis of Pillow's separable resize, on one channel.
-std::vector<uint8_t> ReferenceResample1d(const std::vector<uint8_t>& in,
-                                         int out_size) {
+std::vector<uint8_t> ReferenceResample1d(const std::vector<uint8_t>& in, int out_size) {
   const int in_size = static_cast<int>(in.size());
   const double scale = static_cast<double>(in_size) / out_size;
   const double filter_scale = std::max(scale, 1.0);
@@ -634,8 +595,8 @@ std::vector<uint8_t> ReferenceResample1d(const std::vector<uint8_t>& in,
     int64_t sum = 1 << 21;
     for (int j = lo; j < hi; ++j) {
       const double v = total != 0 ? w[j - lo] / total : w[j - lo];
-      const int64_t fixed = v < 0 ? static_cast<int64_t>(-0.5 + v * (1 << 22))
-                                  : static_cast<int64_t>(0.5 + v * (1 << 22));
+      const int64_t fixed =
+          v < 0 ? static_cast<int64_t>(-0.5 + v * (1 << 22)) : static_cast<int64_t>(0.5 + v * (1 << 22));
       sum += fixed * in[j];
     }
     out[i] = static_cast<uint8_t>(std::clamp<int64_t>(sum >> 22, 0, 255));
@@ -643,8 +604,7 @@ std::vector<uint8_t> ReferenceResample1d(const std::vector<uint8_t>& in,
   return out;
 }
 
-std::vector<float> ReferencePreprocess(const RgbImage& image,
-                                       const PreprocessOptions& options) {
+std::vector<float> ReferencePreprocess(const RgbImage& image, const PreprocessOptions& options) {
   const int w = image.width;
   const int h = image.height;
   const int size = options.resize_shortest_edge;
@@ -691,29 +651,24 @@ std::vector<float> ReferencePreprocess(const RgbImage& image,
       for (int x = 0; x < crop; ++x) {
         const int sy = y + top;
         const int sx = x + left;
-        const int v = (sy >= 0 && sy < rh && sx >= 0 && sx < rw)
-                          ? pixels[(static_cast<size_t>(sy) * rw + sx) * 3 + c]
-                          : 0;
+        const int v =
+            (sy >= 0 && sy < rh && sx >= 0 && sx < rw) ? pixels[(static_cast<size_t>(sy) * rw + sx) * 3 + c] : 0;
         const float rescaled = static_cast<float>(v * 0.00392156862745098);
-        out[(c * crop + y) * crop + x] =
-            (rescaled - options.mean[c]) / options.std[c];
+        out[(c * crop + y) * crop + x] = (rescaled - options.mean[c]) / options.std[c];
       }
     }
   }
   return out;
 }
 
-std::vector<float> Preprocess(const RgbImage& image,
-                              const PreprocessOptions& options = {}) {
+std::vector<float> Preprocess(const RgbImage& image, const PreprocessOptions& options = {}) {
   std::vector<float> out(clip::PreprocessedSize(options));
   clip::PreprocessRgb(image, options, out.data());
   return out;
 }
 
 bool SameFloats(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() &&
-         (a.empty() ||
-          std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
 // Pixel (x, y) channel c of an image.
@@ -722,13 +677,11 @@ uint8_t At(const RgbImage& image, int x, int y, int c) {
 }
 
 // Expected pixels as a function f(x, y, c).
-bool ImageEquals(const RgbImage& image, int width, int height,
-                 const std::function<int(int, int, int)>& expected,
+bool ImageEquals(const RgbImage& image, int width, int height, const std::function<int(int, int, int)>& expected,
                  std::string* first_difference) {
   if (image.width != width || image.height != height ||
       image.pixels.size() != static_cast<size_t>(width) * height * 3) {
-    *first_difference = "size " + std::to_string(image.width) + "x" +
-                        std::to_string(image.height) + ", expected " +
+    *first_difference = "size " + std::to_string(image.width) + "x" + std::to_string(image.height) + ", expected " +
                         std::to_string(width) + "x" + std::to_string(height);
     return false;
   }
@@ -737,11 +690,9 @@ bool ImageEquals(const RgbImage& image, int width, int height,
       for (int c = 0; c < 3; ++c) {
         const int want = expected(x, y, c);
         if (At(image, x, y, c) != want) {
-          *first_difference = "pixel (" + std::to_string(x) + "," +
-                              std::to_string(y) + ") channel " +
-                              std::to_string(c) + " is " +
-                              std::to_string(At(image, x, y, c)) +
-                              ", expected " + std::to_string(want);
+          *first_difference = "pixel (" + std::to_string(x) + "," + std::to_string(y) + ") channel " +
+                              std::to_string(c) + " is " + std::to_string(At(image, x, y, c)) + ", expected " +
+                              std::to_string(want);
           return false;
         }
       }
@@ -750,9 +701,8 @@ bool ImageEquals(const RgbImage& image, int width, int height,
   return true;
 }
 
-void CheckImage(const std::string& what, const Bytes& data, int width,
-                int height, const std::function<int(int, int, int)>& expected,
-                ImageDecodeOptions options = {}) {
+void CheckImage(const std::string& what, const Bytes& data, int width, int height,
+                const std::function<int(int, int, int)>& expected, ImageDecodeOptions options = {}) {
   const RgbImage image = DecodeOrFail(data, what, options);
   if (image.pixels.empty()) return;
   std::string difference;
@@ -782,8 +732,7 @@ void TestReferenceImages(const std::string& root) {
   Check(options.mean == defaults.mean && options.std == defaults.std,
         "PreprocessOptions defaults equal the manifest's mean and std");
 
-  std::printf(
-      "| image | variant | decoded sha256 | max abs diff | u8 diffs |\n");
+  std::printf("| image | variant | decoded sha256 | max abs diff | u8 diffs |\n");
   std::printf("| --- | --- | --- | ---: | ---: |\n");
   int images = 0;
   for (const auto& entry : manifest["images"]) {
@@ -799,24 +748,19 @@ void TestReferenceImages(const std::string& root) {
       std::string file;
       bool exif;
     };
-    std::vector<Variant> variants = {
-        {"hf", entry["hf"]["file"].get<std::string>(), false}};
+    std::vector<Variant> variants = {{"hf", entry["hf"]["file"].get<std::string>(), false}};
     if (!entry["hf_exif_transposed"].is_null()) {
-      variants.push_back(
-          {"hf_exif_transposed",
-           entry["hf_exif_transposed"]["file"].get<std::string>(), true});
+      variants.push_back({"hf_exif_transposed", entry["hf_exif_transposed"]["file"].get<std::string>(), true});
     }
     for (const Variant& variant : variants) {
       const std::string what = name + " (" + variant.label + ")";
       Bytes reference_bytes;
-      if (!ReadFile(dir + variant.file, &reference_bytes) ||
-          reference_bytes.size() != 3 * 224 * 224 * sizeof(float)) {
+      if (!ReadFile(dir + variant.file, &reference_bytes) || reference_bytes.size() != 3 * 224 * 224 * sizeof(float)) {
         Check(false, what + ": cannot read " + variant.file);
         continue;
       }
       std::vector<float> reference(3 * 224 * 224);
-      std::memcpy(reference.data(), reference_bytes.data(),
-                  reference_bytes.size());
+      std::memcpy(reference.data(), reference_bytes.data(), reference_bytes.size());
       ImageDecodeOptions decode;
       decode.apply_exif_orientation = variant.exif;
       std::string sha_status = "-";
@@ -825,13 +769,11 @@ void TestReferenceImages(const std::string& root) {
         if (!variant.exif) {
           const RgbImage image = Decode(data, decode);
           const bool sha_ok =
-              Sha256Hex(image.pixels.data(), image.pixels.size()) ==
-              entry["decoded_rgb_sha256"].get<std::string>();
+              Sha256Hex(image.pixels.data(), image.pixels.size()) == entry["decoded_rgb_sha256"].get<std::string>();
           sha_status = sha_ok ? "match" : "MISMATCH";
           Check(sha_ok, what + ": decoded RGB sha256 differs from Pillow's");
         }
-        clip::PreprocessImage(data.data(), data.size(), decode, options,
-                              got.data());
+        clip::PreprocessImage(data.data(), data.size(), decode, options, got.data());
       } catch (const std::exception& error) {
         Check(false, what + ": threw " + error.what());
         continue;
@@ -843,22 +785,18 @@ void TestReferenceImages(const std::string& root) {
         const int c = static_cast<int>(i / (224 * 224));
         max_diff = std::max(max_diff, std::fabs(got[i] - reference[i]));
         auto recover = [&](float v) {
-          return static_cast<int>(
-              std::lround((v * options.std[c] + options.mean[c]) * 255.0));
+          return static_cast<int>(std::lround((v * options.std[c] + options.mean[c]) * 255.0));
         };
         const int delta = std::abs(recover(got[i]) - recover(reference[i]));
         if (delta) ++u8_diffs;
         max_u8_diff = std::max(max_u8_diff, delta);
       }
-      std::printf("| %s | %s | %s | %.3g | %d (max %d) |\n", name.c_str(),
-                  variant.label.c_str(), sha_status.c_str(), max_diff, u8_diffs,
-                  max_u8_diff);
-      Check(max_diff <= 1e-6f,
-            what + ": max abs diff " + std::to_string(max_diff) + " > 1e-6");
+      std::printf("| %s | %s | %s | %.3g | %d (max %d) |\n", name.c_str(), variant.label.c_str(), sha_status.c_str(),
+                  max_diff, u8_diffs, max_u8_diff);
+      Check(max_diff <= 1e-6f, what + ": max abs diff " + std::to_string(max_diff) + " > 1e-6");
     }
   }
-  Check(images == 26, "manifest lists the 26 public images (found " +
-                          std::to_string(images) + ")");
+  Check(images == 26, "manifest lists the 26 public images (found " + std::to_string(images) + ")");
 }
 
 // ---------------------------------------------------------------------------
@@ -872,26 +810,21 @@ void TestFormatDetection() {
   const Case cases[] = {
       {{0xFF, 0xD8, 0xFF, 0xE0}, ImageFormat::kJpeg},
       {{0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'}, ImageFormat::kPng},
-      {{'R', 'I', 'F', 'F', 0, 0, 0, 0, 'W', 'E', 'B', 'P'},
-       ImageFormat::kWebp},
+      {{'R', 'I', 'F', 'F', 0, 0, 0, 0, 'W', 'E', 'B', 'P'}, ImageFormat::kWebp},
       {{'G', 'I', 'F', '8', '9', 'a'}, ImageFormat::kGif},
       {{'G', 'I', 'F', '8', '7', 'a'}, ImageFormat::kGif},
       {{'B', 'M', 0, 0}, ImageFormat::kBmp},
       {{0xFF, 0xD8}, ImageFormat::kUnknown},
-      {{'R', 'I', 'F', 'F', 0, 0, 0, 0, 'W', 'A', 'V', 'E'},
-       ImageFormat::kUnknown},
+      {{'R', 'I', 'F', 'F', 0, 0, 0, 0, 'W', 'A', 'V', 'E'}, ImageFormat::kUnknown},
       {{'G', 'I', 'F', '8', '8', 'a'}, ImageFormat::kUnknown},
       {{}, ImageFormat::kUnknown},
   };
   for (const Case& c : cases) {
-    const ImageFormat got =
-        clip::DetectImageFormat(c.data.data(), c.data.size());
-    Check(got == c.format, std::string("DetectImageFormat: got ") +
-                               clip::ImageFormatName(got) + ", expected " +
+    const ImageFormat got = clip::DetectImageFormat(c.data.data(), c.data.size());
+    Check(got == c.format, std::string("DetectImageFormat: got ") + clip::ImageFormatName(got) + ", expected " +
                                clip::ImageFormatName(c.format));
   }
-  Check(clip::DetectImageFormat(nullptr, 0) == ImageFormat::kUnknown,
-        "DetectImageFormat(nullptr) is kUnknown");
+  Check(clip::DetectImageFormat(nullptr, 0) == ImageFormat::kUnknown, "DetectImageFormat(nullptr) is kUnknown");
 }
 
 void TestPngModes() {
@@ -904,9 +837,7 @@ void TestPngModes() {
     return v;
   };
   auto sample = [&](const PngSpec& s, int x, int y, int c) {
-    return s
-        .samples[(static_cast<size_t>(y) * w + x) * PngChannels(s.color_type) +
-                 c];
+    return s.samples[(static_cast<size_t>(y) * w + x) * PngChannels(s.color_type) + c];
   };
   for (bool interlace : {false, true}) {
     const std::string suffix = interlace ? " (Adam7)" : "";
@@ -918,28 +849,23 @@ void TestPngModes() {
     spec.color_type = 2;
     spec.bit_depth = 8;
     spec.samples = samples(3, 255);
-    CheckImage("PNG RGB8" + suffix, EncodePng(spec), w, h,
-               [&](int x, int y, int c) { return sample(spec, x, y, c); });
+    CheckImage("PNG RGB8" + suffix, EncodePng(spec), w, h, [&](int x, int y, int c) { return sample(spec, x, y, c); });
 
     spec.color_type = 6;
     spec.samples = samples(4, 255);
     for (int i = 0; i < w * h; i += 3) spec.samples[i * 4 + 3] = 0;
-    CheckImage("PNG RGBA8 drops alpha, keeps RGB under alpha 0" + suffix,
-               EncodePng(spec), w, h,
+    CheckImage("PNG RGBA8 drops alpha, keeps RGB under alpha 0" + suffix, EncodePng(spec), w, h,
                [&](int x, int y, int c) { return sample(spec, x, y, c); });
 
     spec.color_type = 0;
     spec.samples = samples(1, 255);
-    CheckImage("PNG L8" + suffix, EncodePng(spec), w, h,
-               [&](int x, int y, int) { return sample(spec, x, y, 0); });
+    CheckImage("PNG L8" + suffix, EncodePng(spec), w, h, [&](int x, int y, int) { return sample(spec, x, y, 0); });
 
     for (int bits : {1, 2, 4}) {
       spec.bit_depth = bits;
       spec.samples = samples(1, (1 << bits) - 1);
-      CheckImage("PNG gray " + std::to_string(bits) + "-bit" + suffix,
-                 EncodePng(spec), w, h, [&](int x, int y, int) {
-                   return sample(spec, x, y, 0) * 255 / ((1 << bits) - 1);
-                 });
+      CheckImage("PNG gray " + std::to_string(bits) + "-bit" + suffix, EncodePng(spec), w, h,
+                 [&](int x, int y, int) { return sample(spec, x, y, 0) * 255 / ((1 << bits) - 1); });
     }
 
     spec.bit_depth = 16;
@@ -947,16 +873,13 @@ void TestPngModes() {
     spec.samples[0] = 65535;
     spec.samples[1] = 255;
     spec.samples[2] = 256;
-    CheckImage("PNG gray16 clamps to 255 (I;16 -> RGB)" + suffix,
-               EncodePng(spec), w, h, [&](int x, int y, int) {
-                 return std::min<int>(sample(spec, x, y, 0), 255);
-               });
+    CheckImage("PNG gray16 clamps to 255 (I;16 -> RGB)" + suffix, EncodePng(spec), w, h,
+               [&](int x, int y, int) { return std::min<int>(sample(spec, x, y, 0), 255); });
 
     spec.color_type = 4;
     spec.bit_depth = 8;
     spec.samples = samples(2, 255);
-    CheckImage("PNG LA8" + suffix, EncodePng(spec), w, h,
-               [&](int x, int y, int) { return sample(spec, x, y, 0); });
+    CheckImage("PNG LA8" + suffix, EncodePng(spec), w, h, [&](int x, int y, int) { return sample(spec, x, y, 0); });
 
     spec.bit_depth = 16;
     spec.samples = samples(2, 65535);
@@ -981,8 +904,8 @@ void TestPngModes() {
     for (int i = 0; i < 10 * 3; ++i) spec.palette.push_back(random() % 256);
     spec.transparency = {0, 128, 255};
     spec.samples = samples(1, 15);
-    CheckImage("PNG palette8 with tRNS and out-of-range indices" + suffix,
-               EncodePng(spec), w, h, [&](int x, int y, int c) {
+    CheckImage("PNG palette8 with tRNS and out-of-range indices" + suffix, EncodePng(spec), w, h,
+               [&](int x, int y, int c) {
                  const int index = sample(spec, x, y, 0);
                  return index < 10 ? spec.palette[index * 3 + c] : 0;
                });
@@ -991,9 +914,7 @@ void TestPngModes() {
     spec.transparency.clear();
     spec.samples = samples(1, 9);
     CheckImage("PNG palette4" + suffix, EncodePng(spec), w, h,
-               [&](int x, int y, int c) {
-                 return spec.palette[sample(spec, x, y, 0) * 3 + c];
-               });
+               [&](int x, int y, int c) { return spec.palette[sample(spec, x, y, 0) * 3 + c]; });
   }
 }
 
@@ -1005,14 +926,11 @@ void TestJpeg() {
   for (int y = 0; y < h; ++y) {
     for (int x = 0; x < w; ++x) {
       for (int c = 0; c < 3; ++c) {
-        rgb[(y * w + x) * 3 + c] = static_cast<uint8_t>(
-            40 + ((x / 16) * 70 + (y / 16) * 40 + c * 30) % 180);
+        rgb[(y * w + x) * 3 + c] = static_cast<uint8_t>(40 + ((x / 16) * 70 + (y / 16) * 40 + c * 30) % 180);
       }
     }
   }
-  auto close_to = [](const RgbImage& image,
-                     const std::function<int(int, int, int)>& f,
-                     int tolerance) {
+  auto close_to = [](const RgbImage& image, const std::function<int(int, int, int)>& f, int tolerance) {
     int worst = 0;
     for (int y = 0; y < image.height; ++y) {
       for (int x = 0; x < image.width; ++x) {
@@ -1033,11 +951,8 @@ void TestJpeg() {
     const RgbImage image = DecodeOrFail(EncodeJpeg(spec), "JPEG RGB");
     Check(image.width == w && image.height == h &&
               close_to(
-                  image,
-                  [&](int x, int y, int c) { return rgb[(y * w + x) * 3 + c]; },
-                  8),
-          std::string("JPEG RGB decodes close to its source") +
-              (progressive ? " (progressive)" : ""));
+                  image, [&](int x, int y, int c) { return rgb[(y * w + x) * 3 + c]; }, 8),
+          std::string("JPEG RGB decodes close to its source") + (progressive ? " (progressive)" : ""));
   }
   spec.progressive = false;
 
@@ -1048,13 +963,10 @@ void TestJpeg() {
     const RgbImage image = DecodeOrFail(EncodeJpeg(spec), "JPEG gray");
     bool replicated = image.width == w && image.height == h;
     for (int i = 0; replicated && i < w * h; ++i) {
-      replicated = image.pixels[i * 3] == image.pixels[i * 3 + 1] &&
-                   image.pixels[i * 3] == image.pixels[i * 3 + 2];
+      replicated = image.pixels[i * 3] == image.pixels[i * 3 + 1] && image.pixels[i * 3] == image.pixels[i * 3 + 2];
     }
-    Check(replicated &&
-              close_to(
-                  image,
-                  [&](int x, int y, int) { return rgb[(y * w + x) * 3]; }, 8),
+    Check(replicated && close_to(
+                            image, [&](int x, int y, int) { return rgb[(y * w + x) * 3]; }, 8),
           "JPEG gray decodes to R = G = B close to its source");
   }
 
@@ -1084,8 +996,7 @@ void TestJpeg() {
 // Animated WebP whose first frame (lossless, from `rgba`) covers only
 // [x, x + w) x [y, y + h) of a canvas_width x canvas_height canvas; a second,
 // full-canvas frame follows. Offsets must be even.
-Bytes AnimatedWebp(int canvas_width, int canvas_height, int x, int y, int w,
-                   int h, const std::vector<uint8_t>& rgba) {
+Bytes AnimatedWebp(int canvas_width, int canvas_height, int x, int y, int w, int h, const std::vector<uint8_t>& rgba) {
   auto chunk = [](const char* type, const Bytes& payload) {
     Bytes out;
     Append(&out, type);
@@ -1097,8 +1008,7 @@ Bytes AnimatedWebp(int canvas_width, int canvas_height, int x, int y, int w,
   auto put24 = [](Bytes* out, uint32_t v) {
     for (int i = 0; i < 3; ++i) out->push_back((v >> (8 * i)) & 0xFF);
   };
-  auto frame = [&](int fx, int fy, int fw, int fh,
-                   const std::vector<uint8_t>& pixels) {
+  auto frame = [&](int fx, int fy, int fw, int fh, const std::vector<uint8_t>& pixels) {
     const Bytes simple = EncodeWebpLossless(fw, fh, pixels, true);
     Bytes payload;
     put24(&payload, fx / 2);
@@ -1121,8 +1031,7 @@ Bytes AnimatedWebp(int canvas_width, int canvas_height, int x, int y, int w,
   Append(&body, chunk("VP8X", vp8x));
   Append(&body, chunk("ANIM", anim));
   Append(&body, frame(x, y, w, h, rgba));
-  Append(&body, frame(0, 0, canvas_width, canvas_height,
-                      Pattern(canvas_width, canvas_height, 4, 99)));
+  Append(&body, frame(0, 0, canvas_width, canvas_height, Pattern(canvas_width, canvas_height, 4, 99)));
   Bytes out;
   Append(&out, "RIFF");
   PutLe32(&out, static_cast<uint32_t>(body.size()));
@@ -1147,19 +1056,15 @@ void TestWebp() {
   WebPFree(lossy);
   int dw = 0;
   int dh = 0;
-  uint8_t* expected =
-      WebPDecodeRGB(lossy_bytes.data(), lossy_bytes.size(), &dw, &dh);
+  uint8_t* expected = WebPDecodeRGB(lossy_bytes.data(), lossy_bytes.size(), &dw, &dh);
   const std::vector<uint8_t> frame_rgba = Pattern(30, 20, 4, 6);
-  CheckImage("WebP animation: frame 1 on a transparent black canvas",
-             AnimatedWebp(60, 40, 10, 6, 30, 20, frame_rgba), 60, 40,
-             [&](int x, int y, int c) {
+  CheckImage("WebP animation: frame 1 on a transparent black canvas", AnimatedWebp(60, 40, 10, 6, 30, 20, frame_rgba),
+             60, 40, [&](int x, int y, int c) {
                const bool inside = x >= 10 && x < 40 && y >= 6 && y < 26;
-               return inside ? frame_rgba[((y - 6) * 30 + (x - 10)) * 4 + c]
-                             : 0;
+               return inside ? frame_rgba[((y - 6) * 30 + (x - 10)) * 4 + c] : 0;
              });
-  CheckImage(
-      "WebP lossy matches libwebp's RGB decode", lossy_bytes, w, h,
-      [&](int x, int y, int c) { return expected[(y * w + x) * 3 + c]; });
+  CheckImage("WebP lossy matches libwebp's RGB decode", lossy_bytes, w, h,
+             [&](int x, int y, int c) { return expected[(y * w + x) * 3 + c]; });
   WebPFree(expected);
 }
 
@@ -1177,19 +1082,14 @@ void TestGif() {
   spec.height = h;
   spec.indices.resize(w * h);
   for (auto& i : spec.indices) i = random() % 20;  // Some past the palette.
-  auto index_at = [&](int x, int y) {
-    return spec.indices[y * spec.width + x];
-  };
+  auto index_at = [&](int x, int y) { return spec.indices[y * spec.width + x]; };
   auto color = [&](const Bytes& p, int index, int c) {
     return index * 3 < static_cast<int>(p.size()) ? p[index * 3 + c] : 0;
   };
   for (bool interlace : {false, true}) {
     spec.interlace = interlace;
-    CheckImage(std::string("GIF palette lookup, black past the table") +
-                   (interlace ? " (interlaced)" : ""),
-               EncodeGif(spec), w, h, [&](int x, int y, int c) {
-                 return color(palette, index_at(x, y), c);
-               });
+    CheckImage(std::string("GIF palette lookup, black past the table") + (interlace ? " (interlaced)" : ""),
+               EncodeGif(spec), w, h, [&](int x, int y, int c) { return color(palette, index_at(x, y), c); });
   }
   spec.interlace = false;
 
@@ -1203,12 +1103,10 @@ void TestGif() {
   for (int transparency : {-1, 5}) {
     small.transparency = transparency;
     const int fill = transparency >= 0 ? transparency : 0;
-    CheckImage("GIF frame 0 inside a larger screen, transparency " +
-                   std::to_string(transparency),
-               EncodeGif(small), w + 10, h + 6, [&](int x, int y, int c) {
+    CheckImage("GIF frame 0 inside a larger screen, transparency " + std::to_string(transparency), EncodeGif(small),
+               w + 10, h + 6, [&](int x, int y, int c) {
                  const bool inside = x >= 4 && x < 4 + w && y >= 3 && y < 3 + h;
-                 return color(palette, inside ? index_at(x - 4, y - 3) : fill,
-                              c);
+                 return color(palette, inside ? index_at(x - 4, y - 3) : fill, c);
                });
   }
   // A frame reaching past the screen grows the canvas.
@@ -1217,31 +1115,26 @@ void TestGif() {
   beyond.screen_height = 8;
   beyond.left = 2;
   beyond.top = 1;
-  CheckImage("GIF frame 0 past the screen grows the canvas", EncodeGif(beyond),
-             w + 2, h + 1, [&](int x, int y, int c) {
-               const bool inside = x >= 2 && y >= 1;
-               return color(palette, inside ? index_at(x - 2, y - 1) : 0, c);
-             });
+  CheckImage("GIF frame 0 past the screen grows the canvas", EncodeGif(beyond), w + 2, h + 1, [&](int x, int y, int c) {
+    const bool inside = x >= 2 && y >= 1;
+    return color(palette, inside ? index_at(x - 2, y - 1) : 0, c);
+  });
   // A local table wins; a grey-ramp local table falls back to the global one
   // (Pillow reports mode L yet loads the global palette).
   GifSpec local = spec;
-  for (int i = 0; i < 32 * 3; ++i)
-    local.local_palette.push_back(random() % 256);
+  for (int i = 0; i < 32 * 3; ++i) local.local_palette.push_back(random() % 256);
   CheckImage("GIF local colour table", EncodeGif(local), w, h,
-             [&](int x, int y, int c) {
-               return color(local.local_palette, index_at(x, y), c);
-             });
+             [&](int x, int y, int c) { return color(local.local_palette, index_at(x, y), c); });
   local.local_palette.clear();
   for (int i = 0; i < 32; ++i) {
     for (int c = 0; c < 3; ++c) local.local_palette.push_back(i);
   }
-  CheckImage(
-      "GIF grey-ramp local table uses the global table", EncodeGif(local), w, h,
-      [&](int x, int y, int c) { return color(palette, index_at(x, y), c); });
+  CheckImage("GIF grey-ramp local table uses the global table", EncodeGif(local), w, h,
+             [&](int x, int y, int c) { return color(palette, index_at(x, y), c); });
   GifSpec grey = spec;
   grey.global_palette = local.local_palette;
-  CheckImage("GIF grey-ramp palette: index is the grey level", EncodeGif(grey),
-             w, h, [&](int x, int y, int) { return index_at(x, y); });
+  CheckImage("GIF grey-ramp palette: index is the grey level", EncodeGif(grey), w, h,
+             [&](int x, int y, int) { return index_at(x, y); });
 }
 
 void TestBmp() {
@@ -1262,15 +1155,12 @@ void TestBmp() {
   spec.width = w;
   spec.height = h;
   spec.rows = rows_of([&](int x, int y) {
-    return Bytes{static_cast<uint8_t>(rgb(x, y, 2)),
-                 static_cast<uint8_t>(rgb(x, y, 1)),
+    return Bytes{static_cast<uint8_t>(rgb(x, y, 2)), static_cast<uint8_t>(rgb(x, y, 1)),
                  static_cast<uint8_t>(rgb(x, y, 0))};
   });
   for (bool top_down : {false, true}) {
     spec.top_down = top_down;
-    CheckImage(
-        std::string("BMP 24-bit ") + (top_down ? "top-down" : "bottom-up"),
-        EncodeBmp(spec), w, h, rgb);
+    CheckImage(std::string("BMP 24-bit ") + (top_down ? "top-down" : "bottom-up"), EncodeBmp(spec), w, h, rgb);
   }
   spec.top_down = false;
   spec.header_size = 12;
@@ -1279,12 +1169,10 @@ void TestBmp() {
 
   spec.bits = 32;
   spec.rows = rows_of([&](int x, int y) {
-    return Bytes{
-        static_cast<uint8_t>(rgb(x, y, 2)), static_cast<uint8_t>(rgb(x, y, 1)),
-        static_cast<uint8_t>(rgb(x, y, 0)), static_cast<uint8_t>(rgb(x, y, 3))};
+    return Bytes{static_cast<uint8_t>(rgb(x, y, 2)), static_cast<uint8_t>(rgb(x, y, 1)),
+                 static_cast<uint8_t>(rgb(x, y, 0)), static_cast<uint8_t>(rgb(x, y, 3))};
   });
-  CheckImage("BMP 32-bit BI_RGB ignores the fourth byte", EncodeBmp(spec), w, h,
-             rgb);
+  CheckImage("BMP 32-bit BI_RGB ignores the fourth byte", EncodeBmp(spec), w, h, rgb);
   spec.compression = 3;
   spec.header_size = 56;
   spec.masks = {0xFF0000, 0xFF00, 0xFF, 0xFF000000};
@@ -1292,52 +1180,43 @@ void TestBmp() {
   spec.header_size = 40;
   spec.masks = {0xFF000000, 0xFF0000, 0xFF00};
   spec.rows = rows_of([&](int x, int y) {
-    return Bytes{
-        static_cast<uint8_t>(rgb(x, y, 3)), static_cast<uint8_t>(rgb(x, y, 2)),
-        static_cast<uint8_t>(rgb(x, y, 1)), static_cast<uint8_t>(rgb(x, y, 0))};
+    return Bytes{static_cast<uint8_t>(rgb(x, y, 3)), static_cast<uint8_t>(rgb(x, y, 2)),
+                 static_cast<uint8_t>(rgb(x, y, 1)), static_cast<uint8_t>(rgb(x, y, 0))};
   });
   spec.top_down = true;
-  CheckImage("BMP 32-bit BI_BITFIELDS XBGR (masks after a 40-byte header)",
-             EncodeBmp(spec), w, h, rgb);
+  CheckImage("BMP 32-bit BI_BITFIELDS XBGR (masks after a 40-byte header)", EncodeBmp(spec), w, h, rgb);
   spec.top_down = false;
   spec.header_size = 124;
   spec.masks = {0xFF, 0xFF00, 0xFF0000, 0xFF000000};
   spec.rows = rows_of([&](int x, int y) {
-    return Bytes{
-        static_cast<uint8_t>(rgb(x, y, 0)), static_cast<uint8_t>(rgb(x, y, 1)),
-        static_cast<uint8_t>(rgb(x, y, 2)), static_cast<uint8_t>(rgb(x, y, 3))};
+    return Bytes{static_cast<uint8_t>(rgb(x, y, 0)), static_cast<uint8_t>(rgb(x, y, 1)),
+                 static_cast<uint8_t>(rgb(x, y, 2)), static_cast<uint8_t>(rgb(x, y, 3))};
   });
-  CheckImage("BMP 32-bit BI_BITFIELDS RGBA (V5 header)", EncodeBmp(spec), w, h,
-             rgb);
+  CheckImage("BMP 32-bit BI_BITFIELDS RGBA (V5 header)", EncodeBmp(spec), w, h, rgb);
   spec.masks = {0xFF00, 0xFF, 0xFF0000, 0};
-  ExpectError(ErrorCode::kUnsupportedImageFormat,
-              "BMP bitfields layout Pillow refuses",
+  ExpectError(ErrorCode::kUnsupportedImageFormat, "BMP bitfields layout Pillow refuses",
               [&] { Decode(EncodeBmp(spec)); });
 
   spec.bits = 16;
   spec.header_size = 40;
   spec.masks = {0xF800, 0x7E0, 0x1F};
   spec.rows = rows_of([&](int x, int y) {
-    const int v = ((rgb(x, y, 0) >> 3) << 11) | ((rgb(x, y, 1) >> 2) << 5) |
-                  (rgb(x, y, 2) >> 3);
+    const int v = ((rgb(x, y, 0) >> 3) << 11) | ((rgb(x, y, 1) >> 2) << 5) | (rgb(x, y, 2) >> 3);
     return Bytes{static_cast<uint8_t>(v & 0xFF), static_cast<uint8_t>(v >> 8)};
   });
-  CheckImage("BMP 16-bit 5-6-5 bitfields", EncodeBmp(spec), w, h,
-             [&](int x, int y, int c) {
-               const int bits = c == 1 ? 6 : 5;
-               const int v = rgb(x, y, c) >> (8 - bits);
-               return v * 255 / ((1 << bits) - 1);
-             });
+  CheckImage("BMP 16-bit 5-6-5 bitfields", EncodeBmp(spec), w, h, [&](int x, int y, int c) {
+    const int bits = c == 1 ? 6 : 5;
+    const int v = rgb(x, y, c) >> (8 - bits);
+    return v * 255 / ((1 << bits) - 1);
+  });
   spec.compression = 0;
   spec.masks.clear();
   spec.rows = rows_of([&](int x, int y) {
-    const int v = ((rgb(x, y, 0) >> 3) << 10) | ((rgb(x, y, 1) >> 3) << 5) |
-                  (rgb(x, y, 2) >> 3);
+    const int v = ((rgb(x, y, 0) >> 3) << 10) | ((rgb(x, y, 1) >> 3) << 5) | (rgb(x, y, 2) >> 3);
     return Bytes{static_cast<uint8_t>(v & 0xFF), static_cast<uint8_t>(v >> 8)};
   });
-  CheckImage(
-      "BMP 16-bit BI_RGB is 5-5-5", EncodeBmp(spec), w, h,
-      [&](int x, int y, int c) { return (rgb(x, y, c) >> 3) * 255 / 31; });
+  CheckImage("BMP 16-bit BI_RGB is 5-5-5", EncodeBmp(spec), w, h,
+             [&](int x, int y, int c) { return (rgb(x, y, c) >> 3) * 255 / 31; });
 
   // Palettes.
   std::mt19937 random(9);
@@ -1348,19 +1227,13 @@ void TestBmp() {
   }
   std::vector<int> indices(w * h);
   for (auto& i : indices) i = random() % 16;  // Some past the 12 entries.
-  auto palette_color = [&](int index, int c) {
-    return index < 12 ? palette[index * 4 + 2 - c] : 0;
-  };
+  auto palette_color = [&](int index, int c) { return index < 12 ? palette[index * 4 + 2 - c] : 0; };
   spec.bits = 8;
   spec.palette = palette;
   spec.colors_used = 12;
-  spec.rows = rows_of([&](int x, int y) {
-    return Bytes{static_cast<uint8_t>(indices[y * w + x])};
-  });
+  spec.rows = rows_of([&](int x, int y) { return Bytes{static_cast<uint8_t>(indices[y * w + x])}; });
   CheckImage("BMP 8-bit palette, black past the table", EncodeBmp(spec), w, h,
-             [&](int x, int y, int c) {
-               return palette_color(indices[y * w + x], c);
-             });
+             [&](int x, int y, int c) { return palette_color(indices[y * w + x], c); });
   spec.bits = 4;
   spec.rows.clear();
   for (int y = 0; y < h; ++y) {
@@ -1371,9 +1244,7 @@ void TestBmp() {
     spec.rows.push_back(row);
   }
   CheckImage("BMP 4-bit palette", EncodeBmp(spec), w, h,
-             [&](int x, int y, int c) {
-               return palette_color(indices[y * w + x], c);
-             });
+             [&](int x, int y, int c) { return palette_color(indices[y * w + x], c); });
   // An 8-bit grey ramp makes Pillow use mode L: indices are grey levels.
   spec.bits = 8;
   spec.palette.clear();
@@ -1381,28 +1252,22 @@ void TestBmp() {
     for (int c = 0; c < 3; ++c) spec.palette.push_back(i);
     spec.palette.push_back(0);
   }
-  spec.rows = rows_of([&](int x, int y) {
-    return Bytes{static_cast<uint8_t>(indices[y * w + x])};
-  });
+  spec.rows = rows_of([&](int x, int y) { return Bytes{static_cast<uint8_t>(indices[y * w + x])}; });
   CheckImage("BMP 8-bit grey-ramp palette", EncodeBmp(spec), w, h,
              [&](int x, int y, int) { return indices[y * w + x]; });
   spec.compression = 1;
-  ExpectError(ErrorCode::kUnsupportedImageFormat, "BMP RLE8",
-              [&] { Decode(EncodeBmp(spec)); });
+  ExpectError(ErrorCode::kUnsupportedImageFormat, "BMP RLE8", [&] { Decode(EncodeBmp(spec)); });
 }
 
 // Pixel of the original image that lands at (x, y) after exif_transpose.
-int OrientedSource(const RgbImage& original, int orientation, int x, int y,
-                   int c) {
+int OrientedSource(const RgbImage& original, int orientation, int x, int y, int c) {
   // PIL's exif_transpose methods, as (source x, source y) of output (x, y):
   // 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise,
   // 7 transverse, 8 rotate 90 counter-clockwise.
   const int w = original.width;
   const int h = original.height;
-  const int sources[9][2] = {
-      {x, y},         {x, y}, {w - 1 - x, y}, {w - 1 - x, h - 1 - y},
-      {x, h - 1 - y}, {y, x}, {y, h - 1 - x}, {w - 1 - y, h - 1 - x},
-      {w - 1 - y, x}};
+  const int sources[9][2] = {{x, y}, {x, y},         {w - 1 - x, y},         {w - 1 - x, h - 1 - y}, {x, h - 1 - y},
+                             {y, x}, {y, h - 1 - x}, {w - 1 - y, h - 1 - x}, {w - 1 - y, x}};
   const int* source = sources[orientation];
   return At(original, source[0], source[1], c);
 }
@@ -1431,24 +1296,18 @@ void TestExifOrientation() {
     Append(&app1, ExifTiff(orientation, big_endian));
     jpeg.app1 = app1;
     png.exif = ExifTiff(orientation, !big_endian);
-    const std::pair<std::string, Bytes> inputs[] = {
-        {"JPEG", EncodeJpeg(jpeg)}, {"PNG eXIf", EncodePng(png)}};
+    const std::pair<std::string, Bytes> inputs[] = {{"JPEG", EncodeJpeg(jpeg)}, {"PNG eXIf", EncodePng(png)}};
     for (const auto& [label, data] : inputs) {
-      const std::string what =
-          label + " EXIF orientation " + std::to_string(orientation);
+      const std::string what = label + " EXIF orientation " + std::to_string(orientation);
       const RgbImage plain = DecodeOrFail(data, what);
       const RgbImage oriented = DecodeOrFail(data, what, apply);
       if (plain.pixels.empty() || oriented.pixels.empty()) continue;
-      Check(plain.width == w && plain.height == h,
-            what + ": ignored unless apply_exif_orientation is set");
+      Check(plain.width == w && plain.height == h, what + ": ignored unless apply_exif_orientation is set");
       const bool swaps = orientation >= 5;
       std::string difference;
       const bool equal = ImageEquals(
           oriented, swaps ? h : w, swaps ? w : h,
-          [&](int x, int y, int c) {
-            return OrientedSource(plain, orientation, x, y, c);
-          },
-          &difference);
+          [&](int x, int y, int c) { return OrientedSource(plain, orientation, x, y, c); }, &difference);
       Check(equal, what + ": " + difference);
     }
   }
@@ -1487,9 +1346,7 @@ void TestExifOrientation() {
   if (!plain.pixels.empty() && !oriented.pixels.empty()) {
     std::string difference;
     const bool equal = ImageEquals(
-        oriented, h, w,
-        [&](int x, int y, int c) { return OrientedSource(plain, 6, x, y, c); },
-        &difference);
+        oriented, h, w, [&](int x, int y, int c) { return OrientedSource(plain, 6, x, y, c); }, &difference);
     Check(equal, "WebP EXIF orientation 6: " + difference);
   }
 }
@@ -1499,8 +1356,7 @@ void TestErrors() {
     const uint8_t byte = 0;
     clip::DecodeImage(&byte, 0, {});
   });
-  ExpectError(ErrorCode::kImageDecodeFailed, "null data",
-              [] { clip::DecodeImage(nullptr, 0, {}); });
+  ExpectError(ErrorCode::kImageDecodeFailed, "null data", [] { clip::DecodeImage(nullptr, 0, {}); });
   ExpectError(ErrorCode::kUnsupportedImageFormat, "unknown bytes", [] {
     Decode(Bytes{'h', 'e', 'l', 'l', 'o', ' ', 'w', 'o', 'r', 'l', 'd'});
   });
@@ -1527,23 +1383,17 @@ void TestErrors() {
   bmp.width = w;
   bmp.height = h;
   for (int y = 0; y < h; ++y) {
-    bmp.rows.emplace_back(rgb.begin() + y * w * 3,
-                          rgb.begin() + (y + 1) * w * 3);
+    bmp.rows.emplace_back(rgb.begin() + y * w * 3, rgb.begin() + (y + 1) * w * 3);
   }
   const std::pair<std::string, Bytes> valid[] = {
-      {"PNG", EncodeRgbPng(w, h, rgb)},
-      {"JPEG", EncodeJpeg(jpeg)},
-      {"WebP", EncodeWebpLossless(w, h, rgba, false)},
-      {"GIF", EncodeGif(gif)},
-      {"BMP", EncodeBmp(bmp)},
+      {"PNG", EncodeRgbPng(w, h, rgb)}, {"JPEG", EncodeJpeg(jpeg)}, {"WebP", EncodeWebpLossless(w, h, rgba, false)},
+      {"GIF", EncodeGif(gif)},          {"BMP", EncodeBmp(bmp)},
   };
   for (const auto& [format, data] : valid) {
-    Check(!DecodeOrFail(data, format + " valid input").pixels.empty(),
-          format + " valid input decodes");
+    Check(!DecodeOrFail(data, format + " valid input").pixels.empty(), format + " valid input decodes");
     for (size_t keep : {data.size() / 2, data.size() * 3 / 4, size_t{20}}) {
       const Bytes truncated(data.begin(), data.begin() + keep);
-      ExpectError(ErrorCode::kImageDecodeFailed,
-                  format + " truncated to " + std::to_string(keep) + " bytes",
+      ExpectError(ErrorCode::kImageDecodeFailed, format + " truncated to " + std::to_string(keep) + " bytes",
                   [&] { Decode(truncated); });
     }
   }
@@ -1551,18 +1401,13 @@ void TestErrors() {
   std::mt19937 random(41);
   for (const auto& [format, data] : valid) {
     Bytes corrupt = data;
-    const size_t keep = format == "WebP"  ? 12
-                        : format == "PNG" ? 8
-                        : format == "GIF" ? 6
-                        : format == "BMP" ? 2
-                                          : 3;
+    const size_t keep = format == "WebP" ? 12 : format == "PNG" ? 8 : format == "GIF" ? 6 : format == "BMP" ? 2 : 3;
     for (size_t i = keep; i < corrupt.size(); ++i) corrupt[i] = random() % 256;
     if (format == "WebP") {
       // A RIFF size that matches, so only the payload is wrong.
       for (int i = 0; i < 4; ++i) corrupt[4 + i] = data[4 + i];
     }
-    ExpectError(ErrorCode::kImageDecodeFailed, format + " corrupt payload",
-                [&] { Decode(corrupt); });
+    ExpectError(ErrorCode::kImageDecodeFailed, format + " corrupt payload", [&] { Decode(corrupt); });
   }
   {
     // PNG whose IDAT is not a zlib stream.
@@ -1575,20 +1420,17 @@ void TestErrors() {
     Append(&png, PngChunk("IHDR", ihdr));
     Append(&png, PngChunk("IDAT", Bytes(30, 0xAB)));
     Append(&png, PngChunk("IEND", {}));
-    ExpectError(ErrorCode::kImageDecodeFailed, "PNG with a corrupt IDAT",
-                [&] { Decode(png); });
+    ExpectError(ErrorCode::kImageDecodeFailed, "PNG with a corrupt IDAT", [&] { Decode(png); });
     // A bad CRC before IDAT fails in Pillow too.
     Bytes bad_crc = EncodeRgbPng(4, 4, Pattern(4, 4, 3, 1));
     bad_crc[29] ^= 0xFF;  // Last byte of IHDR's CRC.
-    ExpectError(ErrorCode::kImageDecodeFailed, "PNG with a bad IHDR CRC",
-                [&] { Decode(bad_crc); });
+    ExpectError(ErrorCode::kImageDecodeFailed, "PNG with a bad IHDR CRC", [&] { Decode(bad_crc); });
   }
   {
     // JPEG missing only its EOI marker: Pillow reports it truncated.
     const Bytes& data = valid[1].second;
     const Bytes no_eoi(data.begin(), data.end() - 2);
-    ExpectError(ErrorCode::kImageDecodeFailed, "JPEG without EOI",
-                [&] { Decode(no_eoi); });
+    ExpectError(ErrorCode::kImageDecodeFailed, "JPEG without EOI", [&] { Decode(no_eoi); });
   }
 }
 
@@ -1605,23 +1447,17 @@ void TestSizeLimits() {
   Append(&png, PngChunk("IEND", {}));
   g_largest_allocation = 0;
   const auto start = std::chrono::steady_clock::now();
-  ExpectError(ErrorCode::kImageTooLarge, "PNG IHDR 30000x30000",
-              [&] { Decode(png); });
-  const double ms = std::chrono::duration<double, std::milli>(
-                        std::chrono::steady_clock::now() - start)
-                        .count();
-  Check(ms < 50,
-        "PNG 30000x30000 rejected in " + std::to_string(ms) + " ms (limit 50)");
-  Check(g_largest_allocation < (1 << 20),
-        "PNG 30000x30000 rejected without a large allocation (largest " +
-            std::to_string(g_largest_allocation.load()) + " bytes)");
+  ExpectError(ErrorCode::kImageTooLarge, "PNG IHDR 30000x30000", [&] { Decode(png); });
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  Check(ms < 50, "PNG 30000x30000 rejected in " + std::to_string(ms) + " ms (limit 50)");
+  Check(g_largest_allocation < (1 << 20), "PNG 30000x30000 rejected without a large allocation (largest " +
+                                              std::to_string(g_largest_allocation.load()) + " bytes)");
 
   // The same claim in the other containers that carry a size up front.
   Bytes gif = {'G', 'I', 'F', '8', '9', 'a'};
   PutLe16(&gif, 30000);
   PutLe16(&gif, 30000);
-  const Bytes gif_rest = {0x00, 0, 0, ',', 0, 0,    0,    0, 1,  0,
-                          1,    0, 0, 2,   2, 0x4C, 0x01, 0, ';'};
+  const Bytes gif_rest = {0x00, 0, 0, ',', 0, 0, 0, 0, 1, 0, 1, 0, 0, 2, 2, 0x4C, 0x01, 0, ';'};
   Append(&gif, gif_rest);
   BmpSpec bmp_spec;
   bmp_spec.width = 1;
@@ -1647,20 +1483,15 @@ void TestSizeLimits() {
     }
   }
   const std::pair<std::string, Bytes> claims[] = {
-      {"GIF", gif},
-      {"BMP", bmp},
-      {"BMP huge width", bmp_negative},
-      {"JPEG", jpeg}};
+      {"GIF", gif}, {"BMP", bmp}, {"BMP huge width", bmp_negative}, {"JPEG", jpeg}};
   // Named copies of the bindings: C++17 lambdas cannot capture structured
   // bindings (clang refuses; the sanitizer build uses clang).
   for (const auto& claim : claims) {
     const std::string& label = claim.first;
     const Bytes& data = claim.second;
     g_largest_allocation = 0;
-    ExpectError(ErrorCode::kImageTooLarge, label + " claiming 30000x30000",
-                [&] { Decode(data); });
-    Check(g_largest_allocation < (1 << 20),
-          label + " rejected without a large allocation");
+    ExpectError(ErrorCode::kImageTooLarge, label + " claiming 30000x30000", [&] { Decode(data); });
+    Check(g_largest_allocation < (1 << 20), label + " rejected without a large allocation");
   }
 
   // max_pixels applies to every decoder.
@@ -1680,8 +1511,7 @@ void TestSizeLimits() {
   bmp_small.width = w;
   bmp_small.height = h;
   for (int y = 0; y < h; ++y) {
-    bmp_small.rows.emplace_back(rgb.begin() + y * w * 3,
-                                rgb.begin() + (y + 1) * w * 3);
+    bmp_small.rows.emplace_back(rgb.begin() + y * w * 3, rgb.begin() + (y + 1) * w * 3);
   }
   const std::pair<std::string, Bytes> small[] = {
       {"PNG", EncodeRgbPng(w, h, rgb)},
@@ -1695,8 +1525,7 @@ void TestSizeLimits() {
     const Bytes& data = entry.second;
     ImageDecodeOptions limit;
     limit.max_pixels = w * h - 1;
-    ExpectError(ErrorCode::kImageTooLarge, label + " over max_pixels",
-                [&] { Decode(data, limit); });
+    ExpectError(ErrorCode::kImageTooLarge, label + " over max_pixels", [&] { Decode(data, limit); });
     limit.max_pixels = w * h;
     try {
       Check(Decode(data, limit).width == w, label + " at exactly max_pixels");
@@ -1749,11 +1578,8 @@ void TestPreprocessing() {
     const auto start = std::chrono::steady_clock::now();
     try {
       clip::PreprocessImage(png.data(), png.size(), {}, {}, out.data());
-      const double ms = std::chrono::duration<double, std::milli>(
-                            std::chrono::steady_clock::now() - start)
-                            .count();
-      Check(ms < 2000, "1x100000 PNG preprocessed in " + std::to_string(ms) +
-                           " ms (limit 2000)");
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      Check(ms < 2000, "1x100000 PNG preprocessed in " + std::to_string(ms) + " ms (limit 2000)");
       bool constant = true;
       for (int i = 0; i < 224 * 224; ++i) {
         constant = constant && out[i] == normalized(0, 77);
@@ -1765,8 +1591,7 @@ void TestPreprocessing() {
       bool rows_uniform = true;
       for (int y = 0; y < 224; ++y) {
         for (int x = 1; x < 224; ++x) {
-          rows_uniform = rows_uniform && out[224 * 224 + y * 224 + x] ==
-                                             out[224 * 224 + y * 224];
+          rows_uniform = rows_uniform && out[224 * 224 + y * 224 + x] == out[224 * 224 + y * 224];
         }
       }
       Check(rows_uniform, "1x100000 PNG: rows are uniform across x");
@@ -1786,13 +1611,10 @@ void TestPreprocessing() {
     int crop;
   };
   const Shape shapes[] = {
-      {1, 1, 224, 224},     {3, 5, 224, 224},     {5, 3, 224, 224},
-      {225, 300, 224, 224}, {300, 224, 224, 224}, {224, 300, 224, 224},
-      {301, 250, 224, 224}, {1000, 20, 224, 224}, {640, 427, 224, 224},
-      {97, 1021, 224, 224}, {451, 300, 224, 224}, {50, 40, 32, 48},
-      {40, 50, 30, 31},     {700, 500, 1, 1},     {2500, 1300, 2, 3},
-      {333, 222, 336, 336}, {200, 200, 224, 256}, {2, 300, 224, 224},
-      {60, 3000, 224, 224},
+      {1, 1, 224, 224},     {3, 5, 224, 224},     {5, 3, 224, 224},     {225, 300, 224, 224}, {300, 224, 224, 224},
+      {224, 300, 224, 224}, {301, 250, 224, 224}, {1000, 20, 224, 224}, {640, 427, 224, 224}, {97, 1021, 224, 224},
+      {451, 300, 224, 224}, {50, 40, 32, 48},     {40, 50, 30, 31},     {700, 500, 1, 1},     {2500, 1300, 2, 3},
+      {333, 222, 336, 336}, {200, 200, 224, 256}, {2, 300, 224, 224},   {60, 3000, 224, 224},
   };
   std::mt19937 random(61);
   for (const Shape& shape : shapes) {
@@ -1804,13 +1626,10 @@ void TestPreprocessing() {
     PreprocessOptions options;
     options.resize_shortest_edge = shape.size;
     options.crop_size = shape.crop;
-    const std::string what = "resample " + std::to_string(shape.width) + "x" +
-                             std::to_string(shape.height) + " size " +
-                             std::to_string(shape.size) + " crop " +
-                             std::to_string(shape.crop);
+    const std::string what = "resample " + std::to_string(shape.width) + "x" + std::to_string(shape.height) + " size " +
+                             std::to_string(shape.size) + " crop " + std::to_string(shape.crop);
     try {
-      Check(SameFloats(Preprocess(image, options),
-                       ReferencePreprocess(image, options)),
+      Check(SameFloats(Preprocess(image, options), ReferencePreprocess(image, options)),
             what + " equals the full-image reference");
     } catch (const std::exception& error) {
       Check(false, what + " threw " + error.what());
@@ -1829,8 +1648,7 @@ void TestPreprocessing() {
   };
   const std::pair<std::string, PreprocessOptions> bad[] = {
       {"crop_size 0", with([](PreprocessOptions* o) { o->crop_size = 0; })},
-      {"resize_shortest_edge -1",
-       with([](PreprocessOptions* o) { o->resize_shortest_edge = -1; })},
+      {"resize_shortest_edge -1", with([](PreprocessOptions* o) { o->resize_shortest_edge = -1; })},
       {"std 0", with([](PreprocessOptions* o) { o->std[1] = 0; })},
       {"mean NaN", with([](PreprocessOptions* o) { o->mean[2] = NAN; })},
   };
@@ -1880,16 +1698,13 @@ class CheckingSink : public clip::RgbRowSink {
     }
     const size_t stride = static_cast<size_t>(image_.width) * 3 + 5;
     for (int i = 0; i < count && y + i < image_.height; ++i) {
-      std::memcpy(&image_.pixels[static_cast<size_t>(y + i) * image_.width * 3],
-                  &block_[i * stride], static_cast<size_t>(image_.width) * 3);
+      std::memcpy(&image_.pixels[static_cast<size_t>(y + i) * image_.width * 3], &block_[i * stride],
+                  static_cast<size_t>(image_.width) * 3);
     }
     next_row_ = y + count;
     pending_ = false;
   }
-  bool ok() const {
-    return begins_ == 1 && contract_ok_ && !pending_ &&
-           next_row_ == image_.height;
-  }
+  bool ok() const { return begins_ == 1 && contract_ok_ && !pending_ && next_row_ == image_.height; }
   const RgbImage& image() const { return image_; }
 
  private:
@@ -1942,10 +1757,8 @@ std::vector<std::pair<std::string, Bytes>> VariedInputs() {
   jpeg.components = 4;
   jpeg.samples = Pattern(w, h, 4, 82);
   inputs.push_back({"JPEG CMYK", EncodeJpeg(jpeg)});
-  inputs.push_back(
-      {"WebP", EncodeWebpLossless(w, h, Pattern(w, h, 4, 83), false)});
-  inputs.push_back({"WebP animation", AnimatedWebp(w + 9, h + 5, 4, 2, w, h,
-                                                   Pattern(w, h, 4, 84))});
+  inputs.push_back({"WebP", EncodeWebpLossless(w, h, Pattern(w, h, 4, 83), false)});
+  inputs.push_back({"WebP animation", AnimatedWebp(w + 9, h + 5, 4, 2, w, h, Pattern(w, h, 4, 84))});
   GifSpec gif;
   gif.screen_width = w + 7;
   gif.screen_height = h + 3;
@@ -1963,8 +1776,7 @@ std::vector<std::pair<std::string, Bytes>> VariedInputs() {
   bmp.width = w;
   bmp.height = h;
   for (int y = 0; y < h; ++y) {
-    bmp.rows.emplace_back(rgb.begin() + y * w * 3,
-                          rgb.begin() + (y + 1) * w * 3);
+    bmp.rows.emplace_back(rgb.begin() + y * w * 3, rgb.begin() + (y + 1) * w * 3);
   }
   inputs.push_back({"BMP", EncodeBmp(bmp)});
   bmp.top_down = true;
@@ -1980,15 +1792,13 @@ void TestStreaming() {
     ImageDecodeOptions options;
     options.apply_exif_orientation = apply;
     for (const auto& [label, data] : VariedInputs()) {
-      const std::string what =
-          label + (apply ? " (EXIF applied)" : " (EXIF ignored)");
+      const std::string what = label + (apply ? " (EXIF applied)" : " (EXIF ignored)");
       try {
         const RgbImage whole = Decode(data, options);
         CheckingSink sink;
         clip::DecodeImageRows(data.data(), data.size(), options, &sink);
         Check(sink.ok(), what + ": DecodeImageRows keeps the sink contract");
-        Check(sink.image().width == whole.width &&
-                  sink.image().height == whole.height &&
+        Check(sink.image().width == whole.width && sink.image().height == whole.height &&
                   sink.image().pixels == whole.pixels,
               what + ": DecodeImageRows rows equal DecodeImage");
         for (int size : {224, 64}) {
@@ -1996,8 +1806,7 @@ void TestStreaming() {
           pre.resize_shortest_edge = size;
           pre.crop_size = size == 224 ? 224 : 80;
           std::vector<float> streamed(clip::PreprocessedSize(pre));
-          clip::PreprocessImage(data.data(), data.size(), options, pre,
-                                streamed.data());
+          clip::PreprocessImage(data.data(), data.size(), options, pre, streamed.data());
           Check(SameFloats(streamed, Preprocess(whole, pre)),
                 what +
                     ": PreprocessImage equals PreprocessRgb(DecodeImage), "
@@ -2024,8 +1833,7 @@ void TestConcurrency(const std::string& reference_root) {
   inputs.push_back(EncodeJpeg(jpeg));
   jpeg.progressive = true;
   inputs.push_back(EncodeJpeg(jpeg));
-  inputs.push_back(
-      EncodeWebpLossless(300, 200, Pattern(300, 200, 4, 72), false));
+  inputs.push_back(EncodeWebpLossless(300, 200, Pattern(300, 200, 4, 72), false));
   GifSpec gif;
   gif.screen_width = gif.width = 250;
   gif.screen_height = gif.height = 180;
@@ -2038,16 +1846,15 @@ void TestConcurrency(const std::string& reference_root) {
   bmp.height = 310;
   const std::vector<uint8_t> bmp_rgb = Pattern(230, 310, 3, 73);
   for (int y = 0; y < 310; ++y) {
-    bmp.rows.emplace_back(bmp_rgb.begin() + y * 230 * 3,
-                          bmp_rgb.begin() + (y + 1) * 230 * 3);
+    bmp.rows.emplace_back(bmp_rgb.begin() + y * 230 * 3, bmp_rgb.begin() + (y + 1) * 230 * 3);
   }
   inputs.push_back(EncodeBmp(bmp));
   // A damaged input in the mix: errors must stay per call.
   const size_t damaged = inputs.size();
   inputs.push_back(Bytes(inputs[1].begin(), inputs[1].begin() + 400));
   if (!reference_root.empty()) {
-    for (const char* name : {"rocket.jpg", "cmyk_300x225.jpg", "horse.png",
-                             "lossy_300x200.webp", "animated_160x120.gif"}) {
+    for (const char* name :
+         {"rocket.jpg", "cmyk_300x225.jpg", "horse.png", "lossy_300x200.webp", "animated_160x120.gif"}) {
       Bytes data;
       if (ReadFile(reference_root + "/images/" + name, &data)) {
         inputs.push_back(data);
@@ -2062,16 +1869,14 @@ void TestConcurrency(const std::string& reference_root) {
     try {
       clip::PreprocessImage(data.data(), data.size(), {}, {}, out.data());
     } catch (const ClipError& error) {
-      if (error.code() == ErrorCode::kImageDecodeFailed)
-        return std::vector<float>();
+      if (error.code() == ErrorCode::kImageDecodeFailed) return std::vector<float>();
       throw;
     }
     return out;
   };
   std::vector<std::vector<float>> expected;
   for (const Bytes& data : inputs) expected.push_back(run(data));
-  Check(expected[damaged].empty(),
-        "concurrency inputs include one that fails to decode");
+  Check(expected[damaged].empty(), "concurrency inputs include one that fails to decode");
 
   const int kThreads = 4;
   const int kRounds = 6;
@@ -2093,10 +1898,9 @@ void TestConcurrency(const std::string& reference_root) {
     });
   }
   for (auto& thread : threads) thread.join();
-  Check(mismatches == 0 && exceptions == 0,
-        "4 threads agree with the single-threaded results (" +
-            std::to_string(mismatches.load()) + " mismatches, " +
-            std::to_string(exceptions.load()) + " unexpected exceptions)");
+  Check(mismatches == 0 && exceptions == 0, "4 threads agree with the single-threaded results (" +
+                                                std::to_string(mismatches.load()) + " mismatches, " +
+                                                std::to_string(exceptions.load()) + " unexpected exceptions)");
 }
 
 }  // namespace

@@ -90,8 +90,7 @@ double MinSeconds(int runs, Fn fn) {
   for (int k = 0; k < runs; ++k) {
     auto start = std::chrono::steady_clock::now();
     fn();
-    std::chrono::duration<double> took =
-        std::chrono::steady_clock::now() - start;
+    std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
     best = std::min(best, took.count());
   }
   return best;
@@ -99,14 +98,13 @@ double MinSeconds(int runs, Fn fn) {
 
 // Runs fn and checks that it throws ClipError with `code` and a message that
 // contains `needle`.
-void ExpectClipError(const std::function<void()>& fn, ErrorCode code,
-                     const std::string& needle, const std::string& what) {
+void ExpectClipError(const std::function<void()>& fn, ErrorCode code, const std::string& needle,
+                     const std::string& what) {
   try {
     fn();
     Check(false, what + ": no exception");
   } catch (const ClipError& e) {
-    Check(e.code() == code, what + ": code " + clip::ErrorCodeName(e.code()) +
-                                " want " + clip::ErrorCodeName(code));
+    Check(e.code() == code, what + ": code " + clip::ErrorCodeName(e.code()) + " want " + clip::ErrorCodeName(code));
     Check(std::string(e.what()).find(needle) != std::string::npos,
           what + ": message \"" + e.what() + "\" does not name " + needle);
   } catch (const std::exception& e) {
@@ -117,9 +115,7 @@ void ExpectClipError(const std::function<void()>& fn, ErrorCode code,
 std::string TempPath(const std::string& name) {
   // Unique per run so concurrent runs of the test do not share files.
   static const std::string run = std::to_string(std::random_device()());
-  return (std::filesystem::temp_directory_path() /
-          ("clip_tokenizer_test_" + run + "_" + name))
-      .string();
+  return (std::filesystem::temp_directory_path() / ("clip_tokenizer_test_" + run + "_" + name)).string();
 }
 
 void WriteFile(const std::string& path, const std::string& data) {
@@ -144,8 +140,7 @@ void WriteGzip(const std::string& path, const std::string& data) {
 
 void TestReference(const Tokenizer& hf, const std::string& dir) {
   std::ifstream in(dir + "/tokens.hf77_fast.jsonl");
-  Check(static_cast<bool>(in),
-        "cannot open " + dir + "/tokens.hf77_fast.jsonl");
+  Check(static_cast<bool>(in), "cannot open " + dir + "/tokens.hf77_fast.jsonl");
   std::vector<std::string> texts;
   std::vector<Ids> expected;
   std::vector<int> lengths;
@@ -156,8 +151,7 @@ void TestReference(const Tokenizer& hf, const std::string& dir) {
     texts.push_back(record.at("text").get<std::string>());
     expected.push_back(record.at("ids").get<Ids>());
     std::vector<int> mask = record.at("attention_mask").get<std::vector<int>>();
-    lengths.push_back(
-        static_cast<int>(std::count(mask.begin(), mask.end(), 1)));
+    lengths.push_back(static_cast<int>(std::count(mask.begin(), mask.end(), 1)));
   }
   int context = hf.options().context_length;
   int matched = 0;
@@ -166,31 +160,24 @@ void TestReference(const Tokenizer& hf, const std::string& dir) {
     int length = hf.EncodePadded(texts[k], got.data());
     bool ok = got == expected[k] && length == lengths[k];
     matched += ok ? 1 : 0;
-    Check(ok, "hf77_fast record " + std::to_string(k + 1) + " " +
-                  Quote(texts[k]) + ": got " + Show(got) + " (length " +
+    Check(ok, "hf77_fast record " + std::to_string(k + 1) + " " + Quote(texts[k]) + ": got " + Show(got) + " (length " +
                   std::to_string(length) + ") want " + Show(expected[k]));
   }
-  std::cout << "hf77_fast parity: " << matched << "/" << texts.size()
-            << std::endl;
-  Check(texts.size() == 316,
-        "expected 316 records, read " + std::to_string(texts.size()));
+  std::cout << "hf77_fast parity: " << matched << "/" << texts.size() << std::endl;
+  Check(texts.size() == 316, "expected 316 records, read " + std::to_string(texts.size()));
 
-  std::unique_ptr<Tokenizer> openai = Tokenizer::FromOpenAiBpe(
-      dir + "/tokenizer/bpe_simple_vocab_16e6.txt.gz", TokenizerOptions());
+  std::unique_ptr<Tokenizer> openai =
+      Tokenizer::FromOpenAiBpe(dir + "/tokenizer/bpe_simple_vocab_16e6.txt.gz", TokenizerOptions());
   Check(openai->vocab_size() == hf.vocab_size(),
-        "openai gz vocab size " + std::to_string(openai->vocab_size()) +
-            " != HF " + std::to_string(hf.vocab_size()));
+        "openai gz vocab size " + std::to_string(openai->vocab_size()) + " != HF " + std::to_string(hf.vocab_size()));
   int same = 0;
   for (size_t k = 0; k < texts.size(); ++k) {
     Ids got = openai->Encode(texts[k]);
     Ids want = hf.Encode(texts[k]);
     same += got == want ? 1 : 0;
-    CheckIds(got, want,
-             "openai gz vs HF files on record " + std::to_string(k + 1) + " " +
-                 Quote(texts[k]));
+    CheckIds(got, want, "openai gz vs HF files on record " + std::to_string(k + 1) + " " + Quote(texts[k]));
   }
-  std::cout << "openai gz == HF files: " << same << "/" << texts.size()
-            << std::endl;
+  std::cout << "openai gz == HF files: " << same << "/" << texts.size() << std::endl;
 }
 
 // ---------------------------------------------------------- always-on checks
@@ -214,27 +201,22 @@ void TestTruncation(const Tokenizer& tok) {
     Ids want = {o.bos};
     want.insert(want.end(), kept, cat[0]);
     want.push_back(o.eos);
-    CheckIds(tok.Encode(text), want,
-             "truncation with " + std::to_string(words) + " words");
+    CheckIds(tok.Encode(text), want, "truncation with " + std::to_string(words) + " words");
     Ids padded(77);
     bool truncated = false;
     int length = tok.EncodePadded(text, padded.data(), &truncated);
     Check(length == static_cast<int>(want.size()),
-          "EncodePadded length for " + std::to_string(words) +
-              " words: " + std::to_string(length));
-    Check(truncated == (words > 75),
-          "truncated flag for " + std::to_string(words) + " words");
+          "EncodePadded length for " + std::to_string(words) + " words: " + std::to_string(length));
+    Check(truncated == (words > 75), "truncated flag for " + std::to_string(words) + " words");
     Ids head(padded.begin(), padded.begin() + length);
     CheckIds(head, want, "EncodePadded head, " + std::to_string(words));
-    Check(std::all_of(padded.begin() + length, padded.end(),
-                      [&](int32_t id) { return id == o.pad; }),
+    Check(std::all_of(padded.begin() + length, padded.end(), [&](int32_t id) { return id == o.pad; }),
           "padding for " + std::to_string(words) + " words");
   }
   // Two tokens per repetition: the cut falls between "cat" and ",".
   Ids comma = Content(tok.Encode(","));
   Ids got = tok.Encode(Repeat("cat, ", 40));
-  Check(got.size() == 77 && got[75] == cat[0] && got[76] == o.eos &&
-            got[74] == comma[0],
+  Check(got.size() == 77 && got[75] == cat[0] && got[76] == o.eos && got[74] == comma[0],
         "truncation between pieces: " + Show(got));
 }
 
@@ -247,8 +229,7 @@ void TestSmallContext(const std::string& vocab, const std::string& merges) {
   Ids cat = Content(tok->Encode("cat"));
   Ids out(8, -1);
   bool truncated = false;
-  int length =
-      tok->EncodePadded("cat cat cat cat cat cat cat", out.data(), &truncated);
+  int length = tok->EncodePadded("cat cat cat cat cat cat cat", out.data(), &truncated);
   Ids want = {49406, cat[0], cat[0], cat[0], cat[0], cat[0], cat[0], 49407};
   CheckIds(out, want, "context_length 8, 7 words");
   Check(length == 8 && truncated, "context_length 8: length/truncated");
@@ -267,33 +248,29 @@ void TestSmallContext(const std::string& vocab, const std::string& merges) {
   auto framed = Tokenizer::FromHuggingFaceFiles(vocab, merges, framing);
   Ids framed_out(6, -1);
   framed->EncodePadded("<|endoftext|> cat", framed_out.data());
-  CheckIds(framed_out, Ids{7, 49407, cat[0], 8, 9, 9},
-           "custom bos/eos/pad with a literal");
+  CheckIds(framed_out, Ids{7, 49407, cat[0], 8, 9, 9}, "custom bos/eos/pad with a literal");
 
   TokenizerOptions bad;
   bad.context_length = 1;
-  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(vocab, merges, bad); },
-                  ErrorCode::kInvalidArgument, "context_length",
-                  "context_length 1");
+  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(vocab, merges, bad); }, ErrorCode::kInvalidArgument,
+                  "context_length", "context_length 1");
 }
 
 void TestEmpty(const Tokenizer& tok) {
   const TokenizerOptions& o = tok.options();
-  for (const std::string& text :
-       {std::string(""), std::string(" "), std::string("   "),
-        std::string("\t\n\r\v\f"), std::string("\xC2\xA0"),  // NBSP
-        std::string("\xE3\x80\x80"),                         // U+3000
-        std::string("\xE2\x80\xA8\xE2\x80\xA9"),             // U+2028/9
-        std::string("\xC2\x85"),                             // NEL
-        std::string(" \t \xE2\x80\x83 \n")}) {
+  for (const std::string& text : {std::string(""), std::string(" "), std::string("   "), std::string("\t\n\r\v\f"),
+                                  std::string("\xC2\xA0"),                  // NBSP
+                                  std::string("\xE3\x80\x80"),              // U+3000
+                                  std::string("\xE2\x80\xA8\xE2\x80\xA9"),  // U+2028/9
+                                  std::string("\xC2\x85"),                  // NEL
+                                  std::string(" \t \xE2\x80\x83 \n")}) {
     CheckIds(tok.Encode(text), Ids{o.bos, o.eos}, "empty " + Quote(text));
     Ids padded(77, -1);
     int length = tok.EncodePadded(text, padded.data());
     Ids want(77, o.pad);
     want[0] = o.bos;
     want[1] = o.eos;
-    Check(length == 2 && padded == want,
-          "EncodePadded empty " + Quote(text) + ": " + Show(padded));
+    Check(length == 2 && padded == want, "EncodePadded empty " + Quote(text) + ": " + Show(padded));
   }
 }
 
@@ -356,27 +333,17 @@ void TestInvalidUtf8(const Tokenizer& tok) {
   };
   // Maximal-subpart replacement, as Buffer.toString('utf8') does.
   const Case cases[] = {
-      {"\xFF", 1},
-      {"\xFE\xFF", 2},
-      {"\xC3", 1},
-      {"\xE2\x82", 1},
-      {"\xF0\x9F\x98", 1},
-      {"\xED\xA0\x80", 3},
-      {"\xC0\xAF", 2},
-      {"\x80", 1},
-      {"\xF5\x80\x80\x80", 4},
-      {"\xF4\x90\x80\x80", 4},
+      {"\xFF", 1},         {"\xFE\xFF", 2}, {"\xC3", 1}, {"\xE2\x82", 1},         {"\xF0\x9F\x98", 1},
+      {"\xED\xA0\x80", 3}, {"\xC0\xAF", 2}, {"\x80", 1}, {"\xF5\x80\x80\x80", 4}, {"\xF4\x90\x80\x80", 4},
       {"\xE0\x80\x80", 3},
   };
   for (const Case& c : cases) {
     for (const std::string& context : {std::string("cat"), std::string("")}) {
       std::string text = "a" + c.bad + context;
       std::string fixed = "a" + Repeat(fffd, c.replacements) + context;
-      CheckIds(tok.Encode(text), tok.Encode(fixed),
-               "invalid UTF-8 " + Quote(text));
+      CheckIds(tok.Encode(text), tok.Encode(fixed), "invalid UTF-8 " + Quote(text));
       // At the very end of the input as well.
-      CheckIds(tok.Encode(c.bad), tok.Encode(Repeat(fffd, c.replacements)),
-               "invalid UTF-8 alone " + Quote(c.bad));
+      CheckIds(tok.Encode(c.bad), tok.Encode(Repeat(fffd, c.replacements)), "invalid UTF-8 alone " + Quote(c.bad));
     }
   }
   // Random bytes, biased towards UTF-8 lead and continuation bytes: never a
@@ -403,10 +370,8 @@ void TestInvalidUtf8(const Tokenizer& tok) {
 void TestControlCharacters(const Tokenizer& tok) {
   // Not whitespace for the HF pattern: kept as byte-level tokens.
   for (const std::string& control :
-       {std::string("\x01"), std::string(1, '\0'), std::string("\x1B"),
-        std::string("\x1C"), std::string("\x1F"), std::string("\x7F"),
-        std::string("\xC2\x80"), std::string("\xC2\x9F"),
-        std::string("\xEF\xBB\xBF")}) {
+       {std::string("\x01"), std::string(1, '\0'), std::string("\x1B"), std::string("\x1C"), std::string("\x1F"),
+        std::string("\x7F"), std::string("\xC2\x80"), std::string("\xC2\x9F"), std::string("\xEF\xBB\xBF")}) {
     Ids alone = Content(tok.Encode(control));
     Check(!alone.empty(), "control " + Quote(control) + " gives tokens");
     Ids a = Content(tok.Encode("a"));
@@ -415,29 +380,22 @@ void TestControlCharacters(const Tokenizer& tok) {
     // "a<c>b" is three pieces; the control run is a piece of its own.
     want.insert(want.end(), alone.begin(), alone.end());
     want.insert(want.end(), b.begin(), b.end());
-    CheckIds(Content(tok.Encode("a" + control + "b")), want,
-             "control between letters " + Quote(control));
+    CheckIds(Content(tok.Encode("a" + control + "b")), want, "control between letters " + Quote(control));
   }
   // Whitespace controls separate words exactly like a space.
-  CheckIds(tok.Encode("a\tb\nc\rd\ve\ff\xC2\x85g"), tok.Encode("a b c d e f g"),
-           "whitespace controls");
+  CheckIds(tok.Encode("a\tb\nc\rd\ve\ff\xC2\x85g"), tok.Encode("a b c d e f g"), "whitespace controls");
 }
 
 void TestHugeInputs(const Tokenizer& tok) {
   const size_t kFiveMb = 5 * 1024 * 1024;
-  std::string captions = Repeat(
-      "A photo of a small cat sitting on the wooden table, next to a cup. ",
-      kFiveMb / 60);
+  std::string captions = Repeat("A photo of a small cat sitting on the wooden table, next to a cup. ", kFiveMb / 60);
   Check(captions.size() >= kFiveMb, "5 MB string size");
   std::string prefix = captions.substr(0, 1000);
-  CheckIds(tok.Encode(captions), tok.Encode(prefix),
-           "5 MB string equals its first 1000 characters");
+  CheckIds(tok.Encode(captions), tok.Encode(prefix), "5 MB string equals its first 1000 characters");
   double big = MinSeconds(5, [&] { tok.Encode(captions); });
   double small = MinSeconds(5, [&] { tok.Encode(prefix); });
-  std::cout << "5 MB caption text: " << big * 1e6
-            << " us (first 1000 chars: " << small * 1e6 << " us)" << std::endl;
-  Check(big < 0.005, "5 MB string took " + std::to_string(big * 1e3) +
-                         " ms; it must not be read to its end");
+  std::cout << "5 MB caption text: " << big * 1e6 << " us (first 1000 chars: " << small * 1e6 << " us)" << std::endl;
+  Check(big < 0.005, "5 MB string took " + std::to_string(big * 1e3) + " ms; it must not be read to its end");
 
   // One 5 MB word: the long-piece path must stop early too.
   std::string word(kFiveMb, 'a');
@@ -445,37 +403,30 @@ void TestHugeInputs(const Tokenizer& tok) {
   double word_time = MinSeconds(3, [&] { word_ids = tok.Encode(word); });
   std::cout << "5 MB single word: " << word_time * 1e6 << " us" << std::endl;
   Check(word_ids.size() == 77, "5 MB single word gives 77 ids");
-  Check(word_time < 0.05,
-        "5 MB single word took " + std::to_string(word_time * 1e3) + " ms");
-  CheckIds(word_ids, tok.Encode(word.substr(0, 8000)),
-           "5 MB single word equals its first 8000 characters");
+  Check(word_time < 0.05, "5 MB single word took " + std::to_string(word_time * 1e3) + " ms");
+  CheckIds(word_ids, tok.Encode(word.substr(0, 8000)), "5 MB single word equals its first 8000 characters");
 
   // 5 MB of combining marks: bounded work, no crash.
   std::string marks = Repeat("\xCC\x81", kFiveMb / 2);
   Ids mark_ids;
   double mark_time = MinSeconds(3, [&] { mark_ids = tok.Encode(marks); });
-  std::cout << "5 MB combining marks: " << mark_time * 1e6 << " us"
-            << std::endl;
-  Check(mark_ids.size() == 77 && mark_time < 0.05,
-        "5 MB combining marks: " + std::to_string(mark_ids.size()) +
-            " ids in " + std::to_string(mark_time * 1e3) + " ms");
+  std::cout << "5 MB combining marks: " << mark_time * 1e6 << " us" << std::endl;
+  Check(mark_ids.size() == 77 && mark_time < 0.05, "5 MB combining marks: " + std::to_string(mark_ids.size()) +
+                                                       " ids in " + std::to_string(mark_time * 1e3) + " ms");
 
   // 5 MB of literals and digits also stop early.
   for (const std::string& unit :
-       {std::string("<|endoftext|>"), std::string("<|startoftext|>"),
-        std::string("7"), std::string("!?")}) {
+       {std::string("<|endoftext|>"), std::string("<|startoftext|>"), std::string("7"), std::string("!?")}) {
     std::string text = Repeat(unit, kFiveMb / unit.size());
     Ids ids;
     double took = MinSeconds(3, [&] { ids = tok.Encode(text); });
-    Check(ids.size() == 77 && took < 0.05,
-          "5 MB of " + Quote(unit) + ": " + std::to_string(ids.size()) +
-              " ids in " + std::to_string(took * 1e3) + " ms");
+    Check(ids.size() == 77 && took < 0.05, "5 MB of " + Quote(unit) + ": " + std::to_string(ids.size()) + " ids in " +
+                                               std::to_string(took * 1e3) + " ms");
   }
 
   // Whitespace must be read to the end to know nothing follows; the word
   // after 5 MB of spaces must still be found.
-  std::string spaces =
-      std::string(kFiveMb, ' ') + "cat" + std::string(99, '\n');
+  std::string spaces = std::string(kFiveMb, ' ') + "cat" + std::string(99, '\n');
   CheckIds(tok.Encode(spaces), tok.Encode("cat"), "word after 5 MB of spaces");
 }
 
@@ -497,14 +448,11 @@ void TestChunkBoundaries(const Tokenizer& tok) {
       std::string text = Repeat(pad, shift) + tricky;
       Ids got = tok.Encode(text);
       if (got != want && mismatches++ < 5) {
-        CheckIds(
-            got, want,
-            "tricky text after " + std::to_string(shift) + " whitespace bytes");
+        CheckIds(got, want, "tricky text after " + std::to_string(shift) + " whitespace bytes");
       }
     }
   }
-  Check(mismatches == 0,
-        std::to_string(mismatches) + " chunk-boundary shifts changed the ids");
+  Check(mismatches == 0, std::to_string(mismatches) + " chunk-boundary shifts changed the ids");
 
   // Same text repeated long enough to be truncated, at every shift.
   std::string long_text = Repeat(tricky + " ", 6);
@@ -515,8 +463,7 @@ void TestChunkBoundaries(const Tokenizer& tok) {
       ++mismatches;
     }
   }
-  Check(mismatches == 0, std::to_string(mismatches) +
-                             " shifts of a truncated text changed the ids");
+  Check(mismatches == 0, std::to_string(mismatches) + " shifts of a truncated text changed the ids");
 }
 
 void TestSpecialLiterals(const Tokenizer& tok) {
@@ -527,8 +474,7 @@ void TestSpecialLiterals(const Tokenizer& tok) {
   want.insert(want.end(), bang.begin(), bang.end());
   want.push_back(49407);
   CheckIds(Content(tok.Encode("wow!<|endoftext|>")), want, "wow!<|endoftext|>");
-  CheckIds(Content(tok.Encode("<|StartOfText|>")), Ids{49406},
-           "<|startoftext|> matched after lowercasing");
+  CheckIds(Content(tok.Encode("<|StartOfText|>")), Ids{49406}, "<|startoftext|> matched after lowercasing");
   // Uppercase <|ENDOFTEXT|> is ordinary text: "<|" "endoftext" "|>".
   Ids pieces = Content(tok.Encode("<| endoftext |>"));
   CheckIds(Content(tok.Encode("<|ENDOFTEXT|>")), pieces, "<|ENDOFTEXT|>");
@@ -537,25 +483,21 @@ void TestSpecialLiterals(const Tokenizer& tok) {
 // The windowed BPE of very long pieces must agree with whole-piece BPE. With
 // context 77 every id comes from the first window, so a long context is used
 // as well to cross many window cuts.
-void TestLongPieces(const std::string& vocab, const std::string& merges,
-                    const Tokenizer& tok) {
+void TestLongPieces(const std::string& vocab, const std::string& merges, const Tokenizer& tok) {
   TokenizerOptions exact_options = tok.options();
   exact_options.bpe_window_bytes = 0;
   exact_options.cache_capacity = 0;
   auto exact = Tokenizer::FromHuggingFaceFiles(vocab, merges, exact_options);
   TokenizerOptions long_options = tok.options();
   long_options.context_length = 3000;
-  auto windowed_long =
-      Tokenizer::FromHuggingFaceFiles(vocab, merges, long_options);
+  auto windowed_long = Tokenizer::FromHuggingFaceFiles(vocab, merges, long_options);
   long_options.bpe_window_bytes = 0;
-  auto exact_long =
-      Tokenizer::FromHuggingFaceFiles(vocab, merges, long_options);
+  auto exact_long = Tokenizer::FromHuggingFaceFiles(vocab, merges, long_options);
 
   std::mt19937 rng(7);
   std::vector<std::string> words;
-  for (const std::string& alphabet :
-       {std::string("abcdefghijklmnopqrstuvwxyz"), std::string("aeiourstln"),
-        std::string("ab"), std::string("!?.,;:-_'\"()[]")}) {
+  for (const std::string& alphabet : {std::string("abcdefghijklmnopqrstuvwxyz"), std::string("aeiourstln"),
+                                      std::string("ab"), std::string("!?.,;:-_'\"()[]")}) {
     for (int k = 0; k < 3; ++k) {
       std::string w;
       for (int n = 0; n < 9000; ++n) w += alphabet[rng() % alphabet.size()];
@@ -567,82 +509,72 @@ void TestLongPieces(const std::string& vocab, const std::string& merges,
   words.push_back(Repeat("\xD0\xBF\xD1\x80\xD0\xB8", 2000));  // Cyrillic
   words.push_back(Repeat("\xE7\x8C\xAB", 4000));              // CJK
   for (const std::string& w : words) {
-    CheckIds(tok.Encode(w), exact->Encode(w),
-             "windowed vs exact BPE of long piece " + Quote(w));
+    CheckIds(tok.Encode(w), exact->Encode(w), "windowed vs exact BPE of long piece " + Quote(w));
     std::string tail = w.substr(0, 3000) + " cat";
-    CheckIds(tok.Encode(tail), exact->Encode(tail),
-             "windowed vs exact BPE of 3000-byte piece " + Quote(tail));
-    CheckIds(windowed_long->Encode(w), exact_long->Encode(w),
-             "windowed vs exact BPE, context 3000, " + Quote(w));
+    CheckIds(tok.Encode(tail), exact->Encode(tail), "windowed vs exact BPE of 3000-byte piece " + Quote(tail));
+    CheckIds(windowed_long->Encode(w), exact_long->Encode(w), "windowed vs exact BPE, context 3000, " + Quote(w));
   }
 }
 
 void TestLoadErrors(const std::string& vocab, const std::string& merges) {
   TokenizerOptions o;
   const std::string missing = "/nonexistent/clip/vocab.json";
-  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(missing, merges, o); },
-                  ErrorCode::kModelLoadFailed, missing, "missing vocab");
+  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(missing, merges, o); }, ErrorCode::kModelLoadFailed, missing,
+                  "missing vocab");
   const std::string missing_merges = "/nonexistent/clip/merges.txt";
-  ExpectClipError(
-      [&] { Tokenizer::FromHuggingFaceFiles(vocab, missing_merges, o); },
-      ErrorCode::kModelLoadFailed, missing_merges, "missing merges");
+  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(vocab, missing_merges, o); }, ErrorCode::kModelLoadFailed,
+                  missing_merges, "missing merges");
 
   std::string corrupt = TempPath("corrupt_vocab.json");
   WriteFile(corrupt, "{\"a\": 1, \"b\": ");
-  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(corrupt, merges, o); },
-                  ErrorCode::kModelLoadFailed, corrupt, "corrupt vocab JSON");
+  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(corrupt, merges, o); }, ErrorCode::kModelLoadFailed, corrupt,
+                  "corrupt vocab JSON");
   WriteFile(corrupt, "[1, 2, 3]");
-  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(corrupt, merges, o); },
-                  ErrorCode::kModelLoadFailed, corrupt, "vocab not an object");
+  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(corrupt, merges, o); }, ErrorCode::kModelLoadFailed, corrupt,
+                  "vocab not an object");
   WriteFile(corrupt, "{\"a\": \"one\"}");
-  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(corrupt, merges, o); },
-                  ErrorCode::kModelLoadFailed, corrupt, "vocab id not integer");
+  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(corrupt, merges, o); }, ErrorCode::kModelLoadFailed, corrupt,
+                  "vocab id not integer");
   // Valid JSON, but the merges use tokens it lacks.
   std::string vocab_text = ReadFile(vocab);
   nlohmann::json vocab_json = nlohmann::json::parse(vocab_text);
   vocab_json.erase("in</w>");
   WriteFile(corrupt, vocab_json.dump());
-  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(corrupt, merges, o); },
-                  ErrorCode::kModelLoadFailed, corrupt,
+  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(corrupt, merges, o); }, ErrorCode::kModelLoadFailed, corrupt,
                   "vocab lacking a merged token");
   WriteFile(corrupt, "");
-  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(corrupt, merges, o); },
-                  ErrorCode::kModelLoadFailed, corrupt, "empty vocab file");
+  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(corrupt, merges, o); }, ErrorCode::kModelLoadFailed, corrupt,
+                  "empty vocab file");
   std::remove(corrupt.c_str());
 
   std::string bad_merges = TempPath("bad_merges.txt");
   WriteFile(bad_merges, "#version: 0.2\ni n\nt h e\n");
-  ExpectClipError(
-      [&] { Tokenizer::FromHuggingFaceFiles(vocab, bad_merges, o); },
-      ErrorCode::kModelLoadFailed, bad_merges, "malformed merges line");
+  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(vocab, bad_merges, o); }, ErrorCode::kModelLoadFailed,
+                  bad_merges, "malformed merges line");
   WriteFile(bad_merges, "#version: 0.2\ni n\nqqqq zzzz\n");
-  ExpectClipError(
-      [&] { Tokenizer::FromHuggingFaceFiles(vocab, bad_merges, o); },
-      ErrorCode::kModelLoadFailed, bad_merges, "merge of unknown tokens");
+  ExpectClipError([&] { Tokenizer::FromHuggingFaceFiles(vocab, bad_merges, o); }, ErrorCode::kModelLoadFailed,
+                  bad_merges, "merge of unknown tokens");
   std::remove(bad_merges.c_str());
 
-  const std::string missing_gz =
-      "/nonexistent/clip/bpe_simple_vocab_16e6.txt.gz";
-  ExpectClipError([&] { Tokenizer::FromOpenAiBpe(missing_gz, o); },
-                  ErrorCode::kModelLoadFailed, missing_gz, "missing gz");
+  const std::string missing_gz = "/nonexistent/clip/bpe_simple_vocab_16e6.txt.gz";
+  ExpectClipError([&] { Tokenizer::FromOpenAiBpe(missing_gz, o); }, ErrorCode::kModelLoadFailed, missing_gz,
+                  "missing gz");
   std::string not_gz = TempPath("not_gzip.txt.gz");
   WriteFile(not_gz, ReadFile(merges));
-  ExpectClipError([&] { Tokenizer::FromOpenAiBpe(not_gz, o); },
-                  ErrorCode::kModelLoadFailed, not_gz, "plain text as gz");
+  ExpectClipError([&] { Tokenizer::FromOpenAiBpe(not_gz, o); }, ErrorCode::kModelLoadFailed, not_gz,
+                  "plain text as gz");
   // A gzip of the merges without openai's header line is one line short.
   std::string short_gz = TempPath("short.txt.gz");
   WriteGzip(short_gz, "header\ni n\nt h\n");
-  ExpectClipError([&] { Tokenizer::FromOpenAiBpe(short_gz, o); },
-                  ErrorCode::kModelLoadFailed, short_gz,
+  ExpectClipError([&] { Tokenizer::FromOpenAiBpe(short_gz, o); }, ErrorCode::kModelLoadFailed, short_gz,
                   "gz with too few lines");
   // Truncated gzip stream.
   std::string merges_text = ReadFile(merges);
-  WriteGzip(short_gz,
-            "header\n" + merges_text.substr(merges_text.find('\n') + 1));
+  WriteGzip(short_gz, "header\n" + merges_text.substr(merges_text.find('\n') + 1));
   std::string gz_bytes = ReadFile(short_gz);
   WriteFile(short_gz, gz_bytes.substr(0, gz_bytes.size() / 2));
-  ExpectClipError([&] { Tokenizer::FromOpenAiBpe(short_gz, o); },
-                  ErrorCode::kModelLoadFailed, short_gz, "truncated gz");
+  ExpectClipError([&] { Tokenizer::FromOpenAiBpe(short_gz, o); }, ErrorCode::kModelLoadFailed, short_gz,
+                  "truncated gz");
   std::remove(not_gz.c_str());
   std::remove(short_gz.c_str());
 }
@@ -664,8 +596,7 @@ std::vector<std::string> SampleTexts() {
       "x\xFFy\xED\xA0\x80z",
   };
   std::mt19937 rng(99);
-  const char* words[] = {"red",  "car",   "parked", "near", "the", "old",
-                         "barn", "under", "a",      "blue", "sky", "cloudy"};
+  const char* words[] = {"red", "car", "parked", "near", "the", "old", "barn", "under", "a", "blue", "sky", "cloudy"};
   for (int k = 0; k < 200; ++k) {
     std::string text;
     int n = 3 + rng() % 25;
@@ -694,8 +625,7 @@ void TestConcurrency(const std::string& vocab, const std::string& merges) {
       threads.emplace_back([&, t] {
         for (int round = 0; round < 20; ++round) {
           for (size_t k = 0; k < texts.size(); ++k) {
-            size_t index =
-                (k * 7 + static_cast<size_t>(t) * 13 + round) % texts.size();
+            size_t index = (k * 7 + static_cast<size_t>(t) * 13 + round) % texts.size();
             if (shared->Encode(texts[index]) != want[index]) ++wrong[t];
           }
         }
@@ -703,8 +633,7 @@ void TestConcurrency(const std::string& vocab, const std::string& merges) {
     }
     for (std::thread& thread : threads) thread.join();
     for (int t = 0; t < 4; ++t) {
-      Check(wrong[t] == 0, "thread " + std::to_string(t) + " with cache " +
-                               std::to_string(capacity) + ": " +
+      Check(wrong[t] == 0, "thread " + std::to_string(t) + " with cache " + std::to_string(capacity) + ": " +
                                std::to_string(wrong[t]) + " wrong results");
     }
   }
@@ -714,17 +643,14 @@ void TestConcurrency(const std::string& vocab, const std::string& merges) {
 
 int main(int argc, char** argv) {
   if (argc != 3 && argc != 4) {
-    std::cerr << "usage: " << argv[0]
-              << " <vocab.json> <merges.txt> [<clip-reference-dir>]\n";
+    std::cerr << "usage: " << argv[0] << " <vocab.json> <merges.txt> [<clip-reference-dir>]\n";
     return 2;
   }
   const std::string vocab = argv[1];
   const std::string merges = argv[2];
   try {
-    auto tok =
-        Tokenizer::FromHuggingFaceFiles(vocab, merges, TokenizerOptions());
-    Check(tok->vocab_size() == 49408,
-          "vocab size " + std::to_string(tok->vocab_size()));
+    auto tok = Tokenizer::FromHuggingFaceFiles(vocab, merges, TokenizerOptions());
+    Check(tok->vocab_size() == 49408, "vocab size " + std::to_string(tok->vocab_size()));
     if (argc == 4) TestReference(*tok, argv[3]);
     TestTruncation(*tok);
     TestSmallContext(vocab, merges);

@@ -29,8 +29,7 @@ enum class BmpLayout {
 
 }  // namespace
 
-void DecodeBmp(const uint8_t* data, size_t size,
-               const ImageDecodeOptions& options, FrameSink* sink) {
+void DecodeBmp(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* sink) {
   constexpr uint32_t kBiRgb = 0;
   constexpr uint32_t kBiRle8 = 1;
   constexpr uint32_t kBiRle4 = 2;
@@ -57,8 +56,8 @@ void DecodeBmp(const uint8_t* data, size_t size,
     height = ReadLe16(header + 2);
     bits = ReadLe16(header + 6);
     palette_entry_size = 3;
-  } else if (header_size == 40 || header_size == 52 || header_size == 56 ||
-             header_size == 64 || header_size == 108 || header_size == 124) {
+  } else if (header_size == 40 || header_size == 52 || header_size == 56 || header_size == 64 || header_size == 108 ||
+             header_size == 124) {
     // Pillow treats the height as negative only when its top byte is 0xFF.
     top_down = header[7] == 0xFF;
     width = ReadLe32(header + 0);
@@ -74,14 +73,12 @@ void DecodeBmp(const uint8_t* data, size_t size,
         }
       } else {
         if (size - position < 12) DecodeFailed("BMP", "truncated bitfields");
-        for (int i = 0; i < 3; ++i)
-          masks[i] = ReadLe32(data + position + 4 * i);
+        for (int i = 0; i < 3; ++i) masks[i] = ReadLe32(data + position + 4 * i);
         position += 12;
       }
     }
   } else {
-    DecodeFailed("BMP",
-                 "unsupported header size " + std::to_string(header_size));
+    DecodeFailed("BMP", "unsupported header size " + std::to_string(header_size));
   }
   CheckDimensions(width, height, options, "BMP");
   if (colors == 0) colors = uint64_t{1} << std::min<uint32_t>(bits, 32);
@@ -107,21 +104,15 @@ void DecodeBmp(const uint8_t* data, size_t size,
       UnsupportedBmp(std::to_string(bits) + " bits per pixel");
   }
   if (compression == kBiBitfields) {
-    const auto is = [&](uint32_t r, uint32_t g, uint32_t b) {
-      return masks[0] == r && masks[1] == g && masks[2] == b;
-    };
+    const auto is = [&](uint32_t r, uint32_t g, uint32_t b) { return masks[0] == r && masks[1] == g && masks[2] == b; };
     const uint32_t a = masks[3];
-    if (bits == 32 && is(0xFF0000, 0xFF00, 0xFF) &&
-        (a == 0 || a == 0xFF000000)) {  // BGRX, BGRA
+    if (bits == 32 && is(0xFF0000, 0xFF00, 0xFF) && (a == 0 || a == 0xFF000000)) {  // BGRX, BGRA
       byte_order[0] = 2, byte_order[1] = 1, byte_order[2] = 0;
-    } else if (bits == 32 && is(0xFF000000, 0xFF0000, 0xFF00) &&
-               (a == 0 || a == 0xFF)) {  // XBGR, ABGR
+    } else if (bits == 32 && is(0xFF000000, 0xFF0000, 0xFF00) && (a == 0 || a == 0xFF)) {  // XBGR, ABGR
       byte_order[0] = 3, byte_order[1] = 2, byte_order[2] = 1;
-    } else if (bits == 32 && is(0xFF000000, 0xFF00, 0xFF) &&
-               (a == 0 || a == 0xFF0000)) {  // BGXR, BGAR
+    } else if (bits == 32 && is(0xFF000000, 0xFF00, 0xFF) && (a == 0 || a == 0xFF0000)) {  // BGXR, BGAR
       byte_order[0] = 3, byte_order[1] = 1, byte_order[2] = 0;
-    } else if (bits == 32 && is(0xFF, 0xFF00, 0xFF0000) &&
-               a == 0xFF000000) {  // RGBA
+    } else if (bits == 32 && is(0xFF, 0xFF00, 0xFF0000) && a == 0xFF000000) {  // RGBA
       byte_order[0] = 0, byte_order[1] = 1, byte_order[2] = 2;
     } else if (bits == 32 && is(0, 0, 0) && a == 0) {  // BGRA
       byte_order[0] = 2, byte_order[1] = 1, byte_order[2] = 0;
@@ -145,13 +136,11 @@ void DecodeBmp(const uint8_t* data, size_t size,
     // Pillow's grey check formats every index as a byte, so more than 256
     // entries fail there.
     if (colors > 256) DecodeFailed("BMP", "palette larger than 256 entries");
-    const size_t available =
-        (size - std::min(size, position)) / palette_entry_size;
+    const size_t available = (size - std::min(size, position)) / palette_entry_size;
     const size_t entries = std::min<size_t>(colors, available);
     bool grey = true;
     for (size_t i = 0; i < colors; ++i) {
-      const uint8_t expected =
-          colors == 2 ? (i == 0 ? 0 : 255) : static_cast<uint8_t>(i);
+      const uint8_t expected = colors == 2 ? (i == 0 ? 0 : 255) : static_cast<uint8_t>(i);
       if (i >= entries) {
         grey = false;
         continue;
@@ -160,8 +149,7 @@ void DecodeBmp(const uint8_t* data, size_t size,
       palette[i][0] = entry[2];
       palette[i][1] = entry[1];
       palette[i][2] = entry[0];
-      if (entry[0] != expected || entry[1] != expected ||
-          entry[2] != expected) {
+      if (entry[0] != expected || entry[1] != expected || entry[2] != expected) {
         grey = false;
       }
     }
@@ -177,8 +165,7 @@ void DecodeBmp(const uint8_t* data, size_t size,
   const uint64_t start = offset != 0 ? offset : position;
   // Pillow's raw decoder does not need the padding after the last row.
   const uint64_t last_row = (width * bits + 7) >> 3;
-  if (start > size || (height - 1) > (size - start) / stride ||
-      stride * (height - 1) + last_row > size - start) {
+  if (start > size || (height - 1) > (size - start) / stride || stride * (height - 1) + last_row > size - start) {
     DecodeFailed("BMP", "pixel data is truncated");
   }
 
@@ -203,8 +190,7 @@ void DecodeBmp(const uint8_t* data, size_t size,
           break;
         }
         case BmpLayout::kGreyBits:
-          out[0] = out[1] = out[2] =
-              ((in[x >> 3] >> (7 - (x & 7))) & 1) ? 255 : 0;
+          out[0] = out[1] = out[2] = ((in[x >> 3] >> (7 - (x & 7))) & 1) ? 255 : 0;
           break;
         case BmpLayout::kGreyBytes:
           out[0] = out[1] = out[2] = in[x];

@@ -29,14 +29,12 @@ int GifRead(GifFileType* gif, GifByteType* out, int length) {
   // on to the frame's block terminator. Supplying that terminator (once, as
   // a lone one-byte read at the very end) accepts the files Pillow accepts
   // whose data stops right after the last pixel codes.
-  if (source->position == source->size && length == 1 &&
-      !source->supplied_terminator) {
+  if (source->position == source->size && length == 1 && !source->supplied_terminator) {
     source->supplied_terminator = true;
     out[0] = 0;
     return 1;
   }
-  const size_t n = std::min(static_cast<size_t>(std::max(length, 0)),
-                            source->size - source->position);
+  const size_t n = std::min(static_cast<size_t>(std::max(length, 0)), source->size - source->position);
   std::memcpy(out, source->data + source->position, n);
   source->position += n;
   return static_cast<int>(n);
@@ -67,8 +65,7 @@ bool IsGreyRamp(const ColorMapObject* map) {
 
 }  // namespace
 
-void DecodeGif(const uint8_t* data, size_t size,
-               const ImageDecodeOptions& options, FrameSink* out) {
+void DecodeGif(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* out) {
   GifSource source{data, size, 0, false};
   int error = 0;
   GifGuard guard;
@@ -93,8 +90,7 @@ void DecodeGif(const uint8_t* data, size_t size,
         if (DGifGetExtension(gif, &code, &block) != GIF_OK) {
           GifFailed(gif->Error);
         }
-        if (code == GRAPHICS_EXT_FUNC_CODE && block && block[0] > 0 &&
-            (block[1] & 1)) {
+        if (code == GRAPHICS_EXT_FUNC_CODE && block && block[0] > 0 && (block[1] & 1)) {
           if (block[0] < 4) DecodeFailed("GIF", "short graphic control block");
           transparency = block[4];
         }
@@ -116,10 +112,8 @@ void DecodeGif(const uint8_t* data, size_t size,
   const int64_t frame_width = desc.Width;
   const int64_t frame_height = desc.Height;
   // Pillow grows the canvas (the logical screen) to hold frame 0.
-  const uint64_t canvas_width =
-      std::max<int64_t>(gif->SWidth, desc.Left + frame_width);
-  const uint64_t canvas_height =
-      std::max<int64_t>(gif->SHeight, desc.Top + frame_height);
+  const uint64_t canvas_width = std::max<int64_t>(gif->SWidth, desc.Left + frame_width);
+  const uint64_t canvas_height = std::max<int64_t>(gif->SHeight, desc.Top + frame_height);
   CheckDimensions(canvas_width, canvas_height, options, "GIF");
 
   // A grey-ramp local table makes Pillow report mode L, yet it still loads
@@ -168,12 +162,10 @@ void DecodeGif(const uint8_t* data, size_t size,
 
   std::vector<GifPixelType> line(std::max<int64_t>(frame_width, 1));
   auto decode_row = [&](int64_t y) {
-    if (DGifGetLine(gif, line.data(), static_cast<int>(frame_width)) !=
-        GIF_OK) {
+    if (DGifGetLine(gif, line.data(), static_cast<int>(frame_width)) != GIF_OK) {
       GifFailed(gif->Error);
     }
-    uint8_t* row =
-        canvas + (desc.Top + y) * stride + static_cast<size_t>(desc.Left) * 3;
+    uint8_t* row = canvas + (desc.Top + y) * stride + static_cast<size_t>(desc.Left) * 3;
     for (int64_t x = 0; x < frame_width; ++x) put(line[x], row + 3 * x);
   };
   if (frame_width > 0 && desc.Interlace) {

@@ -58,8 +58,7 @@ inline uint8_t CmykChannel(uint8_t raw_ink, uint8_t raw_black) {
 int JpegExifOrientation(j_decompress_ptr cinfo) {
   std::vector<uint8_t> tiff;
   for (jpeg_saved_marker_ptr m = cinfo->marker_list; m; m = m->next) {
-    if (m->marker != JPEG_APP0 + 1 || m->data_length < 6 ||
-        std::memcmp(m->data, "Exif\0\0", 6) != 0) {
+    if (m->marker != JPEG_APP0 + 1 || m->data_length < 6 || std::memcmp(m->data, "Exif\0\0", 6) != 0) {
       continue;
     }
     tiff.insert(tiff.end(), m->data + 6, m->data + m->data_length);
@@ -93,8 +92,7 @@ bool ReadJpeg(JpegJob* job) {
     jpeg_save_markers(cinfo, JPEG_APP0 + 1, 0xFFFF);
   }
   jpeg_read_header(cinfo, TRUE);
-  CheckDimensions(cinfo->image_width, cinfo->image_height, *job->options,
-                  "JPEG");
+  CheckDimensions(cinfo->image_width, cinfo->image_height, *job->options, "JPEG");
 
   const int components = cinfo->num_components;
   switch (components) {
@@ -108,8 +106,7 @@ bool ReadJpeg(JpegJob* job) {
       cinfo->out_color_space = JCS_CMYK;
       break;
     default:
-      DecodeFailed("JPEG", "cannot handle " + std::to_string(components) +
-                               "-component images");
+      DecodeFailed("JPEG", "cannot handle " + std::to_string(components) + "-component images");
   }
   cinfo->dct_method = JDCT_ISLOW;
   cinfo->do_fancy_upsampling = TRUE;
@@ -126,19 +123,15 @@ bool ReadJpeg(JpegJob* job) {
 
   while (cinfo->output_scanline < cinfo->output_height) {
     const int y = static_cast<int>(cinfo->output_scanline);
-    const int count =
-        static_cast<int>(std::min<JDIMENSION>(batch, cinfo->output_height - y));
+    const int count = static_cast<int>(std::min<JDIMENSION>(batch, cinfo->output_height - y));
     size_t stride = 0;
     uint8_t* block = job->out->Reserve(y, count, &stride);
     // RGB rows land in the sink's memory directly.
     for (int i = 0; i < count; ++i) {
-      job->rows[i] = components == 3
-                         ? block + i * stride
-                         : job->scratch.data() + i * width * components;
+      job->rows[i] = components == 3 ? block + i * stride : job->scratch.data() + i * width * components;
     }
     for (int done = 0; done < count;) {
-      done += static_cast<int>(
-          jpeg_read_scanlines(cinfo, job->rows.data() + done, count - done));
+      done += static_cast<int>(jpeg_read_scanlines(cinfo, job->rows.data() + done, count - done));
     }
     for (int i = 0; components != 3 && i < count; ++i) {
       const uint8_t* in = job->rows[i];
@@ -171,8 +164,7 @@ struct JpegDestroyGuard {
 
 }  // namespace
 
-void DecodeJpeg(const uint8_t* data, size_t size,
-                const ImageDecodeOptions& options, FrameSink* out) {
+void DecodeJpeg(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* out) {
   JpegJob job;
   job.data = data;
   job.size = size;

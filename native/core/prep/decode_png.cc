@@ -34,9 +34,8 @@ struct PngSource {
 
 void PngRead(png_structp png, png_bytep out, png_size_t length) {
   auto* source = static_cast<PngSource*>(png_get_io_ptr(png));
-  if (source->reading_rows &&
-      (source->interlaced ? png_get_current_pass_number(png) >= 7
-                          : png_get_current_row_number(png) >= source->height)) {
+  if (source->reading_rows && (source->interlaced ? png_get_current_pass_number(png) >= 7
+                                                  : png_get_current_row_number(png) >= source->height)) {
     source->finished = true;
     png_longjmp(png, 1);
   }
@@ -62,8 +61,7 @@ void PngWarning(png_structp, png_const_charp) {}
 // IDAT; libpng is then told to ignore critical CRCs so that both agree. Also
 // finds the first eXIf chunk, wherever it is (Pillow reads those after IDAT
 // too).
-void ScanPngChunks(const uint8_t* data, size_t size, bool want_exif,
-                   const uint8_t** exif, size_t* exif_size) {
+void ScanPngChunks(const uint8_t* data, size_t size, bool want_exif, const uint8_t** exif, size_t* exif_size) {
   size_t position = 8;
   bool seen_idat = false;
   while (position + 12 <= size) {
@@ -80,9 +78,7 @@ void ScanPngChunks(const uint8_t* data, size_t size, bool want_exif,
       const uint32_t expected = ReadBe32(data + position + 8 + length);
       const uLong actual = crc32(0, type, 4 + length);
       if (actual != expected) {
-        DecodeFailed("PNG",
-                     "bad CRC in chunk " +
-                         std::string(reinterpret_cast<const char*>(type), 4));
+        DecodeFailed("PNG", "bad CRC in chunk " + std::string(reinterpret_cast<const char*>(type), 4));
       }
     }
     if (want_exif && *exif == nullptr && std::memcmp(type, "eXIf", 4) == 0) {
@@ -97,9 +93,8 @@ void ScanPngChunks(const uint8_t* data, size_t size, bool want_exif,
 // Converts one unpacked row (png_set_packing: one byte per sample below 8
 // bits, big-endian pairs at 16) the way Pillow's PNG rawmodes and
 // convert("RGB") do.
-void ConvertPngRow(const uint8_t* in, int color_type, int bit_depth,
-                   const png_color* palette, int palette_size, size_t width,
-                   uint8_t* out) {
+void ConvertPngRow(const uint8_t* in, int color_type, int bit_depth, const png_color* palette, int palette_size,
+                   size_t width, uint8_t* out) {
   switch (color_type) {
     case PNG_COLOR_TYPE_GRAY:
       if (bit_depth == 16) {
@@ -110,10 +105,7 @@ void ConvertPngRow(const uint8_t* in, int color_type, int bit_depth,
         }
       } else {
         // Modes "1", L;2 and L;4 stretch to 0..255.
-        const int gain = bit_depth == 1   ? 255
-                         : bit_depth == 2 ? 85
-                         : bit_depth == 4 ? 17
-                                          : 1;
+        const int gain = bit_depth == 1 ? 255 : bit_depth == 2 ? 85 : bit_depth == 4 ? 17 : 1;
         for (size_t x = 0; x < width; ++x) {
           const uint8_t v = static_cast<uint8_t>(in[x] * gain);
           out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = v;
@@ -187,8 +179,7 @@ struct PngJob {
 void EmitPngRow(PngJob* job, png_uint_32 y, const uint8_t* raw_row) {
   size_t stride = 0;
   uint8_t* row = job->out->Reserve(y, 1, &stride);
-  ConvertPngRow(raw_row, job->color_type, job->bit_depth, job->palette,
-                job->palette_size, job->width, row);
+  ConvertPngRow(raw_row, job->color_type, job->bit_depth, job->palette, job->palette_size, job->width, row);
   job->out->Commit(y, 1);
 }
 
@@ -224,8 +215,7 @@ bool ReadPng(PngJob* job) {
   png_uint_32 width = 0;
   png_uint_32 height = 0;
   int interlace = 0;
-  png_get_IHDR(png, info, &width, &height, &job->bit_depth, &job->color_type,
-               &interlace, nullptr, nullptr);
+  png_get_IHDR(png, info, &width, &height, &job->bit_depth, &job->color_type, &interlace, nullptr, nullptr);
   job->width = width;
   if (job->color_type == PNG_COLOR_TYPE_PALETTE &&
       png_get_PLTE(png, info, &job->palette, &job->palette_size) != PNG_INFO_PLTE) {
@@ -264,8 +254,7 @@ bool ReadPng(PngJob* job) {
 
 }  // namespace
 
-void DecodePng(const uint8_t* data, size_t size,
-               const ImageDecodeOptions& options, FrameSink* out) {
+void DecodePng(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* out) {
   // IHDR is the first chunk; read its size before libpng allocates anything.
   if (size < 33 || std::memcmp(data + 12, "IHDR", 4) != 0) {
     DecodeFailed("PNG", "missing or truncated IHDR chunk");
@@ -281,8 +270,7 @@ void DecodePng(const uint8_t* data, size_t size,
   job.out = out;
   job.source = PngSource{data, size, 0};
   job.error.message[0] = '\0';
-  job.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &job.error, PngError,
-                                   PngWarning);
+  job.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &job.error, PngError, PngWarning);
   if (!job.png) Fail(ErrorCode::kInternal, "png_create_read_struct failed");
   job.info = png_create_info_struct(job.png);
   if (!job.info) Fail(ErrorCode::kInternal, "png_create_info_struct failed");

@@ -34,8 +34,7 @@ struct WebpChunkGuard {
 
 }  // namespace
 
-void DecodeWebp(const uint8_t* data, size_t size,
-                const ImageDecodeOptions& options, FrameSink* out) {
+void DecodeWebp(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* out) {
   WebPData webp_data{data, size};
   WebpDemuxGuard demux_guard;
   demux_guard.demux = WebPDemux(&webp_data);
@@ -50,8 +49,7 @@ void DecodeWebp(const uint8_t* data, size_t size,
     std::memset(&chunk, 0, sizeof(chunk));
     WebpChunkGuard chunk_guard{&chunk};
     if (WebPDemuxGetChunk(demux, "EXIF", 1, &chunk)) {
-      out->SetOrientation(
-          ParseExifOrientation(chunk.chunk.bytes, chunk.chunk.size));
+      out->SetOrientation(ParseExifOrientation(chunk.chunk.bytes, chunk.chunk.size));
     }
   }
 
@@ -61,8 +59,7 @@ void DecodeWebp(const uint8_t* data, size_t size,
   if (!WebPDemuxGetFrame(demux, 1, &frame)) {
     DecodeFailed("WebP", "no frame");
   }
-  if (frame.width <= 0 || frame.height <= 0 || frame.x_offset < 0 ||
-      frame.y_offset < 0 ||
+  if (frame.width <= 0 || frame.height <= 0 || frame.x_offset < 0 || frame.y_offset < 0 ||
       static_cast<uint64_t>(frame.x_offset) + frame.width > canvas_width ||
       static_cast<uint64_t>(frame.y_offset) + frame.height > canvas_height) {
     DecodeFailed("WebP", "frame outside the canvas");
@@ -76,14 +73,11 @@ void DecodeWebp(const uint8_t* data, size_t size,
   const size_t frame_bytes = static_cast<size_t>(frame.width) * 3;
   for (uint32_t y = 0; y < canvas_height; ++y) {
     uint8_t* row = canvas + y * stride;
-    if (y < static_cast<uint32_t>(frame.y_offset) ||
-        y >= static_cast<uint32_t>(frame.y_offset + frame.height)) {
+    if (y < static_cast<uint32_t>(frame.y_offset) || y >= static_cast<uint32_t>(frame.y_offset + frame.height)) {
       std::memset(row, 0, static_cast<size_t>(canvas_width) * 3);
     } else {
       std::memset(row, 0, frame_left);
-      std::memset(
-          row + frame_left + frame_bytes, 0,
-          static_cast<size_t>(canvas_width) * 3 - frame_left - frame_bytes);
+      std::memset(row + frame_left + frame_bytes, 0, static_cast<size_t>(canvas_width) * 3 - frame_left - frame_bytes);
     }
   }
   WebPDecoderConfig config;
@@ -92,12 +86,10 @@ void DecodeWebp(const uint8_t* data, size_t size,
   }
   config.output.colorspace = MODE_RGB;
   config.output.is_external_memory = 1;
-  config.output.u.RGBA.rgba =
-      canvas + static_cast<size_t>(frame.y_offset) * stride + frame_left;
+  config.output.u.RGBA.rgba = canvas + static_cast<size_t>(frame.y_offset) * stride + frame_left;
   config.output.u.RGBA.stride = static_cast<int>(stride);
   config.output.u.RGBA.size = stride * (frame.height - 1) + frame_bytes;
-  const VP8StatusCode status =
-      WebPDecode(frame.fragment.bytes, frame.fragment.size, &config);
+  const VP8StatusCode status = WebPDecode(frame.fragment.bytes, frame.fragment.size, &config);
   WebPFreeDecBuffer(&config.output);
   if (status != VP8_STATUS_OK) {
     DecodeFailed("WebP", "libwebp status " + std::to_string(status));

@@ -9,19 +9,19 @@
 namespace clip {
 
 // X-macro so the enum, the names and the test list cannot drift apart.
-#define CLIP_ERROR_CODES(X)                                  \
-  X(kInvalidArgument, "CLIP_INVALID_ARGUMENT")               \
-  X(kModelLoadFailed, "CLIP_MODEL_LOAD_FAILED")              \
-  X(kImageDecodeFailed, "CLIP_IMAGE_DECODE_FAILED")          \
+#define CLIP_ERROR_CODES(X)                                   \
+  X(kInvalidArgument, "CLIP_INVALID_ARGUMENT")                \
+  X(kModelLoadFailed, "CLIP_MODEL_LOAD_FAILED")               \
+  X(kImageDecodeFailed, "CLIP_IMAGE_DECODE_FAILED")           \
   X(kUnsupportedImageFormat, "CLIP_UNSUPPORTED_IMAGE_FORMAT") \
-  X(kImageTooLarge, "CLIP_IMAGE_TOO_LARGE")                  \
-  X(kQueueFull, "CLIP_QUEUE_FULL")                           \
-  X(kAborted, "CLIP_ABORTED")                                \
-  X(kDisposed, "CLIP_DISPOSED")                              \
-  X(kDeviceUnavailable, "CLIP_DEVICE_UNAVAILABLE")           \
-  X(kImageFetchFailed, "CLIP_IMAGE_FETCH_FAILED")            \
-  X(kUrlForbidden, "CLIP_URL_FORBIDDEN")                     \
-  X(kAddonUnavailable, "CLIP_ADDON_UNAVAILABLE")             \
+  X(kImageTooLarge, "CLIP_IMAGE_TOO_LARGE")                   \
+  X(kQueueFull, "CLIP_QUEUE_FULL")                            \
+  X(kAborted, "CLIP_ABORTED")                                 \
+  X(kDisposed, "CLIP_DISPOSED")                               \
+  X(kDeviceUnavailable, "CLIP_DEVICE_UNAVAILABLE")            \
+  X(kImageFetchFailed, "CLIP_IMAGE_FETCH_FAILED")             \
+  X(kUrlForbidden, "CLIP_URL_FORBIDDEN")                      \
+  X(kAddonUnavailable, "CLIP_ADDON_UNAVAILABLE")              \
   X(kErrorThresholdExceeded, "CLIP_ERROR_THRESHOLD_EXCEEDED") \
   X(kInternal, "CLIP_INTERNAL")
 
@@ -44,8 +44,7 @@ inline const char* ErrorCodeName(ErrorCode code) {
 
 class ClipError : public std::runtime_error {
  public:
-  ClipError(ErrorCode code, const std::string& message)
-      : std::runtime_error(message), code_(code) {}
+  ClipError(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
   ErrorCode code() const { return code_; }
 
  private:

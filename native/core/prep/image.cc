@@ -20,26 +20,21 @@
 namespace clip {
 namespace {
 
-[[noreturn]] void InvalidArgument(const std::string& message) {
-  throw ClipError(ErrorCode::kInvalidArgument, message);
-}
+[[noreturn]] void InvalidArgument(const std::string& message) { throw ClipError(ErrorCode::kInvalidArgument, message); }
 
 // Python's a // 2, which floors for negative a.
 int64_t FloorHalf(int64_t a) { return a >= 0 ? a / 2 : -((-a + 1) / 2); }
 
 void ValidateOptions(const PreprocessOptions& options) {
   if (options.crop_size <= 0 || options.crop_size > 16384) {
-    InvalidArgument("Expected crop_size in 1..16384 but received " +
-                    std::to_string(options.crop_size));
+    InvalidArgument("Expected crop_size in 1..16384 but received " + std::to_string(options.crop_size));
   }
-  if (options.resize_shortest_edge <= 0 ||
-      options.resize_shortest_edge > 65536) {
+  if (options.resize_shortest_edge <= 0 || options.resize_shortest_edge > 65536) {
     InvalidArgument("Expected resize_shortest_edge in 1..65536 but received " +
                     std::to_string(options.resize_shortest_edge));
   }
   for (int c = 0; c < 3; ++c) {
-    if (!std::isfinite(options.mean[c]) || !std::isfinite(options.std[c]) ||
-        options.std[c] == 0.0f) {
+    if (!std::isfinite(options.mean[c]) || !std::isfinite(options.std[c]) || options.std[c] == 0.0f) {
       InvalidArgument("Expected finite mean and non-zero finite std values");
     }
   }
@@ -50,14 +45,12 @@ void ValidateOptions(const PreprocessOptions& options) {
 // and normalize at Finish.
 class Preprocessor {
  public:
-  explicit Preprocessor(const PreprocessOptions& options) : options_(options) {
-    ValidateOptions(options);
-  }
+  explicit Preprocessor(const PreprocessOptions& options) : options_(options) { ValidateOptions(options); }
 
   void Begin(int width, int height) {
     if (width <= 0 || height <= 0) {
-      InvalidArgument("Expected a non-empty image but received " +
-                      std::to_string(width) + "x" + std::to_string(height));
+      InvalidArgument("Expected a non-empty image but received " + std::to_string(width) + "x" +
+                      std::to_string(height));
     }
     // transformers' get_resize_output_image_size(default_to_square=False):
     // the long side is int(size * long / short), a truncated float division.
@@ -65,13 +58,10 @@ class Preprocessor {
     const bool portrait = width <= height;
     const int64_t short_side = portrait ? width : height;
     const int64_t long_side = portrait ? height : width;
-    const double scaled_long =
-        static_cast<double>(size * long_side) / static_cast<double>(short_side);
+    const double scaled_long = static_cast<double>(size * long_side) / static_cast<double>(short_side);
     if (scaled_long >= static_cast<double>(INT_MAX)) {
-      throw ClipError(ErrorCode::kImageTooLarge,
-                      "image " + std::to_string(width) + "x" +
-                          std::to_string(height) +
-                          " would resize past the int range");
+      throw ClipError(ErrorCode::kImageTooLarge, "image " + std::to_string(width) + "x" + std::to_string(height) +
+                                                     " would resize past the int range");
     }
     const int new_long = static_cast<int>(scaled_long);
     const int resized_width = portrait ? static_cast<int>(size) : new_long;
@@ -93,23 +83,19 @@ class Preprocessor {
       std::memset(cropped_.get(), 0, cropped_bytes);
     }
     window_offset_ = (static_cast<size_t>(y0 - top) * crop + (x0 - left)) * 3;
-    resizer_ = std::make_unique<BicubicWindowResizer>(
-        width, height, resized_width, resized_height, static_cast<int>(x0),
-        static_cast<int>(y0), static_cast<int>(x1 - x0),
-        static_cast<int>(y1 - y0));
+    resizer_ = std::make_unique<BicubicWindowResizer>(width, height, resized_width, resized_height,
+                                                      static_cast<int>(x0), static_cast<int>(y0),
+                                                      static_cast<int>(x1 - x0), static_cast<int>(y1 - y0));
   }
 
-  void AddRows(int y, int count, const uint8_t* rows, size_t stride) {
-    resizer_->AddRows(y, count, rows, stride);
-  }
+  void AddRows(int y, int count, const uint8_t* rows, size_t stride) { resizer_->AddRows(y, count, rows, stride); }
 
   void Finish(float* out) {
     if (!resizer_) {
       throw ClipError(ErrorCode::kInternal, "decoder produced no image");
     }
     const int crop = options_.crop_size;
-    resizer_->Finish(cropped_.get() + window_offset_,
-                     static_cast<size_t>(crop) * 3);
+    resizer_->Finish(cropped_.get() + window_offset_, static_cast<size_t>(crop) * 3);
 
     // Every output value is a function of (channel, byte): rescale in double
     // (float32(u8 * 0.00392156862745098), as numpy does it), then normalize
@@ -137,15 +123,14 @@ class Preprocessor {
   const PreprocessOptions options_;
   std::unique_ptr<BicubicWindowResizer> resizer_;
   std::unique_ptr<uint8_t[]> cropped_;  // crop x crop RGB8, zero-padded.
-  size_t window_offset_ = 0;  // Where the resized window starts in it.
+  size_t window_offset_ = 0;            // Where the resized window starts in it.
 };
 
 // Runs the decoder's rows through a Preprocessor, one reserved block at a
 // time, so that only a few source rows are held at once.
 class PreprocessSink : public RgbRowSink {
  public:
-  explicit PreprocessSink(Preprocessor* preprocessor)
-      : preprocessor_(preprocessor) {}
+  explicit PreprocessSink(Preprocessor* preprocessor) : preprocessor_(preprocessor) {}
 
   void Begin(int width, int height) override {
     row_bytes_ = static_cast<size_t>(width) * 3;
@@ -157,9 +142,7 @@ class PreprocessSink : public RgbRowSink {
     *stride = row_bytes_;
     return block_.data();
   }
-  void Commit(int y, int count) override {
-    preprocessor_->AddRows(y, count, block_.data(), row_bytes_);
-  }
+  void Commit(int y, int count) override { preprocessor_->AddRows(y, count, block_.data(), row_bytes_); }
 
  private:
   Preprocessor* preprocessor_;
@@ -174,24 +157,20 @@ size_t PreprocessedSize(const PreprocessOptions& options) {
   return 3 * crop * crop;
 }
 
-void PreprocessRgb(const RgbImage& image, const PreprocessOptions& options,
-                   float* out) {
+void PreprocessRgb(const RgbImage& image, const PreprocessOptions& options, float* out) {
   Preprocessor preprocessor(options);
   if (image.width <= 0 || image.height <= 0 ||
-      image.pixels.size() != static_cast<size_t>(image.width) *
-                                 static_cast<size_t>(image.height) * 3) {
+      image.pixels.size() != static_cast<size_t>(image.width) * static_cast<size_t>(image.height) * 3) {
     InvalidArgument("Expected a non-empty RGB image with width*height*3 bytes");
   }
   if (out == nullptr) InvalidArgument("Expected an output buffer");
   preprocessor.Begin(image.width, image.height);
-  preprocessor.AddRows(0, image.height, image.pixels.data(),
-                       static_cast<size_t>(image.width) * 3);
+  preprocessor.AddRows(0, image.height, image.pixels.data(), static_cast<size_t>(image.width) * 3);
   preprocessor.Finish(out);
 }
 
-void PreprocessImage(const uint8_t* data, size_t size,
-                     const ImageDecodeOptions& decode,
-                     const PreprocessOptions& pre, float* out) {
+void PreprocessImage(const uint8_t* data, size_t size, const ImageDecodeOptions& decode, const PreprocessOptions& pre,
+                     float* out) {
   // Options are checked before anything is decoded.
   Preprocessor preprocessor(pre);
   if (out == nullptr) InvalidArgument("Expected an output buffer");

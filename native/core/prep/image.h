@@ -50,8 +50,7 @@ struct RgbImage {
 //   kImageTooLarge           width * height > options.max_pixels (from the
 //                            header, before allocating);
 //   kImageDecodeFailed       corrupt, truncated or zero-length data.
-RgbImage DecodeImage(const uint8_t* data, size_t size,
-                     const ImageDecodeOptions& options);
+RgbImage DecodeImage(const uint8_t* data, size_t size, const ImageDecodeOptions& options);
 
 // Receives the rows of a decoded image from DecodeImageRows.
 class RgbRowSink {
@@ -73,8 +72,7 @@ class RgbRowSink {
 // non-interlaced PNG stream; GIF, WebP, Adam7 PNG and images rotated by
 // apply_exif_orientation are decoded whole first. Throws as DecodeImage; the
 // sink's exceptions propagate.
-void DecodeImageRows(const uint8_t* data, size_t size,
-                     const ImageDecodeOptions& options, RgbRowSink* sink);
+void DecodeImageRows(const uint8_t* data, size_t size, const ImageDecodeOptions& options, RgbRowSink* sink);
 
 struct PreprocessOptions {
   int crop_size = 224;
@@ -93,14 +91,12 @@ size_t PreprocessedSize(const PreprocessOptions& options);
 // Only the cropped window of the resized image is computed. Throws ClipError
 // kInvalidArgument for bad options or an empty image, kImageTooLarge when the
 // resized long side does not fit in an int.
-void PreprocessRgb(const RgbImage& image, const PreprocessOptions& options,
-                   float* out);
+void PreprocessRgb(const RgbImage& image, const PreprocessOptions& options, float* out);
 
 // DecodeImage followed by PreprocessRgb, with identical results, but the
 // rows stream from the decoder through the resize (see DecodeImageRows).
-void PreprocessImage(const uint8_t* data, size_t size,
-                     const ImageDecodeOptions& decode,
-                     const PreprocessOptions& pre, float* out);
+void PreprocessImage(const uint8_t* data, size_t size, const ImageDecodeOptions& decode, const PreprocessOptions& pre,
+                     float* out);
 
 }  // namespace clip
 

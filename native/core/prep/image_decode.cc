@@ -17,27 +17,21 @@
 namespace clip {
 namespace decode {
 
-[[noreturn]] void Fail(ErrorCode code, const std::string& message) {
-  throw ClipError(code, message);
-}
+[[noreturn]] void Fail(ErrorCode code, const std::string& message) { throw ClipError(code, message); }
 
 [[noreturn]] void DecodeFailed(const char* format, const std::string& why) {
-  Fail(ErrorCode::kImageDecodeFailed,
-       std::string("cannot decode ") + format + " image: " + why);
+  Fail(ErrorCode::kImageDecodeFailed, std::string("cannot decode ") + format + " image: " + why);
 }
 
-void CheckDimensions(uint64_t width, uint64_t height,
-                     const ImageDecodeOptions& options, const char* format) {
+void CheckDimensions(uint64_t width, uint64_t height, const ImageDecodeOptions& options, const char* format) {
   if (width == 0 || height == 0) {
     DecodeFailed(format, "image has zero width or height");
   }
   // The product is only formed once both sides are below 2^31.
-  if (width > INT_MAX || height > INT_MAX ||
-      width * height > options.max_pixels) {
-    Fail(ErrorCode::kImageTooLarge,
-         std::string(format) + " image is " + std::to_string(width) + "x" +
-             std::to_string(height) + " pixels; the limit is " +
-             std::to_string(options.max_pixels) + " pixels");
+  if (width > INT_MAX || height > INT_MAX || width * height > options.max_pixels) {
+    Fail(ErrorCode::kImageTooLarge, std::string(format) + " image is " + std::to_string(width) + "x" +
+                                        std::to_string(height) + " pixels; the limit is " +
+                                        std::to_string(options.max_pixels) + " pixels");
   }
 }
 
@@ -68,12 +62,9 @@ int ParseExifOrientation(const uint8_t* data, size_t size) {
     return 1;
   }
   auto u16 = [&](size_t at) -> uint32_t {
-    return big_endian ? (data[at] << 8) | data[at + 1]
-                      : data[at] | (data[at + 1] << 8);
+    return big_endian ? (data[at] << 8) | data[at + 1] : data[at] | (data[at + 1] << 8);
   };
-  auto u32 = [&](size_t at) -> uint32_t {
-    return big_endian ? ReadBe32(data + at) : ReadLe32(data + at);
-  };
+  auto u32 = [&](size_t at) -> uint32_t { return big_endian ? ReadBe32(data + at) : ReadLe32(data + at); };
   if (u16(2) != 42) return 1;
   const uint64_t ifd = u32(4);
   if (ifd + 2 > size) return 1;
@@ -142,13 +133,11 @@ void EmitOriented(const RgbImage& image, int orientation, RgbRowSink* sink) {
           sx = w - 1 - y, sy = x;
           break;
       }
-      std::memcpy(row + 3 * x,
-                  &image.pixels[(static_cast<size_t>(sy) * w + sx) * 3], 3);
+      std::memcpy(row + 3 * x, &image.pixels[(static_cast<size_t>(sy) * w + sx) * 3], 3);
     }
     sink->Commit(y, 1);
   }
 }
-
 
 }  // namespace decode
 
@@ -160,12 +149,10 @@ ImageFormat DetectImageFormat(const uint8_t* data, size_t size) {
   if (size >= 8 && std::memcmp(data, decode::kPngSignature, 8) == 0) {
     return ImageFormat::kPng;
   }
-  if (size >= 12 && std::memcmp(data, "RIFF", 4) == 0 &&
-      std::memcmp(data + 8, "WEBP", 4) == 0) {
+  if (size >= 12 && std::memcmp(data, "RIFF", 4) == 0 && std::memcmp(data + 8, "WEBP", 4) == 0) {
     return ImageFormat::kWebp;
   }
-  if (size >= 6 && (std::memcmp(data, "GIF87a", 6) == 0 ||
-                    std::memcmp(data, "GIF89a", 6) == 0)) {
+  if (size >= 6 && (std::memcmp(data, "GIF87a", 6) == 0 || std::memcmp(data, "GIF89a", 6) == 0)) {
     return ImageFormat::kGif;
   }
   if (size >= 2 && data[0] == 'B' && data[1] == 'M') return ImageFormat::kBmp;
@@ -190,8 +177,7 @@ const char* ImageFormatName(ImageFormat format) {
   return "unknown";
 }
 
-void DecodeImageRows(const uint8_t* data, size_t size,
-                     const ImageDecodeOptions& options, RgbRowSink* sink) {
+void DecodeImageRows(const uint8_t* data, size_t size, const ImageDecodeOptions& options, RgbRowSink* sink) {
   if (data == nullptr || size == 0) {
     decode::Fail(ErrorCode::kImageDecodeFailed, "cannot decode image: no data");
   }
@@ -215,18 +201,16 @@ void DecodeImageRows(const uint8_t* data, size_t size,
         decode::DecodeBmp(data, size, options, &out);
         break;
       case ImageFormat::kUnknown:
-        decode::Fail(ErrorCode::kUnsupportedImageFormat,
-             "unsupported image format (not JPEG, PNG, WebP, GIF or BMP)");
+        decode::Fail(ErrorCode::kUnsupportedImageFormat, "unsupported image format (not JPEG, PNG, WebP, GIF or BMP)");
     }
     out.Finish();
   } catch (const std::bad_alloc&) {
-    decode::Fail(ErrorCode::kImageTooLarge, std::string("out of memory decoding ") +
-                                        ImageFormatName(format) + " image");
+    decode::Fail(ErrorCode::kImageTooLarge,
+                 std::string("out of memory decoding ") + ImageFormatName(format) + " image");
   }
 }
 
-RgbImage DecodeImage(const uint8_t* data, size_t size,
-                     const ImageDecodeOptions& options) {
+RgbImage DecodeImage(const uint8_t* data, size_t size, const ImageDecodeOptions& options) {
   decode::ImageSink sink;
   DecodeImageRows(data, size, options, &sink);
   return sink.Take();

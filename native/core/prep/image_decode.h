@@ -20,23 +20,17 @@ namespace decode {
 [[noreturn]] void DecodeFailed(const char* format, const std::string& why);
 
 inline uint32_t ReadBe32(const uint8_t* p) {
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) |
-         (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
 }
 inline uint32_t ReadLe32(const uint8_t* p) {
-  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) |
-         (uint32_t{p[3]} << 24);
+  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
 }
-inline uint16_t ReadLe16(const uint8_t* p) {
-  return static_cast<uint16_t>(p[0] | (p[1] << 8));
-}
+inline uint16_t ReadLe16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 
-inline constexpr uint8_t kPngSignature[8] = {0x89, 'P',  'N',  'G',
-                                             '\r', '\n', 0x1A, '\n'};
+inline constexpr uint8_t kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
 
 // Validates the size announced by a header before any pixel memory exists.
-void CheckDimensions(uint64_t width, uint64_t height,
-                     const ImageDecodeOptions& options, const char* format);
+void CheckDimensions(uint64_t width, uint64_t height, const ImageDecodeOptions& options, const char* format);
 
 RgbImage NewRgbImage(uint64_t width, uint64_t height);
 
@@ -51,9 +45,7 @@ void EmitOriented(const RgbImage& image, int orientation, RgbRowSink* sink);
 // Collects all rows into one RgbImage (DecodeImage's sink).
 class ImageSink : public RgbRowSink {
  public:
-  void Begin(int width, int height) override {
-    image_ = NewRgbImage(width, height);
-  }
+  void Begin(int width, int height) override { image_ = NewRgbImage(width, height); }
   uint8_t* Reserve(int y, int /*count*/, size_t* stride) override {
     *stride = static_cast<size_t>(image_.width) * 3;
     return image_.pixels.data() + static_cast<size_t>(y) * *stride;
@@ -82,8 +74,7 @@ class FrameSink {
     }
   }
   uint8_t* Reserve(int y, int count, size_t* stride) {
-    return Rotates() ? whole_.Reserve(y, count, stride)
-                     : sink_->Reserve(y, count, stride);
+    return Rotates() ? whole_.Reserve(y, count, stride) : sink_->Reserve(y, count, stride);
   }
   void Commit(int y, int count) {
     if (!Rotates()) sink_->Commit(y, count);
@@ -104,16 +95,11 @@ class FrameSink {
 // One decoder per format. Each validates the header, then streams rows to
 // `sink` (Begin, Reserve/Commit, nothing after a throw); DecodeImageRows
 // calls sink->Finish().
-void DecodeJpeg(const uint8_t* data, size_t size,
-                const ImageDecodeOptions& options, FrameSink* sink);
-void DecodePng(const uint8_t* data, size_t size,
-               const ImageDecodeOptions& options, FrameSink* sink);
-void DecodeWebp(const uint8_t* data, size_t size,
-                const ImageDecodeOptions& options, FrameSink* sink);
-void DecodeGif(const uint8_t* data, size_t size,
-               const ImageDecodeOptions& options, FrameSink* sink);
-void DecodeBmp(const uint8_t* data, size_t size,
-               const ImageDecodeOptions& options, FrameSink* sink);
+void DecodeJpeg(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* sink);
+void DecodePng(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* sink);
+void DecodeWebp(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* sink);
+void DecodeGif(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* sink);
+void DecodeBmp(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* sink);
 
 }  // namespace decode
 }  // namespace clip

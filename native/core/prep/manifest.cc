@@ -29,8 +29,7 @@ std::string JoinPath(const std::string& dir, const std::string& name) {
 }
 
 template <typename T>
-T Field(const json& object, const char* key, const T& fallback,
-        const std::string& file, const std::string& where) {
+T Field(const json& object, const char* key, const T& fallback, const std::string& file, const std::string& where) {
   auto it = object.find(key);
   if (it == object.end() || it->is_null()) return fallback;
   try {
@@ -40,15 +39,13 @@ T Field(const json& object, const char* key, const T& fallback,
   }
 }
 
-int PositiveInt(const json& object, const char* key, int fallback,
-                const std::string& file, const std::string& where) {
+int PositiveInt(const json& object, const char* key, int fallback, const std::string& file, const std::string& where) {
   int value = Field<int>(object, key, fallback, file, where);
   if (value <= 0) Fail(file, "field " + where + key + " must be positive");
   return value;
 }
 
-std::array<float, 3> Triple(const json& object, const char* key,
-                            const std::array<float, 3>& fallback,
+std::array<float, 3> Triple(const json& object, const char* key, const std::array<float, 3>& fallback,
                             const std::string& file) {
   auto it = object.find(key);
   if (it == object.end()) return fallback;
@@ -107,8 +104,7 @@ Manifest ReadManifest(const std::string& directory) {
   if (!files.is_object()) Fail(file, "field files must be an object");
 
   m.image.size = PositiveInt(image, "size", 224, file, "image.");
-  m.image.resize_shortest_edge =
-      PositiveInt(image, "resizeShortestEdge", m.image.size, file, "image.");
+  m.image.resize_shortest_edge = PositiveInt(image, "resizeShortestEdge", m.image.size, file, "image.");
   m.image.interpolation = Field<std::string>(image, "interpolation", "bicubic", file, "image.");
   if (m.image.interpolation != "bicubic") {
     Fail(file, "field image.interpolation: only \"bicubic\" is supported");

@@ -22,8 +22,7 @@
 #define CLIP_NO_FP_CONTRACT_ATTRIBUTE
 #define CLIP_NO_FP_CONTRACT_BLOCK _Pragma("clang fp contract(off)")
 #elif defined(__GNUC__)
-#define CLIP_NO_FP_CONTRACT_ATTRIBUTE \
-  __attribute__((optimize("fp-contract=off")))
+#define CLIP_NO_FP_CONTRACT_ATTRIBUTE __attribute__((optimize("fp-contract=off")))
 #define CLIP_NO_FP_CONTRACT_BLOCK
 #else
 #define CLIP_NO_FP_CONTRACT_ATTRIBUTE
@@ -67,15 +66,11 @@ struct AxisTaps {
 
 // Pillow's precompute_coeffs + normalize_coeffs_8bpc, restricted to outputs
 // [out_first, out_first + out_count).
-CLIP_NO_FP_CONTRACT_ATTRIBUTE AxisTaps ComputeAxisTaps(int in_size,
-                                                       int out_size,
-                                                       int out_first,
-                                                       int out_count) {
+CLIP_NO_FP_CONTRACT_ATTRIBUTE AxisTaps ComputeAxisTaps(int in_size, int out_size, int out_first, int out_count) {
   CLIP_NO_FP_CONTRACT_BLOCK
   // Pillow receives the source box as C floats, so sizes above 2^24 round
   // before the scale is computed.
-  const double scale =
-      static_cast<double>(static_cast<float>(in_size)) / out_size;
+  const double scale = static_cast<double>(static_cast<float>(in_size)) / out_size;
   const double filter_scale = std::max(scale, 1.0);
   const double support = kBicubicSupport * filter_scale;
   const double inverse_filter_scale = 1.0 / filter_scale;
@@ -99,8 +94,7 @@ CLIP_NO_FP_CONTRACT_ATTRIBUTE AxisTaps ComputeAxisTaps(int in_size,
 
     double sum = 0.0;
     for (int t = 0; t < n; ++t) {
-      const double w =
-          BicubicKernel((t + lo - center + 0.5) * inverse_filter_scale);
+      const double w = BicubicKernel((t + lo - center + 0.5) * inverse_filter_scale);
       kernel[t] = w;
       sum += w;
     }
@@ -160,8 +154,7 @@ inline int32_t HorizontalSum(__m128i v) {
 }
 
 inline uint8_t Combine(__m128i low, __m128i high) {
-  const int64_t sum = int64_t{kRoundingBias} + HorizontalSum(low) +
-                      int64_t{HorizontalSum(high)} * (1 << 15);
+  const int64_t sum = int64_t{kRoundingBias} + HorizontalSum(low) + int64_t{HorizontalSum(high)} * (1 << 15);
   return Clip8(static_cast<int32_t>(sum));
 }
 #endif  // __SSE2__
@@ -178,12 +171,9 @@ HorizontalFilter::HorizontalFilter(AxisTaps taps) : taps_(std::move(taps)) {
   high_.assign(low_.size(), 0);
   for (int x = 0; x < width; ++x) {
     for (int t = 0; t < taps_.count[x]; ++t) {
-      const int32_t w =
-          taps_.weights[static_cast<size_t>(x) * taps_.stride + t];
-      low_[static_cast<size_t>(x) * padded_ + t] =
-          static_cast<int16_t>(w & 0x7FFF);
-      high_[static_cast<size_t>(x) * padded_ + t] =
-          static_cast<int16_t>(w >> 15);
+      const int32_t w = taps_.weights[static_cast<size_t>(x) * taps_.stride + t];
+      low_[static_cast<size_t>(x) * padded_ + t] = static_cast<int16_t>(w & 0x7FFF);
+      high_[static_cast<size_t>(x) * padded_ + t] = static_cast<int16_t>(w >> 15);
     }
   }
   // Only the columns some tap reads are split into planes; the zero tail
@@ -193,8 +183,7 @@ HorizontalFilter::HorizontalFilter(AxisTaps taps) : taps_(std::move(taps)) {
   for (int x = 0; x < width; ++x) {
     column_end_ = std::max(column_end_, taps_.first[x] + taps_.count[x]);
   }
-  plane_size_ =
-      static_cast<size_t>(column_end_ - column_begin_) + padded_ + kSimdLanes;
+  plane_size_ = static_cast<size_t>(column_end_ - column_begin_) + padded_ + kSimdLanes;
   planes_.assign(plane_size_ * 3, 0);
 #endif
 }
@@ -251,16 +240,11 @@ void HorizontalFilter::RunSse2(const uint8_t* in, uint8_t* out) {
     __m128i green_low = red_low, green_high = red_low;
     __m128i blue_low = red_low, blue_high = red_low;
     for (int t = 0; t < n; t += kSimdLanes) {
-      const __m128i l =
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + t));
-      const __m128i h =
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + t));
-      const __m128i r =
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(red + offset + t));
-      const __m128i g =
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(green + offset + t));
-      const __m128i b =
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(blue + offset + t));
+      const __m128i l = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + t));
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + t));
+      const __m128i r = _mm_loadu_si128(reinterpret_cast<const __m128i*>(red + offset + t));
+      const __m128i g = _mm_loadu_si128(reinterpret_cast<const __m128i*>(green + offset + t));
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blue + offset + t));
       red_low = _mm_add_epi32(red_low, _mm_madd_epi16(r, l));
       red_high = _mm_add_epi32(red_high, _mm_madd_epi16(r, h));
       green_low = _mm_add_epi32(green_low, _mm_madd_epi16(g, l));
@@ -277,9 +261,8 @@ void HorizontalFilter::RunSse2(const uint8_t* in, uint8_t* out) {
 
 // Vertical pass. `rows` points at the input row whose index is `row_origin`;
 // every tap of `taps` refers to absolute input rows.
-void ResampleVertical(const uint8_t* rows, size_t row_stride, int row_origin,
-                      int row_bytes, const AxisTaps& taps, uint8_t* dst,
-                      size_t dst_stride) {
+void ResampleVertical(const uint8_t* rows, size_t row_stride, int row_origin, int row_bytes, const AxisTaps& taps,
+                      uint8_t* dst, size_t dst_stride) {
   std::vector<int32_t> accumulator(row_bytes);
   const int height = static_cast<int>(taps.first.size());
   for (int y = 0; y < height; ++y) {
@@ -289,9 +272,7 @@ void ResampleVertical(const uint8_t* rows, size_t row_stride, int row_origin,
     // Taps outer, pixels inner: the inner loop is a plain vectorizable
     // multiply-add; integer sums do not depend on the order.
     for (int t = 0; t < n; ++t) {
-      const uint8_t* in =
-          rows +
-          static_cast<size_t>(taps.first[y] + t - row_origin) * row_stride;
+      const uint8_t* in = rows + static_cast<size_t>(taps.first[y] + t - row_origin) * row_stride;
       const int32_t w = k[t];
       int32_t* __restrict acc = accumulator.data();
       const uint8_t* __restrict pixels = in;
@@ -321,24 +302,17 @@ struct BicubicWindowResizer::State {
   int received_count = 0;
 };
 
-BicubicWindowResizer::BicubicWindowResizer(int src_width, int src_height,
-                                           int resized_width,
-                                           int resized_height, int window_x,
-                                           int window_y, int window_width,
-                                           int window_height)
+BicubicWindowResizer::BicubicWindowResizer(int src_width, int src_height, int resized_width, int resized_height,
+                                           int window_x, int window_y, int window_width, int window_height)
     : state_(std::make_unique<State>()) {
-  if (src_width <= 0 || src_height <= 0 || resized_width <= 0 ||
-      resized_height <= 0 || window_width <= 0 || window_height <= 0 ||
-      window_x < 0 || window_y < 0 || window_x > resized_width - window_width ||
+  if (src_width <= 0 || src_height <= 0 || resized_width <= 0 || resized_height <= 0 || window_width <= 0 ||
+      window_height <= 0 || window_x < 0 || window_y < 0 || window_x > resized_width - window_width ||
       window_y > resized_height - window_height) {
-    throw ClipError(
-        ErrorCode::kInvalidArgument,
-        "resize window " + std::to_string(window_width) + "x" +
-            std::to_string(window_height) + "+" + std::to_string(window_x) +
-            "+" + std::to_string(window_y) + " of " +
-            std::to_string(src_width) + "x" + std::to_string(src_height) +
-            " resized to " + std::to_string(resized_width) + "x" +
-            std::to_string(resized_height) + " is not valid");
+    throw ClipError(ErrorCode::kInvalidArgument,
+                    "resize window " + std::to_string(window_width) + "x" + std::to_string(window_height) + "+" +
+                        std::to_string(window_x) + "+" + std::to_string(window_y) + " of " + std::to_string(src_width) +
+                        "x" + std::to_string(src_height) + " resized to " + std::to_string(resized_width) + "x" +
+                        std::to_string(resized_height) + " is not valid");
   }
   State& s = *state_;
   s.src_width = src_width;
@@ -347,13 +321,11 @@ BicubicWindowResizer::BicubicWindowResizer(int src_width, int src_height,
   // Like Pillow (need_horizontal / need_vertical), an axis whose size is
   // unchanged is copied; its scale-1 filter would be the identity anyway.
   if (resized_width != src_width) {
-    s.columns = std::make_unique<HorizontalFilter>(
-        ComputeAxisTaps(src_width, resized_width, window_x, window_width));
+    s.columns = std::make_unique<HorizontalFilter>(ComputeAxisTaps(src_width, resized_width, window_x, window_width));
   }
   s.vertical = resized_height != src_height;
   if (s.vertical) {
-    s.rows =
-        ComputeAxisTaps(src_height, resized_height, window_y, window_height);
+    s.rows = ComputeAxisTaps(src_height, resized_height, window_y, window_height);
     s.row_begin = s.rows.first.front();
     s.row_end = s.row_begin;
     for (size_t i = 0; i < s.rows.first.size(); ++i) {
@@ -375,8 +347,7 @@ int BicubicWindowResizer::row_begin() const { return state_->row_begin; }
 
 int BicubicWindowResizer::row_end() const { return state_->row_end; }
 
-void BicubicWindowResizer::AddRows(int y, int count, const uint8_t* rows,
-                                   size_t stride) {
+void BicubicWindowResizer::AddRows(int y, int count, const uint8_t* rows, size_t stride) {
   State& s = *state_;
   const int first = std::max(y, s.row_begin);
   const int last = std::min(y + count, s.row_end);
@@ -398,34 +369,27 @@ void BicubicWindowResizer::AddRows(int y, int count, const uint8_t* rows,
 void BicubicWindowResizer::Finish(uint8_t* dst, size_t dst_stride) {
   State& s = *state_;
   if (s.received_count != s.row_end - s.row_begin) {
-    throw ClipError(ErrorCode::kInternal,
-                    "resize finished with " + std::to_string(s.received_count) +
-                        " of " + std::to_string(s.row_end - s.row_begin) +
-                        " source rows");
+    throw ClipError(ErrorCode::kInternal, "resize finished with " + std::to_string(s.received_count) + " of " +
+                                              std::to_string(s.row_end - s.row_begin) + " source rows");
   }
   if (s.vertical) {
-    ResampleVertical(s.intermediate.get(), s.row_bytes, s.row_begin,
-                     s.row_bytes, s.rows, dst, dst_stride);
+    ResampleVertical(s.intermediate.get(), s.row_bytes, s.row_begin, s.row_bytes, s.rows, dst, dst_stride);
     return;
   }
   for (int y = 0; y < s.row_end - s.row_begin; ++y) {
-    std::memcpy(dst + static_cast<size_t>(y) * dst_stride,
-                s.intermediate.get() + static_cast<size_t>(y) * s.row_bytes,
+    std::memcpy(dst + static_cast<size_t>(y) * dst_stride, s.intermediate.get() + static_cast<size_t>(y) * s.row_bytes,
                 s.row_bytes);
   }
 }
 
-void ResizeBicubicWindow(const uint8_t* src, int src_width, int src_height,
-                         int resized_width, int resized_height, int window_x,
-                         int window_y, int window_width, int window_height,
-                         uint8_t* dst, size_t dst_stride) {
-  BicubicWindowResizer resizer(src_width, src_height, resized_width,
-                               resized_height, window_x, window_y, window_width,
+void ResizeBicubicWindow(const uint8_t* src, int src_width, int src_height, int resized_width, int resized_height,
+                         int window_x, int window_y, int window_width, int window_height, uint8_t* dst,
+                         size_t dst_stride) {
+  BicubicWindowResizer resizer(src_width, src_height, resized_width, resized_height, window_x, window_y, window_width,
                                window_height);
   const size_t stride = static_cast<size_t>(src_width) * 3;
   const int begin = resizer.row_begin();
-  resizer.AddRows(begin, resizer.row_end() - begin,
-                  src + static_cast<size_t>(begin) * stride, stride);
+  resizer.AddRows(begin, resizer.row_end() - begin, src + static_cast<size_t>(begin) * stride, stride);
   resizer.Finish(dst, dst_stride);
 }
 

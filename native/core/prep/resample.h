@@ -26,8 +26,7 @@ class BicubicWindowResizer {
  public:
   // Throws ClipError kInvalidArgument when a size is not positive or the
   // window is not inside the resized image.
-  BicubicWindowResizer(int src_width, int src_height, int resized_width,
-                       int resized_height, int window_x, int window_y,
+  BicubicWindowResizer(int src_width, int src_height, int resized_width, int resized_height, int window_x, int window_y,
                        int window_width, int window_height);
   ~BicubicWindowResizer();
   BicubicWindowResizer(const BicubicWindowResizer&) = delete;
@@ -52,10 +51,9 @@ class BicubicWindowResizer {
 
 // One-shot form for a source held in memory (RGB8, HWC, rows
 // src_width * 3 bytes apart).
-void ResizeBicubicWindow(const uint8_t* src, int src_width, int src_height,
-                         int resized_width, int resized_height, int window_x,
-                         int window_y, int window_width, int window_height,
-                         uint8_t* dst, size_t dst_stride);
+void ResizeBicubicWindow(const uint8_t* src, int src_width, int src_height, int resized_width, int resized_height,
+                         int window_x, int window_y, int window_width, int window_height, uint8_t* dst,
+                         size_t dst_stride);
 
 }  // namespace clip
 

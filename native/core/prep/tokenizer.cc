@@ -135,8 +135,7 @@ class Tokenizer::WordCache {
       shard.index.erase(shard.lru.back().key);
       shard.lru.pop_back();
     }
-    shard.lru.push_front(
-        Entry{std::string(key), std::vector<int32_t>(ids, ids + count)});
+    shard.lru.push_front(Entry{std::string(key), std::vector<int32_t>(ids, ids + count)});
     // The view points into the list node, which never moves.
     shard.index.emplace(shard.lru.front().key, shard.lru.begin());
   }
@@ -155,9 +154,7 @@ class Tokenizer::WordCache {
   };
   // Each shard's map buckets by the low bits of the same hash; the shard is
   // picked by the high ones so the two stay independent.
-  static size_t ShardIndex(size_t hash) {
-    return (hash >> (sizeof(size_t) * 8 - 4)) % kShards;
-  }
+  static size_t ShardIndex(size_t hash) { return (hash >> (sizeof(size_t) * 8 - 4)) % kShards; }
 
   std::array<Shard, kShards> shards_;
 };
@@ -177,9 +174,7 @@ struct Candidate {
   int32_t merged;
   // std::*_heap build a max-heap; invert so the lowest (rank, pos) is on top,
   // which is the leftmost pair of the lowest rank, as tokenizers picks it.
-  bool operator<(const Candidate& other) const {
-    return rank != other.rank ? rank > other.rank : pos > other.pos;
-  }
+  bool operator<(const Candidate& other) const { return rank != other.rank ? rank > other.rank : pos > other.pos; }
 };
 
 }  // namespace
@@ -187,8 +182,7 @@ struct Candidate {
 // One Encode call: the streaming state from raw bytes to content ids.
 class Tokenizer::Session {
  public:
-  Session(const Tokenizer& tokenizer, std::string_view text, size_t limit,
-          std::vector<int32_t>* out)
+  Session(const Tokenizer& tokenizer, std::string_view text, size_t limit, std::vector<int32_t>* out)
       : tokenizer_(tokenizer),
         model_(*tokenizer.model_),
         raw_(reinterpret_cast<const uint8_t*>(text.data())),
@@ -207,11 +201,9 @@ class Tokenizer::Session {
       // text is never scanned ahead of need.
       size_t target = std::min(raw_size_, pos + kChunkBytes);
       size_t search_end = std::min(raw_size_, target + kEndOfText.size() - 1);
-      std::string_view window(reinterpret_cast<const char*>(raw_) + pos,
-                              search_end - pos);
+      std::string_view window(reinterpret_cast<const char*>(raw_) + pos, search_end - pos);
       size_t hit = window.find(kEndOfText);
-      size_t segment_end =
-          hit == std::string_view::npos ? raw_size_ : pos + hit;
+      size_t segment_end = hit == std::string_view::npos ? raw_size_ : pos + hit;
       pos = NormalizeChunk(pos, std::min(target, segment_end), segment_end);
       bool segment_done = pos == segment_end;
       Drain(segment_done);
@@ -248,8 +240,7 @@ class Tokenizer::Session {
         size_t peek = i;
         UChar32 c;
         U8_NEXT_OR_FFFD(raw_, peek, segment_end, c);
-        if (model_.nfc->hasBoundaryBefore(c) ||
-            ++non_starters > kMaxNonStarterRun) {
+        if (model_.nfc->hasBoundaryBefore(c) || ++non_starters > kMaxNonStarterRun) {
           break;
         }
       }
@@ -272,9 +263,7 @@ class Tokenizer::Session {
     UErrorCode status = U_ZERO_ERROR;
     model_.nfc->normalize(source_, normalized_, status);
     if (U_FAILURE(status)) {
-      throw ClipError(
-          ErrorCode::kInternal,
-          std::string("ICU NFC normalization failed: ") + u_errorName(status));
+      throw ClipError(ErrorCode::kInternal, std::string("ICU NFC normalization failed: ") + u_errorName(status));
     }
     const UChar* units = normalized_.getBuffer();
     int32_t length = normalized_.length();
@@ -358,8 +347,7 @@ class Tokenizer::Session {
     if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
     if (pos + 2 >= avail) return 0;
     UChar32 b = norm_[pos + 2];
-    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') ||
-        (a == 'l' && b == 'l')) {
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) {
       return 3;
     }
     return 0;
@@ -367,8 +355,7 @@ class Tokenizer::Session {
 
   // End of the letter or punctuation run that continues at `begin`.
   // *complete is false when text still to be normalized might extend it.
-  size_t RunEnd(size_t begin, CharClass cls, bool segment_done,
-                bool* complete) const {
+  size_t RunEnd(size_t begin, CharClass cls, bool segment_done, bool* complete) const {
     size_t avail = norm_.size();
     size_t end = begin;
     while (end < avail && class_[end] == cls) {
@@ -535,8 +522,7 @@ class Tokenizer::Session {
     for (int32_t k = 0; k < count; ++k) {
       uint8_t byte = static_cast<uint8_t>(bytes[k]);
       bool last = k + 1 == count;
-      int32_t id =
-          last && end_of_word ? model_.byte_end_id[byte] : model_.byte_id[byte];
+      int32_t id = last && end_of_word ? model_.byte_end_id[byte] : model_.byte_id[byte];
       symbols_.push_back(Symbol{id, k - 1, last ? -1 : k + 1, 1});
     }
     for (int32_t k = 0; k + 1 < count; ++k) PushCandidate(k);
@@ -550,8 +536,7 @@ class Tokenizer::Session {
       uint32_t rank;
       int32_t merged;
       // Stale entries: the pair at pos changed since it was queued.
-      if (!model_.Merge(left.id, right.id, &rank, &merged) ||
-          merged != top.merged) {
+      if (!model_.Merge(left.id, right.id, &rank, &merged) || merged != top.merged) {
         continue;
       }
       left.id = merged;
@@ -610,21 +595,17 @@ TokenizerOptions ValidateOptions(const TokenizerOptions& options) {
                     "received " +
                         std::to_string(options.context_length));
   }
-  if (options.bpe_window_bytes != 0 &&
-      options.bpe_window_bytes < 2 * kWindowMarginBytes) {
-    throw ClipError(
-        ErrorCode::kInvalidArgument,
-        "Expected 0 or >= " + std::to_string(2 * kWindowMarginBytes) +
-            " for TokenizerOptions.bpe_window_bytes but received " +
-            std::to_string(options.bpe_window_bytes));
+  if (options.bpe_window_bytes != 0 && options.bpe_window_bytes < 2 * kWindowMarginBytes) {
+    throw ClipError(ErrorCode::kInvalidArgument, "Expected 0 or >= " + std::to_string(2 * kWindowMarginBytes) +
+                                                     " for TokenizerOptions.bpe_window_bytes but received " +
+                                                     std::to_string(options.bpe_window_bytes));
   }
   return options;
 }
 
 }  // namespace tokenizer_internal
 
-Tokenizer::Tokenizer(std::unique_ptr<const Model> model,
-                     const TokenizerOptions& options)
+Tokenizer::Tokenizer(std::unique_ptr<const Model> model, const TokenizerOptions& options)
     : options_(tokenizer_internal::ValidateOptions(options)), model_(std::move(model)) {
   if (options_.cache_capacity > 0) {
     cache_ = std::make_unique<WordCache>(options_.cache_capacity);
@@ -635,14 +616,12 @@ Tokenizer::~Tokenizer() = default;
 
 size_t Tokenizer::vocab_size() const { return model_->vocab_size; }
 
-void Tokenizer::EncodeContent(std::string_view utf8, size_t max_content,
-                              std::vector<int32_t>* content) const {
+void Tokenizer::EncodeContent(std::string_view utf8, size_t max_content, std::vector<int32_t>* content) const {
   Session session(*this, utf8, max_content, content);
   session.Run();
 }
 
-int Tokenizer::EncodePadded(std::string_view utf8, int32_t* out,
-                            bool* truncated) const {
+int Tokenizer::EncodePadded(std::string_view utf8, int32_t* out, bool* truncated) const {
   size_t room = static_cast<size_t>(options_.context_length) - 2;
   std::vector<int32_t> content;
   content.reserve(room + 1);
@@ -658,9 +637,7 @@ int Tokenizer::EncodePadded(std::string_view utf8, int32_t* out,
   return length;
 }
 
-int Tokenizer::EncodePadded(std::string_view utf8, int32_t* out) const {
-  return EncodePadded(utf8, out, nullptr);
-}
+int Tokenizer::EncodePadded(std::string_view utf8, int32_t* out) const { return EncodePadded(utf8, out, nullptr); }
 
 std::vector<int32_t> Tokenizer::Encode(std::string_view utf8) const {
   std::vector<int32_t> ids(static_cast<size_t>(options_.context_length));

@@ -33,14 +33,13 @@ class Tokenizer {
   // Hugging Face vocab.json + merges.txt. Throws
   // ClipError(ErrorCode::kModelLoadFailed) with a message naming the file on
   // any problem, ClipError(ErrorCode::kInvalidArgument) for bad options.
-  static std::unique_ptr<Tokenizer> FromHuggingFaceFiles(
-      const std::string& vocab_json_path, const std::string& merges_txt_path,
-      const TokenizerOptions& options);
+  static std::unique_ptr<Tokenizer> FromHuggingFaceFiles(const std::string& vocab_json_path,
+                                                         const std::string& merges_txt_path,
+                                                         const TokenizerOptions& options);
 
   // openai's bpe_simple_vocab_16e6.txt.gz; the vocabulary is derived from the
   // merge list the way openai's simple_tokenizer.py does. Same error contract.
-  static std::unique_ptr<Tokenizer> FromOpenAiBpe(
-      const std::string& gz_path, const TokenizerOptions& options);
+  static std::unique_ptr<Tokenizer> FromOpenAiBpe(const std::string& gz_path, const TokenizerOptions& options);
 
   ~Tokenizer();
   Tokenizer(const Tokenizer&) = delete;
@@ -71,13 +70,11 @@ class Tokenizer {
   class WordCache;
   class Session;
 
-  Tokenizer(std::unique_ptr<const Model> model,
-            const TokenizerOptions& options);
+  Tokenizer(std::unique_ptr<const Model> model, const TokenizerOptions& options);
 
   // Appends at most max_content content ids (special-token literals
   // included) to *content; stops reading the text as soon as it has them.
-  void EncodeContent(std::string_view utf8, size_t max_content,
-                     std::vector<int32_t>* content) const;
+  void EncodeContent(std::string_view utf8, size_t max_content, std::vector<int32_t>* content) const;
 
   TokenizerOptions options_;
   std::unique_ptr<const Model> model_;

@@ -19,8 +19,7 @@ namespace clip {
 namespace tokenizer_internal {
 
 inline uint64_t PairKey(int32_t left, int32_t right) {
-  return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) |
-         static_cast<uint32_t>(right);
+  return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
 }
 
 inline void AppendUtf8(UChar32 c, std::string* out) {
@@ -47,8 +46,7 @@ struct Tokenizer::Model {
   size_t vocab_size = 0;
   const icu::Normalizer2* nfc = nullptr;
 
-  bool Merge(int32_t left, int32_t right, uint32_t* rank,
-             int32_t* merged) const {
+  bool Merge(int32_t left, int32_t right, uint32_t* rank, int32_t* merged) const {
     auto it = merges.find(tokenizer_internal::PairKey(left, right));
     if (it == merges.end()) return false;
     *rank = static_cast<uint32_t>(it->second >> 32);
