@@ -186,7 +186,7 @@ stage tests 150 run_tests
 # --- 4. bench -----------------------------------------------------------------------------------
 bench_out=$work/bench
 mkdir -p "$bench_out"
-rm -f "$bench_out/RESULTS.json"
+rm -rf "$bench_out/results"
 run_bench() {
   export CLIP_BENCH_OUT=$bench_out CLIP_BENCH_SERVE_SECONDS=0 CLIP_BENCH_STOCK=0 CLIP_BENCH_ROUNDS=1
   if [[ $mode == cuda ]]; then
@@ -213,7 +213,9 @@ if [[ -z $(command -v node) ]]; then
   say "no Node.js to summarize with; stages:" && cat "$stages" | tee -a "$log"
   exit 1
 fi
+# bench/run.js writes one report per CPU model under results/ (not the --quick one).
+bench_json=$(ls "$bench_out"/results/*.json 2>/dev/null | grep -v -- '-quick\.json$' | head -n 1)
 node scripts/device-summary.js --mode "$mode" --stages "$stages" --tap "$tap_out" \
-  --bench "$bench_out/RESULTS.json" --out "$out/device-results.json" --seconds $(($(date +%s) - started)) |
+  --bench "${bench_json:-$bench_out/results/none.json}" --out "$out/device-results.json" --seconds $(($(date +%s) - started)) |
   tee -a "$log"
 exit "${PIPESTATUS[0]}"
