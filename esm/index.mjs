@@ -9,6 +9,7 @@ export const {
   ClipError,
   ClipModel,
   cosineSimilarity,
+  DEFAULT_MODEL,
   ERROR_CODES,
   ERROR_THRESHOLD_EXCEEDED,
   float32ToBase64,

@@ -221,7 +221,7 @@ t.test('options are validated before anything loads', async (t) => {
   await t.rejects(ClipModel.load(tinyModel, { maxBatchImages: 0 }), { code: 'CLIP_INVALID_ARGUMENT' });
   await t.rejects(ClipModel.load(42 as never), {
     code: 'CLIP_INVALID_ARGUMENT',
-    message: /Expected a model directory path for directory but received number 42/,
+    message: /Expected a model directory or a Hugging Face repo id for directory but received number 42/,
   });
   await t.rejects(ClipModel.load(tinyModel, { device: 'cuda' }), { code: 'CLIP_DEVICE_UNAVAILABLE' }, 'no CUDA here');
 });
