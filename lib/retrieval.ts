@@ -1,5 +1,5 @@
 import { checkInteger } from './check';
-import { invalidArgument } from './errors';
+import { ClipError, invalidArgument } from './errors';
 import type { ClipModel, EmbedItem, ImageInput, ImageOptions } from './model';
 
 /** Options of {@link ClipModel.zeroShot}. */
@@ -207,10 +207,23 @@ export async function rank(
   // Embeddings passed in (an index computed before) are used as they are; the rest are embedded in one call.
   const all: RankItem[] = [query, ...candidateList];
   const pending = all.flatMap((item, i) => (item instanceof Float32Array ? [] : [i]));
-  const embedded = await model.embed(
-    pending.map((i) => all[i] as EmbedItem),
-    imageOptions,
-  );
+  let embedded: Float32Array[];
+  try {
+    embedded = await model.embed(
+      pending.map((i) => all[i] as EmbedItem),
+      imageOptions,
+    );
+  } catch (error) {
+    // embed() numbers its own list; name the item as the caller passed it (the query, or its candidate).
+    if (!(error instanceof ClipError) || error.index === undefined) throw error;
+    const position = pending[error.index];
+    const name = position === 0 ? 'query' : `candidates[${position - 1}]`;
+    const reason = error.message.replace(/^items\[\d+\]: /, '');
+    throw new ClipError(error.code, `${name}: ${reason}`, {
+      index: position === 0 ? undefined : position - 1,
+      cause: error,
+    });
+  }
   const vectors = all.slice() as Float32Array[];
   pending.forEach((i, k) => (vectors[i] = embedded[k]));
   const [queryEmbedding, ...candidateEmbeddings] = vectors;

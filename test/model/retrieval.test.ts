@@ -131,6 +131,16 @@ t.test('zeroShot, rank and logitScale', async (t) => {
     await t.rejects(model.rank({ text: 'x' }, [new Float32Array(3)]), { code: 'CLIP_INVALID_ARGUMENT' });
     await t.rejects(model.rank({ text: 'x' }, []), { code: 'CLIP_INVALID_ARGUMENT' });
     await t.rejects(model.rank({ text: 'x' }, [{ text: 'y' }], { topK: 0 }), { code: 'CLIP_INVALID_ARGUMENT' });
+    // A failing item is named as the caller passed it: its position among the candidates, or the query.
+    const corrupt = images[0].subarray(0, 60);
+    await t.rejects(model.rank({ text: 'x' }, [{ image: images[1] }, new Float32Array(512), { image: corrupt }]), {
+      code: 'CLIP_IMAGE_DECODE_FAILED',
+      index: 2,
+      message: /^candidates\[2\]: /,
+    });
+    const queryError = await model.rank({ image: corrupt }, [{ text: 'y' }]).catch((error: unknown) => error);
+    t.match(queryError, { code: 'CLIP_IMAGE_DECODE_FAILED', message: /^query: / });
+    t.equal((queryError as ClipError).index, undefined, 'the query has no candidate index');
   });
 
   await t.test('info.logitScale comes from clip.json', async (t) => {
