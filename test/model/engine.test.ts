@@ -302,7 +302,7 @@ function runNode(script: string, args: string[] = []) {
   return spawnSync(process.execPath, [...args, '-e', script], { cwd: root, encoding: 'utf8', timeout: 240_000 });
 }
 
-t.test('RSS stays flat over 20 load/embed/dispose cycles', async (t) => {
+t.test('RSS stays flat over 30 load/embed/dispose cycles', async (t) => {
   const result = runNode(
     `
     const { ClipModel } = require(${JSON.stringify(dist)});
@@ -310,7 +310,7 @@ t.test('RSS stays flat over 20 load/embed/dispose cycles', async (t) => {
     (async () => {
       const images = sampleImages(8);
       const rss = [];
-      for (let i = 0; i < 20; i++) {
+      for (let i = 0; i < 30; i++) {
         const model = await ClipModel.load(${JSON.stringify(tinyModel)}, { device: 'cpu' });
         await Promise.all([model.embedImages(images), model.embedTexts(['a cat', 'a dog on a red mat'])]);
         await model.dispose();
@@ -325,8 +325,10 @@ t.test('RSS stays flat over 20 load/embed/dispose cycles', async (t) => {
   );
   t.equal(result.status, 0, result.stderr);
   const rss = JSON.parse(result.stdout.trim().split('\n').pop()!) as number[];
-  const growth = (rss[19] - rss[1]) / 2 ** 20;
-  t.ok(growth < 50, `RSS grew ${growth.toFixed(1)} MB from cycle 2 to cycle 20`);
+  // The allocator's arenas and libtorch's caches fill over the first cycles (30-40 MB with the tiny model, more
+  // when other processes share the CPUs); a leak of the model would add its size on every cycle after.
+  const growth = (rss[29] - rss[9]) / 2 ** 20;
+  t.ok(growth < 50, `RSS grew ${growth.toFixed(1)} MB from cycle 10 to cycle 30`);
 });
 
 t.test('worker_threads load, embed and dispose; a worker torn down mid-work is safe', async (t) => {
