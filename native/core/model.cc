@@ -729,7 +729,8 @@ void Model::PrepareInferenceThread() const {
 
 void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
                              const torch::jit::script::Module& text_archive, const ModelOptions& options) {
-  std::vector<std::string> candidates = CpuKernelCandidates(precision_);
+  cpu_kernels_.candidates = CpuKernelCandidates(precision_);
+  std::vector<std::string> candidates = cpu_kernels_.candidates;
   std::string forced = options.cpu_kernels;
   std::string source = "option";
   if (forced.empty()) {
@@ -764,7 +765,6 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
     candidates = {forced};
     cpu_kernels_.selected_by = source;
   }
-  cpu_kernels_.candidates = CpuKernelCandidates(precision_);
   // The image encoder runs at least one image's tokens (50 for ViT-B/32)
   // through every linear, past what the small-row kernel is for.
   std::vector<std::string> image_candidates;
