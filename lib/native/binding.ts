@@ -116,6 +116,11 @@ export interface NativeBinding {
   load(directory: string, options: NativeLoadOptions): Promise<NativeModel>;
   /** Stops every engine of the process (see native/addon/addon.cc). */
   shutdownAll(): void;
+  /**
+   * How many threads one parallel loop of clip-native's own CPU kernels runs on: libtorch's
+   * thread count when the addon was compiled for libtorch's threading, 1 when it was not.
+   */
+  parallelThreads(): number;
   errorCodes: string[];
   builtWithCuda: boolean;
   torchVersion: string;

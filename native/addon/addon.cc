@@ -5,6 +5,7 @@
 
 #include "convert.h"
 #include "cpu_features.h"
+#include "cpu_linear.h"
 #include "load_worker.h"
 #include "model_wrap.h"
 #include "options.h"
@@ -44,6 +45,11 @@ Napi::Value ShutdownAll(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Main thread; blocks it for one parallel region on a short-lived thread.
+Napi::Value ParallelThreads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), ParallelForThreads());
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   data->model_constructor = Napi::Persistent(ModelWrap::Define(env));
@@ -51,6 +57,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
   exports.Set("load", Napi::Function::New(env, Load, "load"));
   exports.Set("shutdownAll", Napi::Function::New(env, ShutdownAll, "shutdownAll"));
+  exports.Set("parallelThreads", Napi::Function::New(env, ParallelThreads, "parallelThreads"));
   exports.Set("NativeModel", data->model_constructor.Value());
 
   Napi::Array codes = Napi::Array::New(env);

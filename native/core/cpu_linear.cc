@@ -6,7 +6,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cpu_features.h"
@@ -126,6 +129,19 @@ bool SmallRowLinearAvailable() {
 #else
   return false;
 #endif
+}
+
+int ParallelForThreads() {
+  std::set<std::thread::id> seen;
+  std::mutex mutex;
+  std::thread probe([&] {
+    at::parallel_for(0, 256, 1, [&](int64_t, int64_t) {
+      std::lock_guard<std::mutex> lock(mutex);
+      seen.insert(std::this_thread::get_id());
+    });
+  });
+  probe.join();
+  return static_cast<int>(seen.size());
 }
 
 at::Tensor PackSmallRowWeight(const at::Tensor& weight) {

@@ -29,6 +29,13 @@ at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c
 // candidate).
 constexpr int64_t kSmallRowLimit = 14;
 
+// How many threads an at::parallel_for of clip-native's own kernels runs on
+// (at most at::get_num_threads()). at::parallel_for is a header template, so
+// this is a property of how the core was compiled: 1 where a libtorch on
+// OpenMP meets code compiled without it. Runs on a thread of its own, which
+// ends before it returns, so the caller's thread gets no OpenMP pool.
+int ParallelForThreads();
+
 }  // namespace clip
 
 #endif  // CLIP_NATIVE_CORE_CPU_LINEAR_H_

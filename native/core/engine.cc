@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "threads.h"
+
 #ifdef __linux__
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -119,11 +121,14 @@ Engine::Engine(std::shared_ptr<Model> model, const EngineOptions& options)
   const int niceness = options.thread_niceness;
   for (int i = 0; i < prep; ++i) {
     prep_threads_.emplace_back([this, niceness] {
+      NameThisThread("clip-prep");
       LowerThreadPriority(niceness);
       PrepLoop();
     });
   }
   inference_thread_ = std::thread([this, niceness] {
+    // Named before its first forward: the OpenMP workers it starts take the name.
+    NameThisThread("clip-infer");
     LowerThreadPriority(niceness);
     InferenceLoop();
   });

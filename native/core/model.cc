@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -26,6 +27,7 @@
 #include "cpu_features.h"
 #include "cpu_linear.h"
 #include "errors.h"
+#include "threads.h"
 
 #ifdef CLIP_WITH_CUDA
 // Only c10's CUDA headers: they need the CUDA runtime's headers, not cuBLAS
@@ -633,7 +635,32 @@ const char* PrecisionName(Precision precision) {
   return "float32";
 }
 
+// Loading runs forwards (the check below, the kernel calibration), and with
+// libtorch on OpenMP the first parallel region of a thread gives that thread
+// a pool of OpenMP workers that lives as long as the thread. The caller's
+// thread (a libuv worker, which never exits) would keep such a pool idle
+// beside the inference thread's, and once the OpenMP runtime manages more
+// threads than there are CPUs it stops spin-waiting between parallel regions:
+// every region of every forward then pays futex wake-ups, which cost a
+// caption's forward about a quarter of its time on a 2-CPU virtual machine.
+// A thread of its own ends with the load and takes its pool with it.
 std::shared_ptr<Model> Model::Load(const std::string& directory, const ModelOptions& options) {
+  std::shared_ptr<Model> model;
+  std::exception_ptr error;
+  std::thread loader([&] {
+    NameThisThread("clip-load");
+    try {
+      model = LoadOnThisThread(directory, options);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+  loader.join();
+  if (error) std::rethrow_exception(error);
+  return model;
+}
+
+std::shared_ptr<Model> Model::LoadOnThisThread(const std::string& directory, const ModelOptions& options) {
   ConfigureThreadsOnce(options.threads);
   std::shared_ptr<Model> model(new Model());
   model->manifest_ = ReadManifest(directory);

@@ -73,7 +73,8 @@ class Model {
   // Reads the manifest, the tokenizer files and both archives, moves them to
   // the device and checks each encoder with one small forward. Throws
   // ClipError: kModelLoadFailed naming the file, kDeviceUnavailable,
-  // kInvalidArgument for a bad option.
+  // kInvalidArgument for a bad option. Runs on a thread of its own that
+  // ends before it returns (see model.cc), whatever thread calls it.
   static std::shared_ptr<Model> Load(const std::string& directory, const ModelOptions& options);
 
   // Not thread-safe: the engine runs all forwards on its single inference
@@ -113,6 +114,7 @@ class Model {
 
  private:
   Model() = default;
+  static std::shared_ptr<Model> LoadOnThisThread(const std::string& directory, const ModelOptions& options);
   torch::Tensor Run(Encoder& encoder, const torch::Tensor& input);
   void ChooseCpuKernels(const torch::jit::script::Module& image_archive, const torch::jit::script::Module& text_archive,
                         const ModelOptions& options);
