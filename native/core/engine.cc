@@ -5,13 +5,6 @@
 
 #include "threads.h"
 
-#ifdef __linux__
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#include <cerrno>
-#endif
-
 namespace clip {
 namespace {
 
@@ -39,22 +32,6 @@ bool Guard(Fn&& fn, ErrorCode* code, std::string* message) {
     *message = e.what();
   }
   return false;
-}
-
-// Engine threads run below the caller's priority, so a process's event loop
-// (or any other latency-sensitive thread) wins the CPU when both want it.
-// libtorch's OpenMP workers are created by the inference thread and inherit it.
-void LowerThreadPriority(int niceness) {
-#ifdef __linux__
-  if (niceness > 0) {
-    const int tid = static_cast<int>(syscall(SYS_gettid));
-    errno = 0;
-    const int current = getpriority(PRIO_PROCESS, tid);
-    if (errno == 0) setpriority(PRIO_PROCESS, tid, std::min(19, current + niceness));
-  }
-#else
-  (void)niceness;
-#endif
 }
 
 // Live engines, for ShutdownAllEngines(). Leaked on purpose: it must outlive

@@ -19,6 +19,7 @@
 #include "errors.h"
 #include "image.h"
 #include "model.h"
+#include "threads.h"
 
 namespace clip {
 
@@ -100,9 +101,9 @@ struct EngineOptions {
   // they are the same bits however the items happen to be batched.
   bool pad_image_batches = false;
   double max_wait_ms = 2.0;
-  size_t queue_capacity = 4096;  // tasks waiting per encoder
-  int prep_threads = 0;          // 0: one per core, at most 8
-  int thread_niceness = 10;      // added to the engine threads' nice value (Linux)
+  size_t queue_capacity = 4096;           // tasks waiting per encoder
+  int prep_threads = 0;                   // 0: one per core, at most 8
+  int thread_niceness = kEngineNiceness;  // added to the engine threads' nice value (Linux)
 };
 
 struct EncoderStats {

@@ -411,12 +411,26 @@ bool Int8Available() {
          (HasQEngine(at::QEngine::FBGEMM) || HasQEngine(at::QEngine::ONEDNN));
 }
 
+// A CPU forward, on the process's forward thread (threads.h) under the
+// caller's inference and grad modes.
 torch::Tensor Forward(Model::Encoder& encoder, const torch::Tensor& input) {
-  torch::Tensor x = input;
-  if (x.is_floating_point() && x.scalar_type() != encoder.float_input) x = x.to(encoder.float_input);
-  SetCpuAutocast(encoder.autocast);
-  torch::Tensor out = encoder.module.forward({x}).toTensor();
-  SetCpuAutocast(false);
+  const bool inference = c10::InferenceMode::is_enabled();
+  const bool grad = at::GradMode::is_enabled();
+  torch::Tensor out;
+  RunOnForwardThread([&] {
+    c10::InferenceMode inference_mode(inference);
+    at::AutoGradMode grad_mode(grad);
+    torch::Tensor x = input;
+    if (x.is_floating_point() && x.scalar_type() != encoder.float_input) x = x.to(encoder.float_input);
+    SetCpuAutocast(encoder.autocast);
+    try {
+      out = encoder.module.forward({x}).toTensor();
+    } catch (...) {
+      SetCpuAutocast(false);
+      throw;
+    }
+    SetCpuAutocast(false);
+  });
   return out;
 }
 

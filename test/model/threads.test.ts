@@ -1,6 +1,8 @@
-// The threads behind a model: clip-native's own CPU kernels run in parallel on libtorch's threads (a build that
-// compiled them without libtorch's threading runs them on one thread, silently about 2x slower), and the threads
-// an engine starts end with dispose().
+// The threads behind models: clip-native's own CPU kernels run in parallel on libtorch's threads (a build that
+// compiled them without libtorch's threading runs them on one thread, silently about 2x slower); every CPU forward
+// of the process runs on one forward thread, so however many models a process loads there is one pool of OpenMP
+// workers (more pools than CPUs make the OpenMP runtime sleep between parallel regions); the threads an engine
+// starts end with dispose().
 import fs from 'node:fs';
 import os from 'node:os';
 import t from 'tap';
@@ -16,6 +18,7 @@ const threadNames = (): string[] =>
       return []; // the thread ended while being listed
     }
   });
+const count = (name: string) => threadNames().filter((n) => n === name).length;
 
 t.test('own kernels run parallel loops on more than one thread', async (t) => {
   const threads = binding().parallelThreads();
@@ -26,13 +29,22 @@ t.test('own kernels run parallel loops on more than one thread', async (t) => {
   t.ok(threads >= 2, `a parallel loop ran on ${threads} threads`);
 });
 
-t.test('engine threads are named and end with dispose()', { skip: process.platform !== 'linux' }, async (t) => {
-  const model = await ClipModel.load(tinyModel, { device: 'cpu', threads: 2, prepThreads: 3 });
-  await model.embedTexts(['a photo of a cat']);
-  const running = threadNames();
-  t.equal(running.filter((name) => name === 'clip-prep').length, 3, 'three preparation threads');
-  t.ok(running.includes('clip-infer'), 'an inference thread');
-  await model.dispose();
-  const left = threadNames().filter((name) => name === 'clip-prep' || name === 'clip-infer');
-  t.same(left, [], 'none left after dispose');
+t.test('threads: named, one forward pool for all models, engine threads end with dispose()', async (t) => {
+  if (process.platform !== 'linux') return t.skip('thread names are read from /proc');
+  const first = await ClipModel.load(tinyModel, { device: 'cpu', threads: 2, prepThreads: 3 });
+  await first.embedTexts(['a photo of a cat']);
+  t.equal(count('clip-prep'), 3, 'three preparation threads');
+  t.equal(count('clip-infer'), 1, 'one inference thread');
+  const forward = count('clip-forward');
+  t.ok(forward >= 1 && forward <= 2, `the forward thread and its OpenMP workers (${forward}) are at most 2 threads`);
+
+  const second = await ClipModel.load(tinyModel, { device: 'cpu', prepThreads: 1 });
+  await Promise.all([second.embedImages([]), second.embedTexts(['a dog', 'a bird']), first.embedTexts(['a cat'])]);
+  t.equal(count('clip-infer'), 2, 'an inference thread per model');
+  t.equal(count('clip-forward'), forward, 'no second forward pool');
+
+  await first.dispose();
+  await second.dispose();
+  t.equal(count('clip-prep') + count('clip-infer'), 0, 'no engine thread left after dispose');
+  t.equal(count('clip-forward'), forward, 'the forward thread stays for the next model');
 });
