@@ -143,6 +143,10 @@ void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks, bool together) {
     auto group = std::make_shared<TaskGroup>();
     group->unsettled = tasks.size();
     for (auto& task : tasks) task->group = group;
+  } else if (tasks.size() > 1) {
+    auto cohort = std::make_shared<TaskCohort>();
+    cohort->unsettled = tasks.size();
+    for (auto& task : tasks) task->cohort = cohort;
   }
   const auto now = Clock::now();
   for (auto& task : tasks) {
@@ -185,6 +189,7 @@ void Engine::PrepLoop() {
 void Engine::Prepare(std::unique_ptr<Task> task) {
   const int e = static_cast<int>(EncoderOf(task->kind));
   const std::shared_ptr<TaskGroup> group = task->group;
+  const std::shared_ptr<TaskCohort> cohort = task->cohort;
   // Shutdown() zeroes the counts, so tasks finishing after it leave no trace.
   // The inference thread may be waiting for this task as a batch-mate, or
   // for its group to settle.
@@ -193,6 +198,7 @@ void Engine::Prepare(std::unique_ptr<Task> task) {
       std::lock_guard<std::mutex> lock(mutex_);
       if (!stopping_) --queues_[e].waiting;
       if (group) --group->unsettled;
+      if (cohort) --cohort->unsettled;
     }
     ready_cv_.notify_all();
   };
@@ -293,6 +299,7 @@ void Engine::Prepare(std::unique_ptr<Task> task) {
     if (!stopping_) {
       queues_[e].ready.push_back(std::move(task));
       if (group) --group->unsettled;
+      if (cohort) --cohort->unsettled;
     }
   }
   if (task) return Fail(std::move(task), ErrorCode::kDisposed, "the model has been disposed");
@@ -381,8 +388,13 @@ bool Engine::TakeBatch(int e, const Task* first, std::unique_lock<std::mutex>& l
     return true;
   }
 
-  // Wait briefly for batch-mates, but only while more are on the way.
+  // The rest of the first task's submission (TaskCohort), then briefly for
+  // other batch-mates, but only while more are on the way.
+  // `first` may be gone once the lock is released (Shutdown clears the queues).
   const auto deadline = first->ready_at + max_wait_;
+  if (const std::shared_ptr<TaskCohort> cohort = first->cohort) {
+    ready_cv_.wait(lock, [&] { return stopping_ || cohort->unsettled == 0 || ready.size() >= limit; });
+  }
   while (!stopping_ && ready.size() < limit && queues_[e].waiting > ready.size()) {
     if (ready_cv_.wait_until(lock, deadline) == std::cv_status::timeout) break;
   }

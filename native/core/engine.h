@@ -73,6 +73,16 @@ struct TaskGroup {
   size_t unsettled = 0;  // members still being prepared; guarded by the engine's mutex
 };
 
+// The tasks of one submission (not `together`) still being prepared. A batch
+// whose first task belongs to a submission waits for the rest of it, up to a
+// full batch: the caller needs them all anyway, and starting early would run
+// two smaller batches, the first beside the preparation of the rest. On a
+// machine with few cores the two then fight over the cores: the forward's
+// threads wait at every barrier for the thread that decoding displaced.
+struct TaskCohort {
+  size_t unsettled = 0;  // guarded by the engine's mutex
+};
+
 struct Task {
   TaskKind kind = TaskKind::kText;
   std::string input;          // image bytes or UTF-8 text
@@ -85,8 +95,9 @@ struct Task {
   TaskCallback done;
   std::chrono::steady_clock::time_point submitted_at;  // set by Engine::Submit
   std::chrono::steady_clock::time_point ready_at;
-  uint64_t sequence = 0;             // submission order, set by Engine::Submit
-  std::shared_ptr<TaskGroup> group;  // set by Engine::Submit with `together`
+  uint64_t sequence = 0;               // submission order, set by Engine::Submit
+  std::shared_ptr<TaskGroup> group;    // set by Engine::Submit with `together`
+  std::shared_ptr<TaskCohort> cohort;  // set by Engine::Submit for several tasks without `together`
 };
 
 struct EngineOptions {

@@ -116,6 +116,28 @@ t.test('padImageBatches: an image embeds to the same bits however it is batched'
   await t.rejects(ClipModel.load(tinyModel, { padImageBatches: 'yes' as never }), { code: 'CLIP_INVALID_ARGUMENT' });
 });
 
+t.test('the items of one call wait for each other: one batch however their preparation finishes', async (t) => {
+  // One preparation thread prepares the items one after another, and no wait for batch-mates: without the wait
+  // for the rest of the call, the first prepared image would start a batch of its own.
+  const model = await ClipModel.load(tinyModel, { device: 'cpu', prepThreads: 1, maxWaitMs: 0 });
+  t.teardown(() => model.dispose());
+  const large = makePng(1600, 1200, (x, y) => [x % 256, y % 256, (x + y) % 256]);
+  const images = [...sampleImages(3), large, ...sampleImages(2)];
+  for (let round = 0; round < 3; round++) {
+    const before = model.stats().image;
+    const embeddings = await model.embedImages(images);
+    const after = model.stats().image;
+    t.equal(embeddings.length, images.length, 'every image embedded');
+    t.equal(after.batches - before.batches, 1, `round ${round}: one batch of ${after.items - before.items} images`);
+  }
+  // A call larger than a batch still starts as soon as a full batch is prepared.
+  const capped = await ClipModel.load(tinyModel, { device: 'cpu', prepThreads: 1, maxWaitMs: 0, maxBatchImages: 2 });
+  t.teardown(() => capped.dispose());
+  const before = capped.stats().image.batches;
+  await capped.embedImages(images);
+  t.equal(capped.stats().image.batches - before, 3, 'six images, batches of two');
+});
+
 t.test('a submission "together" runs as batches of its own, in order; failures and aborts settle it', async (t) => {
   const model = await ClipModel.load(tinyModel, { device: 'cpu', maxBatchImages: 4 });
   t.teardown(() => model.dispose());
