@@ -649,15 +649,12 @@ const char* PrecisionName(Precision precision) {
   return "float32";
 }
 
-// Loading runs forwards (the check below, the kernel calibration), and with
-// libtorch on OpenMP the first parallel region of a thread gives that thread
-// a pool of OpenMP workers that lives as long as the thread. The caller's
-// thread (a libuv worker, which never exits) would keep such a pool idle
-// beside the inference thread's, and once the OpenMP runtime manages more
-// threads than there are CPUs it stops spin-waiting between parallel regions:
-// every region of every forward then pays futex wake-ups, which cost a
-// caption's forward about a quarter of its time on a 2-CPU virtual machine.
-// A thread of its own ends with the load and takes its pool with it.
+// Loading runs parallel work besides its forwards (freezing folds constants,
+// weights are packed), and with libtorch on OpenMP the first parallel region
+// of a thread gives that thread a pool of OpenMP workers for as long as it
+// lives. The caller's thread (a libuv worker, which never exits) would keep
+// that pool idle beside the forward thread's (threads.h says why that costs);
+// a thread of its own ends with the load and takes its pool with it.
 std::shared_ptr<Model> Model::Load(const std::string& directory, const ModelOptions& options) {
   std::shared_ptr<Model> model;
   std::exception_ptr error;
