@@ -378,23 +378,24 @@ torch::Tensor ExampleInput(const Manifest& m, bool image) {
 }
 
 // Inputs of the shapes the calibration times: one item (the online case),
-// and for texts a small batch too; texts of 16 tokens, a caption's length.
-// An image is already 50 rows to every linear, and the image encoder's
-// forward is the costly one at load.
+// and for texts a small batch too. Captions run from about 7 to 22 tokens,
+// on either side of the small-row kernel's limit (cpu_linear.h): one caption
+// of 10 and one of 20 tokens, and 4 of 16. An image is already 50 rows to
+// every linear, and the image encoder's forward is the costly one at load.
 std::vector<torch::Tensor> CalibrationInputs(const Manifest& m, bool image) {
   std::vector<torch::Tensor> inputs;
   auto generator = at::detail::createCPUGenerator(/*seed_val=*/20240602);
-  const std::vector<int64_t> batches = image ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4};
-  for (int64_t batch : batches) {
-    if (image) {
-      inputs.push_back(at::randn({batch, 3, m.image.size, m.image.size}, generator));
-    } else {
-      const int64_t length = std::min<int64_t>(16, std::max<int64_t>(2, m.text.context_length));
-      torch::Tensor ids = at::randint(0, std::max<int64_t>(1, m.text.bos), {batch, length}, generator);
-      ids.select(1, 0).fill_(m.text.bos);
-      ids.select(1, length - 1).fill_(m.text.eos);
-      inputs.push_back(ids);
-    }
+  if (image) {
+    inputs.push_back(at::randn({1, 3, m.image.size, m.image.size}, generator));
+    return inputs;
+  }
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 10}, {1, 20}, {4, 16}};  // {batch, tokens}
+  for (const auto& [batch, tokens] : shapes) {
+    const int64_t length = std::min<int64_t>(tokens, std::max<int64_t>(2, m.text.context_length));
+    torch::Tensor ids = at::randint(0, std::max<int64_t>(1, m.text.bos), {batch, length}, generator);
+    ids.select(1, 0).fill_(m.text.bos);
+    ids.select(1, length - 1).fill_(m.text.eos);
+    inputs.push_back(ids);
   }
   return inputs;
 }
@@ -411,15 +412,28 @@ bool Int8Available() {
          (HasQEngine(at::QEngine::FBGEMM) || HasQEngine(at::QEngine::ONEDNN));
 }
 
-// A CPU forward, on the process's forward thread (threads.h) under the
-// caller's inference and grad modes.
-torch::Tensor Forward(Model::Encoder& encoder, const torch::Tensor& input) {
+// Runs `fn` on the process's forward thread (threads.h) under the caller's
+// inference and grad modes, and returns its result. CPU forwards run there,
+// and so does building the CPU candidates (freezing, packing weights), the
+// load's only other parallel work: a loading thread that ran parallel
+// regions itself would hold a second OpenMP pool while the calibration
+// times the candidates on the forward thread.
+template <typename Fn>
+auto OnForwardThread(Fn&& fn) -> decltype(fn()) {
   const bool inference = c10::InferenceMode::is_enabled();
   const bool grad = at::GradMode::is_enabled();
-  torch::Tensor out;
+  std::optional<decltype(fn())> result;
   RunOnForwardThread([&] {
     c10::InferenceMode inference_mode(inference);
     at::AutoGradMode grad_mode(grad);
+    result.emplace(fn());
+  });
+  return std::move(*result);
+}
+
+torch::Tensor Forward(Model::Encoder& encoder, const torch::Tensor& input) {
+  return OnForwardThread([&] {
+    torch::Tensor out;
     torch::Tensor x = input;
     if (x.is_floating_point() && x.scalar_type() != encoder.float_input) x = x.to(encoder.float_input);
     SetCpuAutocast(encoder.autocast);
@@ -430,8 +444,8 @@ torch::Tensor Forward(Model::Encoder& encoder, const torch::Tensor& input) {
       throw;
     }
     SetCpuAutocast(false);
+    return out;
   });
-  return out;
 }
 
 // Builds candidate `name` of `archive` (the module as loaded, left unchanged).
@@ -526,7 +540,7 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
   } catch (const std::exception&) {
     // An archive that cannot run is left to Model::Load's check, which
     // names the file and what failed.
-    return BuildCandidate(archive, "archive", precision);
+    return OnForwardThread([&] { return BuildCandidate(archive, "archive", precision); });
   }
   // A measurement of the same file in this process names the winner: build
   // only that one (it still has to agree with the archive).
@@ -544,7 +558,7 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
   std::string failures;
   for (const std::string& name : to_build) {
     try {
-      Model::Encoder candidate = BuildCandidate(archive, name, precision);
+      Model::Encoder candidate = OnForwardThread([&] { return BuildCandidate(archive, name, precision); });
       const double cosine = MinCosine(expected, Forward(candidate, example));
       if (cosine >= RequiredCosine(precision)) {
         built.push_back(std::move(candidate));
@@ -560,7 +574,7 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
   if (built.empty() && precision != Precision::kInt8) {
     // The archive as loaded still computes the model (autocast for bfloat16).
     TORCH_WARN("clip-native: ", path, ": running the archive as loaded (", failures, ")");
-    return BuildCandidate(archive, "archive", precision);
+    return OnForwardThread([&] { return BuildCandidate(archive, "archive", precision); });
   }
   if (built.empty()) {
     throw ClipError(ErrorCode::kModelLoadFailed, path + ": no way to run this encoder at " + PrecisionName(precision) +
@@ -649,12 +663,11 @@ const char* PrecisionName(Precision precision) {
   return "float32";
 }
 
-// Loading runs parallel work besides its forwards (freezing folds constants,
-// weights are packed), and with libtorch on OpenMP the first parallel region
-// of a thread gives that thread a pool of OpenMP workers for as long as it
-// lives. The caller's thread (a libuv worker, which never exits) would keep
-// that pool idle beside the forward thread's (threads.h says why that costs);
-// a thread of its own ends with the load and takes its pool with it.
+// The load's forwards and candidate builds run on the forward thread
+// (OnForwardThread). Whatever else in libtorch runs a parallel region while
+// loading would give the calling thread a pool of OpenMP workers for as long
+// as it lives, and the caller's thread (a libuv worker) never exits: a
+// thread of its own ends with the load and takes any such pool with it.
 std::shared_ptr<Model> Model::Load(const std::string& directory, const ModelOptions& options) {
   std::shared_ptr<Model> model;
   std::exception_ptr error;
