@@ -313,14 +313,23 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
 // libtorch warns that its quantized tensor factories are deprecated; the
 // packed weights they make are all int8 inference needs, and a user should
 // not see that warning on every load.
+// (libtorch 2 made the warning a class; 1.13 passes its parts.)
 class SilentWarnings : public c10::WarningHandler {
  public:
+#if TORCH_VERSION_MAJOR >= 2
   void process(const c10::Warning&) override {}
+#else
+  void process(const c10::SourceLocation&, const std::string&, const bool) override {}
+#endif
 };
 
 int RewriteLinearsForInt8(const std::shared_ptr<torch::jit::Graph>& graph, at::QEngine engine, bool reduce_range) {
   SilentWarnings silent;
+#if TORCH_VERSION_MAJOR >= 2
   c10::WarningUtils::WarningHandlerGuard silence(&silent);
+#else
+  c10::Warning::WarningHandlerGuard silence(&silent);
+#endif
   auto prepack = c10::Dispatcher::singleton().findSchemaOrThrow("quantized::linear_prepack", "");
   const auto linear_dynamic = c10::Symbol::fromQualString("quantized::linear_dynamic");
   std::vector<torch::jit::Node*> linears;
