@@ -1,5 +1,9 @@
 #include "model.h"
 
+#ifdef __linux__
+#include <sched.h>
+#endif
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
@@ -64,7 +68,20 @@ void ConfigureThreadsOnce(int threads) {
     } catch (const c10::Error&) {
       // Already fixed by an earlier user of libtorch in this process.
     }
-    if (threads > 0) at::set_num_threads(threads);
+    int count = threads;
+    if (count <= 0) {
+      // libtorch's default (its physical core count), except where a
+      // libtorch reports one thread on a machine with more CPUs: Debian's
+      // libtorch 1.13 does, and would run every forward on one core.
+      count = at::get_num_threads();
+      int cpus = static_cast<int>(std::thread::hardware_concurrency());
+#ifdef __linux__
+      cpu_set_t allowed;
+      if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0) cpus = CPU_COUNT(&allowed);
+#endif
+      if (count <= 1 && cpus > 1) count = cpus;
+    }
+    if (count > 0) at::set_num_threads(count);
   });
 }
 
