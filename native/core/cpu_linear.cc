@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <mutex>
 #include <set>
 #include <string>
@@ -90,6 +91,72 @@ __attribute__((target("avx512f"))) void Panels(const float* x, int64_t rows, int
     }
   }
 }
+
+// The same tiles on bfloat16 weights and inputs (AVX512-BF16): each 32-bit
+// lane holds a pair of bfloat16 along k, and one vdpbf16ps adds both
+// products of a pair to a float32 accumulator. Half the bytes of float32
+// weights to stream, twice the products per instruction.
+template <int kRows, int kWidth>
+__attribute__((target("avx512f,avx512bf16"))) void TileBf16(const uint32_t* x, int64_t ldx, const uint16_t* panel,
+                                                            int64_t pairs, const __m512* bias, float* y, int64_t ldy) {
+  __m512 acc[kWidth][kRows];
+#pragma GCC unroll 32
+  for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 2
+    for (int w = 0; w < kWidth; ++w) acc[w][r] = bias[w];
+  }
+  const uint16_t* p = panel;
+  for (int64_t k = 0; k < pairs; ++k, p += 2 * kPanel) {
+    _mm_prefetch(reinterpret_cast<const char*>(p + 2 * kPanel * 12), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(p + 2 * kPanel * 12 + 32), _MM_HINT_T0);
+    __m512bh weights[kWidth];
+#pragma GCC unroll 2
+    for (int w = 0; w < kWidth; ++w) weights[w] = (__m512bh)_mm512_load_si512(p + 32 * w);
+#pragma GCC unroll 32
+    for (int r = 0; r < kRows; ++r) {
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[r * ldx + k]));
+#pragma GCC unroll 2
+      for (int w = 0; w < kWidth; ++w) acc[w][r] = _mm512_dpbf16_ps(acc[w][r], xv, weights[w]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 2
+    for (int w = 0; w < kWidth; ++w) _mm512_storeu_ps(y + r * ldy + 16 * w, acc[w][r]);
+  }
+}
+
+template <int kWidth, int kRows = 1>
+__attribute__((target("avx512f,avx512bf16"))) void TileRowsBf16(int rows, const uint32_t* x, int64_t ldx,
+                                                                const uint16_t* panel, int64_t pairs,
+                                                                const __m512* bias, float* y, int64_t ldy) {
+  if constexpr (kRows <= kTile) {
+    if (rows == kRows) return TileBf16<kRows, kWidth>(x, ldx, panel, pairs, bias, y, ldy);
+    TileRowsBf16<kWidth, kRows + 1>(rows, x, ldx, panel, pairs, bias, y, ldy);
+  }
+}
+
+// Rows of x (bfloat16 pairs) against panels [first, last); y is float32
+// [rows, panels * 32] (whole panels: the caller narrows and converts).
+__attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* x, int64_t rows, int64_t pairs,
+                                                              const uint16_t* packed, const float* bias, int64_t n_size,
+                                                              float* y, int64_t ldy, int64_t first, int64_t last) {
+  for (int64_t p = first; p < last; ++p) {
+    const int64_t n0 = p * kPanel;
+    const int64_t valid = std::min<int64_t>(kPanel, n_size - n0);
+    const __mmask16 mask[2] = {valid >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << valid) - 1),
+                               valid >= 32   ? __mmask16{0xFFFF}
+                               : valid <= 16 ? __mmask16{0}
+                                             : static_cast<__mmask16>((1u << (valid - 16)) - 1)};
+    const __m512 biases[2] = {bias ? _mm512_maskz_loadu_ps(mask[0], bias + n0) : _mm512_setzero_ps(),
+                              bias ? _mm512_maskz_loadu_ps(mask[1], bias + n0 + 16) : _mm512_setzero_ps()};
+    const uint16_t* panel = packed + p * pairs * 2 * kPanel;
+    for (int64_t r = 0; r < rows; r += kTile) {
+      const int count = static_cast<int>(std::min<int64_t>(kTile, rows - r));
+      TileRowsBf16<2>(count, x + r * pairs, pairs, panel, pairs, biases, y + r * ldy + n0, ldy);
+    }
+  }
+}
 #endif
 
 void CheckFloatCpu(const at::Tensor& t, const char* what) {
@@ -116,7 +183,8 @@ at::Tensor LinearRows(const at::Tensor& x, const at::Tensor& packed, const at::T
     op.callBoxed(&stack);
     return stack[0].toTensor();
   }
-  at::Tensor y = SmallRowLinear(x, packed, bias, out_features);
+  at::Tensor y = packed.scalar_type() == at::kBFloat16 ? SmallRowLinearBf16(x, packed, bias, out_features)
+                                                       : SmallRowLinear(x, packed, bias, out_features);
   if (attr == "swish") y.mul_(at::sigmoid(y));
   return y;
 }
@@ -129,6 +197,64 @@ bool SmallRowLinearAvailable() {
 #else
   return false;
 #endif
+}
+
+bool SmallRowLinearBf16Available() {
+#ifdef CLIP_SMALL_ROW_KERNEL
+  return GetCpuFeatures().avx512f && GetCpuFeatures().avx512_bf16;
+#else
+  return false;
+#endif
+}
+
+at::Tensor PackSmallRowWeightBf16(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) % 2 == 0,
+              "clip_native: a bfloat16 small-row weight must be 2-D with an even number of inputs, got ",
+              weight.sizes());
+  const int64_t n = weight.size(0);
+  const int64_t k = weight.size(1);
+  const int64_t panels = (n + 31) / 32;
+  at::Tensor padded = at::zeros({panels * 32, k}, weight.options().dtype(at::kBFloat16));
+  padded.narrow(0, 0, n).copy_(weight);
+  // [panels, 32, k/2, 2] -> [panels, k/2, 32, 2]: per pair of inputs, 32 features of 2 values.
+  return padded.view({panels, 32, k / 2, 2}).permute({0, 2, 1, 3}).contiguous();
+}
+
+at::Tensor SmallRowLinearBf16(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                              int64_t out_features) {
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.device().is_cpu() && packed.scalar_type() == at::kBFloat16 &&
+                  packed.device().is_cpu(),
+              "clip_native: the bfloat16 small-row linear takes bfloat16 CPU tensors, got ", x.toString(), " and ",
+              packed.toString());
+  TORCH_CHECK(x.dim() >= 1 && packed.dim() == 4 && packed.size(2) == 32 && packed.size(3) == 2 &&
+                  x.size(-1) == 2 * packed.size(1) && packed.size(0) * 32 >= out_features && out_features > 0,
+              "clip_native: linear input ", x.sizes(), " does not fit packed weights ", packed.sizes(), " for ",
+              out_features, " features");
+  at::Tensor bias_float;
+  if (bias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->device().is_cpu(), "clip_native: a bias of ",
+                out_features, " features was expected, got ", bias->sizes());
+    bias_float = bias->to(at::kFloat).contiguous();
+  }
+  TORCH_CHECK(SmallRowLinearBf16Available(), "clip_native: this CPU lacks AVX512-BF16 for the small-row linear");
+  const int64_t k = x.size(-1);
+  at::Tensor rows = x.reshape({-1, k}).contiguous();
+  const int64_t m = rows.size(0);
+  const int64_t panels = packed.size(0);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out_features;
+  at::Tensor y = at::empty({m, panels * 32}, x.options().dtype(at::kFloat));
+#ifdef CLIP_SMALL_ROW_KERNEL
+  const auto* xp = reinterpret_cast<const uint32_t*>(rows.data_ptr<at::BFloat16>());
+  const auto* pp = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
+  const float* bp = bias ? bias_float.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t pairs = k / 2;
+  at::parallel_for(0, panels, 1, [&](int64_t first, int64_t last) {
+    PanelsBf16(xp, m, pairs, pp, bp, out_features, yp, panels * 32, first, last);
+  });
+#endif
+  return y.narrow(1, 0, out_features).to(at::kBFloat16).view(shape);
 }
 
 int ParallelForThreads() {

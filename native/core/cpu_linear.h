@@ -16,6 +16,14 @@ bool SmallRowLinearAvailable();
 // zero past N: one contiguous stream per panel.
 at::Tensor PackSmallRowWeight(const at::Tensor& weight);
 
+// The bfloat16 variant: AVX512-BF16 products of bfloat16 pairs, float32
+// accumulation. Weights [N, K] (K even) -> [ceil(N/32), K/2, 32, 2] bfloat16;
+// x and the result are bfloat16, the bias any floating type.
+bool SmallRowLinearBf16Available();
+at::Tensor PackSmallRowWeightBf16(const at::Tensor& weight);
+at::Tensor SmallRowLinearBf16(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                              int64_t out_features);
+
 // y[M, N] = x[M, K] w^T + b, x of any leading shape (flattened to rows).
 at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                           int64_t out_features);

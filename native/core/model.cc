@@ -264,8 +264,10 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
     w = w.to(dtype).contiguous();
     if (bias) bias = bias->to(dtype).contiguous();
     const int64_t out_features = w.size(0);
+    // The bfloat16 kernel reads inputs in pairs: an odd width stays on oneDNN.
+    const bool rows_kernel = small_rows && (!bfloat16 || w.size(1) % 2 == 0);
     at::Tensor small_row_weight;
-    if (small_rows) small_row_weight = PackSmallRowWeight(w);
+    if (rows_kernel) small_row_weight = bfloat16 ? PackSmallRowWeightBf16(w) : PackSmallRowWeight(w);
     if (pack) {
       torch::jit::Stack stack{w, c10::IValue()};
       pack->callBoxed(&stack);
@@ -287,12 +289,12 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
     torch::jit::Node* no_scalars =
         graph->insertNode(graph->createList(c10::OptionalType::create(c10::NumberType::get()), {}));
     torch::jit::Node* fused =
-        small_rows ? graph->create(linear_rows, {input, graph->insertConstant(small_row_weight), w_value, b_value,
-                                                 graph->insertConstant(out_features),
-                                                 graph->insertConstant(std::string(gate ? "swish" : "none"))})
-                   : graph->create(linear_pointwise, {input, w_value, b_value,
-                                                      graph->insertConstant(std::string(gate ? "swish" : "none")),
-                                                      no_scalars->output(), graph->insertConstant(c10::IValue())});
+        rows_kernel ? graph->create(linear_rows, {input, graph->insertConstant(small_row_weight), w_value, b_value,
+                                                  graph->insertConstant(out_features),
+                                                  graph->insertConstant(std::string(gate ? "swish" : "none"))})
+                    : graph->create(linear_pointwise, {input, w_value, b_value,
+                                                       graph->insertConstant(std::string(gate ? "swish" : "none")),
+                                                       no_scalars->output(), graph->insertConstant(c10::IValue())});
     fused->output()->setType(c10::TensorType::get());
     graph->insertNode(fused);
 
@@ -503,7 +505,8 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
     RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), /*bfloat16=*/false, /*small_rows=*/true);
     return encoder;
   }
-  if (name == "onednn-bf16") {
+  const bool small_rows = name == "onednn-bf16+avx512";
+  if (name == "onednn-bf16" || small_rows) {
     torch::jit::script::Module copy = archive.clone();
     copy.to(torch::kBFloat16);
     encoder.module = torch::jit::freeze(copy);
@@ -511,7 +514,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
   } else {
     encoder.module = torch::jit::freeze(archive);
   }
-  RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), bfloat16);
+  RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), bfloat16, small_rows);
   return encoder;
 }
 
@@ -652,6 +655,7 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
       if (onednn) return {"onednn", "aten"};
       return {"aten"};
     case Precision::kBFloat16:
+      if (onednn && SmallRowLinearBf16Available()) return {"onednn", "onednn-bf16", "onednn-bf16+avx512"};
       if (onednn) return {"onednn", "onednn-bf16"};
       return {"autocast"};
     case Precision::kInt8: {
@@ -846,7 +850,8 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
   // through every linear, past what the small-row kernel is for.
   std::vector<std::string> image_candidates;
   for (const auto& name : candidates) {
-    if (name != "onednn+avx512" || candidates.size() == 1) image_candidates.push_back(name);
+    const bool small_rows = name == "onednn+avx512" || name == "onednn-bf16+avx512";
+    if (!small_rows || candidates.size() == 1) image_candidates.push_back(name);
   }
   image_encoder_ = ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
                                     image_candidates, &cpu_kernels_.image_ms);

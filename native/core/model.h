@@ -50,7 +50,9 @@ const char* PrecisionName(Precision precision);
 //             "aten" (libtorch's linear: MKL or OpenBLAS)
 //   bfloat16: "onednn" (bfloat16 weights, float32 activations between the
 //             linears), "onednn-bf16" (bfloat16 activations throughout),
-//             "autocast" (libtorch < 2.0)
+//             "onednn-bf16+avx512" (the same with inputs of at most 14 rows
+//             on clip-native's own AVX512-BF16 linear), "autocast"
+//             (libtorch < 2.0)
 //   int8:     "fbgemm", "onednn" (quantized engines; per-channel int8
 //             weights, activations quantized per call)
 std::vector<std::string> CpuKernelCandidates(Precision precision);

@@ -73,7 +73,7 @@ t.test('auto calibrates among the candidates and reports what it measured', asyn
   if (kernels.candidates.length > 1) {
     t.equal(kernels.selectedBy, 'calibration');
     // The small-row kernel is for texts: an image is already 50 rows to every linear.
-    const imageCandidates = kernels.candidates.filter((name) => name !== 'onednn+avx512');
+    const imageCandidates = kernels.candidates.filter((name) => !name.endsWith('+avx512'));
     t.same(Object.keys(kernels.imageMsPerItem).sort(), imageCandidates.sort());
     t.same(Object.keys(kernels.textMsPerItem).sort(), [...kernels.candidates].sort());
     const times = kernels.imageMsPerItem;
