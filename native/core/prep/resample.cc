@@ -134,6 +134,7 @@ class HorizontalFilter {
   int pairs_ = 0;                       // Tap pairs per output.
   std::vector<int> block_base_;         // First source column per block.
   std::vector<uint8_t> block_index_;    // 64 permute indices per block.
+  std::vector<uint8_t> block_narrow_;   // Block's window fits in 64 columns.
   std::vector<int16_t> block_weights_;  // Per block and pair: 32 low, 32 high.
   size_t avx512_plane_size_ = 0;
   std::vector<uint8_t> byte_planes_;  // One row as R, G and B byte planes.
@@ -311,7 +312,8 @@ constexpr int kWindowColumns = 128;  // What one two-register byte permute reads
 constexpr int kMaxPairs = 64;
 
 bool PrepareAvx512Taps(const AxisTaps& taps, int* blocks, int* pairs, std::vector<int>* block_base,
-                       std::vector<uint8_t>* block_index, std::vector<int16_t>* block_weights) {
+                       std::vector<uint8_t>* block_index, std::vector<uint8_t>* block_narrow,
+                       std::vector<int16_t>* block_weights) {
   const int width = static_cast<int>(taps.first.size());
   int max_count = 0;
   for (int n : taps.count) max_count = std::max(max_count, n);
@@ -320,6 +322,8 @@ bool PrepareAvx512Taps(const AxisTaps& taps, int* blocks, int* pairs, std::vecto
   *blocks = (width + kBlockOutputs - 1) / kBlockOutputs;
   block_base->assign(*blocks, 0);
   block_index->assign(static_cast<size_t>(*blocks) * 64, 0);
+  // Most blocks (scales up to about 4) need one 64-byte register, not two.
+  block_narrow->assign(*blocks, 1);
   block_weights->assign(static_cast<size_t>(*blocks) * *pairs * 64, 0);
   for (int b = 0; b < *blocks; ++b) {
     const int x0 = b * kBlockOutputs;
@@ -330,6 +334,7 @@ bool PrepareAvx512Taps(const AxisTaps& taps, int* blocks, int* pairs, std::vecto
       const int offset = taps.first[x] - base;
       // The pair's second pixel must lie inside the window too.
       if (offset < 0 || offset + 1 >= kWindowColumns) return false;
+      if (offset + 1 >= 64) (*block_narrow)[b] = 0;
       uint8_t* index = &(*block_index)[static_cast<size_t>(b) * 64 + 4 * i];
       index[0] = static_cast<uint8_t>(offset);
       index[2] = static_cast<uint8_t>(offset + 1);
@@ -345,7 +350,8 @@ bool PrepareAvx512Taps(const AxisTaps& taps, int* blocks, int* pairs, std::vecto
 }
 
 bool HorizontalFilter::PrepareAvx512() {
-  if (!PrepareAvx512Taps(taps_, &blocks_, &pairs_, &block_base_, &block_index_, &block_weights_)) return false;
+  if (!PrepareAvx512Taps(taps_, &blocks_, &pairs_, &block_base_, &block_index_, &block_narrow_, &block_weights_))
+    return false;
   column_begin_ = taps_.first.front();
   column_end_ = column_begin_;
   const int width = static_cast<int>(taps_.first.size());
@@ -393,19 +399,43 @@ CLIP_AVX512_TARGET void HorizontalFilter::RunAvx512(const uint8_t* in, uint8_t* 
     const __m512i index = _mm512_loadu_si512(&block_index_[static_cast<size_t>(b) * 64]);
     const int16_t* weights = &block_weights_[static_cast<size_t>(b) * pairs_ * 64];
     const size_t offset = static_cast<size_t>(block_base_[b] - column_begin_);
+    const uint8_t* red = planes[0] + offset;
+    const uint8_t* green = planes[1] + offset;
+    const uint8_t* blue = planes[2] + offset;
+    __m512i low[3] = {zero, zero, zero};
+    __m512i high[3] = {zero, zero, zero};
+    // Pairs outer, channels inner: each pair's weights are loaded once.
+    if (block_narrow_[b]) {
+      for (int p = 0; p < pairs_; ++p) {
+        const __m512i wl = _mm512_loadu_si512(weights + p * 64);
+        const __m512i wh = _mm512_loadu_si512(weights + p * 64 + 32);
+        const __m512i r = _mm512_maskz_permutexvar_epi8(even_bytes, index, _mm512_loadu_si512(red + 2 * p));
+        const __m512i g = _mm512_maskz_permutexvar_epi8(even_bytes, index, _mm512_loadu_si512(green + 2 * p));
+        const __m512i bl = _mm512_maskz_permutexvar_epi8(even_bytes, index, _mm512_loadu_si512(blue + 2 * p));
+        low[0] = _mm512_add_epi32(low[0], _mm512_madd_epi16(r, wl));
+        high[0] = _mm512_add_epi32(high[0], _mm512_madd_epi16(r, wh));
+        low[1] = _mm512_add_epi32(low[1], _mm512_madd_epi16(g, wl));
+        high[1] = _mm512_add_epi32(high[1], _mm512_madd_epi16(g, wh));
+        low[2] = _mm512_add_epi32(low[2], _mm512_madd_epi16(bl, wl));
+        high[2] = _mm512_add_epi32(high[2], _mm512_madd_epi16(bl, wh));
+      }
+    } else {
+      const uint8_t* windows[3] = {red, green, blue};
+      for (int p = 0; p < pairs_; ++p) {
+        const __m512i wl = _mm512_loadu_si512(weights + p * 64);
+        const __m512i wh = _mm512_loadu_si512(weights + p * 64 + 32);
+        for (int c = 0; c < 3; ++c) {
+          const __m512i a = _mm512_loadu_si512(windows[c] + 2 * p);
+          const __m512i z = _mm512_loadu_si512(windows[c] + 2 * p + 64);
+          const __m512i pixels = _mm512_maskz_permutex2var_epi8(even_bytes, a, index, z);
+          low[c] = _mm512_add_epi32(low[c], _mm512_madd_epi16(pixels, wl));
+          high[c] = _mm512_add_epi32(high[c], _mm512_madd_epi16(pixels, wh));
+        }
+      }
+    }
     __m128i channel[3];
     for (int c = 0; c < 3; ++c) {
-      const uint8_t* window = planes[c] + offset;
-      __m512i low = zero;
-      __m512i high = zero;
-      for (int p = 0; p < pairs_; ++p) {
-        const __m512i a = _mm512_loadu_si512(window + 2 * p);
-        const __m512i z = _mm512_loadu_si512(window + 2 * p + 64);
-        const __m512i pixels = _mm512_maskz_permutex2var_epi8(even_bytes, a, index, z);
-        low = _mm512_add_epi32(low, _mm512_madd_epi16(pixels, _mm512_loadu_si512(weights + p * 64)));
-        high = _mm512_add_epi32(high, _mm512_madd_epi16(pixels, _mm512_loadu_si512(weights + p * 64 + 32)));
-      }
-      const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(bias, low), _mm512_slli_epi32(high, 15));
+      const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(bias, low[c]), _mm512_slli_epi32(high[c], 15));
       const __m512i shifted = _mm512_max_epi32(_mm512_srai_epi32(sum, kPrecisionBits), zero);
       channel[c] = _mm512_cvtusepi32_epi8(shifted);
     }
