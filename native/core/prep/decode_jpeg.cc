@@ -117,7 +117,11 @@ bool ReadJpeg(JpegJob* job) {
   jpeg_start_decompress(cinfo);
   job->out->Begin(cinfo->output_width, cinfo->output_height);
   const size_t width = cinfo->output_width;
-  const int batch = std::max(1, cinfo->rec_outbuf_height);
+  // Blocks of 16 rows (a multiple of what libjpeg returns per call): a
+  // streaming sink then resizes rows in runs, not interleaved with the
+  // decoder one row at a time.
+  const int step = std::max(1, cinfo->rec_outbuf_height);
+  const int batch = (16 + step - 1) / step * step;
   job->rows.resize(batch);
   if (components != 3) job->scratch.resize(width * components * batch);
 

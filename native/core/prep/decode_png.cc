@@ -126,6 +126,20 @@ void ConvertPngRow(const uint8_t* in, int color_type, int bit_depth, const png_c
       // RGB;16B and RGBA;16B keep the high byte of each sample.
       const int channels = color_type == PNG_COLOR_TYPE_RGB ? 3 : 4;
       const int bytes = bit_depth == 16 ? 2 : 1;
+      // The common 8-bit layouts with constant steps, which the compiler
+      // can turn into wide copies and shuffles.
+      if (bytes == 1 && channels == 3) {
+        std::memcpy(out, in, width * 3);
+        break;
+      }
+      if (bytes == 1) {
+        for (size_t x = 0; x < width; ++x) {
+          out[3 * x + 0] = in[4 * x + 0];
+          out[3 * x + 1] = in[4 * x + 1];
+          out[3 * x + 2] = in[4 * x + 2];
+        }
+        break;
+      }
       const size_t step = static_cast<size_t>(channels) * bytes;
       for (size_t x = 0; x < width; ++x) {
         const uint8_t* p = in + step * x;

@@ -13,6 +13,10 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CLIP_RESAMPLE_AVX512 1
+#endif
 
 // The filter weights must round exactly as in Pillow, which is built without
 // fused multiply-add. Where the target has FMA (-march=native and the like)
@@ -114,13 +118,28 @@ CLIP_NO_FP_CONTRACT_ATTRIBUTE AxisTaps ComputeAxisTaps(int in_size, int out_size
 // The horizontal pass: one source row in, the window's columns out.
 class HorizontalFilter {
  public:
-  explicit HorizontalFilter(AxisTaps taps);
+  HorizontalFilter(AxisTaps taps, ResampleKernel kernel);
   void Run(const uint8_t* in, uint8_t* out);
 
  private:
   void RunScalar(const uint8_t* in, uint8_t* out) const;
 
   AxisTaps taps_;
+#if defined(CLIP_RESAMPLE_AVX512)
+  bool PrepareAvx512();
+  void RunAvx512(const uint8_t* in, uint8_t* out);
+
+  bool use_avx512_ = false;
+  int blocks_ = 0;                      // Groups of kBlockOutputs outputs.
+  int pairs_ = 0;                       // Tap pairs per output.
+  std::vector<int> block_base_;         // First source column per block.
+  std::vector<uint8_t> block_index_;    // 64 permute indices per block.
+  std::vector<uint8_t> block_narrow_;   // Block's window fits in 64 columns.
+  std::vector<int16_t> block_weights_;  // Per block and pair: 32 low, 32 high.
+  size_t avx512_plane_size_ = 0;
+  std::vector<uint8_t> byte_planes_;  // One row as R, G and B byte planes.
+  std::vector<uint8_t> block_out_;    // Room for the last block's spill.
+#endif
 #if defined(__SSE2__)
   void RunSse2(const uint8_t* in, uint8_t* out);
 
@@ -159,7 +178,11 @@ inline uint8_t Combine(__m128i low, __m128i high) {
 }
 #endif  // __SSE2__
 
-HorizontalFilter::HorizontalFilter(AxisTaps taps) : taps_(std::move(taps)) {
+HorizontalFilter::HorizontalFilter(AxisTaps taps, ResampleKernel kernel) : taps_(std::move(taps)) {
+#if defined(CLIP_RESAMPLE_AVX512)
+  use_avx512_ = kernel != ResampleKernel::kGeneric && ResampleAvx512Supported() && PrepareAvx512();
+  if (use_avx512_) return;
+#endif
 #if defined(__SSE2__)
   use_simd_ = taps_.stride <= kMaxSimdTaps;
   if (!use_simd_) return;
@@ -189,6 +212,12 @@ HorizontalFilter::HorizontalFilter(AxisTaps taps) : taps_(std::move(taps)) {
 }
 
 void HorizontalFilter::Run(const uint8_t* in, uint8_t* out) {
+#if defined(CLIP_RESAMPLE_AVX512)
+  if (use_avx512_) {
+    RunAvx512(in, out);
+    return;
+  }
+#endif
 #if defined(__SSE2__)
   if (use_simd_) {
     RunSse2(in, out);
@@ -259,6 +288,217 @@ void HorizontalFilter::RunSse2(const uint8_t* in, uint8_t* out) {
 }
 #endif  // __SSE2__
 
+#if defined(CLIP_RESAMPLE_AVX512)
+// AVX-512 (F, BW, VL and VBMI: Ice Lake, Zen 4 and later), chosen at run
+// time. The horizontal pass computes 16 outputs of one channel per vector,
+// one output per 32-bit lane, so that no horizontal sums are needed: a
+// byte permute gathers, for every lane, the two source pixels of one tap
+// pair from a 128-column window of that channel's plane, zero-extended to
+// 16 bits, and pmaddwd multiplies them by the two weights' low (bits 0..14)
+// and high (weight >> 15) halves. lo + (hi << 15) + bias is then Pillow's
+// int32 sum: exact modulo 2^32, and Pillow's sum fits in an int32.
+// GCC 12's AVX-512 intrinsics initialize their undefined operands with
+// themselves, which -Wmaybe-uninitialized reports at every call (GCC bug
+// 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#define CLIP_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi")))
+constexpr int kBlockOutputs = 16;
+constexpr int kWindowColumns = 128;  // What one two-register byte permute reads.
+// The low-half lane sums stay below 2^31 for up to 2^30 / (255 * 32767)
+// pairs; far more taps than a window of 128 columns holds.
+constexpr int kMaxPairs = 64;
+
+bool PrepareAvx512Taps(const AxisTaps& taps, int* blocks, int* pairs, std::vector<int>* block_base,
+                       std::vector<uint8_t>* block_index, std::vector<uint8_t>* block_narrow,
+                       std::vector<int16_t>* block_weights) {
+  const int width = static_cast<int>(taps.first.size());
+  int max_count = 0;
+  for (int n : taps.count) max_count = std::max(max_count, n);
+  *pairs = (max_count + 1) / 2;
+  if (*pairs > kMaxPairs) return false;
+  *blocks = (width + kBlockOutputs - 1) / kBlockOutputs;
+  block_base->assign(*blocks, 0);
+  block_index->assign(static_cast<size_t>(*blocks) * 64, 0);
+  // Most blocks (scales up to about 4) need one 64-byte register, not two.
+  block_narrow->assign(*blocks, 1);
+  block_weights->assign(static_cast<size_t>(*blocks) * *pairs * 64, 0);
+  for (int b = 0; b < *blocks; ++b) {
+    const int x0 = b * kBlockOutputs;
+    const int base = taps.first[x0];
+    (*block_base)[b] = base;
+    for (int i = 0; i < kBlockOutputs && x0 + i < width; ++i) {
+      const int x = x0 + i;
+      const int offset = taps.first[x] - base;
+      // The pair's second pixel must lie inside the window too.
+      if (offset < 0 || offset + 1 >= kWindowColumns) return false;
+      if (offset + 1 >= 64) (*block_narrow)[b] = 0;
+      uint8_t* index = &(*block_index)[static_cast<size_t>(b) * 64 + 4 * i];
+      index[0] = static_cast<uint8_t>(offset);
+      index[2] = static_cast<uint8_t>(offset + 1);
+      for (int t = 0; t < taps.count[x]; ++t) {
+        const int32_t w = taps.weights[static_cast<size_t>(x) * taps.stride + t];
+        int16_t* pair = &(*block_weights)[(static_cast<size_t>(b) * *pairs + t / 2) * 64];
+        pair[2 * i + t % 2] = static_cast<int16_t>(w & 0x7FFF);
+        pair[32 + 2 * i + t % 2] = static_cast<int16_t>(w >> 15);
+      }
+    }
+  }
+  return true;
+}
+
+bool HorizontalFilter::PrepareAvx512() {
+  if (!PrepareAvx512Taps(taps_, &blocks_, &pairs_, &block_base_, &block_index_, &block_narrow_, &block_weights_))
+    return false;
+  column_begin_ = taps_.first.front();
+  column_end_ = column_begin_;
+  const int width = static_cast<int>(taps_.first.size());
+  for (int x = 0; x < width; ++x) {
+    column_end_ = std::max(column_end_, taps_.first[x] + taps_.count[x]);
+  }
+  // Zero tails: the last window and the last pair read past the columns
+  // (with zero weights), and the split writes whole groups of 16.
+  avx512_plane_size_ = static_cast<size_t>(column_end_ - column_begin_) + 2 * pairs_ + kWindowColumns + 64;
+  byte_planes_.assign(avx512_plane_size_ * 3, 0);
+  return true;
+}
+
+CLIP_AVX512_TARGET void HorizontalFilter::RunAvx512(const uint8_t* in, uint8_t* out) {
+  uint8_t* planes[3] = {byte_planes_.data(), byte_planes_.data() + avx512_plane_size_,
+                        byte_planes_.data() + 2 * avx512_plane_size_};
+  // Split RGB into planes, 16 pixels (48 bytes) per step.
+  alignas(64) static constexpr uint8_t kSplit[64] = {0, 3, 6, 9,  12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45,
+                                                     1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46,
+                                                     2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 44, 47,
+                                                     0, 0, 0, 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0};
+  const __m512i split = _mm512_load_si512(kSplit);
+  const uint8_t* source = in + static_cast<size_t>(column_begin_) * 3;
+  const int columns = column_end_ - column_begin_;
+  for (int i = 0; i < columns; i += 16) {
+    const int n = std::min(16, columns - i);
+    const __mmask64 mask = n == 16 ? (__mmask64{1} << 48) - 1 : (__mmask64{1} << (3 * n)) - 1;
+    const __m512i rgb = _mm512_maskz_loadu_epi8(mask, source + 3 * i);
+    const __m512i split_rgb = _mm512_permutexvar_epi8(split, rgb);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[0] + i), _mm512_castsi512_si128(split_rgb));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[1] + i), _mm512_extracti32x4_epi32(split_rgb, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[2] + i), _mm512_extracti32x4_epi32(split_rgb, 2));
+  }
+
+  alignas(64) static constexpr uint8_t kMerge[64] = {0,  16, 32, 1,  17, 33, 2,  18, 34, 3,  19, 35, 4,  20, 36, 5,
+                                                     21, 37, 6,  22, 38, 7,  23, 39, 8,  24, 40, 9,  25, 41, 10, 26,
+                                                     42, 11, 27, 43, 12, 28, 44, 13, 29, 45, 14, 30, 46, 15, 31, 47,
+                                                     0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0};
+  const __m512i merge = _mm512_load_si512(kMerge);
+  const __m512i bias = _mm512_set1_epi32(kRoundingBias);
+  const __m512i zero = _mm512_setzero_si512();
+  const __mmask64 even_bytes = 0x5555555555555555ULL;
+  const int width = static_cast<int>(taps_.first.size());
+  for (int b = 0; b < blocks_; ++b) {
+    const __m512i index = _mm512_loadu_si512(&block_index_[static_cast<size_t>(b) * 64]);
+    const int16_t* weights = &block_weights_[static_cast<size_t>(b) * pairs_ * 64];
+    const size_t offset = static_cast<size_t>(block_base_[b] - column_begin_);
+    const uint8_t* red = planes[0] + offset;
+    const uint8_t* green = planes[1] + offset;
+    const uint8_t* blue = planes[2] + offset;
+    __m512i low[3] = {zero, zero, zero};
+    __m512i high[3] = {zero, zero, zero};
+    // Pairs outer, channels inner: each pair's weights are loaded once.
+    if (block_narrow_[b]) {
+      for (int p = 0; p < pairs_; ++p) {
+        const __m512i wl = _mm512_loadu_si512(weights + p * 64);
+        const __m512i wh = _mm512_loadu_si512(weights + p * 64 + 32);
+        const __m512i r = _mm512_maskz_permutexvar_epi8(even_bytes, index, _mm512_loadu_si512(red + 2 * p));
+        const __m512i g = _mm512_maskz_permutexvar_epi8(even_bytes, index, _mm512_loadu_si512(green + 2 * p));
+        const __m512i bl = _mm512_maskz_permutexvar_epi8(even_bytes, index, _mm512_loadu_si512(blue + 2 * p));
+        low[0] = _mm512_add_epi32(low[0], _mm512_madd_epi16(r, wl));
+        high[0] = _mm512_add_epi32(high[0], _mm512_madd_epi16(r, wh));
+        low[1] = _mm512_add_epi32(low[1], _mm512_madd_epi16(g, wl));
+        high[1] = _mm512_add_epi32(high[1], _mm512_madd_epi16(g, wh));
+        low[2] = _mm512_add_epi32(low[2], _mm512_madd_epi16(bl, wl));
+        high[2] = _mm512_add_epi32(high[2], _mm512_madd_epi16(bl, wh));
+      }
+    } else {
+      const uint8_t* windows[3] = {red, green, blue};
+      for (int p = 0; p < pairs_; ++p) {
+        const __m512i wl = _mm512_loadu_si512(weights + p * 64);
+        const __m512i wh = _mm512_loadu_si512(weights + p * 64 + 32);
+        for (int c = 0; c < 3; ++c) {
+          const __m512i a = _mm512_loadu_si512(windows[c] + 2 * p);
+          const __m512i z = _mm512_loadu_si512(windows[c] + 2 * p + 64);
+          const __m512i pixels = _mm512_maskz_permutex2var_epi8(even_bytes, a, index, z);
+          low[c] = _mm512_add_epi32(low[c], _mm512_madd_epi16(pixels, wl));
+          high[c] = _mm512_add_epi32(high[c], _mm512_madd_epi16(pixels, wh));
+        }
+      }
+    }
+    __m128i channel[3];
+    for (int c = 0; c < 3; ++c) {
+      const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(bias, low[c]), _mm512_slli_epi32(high[c], 15));
+      const __m512i shifted = _mm512_max_epi32(_mm512_srai_epi32(sum, kPrecisionBits), zero);
+      channel[c] = _mm512_cvtusepi32_epi8(shifted);
+    }
+    __m512i rgb = _mm512_zextsi128_si512(channel[0]);
+    rgb = _mm512_inserti32x4(rgb, channel[1], 1);
+    rgb = _mm512_inserti32x4(rgb, channel[2], 2);
+    const int n = std::min(kBlockOutputs, width - b * kBlockOutputs);
+    const __mmask64 mask = (__mmask64{1} << (3 * n)) - 1;
+    _mm512_mask_storeu_epi8(out + static_cast<size_t>(b) * kBlockOutputs * 3, mask,
+                            _mm512_permutexvar_epi8(merge, rgb));
+  }
+}
+
+// The vertical pass on 16 bytes per vector, each widened to an int32 lane:
+// vpmulld multiplies by the full 22-bit weight, so the sums are Pillow's.
+CLIP_AVX512_TARGET void ResampleVerticalAvx512(const uint8_t* rows, size_t row_stride, int row_origin, int row_bytes,
+                                               const AxisTaps& taps, uint8_t* dst, size_t dst_stride) {
+  const __m512i bias = _mm512_set1_epi32(kRoundingBias);
+  const __m512i zero = _mm512_setzero_si512();
+  const int height = static_cast<int>(taps.first.size());
+  for (int y = 0; y < height; ++y) {
+    const int32_t* k = &taps.weights[static_cast<size_t>(y) * taps.stride];
+    const int n = taps.count[y];
+    const uint8_t* first = rows + static_cast<size_t>(taps.first[y] - row_origin) * row_stride;
+    uint8_t* out = dst + static_cast<size_t>(y) * dst_stride;
+    int i = 0;
+    for (; i + 64 <= row_bytes; i += 64) {
+      __m512i acc0 = bias, acc1 = bias, acc2 = bias, acc3 = bias;
+      for (int t = 0; t < n; ++t) {
+        const uint8_t* in = first + static_cast<size_t>(t) * row_stride + i;
+        const __m512i w = _mm512_set1_epi32(k[t]);
+        acc0 = _mm512_add_epi32(acc0, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)in)), w));
+        acc1 = _mm512_add_epi32(
+            acc1, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(in + 16))), w));
+        acc2 = _mm512_add_epi32(
+            acc2, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(in + 32))), w));
+        acc3 = _mm512_add_epi32(
+            acc3, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(in + 48))), w));
+      }
+      const __m512i accs[4] = {acc0, acc1, acc2, acc3};
+      for (int j = 0; j < 4; ++j) {
+        const __m512i shifted = _mm512_max_epi32(_mm512_srai_epi32(accs[j], kPrecisionBits), zero);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i + 16 * j), _mm512_cvtusepi32_epi8(shifted));
+      }
+    }
+    for (; i < row_bytes; i += 16) {
+      const __mmask16 mask = row_bytes - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (row_bytes - i)) - 1);
+      __m512i acc = bias;
+      for (int t = 0; t < n; ++t) {
+        const uint8_t* in = first + static_cast<size_t>(t) * row_stride + i;
+        acc = _mm512_add_epi32(
+            acc, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, in)), _mm512_set1_epi32(k[t])));
+      }
+      const __m512i shifted = _mm512_max_epi32(_mm512_srai_epi32(acc, kPrecisionBits), zero);
+      _mm_mask_storeu_epi8(out + i, mask, _mm512_cvtusepi32_epi8(shifted));
+    }
+  }
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif  // CLIP_RESAMPLE_AVX512
+
 // Vertical pass. `rows` points at the input row whose index is `row_origin`;
 // every tap of `taps` refers to absolute input rows.
 void ResampleVertical(const uint8_t* rows, size_t row_stride, int row_origin, int row_bytes, const AxisTaps& taps,
@@ -285,7 +525,18 @@ void ResampleVertical(const uint8_t* rows, size_t row_stride, int row_origin, in
 
 }  // namespace
 
+bool ResampleAvx512Supported() {
+#if defined(CLIP_RESAMPLE_AVX512)
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi");
+  return supported;
+#else
+  return false;
+#endif
+}
+
 struct BicubicWindowResizer::State {
+  bool avx512 = false;  // The vertical pass's kernel.
   int src_width = 0;
   int window_x = 0;
   int row_bytes = 0;  // window_width * 3.
@@ -303,7 +554,8 @@ struct BicubicWindowResizer::State {
 };
 
 BicubicWindowResizer::BicubicWindowResizer(int src_width, int src_height, int resized_width, int resized_height,
-                                           int window_x, int window_y, int window_width, int window_height)
+                                           int window_x, int window_y, int window_width, int window_height,
+                                           ResampleKernel kernel)
     : state_(std::make_unique<State>()) {
   if (src_width <= 0 || src_height <= 0 || resized_width <= 0 || resized_height <= 0 || window_width <= 0 ||
       window_height <= 0 || window_x < 0 || window_y < 0 || window_x > resized_width - window_width ||
@@ -315,13 +567,15 @@ BicubicWindowResizer::BicubicWindowResizer(int src_width, int src_height, int re
                         std::to_string(resized_height) + " is not valid");
   }
   State& s = *state_;
+  s.avx512 = kernel != ResampleKernel::kGeneric && ResampleAvx512Supported();
   s.src_width = src_width;
   s.window_x = window_x;
   s.row_bytes = window_width * 3;
   // Like Pillow (need_horizontal / need_vertical), an axis whose size is
   // unchanged is copied; its scale-1 filter would be the identity anyway.
   if (resized_width != src_width) {
-    s.columns = std::make_unique<HorizontalFilter>(ComputeAxisTaps(src_width, resized_width, window_x, window_width));
+    s.columns =
+        std::make_unique<HorizontalFilter>(ComputeAxisTaps(src_width, resized_width, window_x, window_width), kernel);
   }
   s.vertical = resized_height != src_height;
   if (s.vertical) {
@@ -373,6 +627,12 @@ void BicubicWindowResizer::Finish(uint8_t* dst, size_t dst_stride) {
                                               std::to_string(s.row_end - s.row_begin) + " source rows");
   }
   if (s.vertical) {
+#if defined(CLIP_RESAMPLE_AVX512)
+    if (s.avx512) {
+      ResampleVerticalAvx512(s.intermediate.get(), s.row_bytes, s.row_begin, s.row_bytes, s.rows, dst, dst_stride);
+      return;
+    }
+#endif
     ResampleVertical(s.intermediate.get(), s.row_bytes, s.row_begin, s.row_bytes, s.rows, dst, dst_stride);
     return;
   }
@@ -384,9 +644,9 @@ void BicubicWindowResizer::Finish(uint8_t* dst, size_t dst_stride) {
 
 void ResizeBicubicWindow(const uint8_t* src, int src_width, int src_height, int resized_width, int resized_height,
                          int window_x, int window_y, int window_width, int window_height, uint8_t* dst,
-                         size_t dst_stride) {
+                         size_t dst_stride, ResampleKernel kernel) {
   BicubicWindowResizer resizer(src_width, src_height, resized_width, resized_height, window_x, window_y, window_width,
-                               window_height);
+                               window_height, kernel);
   const size_t stride = static_cast<size_t>(src_width) * 3;
   const int begin = resizer.row_begin();
   resizer.AddRows(begin, resizer.row_end() - begin, src + static_cast<size_t>(begin) * stride, stride);

@@ -9,6 +9,17 @@
 
 namespace clip {
 
+// Which implementation of the passes a resize runs. Every kernel gives the
+// same bytes; kGeneric (SSE2 where the target has it, otherwise scalar)
+// exists so that tests can compare it with the kernel kAuto picks.
+enum class ResampleKernel {
+  kAuto,     // The fastest one this CPU runs (AVX-512 where it has F, BW, VL and VBMI).
+  kGeneric,  // What any CPU of the target architecture runs.
+};
+
+// Whether kAuto may use the AVX-512 kernel on this CPU (decided once).
+bool ResampleAvx512Supported();
+
 // Computes the window [window_x, window_x + window_width) x
 // [window_y, window_y + window_height) of the resize of an RGB8 image to
 // resized_width x resized_height, from source rows fed in any order.
@@ -27,7 +38,7 @@ class BicubicWindowResizer {
   // Throws ClipError kInvalidArgument when a size is not positive or the
   // window is not inside the resized image.
   BicubicWindowResizer(int src_width, int src_height, int resized_width, int resized_height, int window_x, int window_y,
-                       int window_width, int window_height);
+                       int window_width, int window_height, ResampleKernel kernel = ResampleKernel::kAuto);
   ~BicubicWindowResizer();
   BicubicWindowResizer(const BicubicWindowResizer&) = delete;
   BicubicWindowResizer& operator=(const BicubicWindowResizer&) = delete;
@@ -53,7 +64,7 @@ class BicubicWindowResizer {
 // src_width * 3 bytes apart).
 void ResizeBicubicWindow(const uint8_t* src, int src_width, int src_height, int resized_width, int resized_height,
                          int window_x, int window_y, int window_width, int window_height, uint8_t* dst,
-                         size_t dst_stride);
+                         size_t dst_stride, ResampleKernel kernel = ResampleKernel::kAuto);
 
 }  // namespace clip
 
