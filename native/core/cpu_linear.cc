@@ -72,22 +72,32 @@ __attribute__((target("avx512f"))) void TileRows(int rows, const float* x, int64
   }
 }
 
+// The store masks of a panel's two registers (the last panel of a layer may
+// hold fewer than 32 features) and its biases, zero past the features.
+struct PanelEdge {
+  __mmask16 mask[2];
+  __m512 bias[2];
+  __attribute__((target("avx512f"))) PanelEdge(const float* biases, int64_t n0, int64_t n_size) {
+    const int64_t valid = std::min<int64_t>(kPanel, n_size - n0);
+    mask[0] = valid >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << valid) - 1);
+    mask[1] = valid >= 32   ? __mmask16{0xFFFF}
+              : valid <= 16 ? __mmask16{0}
+                            : static_cast<__mmask16>((1u << (valid - 16)) - 1);
+    bias[0] = biases ? _mm512_maskz_loadu_ps(mask[0], biases + n0) : _mm512_setzero_ps();
+    bias[1] = biases ? _mm512_maskz_loadu_ps(mask[1], biases + n0 + 16) : _mm512_setzero_ps();
+  }
+};
+
 __attribute__((target("avx512f"))) void Panels(const float* x, int64_t rows, int64_t k_size, const float* packed,
                                                const float* bias, int64_t n_size, float* y, int64_t first,
                                                int64_t last) {
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanel;
-    const int64_t valid = std::min<int64_t>(kPanel, n_size - n0);
-    const __mmask16 mask[2] = {valid >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << valid) - 1),
-                               valid >= 32   ? __mmask16{0xFFFF}
-                               : valid <= 16 ? __mmask16{0}
-                                             : static_cast<__mmask16>((1u << (valid - 16)) - 1)};
-    const __m512 biases[2] = {bias ? _mm512_maskz_loadu_ps(mask[0], bias + n0) : _mm512_setzero_ps(),
-                              bias ? _mm512_maskz_loadu_ps(mask[1], bias + n0 + 16) : _mm512_setzero_ps()};
+    const PanelEdge edge(bias, n0, n_size);
     const float* panel = packed + p * k_size * kPanel;
     for (int64_t r = 0; r < rows; r += kTile) {
       const int count = static_cast<int>(std::min<int64_t>(kTile, rows - r));
-      TileRows<2>(count, x + r * k_size, k_size, panel, k_size, biases, y + r * n_size + n0, n_size, mask);
+      TileRows<2>(count, x + r * k_size, k_size, panel, k_size, edge.bias, y + r * n_size + n0, n_size, edge.mask);
     }
   }
 }
@@ -143,17 +153,11 @@ __attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* x,
                                                               float* y, int64_t ldy, int64_t first, int64_t last) {
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanel;
-    const int64_t valid = std::min<int64_t>(kPanel, n_size - n0);
-    const __mmask16 mask[2] = {valid >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << valid) - 1),
-                               valid >= 32   ? __mmask16{0xFFFF}
-                               : valid <= 16 ? __mmask16{0}
-                                             : static_cast<__mmask16>((1u << (valid - 16)) - 1)};
-    const __m512 biases[2] = {bias ? _mm512_maskz_loadu_ps(mask[0], bias + n0) : _mm512_setzero_ps(),
-                              bias ? _mm512_maskz_loadu_ps(mask[1], bias + n0 + 16) : _mm512_setzero_ps()};
+    const PanelEdge edge(bias, n0, n_size);
     const uint16_t* panel = packed + p * pairs * 2 * kPanel;
     for (int64_t r = 0; r < rows; r += kTile) {
       const int count = static_cast<int>(std::min<int64_t>(kTile, rows - r));
-      TileRowsBf16<2>(count, x + r * pairs, pairs, panel, pairs, biases, y + r * ldy + n0, ldy);
+      TileRowsBf16<2>(count, x + r * pairs, pairs, panel, pairs, edge.bias, y + r * ldy + n0, ldy);
     }
   }
 }
