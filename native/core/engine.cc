@@ -104,7 +104,7 @@ Engine::Engine(std::shared_ptr<Model> model, const EngineOptions& options)
     });
   }
   inference_thread_ = std::thread([this, niceness] {
-    // Named before its first forward: the OpenMP workers it starts take the name.
+    // Forms the batches; their CPU forwards run on the forward thread (threads.h).
     NameThisThread("clip-infer");
     LowerThreadPriority(niceness);
     InferenceLoop();
