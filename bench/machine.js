@@ -121,6 +121,9 @@ async function machine(versions) {
     os: `${os.type()} ${os.release()} ${os.arch()}`,
     node: process.version,
     libtorch: versions.libtorch,
+    // Threads one parallel loop of clip-native's own kernels ran on: 1 on a multi-core machine means an addon
+    // built without libtorch's threading, and every figure of that run is off.
+    parallelThreads: versions.parallelThreads,
     onnxruntimeNode: versions.onnxruntimeNode,
     transformersJs: versions.transformersJs,
     pytorch: pythonTorch,

@@ -198,7 +198,9 @@ function machineLines(report) {
   return [
     `- CPU: ${m.cpu}, ${m.logicalCpus} logical CPUs, ${m.memoryGiB} GiB memory, ${m.os}`,
     `- ISA: ${isaLine(m)}`,
-    `- Node.js ${m.node}; clip-native on libtorch ${m.libtorch}; onnxruntime-node ${m.onnxruntimeNode} ` +
+    `- Node.js ${m.node}; clip-native on libtorch ${m.libtorch}` +
+      (m.parallelThreads ? ` (its own kernels on ${m.parallelThreads} threads)` : '') +
+      `; onnxruntime-node ${m.onnxruntimeNode} ` +
       `through @huggingface/transformers ${m.transformersJs}` +
       (m.pytorch ? `; PyTorch ${m.pytorch} (Python)` : ''),
     `- ${s.threads} intra-op threads for every implementation; ${s.rounds} interleaved rounds, each case at ` +

@@ -649,6 +649,7 @@ async function main() {
       onnxruntimeNode: packageVersion('onnxruntime-node'),
       transformersJs: packageVersion('@huggingface/transformers'),
       libtorch: binding().torchVersion,
+      parallelThreads: binding().parallelThreads(),
       pytorch: impls.find((i) => i instanceof PyTorch)?.info?.torch,
       cpuIsa: binding().cpuIsa,
     }),
