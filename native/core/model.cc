@@ -357,13 +357,26 @@ int RewriteLinearsForInt8(const std::shared_ptr<torch::jit::Graph>& graph, at::Q
   }
   const at::QEngine saved = at::globalContext().qEngine();
   at::globalContext().setQEngine(engine);
+  // QuickGELU after a linear, x * sigmoid(s * x), is three passes over the
+  // widest activations; as silu(s x) / s, with s folded into this linear's
+  // weights and 1/s into the next one's, it is one (as in the oneDNN graph).
+  std::unordered_map<torch::jit::Node*, double> weight_divisors;
   int rewritten = 0;
   try {
     for (torch::jit::Node* linear : linears) {
       if (!IsRewritableLinear(linear)) continue;
-      at::Tensor w = ConstantTensor(linear->input(1))->to(at::kFloat).contiguous();
+      at::Tensor w = ConstantTensor(linear->input(1))->to(at::kFloat);
+      std::optional<at::Tensor> float_bias;
+      if (!IsNoneConstant(linear->input(2))) float_bias = ConstantTensor(linear->input(2))->to(at::kFloat);
+      if (auto it = weight_divisors.find(linear); it != weight_divisors.end()) w = w / it->second;
+      auto gate = MatchSigmoidGate(linear);
+      if (gate) {
+        w = w * gate->s;
+        if (float_bias) float_bias = *float_bias * gate->s;
+      }
+      w = w.contiguous();
       c10::IValue bias;
-      if (!IsNoneConstant(linear->input(2))) bias = ConstantTensor(linear->input(2))->to(at::kFloat).contiguous();
+      if (float_bias) bias = float_bias->contiguous();
       at::Tensor scales = (w.abs().amax({1}).clamp_min(1e-12) / 127.0).to(at::kDouble);
       at::Tensor zero_points = at::zeros({w.size(0)}, at::kLong);
       at::Tensor qweight = at::quantize_per_channel(w, scales, zero_points, 0, at::kQInt8);
@@ -375,7 +388,27 @@ int RewriteLinearsForInt8(const std::shared_ptr<torch::jit::Graph>& graph, at::Q
           graph->create(linear_dynamic, {linear->input(0), packed, graph->insertConstant(reduce_range)});
       q->output()->setType(c10::TensorType::get());
       graph->insertNode(q);
-      linear->output()->replaceAllUsesWith(q->output());
+      if (gate) {
+        torch::jit::Node* silu = graph->create(c10::aten::silu, {q->output()});
+        silu->output()->setType(c10::TensorType::get());
+        graph->insertNode(silu);
+        gate->product->output()->replaceAllUsesWith(silu->output());
+        gate->product->destroy();
+        gate->sigmoid->destroy();
+        gate->scale->destroy();
+        torch::jit::Value* h = silu->output();
+        if (h->uses().size() == 1 && h->uses()[0].user->kind() == c10::aten::linear && h->uses()[0].offset == 0 &&
+            IsRewritableLinear(h->uses()[0].user)) {
+          weight_divisors[h->uses()[0].user] = gate->s;
+        } else {
+          torch::jit::Node* divide = graph->create(c10::aten::div, {h, graph->insertConstant(gate->s)});
+          divide->output()->setType(c10::TensorType::get());
+          divide->insertAfter(silu);
+          h->replaceAllUsesAfterNodeWith(divide, divide->output());
+        }
+      } else {
+        linear->output()->replaceAllUsesWith(q->output());
+      }
       linear->destroy();
       ++rewritten;
     }
