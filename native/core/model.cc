@@ -220,6 +220,28 @@ bool IsRewritableLinear(torch::jit::Node* linear) {
   return bias && floating(*bias);
 }
 
+// `h` now computes what the gate's product did, times s (the linear before
+// it carries s in its weights): the product's uses take `h`, the gate's
+// nodes go, and the 1/s goes into the weights of the next linear when `h`
+// feeds only that one (`weight_divisors`), else into a division after `h`.
+void ReplaceSigmoidGate(torch::jit::Graph& graph, const SigmoidGate& gate, torch::jit::Value* h,
+                        std::unordered_map<torch::jit::Node*, double>* weight_divisors) {
+  gate.product->output()->replaceAllUsesWith(h);
+  gate.product->destroy();
+  gate.sigmoid->destroy();
+  gate.scale->destroy();
+  if (h->uses().size() == 1 && h->uses()[0].user->kind() == c10::aten::linear && h->uses()[0].offset == 0 &&
+      IsRewritableLinear(h->uses()[0].user)) {
+    (*weight_divisors)[h->uses()[0].user] = gate.s;
+    return;
+  }
+  torch::jit::WithInsertPoint after(h->node()->next());
+  torch::jit::Node* divide = graph.create(c10::aten::div, {h, graph.insertConstant(gate.s)});
+  divide->output()->setType(c10::TensorType::get());
+  graph.insertNode(divide);
+  h->replaceAllUsesAfterNodeWith(divide, divide->output());
+}
+
 torch::jit::Value* InsertTensorConstant(torch::jit::Graph& graph, const at::Tensor& tensor) {
   if (!tensor.is_mkldnn()) return graph.insertConstant(tensor);
   // insertConstant refuses opaque (MKLDNN layout) tensors, which have no
@@ -299,20 +321,7 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
     graph->insertNode(fused);
 
     if (gate) {
-      gate->product->output()->replaceAllUsesWith(fused->output());
-      gate->product->destroy();
-      gate->sigmoid->destroy();
-      gate->scale->destroy();
-      torch::jit::Value* h = fused->output();
-      if (h->uses().size() == 1 && h->uses()[0].user->kind() == c10::aten::linear && h->uses()[0].offset == 0 &&
-          IsRewritableLinear(h->uses()[0].user)) {
-        weight_divisors[h->uses()[0].user] = gate->s;
-      } else {
-        torch::jit::Node* divide = graph->create(c10::aten::div, {h, graph->insertConstant(gate->s)});
-        divide->output()->setType(c10::TensorType::get());
-        divide->insertAfter(fused);
-        h->replaceAllUsesAfterNodeWith(divide, divide->output());
-      }
+      ReplaceSigmoidGate(*graph, *gate, fused->output(), &weight_divisors);
     } else {
       linear->output()->replaceAllUsesWith(fused->output());
     }
@@ -392,20 +401,7 @@ int RewriteLinearsForInt8(const std::shared_ptr<torch::jit::Graph>& graph, at::Q
         torch::jit::Node* silu = graph->create(c10::aten::silu, {q->output()});
         silu->output()->setType(c10::TensorType::get());
         graph->insertNode(silu);
-        gate->product->output()->replaceAllUsesWith(silu->output());
-        gate->product->destroy();
-        gate->sigmoid->destroy();
-        gate->scale->destroy();
-        torch::jit::Value* h = silu->output();
-        if (h->uses().size() == 1 && h->uses()[0].user->kind() == c10::aten::linear && h->uses()[0].offset == 0 &&
-            IsRewritableLinear(h->uses()[0].user)) {
-          weight_divisors[h->uses()[0].user] = gate->s;
-        } else {
-          torch::jit::Node* divide = graph->create(c10::aten::div, {h, graph->insertConstant(gate->s)});
-          divide->output()->setType(c10::TensorType::get());
-          divide->insertAfter(silu);
-          h->replaceAllUsesAfterNodeWith(divide, divide->output());
-        }
+        ReplaceSigmoidGate(*graph, *gate, silu->output(), &weight_divisors);
       } else {
         linear->output()->replaceAllUsesWith(q->output());
       }
