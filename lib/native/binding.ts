@@ -112,6 +112,20 @@ export interface NativeLoadOptions {
   prepThreads?: number;
 }
 
+export interface NativeCpuAllocatorStats {
+  installed: boolean;
+  /** The bound on bytes kept free for reuse. */
+  maxCachedBytes: number;
+  /** Bytes kept free for reuse now. */
+  cachedBytes: number;
+  /** Bytes of large blocks handed out and not yet freed. */
+  inUseBytes: number;
+  /** Large requests answered from the blocks kept. */
+  hits: number;
+  /** Large requests passed on to the system allocator. */
+  misses: number;
+}
+
 export interface NativeBinding {
   load(directory: string, options: NativeLoadOptions): Promise<NativeModel>;
   /** Stops every engine of the process (see native/addon/addon.cc). */
@@ -121,6 +135,12 @@ export interface NativeBinding {
    * thread count when the addon was compiled for libtorch's threading, 1 when it was not.
    */
   parallelThreads(): number;
+  /**
+   * The CPU tensor allocator the first model load installs for the process: large blocks are kept
+   * for reuse between forwards (native/core/cpu_allocator.h). `installed` is false before any load
+   * and where CLIP_NATIVE_CPU_CACHE_MB=0 turned it off.
+   */
+  cpuAllocator(): NativeCpuAllocatorStats;
   errorCodes: string[];
   builtWithCuda: boolean;
   torchVersion: string;

@@ -4,6 +4,7 @@
 #include <torch/version.h>
 
 #include "convert.h"
+#include "cpu_allocator.h"
 #include "cpu_features.h"
 #include "cpu_linear.h"
 #include "load_worker.h"
@@ -50,6 +51,19 @@ Napi::Value ParallelThreads(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), ParallelForThreads());
 }
 
+// cpuAllocator() -> the process's CPU tensor allocator (cpu_allocator.h).
+Napi::Value CpuAllocator(const Napi::CallbackInfo& info) {
+  const CpuAllocatorStats stats = GetCpuAllocatorStats();
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("installed", stats.installed);
+  out.Set("maxCachedBytes", static_cast<double>(stats.max_cached_bytes));
+  out.Set("cachedBytes", static_cast<double>(stats.cached_bytes));
+  out.Set("inUseBytes", static_cast<double>(stats.in_use_bytes));
+  out.Set("hits", static_cast<double>(stats.hits));
+  out.Set("misses", static_cast<double>(stats.misses));
+  return out;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   data->model_constructor = Napi::Persistent(ModelWrap::Define(env));
@@ -58,6 +72,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("load", Napi::Function::New(env, Load, "load"));
   exports.Set("shutdownAll", Napi::Function::New(env, ShutdownAll, "shutdownAll"));
   exports.Set("parallelThreads", Napi::Function::New(env, ParallelThreads, "parallelThreads"));
+  exports.Set("cpuAllocator", Napi::Function::New(env, CpuAllocator, "cpuAllocator"));
   exports.Set("NativeModel", data->model_constructor.Value());
 
   Napi::Array codes = Napi::Array::New(env);

@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu_allocator.h"
 #include "cpu_features.h"
 #include "cpu_linear.h"
 #include "errors.h"
@@ -743,7 +744,10 @@ std::shared_ptr<Model> Model::Load(const std::string& directory, const ModelOpti
   return model;
 }
 
+Model::ReleaseCpuCacheOnDestruction::~ReleaseCpuCacheOnDestruction() { ReleaseCachedCpuMemory(); }
+
 std::shared_ptr<Model> Model::LoadOnThisThread(const std::string& directory, const ModelOptions& options) {
+  InstallCpuAllocatorOnce();
   ConfigureThreadsOnce(options.threads);
   std::shared_ptr<Model> model(new Model());
   model->manifest_ = ReadManifest(directory);

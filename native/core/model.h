@@ -121,6 +121,12 @@ class Model {
   void ChooseCpuKernels(const torch::jit::script::Module& image_archive, const torch::jit::script::Module& text_archive,
                         const ModelOptions& options);
 
+  // First member, so destroyed last: once the weights and buffers below are
+  // freed, the CPU allocator's blocks kept for reuse go back to the system
+  // (cpu_allocator.h).
+  struct ReleaseCpuCacheOnDestruction {
+    ~ReleaseCpuCacheOnDestruction();
+  } release_cpu_cache_;
   Manifest manifest_;
   std::unique_ptr<Tokenizer> tokenizer_;
   Encoder image_encoder_;
