@@ -27,10 +27,10 @@ constexpr size_t kDefaultMaxCachedBytes = size_t{256} << 20;
 struct CpuAllocatorStats {
   bool installed = false;
   size_t max_cached_bytes = 0;
-  size_t cached_bytes = 0;   // free, kept for reuse
-  size_t in_use_bytes = 0;   // handed out and not yet freed (large blocks only)
-  uint64_t hits = 0;         // large requests answered from the cache
-  uint64_t misses = 0;       // large requests passed on
+  size_t cached_bytes = 0;  // free, kept for reuse
+  size_t in_use_bytes = 0;  // handed out and not yet freed (large blocks only)
+  uint64_t hits = 0;        // large requests answered from the cache
+  uint64_t misses = 0;      // large requests passed on
 };
 
 // Makes the caching allocator libtorch's CPU allocator for the process, once;
