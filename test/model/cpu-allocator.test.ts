@@ -1,7 +1,7 @@
 // The CPU tensor allocator the first model load installs: large blocks a forward frees are kept and handed to the
 // next forward of the same shapes (native/core/cpu_allocator.h), within a bound, and go back to the system when the
 // last model is disposed; CLIP_NATIVE_CPU_CACHE_MB sets the bound, 0 leaves libtorch's own allocator in place. The
-// embeddings do not depend on it.
+// embeddings do not depend on it beyond fp32 rounding.
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import t from 'tap';
@@ -74,6 +74,26 @@ t.test('CLIP_NATIVE_CPU_CACHE_MB bounds it or turns it off; the embeddings are t
   const on = inChild({});
   t.equal(on.stats.installed, true);
   t.ok(on.stats.hits > 0, 'blocks were reused');
-  t.same(on.out, off.out, 'the same embeddings with and without it');
-  t.same(small.out, off.out, 'and with a small bound');
+  // Where a block lies decides how a kernel splits its sums into vector lanes and its head and tail, so the last
+  // bits may differ between processes; the embeddings agree as fp32 does with the TorchScript reference.
+  t.equal(on.out.length, off.out.length);
+  t.ok(
+    maxAbsDiff(on.out, off.out) <= 1e-5,
+    `the same embeddings with and without it (max abs diff ${maxAbsDiff(on.out, off.out)})`,
+  );
+  t.ok(
+    maxAbsDiff(small.out, off.out) <= 1e-5,
+    `and with a small bound (max abs diff ${maxAbsDiff(small.out, off.out)})`,
+  );
 });
+
+function maxAbsDiff(a: number[][], b: number[][]): number {
+  let max = 0;
+  a.forEach((row, i) => {
+    if (row.length !== b[i].length) max = Infinity;
+    row.forEach((v, j) => {
+      max = Math.max(max, Math.abs(v - b[i][j]));
+    });
+  });
+  return max;
+}
