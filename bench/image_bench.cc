@@ -1,13 +1,14 @@
 // Single-thread cost of turning an encoded JPEG into CLIP pixel values.
 //
 // Usage: image_bench <small.jpg> <large.jpg> [more.jpg ...]
-//                    [--iterations N] [--json PATH]
+//                    [--iterations N] [--json PATH] [--png-libpng]
 // Intended inputs are a 500x375 and a 2000x1500 JPEG. For each file it times
 // DecodeImage, PreprocessRgb, and the two together (PreprocessImage), and
 // prints a markdown table of milliseconds per image: the median over the
 // iterations (after two warm-up runs) of wall-clock time and, in brackets,
 // of the thread's CPU time, which stays meaningful on a busy machine.
-// --json also writes the numbers.
+// --json also writes the numbers. --png-libpng decodes every PNG through
+// libpng, without the whole-buffer path (libdeflate) of common layouts.
 
 #include <time.h>
 
@@ -22,6 +23,7 @@
 
 #include "errors.h"
 #include "image.h"
+#include "image_decode.h"
 
 namespace {
 
@@ -95,6 +97,8 @@ int main(int argc, char** argv) {
     const std::string arg = argv[i];
     if (arg == "--iterations" && i + 1 < argc) {
       iterations = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--png-libpng") {
+      clip::decode::SetPngWholeBufferEnabled(false);
     } else if (arg == "--json" && i + 1 < argc) {
       json_path = argv[++i];
     } else {
@@ -104,7 +108,7 @@ int main(int argc, char** argv) {
   if (paths.empty()) {
     std::fprintf(stderr,
                  "usage: image_bench <small.jpg> <large.jpg> [...] "
-                 "[--iterations N] [--json PATH]\n");
+                 "[--iterations N] [--json PATH] [--png-libpng]\n");
     return 2;
   }
 

@@ -38,6 +38,7 @@
 
 #include "errors.h"
 #include "image.h"
+#include "image_decode.h"
 #include "resample.h"
 
 // ---------------------------------------------------------------------------
@@ -917,6 +918,273 @@ void TestPngModes() {
     CheckImage("PNG palette4" + suffix, EncodePng(spec), w, h,
                [&](int x, int y, int c) { return spec.palette[sample(spec, x, y, 0) * 3 + c]; });
   }
+}
+
+// PNG's whole-buffer path (libdeflate, rows unfiltered here) against libpng's
+// on the same bytes: the same pixels or the same error, and the whole-buffer
+// path taken exactly where it should be.
+namespace png_paths {
+
+struct Chunk {
+  std::string type;
+  Bytes payload;
+};
+
+struct File {
+  uint32_t width = 0;
+  uint32_t height = 0;
+  int bit_depth = 8;
+  int color_type = 2;
+  int interlace = 0;
+  Bytes stream;                // the zlib stream of IDAT
+  size_t split = 0;            // IDAT chunks of at most this many bytes (0: one chunk)
+  std::vector<Chunk> before;   // between IHDR and IDAT
+  std::vector<Chunk> between;  // after the first IDAT chunk, before the rest
+  bool bad_idat_crc = false;
+  bool iend = true;
+};
+
+Bytes Build(const File& f) {
+  Bytes out = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  Bytes ihdr;
+  PutBe32(&ihdr, f.width);
+  PutBe32(&ihdr, f.height);
+  const Bytes rest = {static_cast<uint8_t>(f.bit_depth), static_cast<uint8_t>(f.color_type), 0, 0,
+                      static_cast<uint8_t>(f.interlace)};
+  Append(&ihdr, rest);
+  Append(&out, PngChunk("IHDR", ihdr));
+  for (const Chunk& c : f.before) Append(&out, PngChunk(c.type.c_str(), c.payload));
+  const size_t piece = f.split ? f.split : std::max<size_t>(f.stream.size(), 1);
+  for (size_t offset = 0, n = 0; offset < f.stream.size() || n == 0; offset += piece, ++n) {
+    const size_t end = std::min(f.stream.size(), offset + piece);
+    Bytes chunk = PngChunk("IDAT", Bytes(f.stream.begin() + offset, f.stream.begin() + end));
+    if (f.bad_idat_crc) chunk.back() ^= 0x5A;
+    Append(&out, chunk);
+    if (n == 0) {
+      for (const Chunk& c : f.between) Append(&out, PngChunk(c.type.c_str(), c.payload));
+    }
+    if (end == f.stream.size()) break;
+  }
+  if (f.iend) Append(&out, PngChunk("IEND", {}));
+  return out;
+}
+
+uint8_t PaethPredictor(int a, int b, int c) {
+  const int p = a + b - c;
+  const int pa = std::abs(p - a), pb = std::abs(p - b), pc = std::abs(p - c);
+  return static_cast<uint8_t>(pa <= pb && pa <= pc ? a : pb <= pc ? b : c);
+}
+
+// Rows of `samples` (8-bit, bpp bytes per pixel) filtered with filters[y % n].
+Bytes Filter(const Bytes& samples, uint32_t width, uint32_t height, int bpp, const std::vector<int>& filters) {
+  const size_t row_bytes = size_t{width} * bpp;
+  Bytes out;
+  const Bytes zeros(row_bytes, 0);
+  for (uint32_t y = 0; y < height; ++y) {
+    const uint8_t* row = samples.data() + row_bytes * y;
+    const uint8_t* prior = y ? row - row_bytes : zeros.data();
+    const int filter = filters[y % filters.size()];
+    out.push_back(static_cast<uint8_t>(filter));
+    for (size_t i = 0; i < row_bytes; ++i) {
+      const int a = i >= size_t(bpp) ? row[i - bpp] : 0;
+      const int b = prior[i];
+      const int c = i >= size_t(bpp) ? prior[i - bpp] : 0;
+      const int predictor = filter == 1   ? a
+                            : filter == 2 ? b
+                            : filter == 3 ? (a + b) / 2
+                            : filter == 4 ? PaethPredictor(a, b, c)
+                                          : 0;
+      out.push_back(static_cast<uint8_t>(row[i] - predictor));
+    }
+  }
+  return out;
+}
+
+Bytes Zlib(const Bytes& raw, int level) {
+  uLongf size = compressBound(raw.size());
+  Bytes out(size);
+  compress2(out.data(), &size, raw.data(), raw.size(), level);
+  out.resize(size);
+  return out;
+}
+
+struct Outcome {
+  bool ok = false;
+  std::string error;
+  RgbImage image;
+};
+
+Outcome Run(const Bytes& data, bool whole_buffer) {
+  clip::decode::SetPngWholeBufferEnabled(whole_buffer);
+  Outcome outcome;
+  try {
+    outcome.image = Decode(data);
+    outcome.ok = true;
+  } catch (const ClipError& error) {
+    outcome.error = std::string(clip::ErrorCodeName(error.code())) + ": " + error.what();
+  }
+  clip::decode::SetPngWholeBufferEnabled(true);
+  return outcome;
+}
+
+// Both paths on `data`; `whole_buffer` says whether the fast path must take it.
+// Returns the outcome of the default (whole-buffer enabled) decode.
+Outcome Agree(const std::string& what, const Bytes& data, bool whole_buffer) {
+  const uint64_t before = clip::decode::PngWholeBufferDecodes();
+  Outcome fast = Run(data, true);
+  const uint64_t taken = clip::decode::PngWholeBufferDecodes() - before;
+  const Outcome libpng = Run(data, false);
+  Check(clip::decode::PngWholeBufferDecodes() - before == taken, what + ": the switch sends every PNG to libpng");
+  Check(taken == (whole_buffer ? 1u : 0u),
+        what + (whole_buffer ? ": decoded by the whole-buffer path" : ": left to libpng by the whole-buffer path"));
+  if (fast.ok != libpng.ok) {
+    Check(false, what + ": whole-buffer " + (fast.ok ? "decoded" : fast.error) + ", libpng " +
+                     (libpng.ok ? "decoded" : libpng.error));
+  } else if (fast.ok) {
+    Check(fast.image.width == libpng.image.width && fast.image.height == libpng.image.height &&
+              fast.image.pixels == libpng.image.pixels,
+          what + ": the same pixels as libpng");
+  } else {
+    Check(fast.error == libpng.error, what + ": the same error as libpng (" + fast.error + " / " + libpng.error + ")");
+  }
+  return fast;
+}
+
+}  // namespace png_paths
+
+void TestPngWholeBuffer() {
+  using namespace png_paths;
+  if (!clip::decode::PngWholeBufferAvailable()) {
+    std::printf("note: built without libdeflate; PNG's whole-buffer path not tested\n");
+    return;
+  }
+  const std::vector<std::vector<int>> filter_sets = {{0}, {1}, {2}, {3}, {4}, {0, 1, 2, 3, 4}, {4, 3, 2, 1}};
+  const int kChannels[][2] = {{0, 1}, {4, 2}, {2, 3}, {6, 4}};  // colour type, bytes per pixel
+  uint32_t seed = 100;
+  for (const auto& [color_type, bpp] : kChannels) {
+    for (uint32_t width : {1u, 2u, 3u, 7u, 33u}) {
+      for (uint32_t height : {1u, 5u, 21u}) {
+        for (const auto& filters : filter_sets) {
+          File f;
+          f.width = width;
+          f.height = height;
+          f.color_type = color_type;
+          const Bytes samples = Pattern(width, height, bpp, ++seed);
+          f.stream = Zlib(Filter(samples, width, height, bpp, filters), seed % 3 == 0 ? 0 : seed % 3 == 1 ? 1 : 9);
+          f.split = seed % 4 == 0 ? 7 : 0;
+          std::string name = "PNG whole-buffer type " + std::to_string(color_type) + " " + std::to_string(width) + "x" +
+                             std::to_string(height) + " filters";
+          for (int filter : filters) name += " " + std::to_string(filter);
+          const Outcome outcome = Agree(name, Build(f), true);
+          if (!outcome.ok) continue;
+          // And the pixels are the samples (grey expands; alpha is dropped).
+          bool equal = true;
+          for (size_t p = 0; p < size_t{width} * height; ++p) {
+            for (int c = 0; c < 3; ++c) {
+              const uint8_t expected = samples[p * bpp + (bpp >= 3 ? c : 0)];
+              equal = equal && outcome.image.pixels[p * 3 + c] == expected;
+            }
+          }
+          Check(equal, name + ": the pixels are the samples");
+        }
+      }
+    }
+  }
+
+  // Variations around one 40x30 RGB image with every filter.
+  const uint32_t w = 40;
+  const uint32_t h = 30;
+  const Bytes samples = Pattern(w, h, 3, 9);
+  const Bytes raw = Filter(samples, w, h, 3, {0, 1, 2, 3, 4, 4, 1});
+  File base;
+  base.width = w;
+  base.height = h;
+  base.stream = Zlib(raw, 6);
+  auto with = [&](const std::function<void(File*)>& change) {
+    File f = base;
+    change(&f);
+    return Build(f);
+  };
+  Agree("PNG whole-buffer: IDAT split into 1-byte chunks", with([](File* f) { f->split = 1; }), true);
+  Agree("PNG whole-buffer: ancillary chunks before IDAT", with([](File* f) {
+          f->before = {{"gAMA", {0, 0, 0xB1, 0x8F}}, {"tEXt", Bytes(300, 'a')}, {"zzZz", {1}}};
+        }),
+        true);
+  Agree("PNG whole-buffer: bad IDAT CRC (ignored, as by Pillow)", with([](File* f) { f->bad_idat_crc = true; }), true);
+  Agree("PNG whole-buffer: no IEND", with([](File* f) { f->iend = false; }), true);
+  Agree("PNG whole-buffer: a wrong Adler-32", with([](File* f) { f->stream.back() ^= 0xFF; }), false);
+  Agree("PNG whole-buffer: no Adler-32", with([](File* f) { f->stream.resize(f->stream.size() - 4); }), false);
+  Agree("PNG whole-buffer: bytes after the zlib stream", with([](File* f) { Append(&f->stream, Bytes(50, 0xEE)); }),
+        true);
+
+  Agree("PNG whole-buffer: a stream with a row too many", with([&](File* f) {
+          Bytes more = raw;
+          Append(&more, Bytes(1 + w * 3, 0));
+          f->stream = Zlib(more, 6);
+        }),
+        false);
+  Agree("PNG whole-buffer: a stream a row short",
+        with([&](File* f) { f->stream = Zlib(Bytes(raw.begin(), raw.end() - (1 + w * 3)), 6); }), false);
+  Agree("PNG whole-buffer: filter type 5", with([&](File* f) {
+          Bytes bad = raw;
+          bad[(1 + w * 3) * 7] = 5;
+          f->stream = Zlib(bad, 6);
+        }),
+        false);
+  Agree("PNG whole-buffer: IDAT cut short", with([](File* f) { f->stream.resize(f->stream.size() / 2); }), false);
+  Agree(
+      "PNG whole-buffer: the file cut inside IDAT",
+      [&] {
+        Bytes data = Build(base);
+        data.resize(data.size() - 40);
+        return data;
+      }(),
+      false);
+  Agree("PNG whole-buffer: a chunk between IDAT chunks", with([](File* f) {
+          f->split = 100;
+          f->between = {{"tEXt", {'x'}}};
+        }),
+        false);
+  Agree("PNG whole-buffer: an unknown critical chunk before IDAT", with([](File* f) {
+          f->before = {{"ABCD", {1}}};
+        }),
+        false);
+  Agree("PNG whole-buffer: a suggested palette in an RGB image", with([](File* f) {
+          f->before = {{"PLTE", {1, 2, 3, 4, 5, 6}}};
+        }),
+        false);
+  Agree("PNG whole-buffer: a 2 MB ancillary chunk", with([](File* f) {
+          f->before = {{"zTXt", Bytes(2 << 20, 7)}};
+        }),
+        false);
+  Agree("PNG whole-buffer: a preset dictionary flag", with([](File* f) {
+          f->stream[1] = static_cast<uint8_t>((f->stream[1] & ~0x1F) | 0x20);
+          f->stream[1] = static_cast<uint8_t>(f->stream[1] + (31 - ((f->stream[0] << 8) | f->stream[1]) % 31) % 31);
+        }),
+        false);
+  Agree("PNG whole-buffer: a bad zlib header check", with([](File* f) { f->stream[1] ^= 1; }), false);
+  Agree("PNG whole-buffer: not a deflate stream", with([](File* f) { f->stream = Bytes(40, 0xAB); }), false);
+  Agree("PNG whole-buffer: Adam7 goes to libpng", with([](File* f) { f->interlace = 1; }), false);
+
+  // The resize sink, which takes the rows in blocks: the same floats.
+  const uint32_t big_w = 300;
+  const uint32_t big_h = 197;
+  File big;
+  big.width = big_w;
+  big.height = big_h;
+  big.color_type = 6;
+  big.stream = Zlib(Filter(Pattern(big_w, big_h, 4, 12), big_w, big_h, 4, {4, 1, 2, 3, 0}), 6);
+  big.split = 8192;
+  const Bytes big_png = Build(big);
+  const PreprocessOptions pre;
+  std::vector<float> fast(clip::PreprocessedSize(pre)), slow(clip::PreprocessedSize(pre));
+  const uint64_t before = clip::decode::PngWholeBufferDecodes();
+  clip::PreprocessImage(big_png.data(), big_png.size(), {}, pre, fast.data());
+  Check(clip::decode::PngWholeBufferDecodes() == before + 1, "PNG whole-buffer: PreprocessImage takes it");
+  clip::decode::SetPngWholeBufferEnabled(false);
+  clip::PreprocessImage(big_png.data(), big_png.size(), {}, pre, slow.data());
+  clip::decode::SetPngWholeBufferEnabled(true);
+  Check(fast == slow, "PNG whole-buffer: PreprocessImage gives the same floats as through libpng");
 }
 
 void TestJpeg() {
@@ -1958,6 +2226,7 @@ int main(int argc, char** argv) {
   if (!reference_root.empty()) TestReferenceImages(reference_root);
   TestFormatDetection();
   TestPngModes();
+  TestPngWholeBuffer();
   TestJpeg();
   TestWebp();
   TestGif();

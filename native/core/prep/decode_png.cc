@@ -1,12 +1,26 @@
 // PNG (libpng for inflate, unfiltering and de-interlacing; the conversion to
-// RGB is Pillow's, done here on the raw samples).
+// RGB is Pillow's, done here on the raw samples). The common layouts of
+// photographs take a whole-buffer path first: libdeflate inflates the image
+// data in one call, about 1.7x faster than zlib's streaming inflate, and the
+// rows are unfiltered here; any file that path does not take unchanged goes to
+// libpng, which decides.
 
 #include <png.h>
 #include <zlib.h>
+#ifdef CLIP_HAVE_LIBDEFLATE
+#include <libdeflate.h>
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
+#include <algorithm>
+#include <atomic>
 #include <csetjmp>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -266,7 +280,296 @@ bool ReadPng(PngJob* job) {
   return true;
 }
 
+std::atomic<bool> g_whole_buffer_enabled{true};
+std::atomic<uint64_t> g_whole_buffer_decodes{0};
+
+#ifdef CLIP_HAVE_LIBDEFLATE
+// The raw image data (a filter byte and the filtered samples per row) may be
+// held whole up to this size; larger images stream through libpng row by row.
+constexpr size_t kMaxWholeBufferBytes = size_t{64} << 20;
+// libpng refuses ancillary chunks above its chunk allocation limit (8 MB in
+// common builds) even when it skips them; larger ones go to libpng to decide.
+constexpr uint32_t kMaxSkippedChunkBytes = 1u << 20;
+
+struct DecompressorDeleter {
+  void operator()(libdeflate_decompressor* d) const { libdeflate_free_decompressor(d); }
+};
+
+// What one thread keeps between images: the decompressor and the buffers of
+// the compressed stream (when it spans several IDAT chunks) and of the
+// inflated rows. Fresh allocations of this size are mapped anew by the C
+// library each time, and the page faults cost more than the inflate on some
+// virtual machines; buffers above kKeepBytes are freed after each image.
+struct WholeBufferScratch {
+  static constexpr size_t kKeepBytes = size_t{16} << 20;
+
+  struct Buffer {
+    std::unique_ptr<uint8_t[]> data;
+    size_t capacity = 0;
+    // Room for n bytes, contents unspecified; nullptr when out of memory.
+    uint8_t* Get(size_t n) {
+      if (n > capacity) {
+        data.reset(new (std::nothrow) uint8_t[n]);
+        capacity = data ? n : 0;
+      }
+      return data.get();
+    }
+    void Trim() {
+      if (capacity > kKeepBytes) {
+        data.reset();
+        capacity = 0;
+      }
+    }
+  };
+
+  std::unique_ptr<libdeflate_decompressor, DecompressorDeleter> decompressor{libdeflate_alloc_decompressor()};
+  Buffer stream;
+  Buffer raw;
+};
+
+WholeBufferScratch& ThreadScratch() {
+  thread_local WholeBufferScratch scratch;
+  return scratch;
+}
+
+bool IsChunkLetter(uint8_t c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
+
+// Paeth's predictor: a (left), b (above) or c (above left), whichever is
+// nearest to a + b - c, in that order of preference.
+inline uint8_t Paeth(int a, int b, int c) {
+  const int pa = std::abs(b - c);
+  const int pb = std::abs(a - c);
+  const int pc = std::abs(a + b - 2 * c);
+  const int bc = pb <= pc ? b : c;
+  return static_cast<uint8_t>(pa <= pb && pa <= pc ? a : bc);
+}
+
+#if defined(__SSE2__)
+inline __m128i Load4(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm_unpacklo_epi8(_mm_cvtsi32_si128(v), _mm_setzero_si128());
+}
+
+inline __m128i Abs16(__m128i v) { return _mm_max_epi16(v, _mm_sub_epi16(_mm_setzero_si128(), v)); }
+
+// Paeth for 3 or 4 bytes per pixel, a pixel at a time in 16-bit lanes: the
+// predictor of a pixel needs the one decoded just before it, so the work runs
+// across the channels, not along the row. Every load and store is 4 bytes
+// (narrower ones cost a store-forwarding stall per pixel); with 3 bytes per
+// pixel the fourth lane carries the next pixel's first byte through unchanged
+// (its predictor lane is zero), and the last pixel, whose fourth byte lies
+// past the row, is done by the scalar code.
+template <size_t kBpp>
+void UnfilterPaethPixels(uint8_t* row, const uint8_t* prior, size_t bytes) {
+  const __m128i lanes =
+      kBpp == 3 ? _mm_setr_epi16(-1, -1, -1, 0, 0, 0, 0, 0) : _mm_setr_epi16(-1, -1, -1, -1, 0, 0, 0, 0);
+  const size_t vector_bytes = kBpp == 3 ? bytes - 3 : bytes;
+  __m128i a = _mm_setzero_si128();
+  __m128i c = _mm_setzero_si128();
+  size_t i = 0;
+  for (; i < vector_bytes; i += kBpp) {
+    const __m128i b = Load4(prior + i);
+    const __m128i x = Load4(row + i);
+    const __m128i pa = Abs16(_mm_sub_epi16(b, c));
+    const __m128i pb = Abs16(_mm_sub_epi16(a, c));
+    const __m128i pc = Abs16(_mm_add_epi16(_mm_sub_epi16(b, c), _mm_sub_epi16(a, c)));
+    const __m128i smallest = _mm_min_epi16(pa, _mm_min_epi16(pb, pc));
+    const __m128i use_a = _mm_cmpeq_epi16(smallest, pa);
+    const __m128i use_b = _mm_cmpeq_epi16(smallest, pb);
+    const __m128i bc = _mm_or_si128(_mm_and_si128(use_b, b), _mm_andnot_si128(use_b, c));
+    const __m128i predictor = _mm_and_si128(lanes, _mm_or_si128(_mm_and_si128(use_a, a), _mm_andnot_si128(use_a, bc)));
+    const __m128i sum = _mm_add_epi8(_mm_packus_epi16(x, x), _mm_packus_epi16(predictor, predictor));
+    const int32_t out = _mm_cvtsi128_si32(sum);
+    std::memcpy(row + i, &out, 4);
+    a = _mm_unpacklo_epi8(sum, _mm_setzero_si128());
+    c = b;
+  }
+  for (; i < bytes; ++i) {
+    const int left = i >= kBpp ? row[i - kBpp] : 0;
+    const int above_left = i >= kBpp ? prior[i - kBpp] : 0;
+    row[i] = static_cast<uint8_t>(row[i] + Paeth(left, prior[i], above_left));
+  }
+}
+#endif
+
+// Reverses one row's filter in place; `prior` is the previous row, already
+// unfiltered (zeros above the first row). bpp: bytes per pixel.
+void UnfilterRow(int filter, uint8_t* row, const uint8_t* prior, size_t bytes, size_t bpp) {
+  switch (filter) {
+    case 1:  // Sub
+      for (size_t i = bpp; i < bytes; ++i) row[i] = static_cast<uint8_t>(row[i] + row[i - bpp]);
+      break;
+    case 2:  // Up
+      for (size_t i = 0; i < bytes; ++i) row[i] = static_cast<uint8_t>(row[i] + prior[i]);
+      break;
+    case 3:  // Average
+      for (size_t i = 0; i < bpp; ++i) row[i] = static_cast<uint8_t>(row[i] + (prior[i] >> 1));
+      for (size_t i = bpp; i < bytes; ++i) row[i] = static_cast<uint8_t>(row[i] + ((row[i - bpp] + prior[i]) >> 1));
+      break;
+    case 4:  // Paeth
+#if defined(__SSE2__)
+      if (bpp == 3 || bpp == 4) {
+        (bpp == 3 ? UnfilterPaethPixels<3> : UnfilterPaethPixels<4>)(row, prior, bytes);
+        break;
+      }
+#endif
+      for (size_t i = 0; i < bpp; ++i) row[i] = static_cast<uint8_t>(row[i] + prior[i]);
+      for (size_t i = bpp; i < bytes; ++i) {
+        row[i] = static_cast<uint8_t>(row[i] + Paeth(row[i - bpp], prior[i], prior[i - bpp]));
+      }
+      break;
+    default:  // 0: None
+      break;
+  }
+}
+
+// The whole-buffer path for 8-bit, non-interlaced grey, grey + alpha, RGB and
+// RGBA images whose chunks before the image data are IHDR and ancillary ones
+// only. Returns false, having touched nothing, for anything else (other
+// layouts, an odd chunk, a zlib stream that does not end with exactly the
+// image's bytes and a valid Adler-32, truncated chunks, a bad filter type);
+// libpng then decodes the file and reports whatever is wrong with it. Like the
+// libpng path it ignores the IDAT CRCs and everything after the zlib stream,
+// as Pillow does.
+bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
+  if (!g_whole_buffer_enabled.load(std::memory_order_relaxed)) return false;
+  if (size < 33 || std::memcmp(data, kPngSignature, 8) != 0 || ReadBe32(data + 8) != 13) return false;
+  const uint32_t width = ReadBe32(data + 16);
+  const uint32_t height = ReadBe32(data + 20);
+  const int bit_depth = data[24];
+  const int color_type = data[25];
+  if (width == 0 || height == 0 || width > 0x7FFFFFFFu || height > 0x7FFFFFFFu) return false;
+  if (bit_depth != 8 || data[26] != 0 || data[27] != 0 || data[28] != 0) return false;
+  size_t bpp = 0;
+  switch (color_type) {
+    case PNG_COLOR_TYPE_GRAY:
+      bpp = 1;
+      break;
+    case PNG_COLOR_TYPE_GRAY_ALPHA:
+      bpp = 2;
+      break;
+    case PNG_COLOR_TYPE_RGB:
+      bpp = 3;
+      break;
+    case PNG_COLOR_TYPE_RGB_ALPHA:
+      bpp = 4;
+      break;
+    default:
+      return false;
+  }
+  const size_t row_bytes = size_t{width} * bpp;
+  if (row_bytes + 1 > kMaxWholeBufferBytes / height) return false;
+  const size_t raw_size = (row_bytes + 1) * height;
+
+  // Chunks up to the image data: IHDR (checked above), then ancillary chunks
+  // (first letter lower case) with valid names; the CRCs of all of them were
+  // checked by ScanPngChunks. Then the run of consecutive IDAT chunks.
+  size_t position = 33;
+  while (true) {
+    if (position + 8 > size) return false;
+    const uint32_t length = ReadBe32(data + position);
+    const uint8_t* type = data + position + 4;
+    if (length > 0x7FFFFFFFu || length > size - position - 8) return false;
+    if (std::memcmp(type, "IDAT", 4) == 0) break;
+    if (!(IsChunkLetter(type[0]) && IsChunkLetter(type[1]) && IsChunkLetter(type[2]) && IsChunkLetter(type[3]))) {
+      return false;
+    }
+    if ((type[0] & 0x20) == 0 || length > kMaxSkippedChunkBytes) return false;
+    if (length + size_t{12} > size - position) return false;
+    position += 12 + size_t{length};
+  }
+  // The run of IDAT chunks: its total size, then one contiguous stream
+  // (the chunk's own bytes when there is one chunk).
+  const size_t first_idat = position;
+  size_t idat_size = 0;
+  int idat_chunks = 0;
+  for (; position + 8 <= size && std::memcmp(data + position + 4, "IDAT", 4) == 0; ++idat_chunks) {
+    const uint32_t length = ReadBe32(data + position);
+    if (length > 0x7FFFFFFFu || length > size - position - 8) return false;  // truncated
+    idat_size += length;
+    position += 8 + size_t{length} + 4;
+  }
+  WholeBufferScratch& scratch = ThreadScratch();
+  struct TrimOnExit {
+    WholeBufferScratch* scratch;
+    ~TrimOnExit() {
+      scratch->stream.Trim();
+      scratch->raw.Trim();
+    }
+  } trim_on_exit{&scratch};
+  const uint8_t* idat = data + first_idat + 8;
+  if (idat_chunks > 1) {
+    uint8_t* joined = scratch.stream.Get(idat_size);
+    if (joined == nullptr) return false;
+    size_t offset = 0;
+    for (size_t p = first_idat; p < position;) {
+      const uint32_t length = ReadBe32(data + p);
+      std::memcpy(joined + offset, data + p + 8, length);
+      offset += length;
+      p += 8 + size_t{length} + 4;
+    }
+    idat = joined;
+  }
+  // zlib header: deflate, window up to 32 KiB, no preset dictionary.
+  if (idat_size < 2 || (idat[0] & 0x0F) != 8 || (idat[0] >> 4) > 7 || (idat[1] & 0x20) != 0 ||
+      ((idat[0] << 8) | idat[1]) % 31 != 0) {
+    return false;
+  }
+
+  uint8_t* raw = scratch.raw.Get(raw_size);
+  if (scratch.decompressor == nullptr || raw == nullptr) return false;
+  size_t produced = 0;
+  // With the Adler-32 checked: whether libpng (and Pillow) see a wrong one
+  // depends on how much of the stream they hold when the last row is done,
+  // so such a stream goes to libpng to decide.
+  if (libdeflate_zlib_decompress(scratch.decompressor.get(), idat, idat_size, raw, raw_size, &produced) !=
+          LIBDEFLATE_SUCCESS ||
+      produced != raw_size) {
+    return false;
+  }
+  for (uint32_t y = 0; y < height; ++y) {
+    if (raw[(row_bytes + 1) * y] > 4) return false;  // libpng: "bad adaptive filter value"
+  }
+
+  // From here on nothing fails: unfilter and emit blocks of rows.
+  g_whole_buffer_decodes.fetch_add(1, std::memory_order_relaxed);
+  out->Begin(static_cast<int>(width), static_cast<int>(height));
+  const std::vector<uint8_t> zeros(row_bytes, 0);
+  const uint8_t* prior = zeros.data();
+  constexpr uint32_t kBlockRows = 16;
+  for (uint32_t y0 = 0; y0 < height; y0 += kBlockRows) {
+    const uint32_t count = std::min(kBlockRows, height - y0);
+    size_t stride = 0;
+    uint8_t* rows = out->Reserve(static_cast<int>(y0), static_cast<int>(count), &stride);
+    for (uint32_t i = 0; i < count; ++i) {
+      uint8_t* filtered = raw + (row_bytes + 1) * (y0 + i);
+      uint8_t* row = filtered + 1;
+      UnfilterRow(filtered[0], row, prior, row_bytes, bpp);
+      ConvertPngRow(row, color_type, 8, nullptr, 0, width, rows + stride * i);
+      prior = row;
+    }
+    out->Commit(static_cast<int>(y0), static_cast<int>(count));
+  }
+  return true;
+}
+#else
+bool DecodePngWholeBuffer(const uint8_t*, size_t, FrameSink*) { return false; }
+#endif
+
 }  // namespace
+
+bool PngWholeBufferAvailable() {
+#ifdef CLIP_HAVE_LIBDEFLATE
+  return true;
+#else
+  return false;
+#endif
+}
+
+void SetPngWholeBufferEnabled(bool enabled) { g_whole_buffer_enabled.store(enabled); }
+
+uint64_t PngWholeBufferDecodes() { return g_whole_buffer_decodes.load(); }
 
 void DecodePng(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* out) {
   // IHDR is the first chunk; read its size before libpng allocates anything.
@@ -279,6 +582,7 @@ void DecodePng(const uint8_t* data, size_t size, const ImageDecodeOptions& optio
   size_t exif_size = 0;
   ScanPngChunks(data, size, options.apply_exif_orientation, &exif, &exif_size);
   if (exif) out->SetOrientation(ParseExifOrientation(exif, exif_size));
+  if (DecodePngWholeBuffer(data, size, out)) return;
 
   PngJob job;
   job.out = out;
