@@ -73,9 +73,18 @@ function cpuFlags(info = readCpuinfo()) {
   return ['avx2', ...ISA_FLAGS, 'amx_tile'].filter((f) => flags.has(f));
 }
 
-/** The CPU model name: /proc/cpuinfo's "model name" (os.cpus() reads the same on Linux). */
+/**
+ * The CPU model name: /proc/cpuinfo's "model name" (os.cpus() reads the same on Linux). Virtual machines often
+ * show a bare "AMD EPYC" for every generation; a name without a model number gets the CPU family and model
+ * numbers, so that different CPUs get different names (Zen 4 is family 25, Zen 5 family 26).
+ */
 function cpuName(info = readCpuinfo()) {
-  return (info.match(/^model name\s*:\s*(.*)$/m)?.[1] ?? os.cpus()[0]?.model ?? 'unknown CPU').trim();
+  const name = (info.match(/^model name\s*:\s*(.*)$/m)?.[1] ?? os.cpus()[0]?.model ?? 'unknown CPU').trim();
+  const family = info.match(/^cpu family\s*:\s*(\d+)/m)?.[1];
+  const model = info.match(/^model\s*:\s*(\d+)/m)?.[1];
+  return /\d/.test(name) || family === undefined || model === undefined
+    ? name
+    : `${name} (family ${family}, model ${model})`;
 }
 
 /**
@@ -95,7 +104,7 @@ function isaClass(flags) {
 
 /**
  * A file name for one CPU model: its name without trademarks, clock and core count, and its ISA class, e.g.
- * `amd-epyc-avx512-bf16` or `intel-xeon-platinum-8488c-amx`. Two machines with the same CPU model and
+ * `amd-epyc-family-26-model-2-avx512-bf16` or `intel-xeon-platinum-8488c-amx`. Two machines with the same CPU model and
  * flags share a slug (a later run replaces the earlier one's table); any other CPU gets its own.
  */
 function cpuSlug(name, flags) {
