@@ -10,6 +10,9 @@
 //   * preprocessing a decoded image succeeds and writes finite floats only;
 //     the geometry varies with the input (see below), the mean and std are
 //     CLIP's;
+//   * a PNG decodes to the same pixels, or fails with the same error, with
+//     and without the whole-buffer path (libdeflate) that takes common
+//     layouts ahead of libpng;
 //   * ASan/UBSan: no out-of-bounds access, use after free, leak or undefined
 //     behaviour in the core (the codec libraries themselves are not
 //     instrumented; their reads of our buffers are checked where they go
@@ -19,10 +22,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "errors.h"
 #include "image.h"
+#include "image_decode.h"
 
 namespace {
 
@@ -40,6 +45,50 @@ bool IsImageCode(clip::ErrorCode code) {
          code == clip::ErrorCode::kImageTooLarge;
 }
 
+// The outcome of one decode: the image, or the error's code and message.
+struct Outcome {
+  bool ok = false;
+  clip::ErrorCode code = clip::ErrorCode::kInternal;
+  std::string message;
+  clip::RgbImage image;
+};
+
+Outcome DecodeOutcome(const uint8_t* data, size_t size, const clip::ImageDecodeOptions& options) {
+  Outcome outcome;
+  try {
+    outcome.image = clip::DecodeImage(data, size, options);
+    outcome.ok = true;
+  } catch (const clip::ClipError& error) {
+    outcome.code = error.code();
+    outcome.message = error.what();
+  }
+  return outcome;
+}
+
+// PNG: the whole-buffer path and libpng agree.
+void CheckPngPaths(const uint8_t* data, size_t size, const clip::ImageDecodeOptions& options) {
+  if (!clip::decode::PngWholeBufferAvailable() || clip::DetectImageFormat(data, size) != clip::ImageFormat::kPng) {
+    return;
+  }
+  const Outcome fast = DecodeOutcome(data, size, options);
+  clip::decode::SetPngWholeBufferEnabled(false);
+  const Outcome slow = DecodeOutcome(data, size, options);
+  clip::decode::SetPngWholeBufferEnabled(true);
+  if (fast.ok != slow.ok) {
+    std::fprintf(stderr, "image_fuzzer: whole-buffer %s, libpng %s\n", fast.ok ? "decoded" : fast.message.c_str(),
+                 slow.ok ? "decoded" : slow.message.c_str());
+    Violation("the PNG paths disagree on success");
+  }
+  if (fast.ok && (fast.image.width != slow.image.width || fast.image.height != slow.image.height ||
+                  fast.image.pixels != slow.image.pixels)) {
+    Violation("the PNG paths decode different pixels");
+  }
+  if (!fast.ok && (fast.code != slow.code || fast.message != slow.message)) {
+    std::fprintf(stderr, "image_fuzzer: whole-buffer %s, libpng %s\n", fast.message.c_str(), slow.message.c_str());
+    Violation("the PNG paths fail differently");
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -51,6 +100,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   // The format sniffing must not read past `size` on its own either.
   clip::DetectImageFormat(data, size);
+  CheckPngPaths(data, size, decode);
 
   clip::RgbImage image;
   try {
