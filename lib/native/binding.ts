@@ -79,6 +79,11 @@ export interface NativeCpuKernels {
   /** Milliseconds per item of each candidate measured at load (empty unless measured). */
   imageMsPerItem: Record<string, number>;
   textMsPerItem: Record<string, number>;
+  /**
+   * How many attention products (scores and weighted sums) of each chosen encoder run on clip-native's own
+   * AVX-512 kernel instead of libtorch's matmul: float32 and int8 graphs on CPUs with AVX-512F, else 0.
+   */
+  attentionMatmuls: { image: number; text: number };
 }
 
 export interface NativeModel {

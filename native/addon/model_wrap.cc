@@ -416,6 +416,10 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     };
     kernels.Set("imageMsPerItem", timings(k.image_ms));
     kernels.Set("textMsPerItem", timings(k.text_ms));
+    Napi::Object attention = Napi::Object::New(env);
+    attention.Set("image", k.image_attention_matmuls);
+    attention.Set("text", k.text_attention_matmuls);
+    kernels.Set("attentionMatmuls", attention);
     out.Set("cpuKernels", kernels);
   } else {
     out.Set("cpuKernels", env.Null());

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "cpu_allocator.h"
+#include "cpu_attention.h"
 #include "cpu_features.h"
 #include "cpu_linear.h"
 #include "errors.h"
@@ -334,6 +335,33 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
   return rewritten;
 }
 
+// The attention's two products (aten::matmul of two activations; the
+// linears' matmuls have constant weights and are rewritten above) ->
+// clip_native::attention_matmul (cpu_attention.h), float32 graphs on CPUs
+// with AVX-512F. Returns how many were rewritten.
+int RewriteAttentionMatmuls(const std::shared_ptr<torch::jit::Graph>& graph) {
+  if (!AttentionMatmulAvailable()) return 0;
+  const auto attention_matmul = c10::Symbol::fromQualString("clip_native::attention_matmul");
+  std::vector<torch::jit::Node*> matmuls;
+  for (torch::jit::Node* node : graph->nodes()) {
+    if (node->kind() == c10::aten::matmul && node->inputs().size() == 2 &&
+        node->input(0)->node()->kind() != c10::prim::Constant &&
+        node->input(1)->node()->kind() != c10::prim::Constant) {
+      matmuls.push_back(node);
+    }
+  }
+  for (torch::jit::Node* matmul : matmuls) {
+    torch::jit::WithInsertPoint insert_point(matmul);
+    torch::jit::Node* replacement = graph->create(attention_matmul, {matmul->input(0), matmul->input(1)});
+    replacement->output()->setType(c10::TensorType::get());
+    graph->insertNode(replacement);
+    matmul->output()->replaceAllUsesWith(replacement->output());
+    matmul->destroy();
+  }
+  graph->lint();
+  return static_cast<int>(matmuls.size());
+}
+
 // Linears with constant float32 weights -> quantized::linear_dynamic on
 // per-channel int8 weights packed once for `engine`: activations are
 // quantized per call (per tensor, from their range), products accumulate in
@@ -523,6 +551,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
     if (RewriteLinearsForInt8(encoder.module.get_method("forward").graph(), engine, reduce_range) == 0) {
       throw std::runtime_error("no linear layer with constant weights to quantize");
     }
+    encoder.attention_matmuls = RewriteAttentionMatmuls(encoder.module.get_method("forward").graph());
     return encoder;
   }
   if (name == "aten") {
@@ -533,6 +562,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
   if (name == "onednn+avx512") {
     encoder.module = torch::jit::freeze(archive);
     RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), /*bfloat16=*/false, /*small_rows=*/true);
+    encoder.attention_matmuls = RewriteAttentionMatmuls(encoder.module.get_method("forward").graph());
     return encoder;
   }
   const bool small_rows = name == "onednn-bf16+avx512";
@@ -545,6 +575,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
     encoder.module = torch::jit::freeze(archive);
   }
   RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), bfloat16, small_rows);
+  if (!bfloat16) encoder.attention_matmuls = RewriteAttentionMatmuls(encoder.module.get_method("forward").graph());
   return encoder;
 }
 
@@ -892,6 +923,8 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
                                    candidates, &cpu_kernels_.text_ms);
   cpu_kernels_.image = image_encoder_.kernel;
   cpu_kernels_.text = text_encoder_.kernel;
+  cpu_kernels_.image_attention_matmuls = image_encoder_.attention_matmuls;
+  cpu_kernels_.text_attention_matmuls = text_encoder_.attention_matmuls;
 }
 
 int64_t Model::cuda_stream_id() const {

@@ -68,6 +68,10 @@ struct CpuKernelChoice {
   // Per-item milliseconds of each candidate measured at load, when measured.
   std::vector<std::pair<std::string, double>> image_ms;
   std::vector<std::pair<std::string, double>> text_ms;
+  // How many attention products (aten::matmul of two activations) of each
+  // chosen encoder run on clip-native's kernel (cpu_attention.h).
+  int image_attention_matmuls = 0;
+  int text_attention_matmuls = 0;
 };
 
 class Model {
@@ -111,7 +115,8 @@ class Model {
     std::string kernel;
     // Floating-point inputs are cast to this before the forward.
     torch::ScalarType float_input = torch::kFloat32;
-    bool autocast = false;  // CPU autocast to bfloat16 around the forward
+    bool autocast = false;      // CPU autocast to bfloat16 around the forward
+    int attention_matmuls = 0;  // rewritten to clip_native::attention_matmul
   };
 
  private:

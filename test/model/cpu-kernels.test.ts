@@ -48,6 +48,14 @@ t.test('every candidate of every CPU dtype, forced, agrees with float32 through 
       const kernels = run.info.cpuKernels!;
       t.same([kernels.image, kernels.text, kernels.selectedBy], [name, name, 'option'], `${dtype}/${name} forced`);
       t.equal(run.info.dtype, dtype);
+      // The attention products (2 per layer; the tiny model has 2 layers per encoder) run on clip-native's
+      // kernel in the float32 and int8 graphs where the CPU has AVX-512F; the comparison below checks them.
+      const ownAttention = binding().cpuIsa.includes('avx512f') && dtype !== 'bfloat16' && name !== 'aten';
+      t.same(
+        kernels.attentionMatmuls,
+        ownAttention ? { image: 4, text: 4 } : { image: 0, text: 0 },
+        `${dtype}/${name}: attention products on clip-native's kernel`,
+      );
       let worstCosine = 1;
       let worstDiff = 0;
       run.vectors.forEach((v, i) => {

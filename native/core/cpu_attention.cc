@@ -1,0 +1,138 @@
+#include "cpu_attention.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+
+#include "cpu_features.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CLIP_ATTENTION_KERNEL 1
+#endif
+
+namespace clip {
+namespace {
+
+#ifdef CLIP_ATTENTION_KERNEL
+// The sum of the 16 lanes (the zero-masked shuffles: GCC 12 warns of an
+// uninitialized value inside its headers for the unmasked ones).
+__attribute__((target("avx512f"))) inline float Sum16(__m512 a) {
+  a = _mm512_add_ps(a, _mm512_maskz_shuffle_f32x4(0xFFFF, a, a, 0x4E));
+  a = _mm512_add_ps(a, _mm512_maskz_shuffle_f32x4(0xFFFF, a, a, 0xB1));
+  __m128 x = _mm512_maskz_extractf32x4_ps(0xF, a, 0);
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+
+// out[i, j] = sum_d q[i, d] k[j, d] for one (image, head): rows of q and k
+// contiguous, `depth` a multiple of 16; out contiguous [m, n]. Four rows of k
+// at a time share the loads of q's row.
+__attribute__((target("avx512f"))) void ScoresOne(const float* q, int64_t q_row, const float* k, int64_t k_row,
+                                                  int64_t m, int64_t n, int64_t depth, float* out) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float* qi = q + i * q_row;
+    float* oi = out + i * n;
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+      const float* k0 = k + j * k_row;
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t d = 0; d < depth; d += 16) {
+        const __m512 x = _mm512_loadu_ps(qi + d);
+        a0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k0 + d), a0);
+        a1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k0 + k_row + d), a1);
+        a2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k0 + 2 * k_row + d), a2);
+        a3 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k0 + 3 * k_row + d), a3);
+      }
+      oi[j] = Sum16(a0);
+      oi[j + 1] = Sum16(a1);
+      oi[j + 2] = Sum16(a2);
+      oi[j + 3] = Sum16(a3);
+    }
+    for (; j < n; ++j) {
+      const float* kj = k + j * k_row;
+      __m512 a = _mm512_setzero_ps();
+      for (int64_t d = 0; d < depth; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qi + d), _mm512_loadu_ps(kj + d), a);
+      oi[j] = Sum16(a);
+    }
+  }
+}
+
+// out[i, :] = sum_j w[i, j] v[j, :] for one (image, head): rows of w and v
+// contiguous, `width` a multiple of 16 and at most 64; out contiguous
+// [m, width].
+__attribute__((target("avx512f"))) void WeightedOne(const float* w, int64_t w_row, const float* v, int64_t v_row,
+                                                    int64_t m, int64_t n, int64_t width, float* out) {
+  const int64_t vectors = width / 16;
+  for (int64_t i = 0; i < m; ++i) {
+    const float* wi = w + i * w_row;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t j = 0; j < n; ++j) {
+      const __m512 s = _mm512_set1_ps(wi[j]);
+      const float* vj = v + j * v_row;
+      for (int64_t c = 0; c < vectors; ++c) acc[c] = _mm512_fmadd_ps(s, _mm512_loadu_ps(vj + 16 * c), acc[c]);
+    }
+    for (int64_t c = 0; c < vectors; ++c) _mm512_storeu_ps(out + i * width + 16 * c, acc[c]);
+  }
+}
+#endif
+
+at::Tensor AttentionMatmulOp(const at::Tensor& a, const at::Tensor& b) { return AttentionMatmul(a, b); }
+
+}  // namespace
+
+bool AttentionMatmulAvailable() {
+#ifdef CLIP_ATTENTION_KERNEL
+  return GetCpuFeatures().avx512f;
+#else
+  return false;
+#endif
+}
+
+at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b) {
+#ifdef CLIP_ATTENTION_KERNEL
+  const bool shapes = a.dim() == 4 && b.dim() == 4 && a.size(0) == b.size(0) && a.size(1) == b.size(1) &&
+                      a.size(3) == b.size(2) && a.size(2) <= kMaxAttentionRows && a.numel() > 0 && b.numel() > 0;
+  const bool types = a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && a.device().is_cpu() &&
+                     b.device().is_cpu() && a.layout() == at::kStrided && b.layout() == at::kStrided &&
+                     !a.requires_grad() && !b.requires_grad();
+  if (shapes && types && a.stride(3) == 1 && AttentionMatmulAvailable()) {
+    const int64_t batch = a.size(0), heads = a.size(1), m = a.size(2), depth = a.size(3), n = b.size(3);
+    // Scores: b is k^T, k's rows (b's columns) contiguous.
+    const bool scores = b.stride(2) == 1 && depth % 16 == 0 && n <= kMaxAttentionRows;
+    // Weighted sum: b's rows contiguous, at most four vectors wide.
+    const bool weighted = !scores && b.stride(3) == 1 && n % 16 == 0 && n <= 64 && depth <= kMaxAttentionRows;
+    if (scores || weighted) {
+      at::Tensor out = at::empty({batch, heads, m, n}, a.options());
+      const float* ap = a.data_ptr<float>();
+      const float* bp = b.data_ptr<float>();
+      float* op = out.data_ptr<float>();
+      const int64_t a0 = a.stride(0), a1 = a.stride(1), a_row = a.stride(2);
+      const int64_t b0 = b.stride(0), b1 = b.stride(1);
+      at::parallel_for(0, batch * heads, 1, [&](int64_t first, int64_t last) {
+        for (int64_t bh = first; bh < last; ++bh) {
+          const int64_t i = bh / heads, h = bh % heads;
+          const float* x = ap + i * a0 + h * a1;
+          const float* y = bp + i * b0 + h * b1;
+          float* o = op + bh * m * n;
+          if (scores) {
+            ScoresOne(x, a_row, y, b.stride(3), m, n, depth, o);
+          } else {
+            WeightedOne(x, a_row, y, b.stride(2), m, depth, n, o);
+          }
+        }
+      });
+      return out;
+    }
+  }
+#endif
+  return at::matmul(a, b);
+}
+
+TORCH_LIBRARY_FRAGMENT(clip_native, m) { m.def("attention_matmul(Tensor a, Tensor b) -> Tensor"); }
+
+TORCH_LIBRARY_IMPL(clip_native, CPU, m) { m.impl("attention_matmul", &AttentionMatmulOp); }
+
+}  // namespace clip

@@ -1,0 +1,29 @@
+// The two matrix products of attention at CLIP's sizes (50 tokens of an
+// image, up to 77 of a text, 64 features per head): scores = q k^T and
+// out = weights v, batched over images and heads. libtorch runs them as MKL
+// sgemm calls, which on AMD CPUs take MKL's generic path; for these small
+// products a direct AVX-512 loop is 1.6-2.9x faster (bench/optimizations.md).
+#ifndef CLIP_NATIVE_CORE_CPU_ATTENTION_H_
+#define CLIP_NATIVE_CORE_CPU_ATTENTION_H_
+
+#include <ATen/ATen.h>
+
+namespace clip {
+
+// True when the kernel can run here (x86-64 with AVX-512F).
+bool AttentionMatmulAvailable();
+
+// a @ b, equal to at::matmul(a, b) within float32 rounding. Takes the kernel
+// for float32 CPU tensors of 4 dimensions with the same two leading sizes,
+// a's rows contiguous, and either b = k^T of a k whose rows are contiguous
+// (the scores) or b's rows contiguous (the weighted sum), the summed and the
+// contiguous widths multiples of 16 and at most kMaxAttentionRows rows;
+// anything else goes to at::matmul. Also the TorchScript operator
+// clip_native::attention_matmul, which Model::Load puts in place of the
+// attention's aten::matmul nodes.
+constexpr int64_t kMaxAttentionRows = 256;
+at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b);
+
+}  // namespace clip
+
+#endif  // CLIP_NATIVE_CORE_CPU_ATTENTION_H_
