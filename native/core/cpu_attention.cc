@@ -79,8 +79,6 @@ __attribute__((target("avx512f"))) void WeightedOne(const float* w, int64_t w_ro
 }
 #endif
 
-at::Tensor AttentionMatmulOp(const at::Tensor& a, const at::Tensor& b) { return AttentionMatmul(a, b); }
-
 }  // namespace
 
 bool AttentionMatmulAvailable() {
@@ -133,6 +131,6 @@ at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b) {
 
 TORCH_LIBRARY_FRAGMENT(clip_native, m) { m.def("attention_matmul(Tensor a, Tensor b) -> Tensor"); }
 
-TORCH_LIBRARY_IMPL(clip_native, CPU, m) { m.impl("attention_matmul", &AttentionMatmulOp); }
+TORCH_LIBRARY_IMPL(clip_native, CPU, m) { m.impl("attention_matmul", &AttentionMatmul); }
 
 }  // namespace clip

@@ -205,6 +205,17 @@ Bytes PngChunk(const char* type, const Bytes& payload) {
   return out;
 }
 
+// IHDR (compression and filter method 0).
+Bytes IhdrChunk(uint32_t width, uint32_t height, int bit_depth, int color_type, bool interlace = false) {
+  Bytes ihdr;
+  PutBe32(&ihdr, width);
+  PutBe32(&ihdr, height);
+  const Bytes rest = {static_cast<uint8_t>(bit_depth), static_cast<uint8_t>(color_type), 0, 0,
+                      static_cast<uint8_t>(interlace ? 1 : 0)};
+  Append(&ihdr, rest);
+  return PngChunk("IHDR", ihdr);
+}
+
 struct PngSpec {
   int width = 0;
   int height = 0;
@@ -277,15 +288,7 @@ Bytes EncodePng(const PngSpec& spec) {
   compressed.resize(compressed_size);
 
   Bytes out = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-  Bytes ihdr;
-  PutBe32(&ihdr, spec.width);
-  PutBe32(&ihdr, spec.height);
-  ihdr.push_back(spec.bit_depth);
-  ihdr.push_back(spec.color_type);
-  ihdr.push_back(0);
-  ihdr.push_back(0);
-  ihdr.push_back(spec.interlace ? 1 : 0);
-  Append(&out, PngChunk("IHDR", ihdr));
+  Append(&out, IhdrChunk(spec.width, spec.height, spec.bit_depth, spec.color_type, spec.interlace));
   if (!spec.palette.empty()) Append(&out, PngChunk("PLTE", spec.palette));
   if (!spec.transparency.empty()) {
     Append(&out, PngChunk("tRNS", spec.transparency));
@@ -935,7 +938,7 @@ struct File {
   uint32_t height = 0;
   int bit_depth = 8;
   int color_type = 2;
-  int interlace = 0;
+  bool interlace = false;
   Bytes stream;                // the zlib stream of IDAT
   size_t split = 0;            // IDAT chunks of at most this many bytes (0: one chunk)
   std::vector<Chunk> before;   // between IHDR and IDAT
@@ -946,13 +949,7 @@ struct File {
 
 Bytes Build(const File& f) {
   Bytes out = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-  Bytes ihdr;
-  PutBe32(&ihdr, f.width);
-  PutBe32(&ihdr, f.height);
-  const Bytes rest = {static_cast<uint8_t>(f.bit_depth), static_cast<uint8_t>(f.color_type), 0, 0,
-                      static_cast<uint8_t>(f.interlace)};
-  Append(&ihdr, rest);
-  Append(&out, PngChunk("IHDR", ihdr));
+  Append(&out, IhdrChunk(f.width, f.height, f.bit_depth, f.color_type, f.interlace));
   for (const Chunk& c : f.before) Append(&out, PngChunk(c.type.c_str(), c.payload));
   const size_t piece = f.split ? f.split : std::max<size_t>(f.stream.size(), 1);
   for (size_t offset = 0, n = 0; offset < f.stream.size() || n == 0; offset += piece, ++n) {
@@ -1164,7 +1161,7 @@ void TestPngWholeBuffer() {
         false);
   Agree("PNG whole-buffer: a bad zlib header check", with([](File* f) { f->stream[1] ^= 1; }), false);
   Agree("PNG whole-buffer: not a deflate stream", with([](File* f) { f->stream = Bytes(40, 0xAB); }), false);
-  Agree("PNG whole-buffer: Adam7 goes to libpng", with([](File* f) { f->interlace = 1; }), false);
+  Agree("PNG whole-buffer: Adam7 goes to libpng", with([](File* f) { f->interlace = true; }), false);
 
   // The resize sink, which takes the rows in blocks: the same floats.
   const uint32_t big_w = 300;
@@ -1681,12 +1678,7 @@ void TestErrors() {
   {
     // PNG whose IDAT is not a zlib stream.
     Bytes png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-    Bytes ihdr;
-    PutBe32(&ihdr, 4);
-    PutBe32(&ihdr, 4);
-    const Bytes rest = {8, 2, 0, 0, 0};
-    Append(&ihdr, rest);
-    Append(&png, PngChunk("IHDR", ihdr));
+    Append(&png, IhdrChunk(4, 4, 8, 2));
     Append(&png, PngChunk("IDAT", Bytes(30, 0xAB)));
     Append(&png, PngChunk("IEND", {}));
     ExpectError(ErrorCode::kImageDecodeFailed, "PNG with a corrupt IDAT", [&] { Decode(png); });
@@ -1706,12 +1698,7 @@ void TestErrors() {
 void TestSizeLimits() {
   // IHDR claiming 30000x30000 (900 Mpx) with a 1-byte IDAT.
   Bytes png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-  Bytes ihdr;
-  PutBe32(&ihdr, 30000);
-  PutBe32(&ihdr, 30000);
-  const Bytes rest = {8, 2, 0, 0, 0};
-  Append(&ihdr, rest);
-  Append(&png, PngChunk("IHDR", ihdr));
+  Append(&png, IhdrChunk(30000, 30000, 8, 2));
   Append(&png, PngChunk("IDAT", Bytes{0}));
   Append(&png, PngChunk("IEND", {}));
   g_largest_allocation = 0;

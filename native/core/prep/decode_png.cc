@@ -511,16 +511,12 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
     }
     idat = joined;
   }
-  // zlib header: deflate, window up to 32 KiB, no preset dictionary.
-  if (idat_size < 2 || (idat[0] & 0x0F) != 8 || (idat[0] >> 4) > 7 || (idat[1] & 0x20) != 0 ||
-      ((idat[0] << 8) | idat[1]) % 31 != 0) {
-    return false;
-  }
-
   uint8_t* raw = scratch.raw.Get(raw_size);
   if (scratch.decompressor == nullptr || raw == nullptr) return false;
   size_t produced = 0;
-  // With the Adler-32 checked: whether libpng (and Pillow) see a wrong one
+  // libdeflate checks the zlib header (deflate, a window of at most 32 KiB,
+  // no preset dictionary, the check bits) and the Adler-32: whether libpng
+  // (and Pillow) see a wrong one
   // depends on how much of the stream they hold when the last row is done,
   // so such a stream goes to libpng to decide.
   if (libdeflate_zlib_decompress(scratch.decompressor.get(), idat, idat_size, raw, raw_size, &produced) !=
