@@ -41,7 +41,8 @@ export interface BatchJobOptions {
    * on CUDA) when the job starts; reruns and shards take the job's.
    *
    * Byte-identical results across reruns and shards need the same model, device, dtype, CPU kernels
-   * (load the model with `cpuKernels: 'fixed'`, as the batch command does, or a named candidate),
+   * (load the model with `cpuKernels: 'fixed'`, as the batch command does, or a named candidate, and the
+   * same `CLIP_NATIVE_ATTENTION_KERNEL` where it is set),
    * image batch size and chunk rows; other work on the same model does not matter (the job's chunks
    * run as batches of their own).
    */

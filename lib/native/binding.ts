@@ -81,9 +81,22 @@ export interface NativeCpuKernels {
   textMsPerItem: Record<string, number>;
   /**
    * How many attention products (scores and weighted sums) of each chosen encoder run on clip-native's own
-   * AVX-512 kernel instead of libtorch's matmul: float32 and int8 graphs on CPUs with AVX-512F, else 0.
+   * AVX-512 kernel instead of libtorch's matmul (0 where `attentionKernel.kernel` is false).
    */
   attentionMatmuls: { image: number; text: number };
+  /**
+   * Whether the float32 and int8 graphs take that kernel, and how it was decided: `measurement` (a calibrating
+   * load: both ways timed once per process on ViT-B/32's shapes; the two figures are microseconds of both
+   * products of one layer, 50 and 8 tokens), `rule` (`cpuKernels: 'fixed'` or a named candidate: the kernel
+   * except on Intel CPUs with MKL, the same in every process), `environment` (`CLIP_NATIVE_ATTENTION_KERNEL`
+   * 1 or 0) or `not applicable` (no AVX-512F, or bfloat16).
+   */
+  attentionKernel: {
+    kernel: boolean;
+    selectedBy: string;
+    kernelMicroseconds: number | null;
+    atenMicroseconds: number | null;
+  };
 }
 
 export interface NativeModel {

@@ -420,6 +420,15 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     attention.Set("image", k.image_attention_matmuls);
     attention.Set("text", k.text_attention_matmuls);
     kernels.Set("attentionMatmuls", attention);
+    Napi::Object attention_choice = Napi::Object::New(env);
+    attention_choice.Set("kernel", k.attention_kernel);
+    attention_choice.Set("selectedBy", k.attention_selected_by);
+    const bool measured = k.attention_kernel_us >= 0;
+    attention_choice.Set("kernelMicroseconds",
+                         measured ? Napi::Value(Napi::Number::New(env, k.attention_kernel_us)) : env.Null());
+    attention_choice.Set("atenMicroseconds",
+                         measured ? Napi::Value(Napi::Number::New(env, k.attention_aten_us)) : env.Null());
+    kernels.Set("attentionKernel", attention_choice);
     out.Set("cpuKernels", kernels);
   } else {
     out.Set("cpuKernels", env.Null());

@@ -1,8 +1,11 @@
 #include "cpu_attention.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
 
 #include "cpu_features.h"
@@ -87,6 +90,54 @@ bool AttentionMatmulAvailable() {
 #else
   return false;
 #endif
+}
+
+bool AttentionMatmulByRule() { return AttentionMatmulAvailable() && !(GetCpuFeatures().intel && at::hasMKL()); }
+
+namespace {
+
+// Best of five timings of `run` after three warm-ups, in microseconds.
+template <typename Run>
+double BestMicroseconds(const Run& run) {
+  for (int i = 0; i < 3; ++i) run();
+  double best = 1e300;
+  for (int i = 0; i < 5; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    run();
+    best = std::min(best, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+  }
+  return best;
+}
+
+}  // namespace
+
+AttentionMatmulTimings MeasureAttentionMatmul() {
+  AttentionMatmulTimings timings;
+  if (!AttentionMatmulAvailable()) return timings;
+  at::NoGradGuard no_grad;
+  auto generator = at::detail::createCPUGenerator(/*seed_val=*/7);
+  for (int64_t tokens : {50, 8}) {
+    // q, k and v as the exported graphs lay them out: views into the QKV
+    // projection's output [batch, tokens, 3 * heads * 64].
+    const at::Tensor qkv = at::randn({1, tokens, 3, 12, 64}, generator).permute({2, 0, 3, 1, 4});
+    const at::Tensor q = qkv[0], k = qkv[1].transpose(-1, -2), v = qkv[2];
+    const at::Tensor weights = at::softmax(at::matmul(q, k), -1);
+    // Alternated, so that a change of machine speed meets both alike.
+    double kernel = 1e300, aten = 1e300;
+    for (int round = 0; round < 2; ++round) {
+      kernel = std::min(kernel, BestMicroseconds([&] {
+                          AttentionMatmul(q, k);
+                          AttentionMatmul(weights, v);
+                        }));
+      aten = std::min(aten, BestMicroseconds([&] {
+                        at::matmul(q, k);
+                        at::matmul(weights, v);
+                      }));
+    }
+    timings.kernel_us += kernel;
+    timings.aten_us += aten;
+  }
+  return timings;
 }
 
 at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b) {

@@ -2,7 +2,9 @@
 // image, up to 77 of a text, 64 features per head): scores = q k^T and
 // out = weights v, batched over images and heads. libtorch runs them as MKL
 // sgemm calls, which on AMD CPUs take MKL's generic path; for these small
-// products a direct AVX-512 loop is 1.6-2.9x faster (bench/optimizations.md).
+// products a direct AVX-512 loop was 1.6-2.9x faster on an AMD EPYC (Zen 5;
+// bench/optimizations.md). Where MKL takes its tuned path the kernel may
+// lose, so whether a model uses it is decided per machine (model.cc).
 #ifndef CLIP_NATIVE_CORE_CPU_ATTENTION_H_
 #define CLIP_NATIVE_CORE_CPU_ATTENTION_H_
 
@@ -12,6 +14,20 @@ namespace clip {
 
 // True when the kernel can run here (x86-64 with AVX-512F).
 bool AttentionMatmulAvailable();
+
+// The choice without measuring, the same in every process on a machine and
+// libtorch: the kernel where it can run, except on Intel CPUs with a libtorch
+// whose matmul is MKL's (there MKL's sgemm takes its tuned path).
+bool AttentionMatmulByRule();
+
+// Microseconds of both products of one attention layer, summed over the
+// shapes of a ViT-B/32 image (50 tokens) and a short caption (8 tokens), 12
+// heads of 64: best of 5 after warm-ups, on the calling thread.
+struct AttentionMatmulTimings {
+  double kernel_us = 0;
+  double aten_us = 0;
+};
+AttentionMatmulTimings MeasureAttentionMatmul();
 
 // a @ b, equal to at::matmul(a, b) within float32 rounding. Takes the kernel
 // for float32 CPU tensors of 4 dimensions with the same two leading sizes,

@@ -26,6 +26,9 @@ uint64_t Xcr0() {
 
 CpuFeatures Detect() {
   CpuFeatures f;
+  unsigned r0[4] = {0, 0, 0, 0};
+  // The vendor string is EBX, EDX, ECX of leaf 0.
+  f.intel = Cpuid(0, 0, r0) && r0[1] == 0x756e6547 && r0[3] == 0x49656e69 && r0[2] == 0x6c65746e;
   unsigned r1[4] = {0, 0, 0, 0};
   if (!Cpuid(1, 0, r1)) return f;
   const bool osxsave = (r1[2] >> 27) & 1;

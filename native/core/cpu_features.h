@@ -16,6 +16,9 @@ struct CpuFeatures {
   bool avx_vnni = false;
   bool amx_bf16 = false;
   bool amx_int8 = false;
+  // The vendor string of CPUID leaf 0 is "GenuineIntel" (libraries such as
+  // MKL take their tuned paths only there).
+  bool intel = false;
 
   // Integer dot products that accumulate in 32 bits (no 16-bit saturation of
   // u8 x s8 pairs), so dynamically quantized activations may use all 8 bits.

@@ -337,8 +337,9 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
 
 // The attention's two products (aten::matmul of two activations; the
 // linears' matmuls have constant weights and are rewritten above) ->
-// clip_native::attention_matmul (cpu_attention.h), float32 graphs on CPUs
-// with AVX-512F. Returns how many were rewritten.
+// clip_native::attention_matmul (cpu_attention.h), in float32 and int8
+// graphs where the kernel can run and was chosen (ChooseAttentionKernel).
+// Returns how many were rewritten.
 int RewriteAttentionMatmuls(const std::shared_ptr<torch::jit::Graph>& graph) {
   if (!AttentionMatmulAvailable()) return 0;
   const auto attention_matmul = c10::Symbol::fromQualString("clip_native::attention_matmul");
@@ -534,9 +535,15 @@ torch::Tensor Forward(Model::Encoder& encoder, const torch::Tensor& input) {
   });
 }
 
-// Builds candidate `name` of `archive` (the module as loaded, left unchanged).
-Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const std::string& name, Precision precision) {
+// Builds candidate `name` of `archive` (the module as loaded, left unchanged),
+// with the attention's products on clip-native's kernel if `attention_kernel`.
+Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const std::string& name, Precision precision,
+                              bool attention_kernel) {
   Model::Encoder encoder;
+  auto rewrite_attention = [&] {
+    if (attention_kernel)
+      encoder.attention_matmuls = RewriteAttentionMatmuls(encoder.module.get_method("forward").graph());
+  };
   encoder.kernel = name;
   const bool bfloat16 = precision == Precision::kBFloat16;
   if (name == "archive" || name == "autocast") {
@@ -551,7 +558,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
     if (RewriteLinearsForInt8(encoder.module.get_method("forward").graph(), engine, reduce_range) == 0) {
       throw std::runtime_error("no linear layer with constant weights to quantize");
     }
-    encoder.attention_matmuls = RewriteAttentionMatmuls(encoder.module.get_method("forward").graph());
+    rewrite_attention();
     return encoder;
   }
   if (name == "aten") {
@@ -562,7 +569,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
   if (name == "onednn+avx512") {
     encoder.module = torch::jit::freeze(archive);
     RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), /*bfloat16=*/false, /*small_rows=*/true);
-    encoder.attention_matmuls = RewriteAttentionMatmuls(encoder.module.get_method("forward").graph());
+    rewrite_attention();
     return encoder;
   }
   const bool small_rows = name == "onednn-bf16+avx512";
@@ -575,7 +582,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
     encoder.module = torch::jit::freeze(archive);
   }
   RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), bfloat16, small_rows);
-  if (!bfloat16) encoder.attention_matmuls = RewriteAttentionMatmuls(encoder.module.get_method("forward").graph());
+  if (!bfloat16) rewrite_attention();
   return encoder;
 }
 
@@ -600,9 +607,11 @@ std::mutex g_calibration_mutex;
 std::map<std::string, std::pair<std::string, std::vector<std::pair<std::string, double>>>> g_calibrations;
 
 // Keyed by the file (path, size, modification time), the precision, the
-// thread count and the candidates asked for.
-std::string CalibrationKey(const std::string& path, Precision precision, const std::vector<std::string>& names) {
-  std::string key = path + "|" + PrecisionName(precision) + "|" + std::to_string(at::get_num_threads());
+// thread count, the attention choice and the candidates asked for.
+std::string CalibrationKey(const std::string& path, Precision precision, const std::vector<std::string>& names,
+                           bool attention_kernel) {
+  std::string key = path + "|" + PrecisionName(precision) + "|" + std::to_string(at::get_num_threads()) + "|" +
+                    (attention_kernel ? "attention kernel" : "attention aten");
   try {
     key += "|" + std::to_string(std::filesystem::file_size(path)) + "|" +
            std::to_string(std::filesystem::last_write_time(path).time_since_epoch().count());
@@ -618,7 +627,7 @@ std::string CalibrationKey(const std::string& path, Precision precision, const s
 // scored by milliseconds per item summed over the shapes.
 Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const std::string& path,
                                 const Manifest& manifest, bool image, Precision precision,
-                                const std::vector<std::string>& names,
+                                const std::vector<std::string>& names, bool attention_kernel,
                                 std::vector<std::pair<std::string, double>>* timings) {
   torch::InferenceMode guard;
   const torch::Tensor example = ExampleInput(manifest, image);
@@ -630,12 +639,12 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
   } catch (const std::exception&) {
     // An archive that cannot run is left to Model::Load's check, which
     // names the file and what failed.
-    return OnForwardThread([&] { return BuildCandidate(archive, "archive", precision); });
+    return OnForwardThread([&] { return BuildCandidate(archive, "archive", precision, /*attention_kernel=*/false); });
   }
   // A measurement of the same file in this process names the winner: build
   // only that one (it still has to agree with the archive).
   std::vector<std::string> to_build = names;
-  const std::string key = CalibrationKey(path, precision, names);
+  const std::string key = CalibrationKey(path, precision, names, attention_kernel);
   if (names.size() > 1) {
     std::lock_guard<std::mutex> lock(g_calibration_mutex);
     auto it = g_calibrations.find(key);
@@ -648,7 +657,8 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
   std::string failures;
   for (const std::string& name : to_build) {
     try {
-      Model::Encoder candidate = OnForwardThread([&] { return BuildCandidate(archive, name, precision); });
+      Model::Encoder candidate =
+          OnForwardThread([&] { return BuildCandidate(archive, name, precision, attention_kernel); });
       const double cosine = MinCosine(expected, Forward(candidate, example));
       if (cosine >= RequiredCosine(precision)) {
         built.push_back(std::move(candidate));
@@ -664,7 +674,7 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
   if (built.empty() && precision != Precision::kInt8) {
     // The archive as loaded still computes the model (autocast for bfloat16).
     TORCH_WARN("clip-native: ", path, ": running the archive as loaded (", failures, ")");
-    return OnForwardThread([&] { return BuildCandidate(archive, "archive", precision); });
+    return OnForwardThread([&] { return BuildCandidate(archive, "archive", precision, /*attention_kernel=*/false); });
   }
   if (built.empty()) {
     throw ClipError(ErrorCode::kModelLoadFailed, path + ": no way to run this encoder at " + PrecisionName(precision) +
@@ -704,6 +714,45 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
     g_calibrations[key] = {built[winner].kernel, *timings};
   }
   return std::move(built[winner]);
+}
+
+// Whether the attention's products run on clip-native's kernel
+// (cpu_attention.h) rather than libtorch's matmul: CLIP_NATIVE_ATTENTION_KERNEL
+// (1 or 0) when set; else, when `measure` (a calibrating load), whichever
+// was faster on this machine, measured once per process; else the fixed rule,
+// which every process on the machine follows alike (reproducible bits).
+void ChooseAttentionKernel(Precision precision, bool measure, CpuKernelChoice* choice) {
+  const char* env = std::getenv("CLIP_NATIVE_ATTENTION_KERNEL");
+  const std::string forced = env ? env : "";
+  if (!forced.empty() && forced != "0" && forced != "1") {
+    throw ClipError(ErrorCode::kInvalidArgument,
+                    "Expected 0 or 1 for CLIP_NATIVE_ATTENTION_KERNEL but received \"" + forced + "\"");
+  }
+  choice->attention_kernel = false;
+  if (!AttentionMatmulAvailable() || precision == Precision::kBFloat16) {
+    choice->attention_selected_by = "not applicable";
+    return;
+  }
+  if (!forced.empty()) {
+    choice->attention_kernel = forced == "1";
+    choice->attention_selected_by = "environment";
+    return;
+  }
+  if (!measure) {
+    choice->attention_kernel = AttentionMatmulByRule();
+    choice->attention_selected_by = "rule";
+    return;
+  }
+  static std::once_flag measured;
+  static AttentionMatmulTimings timings;
+  std::call_once(measured, [] {
+    torch::InferenceMode guard;
+    timings = OnForwardThread([] { return MeasureAttentionMatmul(); });
+  });
+  choice->attention_kernel = timings.kernel_us < timings.aten_us;
+  choice->attention_selected_by = "measurement";
+  choice->attention_kernel_us = timings.kernel_us;
+  choice->attention_aten_us = timings.aten_us;
 }
 
 }  // namespace
@@ -891,7 +940,8 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
     forced = "archive";
     source = "environment";
   }
-  if (forced.empty() || forced == "auto") {
+  const bool calibrate = forced.empty() || forced == "auto";
+  if (calibrate) {
     cpu_kernels_.selected_by = candidates.size() > 1 ? "calibration" : "only candidate";
   } else if (forced == "fixed") {
     // The first candidate, unmeasured: every process on this machine and
@@ -910,6 +960,7 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
     candidates = {forced};
     cpu_kernels_.selected_by = source;
   }
+  ChooseAttentionKernel(precision_, calibrate, &cpu_kernels_);
   // The image encoder runs at least one image's tokens (50 for ViT-B/32)
   // through every linear, past what the small-row kernel is for.
   std::vector<std::string> image_candidates;
@@ -918,9 +969,9 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
     if (!small_rows || candidates.size() == 1) image_candidates.push_back(name);
   }
   image_encoder_ = ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
-                                    image_candidates, &cpu_kernels_.image_ms);
+                                    image_candidates, cpu_kernels_.attention_kernel, &cpu_kernels_.image_ms);
   text_encoder_ = ChooseCpuEncoder(text_archive, manifest_.text_encoder_path, manifest_, /*image=*/false, precision_,
-                                   candidates, &cpu_kernels_.text_ms);
+                                   candidates, cpu_kernels_.attention_kernel, &cpu_kernels_.text_ms);
   cpu_kernels_.image = image_encoder_.kernel;
   cpu_kernels_.text = text_encoder_.kernel;
   cpu_kernels_.image_attention_matmuls = image_encoder_.attention_matmuls;

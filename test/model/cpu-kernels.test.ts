@@ -19,8 +19,26 @@ const texts = fs
   .filter(Boolean)
   .map((line) => (JSON.parse(line) as { text: string }).text);
 
-async function embedAll(options: { dtype: DType; cpuKernels?: string }) {
-  const model = await ClipModel.load(tinyModel, { device: 'cpu', ...options });
+/** Sets CLIP_NATIVE_ATTENTION_KERNEL (undefined: unset); returns what puts the previous value back. */
+function setAttentionKernelEnv(value: string | undefined): () => void {
+  const saved = process.env.CLIP_NATIVE_ATTENTION_KERNEL;
+  if (value === undefined) delete process.env.CLIP_NATIVE_ATTENTION_KERNEL;
+  else process.env.CLIP_NATIVE_ATTENTION_KERNEL = value;
+  return () => {
+    if (saved === undefined) delete process.env.CLIP_NATIVE_ATTENTION_KERNEL;
+    else process.env.CLIP_NATIVE_ATTENTION_KERNEL = saved;
+  };
+}
+
+async function embedAll(options: { dtype: DType; cpuKernels?: string; attentionKernel?: '0' | '1' }) {
+  const { attentionKernel, ...loadOptions } = options;
+  const restore = setAttentionKernelEnv(attentionKernel);
+  let model: ClipModel;
+  try {
+    model = await ClipModel.load(tinyModel, { device: 'cpu', ...loadOptions });
+  } finally {
+    restore();
+  }
   try {
     const [imageVectors, textVectors] = await Promise.all([model.embedImages(images), model.embedTexts(texts)]);
     return { info: model.info, vectors: [...imageVectors, ...textVectors] };
@@ -43,18 +61,26 @@ t.test('every candidate of every CPU dtype, forced, agrees with float32 through 
     const auto = await embedAll({ dtype });
     const candidates = auto.info.cpuKernels!.candidates;
     t.ok(candidates.length >= 1, `${dtype}: candidates ${candidates.join(', ')}`);
-    for (const name of candidates) {
-      const run = await embedAll({ dtype, cpuKernels: name });
+    // Each candidate with the attention kernel forced on and off (cpu_attention.h; it applies to the float32
+    // and int8 graphs where the CPU has AVX-512F, so elsewhere both runs take libtorch's matmul).
+    const applies = binding().cpuIsa.includes('avx512f') && dtype !== 'bfloat16';
+    for (const [name, attentionKernel] of candidates.flatMap((n) => [[n, '1'] as const, [n, '0'] as const])) {
+      const run = await embedAll({ dtype, cpuKernels: name, attentionKernel });
+      const label = `${dtype}/${name}, attention kernel ${attentionKernel}`;
       const kernels = run.info.cpuKernels!;
-      t.same([kernels.image, kernels.text, kernels.selectedBy], [name, name, 'option'], `${dtype}/${name} forced`);
+      t.same([kernels.image, kernels.text, kernels.selectedBy], [name, name, 'option'], `${label}: forced`);
       t.equal(run.info.dtype, dtype);
-      // The attention products (2 per layer; the tiny model has 2 layers per encoder) run on clip-native's
-      // kernel in the float32 and int8 graphs where the CPU has AVX-512F; the comparison below checks them.
-      const ownAttention = binding().cpuIsa.includes('avx512f') && dtype !== 'bfloat16' && name !== 'aten';
+      t.same(
+        [kernels.attentionKernel.kernel, kernels.attentionKernel.selectedBy],
+        applies ? [attentionKernel === '1', 'environment'] : [false, 'not applicable'],
+        `${label}: the choice`,
+      );
+      // 2 products per layer; the tiny model has 2 layers per encoder. `aten` is the frozen archive as it is.
+      const ownAttention = applies && attentionKernel === '1' && name !== 'aten';
       t.same(
         kernels.attentionMatmuls,
         ownAttention ? { image: 4, text: 4 } : { image: 0, text: 0 },
-        `${dtype}/${name}: attention products on clip-native's kernel`,
+        `${label}: attention products on clip-native's kernel`,
       );
       let worstCosine = 1;
       let worstDiff = 0;
@@ -64,9 +90,9 @@ t.test('every candidate of every CPU dtype, forced, agrees with float32 through 
       });
       const required = REQUIRED[dtype];
       if (required.maxAbsDiff !== undefined) {
-        t.ok(worstDiff <= required.maxAbsDiff, `${dtype}/${name}: max abs diff ${worstDiff}`);
+        t.ok(worstDiff <= required.maxAbsDiff, `${label}: max abs diff ${worstDiff}`);
       } else {
-        t.ok(worstCosine >= required.cosine!, `${dtype}/${name}: min cosine ${worstCosine}`);
+        t.ok(worstCosine >= required.cosine!, `${label}: min cosine ${worstCosine}`);
       }
     }
   }
@@ -92,7 +118,10 @@ t.test('auto calibrates among the candidates and reports what it measured', asyn
   t.ok(Array.isArray(binding().cpuIsa), 'the addon reports the CPU ISA');
 });
 
-t.test('fixed takes the first candidate without measuring', async (t) => {
+t.test('fixed takes the first candidate without measuring, and the attention kernel by rule', async (t) => {
+  t.teardown(setAttentionKernelEnv(undefined));
+  const avx512 = binding().cpuIsa.includes('avx512f');
+  const intel = /^vendor_id\s*:\s*GenuineIntel$/m.test(fs.readFileSync('/proc/cpuinfo', 'utf8'));
   for (const dtype of ['float32', 'bfloat16', 'int8'] as const) {
     const model = await ClipModel.load(tinyModel, { device: 'cpu', dtype, cpuKernels: 'fixed' });
     const kernels = model.info.cpuKernels!;
@@ -101,8 +130,45 @@ t.test('fixed takes the first candidate without measuring', async (t) => {
       [kernels.candidates[0], kernels.candidates[0], 'fixed', {}],
       dtype,
     );
+    const attention = kernels.attentionKernel;
+    if (!avx512 || dtype === 'bfloat16') {
+      t.same([attention.kernel, attention.selectedBy], [false, 'not applicable'], `${dtype}: attention kernel`);
+    } else {
+      t.equal(attention.selectedBy, 'rule', `${dtype}: attention kernel by rule`);
+      t.same([attention.kernelMicroseconds, attention.atenMicroseconds], [null, null], `${dtype}: not measured`);
+      // The rule leaves MKL's matmul in place only on Intel CPUs; elsewhere the kernel runs.
+      if (!intel) t.equal(attention.kernel, true, `${dtype}: the kernel on a CPU that is not Intel's`);
+      t.same(kernels.attentionMatmuls, attention.kernel ? { image: 4, text: 4 } : { image: 0, text: 0 });
+    }
     await model.dispose();
   }
+});
+
+t.test('auto measures the attention kernel against libtorch once per process and keeps the faster', async (t) => {
+  t.teardown(setAttentionKernelEnv(undefined));
+  const first = await ClipModel.load(tinyModel, { device: 'cpu', dtype: 'float32' });
+  const second = await ClipModel.load(tinyModel, { device: 'cpu', dtype: 'int8' });
+  t.teardown(async () => {
+    await first.dispose();
+    await second.dispose();
+  });
+  const attention = first.info.cpuKernels!.attentionKernel;
+  if (!binding().cpuIsa.includes('avx512f')) {
+    t.equal(attention.selectedBy, 'not applicable');
+    return;
+  }
+  t.equal(attention.selectedBy, 'measurement');
+  t.ok(attention.kernelMicroseconds! > 0 && attention.atenMicroseconds! > 0, 'both ways timed');
+  t.equal(attention.kernel, attention.kernelMicroseconds! < attention.atenMicroseconds!, 'the faster one kept');
+  t.same(second.info.cpuKernels!.attentionKernel, attention, 'the same measurement for the next load');
+});
+
+t.test('CLIP_NATIVE_ATTENTION_KERNEL takes 0 or 1', async (t) => {
+  t.teardown(setAttentionKernelEnv('yes'));
+  await t.rejects(ClipModel.load(tinyModel, { device: 'cpu' }), {
+    code: 'CLIP_INVALID_ARGUMENT',
+    message: 'Expected 0 or 1 for CLIP_NATIVE_ATTENTION_KERNEL but received "yes"',
+  });
 });
 
 t.test('CLIP_NATIVE_CPU_KERNELS forces a candidate; unknown names are refused', async (t) => {
