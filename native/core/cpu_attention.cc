@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <limits>
 
 #include "cpu_features.h"
 
@@ -30,16 +31,21 @@ __attribute__((target("avx512f"))) inline float Sum16(__m512 a) {
   return _mm_cvtss_f32(x);
 }
 
-// out[i, j] = sum_d q[i, d] k[j, d] for one (image, head): rows of q and k
-// contiguous, `depth` a multiple of 16; out contiguous [m, n]. Four rows of k
-// at a time share the loads of q's row.
+// out[i, j] = (sum_d q[i, d] k[j, d]) * scale for one (image, head), and
+// -inf for j > i when `causal`: rows of q and k contiguous, `depth` a
+// multiple of 16; out contiguous [m, n]. Four rows of k at a time share the
+// loads of q's row. The sum is rounded to float before the scaling, as a
+// product followed by aten::mul rounds it.
 __attribute__((target("avx512f"))) void ScoresOne(const float* q, int64_t q_row, const float* k, int64_t k_row,
-                                                  int64_t m, int64_t n, int64_t depth, float* out) {
+                                                  int64_t m, int64_t n, int64_t depth, float scale, bool causal,
+                                                  float* out) {
   for (int64_t i = 0; i < m; ++i) {
     const float* qi = q + i * q_row;
     float* oi = out + i * n;
+    // Keys past the query are masked, not computed.
+    const int64_t keys = causal ? std::min(n, i + 1) : n;
     int64_t j = 0;
-    for (; j + 4 <= n; j += 4) {
+    for (; j + 4 <= keys; j += 4) {
       const float* k0 = k + j * k_row;
       __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
       for (int64_t d = 0; d < depth; d += 16) {
@@ -49,25 +55,26 @@ __attribute__((target("avx512f"))) void ScoresOne(const float* q, int64_t q_row,
         a2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k0 + 2 * k_row + d), a2);
         a3 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k0 + 3 * k_row + d), a3);
       }
-      oi[j] = Sum16(a0);
-      oi[j + 1] = Sum16(a1);
-      oi[j + 2] = Sum16(a2);
-      oi[j + 3] = Sum16(a3);
+      oi[j] = Sum16(a0) * scale;
+      oi[j + 1] = Sum16(a1) * scale;
+      oi[j + 2] = Sum16(a2) * scale;
+      oi[j + 3] = Sum16(a3) * scale;
     }
-    for (; j < n; ++j) {
+    for (; j < keys; ++j) {
       const float* kj = k + j * k_row;
       __m512 a = _mm512_setzero_ps();
       for (int64_t d = 0; d < depth; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qi + d), _mm512_loadu_ps(kj + d), a);
-      oi[j] = Sum16(a);
+      oi[j] = Sum16(a) * scale;
     }
+    for (; j < n; ++j) oi[j] = -std::numeric_limits<float>::infinity();
   }
 }
 
 // out[i, :] = sum_j w[i, j] v[j, :] for one (image, head): rows of w and v
-// contiguous, `width` a multiple of 16 and at most 64; out contiguous
-// [m, width].
+// contiguous, `width` a multiple of 16 and at most 64; out's rows `out_row`
+// apart, each contiguous.
 __attribute__((target("avx512f"))) void WeightedOne(const float* w, int64_t w_row, const float* v, int64_t v_row,
-                                                    int64_t m, int64_t n, int64_t width, float* out) {
+                                                    int64_t m, int64_t n, int64_t width, float* out, int64_t out_row) {
   const int64_t vectors = width / 16;
   for (int64_t i = 0; i < m; ++i) {
     const float* wi = w + i * w_row;
@@ -77,7 +84,7 @@ __attribute__((target("avx512f"))) void WeightedOne(const float* w, int64_t w_ro
       const float* vj = v + j * v_row;
       for (int64_t c = 0; c < vectors; ++c) acc[c] = _mm512_fmadd_ps(s, _mm512_loadu_ps(vj + 16 * c), acc[c]);
     }
-    for (int64_t c = 0; c < vectors; ++c) _mm512_storeu_ps(out + i * width + 16 * c, acc[c]);
+    for (int64_t c = 0; c < vectors; ++c) _mm512_storeu_ps(out + i * out_row + 16 * c, acc[c]);
   }
 }
 #endif
@@ -126,11 +133,11 @@ AttentionMatmulTimings MeasureAttentionMatmul() {
     double kernel = 1e300, aten = 1e300;
     for (int round = 0; round < 2; ++round) {
       kernel = std::min(kernel, BestMicroseconds([&] {
-                          AttentionMatmul(q, k);
+                          AttentionMatmul(q, k, 0.125);
                           AttentionMatmul(weights, v);
                         }));
       aten = std::min(aten, BestMicroseconds([&] {
-                        at::matmul(q, k);
+                        at::mul(at::matmul(q, k), 0.125);
                         at::matmul(weights, v);
                       }));
     }
@@ -140,7 +147,23 @@ AttentionMatmulTimings MeasureAttentionMatmul() {
   return timings;
 }
 
-at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b) {
+namespace {
+
+// What the graph computed without the kernel: the product, scaled, with
+// the causal mask of `causal_length` (triu(ones(L, L), 1)) filled with -inf.
+at::Tensor ReferenceAttentionMatmul(const at::Tensor& a, const at::Tensor& b, double scale, int64_t causal_length) {
+  at::Tensor out = at::matmul(a, b);
+  if (scale != 1.0) out = at::mul(out, scale);
+  if (causal_length >= 0) {
+    const at::Tensor future = at::ones({causal_length, causal_length}, out.options().dtype(at::kBool)).triu(1);
+    out = at::masked_fill(out, future, -std::numeric_limits<double>::infinity());
+  }
+  return out;
+}
+
+}  // namespace
+
+at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b, double scale, int64_t causal_length) {
 #ifdef CLIP_ATTENTION_KERNEL
   const bool shapes = a.dim() == 4 && b.dim() == 4 && a.size(0) == b.size(0) && a.size(1) == b.size(1) &&
                       a.size(3) == b.size(2) && a.size(2) <= kMaxAttentionRows && a.numel() > 0 && b.numel() > 0;
@@ -149,27 +172,38 @@ at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b) {
                      !a.requires_grad() && !b.requires_grad();
   if (shapes && types && a.stride(3) == 1 && AttentionMatmulAvailable()) {
     const int64_t batch = a.size(0), heads = a.size(1), m = a.size(2), depth = a.size(3), n = b.size(3);
-    // Scores: b is k^T, k's rows (b's columns) contiguous.
-    const bool scores = b.stride(2) == 1 && depth % 16 == 0 && n <= kMaxAttentionRows;
-    // Weighted sum: b's rows contiguous, at most four vectors wide.
-    const bool weighted = !scores && b.stride(3) == 1 && n % 16 == 0 && n <= 64 && depth <= kMaxAttentionRows;
+    // Scores: b is k^T, k's rows (b's columns) contiguous. The causal mask
+    // is applied here only when it covers the scores exactly.
+    const bool causal = causal_length >= 0;
+    const bool scores = b.stride(2) == 1 && depth % 16 == 0 && n <= kMaxAttentionRows &&
+                        (!causal || (causal_length == m && causal_length == n));
+    // Weighted sum (neither scaled nor masked): b's rows contiguous, at most
+    // four vectors wide.
+    const bool weighted =
+        !scores && scale == 1.0 && !causal && b.stride(3) == 1 && n % 16 == 0 && n <= 64 && depth <= kMaxAttentionRows;
     if (scores || weighted) {
-      at::Tensor out = at::empty({batch, heads, m, n}, a.options());
+      // The weighted sum is written as [batch, m, heads, n] and returned as
+      // its [batch, heads, m, n] view: the graph's transpose(1, 2) and
+      // reshape to [batch, m, heads * n] that follow then copy nothing.
+      at::Tensor out = scores ? at::empty({batch, heads, m, n}, a.options())
+                              : at::empty({batch, m, heads, n}, a.options()).permute({0, 2, 1, 3});
       const float* ap = a.data_ptr<float>();
       const float* bp = b.data_ptr<float>();
       float* op = out.data_ptr<float>();
       const int64_t a0 = a.stride(0), a1 = a.stride(1), a_row = a.stride(2);
       const int64_t b0 = b.stride(0), b1 = b.stride(1);
+      const int64_t o0 = out.stride(0), o1 = out.stride(1), o_row = out.stride(2);
+      const float scale_f = static_cast<float>(scale);
       at::parallel_for(0, batch * heads, 1, [&](int64_t first, int64_t last) {
         for (int64_t bh = first; bh < last; ++bh) {
           const int64_t i = bh / heads, h = bh % heads;
           const float* x = ap + i * a0 + h * a1;
           const float* y = bp + i * b0 + h * b1;
-          float* o = op + bh * m * n;
+          float* o = op + i * o0 + h * o1;
           if (scores) {
-            ScoresOne(x, a_row, y, b.stride(3), m, n, depth, o);
+            ScoresOne(x, a_row, y, b.stride(3), m, n, depth, scale_f, causal, o);
           } else {
-            WeightedOne(x, a_row, y, b.stride(2), m, depth, n, o);
+            WeightedOne(x, a_row, y, b.stride(2), m, depth, n, o, o_row);
           }
         }
       });
@@ -177,10 +211,12 @@ at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b) {
     }
   }
 #endif
-  return at::matmul(a, b);
+  return ReferenceAttentionMatmul(a, b, scale, causal_length);
 }
 
-TORCH_LIBRARY_FRAGMENT(clip_native, m) { m.def("attention_matmul(Tensor a, Tensor b) -> Tensor"); }
+TORCH_LIBRARY_FRAGMENT(clip_native, m) {
+  m.def("attention_matmul(Tensor a, Tensor b, float scale=1., int causal_length=-1) -> Tensor");
+}
 
 TORCH_LIBRARY_IMPL(clip_native, CPU, m) { m.impl("attention_matmul", &AttentionMatmul); }
 

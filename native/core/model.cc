@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
@@ -335,11 +336,48 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
   return rewritten;
 }
 
+// The node that is the sole user of `value`, if it is of `kind` and takes
+// `value` as its first input.
+torch::jit::Node* SoleUser(torch::jit::Value* value, c10::Symbol kind) {
+  if (value->uses().size() != 1) return nullptr;
+  const torch::jit::Use& use = value->uses()[0];
+  return use.user->kind() == kind && use.offset == 0 ? use.user : nullptr;
+}
+
+// Whether `value` is a constant int or float, and which.
+bool ConstantNumber(torch::jit::Value* value, double* number) {
+  const auto constant = torch::jit::toIValue(value);
+  if (!constant || !(constant->isDouble() || constant->isInt())) return false;
+  *number = constant->isDouble() ? constant->toDouble() : static_cast<double>(constant->toInt());
+  return true;
+}
+
+// L when `mask` is triu(ones([L, L], dtype=bool), 1), the text encoder's
+// causal mask; else null.
+torch::jit::Value* CausalMaskLength(torch::jit::Value* mask) {
+  torch::jit::Node* triu = mask->node();
+  if (triu->kind() != c10::aten::triu || triu->inputs().size() != 2) return nullptr;
+  const auto diagonal = torch::jit::toIValue(triu->input(1));
+  if (!diagonal || !diagonal->isInt() || diagonal->toInt() != 1) return nullptr;
+  torch::jit::Node* ones = triu->input(0)->node();
+  if (ones->kind() != c10::aten::ones || ones->inputs().size() != 5) return nullptr;
+  const auto dtype = torch::jit::toIValue(ones->input(1));
+  if (!dtype || !dtype->isInt() || dtype->toInt() != static_cast<int64_t>(at::kBool)) return nullptr;
+  torch::jit::Node* size = ones->input(0)->node();
+  if (size->kind() != c10::prim::ListConstruct || size->inputs().size() != 2 || size->input(0) != size->input(1)) {
+    return nullptr;
+  }
+  return size->input(0);
+}
+
 // The attention's two products (aten::matmul of two activations; the
 // linears' matmuls have constant weights and are rewritten above) ->
 // clip_native::attention_matmul (cpu_attention.h), in float32 and int8
 // graphs where the kernel can run and was chosen (ChooseAttentionKernel).
-// Returns how many were rewritten.
+// The scores' scaling by a constant and a causal mask after it go into the
+// same node (fewer operators per layer: the interpreter's and the small
+// operators' time is most of what a short caption's forward spends outside
+// the linears). Returns how many products were rewritten.
 int RewriteAttentionMatmuls(const std::shared_ptr<torch::jit::Graph>& graph) {
   if (!AttentionMatmulAvailable()) return 0;
   const auto attention_matmul = c10::Symbol::fromQualString("clip_native::attention_matmul");
@@ -352,13 +390,34 @@ int RewriteAttentionMatmuls(const std::shared_ptr<torch::jit::Graph>& graph) {
     }
   }
   for (torch::jit::Node* matmul : matmuls) {
-    torch::jit::WithInsertPoint insert_point(matmul);
-    torch::jit::Node* replacement = graph->create(attention_matmul, {matmul->input(0), matmul->input(1)});
+    // The chain matmul [-> mul(scale) [-> masked_fill(causal mask, -inf)]]
+    // that the new node replaces, `last` its end.
+    std::vector<torch::jit::Node*> chain{matmul};
+    double scale = 1.0;
+    torch::jit::Value* causal_length = nullptr;
+    torch::jit::Node* mul = SoleUser(matmul->output(), c10::aten::mul);
+    if (mul && mul->inputs().size() == 2 && ConstantNumber(mul->input(1), &scale)) {
+      chain.push_back(mul);
+      torch::jit::Node* fill = SoleUser(mul->output(), c10::aten::masked_fill);
+      double value = 0;
+      torch::jit::Value* length = fill && fill->inputs().size() == 3 ? CausalMaskLength(fill->input(1)) : nullptr;
+      if (length && ConstantNumber(fill->input(2), &value) && std::isinf(value) && value < 0) {
+        causal_length = length;
+        chain.push_back(fill);
+      }
+    }
+    torch::jit::Node* last = chain.back();
+    torch::jit::WithInsertPoint insert_point(last);
+    if (!causal_length) causal_length = graph->insertConstant(int64_t{-1});
+    torch::jit::Node* replacement = graph->create(
+        attention_matmul, {matmul->input(0), matmul->input(1), graph->insertConstant(scale), causal_length});
     replacement->output()->setType(c10::TensorType::get());
     graph->insertNode(replacement);
-    matmul->output()->replaceAllUsesWith(replacement->output());
-    matmul->destroy();
+    last->output()->replaceAllUsesWith(replacement->output());
+    for (auto it = chain.rbegin(); it != chain.rend(); ++it) (*it)->destroy();
   }
+  // The mask's own nodes (ones, triu, the size list) now have no users.
+  torch::jit::EliminateDeadCode(graph);
   graph->lint();
   return static_cast<int>(matmuls.size());
 }
