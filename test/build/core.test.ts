@@ -1,4 +1,4 @@
-// The core's own C++ test programs (native/test), built with the addon.
+// The core's own C++ test programs (native/test, native/test/torch), built with the addon.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -26,4 +26,8 @@ t.test('tokenizer_test', async (t) => {
 
 t.test('image_test', async (t) => {
   run(t, 'image_test', reference ? [reference] : []);
+});
+
+t.test('attention_test', async (t) => {
+  run(t, 'attention_test', []);
 });

@@ -1,0 +1,157 @@
+// Standalone test for clip::AttentionMatmul (cpu_attention.h) against the
+// aten operators it stands for: matmul, then mul by the scale, then
+// masked_fill(triu(ones(L, L), 1), -inf). Covers the kernel's shapes (image
+// and caption attention, views into a QKV projection's output), the shapes
+// it hands to aten (odd widths, more rows than it takes, a mask that does not
+// cover the scores), and the layout of the weighted sum. On a CPU without
+// AVX-512F every case runs the aten path and must agree all the same.
+// Prints one line per failure, then "N passed, M failed"; exits non-zero on
+// any failure.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <iostream>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cpu_attention.h"
+
+namespace {
+
+int g_passed = 0;
+int g_failed = 0;
+
+void Check(bool ok, const std::string& what) {
+  if (ok) {
+    ++g_passed;
+  } else {
+    ++g_failed;
+    std::cout << "FAIL: " << what << std::endl;
+  }
+}
+
+at::Tensor Reference(const at::Tensor& a, const at::Tensor& b, double scale, int64_t causal_length) {
+  at::Tensor out = at::matmul(a, b);
+  if (scale != 1.0) out = at::mul(out, scale);
+  if (causal_length >= 0) {
+    const at::Tensor future = at::ones({causal_length, causal_length}, out.options().dtype(at::kBool)).triu(1);
+    out = at::masked_fill(out, future, -std::numeric_limits<double>::infinity());
+  }
+  return out;
+}
+
+// Same shape, -inf exactly where the reference has it, the rest within
+// float32 rounding of sums of `depth` products.
+void CheckClose(const at::Tensor& got, const at::Tensor& want, const std::string& what) {
+  if (got.sizes() != want.sizes()) {
+    Check(false, what + ": sizes differ");
+    return;
+  }
+  const at::Tensor got_inf = at::isinf(got), want_inf = at::isinf(want);
+  Check(at::equal(got_inf, want_inf), what + ": -inf in the same places");
+  const at::Tensor finite = at::logical_not(want_inf);
+  const double diff = at::max(at::abs(got.masked_select(finite) - want.masked_select(finite))).item<double>();
+  Check(diff <= 2e-5, what + ": max abs diff " + std::to_string(diff));
+}
+
+// q, k^T and v as the exported graphs lay them out: views into the QKV
+// projection's output [batch, tokens, 3, heads, width].
+struct Qkv {
+  at::Tensor q, k_t, v;
+};
+Qkv MakeQkv(int64_t batch, int64_t tokens, int64_t heads, int64_t width, uint64_t seed) {
+  auto generator = at::detail::createCPUGenerator(seed);
+  const at::Tensor qkv = at::randn({batch, tokens, 3, heads, width}, generator).permute({2, 0, 3, 1, 4});
+  return {qkv[0], qkv[1].transpose(-1, -2), qkv[2]};
+}
+
+void TestShapes() {
+  struct Case {
+    int64_t batch, tokens, heads, width;
+  };
+  // Image (50 tokens of 64-wide heads), captions (8, 17 and 77 tokens), a
+  // batch, and widths the kernel does not take (40) or takes only for the
+  // scores (80: the weighted sum is at most four vectors wide).
+  const std::vector<Case> cases = {{1, 50, 12, 64}, {1, 8, 8, 64}, {3, 17, 8, 64}, {2, 77, 8, 64},
+                                   {1, 50, 4, 40},  {1, 9, 2, 80}, {1, 1, 8, 64},  {1, 300, 2, 64}};
+  uint64_t seed = 1;
+  for (const Case& c : cases) {
+    const std::string name = "batch " + std::to_string(c.batch) + ", " + std::to_string(c.tokens) + " tokens, " +
+                             std::to_string(c.heads) + " heads of " + std::to_string(c.width);
+    const Qkv x = MakeQkv(c.batch, c.tokens, c.heads, c.width, seed++);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.width));
+    CheckClose(clip::AttentionMatmul(x.q, x.k_t), Reference(x.q, x.k_t, 1.0, -1), name + ": scores");
+    CheckClose(clip::AttentionMatmul(x.q, x.k_t, scale), Reference(x.q, x.k_t, scale, -1), name + ": scaled scores");
+    CheckClose(clip::AttentionMatmul(x.q, x.k_t, scale, c.tokens), Reference(x.q, x.k_t, scale, c.tokens),
+               name + ": causal scores");
+    const at::Tensor weights = at::softmax(Reference(x.q, x.k_t, scale, c.tokens), -1);
+    const at::Tensor sum = clip::AttentionMatmul(weights, x.v);
+    CheckClose(sum, Reference(weights, x.v, 1.0, -1), name + ": weighted sum");
+    // What the graph does next: [batch, tokens, heads * width].
+    const at::Tensor merged = sum.transpose(1, 2).reshape({c.batch, c.tokens, c.heads * c.width});
+    CheckClose(merged, at::matmul(weights, x.v).transpose(1, 2).reshape({c.batch, c.tokens, c.heads * c.width}),
+               name + ": weighted sum merged over heads");
+  }
+}
+
+void TestMaskNotCoveringScores() {
+  const Qkv x = MakeQkv(1, 8, 2, 64, 99);
+  // A [1, 1] mask broadcasts and masks nothing; the scores must say so.
+  const at::Tensor one = clip::AttentionMatmul(x.q, x.k_t, 0.125, 1);
+  CheckClose(one, Reference(x.q, x.k_t, 0.125, 1), "mask of length 1 over 8 tokens");
+  Check(!at::isinf(one).any().item<bool>(), "mask of length 1 masks nothing");
+  // A mask that cannot broadcast fails as aten fails.
+  bool threw = false;
+  try {
+    clip::AttentionMatmul(x.q, x.k_t, 0.125, 5);
+  } catch (const std::exception&) {
+    threw = true;
+  }
+  Check(threw, "mask of length 5 over 8 tokens is refused");
+}
+
+void TestOtherInputs() {
+  // Contiguous q and k (not views), double, and an unscaled product of
+  // plain 4-d tensors.
+  auto generator = at::detail::createCPUGenerator(7);
+  const at::Tensor a = at::randn({2, 3, 16, 32}, generator), b = at::randn({2, 3, 32, 16}, generator);
+  CheckClose(clip::AttentionMatmul(a, b), at::matmul(a, b), "contiguous operands");
+  CheckClose(clip::AttentionMatmul(a, b, 0.5, 16), Reference(a, b, 0.5, 16), "contiguous operands, causal");
+  const at::Tensor ad = a.to(at::kDouble), bd = b.to(at::kDouble);
+  Check(at::allclose(clip::AttentionMatmul(ad, bd, 0.5), Reference(ad, bd, 0.5, -1)), "double operands");
+  const at::Tensor a3 = at::randn({4, 16, 32}, generator), b3 = at::randn({4, 32, 16}, generator);
+  CheckClose(clip::AttentionMatmul(a3, b3), at::matmul(a3, b3), "3-d operands");
+}
+
+void TestThreads() {
+  // The kernel splits (batch, head) pairs over the intra-op threads; the
+  // result must not depend on how many there are.
+  const Qkv x = MakeQkv(2, 50, 12, 64, 5);
+  const int saved = at::get_num_threads();
+  at::set_num_threads(1);
+  const at::Tensor one = clip::AttentionMatmul(x.q, x.k_t, 0.125, 50);
+  at::set_num_threads(saved);
+  const at::Tensor many = clip::AttentionMatmul(x.q, x.k_t, 0.125, 50);
+  Check(at::equal(one, many), "the same bits on 1 and " + std::to_string(saved) + " threads");
+}
+
+}  // namespace
+
+int main() {
+  try {
+    std::cout << "kernel " << (clip::AttentionMatmulAvailable() ? "available" : "not available (aten path)")
+              << std::endl;
+    TestShapes();
+    TestMaskNotCoveringScores();
+    TestOtherInputs();
+    TestThreads();
+  } catch (const std::exception& e) {
+    Check(false, std::string("unexpected exception: ") + e.what());
+  }
+  std::cout << g_passed << " passed, " << g_failed << " failed" << std::endl;
+  return g_failed == 0 ? 0 : 1;
+}
