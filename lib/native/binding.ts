@@ -85,11 +85,11 @@ export interface NativeCpuKernels {
    */
   attentionMatmuls: { image: number; text: number };
   /**
-   * Whether the float32 and int8 graphs take that kernel, and how it was decided: `measurement` (a calibrating
-   * load: both ways timed once per process on ViT-B/32's shapes; the two figures are microseconds of both
-   * products of one layer, 50 and 8 tokens), `rule` (`cpuKernels: 'fixed'` or a named candidate: the kernel
-   * except on Intel CPUs with MKL, the same in every process), `environment` (`CLIP_NATIVE_ATTENTION_KERNEL`
-   * 1 or 0) or `not applicable` (no AVX-512F, or bfloat16).
+   * Whether the graphs of the oneDNN and int8 candidates take that kernel (in bfloat16 the text encoder's only), and
+   * how it was decided: `measurement` (a calibrating load: both ways timed once per process and dtype on
+   * ViT-B/32's shapes; the two figures are microseconds of both products of one layer, 50 and 8 tokens),
+   * `rule` (`cpuKernels: 'fixed'` or a named candidate: the kernel except on Intel CPUs with MKL, the same in
+   * every process), `environment` (`CLIP_NATIVE_ATTENTION_KERNEL` 1 or 0) or `not applicable` (no AVX-512F).
    */
   attentionKernel: {
     kernel: boolean;

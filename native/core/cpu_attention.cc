@@ -31,60 +31,84 @@ __attribute__((target("avx512f"))) inline float Sum16(__m512 a) {
   return _mm_cvtss_f32(x);
 }
 
+// 16 values from memory as floats (bfloat16: the upper halves of floats,
+// exact).
+__attribute__((target("avx512f"))) inline __m512 Load16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) inline __m512 Load16(const c10::BFloat16* p) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+// A score as the graph computed it: the product rounded to the tensor's
+// type, then scaled (aten::mul computes in float and rounds once more).
+inline float Scaled(float dot, float scale, float*) { return dot * scale; }
+inline c10::BFloat16 Scaled(float dot, float scale, c10::BFloat16*) {
+  return c10::BFloat16(static_cast<float>(c10::BFloat16(dot)) * scale);
+}
+
+__attribute__((target("avx512f"))) inline void Store16(float* p, __m512 x) { _mm512_storeu_ps(p, x); }
+__attribute__((target("avx512f"))) inline void Store16(c10::BFloat16* p, __m512 x) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, x);
+  for (int i = 0; i < 16; ++i) p[i] = c10::BFloat16(lanes[i]);  // round to nearest even
+}
+
 // out[i, j] = (sum_d q[i, d] k[j, d]) * scale for one (image, head), and
 // -inf for j > i when `causal`: rows of q and k contiguous, `depth` a
 // multiple of 16; out contiguous [m, n]. Four rows of k at a time share the
 // loads of q's row. The sum is rounded to float before the scaling, as a
 // product followed by aten::mul rounds it.
-__attribute__((target("avx512f"))) void ScoresOne(const float* q, int64_t q_row, const float* k, int64_t k_row,
-                                                  int64_t m, int64_t n, int64_t depth, float scale, bool causal,
-                                                  float* out) {
+// T is float or c10::BFloat16 (sums in float either way).
+template <typename T>
+__attribute__((target("avx512f"))) void ScoresOne(const T* q, int64_t q_row, const T* k, int64_t k_row, int64_t m,
+                                                  int64_t n, int64_t depth, float scale, bool causal, T* out) {
   for (int64_t i = 0; i < m; ++i) {
-    const float* qi = q + i * q_row;
-    float* oi = out + i * n;
+    const T* qi = q + i * q_row;
+    T* oi = out + i * n;
     // Keys past the query are masked, not computed.
     const int64_t keys = causal ? std::min(n, i + 1) : n;
     int64_t j = 0;
     for (; j + 4 <= keys; j += 4) {
-      const float* k0 = k + j * k_row;
+      const T* k0 = k + j * k_row;
       __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
       for (int64_t d = 0; d < depth; d += 16) {
-        const __m512 x = _mm512_loadu_ps(qi + d);
-        a0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k0 + d), a0);
-        a1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k0 + k_row + d), a1);
-        a2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k0 + 2 * k_row + d), a2);
-        a3 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k0 + 3 * k_row + d), a3);
+        const __m512 x = Load16(qi + d);
+        a0 = _mm512_fmadd_ps(x, Load16(k0 + d), a0);
+        a1 = _mm512_fmadd_ps(x, Load16(k0 + k_row + d), a1);
+        a2 = _mm512_fmadd_ps(x, Load16(k0 + 2 * k_row + d), a2);
+        a3 = _mm512_fmadd_ps(x, Load16(k0 + 3 * k_row + d), a3);
       }
-      oi[j] = Sum16(a0) * scale;
-      oi[j + 1] = Sum16(a1) * scale;
-      oi[j + 2] = Sum16(a2) * scale;
-      oi[j + 3] = Sum16(a3) * scale;
+      oi[j] = Scaled(Sum16(a0), scale, oi);
+      oi[j + 1] = Scaled(Sum16(a1), scale, oi);
+      oi[j + 2] = Scaled(Sum16(a2), scale, oi);
+      oi[j + 3] = Scaled(Sum16(a3), scale, oi);
     }
     for (; j < keys; ++j) {
-      const float* kj = k + j * k_row;
+      const T* kj = k + j * k_row;
       __m512 a = _mm512_setzero_ps();
-      for (int64_t d = 0; d < depth; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qi + d), _mm512_loadu_ps(kj + d), a);
-      oi[j] = Sum16(a) * scale;
+      for (int64_t d = 0; d < depth; d += 16) a = _mm512_fmadd_ps(Load16(qi + d), Load16(kj + d), a);
+      oi[j] = Scaled(Sum16(a), scale, oi);
     }
-    for (; j < n; ++j) oi[j] = -std::numeric_limits<float>::infinity();
+    for (; j < n; ++j) oi[j] = T(-std::numeric_limits<float>::infinity());
   }
 }
 
 // out[i, :] = sum_j w[i, j] v[j, :] for one (image, head): rows of w and v
 // contiguous, `width` a multiple of 16 and at most 64; out's rows `out_row`
 // apart, each contiguous.
-__attribute__((target("avx512f"))) void WeightedOne(const float* w, int64_t w_row, const float* v, int64_t v_row,
-                                                    int64_t m, int64_t n, int64_t width, float* out, int64_t out_row) {
+template <typename T>
+__attribute__((target("avx512f"))) void WeightedOne(const T* w, int64_t w_row, const T* v, int64_t v_row, int64_t m,
+                                                    int64_t n, int64_t width, T* out, int64_t out_row) {
   const int64_t vectors = width / 16;
   for (int64_t i = 0; i < m; ++i) {
-    const float* wi = w + i * w_row;
+    const T* wi = w + i * w_row;
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t j = 0; j < n; ++j) {
-      const __m512 s = _mm512_set1_ps(wi[j]);
-      const float* vj = v + j * v_row;
-      for (int64_t c = 0; c < vectors; ++c) acc[c] = _mm512_fmadd_ps(s, _mm512_loadu_ps(vj + 16 * c), acc[c]);
+      const __m512 s = _mm512_set1_ps(static_cast<float>(wi[j]));
+      const T* vj = v + j * v_row;
+      for (int64_t c = 0; c < vectors; ++c) acc[c] = _mm512_fmadd_ps(s, Load16(vj + 16 * c), acc[c]);
     }
-    for (int64_t c = 0; c < vectors; ++c) _mm512_storeu_ps(out + i * out_row + 16 * c, acc[c]);
+    for (int64_t c = 0; c < vectors; ++c) Store16(out + i * out_row + 16 * c, acc[c]);
   }
 }
 #endif
@@ -118,7 +142,7 @@ double BestMicroseconds(const Run& run) {
 
 }  // namespace
 
-AttentionMatmulTimings MeasureAttentionMatmul() {
+AttentionMatmulTimings MeasureAttentionMatmul(at::ScalarType dtype) {
   AttentionMatmulTimings timings;
   if (!AttentionMatmulAvailable()) return timings;
   at::NoGradGuard no_grad;
@@ -126,7 +150,7 @@ AttentionMatmulTimings MeasureAttentionMatmul() {
   for (int64_t tokens : {50, 8}) {
     // q, k and v as the exported graphs lay them out: views into the QKV
     // projection's output [batch, tokens, 3 * heads * 64].
-    const at::Tensor qkv = at::randn({1, tokens, 3, 12, 64}, generator).permute({2, 0, 3, 1, 4});
+    const at::Tensor qkv = at::randn({1, tokens, 3, 12, 64}, generator).to(dtype).permute({2, 0, 3, 1, 4});
     const at::Tensor q = qkv[0], k = qkv[1].transpose(-1, -2), v = qkv[2];
     const at::Tensor weights = at::softmax(at::matmul(q, k), -1);
     // Alternated, so that a change of machine speed meets both alike.
@@ -167,9 +191,10 @@ at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b, double scal
 #ifdef CLIP_ATTENTION_KERNEL
   const bool shapes = a.dim() == 4 && b.dim() == 4 && a.size(0) == b.size(0) && a.size(1) == b.size(1) &&
                       a.size(3) == b.size(2) && a.size(2) <= kMaxAttentionRows && a.numel() > 0 && b.numel() > 0;
-  const bool types = a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && a.device().is_cpu() &&
-                     b.device().is_cpu() && a.layout() == at::kStrided && b.layout() == at::kStrided &&
-                     !a.requires_grad() && !b.requires_grad();
+  const bool types = (a.scalar_type() == at::kFloat || a.scalar_type() == at::kBFloat16) &&
+                     b.scalar_type() == a.scalar_type() && a.device().is_cpu() && b.device().is_cpu() &&
+                     a.layout() == at::kStrided && b.layout() == at::kStrided && !a.requires_grad() &&
+                     !b.requires_grad();
   if (shapes && types && a.stride(3) == 1 && AttentionMatmulAvailable()) {
     const int64_t batch = a.size(0), heads = a.size(1), m = a.size(2), depth = a.size(3), n = b.size(3);
     // Scores: b is k^T, k's rows (b's columns) contiguous. The causal mask
@@ -187,26 +212,30 @@ at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b, double scal
       // reshape to [batch, m, heads * n] that follow then copy nothing.
       at::Tensor out = scores ? at::empty({batch, heads, m, n}, a.options())
                               : at::empty({batch, m, heads, n}, a.options()).permute({0, 2, 1, 3});
-      const float* ap = a.data_ptr<float>();
-      const float* bp = b.data_ptr<float>();
-      float* op = out.data_ptr<float>();
       const int64_t a0 = a.stride(0), a1 = a.stride(1), a_row = a.stride(2);
       const int64_t b0 = b.stride(0), b1 = b.stride(1);
       const int64_t o0 = out.stride(0), o1 = out.stride(1), o_row = out.stride(2);
       const float scale_f = static_cast<float>(scale);
-      at::parallel_for(0, batch * heads, 1, [&](int64_t first, int64_t last) {
-        for (int64_t bh = first; bh < last; ++bh) {
-          const int64_t i = bh / heads, h = bh % heads;
-          const float* x = ap + i * a0 + h * a1;
-          const float* y = bp + i * b0 + h * b1;
-          float* o = op + i * o0 + h * o1;
-          if (scores) {
-            ScoresOne(x, a_row, y, b.stride(3), m, n, depth, scale_f, causal, o);
-          } else {
-            WeightedOne(x, a_row, y, b.stride(2), m, depth, n, o, o_row);
+      auto run = [&](auto* ap, auto* bp, auto* op) {
+        at::parallel_for(0, batch * heads, 1, [&](int64_t first, int64_t last) {
+          for (int64_t bh = first; bh < last; ++bh) {
+            const int64_t i = bh / heads, h = bh % heads;
+            const auto* x = ap + i * a0 + h * a1;
+            const auto* y = bp + i * b0 + h * b1;
+            auto* o = op + i * o0 + h * o1;
+            if (scores) {
+              ScoresOne(x, a_row, y, b.stride(3), m, n, depth, scale_f, causal, o);
+            } else {
+              WeightedOne(x, a_row, y, b.stride(2), m, depth, n, o, o_row);
+            }
           }
-        }
-      });
+        });
+      };
+      if (a.scalar_type() == at::kFloat) {
+        run(a.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>());
+      } else {
+        run(a.data_ptr<c10::BFloat16>(), b.data_ptr<c10::BFloat16>(), out.data_ptr<c10::BFloat16>());
+      }
       return out;
     }
   }

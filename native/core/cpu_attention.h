@@ -20,14 +20,15 @@ bool AttentionMatmulAvailable();
 // whose matmul is MKL's (there MKL's sgemm takes its tuned path).
 bool AttentionMatmulByRule();
 
-// Microseconds of both products of one attention layer, summed over the
-// shapes of a ViT-B/32 image (50 tokens) and a short caption (8 tokens), 12
-// heads of 64: best of 5 after warm-ups, on the calling thread.
+// Microseconds of both products of one attention layer (the scores scaled),
+// summed over the shapes of a ViT-B/32 image (50 tokens) and a short caption
+// (8 tokens), 12 heads of 64, in `dtype` (float or bfloat16), against
+// at::matmul and at::mul: best of 5 after warm-ups, on the calling thread.
 struct AttentionMatmulTimings {
   double kernel_us = 0;
   double aten_us = 0;
 };
-AttentionMatmulTimings MeasureAttentionMatmul();
+AttentionMatmulTimings MeasureAttentionMatmul(at::ScalarType dtype);
 
 // (a @ b) * scale, with -inf above the diagonal when causal_length >= 0 (the
 // graph's masked_fill(scores, triu(ones(L, L), 1), -inf) for L =

@@ -372,8 +372,9 @@ torch::jit::Value* CausalMaskLength(torch::jit::Value* mask) {
 
 // The attention's two products (aten::matmul of two activations; the
 // linears' matmuls have constant weights and are rewritten above) ->
-// clip_native::attention_matmul (cpu_attention.h), in float32 and int8
-// graphs where the kernel can run and was chosen (ChooseAttentionKernel).
+// clip_native::attention_matmul (cpu_attention.h), in the graphs of the
+// oneDNN and int8 candidates (float32 or bfloat16 products) where the kernel
+// can run and was chosen (ChooseAttentionKernel).
 // The scores' scaling by a constant and a causal mask after it go into the
 // same node (fewer operators per layer: the interpreter's and the small
 // operators' time is most of what a short caption's forward spends outside
@@ -641,7 +642,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
     encoder.module = torch::jit::freeze(archive);
   }
   RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), bfloat16, small_rows);
-  if (!bfloat16) rewrite_attention();
+  rewrite_attention();
   return encoder;
 }
 
@@ -788,7 +789,7 @@ void ChooseAttentionKernel(Precision precision, bool measure, CpuKernelChoice* c
                     "Expected 0 or 1 for CLIP_NATIVE_ATTENTION_KERNEL but received \"" + forced + "\"");
   }
   choice->attention_kernel = false;
-  if (!AttentionMatmulAvailable() || precision == Precision::kBFloat16) {
+  if (!AttentionMatmulAvailable()) {
     choice->attention_selected_by = "not applicable";
     return;
   }
@@ -802,12 +803,21 @@ void ChooseAttentionKernel(Precision precision, bool measure, CpuKernelChoice* c
     choice->attention_selected_by = "rule";
     return;
   }
-  static std::once_flag measured;
-  static AttentionMatmulTimings timings;
-  std::call_once(measured, [] {
-    torch::InferenceMode guard;
-    timings = OnForwardThread([] { return MeasureAttentionMatmul(); });
-  });
+  // bfloat16 graphs run the products in bfloat16 (onednn-bf16) or on the
+  // bfloat16 outputs of the linears (onednn): measured in that type.
+  const at::ScalarType dtype = precision == Precision::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  static std::mutex mutex;
+  static std::map<at::ScalarType, AttentionMatmulTimings> measured;
+  AttentionMatmulTimings timings;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = measured.find(dtype);
+    if (it == measured.end()) {
+      torch::InferenceMode guard;
+      it = measured.emplace(dtype, OnForwardThread([dtype] { return MeasureAttentionMatmul(dtype); })).first;
+    }
+    timings = it->second;
+  }
   choice->attention_kernel = timings.kernel_us < timings.aten_us;
   choice->attention_selected_by = "measurement";
   choice->attention_kernel_us = timings.kernel_us;
@@ -1027,8 +1037,12 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
     const bool small_rows = name == "onednn+avx512" || name == "onednn-bf16+avx512";
     if (!small_rows || candidates.size() == 1) image_candidates.push_back(name);
   }
+  // In bfloat16 the kernel (FMA on values widened to float) gains for
+  // captions but loses to oneDNN's bfloat16 matmul on images at batch 8
+  // (bench/optimizations.md): the text encoder only.
+  const bool image_attention = cpu_kernels_.attention_kernel && precision_ != Precision::kBFloat16;
   image_encoder_ = ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
-                                    image_candidates, cpu_kernels_.attention_kernel, &cpu_kernels_.image_ms);
+                                    image_candidates, image_attention, &cpu_kernels_.image_ms);
   text_encoder_ = ChooseCpuEncoder(text_archive, manifest_.text_encoder_path, manifest_, /*image=*/false, precision_,
                                    candidates, cpu_kernels_.attention_kernel, &cpu_kernels_.text_ms);
   cpu_kernels_.image = image_encoder_.kernel;

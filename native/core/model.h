@@ -72,11 +72,10 @@ struct CpuKernelChoice {
   // chosen encoder run on clip-native's kernel (cpu_attention.h).
   int image_attention_matmuls = 0;
   int text_attention_matmuls = 0;
-  // Whether the float32 and int8 graphs take that kernel, and how that was
-  // decided: "measurement" (a calibrating load; the two microsecond figures
-  // are set), "rule" (a fixed or named candidate), "environment"
-  // (CLIP_NATIVE_ATTENTION_KERNEL) or "not applicable" (no AVX-512F, or
-  // bfloat16).
+  // Whether the oneDNN and int8 candidates' graphs take that kernel, and how
+  // that was decided: "measurement" (a calibrating load; the two microsecond
+  // figures are set), "rule" (a fixed or named candidate), "environment"
+  // (CLIP_NATIVE_ATTENTION_KERNEL) or "not applicable" (no AVX-512F).
   bool attention_kernel = false;
   std::string attention_selected_by;
   double attention_kernel_us = -1;

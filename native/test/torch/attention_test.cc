@@ -44,18 +44,24 @@ at::Tensor Reference(const at::Tensor& a, const at::Tensor& b, double scale, int
   return out;
 }
 
-// Same shape, -inf exactly where the reference has it, the rest within
-// float32 rounding of sums of `depth` products.
-void CheckClose(const at::Tensor& got, const at::Tensor& want, const std::string& what) {
-  if (got.sizes() != want.sizes()) {
-    Check(false, what + ": sizes differ");
+// Same shape and type, -inf exactly where the reference has it, the rest
+// within float32 rounding of sums of `depth` products (bfloat16: within two
+// units in the last place, as the two sum in different orders before
+// rounding).
+void CheckClose(const at::Tensor& got_in, const at::Tensor& want_in, const std::string& what) {
+  if (got_in.sizes() != want_in.sizes() || got_in.scalar_type() != want_in.scalar_type()) {
+    Check(false, what + ": sizes or types differ");
     return;
   }
+  const bool bfloat16 = got_in.scalar_type() == at::kBFloat16;
+  const at::Tensor got = got_in.to(at::kFloat), want = want_in.to(at::kFloat);
   const at::Tensor got_inf = at::isinf(got), want_inf = at::isinf(want);
   Check(at::equal(got_inf, want_inf), what + ": -inf in the same places");
   const at::Tensor finite = at::logical_not(want_inf);
-  const double diff = at::max(at::abs(got.masked_select(finite) - want.masked_select(finite))).item<double>();
-  Check(diff <= 2e-5, what + ": max abs diff " + std::to_string(diff));
+  const at::Tensor error = at::abs(got.masked_select(finite) - want.masked_select(finite));
+  const at::Tensor bound = bfloat16 ? at::abs(want.masked_select(finite)) / 64 + 1e-3 : at::full_like(error, 2e-5);
+  Check(at::le(error, bound).all().item<bool>(),
+        what + ": max abs diff " + std::to_string(at::max(error).item<double>()));
 }
 
 // q, k^T and v as the exported graphs lay them out: views into the QKV
@@ -63,9 +69,10 @@ void CheckClose(const at::Tensor& got, const at::Tensor& want, const std::string
 struct Qkv {
   at::Tensor q, k_t, v;
 };
-Qkv MakeQkv(int64_t batch, int64_t tokens, int64_t heads, int64_t width, uint64_t seed) {
+Qkv MakeQkv(int64_t batch, int64_t tokens, int64_t heads, int64_t width, uint64_t seed,
+            at::ScalarType dtype = at::kFloat) {
   auto generator = at::detail::createCPUGenerator(seed);
-  const at::Tensor qkv = at::randn({batch, tokens, 3, heads, width}, generator).permute({2, 0, 3, 1, 4});
+  const at::Tensor qkv = at::randn({batch, tokens, 3, heads, width}, generator).to(dtype).permute({2, 0, 3, 1, 4});
   return {qkv[0], qkv[1].transpose(-1, -2), qkv[2]};
 }
 
@@ -79,23 +86,25 @@ void TestShapes() {
   const std::vector<Case> cases = {{1, 50, 12, 64}, {1, 8, 8, 64}, {3, 17, 8, 64}, {2, 77, 8, 64},
                                    {1, 50, 4, 40},  {1, 9, 2, 80}, {1, 1, 8, 64},  {1, 300, 2, 64}};
   uint64_t seed = 1;
-  for (const Case& c : cases) {
-    const std::string name = "batch " + std::to_string(c.batch) + ", " + std::to_string(c.tokens) + " tokens, " +
-                             std::to_string(c.heads) + " heads of " + std::to_string(c.width);
-    const Qkv x = MakeQkv(c.batch, c.tokens, c.heads, c.width, seed++);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(c.width));
-    CheckClose(clip::AttentionMatmul(x.q, x.k_t), Reference(x.q, x.k_t, 1.0, -1), name + ": scores");
-    CheckClose(clip::AttentionMatmul(x.q, x.k_t, scale), Reference(x.q, x.k_t, scale, -1), name + ": scaled scores");
-    CheckClose(clip::AttentionMatmul(x.q, x.k_t, scale, c.tokens), Reference(x.q, x.k_t, scale, c.tokens),
-               name + ": causal scores");
-    const at::Tensor weights = at::softmax(Reference(x.q, x.k_t, scale, c.tokens), -1);
-    const at::Tensor sum = clip::AttentionMatmul(weights, x.v);
-    CheckClose(sum, Reference(weights, x.v, 1.0, -1), name + ": weighted sum");
-    // What the graph does next: [batch, tokens, heads * width].
-    const at::Tensor merged = sum.transpose(1, 2).reshape({c.batch, c.tokens, c.heads * c.width});
-    CheckClose(merged, at::matmul(weights, x.v).transpose(1, 2).reshape({c.batch, c.tokens, c.heads * c.width}),
-               name + ": weighted sum merged over heads");
-  }
+  for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16})
+    for (const Case& c : cases) {
+      const std::string name = std::string(dtype == at::kFloat ? "float" : "bfloat16") + ", batch " +
+                               std::to_string(c.batch) + ", " + std::to_string(c.tokens) + " tokens, " +
+                               std::to_string(c.heads) + " heads of " + std::to_string(c.width);
+      const Qkv x = MakeQkv(c.batch, c.tokens, c.heads, c.width, seed++, dtype);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(c.width));
+      CheckClose(clip::AttentionMatmul(x.q, x.k_t), Reference(x.q, x.k_t, 1.0, -1), name + ": scores");
+      CheckClose(clip::AttentionMatmul(x.q, x.k_t, scale), Reference(x.q, x.k_t, scale, -1), name + ": scaled scores");
+      CheckClose(clip::AttentionMatmul(x.q, x.k_t, scale, c.tokens), Reference(x.q, x.k_t, scale, c.tokens),
+                 name + ": causal scores");
+      const at::Tensor weights = at::softmax(Reference(x.q, x.k_t, scale, c.tokens), -1);
+      const at::Tensor sum = clip::AttentionMatmul(weights, x.v);
+      CheckClose(sum, Reference(weights, x.v, 1.0, -1), name + ": weighted sum");
+      // What the graph does next: [batch, tokens, heads * width].
+      const at::Tensor merged = sum.transpose(1, 2).reshape({c.batch, c.tokens, c.heads * c.width});
+      CheckClose(merged, at::matmul(weights, x.v).transpose(1, 2).reshape({c.batch, c.tokens, c.heads * c.width}),
+                 name + ": weighted sum merged over heads");
+    }
 }
 
 void TestMaskNotCoveringScores() {
