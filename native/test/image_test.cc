@@ -40,6 +40,7 @@
 #include "image.h"
 #include "image_decode.h"
 #include "resample.h"
+#include "test_check.h"
 
 // ---------------------------------------------------------------------------
 // Allocation tracking: the size-limit tests assert that no large buffer is
@@ -71,17 +72,7 @@ using clip::PreprocessOptions;
 using clip::RgbImage;
 using Bytes = std::vector<uint8_t>;
 
-int g_passed = 0;
-int g_failed = 0;
-
-void Check(bool ok, const std::string& what) {
-  if (ok) {
-    ++g_passed;
-  } else {
-    ++g_failed;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
+using clip::test::Check;
 
 // Runs `body`, expecting a ClipError with `code`.
 void ExpectError(ErrorCode code, const std::string& what, const std::function<void()>& body) {
@@ -2225,6 +2216,5 @@ int main(int argc, char** argv) {
   TestResampleKernels();
   TestStreaming();
   TestConcurrency(reference_root);
-  std::printf("%d passed, %d failed\n", g_passed, g_failed);
-  return g_failed == 0 ? 0 : 1;
+  return clip::test::Summary();
 }

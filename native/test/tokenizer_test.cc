@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "test_check.h"
 
 namespace {
 
@@ -37,17 +38,7 @@ using clip::Tokenizer;
 using clip::TokenizerOptions;
 using Ids = std::vector<int32_t>;
 
-int g_passed = 0;
-int g_failed = 0;
-
-void Check(bool ok, const std::string& what) {
-  if (ok) {
-    ++g_passed;
-  } else {
-    ++g_failed;
-    std::cout << "FAIL: " << what << std::endl;
-  }
-}
+using clip::test::Check;
 
 std::string Show(const Ids& ids) {
   std::ostringstream out;
@@ -666,6 +657,5 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     Check(false, std::string("unexpected exception: ") + e.what());
   }
-  std::cout << g_passed << " passed, " << g_failed << " failed" << std::endl;
-  return g_failed == 0 ? 0 : 1;
+  return clip::test::Summary();
 }

@@ -18,21 +18,12 @@
 #include <string>
 #include <vector>
 
+#include "../test_check.h"
 #include "cpu_attention.h"
 
 namespace {
 
-int g_passed = 0;
-int g_failed = 0;
-
-void Check(bool ok, const std::string& what) {
-  if (ok) {
-    ++g_passed;
-  } else {
-    ++g_failed;
-    std::cout << "FAIL: " << what << std::endl;
-  }
-}
+using clip::test::Check;
 
 at::Tensor Reference(const at::Tensor& a, const at::Tensor& b, double scale, int64_t causal_length) {
   at::Tensor out = at::matmul(a, b);
@@ -161,6 +152,5 @@ int main() {
   } catch (const std::exception& e) {
     Check(false, std::string("unexpected exception: ") + e.what());
   }
-  std::cout << g_passed << " passed, " << g_failed << " failed" << std::endl;
-  return g_failed == 0 ? 0 : 1;
+  return clip::test::Summary();
 }
