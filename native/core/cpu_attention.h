@@ -33,16 +33,17 @@ AttentionMatmulTimings MeasureAttentionMatmul(at::ScalarType dtype);
 // (a @ b) * scale, with -inf above the diagonal when causal_length >= 0 (the
 // graph's masked_fill(scores, triu(ones(L, L), 1), -inf) for L =
 // causal_length), equal to at::matmul, at::mul and at::masked_fill within
-// float32 rounding. Takes the kernel for float32 CPU tensors of 4 dimensions
-// with the same two leading sizes, a's rows contiguous, and either b = k^T of
-// a k whose rows are contiguous (the scores; a mask only when L equals both
-// sizes of the scores) or, unscaled and unmasked, b's rows contiguous (the
-// weighted sum, returned as a view of [batch, rows, heads, width] memory), the
-// summed and the contiguous widths multiples of 16 and at most
-// kMaxAttentionRows rows; anything else goes to those aten operators. Also
-// the TorchScript operator clip_native::attention_matmul, which Model::Load
-// puts in place of the attention's aten::matmul nodes (and the scaling and
-// causal mask that follow the scores).
+// the rounding of the operands' type. Takes the kernel for float32 or
+// bfloat16 CPU tensors (sums in float) of 4 dimensions with the same two
+// leading sizes, a's rows contiguous, and either b = k^T of a k whose rows
+// are contiguous (the scores; a mask only when L equals both sizes of the
+// scores) or, unscaled and unmasked, b's rows contiguous (the weighted sum,
+// returned as a view of [batch, rows, heads, width] memory), the summed and
+// the contiguous widths multiples of 16 and at most kMaxAttentionRows rows;
+// anything else goes to those aten operators. Also the TorchScript operator
+// clip_native::attention_matmul, which Model::Load puts in place of the
+// attention's aten::matmul nodes (and the scaling and causal mask that follow
+// the scores).
 constexpr int64_t kMaxAttentionRows = 256;
 at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b, double scale = 1.0, int64_t causal_length = -1);
 

@@ -26,6 +26,17 @@ export function runPython(args: string[]): string {
   return result.stdout;
 }
 
+/** Sets environment variable `name` (undefined: unsets it); returns what puts the previous value back. */
+export function setEnv(name: string, value: string | undefined): () => void {
+  const saved = process.env[name];
+  if (value === undefined) delete process.env[name];
+  else process.env[name] = value;
+  return () => {
+    if (saved === undefined) delete process.env[name];
+    else process.env[name] = saved;
+  };
+}
+
 export function tempDir(prefix: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `clip-native-${prefix}-`));
 }

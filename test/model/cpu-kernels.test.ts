@@ -5,7 +5,7 @@ import path from 'node:path';
 import t from 'tap';
 import { binding } from '../../lib/native/binding';
 import { ClipModel, type DType } from '../../lib/index';
-import { cosine, fixtures, maxAbsDiff, tinyModel } from '../helpers/env';
+import { cosine, fixtures, maxAbsDiff, setEnv, tinyModel } from '../helpers/env';
 
 const imageDir = path.join(fixtures, 'images');
 const images = fs
@@ -19,20 +19,9 @@ const texts = fs
   .filter(Boolean)
   .map((line) => (JSON.parse(line) as { text: string }).text);
 
-/** Sets CLIP_NATIVE_ATTENTION_KERNEL (undefined: unset); returns what puts the previous value back. */
-function setAttentionKernelEnv(value: string | undefined): () => void {
-  const saved = process.env.CLIP_NATIVE_ATTENTION_KERNEL;
-  if (value === undefined) delete process.env.CLIP_NATIVE_ATTENTION_KERNEL;
-  else process.env.CLIP_NATIVE_ATTENTION_KERNEL = value;
-  return () => {
-    if (saved === undefined) delete process.env.CLIP_NATIVE_ATTENTION_KERNEL;
-    else process.env.CLIP_NATIVE_ATTENTION_KERNEL = saved;
-  };
-}
-
 async function embedAll(options: { dtype: DType; cpuKernels?: string; attentionKernel?: '0' | '1' }) {
   const { attentionKernel, ...loadOptions } = options;
-  const restore = setAttentionKernelEnv(attentionKernel);
+  const restore = setEnv('CLIP_NATIVE_ATTENTION_KERNEL', attentionKernel);
   let model: ClipModel;
   try {
     model = await ClipModel.load(tinyModel, { device: 'cpu', ...loadOptions });
@@ -121,7 +110,7 @@ t.test('auto calibrates among the candidates and reports what it measured', asyn
 });
 
 t.test('fixed takes the first candidate without measuring, and the attention kernel by rule', async (t) => {
-  t.teardown(setAttentionKernelEnv(undefined));
+  t.teardown(setEnv('CLIP_NATIVE_ATTENTION_KERNEL', undefined));
   const avx512 = binding().cpuIsa.includes('avx512f');
   const intel = /^vendor_id\s*:\s*GenuineIntel$/m.test(fs.readFileSync('/proc/cpuinfo', 'utf8'));
   for (const dtype of ['float32', 'bfloat16', 'int8'] as const) {
@@ -148,7 +137,7 @@ t.test('fixed takes the first candidate without measuring, and the attention ker
 });
 
 t.test('auto measures the attention kernel against libtorch once per process and keeps the faster', async (t) => {
-  t.teardown(setAttentionKernelEnv(undefined));
+  t.teardown(setEnv('CLIP_NATIVE_ATTENTION_KERNEL', undefined));
   const first = await ClipModel.load(tinyModel, { device: 'cpu', dtype: 'float32' });
   const second = await ClipModel.load(tinyModel, { device: 'cpu', dtype: 'int8' });
   t.teardown(async () => {
@@ -167,7 +156,7 @@ t.test('auto measures the attention kernel against libtorch once per process and
 });
 
 t.test('CLIP_NATIVE_ATTENTION_KERNEL takes 0 or 1', async (t) => {
-  t.teardown(setAttentionKernelEnv('yes'));
+  t.teardown(setEnv('CLIP_NATIVE_ATTENTION_KERNEL', 'yes'));
   await t.rejects(ClipModel.load(tinyModel, { device: 'cpu' }), {
     code: 'CLIP_INVALID_ARGUMENT',
     message: 'Expected 0 or 1 for CLIP_NATIVE_ATTENTION_KERNEL but received "yes"',
@@ -175,12 +164,7 @@ t.test('CLIP_NATIVE_ATTENTION_KERNEL takes 0 or 1', async (t) => {
 });
 
 t.test('CLIP_NATIVE_CPU_KERNELS forces a candidate; unknown names are refused', async (t) => {
-  const saved = process.env.CLIP_NATIVE_CPU_KERNELS;
-  t.teardown(() => {
-    if (saved === undefined) delete process.env.CLIP_NATIVE_CPU_KERNELS;
-    else process.env.CLIP_NATIVE_CPU_KERNELS = saved;
-  });
-  process.env.CLIP_NATIVE_CPU_KERNELS = 'aten';
+  t.teardown(setEnv('CLIP_NATIVE_CPU_KERNELS', 'aten'));
   const model = await ClipModel.load(tinyModel, { device: 'cpu' });
   t.same([model.info.cpuKernels!.image, model.info.cpuKernels!.selectedBy], ['aten', 'environment']);
   await model.dispose();
