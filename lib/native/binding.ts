@@ -76,7 +76,10 @@ export interface NativeCpuKernels {
   selectedBy: string;
   /** The candidates of this dtype in this libtorch. */
   candidates: string[];
-  /** Milliseconds per item of each candidate measured at load (empty unless measured). */
+  /**
+   * Milliseconds per item of each candidate measured at load, the mean over the shapes timed (one item and a small
+   * batch; a candidate over twice the fastest's time on one item is not timed further). Empty unless measured.
+   */
   imageMsPerItem: Record<string, number>;
   textMsPerItem: Record<string, number>;
   /**
