@@ -7,8 +7,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import t from 'tap';
 import { ClipModel } from '../../lib/index';
-import { binding } from '../../lib/native/binding';
-import { tinyModel } from '../helpers/env';
+import { OPENMP_SPIN_COUNT, binding, withOpenMpSpinLimit } from '../../lib/native/binding';
+import { setEnv, tinyModel } from '../helpers/env';
 
 const threadNames = (): string[] =>
   fs.readdirSync('/proc/self/task').flatMap((task) => {
@@ -27,6 +27,26 @@ t.test('own kernels run parallel loops on more than one thread', async (t) => {
     return;
   }
   t.ok(threads >= 2, `a parallel loop ran on ${threads} threads`);
+});
+
+t.test('the addon loads with a bounded OpenMP spin count unless the user chose the wait policy', async (t) => {
+  const seen = () => process.env.GOMP_SPINCOUNT;
+  t.teardown(setEnv('GOMP_SPINCOUNT', undefined));
+  t.teardown(setEnv('OMP_WAIT_POLICY', undefined));
+  t.equal(withOpenMpSpinLimit(seen), OPENMP_SPIN_COUNT, 'set while the libraries load');
+  t.equal(process.env.GOMP_SPINCOUNT, undefined, 'removed afterwards');
+  t.throws(() =>
+    withOpenMpSpinLimit(() => {
+      throw new Error('load failed');
+    }),
+  );
+  t.equal(process.env.GOMP_SPINCOUNT, undefined, 'removed after a failed load too');
+  process.env.GOMP_SPINCOUNT = '5';
+  t.equal(withOpenMpSpinLimit(seen), '5', "the user's count is kept");
+  t.equal(process.env.GOMP_SPINCOUNT, '5');
+  delete process.env.GOMP_SPINCOUNT;
+  process.env.OMP_WAIT_POLICY = 'PASSIVE';
+  t.equal(withOpenMpSpinLimit(seen), undefined, "the user's wait policy decides");
 });
 
 const onLinux = process.platform === 'linux' ? false : 'thread names are read from /proc';
