@@ -88,6 +88,11 @@ export interface NativeCpuKernels {
    */
   attentionMatmuls: { image: number; text: number };
   /**
+   * How many attention layers of each chosen encoder run their scores, softmax and weighted sum as one operator of
+   * that kernel (two of the products above each).
+   */
+  fusedAttentions: { image: number; text: number };
+  /**
    * Whether the graphs of the oneDNN and int8 candidates take that kernel (in bfloat16 the text encoder's only), and
    * how it was decided: `measurement` (a calibrating load: both ways timed once per process and dtype on
    * ViT-B/32's shapes; the two figures are microseconds of both products of one layer, 50 and 8 tokens),

@@ -420,6 +420,10 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     attention.Set("image", k.image_attention_matmuls);
     attention.Set("text", k.text_attention_matmuls);
     kernels.Set("attentionMatmuls", attention);
+    Napi::Object fused = Napi::Object::New(env);
+    fused.Set("image", k.image_fused_attentions);
+    fused.Set("text", k.text_fused_attentions);
+    kernels.Set("fusedAttentions", fused);
     Napi::Object attention_choice = Napi::Object::New(env);
     attention_choice.Set("kernel", k.attention_kernel);
     attention_choice.Set("selectedBy", k.attention_selected_by);

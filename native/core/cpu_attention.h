@@ -47,6 +47,18 @@ AttentionMatmulTimings MeasureAttentionMatmul(at::ScalarType dtype);
 constexpr int64_t kMaxAttentionRows = 256;
 at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b, double scale = 1.0, int64_t causal_length = -1);
 
+// softmax(AttentionMatmul(q, k_t, scale, causal_length), -1) @ v in one
+// pass per query row (scores, softmax and weighted sum without the scores
+// and weights in memory), returned as AttentionMatmul returns the weighted
+// sum; within the rounding of the operands' type of the three operators, for
+// the operands the two products take (v's width at most 64; the weights are
+// rounded to the operands' type, as aten::softmax rounds them). Anything else
+// runs as those three. Also the TorchScript operator clip_native::attention,
+// which Model::Load puts in place of a scores product, its softmax and its
+// weighted sum.
+at::Tensor Attention(const at::Tensor& q, const at::Tensor& k_t, const at::Tensor& v, double scale = 1.0,
+                     int64_t causal_length = -1);
+
 }  // namespace clip
 
 #endif  // CLIP_NATIVE_CORE_CPU_ATTENTION_H_

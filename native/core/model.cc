@@ -378,8 +378,10 @@ torch::jit::Value* CausalMaskLength(torch::jit::Value* mask) {
 // The scores' scaling by a constant and a causal mask after it go into the
 // same node (fewer operators per layer: the interpreter's and the small
 // operators' time is most of what a short caption's forward spends outside
-// the linears). Returns how many products were rewritten.
-int RewriteAttentionMatmuls(const std::shared_ptr<torch::jit::Graph>& graph) {
+// the linears). Returns how many products were rewritten, and sets `fused`
+// to how many layers then run as one clip_native::attention.
+int RewriteAttentionMatmuls(const std::shared_ptr<torch::jit::Graph>& graph, int* fused) {
+  *fused = 0;
   if (!AttentionMatmulAvailable()) return 0;
   const auto attention_matmul = c10::Symbol::fromQualString("clip_native::attention_matmul");
   std::vector<torch::jit::Node*> matmuls;
@@ -417,6 +419,46 @@ int RewriteAttentionMatmuls(const std::shared_ptr<torch::jit::Graph>& graph) {
     last->output()->replaceAllUsesWith(replacement->output());
     for (auto it = chain.rbegin(); it != chain.rend(); ++it) (*it)->destroy();
   }
+  // A scores product whose only user is a softmax over the keys, itself
+  // used only as the weights of a weighted sum: the three as one
+  // clip_native::attention (one operator and one parallel region per layer
+  // instead of three, and no scores or weights of the whole batch in
+  // memory): 3-6% faster for captions, up to 4% for images (Zen 5).
+  const auto attention = c10::Symbol::fromQualString("clip_native::attention");
+  struct Triple {
+    torch::jit::Node* scores;
+    torch::jit::Node* softmax;
+    torch::jit::Node* weighted;
+  };
+  std::vector<Triple> triples;  // all found before any is replaced
+  for (torch::jit::Node* scores : graph->nodes()) {
+    if (scores->kind() != attention_matmul) continue;
+    torch::jit::Node* softmax = SoleUser(scores->output(), c10::aten::softmax);
+    double dim = 0;
+    if (!softmax || softmax->inputs().size() != 3 || !ConstantNumber(softmax->input(1), &dim) || dim != -1 ||
+        !IsNoneConstant(softmax->input(2))) {
+      continue;
+    }
+    torch::jit::Node* weighted = SoleUser(softmax->output(), attention_matmul);
+    double scale = 0, causal = 0;
+    if (!weighted || !ConstantNumber(weighted->input(2), &scale) || scale != 1.0 ||
+        !ConstantNumber(weighted->input(3), &causal) || causal != -1) {
+      continue;
+    }
+    triples.push_back({scores, softmax, weighted});
+  }
+  for (const Triple& t : triples) {
+    torch::jit::WithInsertPoint insert_point(t.weighted);
+    torch::jit::Node* fused = graph->create(attention, {t.scores->input(0), t.scores->input(1), t.weighted->input(1),
+                                                        t.scores->input(2), t.scores->input(3)});
+    fused->output()->setType(c10::TensorType::get());
+    graph->insertNode(fused);
+    t.weighted->output()->replaceAllUsesWith(fused->output());
+    t.weighted->destroy();
+    t.softmax->destroy();
+    t.scores->destroy();
+  }
+  *fused = static_cast<int>(triples.size());
   // The mask's own nodes (ones, triu, the size list) now have no users.
   torch::jit::EliminateDeadCode(graph);
   graph->lint();
@@ -603,7 +645,8 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
   Model::Encoder encoder;
   auto rewrite_attention = [&] {
     if (attention_kernel)
-      encoder.attention_matmuls = RewriteAttentionMatmuls(encoder.module.get_method("forward").graph());
+      encoder.attention_matmuls =
+          RewriteAttentionMatmuls(encoder.module.get_method("forward").graph(), &encoder.fused_attentions);
   };
   encoder.kernel = name;
   const bool bfloat16 = precision == Precision::kBFloat16;
@@ -1066,6 +1109,8 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
   cpu_kernels_.text = text_encoder_.kernel;
   cpu_kernels_.image_attention_matmuls = image_encoder_.attention_matmuls;
   cpu_kernels_.text_attention_matmuls = text_encoder_.attention_matmuls;
+  cpu_kernels_.image_fused_attentions = image_encoder_.fused_attentions;
+  cpu_kernels_.text_fused_attentions = text_encoder_.fused_attentions;
 }
 
 int64_t Model::cuda_stream_id() const {

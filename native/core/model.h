@@ -72,6 +72,11 @@ struct CpuKernelChoice {
   // chosen encoder run on clip-native's kernel (cpu_attention.h).
   int image_attention_matmuls = 0;
   int text_attention_matmuls = 0;
+  // How many attention layers of each encoder run their scores, softmax and
+  // weighted sum as one operator (clip_native::attention; 2 of the products
+  // above each).
+  int image_fused_attentions = 0;
+  int text_fused_attentions = 0;
   // Whether the oneDNN and int8 candidates' graphs take that kernel, and how
   // that was decided: "measurement" (a calibrating load; the two microsecond
   // figures are set), "rule" (a fixed or named candidate), "environment"
@@ -125,6 +130,7 @@ class Model {
     torch::ScalarType float_input = torch::kFloat32;
     bool autocast = false;      // CPU autocast to bfloat16 around the forward
     int attention_matmuls = 0;  // rewritten to clip_native::attention_matmul
+    int fused_attentions = 0;   // of those, pairs fused into clip_native::attention
   };
 
  private:

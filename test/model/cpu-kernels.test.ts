@@ -73,6 +73,12 @@ t.test('every candidate of every CPU dtype, forced, agrees with float32 through 
         { image: ownAttention && dtype !== 'bfloat16' ? 4 : 0, text: ownAttention ? 4 : 0 },
         `${label}: attention products on clip-native's kernel`,
       );
+      // Each layer's scores, softmax and weighted sum as one operator.
+      t.same(
+        kernels.fusedAttentions,
+        { image: ownAttention && dtype !== 'bfloat16' ? 2 : 0, text: ownAttention ? 2 : 0 },
+        `${label}: attention layers fused`,
+      );
       let worstCosine = 1;
       let worstDiff = 0;
       run.vectors.forEach((v, i) => {
@@ -131,6 +137,11 @@ t.test('fixed takes the first candidate without measuring, and the attention ker
       if (!intel) t.equal(attention.kernel, true, `${dtype}: the kernel on a CPU that is not Intel's`);
       const counts = attention.kernel ? { image: dtype === 'bfloat16' ? 0 : 4, text: 4 } : { image: 0, text: 0 };
       t.same(kernels.attentionMatmuls, counts, `${dtype}: attention products on clip-native's kernel`);
+      t.same(
+        kernels.fusedAttentions,
+        { image: counts.image / 2, text: counts.text / 2 },
+        `${dtype}: attention layers fused`,
+      );
     }
     await model.dispose();
   }

@@ -1,6 +1,7 @@
-// Standalone test for clip::AttentionMatmul (cpu_attention.h) against the
-// aten operators it stands for: matmul, then mul by the scale, then
-// masked_fill(triu(ones(L, L), 1), -inf). Covers the kernel's shapes (image
+// Standalone test for clip::AttentionMatmul and clip::Attention
+// (cpu_attention.h) against the aten operators they stand for: matmul, then
+// mul by the scale, then masked_fill(triu(ones(L, L), 1), -inf) (and for
+// Attention softmax and the weighted sum's matmul after them). Covers the kernel's shapes (image
 // and caption attention, views into a QKV projection's output), the shapes
 // it hands to aten (odd widths, more rows than it takes, a mask that does not
 // cover the scores), and the layout of the weighted sum. On a CPU without
@@ -95,6 +96,15 @@ void TestShapes() {
       const at::Tensor merged = sum.transpose(1, 2).reshape({c.batch, c.tokens, c.heads * c.width});
       CheckClose(merged, at::matmul(weights, x.v).transpose(1, 2).reshape({c.batch, c.tokens, c.heads * c.width}),
                  name + ": weighted sum merged over heads");
+      // The three as one operator, unmasked and causal.
+      for (const int64_t causal : {int64_t{-1}, c.tokens}) {
+        const std::string what = name + (causal < 0 ? ": attention" : ": causal attention");
+        const at::Tensor want = at::matmul(at::softmax(Reference(x.q, x.k_t, scale, causal), -1), x.v);
+        const at::Tensor got = clip::Attention(x.q, x.k_t, x.v, scale, causal);
+        CheckClose(got, want, what);
+        CheckClose(got.transpose(1, 2).reshape({c.batch, c.tokens, c.heads * c.width}),
+                   want.transpose(1, 2).reshape({c.batch, c.tokens, c.heads * c.width}), what + " merged over heads");
+      }
     }
 }
 
@@ -112,6 +122,23 @@ void TestMaskNotCoveringScores() {
     threw = true;
   }
   Check(threw, "mask of length 5 over 8 tokens is refused");
+  CheckClose(clip::Attention(x.q, x.k_t, x.v, 0.125, 1),
+             at::matmul(at::softmax(Reference(x.q, x.k_t, 0.125, 1), -1), x.v), "attention, mask of length 1");
+}
+
+void TestAttentionScores() {
+  // Scores all equal (scale 0), close together, and far apart (rows nearly
+  // one-hot, most of exp's inputs below its underflow): the weights must
+  // still be the reference's. q and k hold small integers, so that both
+  // compute the same scores exactly and only the softmax can differ.
+  auto generator = at::detail::createCPUGenerator(31);
+  const at::Tensor q = at::randint(-3, 4, {1, 2, 50, 64}, generator);
+  const at::Tensor k_t = at::randint(-3, 4, {1, 2, 50, 64}, generator).transpose(-1, -2);
+  const at::Tensor v = at::randn({1, 2, 50, 64}, generator);
+  for (const double scale : {0.0, 1e-3, 0.125, 4.0, 40.0}) {
+    CheckClose(clip::Attention(q, k_t, v, scale, -1), at::matmul(at::softmax(Reference(q, k_t, scale, -1), -1), v),
+               "attention, scores scaled by " + std::to_string(scale));
+  }
 }
 
 void TestOtherInputs() {
@@ -125,6 +152,12 @@ void TestOtherInputs() {
   Check(at::allclose(clip::AttentionMatmul(ad, bd, 0.5), Reference(ad, bd, 0.5, -1)), "double operands");
   const at::Tensor a3 = at::randn({4, 16, 32}, generator), b3 = at::randn({4, 32, 16}, generator);
   CheckClose(clip::AttentionMatmul(a3, b3), at::matmul(a3, b3), "3-d operands");
+  const at::Tensor v = at::randn({2, 3, 16, 32}, generator);
+  CheckClose(clip::Attention(a, b, v, 0.5, 16), at::matmul(at::softmax(Reference(a, b, 0.5, 16), -1), v),
+             "attention, contiguous operands, causal");
+  const at::Tensor vd = v.to(at::kDouble);
+  Check(at::allclose(clip::Attention(ad, bd, vd, 0.5), at::matmul(at::softmax(Reference(ad, bd, 0.5, -1), -1), vd)),
+        "attention, double operands");
 }
 
 void TestThreads() {
@@ -137,6 +170,11 @@ void TestThreads() {
   at::set_num_threads(saved);
   const at::Tensor many = clip::AttentionMatmul(x.q, x.k_t, 0.125, 50);
   Check(at::equal(one, many), "the same bits on 1 and " + std::to_string(saved) + " threads");
+  at::set_num_threads(1);
+  const at::Tensor fused_one = clip::Attention(x.q, x.k_t, x.v, 0.125, 50);
+  at::set_num_threads(saved);
+  const at::Tensor fused_many = clip::Attention(x.q, x.k_t, x.v, 0.125, 50);
+  Check(at::equal(fused_one, fused_many), "attention: the same bits on 1 and " + std::to_string(saved) + " threads");
 }
 
 }  // namespace
@@ -147,6 +185,7 @@ int main() {
               << std::endl;
     TestShapes();
     TestMaskNotCoveringScores();
+    TestAttentionScores();
     TestOtherInputs();
     TestThreads();
   } catch (const std::exception& e) {
