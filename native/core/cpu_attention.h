@@ -20,10 +20,12 @@ bool AttentionMatmulAvailable();
 // whose matmul is MKL's (there MKL's sgemm takes its tuned path).
 bool AttentionMatmulByRule();
 
-// Microseconds of both products of one attention layer (the scores scaled),
-// summed over the shapes of a ViT-B/32 image (50 tokens) and a short caption
-// (8 tokens), 12 heads of 64, in `dtype` (float or bfloat16), against
-// at::matmul and at::mul: best of 5 after warm-ups, on the calling thread.
+// Microseconds of one attention layer (scaled scores, softmax, weighted sum)
+// on the kernel (Attention) and on aten's operators, summed over the shapes
+// of a ViT-B/32 image (50 tokens; not for bfloat16, whose graphs take the
+// kernel in the text encoder only) and a short caption (8 tokens), 12 heads
+// of 64, in `dtype` (float or bfloat16): best of 5 after warm-ups, on the
+// calling thread.
 struct AttentionMatmulTimings {
   double kernel_us = 0;
   double aten_us = 0;

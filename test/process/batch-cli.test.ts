@@ -6,7 +6,7 @@ import t from 'tap';
 import { PROGRESS_DIR } from '../../lib/batch/store';
 import { main } from '../../lib/cli/index';
 import { azureFolder, batchArgs, runCli, startCli } from '../helpers/batch';
-import { tempDir, tinyModel } from '../helpers/env';
+import { setEnv, tempDir, tinyModel } from '../helpers/env';
 import { sampleImages } from '../helpers/images';
 
 t.test('bad arguments: one line on stderr, exit status 2', async (t) => {
@@ -26,11 +26,7 @@ t.test('bad arguments: one line on stderr, exit status 2', async (t) => {
     [['--merge', '--output', dir, '--model', tinyModel], /--merge takes only/],
     [['--model', tinyModel, '--input', dir, '--output', dir, '--bogus'], /bogus/],
   ];
-  const saved = process.env.JOB_COMPLETION_INDEX;
-  delete process.env.JOB_COMPLETION_INDEX;
-  t.teardown(() => {
-    if (saved !== undefined) process.env.JOB_COMPLETION_INDEX = saved;
-  });
+  t.teardown(setEnv('JOB_COMPLETION_INDEX', undefined));
   for (const [args, message] of cases) {
     const written: string[] = [];
     const write = process.stderr.write.bind(process.stderr);
