@@ -164,7 +164,8 @@ __attribute__((target("avx512f"))) inline void SoftmaxRow(float* row, int64_t ke
   __m512 total = _mm512_setzero_ps();
   for (int64_t j = 0; j < keys; j += 16) {
     const __mmask16 lanes = TailMask(j, keys);
-    const __m512 e = _mm512_maskz_mov_ps(lanes, ExpNonPositive(_mm512_sub_ps(_mm512_loadu_ps(row + j), row_max)));
+    const __m512 e =
+        _mm512_maskz_mov_ps(lanes, ExpNonPositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, row + j), row_max)));
     _mm512_mask_storeu_ps(row + j, lanes, e);
     total = _mm512_add_ps(total, e);
   }
