@@ -7,13 +7,13 @@ import { fixtures, reference, root } from '../helpers/env';
 
 const buildDir = path.join(root, 'build');
 
-function run(t: Test, name: string, args: string[]) {
+function run(t: Test, name: string, args: string[], env: Record<string, string> = {}) {
   const binary = path.join(buildDir, name);
   if (!fs.existsSync(binary)) {
     t.fail(`${binary} is missing: run npm run build`);
     return;
   }
-  const result = spawnSync(binary, args, { encoding: 'utf8', timeout: 300_000 });
+  const result = spawnSync(binary, args, { encoding: 'utf8', timeout: 300_000, env: { ...process.env, ...env } });
   const summary = result.stdout.trim().split('\n').pop() ?? '';
   t.equal(result.status, 0, `${name}: ${summary}\n${result.stdout.split('\n').filter((l) => /FAIL/i.test(l)).slice(0, 10).join('\n')}${result.stderr}`);
   t.match(summary, /^\d+ passed, 0 failed/);
@@ -30,4 +30,9 @@ t.test('image_test', async (t) => {
 
 t.test('attention_test', async (t) => {
   run(t, 'attention_test', []);
+});
+
+t.test('attention_test under AddressSanitizer', async (t) => {
+  // Leak checking is off: libtorch keeps its registries until exit.
+  run(t, 'attention_test_asan', [], { ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1' });
 });
