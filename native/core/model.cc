@@ -798,12 +798,15 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
   std::vector<std::vector<double>> best(built.size());
   std::vector<size_t> timed(built.size());  // the candidates still timed
   for (size_t c = 0; c < built.size(); ++c) timed[c] = c;
-  constexpr int kRounds = 2;
+  // Three rounds, each in the opposite order of the one before, so that a
+  // drift of the machine's speed within a round favours no candidate.
+  constexpr int kRounds = 3;
   for (size_t i = 0; i < inputs.size(); ++i) {
     for (size_t c : timed) Forward(built[c], inputs[i]);
     std::vector<double> shape_best(built.size(), 1e300);
     for (int round = 0; round < kRounds; ++round) {
-      for (size_t c : timed) {
+      for (size_t t = 0; t < timed.size(); ++t) {
+        const size_t c = round % 2 == 0 ? timed[t] : timed[timed.size() - 1 - t];
         const auto start = std::chrono::steady_clock::now();
         Forward(built[c], inputs[i]);
         const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
