@@ -1,8 +1,9 @@
-// The two matrix products of attention at CLIP's sizes (50 tokens of an
-// image, up to 77 of a text, 64 features per head): scores = q k^T and
-// out = weights v, batched over images and heads. libtorch runs them as MKL
-// sgemm calls, which on AMD CPUs take MKL's generic path; for these small
-// products a direct AVX-512 loop was 1.6-2.9x faster on an AMD EPYC (Zen 5;
+// Attention at CLIP's sizes (50 tokens of an image, up to 77 of a text, 64
+// features per head): the two matrix products, scores = q k^T and out =
+// weights v, batched over images and heads, and the two with the softmax
+// between them as one operator. libtorch runs the products as MKL sgemm
+// calls, which on AMD CPUs take MKL's generic path; for these small products
+// a direct AVX-512 loop was 1.6-2.9x faster on an AMD EPYC (Zen 5;
 // bench/optimizations.md). Where MKL takes its tuned path the kernel may
 // lose, so whether a model uses it is decided per machine (model.cc).
 #ifndef CLIP_NATIVE_CORE_CPU_ATTENTION_H_
