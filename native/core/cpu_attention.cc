@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -270,17 +271,28 @@ at::Tensor ReferenceAttentionMatmul(const at::Tensor& a, const at::Tensor& b, do
   return out;
 }
 
+#ifdef CLIP_ATTENTION_KERNEL
+// Whether the kernels take these operands' types and storage: float32 or
+// bfloat16 alike, strided CPU tensors, no autograd.
+bool KernelOperands(std::initializer_list<const at::Tensor*> operands) {
+  const at::ScalarType type = (*operands.begin())->scalar_type();
+  if (type != at::kFloat && type != at::kBFloat16) return false;
+  for (const at::Tensor* t : operands) {
+    if (t->scalar_type() != type || !t->device().is_cpu() || t->layout() != at::kStrided || t->requires_grad()) {
+      return false;
+    }
+  }
+  return true;
+}
+#endif
+
 }  // namespace
 
 at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b, double scale, int64_t causal_length) {
 #ifdef CLIP_ATTENTION_KERNEL
   const bool shapes = a.dim() == 4 && b.dim() == 4 && a.size(0) == b.size(0) && a.size(1) == b.size(1) &&
                       a.size(3) == b.size(2) && a.size(2) <= kMaxAttentionRows && a.numel() > 0 && b.numel() > 0;
-  const bool types = (a.scalar_type() == at::kFloat || a.scalar_type() == at::kBFloat16) &&
-                     b.scalar_type() == a.scalar_type() && a.device().is_cpu() && b.device().is_cpu() &&
-                     a.layout() == at::kStrided && b.layout() == at::kStrided && !a.requires_grad() &&
-                     !b.requires_grad();
-  if (shapes && types && a.stride(3) == 1 && AttentionMatmulAvailable()) {
+  if (shapes && KernelOperands({&a, &b}) && a.stride(3) == 1 && AttentionMatmulAvailable()) {
     const int64_t batch = a.size(0), heads = a.size(1), m = a.size(2), depth = a.size(3), n = b.size(3);
     // Scores: b is k^T, k's rows (b's columns) contiguous. The causal mask
     // is applied here only when it covers the scores exactly.
@@ -337,12 +349,8 @@ at::Tensor Attention(const at::Tensor& q, const at::Tensor& k_t, const at::Tenso
                       v.numel() > 0 && q.size(2) <= kMaxAttentionRows && v.size(2) <= kMaxAttentionRows &&
                       q.size(3) % 16 == 0 && v.size(3) % 16 == 0 && v.size(3) <= 64 &&
                       (causal_length < 0 || (causal_length == q.size(2) && causal_length == v.size(2)));
-  const bool types = (q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16) &&
-                     k_t.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
-                     q.device().is_cpu() && k_t.device().is_cpu() && v.device().is_cpu() &&
-                     q.layout() == at::kStrided && k_t.layout() == at::kStrided && v.layout() == at::kStrided &&
-                     !q.requires_grad() && !k_t.requires_grad() && !v.requires_grad();
-  if (shapes && types && q.stride(3) == 1 && k_t.stride(2) == 1 && v.stride(3) == 1 && AttentionMatmulAvailable()) {
+  if (shapes && KernelOperands({&q, &k_t, &v}) && q.stride(3) == 1 && k_t.stride(2) == 1 && v.stride(3) == 1 &&
+      AttentionMatmulAvailable()) {
     const int64_t batch = q.size(0), heads = q.size(1), m = q.size(2), depth = q.size(3);
     const int64_t n = v.size(2), width = v.size(3);
     // Written as [batch, m, heads, width], as AttentionMatmul writes the

@@ -344,14 +344,6 @@ torch::jit::Node* SoleUser(torch::jit::Value* value, c10::Symbol kind) {
   return use.user->kind() == kind && use.offset == 0 ? use.user : nullptr;
 }
 
-// Whether `value` is a constant int or float, and which.
-bool ConstantNumber(torch::jit::Value* value, double* number) {
-  const auto constant = torch::jit::toIValue(value);
-  if (!constant || !(constant->isDouble() || constant->isInt())) return false;
-  *number = constant->isDouble() ? constant->toDouble() : static_cast<double>(constant->toInt());
-  return true;
-}
-
 // L when `mask` is triu(ones([L, L], dtype=bool), 1), the text encoder's
 // causal mask; else null.
 torch::jit::Value* CausalMaskLength(torch::jit::Value* mask) {
@@ -399,12 +391,15 @@ int RewriteAttentionMatmuls(const std::shared_ptr<torch::jit::Graph>& graph, int
     double scale = 1.0;
     torch::jit::Value* causal_length = nullptr;
     torch::jit::Node* mul = SoleUser(matmul->output(), c10::aten::mul);
-    if (mul && mul->inputs().size() == 2 && ConstantNumber(mul->input(1), &scale)) {
+    const std::optional<double> factor =
+        mul && mul->inputs().size() == 2 ? ConstantNumber(mul->input(1)) : std::nullopt;
+    if (factor) {
+      scale = *factor;
       chain.push_back(mul);
       torch::jit::Node* fill = SoleUser(mul->output(), c10::aten::masked_fill);
-      double value = 0;
       torch::jit::Value* length = fill && fill->inputs().size() == 3 ? CausalMaskLength(fill->input(1)) : nullptr;
-      if (length && ConstantNumber(fill->input(2), &value) && std::isinf(value) && value < 0) {
+      const std::optional<double> value = length ? ConstantNumber(fill->input(2)) : std::nullopt;
+      if (value && std::isinf(*value) && *value < 0) {
         causal_length = length;
         chain.push_back(fill);
       }
@@ -434,15 +429,12 @@ int RewriteAttentionMatmuls(const std::shared_ptr<torch::jit::Graph>& graph, int
   for (torch::jit::Node* scores : graph->nodes()) {
     if (scores->kind() != attention_matmul) continue;
     torch::jit::Node* softmax = SoleUser(scores->output(), c10::aten::softmax);
-    double dim = 0;
-    if (!softmax || softmax->inputs().size() != 3 || !ConstantNumber(softmax->input(1), &dim) || dim != -1 ||
+    if (!softmax || softmax->inputs().size() != 3 || ConstantNumber(softmax->input(1)) != -1.0 ||
         !IsNoneConstant(softmax->input(2))) {
       continue;
     }
     torch::jit::Node* weighted = SoleUser(softmax->output(), attention_matmul);
-    double scale = 0, causal = 0;
-    if (!weighted || !ConstantNumber(weighted->input(2), &scale) || scale != 1.0 ||
-        !ConstantNumber(weighted->input(3), &causal) || causal != -1) {
+    if (!weighted || ConstantNumber(weighted->input(2)) != 1.0 || ConstantNumber(weighted->input(3)) != -1.0) {
       continue;
     }
     triples.push_back({scores, softmax, weighted});
