@@ -93,10 +93,9 @@ export interface NativeCpuKernels {
    */
   fusedAttentions: { image: number; text: number };
   /**
-   * Whether the graphs of the oneDNN and int8 candidates take that kernel (in bfloat16 the text encoder's only), and
-   * how it was decided: `measurement` (a calibrating load: both ways timed once per process and dtype on
-   * ViT-B/32's shapes; the two figures are microseconds of one layer's scaled scores, softmax and weighted sum,
-   * summed over 50 and 8 tokens, 8 only in bfloat16),
+   * Whether the graphs of the oneDNN and int8 candidates take that kernel, and how it was decided: `measurement` (a
+   * calibrating load: both ways timed once per process and dtype on ViT-B/32's shapes; the two figures are
+   * microseconds of one layer's scaled scores, softmax and weighted sum, summed over 50 and 8 tokens),
    * `rule` (`cpuKernels: 'fixed'` or a named candidate: the kernel except on Intel CPUs with MKL, the same in
    * every process), `environment` (`CLIP_NATIVE_ATTENTION_KERNEL` 1 or 0) or `not applicable` (no AVX-512F).
    */

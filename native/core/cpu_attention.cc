@@ -52,78 +52,200 @@ __attribute__((target("avx512f"))) inline __m512 Load16(const c10::BFloat16* p) 
   return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, wide, 16));
 }
 
-// A score as the graph computed it: the product rounded to the tensor's
-// type, then scaled (aten::mul computes in float and rounds once more).
-inline float Scaled(float dot, float scale, float*) { return dot * scale; }
-inline c10::BFloat16 Scaled(float dot, float scale, c10::BFloat16*) {
-  return c10::BFloat16(static_cast<float>(c10::BFloat16(dot)) * scale);
+// x rounded to the nearest bfloat16 (ties to even), kept as a float: what
+// c10::BFloat16(x) holds, NaN included.
+__attribute__((target("avx512f"))) inline __m512 RoundToBFloat16(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_maskz_srli_epi32(0xFFFF, bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), odd),
+                                           _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  return _mm512_mask_mov_ps(_mm512_castsi512_ps(rounded), nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
 }
 
+// 16 floats to memory as T (bfloat16: rounded to nearest even).
 __attribute__((target("avx512f"))) inline void Store16(float* p, __m512 x) { _mm512_storeu_ps(p, x); }
 __attribute__((target("avx512f"))) inline void Store16(c10::BFloat16* p, __m512 x) {
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, x);
-  for (int i = 0; i < 16; ++i) p[i] = c10::BFloat16(lanes[i]);  // round to nearest even
+  const __m512i high = _mm512_maskz_srli_epi32(0xFFFF, _mm512_castps_si512(RoundToBFloat16(x)), 16);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_maskz_cvtepi32_epi16(0xFFFF, high));
 }
 
-// out[i, j] = (sum_d q[i, d] k[j, d]) * scale for one (image, head), and
-// -inf for j > i when `causal`: rows of q and k contiguous, `depth` a
-// multiple of 16; out contiguous [m, n]. Four rows of k at a time share the
-// loads of q's row. The sum is rounded to float before the scaling, as a
-// product followed by aten::mul rounds it.
-// T is float or c10::BFloat16 (sums in float either way).
+// `rows` rows of `cols` values of T (rows `src_row` apart) as contiguous
+// float rows.
 template <typename T>
-__attribute__((target("avx512f"))) void ScoresOne(const T* q, int64_t q_row, const T* k, int64_t k_row, int64_t m,
-                                                  int64_t n, int64_t depth, float scale, bool causal, T* out) {
-  for (int64_t i = 0; i < m; ++i) {
-    const T* qi = q + i * q_row;
-    T* oi = out + i * n;
-    // Keys past the query are masked, not computed.
-    const int64_t keys = causal ? std::min(n, i + 1) : n;
-    int64_t j = 0;
-    for (; j + 4 <= keys; j += 4) {
-      const T* k0 = k + j * k_row;
-      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (int64_t d = 0; d < depth; d += 16) {
-        const __m512 x = Load16(qi + d);
-        a0 = _mm512_fmadd_ps(x, Load16(k0 + d), a0);
-        a1 = _mm512_fmadd_ps(x, Load16(k0 + k_row + d), a1);
-        a2 = _mm512_fmadd_ps(x, Load16(k0 + 2 * k_row + d), a2);
-        a3 = _mm512_fmadd_ps(x, Load16(k0 + 3 * k_row + d), a3);
-      }
-      oi[j] = Scaled(Sum16(a0), scale, oi);
-      oi[j + 1] = Scaled(Sum16(a1), scale, oi);
-      oi[j + 2] = Scaled(Sum16(a2), scale, oi);
-      oi[j + 3] = Scaled(Sum16(a3), scale, oi);
-    }
-    for (; j < keys; ++j) {
-      const T* kj = k + j * k_row;
-      __m512 a = _mm512_setzero_ps();
-      for (int64_t d = 0; d < depth; d += 16) a = _mm512_fmadd_ps(Load16(qi + d), Load16(kj + d), a);
-      oi[j] = Scaled(Sum16(a), scale, oi);
-    }
-    for (; j < n; ++j) oi[j] = T(-std::numeric_limits<float>::infinity());
+__attribute__((target("avx512f"))) void WidenRows(const T* src, int64_t src_row, int64_t rows, int64_t cols,
+                                                  float* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t c = 0;
+    for (; c + 16 <= cols; c += 16) _mm512_storeu_ps(dst + r * cols + c, Load16(src + r * src_row + c));
+    for (; c < cols; ++c) dst[r * cols + c] = static_cast<float>(src[r * src_row + c]);
   }
 }
 
-// out[i, :] = sum_j w[i, j] v[j, :] for one (image, head): rows of w and v
-// contiguous, `width` a multiple of 16 and at most 64; out's rows `out_row`
-// apart, each contiguous.
-template <typename T>
-__attribute__((target("avx512f"))) void WeightedOne(const T* w, int64_t w_row, const T* v, int64_t v_row, int64_t m,
-                                                    int64_t n, int64_t width, T* out, int64_t out_row) {
-  const int64_t vectors = width / 16;
-  for (int64_t i = 0; i < m; ++i) {
-    const T* wi = w + i * w_row;
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t j = 0; j < n; ++j) {
-      const __m512 s = _mm512_set1_ps(static_cast<float>(wi[j]));
-      const T* vj = v + j * v_row;
-      for (int64_t c = 0; c < vectors; ++c) acc[c] = _mm512_fmadd_ps(s, Load16(vj + 16 * c), acc[c]);
+// Transposes the 16 x 16 floats of r[0..15] in place.
+__attribute__((target("avx512f"))) inline void Transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_maskz_unpacklo_ps(0xFFFF, r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_maskz_unpackhi_ps(0xFFFF, r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_maskz_shuffle_ps(0xFFFF, t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_maskz_shuffle_ps(0xFFFF, t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_maskz_shuffle_ps(0xFFFF, t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_maskz_shuffle_ps(0xFFFF, t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int h = 0; h < 2; ++h) {
+    for (int i = 0; i < 4; ++i) {
+      t[8 * h + i] = _mm512_maskz_shuffle_f32x4(0xFFFF, r[8 * h + i], r[8 * h + 4 + i], 0x88);
+      t[8 * h + 4 + i] = _mm512_maskz_shuffle_f32x4(0xFFFF, r[8 * h + i], r[8 * h + 4 + i], 0xDD);
     }
-    for (int64_t c = 0; c < vectors; ++c) Store16(out + i * out_row + 16 * c, acc[c]);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_maskz_shuffle_f32x4(0xFFFF, t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_maskz_shuffle_f32x4(0xFFFF, t[i], t[8 + i], 0xDD);
   }
 }
+
+// k's n rows of `depth` values (rows `k_row` apart) as k^T in floats:
+// kt[d * keys + j] = k[j, d], keys = n rounded up to 16, zero past n. The
+// scores then take 16 keys per vector and need no horizontal sums.
+template <typename T>
+__attribute__((target("avx512f"))) void PackKeys(const T* k, int64_t k_row, int64_t n, int64_t depth, int64_t keys,
+                                                 float* kt) {
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int64_t rows = std::min<int64_t>(16, n - j0);
+    for (int64_t d0 = 0; d0 < depth; d0 += 16) {
+      __m512 r[16];
+      for (int64_t t = 0; t < 16; ++t) r[t] = t < rows ? Load16(k + (j0 + t) * k_row + d0) : _mm512_setzero_ps();
+      Transpose16(r);
+      for (int64_t t = 0; t < 16; ++t) _mm512_storeu_ps(kt + (d0 + t) * keys + j0, r[t]);
+    }
+  }
+}
+
+// The register tiles below: R rows of the result by NV vectors of 16
+// columns (at most 6 x 4: 24 accumulators, the operand vectors and a
+// broadcast in AVX-512's 32 registers), each product an FMA of a broadcast
+// element of one operand and a vector of the other.
+
+// Scores of R query rows against NV * 16 keys: s[r, c] = (q[r, :] . kt[:, c])
+// * scale, the sum rounded to float (bfloat16 operands: to bfloat16) before
+// the scaling and after it, as a product followed by aten::mul rounds.
+template <int R, int NV, bool kBFloat16>
+__attribute__((target("avx512f"))) void ScoresTile(const float* q, int64_t q_row,
+                                                                         const float* kt, int64_t keys, int64_t depth,
+                                                                         float scale, float* s, int64_t s_row) {
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < depth; ++d) {
+    __m512 column[NV];
+    for (int c = 0; c < NV; ++c) column[c] = _mm512_loadu_ps(kt + d * keys + 16 * c);
+    for (int r = 0; r < R; ++r) {
+      const __m512 x = _mm512_set1_ps(q[r * q_row + d]);
+      for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_fmadd_ps(x, column[c], acc[r][c]);
+    }
+  }
+  const __m512 factor = _mm512_set1_ps(scale);
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < NV; ++c) {
+      __m512 x = acc[r][c];
+      if (kBFloat16) x = RoundToBFloat16(_mm512_mul_ps(RoundToBFloat16(x), factor));
+      else x = _mm512_mul_ps(x, factor);
+      _mm512_storeu_ps(s + r * s_row + 16 * c, x);
+    }
+  }
+}
+
+// Weighted sums of R rows: out[r, :] = sum_j w[r, j] v[j, :] over j < n,
+// NV * 16 columns, stored as T.
+template <int R, int NV, typename T>
+__attribute__((target("avx512f"))) void WeightedTile(const float* w, int64_t w_row,
+                                                                           const float* v, int64_t v_row, int64_t n,
+                                                                           T* out, int64_t out_row) {
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    __m512 row[NV];
+    for (int c = 0; c < NV; ++c) row[c] = _mm512_loadu_ps(v + j * v_row + 16 * c);
+    for (int r = 0; r < R; ++r) {
+      const __m512 x = _mm512_set1_ps(w[r * w_row + j]);
+      for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_fmadd_ps(x, row[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) Store16(out + r * out_row + 16 * c, acc[r][c]);
+}
+
+constexpr int kTileRows = 6;
+constexpr int kTileVectors = 4;
+
+// Calls tile<R, NV>() for the run-time rows (1..6) and vectors (1..4).
+template <int R, typename Tile>
+__attribute__((always_inline)) inline void WithVectors(int vectors, const Tile& tile) {
+  switch (vectors) {
+    case 1: tile(std::integral_constant<int, R>{}, std::integral_constant<int, 1>{}); break;
+    case 2: tile(std::integral_constant<int, R>{}, std::integral_constant<int, 2>{}); break;
+    case 3: tile(std::integral_constant<int, R>{}, std::integral_constant<int, 3>{}); break;
+    default: tile(std::integral_constant<int, R>{}, std::integral_constant<int, 4>{}); break;
+  }
+}
+template <typename Tile>
+__attribute__((always_inline)) inline void WithShape(int rows, int vectors, const Tile& tile) {
+  switch (rows) {
+    case 1: WithVectors<1>(vectors, tile); break;
+    case 2: WithVectors<2>(vectors, tile); break;
+    case 3: WithVectors<3>(vectors, tile); break;
+    case 4: WithVectors<4>(vectors, tile); break;
+    case 5: WithVectors<5>(vectors, tile); break;
+    default: WithVectors<6>(vectors, tile); break;
+  }
+}
+
+// Scores of one (image, head) into s ([m, keys] floats, keys = n rounded
+// up to 16): q's rows as floats, kt from PackKeys. With `causal`, the
+// columns past a tile's last row are not computed (the caller masks them).
+template <bool kBFloat16>
+__attribute__((target("avx512f"))) void Scores(const float* q, int64_t q_row, const float* kt, int64_t m, int64_t n,
+                                               int64_t depth, float scale, bool causal, float* s) {
+  const int64_t keys = (n + 15) / 16 * 16;
+  for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
+    const int64_t needed = causal ? std::min(n, i0 + rows) : n;
+    for (int64_t j0 = 0; j0 < needed; j0 += 16 * kTileVectors) {
+      const int vectors = static_cast<int>(std::min<int64_t>(kTileVectors, (needed - j0 + 15) / 16));
+      WithShape(rows, vectors, [&](auto r, auto nv) {
+        ScoresTile<decltype(r)::value, decltype(nv)::value, kBFloat16>(q + i0 * q_row, q_row, kt + j0, keys, depth,
+                                                                        scale, s + i0 * keys + j0, keys);
+      });
+    }
+  }
+}
+
+// Weighted sums of one (image, head): out[i, :] = sum_j w[i, j] v[j, :]
+// over j < n (with `causal`, over j <= i: the weights past the query are 0),
+// `width` a multiple of 16 and at most 64.
+template <typename T>
+__attribute__((target("avx512f"))) void Weighted(const float* w, int64_t w_row, const float* v, int64_t v_row,
+                                                 int64_t m, int64_t n, int64_t width, bool causal, T* out,
+                                                 int64_t out_row) {
+  const int vectors = static_cast<int>(width / 16);
+  for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
+    const int64_t summed = causal ? std::min(n, i0 + rows) : n;
+    WithShape(rows, vectors, [&](auto r, auto nv) {
+      WeightedTile<decltype(r)::value, decltype(nv)::value>(w + i0 * w_row, w_row, v, v_row, summed,
+                                                             out + i0 * out_row, out_row);
+    });
+  }
+}
+
+// Per-thread scratch for one (image, head) at a time, in floats.
+struct Scratch {
+  std::vector<float> kt, scores, q, v;
+};
 
 // e^x for x <= 0, to about one ulp (what softmax needs after subtracting the
 // row's maximum): x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor
@@ -155,7 +277,6 @@ inline __mmask16 TailMask(int64_t j, int64_t count) {
 // A row of scores -> its softmax, in place: e^(s - max) times 1 / sum, as
 // aten::softmax computes it, for the first `keys` of `n` values; the rest
 // (keys masked as later than the query) become 0, as e^-inf does there.
-// Rounded to T once, at the end, as aten::softmax of a T tensor rounds.
 __attribute__((target("avx512f"))) inline void SoftmaxRow(float* row, int64_t keys, int64_t n) {
   __m512 top = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t j = 0; j < keys; j += 16) {
@@ -177,29 +298,67 @@ __attribute__((target("avx512f"))) inline void SoftmaxRow(float* row, int64_t ke
   }
   for (int64_t j = keys; j < n; ++j) row[j] = 0.0f;
 }
-inline void SoftmaxRow(float* row, int64_t keys, int64_t n, float*) { SoftmaxRow(row, keys, n); }
-inline void SoftmaxRow(c10::BFloat16* row, int64_t keys, int64_t n, float* widened) {
-  for (int64_t j = 0; j < keys; ++j) widened[j] = static_cast<float>(row[j]);
-  SoftmaxRow(widened, keys, n);
-  for (int64_t j = 0; j < n; ++j) row[j] = c10::BFloat16(widened[j]);
+// The first n values of a row rounded to bfloat16, kept as floats.
+__attribute__((target("avx512f"))) inline void RoundRowToBFloat16(float* row, int64_t n) {
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 lanes = TailMask(j, n);
+    _mm512_mask_storeu_ps(row + j, lanes, RoundToBFloat16(_mm512_maskz_loadu_ps(lanes, row + j)));
+  }
+}
+
+// Rows of T as the tiles take them: float32 rows in place, bfloat16 ones
+// widened into `scratch`.
+struct FloatRows {
+  const float* data;
+  int64_t row;
+};
+inline FloatRows AsFloatRows(const float* src, int64_t src_row, int64_t, int64_t, std::vector<float>&) {
+  return {src, src_row};
+}
+inline FloatRows AsFloatRows(const c10::BFloat16* src, int64_t src_row, int64_t rows, int64_t cols,
+                             std::vector<float>& scratch) {
+  scratch.resize(static_cast<size_t>(rows * cols));
+  WidenRows(src, src_row, rows, cols, scratch.data());
+  return {scratch.data(), cols};
+}
+
+// The scaled (and, with `causal`, masked) scores of one (image, head) into
+// s.scores as [m, keys] floats, keys = n rounded up to 16; returns keys.
+template <typename T>
+__attribute__((target("avx512f"))) int64_t ScoresOne(const T* q, int64_t q_row, const T* k, int64_t k_row, int64_t m,
+                                                     int64_t n, int64_t depth, float scale, bool causal,
+                                                     Scratch& s) {
+  const int64_t keys = (n + 15) / 16 * 16;
+  s.kt.resize(static_cast<size_t>(depth * keys));
+  PackKeys(k, k_row, n, depth, keys, s.kt.data());
+  const FloatRows qf = AsFloatRows(q, q_row, m, depth, s.q);
+  s.scores.resize(static_cast<size_t>(m * keys));
+  Scores<std::is_same_v<T, c10::BFloat16>>(qf.data, qf.row, s.kt.data(), m, n, depth, scale, causal,
+                                           s.scores.data());
+  return keys;
 }
 
 // softmax(q k^T * scale [causal]) v for one (image, head): the scores of
-// all its rows into `scratch` ([m, n] of T), their softmax in place, then
-// the weighted sum of v's rows, as ScoresOne, aten::softmax and WeightedOne
-// compute them, but as one operator and one parallel region, and without
-// the scores and weights of every head in memory. (A query row at a time,
-// scores, softmax and weighted sum together, was 6% slower for 8 images:
-// k's and v's rows, 9 KiB apart in the QKV projection's output, fall into
-// the same few L1 sets, and together they no longer fit there.)
+// all its rows into the scratch, their softmax in place, then the weighted
+// sum of v's rows, as the scores product, aten::softmax and the weighted
+// sum's product compute them (bfloat16: scores, weights and sums rounded
+// where those round), but as one operator and one parallel region, and
+// without the scores and weights of every head in memory. (A query row at
+// a time, scores, softmax and weighted sum together, was 6% slower for 8
+// images: k's and v's rows, 9 KiB apart in the QKV projection's output,
+// fall into the same few L1 sets, and together they no longer fit there.)
 template <typename T>
 __attribute__((target("avx512f"))) void AttentionOne(const T* q, int64_t q_row, const T* k, int64_t k_row, const T* v,
                                                      int64_t v_row, int64_t m, int64_t n, int64_t depth, int64_t width,
-                                                     float scale, bool causal, T* scratch, T* out, int64_t out_row) {
-  ScoresOne(q, q_row, k, k_row, m, n, depth, scale, causal, scratch);
-  alignas(64) float widened[kMaxAttentionRows];
-  for (int64_t i = 0; i < m; ++i) SoftmaxRow(scratch + i * n, causal ? std::min(n, i + 1) : n, n, widened);
-  WeightedOne(scratch, n, v, v_row, m, n, width, out, out_row);
+                                                     float scale, bool causal, Scratch& s, T* out, int64_t out_row) {
+  const int64_t keys = ScoresOne(q, q_row, k, k_row, m, n, depth, scale, causal, s);
+  for (int64_t i = 0; i < m; ++i) {
+    float* row = s.scores.data() + i * keys;
+    SoftmaxRow(row, causal ? std::min(n, i + 1) : n, n);
+    if (std::is_same_v<T, c10::BFloat16>) RoundRowToBFloat16(row, n);
+  }
+  const FloatRows vf = AsFloatRows(v, v_row, n, width, s.v);
+  Weighted(s.scores.data(), keys, vf.data, vf.row, m, n, width, causal, out, out_row);
 }
 #endif
 
@@ -237,9 +396,7 @@ AttentionMatmulTimings MeasureAttentionMatmul(at::ScalarType dtype) {
   if (!AttentionMatmulAvailable()) return timings;
   at::NoGradGuard no_grad;
   auto generator = at::detail::createCPUGenerator(/*seed_val=*/7);
-  // bfloat16 graphs take the kernel in the text encoder only.
-  const std::vector<int64_t> shapes = dtype == at::kBFloat16 ? std::vector<int64_t>{8} : std::vector<int64_t>{50, 8};
-  for (int64_t tokens : shapes) {
+  for (int64_t tokens : {50, 8}) {
     // q, k and v as the exported graphs lay them out: views into the QKV
     // projection's output [batch, tokens, 3 * heads * 64].
     const at::Tensor qkv = at::randn({1, tokens, 3, 12, 64}, generator).to(dtype).permute({2, 0, 3, 1, 4});
@@ -314,16 +471,25 @@ at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b, double scal
       const int64_t o0 = out.stride(0), o1 = out.stride(1), o_row = out.stride(2);
       const float scale_f = static_cast<float>(scale);
       auto run = [&](auto* ap, auto* bp, auto* op) {
+        using T = std::remove_pointer_t<decltype(op)>;
         at::parallel_for(0, batch * heads, 1, [&](int64_t first, int64_t last) {
+          Scratch s;
           for (int64_t bh = first; bh < last; ++bh) {
             const int64_t i = bh / heads, h = bh % heads;
             const auto* x = ap + i * a0 + h * a1;
             const auto* y = bp + i * b0 + h * b1;
-            auto* o = op + i * o0 + h * o1;
+            T* o = op + i * o0 + h * o1;
             if (scores) {
-              ScoresOne(x, a_row, y, b.stride(3), m, n, depth, scale_f, causal, o);
+              const int64_t keys = ScoresOne(x, a_row, y, b.stride(3), m, n, depth, scale_f, causal, s);
+              for (int64_t r = 0; r < m; ++r) {
+                const int64_t limit = causal ? std::min(n, r + 1) : n;
+                for (int64_t c = 0; c < limit; ++c) o[r * o_row + c] = T(s.scores[r * keys + c]);
+                for (int64_t c = limit; c < n; ++c) o[r * o_row + c] = T(-std::numeric_limits<float>::infinity());
+              }
             } else {
-              WeightedOne(x, a_row, y, b.stride(2), m, depth, n, o, o_row);
+              const FloatRows w = AsFloatRows(x, a_row, m, depth, s.q);
+              const FloatRows v = AsFloatRows(y, b.stride(2), depth, n, s.v);
+              Weighted(w.data, w.row, v.data, v.row, m, depth, n, /*causal=*/false, o, o_row);
             }
           }
         });
@@ -358,14 +524,13 @@ at::Tensor Attention(const at::Tensor& q, const at::Tensor& k_t, const at::Tenso
     at::Tensor out = at::empty({batch, m, heads, width}, q.options()).permute({0, 2, 1, 3});
     const float scale_f = static_cast<float>(scale);
     auto run = [&](auto* qp, auto* kp, auto* vp, auto* op) {
-      using T = std::remove_pointer_t<decltype(op)>;
       at::parallel_for(0, batch * heads, 1, [&](int64_t first, int64_t last) {
-        std::vector<T> scratch(static_cast<size_t>(m * n));
+        Scratch scratch;
         for (int64_t bh = first; bh < last; ++bh) {
           const int64_t i = bh / heads, h = bh % heads;
           AttentionOne(qp + i * q.stride(0) + h * q.stride(1), q.stride(2), kp + i * k_t.stride(0) + h * k_t.stride(1),
                        k_t.stride(3), vp + i * v.stride(0) + h * v.stride(1), v.stride(2), m, n, depth, width, scale_f,
-                       causal_length >= 0, scratch.data(), op + i * out.stride(0) + h * out.stride(1), out.stride(2));
+                       causal_length >= 0, scratch, op + i * out.stride(0) + h * out.stride(1), out.stride(2));
         }
       });
     };

@@ -2,10 +2,12 @@
 // features per head): the two matrix products, scores = q k^T and out =
 // weights v, batched over images and heads, and the two with the softmax
 // between them as one operator. libtorch runs the products as MKL sgemm
-// calls, which on AMD CPUs take MKL's generic path; for these small products
-// a direct AVX-512 loop was 1.6-2.9x faster on an AMD EPYC (Zen 5;
-// bench/optimizations.md). Where MKL takes its tuned path the kernel may
-// lose, so whether a model uses it is decided per machine (model.cc).
+// calls, which on AMD CPUs take MKL's generic path, and bfloat16 ones as
+// oneDNN matmuls; for these small products AVX-512 register tiles (k packed
+// transposed per image and head, 6 rows by 64 columns of FMAs) were 2-4x
+// faster than either on an AMD EPYC (Zen 5; bench/optimizations.md). Where
+// MKL takes its tuned path the kernel may lose, so whether a model uses it
+// is decided per machine (model.cc).
 #ifndef CLIP_NATIVE_CORE_CPU_ATTENTION_H_
 #define CLIP_NATIVE_CORE_CPU_ATTENTION_H_
 
@@ -23,8 +25,7 @@ bool AttentionMatmulByRule();
 
 // Microseconds of one attention layer (scaled scores, softmax, weighted sum)
 // on the kernel (Attention) and on aten's operators, summed over the shapes
-// of a ViT-B/32 image (50 tokens; not for bfloat16, whose graphs take the
-// kernel in the text encoder only) and a short caption (8 tokens), 12 heads
+// of a ViT-B/32 image (50 tokens) and a short caption (8 tokens), 12 heads
 // of 64, in `dtype` (float or bfloat16): best of 5 after warm-ups, on the
 // calling thread.
 struct AttentionMatmulTimings {
@@ -51,12 +52,12 @@ constexpr int64_t kMaxAttentionRows = 256;
 at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b, double scale = 1.0, int64_t causal_length = -1);
 
 // softmax(AttentionMatmul(q, k_t, scale, causal_length), -1) @ v in one
-// pass per query row (scores, softmax and weighted sum without the scores
-// and weights in memory), returned as AttentionMatmul returns the weighted
-// sum; within the rounding of the operands' type of the three operators, for
-// the operands the two products take (v's width at most 64; the weights are
-// rounded to the operands' type, as aten::softmax rounds them). Anything else
-// runs as those three. Also the TorchScript operator clip_native::attention,
+// pass per image and head (scores, softmax and weighted sum without the
+// scores and weights of every head in memory), returned as AttentionMatmul
+// returns the weighted sum; within the rounding of the operands' type of the
+// three operators, for the operands the two products take (v's width at most
+// 64; the weights are rounded to the operands' type, as aten::softmax rounds
+// them). Anything else runs as those three. Also the TorchScript operator clip_native::attention,
 // which Model::Load puts in place of a scores product, its softmax and its
 // weighted sum.
 at::Tensor Attention(const at::Tensor& q, const at::Tensor& k_t, const at::Tensor& v, double scale = 1.0,

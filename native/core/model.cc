@@ -1092,12 +1092,8 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
     const bool small_rows = name == "onednn+avx512" || name == "onednn-bf16+avx512";
     if (!small_rows || candidates.size() == 1) image_candidates.push_back(name);
   }
-  // In bfloat16 the kernel (FMA on values widened to float) gains for
-  // captions but loses to oneDNN's bfloat16 matmul on images at batch 8
-  // (bench/optimizations.md): the text encoder only.
-  const bool image_attention = cpu_kernels_.attention_kernel && precision_ != Precision::kBFloat16;
   image_encoder_ = ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
-                                    image_candidates, image_attention, &cpu_kernels_.image_ms);
+                                    image_candidates, cpu_kernels_.attention_kernel, &cpu_kernels_.image_ms);
   text_encoder_ = ChooseCpuEncoder(text_archive, manifest_.text_encoder_path, manifest_, /*image=*/false, precision_,
                                    candidates, cpu_kernels_.attention_kernel, &cpu_kernels_.text_ms);
   cpu_kernels_.image = image_encoder_.kernel;

@@ -67,16 +67,15 @@ t.test('every candidate of every CPU dtype, forced, agrees with float32 through 
       // 2 products per layer; the tiny model has 2 layers per encoder. `aten` is the frozen archive as it is,
       // `autocast` the archive under CPU autocast.
       const ownAttention = applies && attentionKernel === '1' && name !== 'aten' && name !== 'autocast';
-      // In bfloat16 only the text encoder takes it.
       t.same(
         kernels.attentionMatmuls,
-        { image: ownAttention && dtype !== 'bfloat16' ? 4 : 0, text: ownAttention ? 4 : 0 },
+        { image: ownAttention ? 4 : 0, text: ownAttention ? 4 : 0 },
         `${label}: attention products on clip-native's kernel`,
       );
       // Each layer's scores, softmax and weighted sum as one operator.
       t.same(
         kernels.fusedAttentions,
-        { image: ownAttention && dtype !== 'bfloat16' ? 2 : 0, text: ownAttention ? 2 : 0 },
+        { image: ownAttention ? 2 : 0, text: ownAttention ? 2 : 0 },
         `${label}: attention layers fused`,
       );
       let worstCosine = 1;
@@ -135,7 +134,7 @@ t.test('fixed takes the first candidate without measuring, and the attention ker
       t.same([attention.kernelMicroseconds, attention.atenMicroseconds], [null, null], `${dtype}: not measured`);
       // The rule leaves MKL's matmul in place only on Intel CPUs; elsewhere the kernel runs.
       if (!intel) t.equal(attention.kernel, true, `${dtype}: the kernel on a CPU that is not Intel's`);
-      const counts = attention.kernel ? { image: dtype === 'bfloat16' ? 0 : 4, text: 4 } : { image: 0, text: 0 };
+      const counts = attention.kernel ? { image: 4, text: 4 } : { image: 0, text: 0 };
       t.same(kernels.attentionMatmuls, counts, `${dtype}: attention products on clip-native's kernel`);
       t.same(
         kernels.fusedAttentions,
