@@ -133,9 +133,8 @@ __attribute__((target("avx512f"))) void PackKeys(const T* k, int64_t k_row, int6
 // * scale, the sum rounded to float (bfloat16 operands: to bfloat16) before
 // the scaling and after it, as a product followed by aten::mul rounds.
 template <int R, int NV, bool kBFloat16>
-__attribute__((target("avx512f"))) void ScoresTile(const float* q, int64_t q_row,
-                                                                         const float* kt, int64_t keys, int64_t depth,
-                                                                         float scale, float* s, int64_t s_row) {
+__attribute__((target("avx512f"))) void ScoresTile(const float* q, int64_t q_row, const float* kt, int64_t keys,
+                                                   int64_t depth, float scale, float* s, int64_t s_row) {
   __m512 acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_setzero_ps();
@@ -151,8 +150,10 @@ __attribute__((target("avx512f"))) void ScoresTile(const float* q, int64_t q_row
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < NV; ++c) {
       __m512 x = acc[r][c];
-      if (kBFloat16) x = RoundToBFloat16(_mm512_mul_ps(RoundToBFloat16(x), factor));
-      else x = _mm512_mul_ps(x, factor);
+      if (kBFloat16)
+        x = RoundToBFloat16(_mm512_mul_ps(RoundToBFloat16(x), factor));
+      else
+        x = _mm512_mul_ps(x, factor);
       _mm512_storeu_ps(s + r * s_row + 16 * c, x);
     }
   }
@@ -161,9 +162,8 @@ __attribute__((target("avx512f"))) void ScoresTile(const float* q, int64_t q_row
 // Weighted sums of R rows: out[r, :] = sum_j w[r, j] v[j, :] over j < n,
 // NV * 16 columns, stored as T.
 template <int R, int NV, typename T>
-__attribute__((target("avx512f"))) void WeightedTile(const float* w, int64_t w_row,
-                                                                           const float* v, int64_t v_row, int64_t n,
-                                                                           T* out, int64_t out_row) {
+__attribute__((target("avx512f"))) void WeightedTile(const float* w, int64_t w_row, const float* v, int64_t v_row,
+                                                     int64_t n, T* out, int64_t out_row) {
   __m512 acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_setzero_ps();
@@ -186,21 +186,41 @@ constexpr int kTileVectors = 4;
 template <int R, typename Tile>
 __attribute__((always_inline)) inline void WithVectors(int vectors, const Tile& tile) {
   switch (vectors) {
-    case 1: tile(std::integral_constant<int, R>{}, std::integral_constant<int, 1>{}); break;
-    case 2: tile(std::integral_constant<int, R>{}, std::integral_constant<int, 2>{}); break;
-    case 3: tile(std::integral_constant<int, R>{}, std::integral_constant<int, 3>{}); break;
-    default: tile(std::integral_constant<int, R>{}, std::integral_constant<int, 4>{}); break;
+    case 1:
+      tile(std::integral_constant<int, R>{}, std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      tile(std::integral_constant<int, R>{}, std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      tile(std::integral_constant<int, R>{}, std::integral_constant<int, 3>{});
+      break;
+    default:
+      tile(std::integral_constant<int, R>{}, std::integral_constant<int, 4>{});
+      break;
   }
 }
 template <typename Tile>
 __attribute__((always_inline)) inline void WithShape(int rows, int vectors, const Tile& tile) {
   switch (rows) {
-    case 1: WithVectors<1>(vectors, tile); break;
-    case 2: WithVectors<2>(vectors, tile); break;
-    case 3: WithVectors<3>(vectors, tile); break;
-    case 4: WithVectors<4>(vectors, tile); break;
-    case 5: WithVectors<5>(vectors, tile); break;
-    default: WithVectors<6>(vectors, tile); break;
+    case 1:
+      WithVectors<1>(vectors, tile);
+      break;
+    case 2:
+      WithVectors<2>(vectors, tile);
+      break;
+    case 3:
+      WithVectors<3>(vectors, tile);
+      break;
+    case 4:
+      WithVectors<4>(vectors, tile);
+      break;
+    case 5:
+      WithVectors<5>(vectors, tile);
+      break;
+    default:
+      WithVectors<6>(vectors, tile);
+      break;
   }
 }
 
@@ -218,7 +238,7 @@ __attribute__((target("avx512f"))) void Scores(const float* q, int64_t q_row, co
       const int vectors = static_cast<int>(std::min<int64_t>(kTileVectors, (needed - j0 + 15) / 16));
       WithShape(rows, vectors, [&](auto r, auto nv) {
         ScoresTile<decltype(r)::value, decltype(nv)::value, kBFloat16>(q + i0 * q_row, q_row, kt + j0, keys, depth,
-                                                                        scale, s + i0 * keys + j0, keys);
+                                                                       scale, s + i0 * keys + j0, keys);
       });
     }
   }
@@ -236,8 +256,8 @@ __attribute__((target("avx512f"))) void Weighted(const float* w, int64_t w_row, 
     const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
     const int64_t summed = causal ? std::min(n, i0 + rows) : n;
     WithShape(rows, vectors, [&](auto r, auto nv) {
-      WeightedTile<decltype(r)::value, decltype(nv)::value>(w + i0 * w_row, w_row, v, v_row, summed,
-                                                             out + i0 * out_row, out_row);
+      WeightedTile<decltype(r)::value, decltype(nv)::value>(w + i0 * w_row, w_row, v, v_row, summed, out + i0 * out_row,
+                                                            out_row);
     });
   }
 }
@@ -326,15 +346,13 @@ inline FloatRows AsFloatRows(const c10::BFloat16* src, int64_t src_row, int64_t 
 // s.scores as [m, keys] floats, keys = n rounded up to 16; returns keys.
 template <typename T>
 __attribute__((target("avx512f"))) int64_t ScoresOne(const T* q, int64_t q_row, const T* k, int64_t k_row, int64_t m,
-                                                     int64_t n, int64_t depth, float scale, bool causal,
-                                                     Scratch& s) {
+                                                     int64_t n, int64_t depth, float scale, bool causal, Scratch& s) {
   const int64_t keys = (n + 15) / 16 * 16;
   s.kt.resize(static_cast<size_t>(depth * keys));
   PackKeys(k, k_row, n, depth, keys, s.kt.data());
   const FloatRows qf = AsFloatRows(q, q_row, m, depth, s.q);
   s.scores.resize(static_cast<size_t>(m * keys));
-  Scores<std::is_same_v<T, c10::BFloat16>>(qf.data, qf.row, s.kt.data(), m, n, depth, scale, causal,
-                                           s.scores.data());
+  Scores<std::is_same_v<T, c10::BFloat16>>(qf.data, qf.row, s.kt.data(), m, n, depth, scale, causal, s.scores.data());
   return keys;
 }
 
