@@ -894,9 +894,15 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
       return {"autocast"};
     case Precision::kInt8: {
       if (!Int8Available()) return {};
+      // First (what `fixed` takes): oneDNN where the CPU has 32-bit integer
+      // dot products (VNNI, AMX-INT8), FBGEMM elsewhere. On an AMD EPYC
+      // (Zen 5) oneDNN ran batches of 16 images 14% and of 16 captions 7%
+      // faster, and level for one item; AMX-INT8 tiles are oneDNN's alone.
       std::vector<std::string> names;
       if (HasQEngine(at::QEngine::FBGEMM)) names.emplace_back("fbgemm");
-      if (HasQEngine(at::QEngine::ONEDNN)) names.emplace_back("onednn");
+      if (HasQEngine(at::QEngine::ONEDNN)) {
+        names.insert(GetCpuFeatures().int8_dot() ? names.begin() : names.end(), "onednn");
+      }
       return names;
     }
     case Precision::kFloat16:

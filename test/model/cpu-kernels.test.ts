@@ -126,6 +126,11 @@ t.test('fixed takes the first candidate without measuring, and the attention ker
       [kernels.candidates[0], kernels.candidates[0], 'fixed', {}],
       dtype,
     );
+    if (dtype === 'int8' && kernels.candidates.length === 2) {
+      // oneDNN first where the CPU has 32-bit integer dot products, FBGEMM first elsewhere.
+      const dot = ['avx512_vnni', 'avx_vnni', 'amx_int8'].some((flag) => binding().cpuIsa.includes(flag));
+      t.same(kernels.candidates, dot ? ['onednn', 'fbgemm'] : ['fbgemm', 'onednn'], 'int8: the order of the engines');
+    }
     const attention = kernels.attentionKernel;
     if (!avx512) {
       t.same([attention.kernel, attention.selectedBy], [false, 'not applicable'], `${dtype}: attention kernel`);
