@@ -123,6 +123,11 @@ export interface EncoderStats {
   queueDepth: number;
   /** Inference batches run. */
   batches: number;
+  /**
+   * Forward passes run. On the CPU a text batch of mixed lengths runs as groups of similar length (each pads
+   * only to its own longest text) where that saves more padded tokens than a forward pass costs.
+   */
+  forwards: number;
   /** Items embedded. */
   items: number;
   /** items / batches. */

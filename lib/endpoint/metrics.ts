@@ -98,6 +98,11 @@ export function createMetrics(stats: () => ModelStats | undefined, options: Metr
     (s) => s.itemsPerSecond,
   );
   engineCounter('clip_engine_batches_total', 'Inference batches run since load.', (s) => s.batches);
+  engineCounter(
+    'clip_engine_forwards_total',
+    'Forward passes run since load (a text batch of mixed lengths may run as several).',
+    (s) => s.forwards,
+  );
   engineCounter('clip_engine_items_total', 'Items embedded since load.', (s) => s.items);
 
   const cacheCounter = (name: string, help: string, read: (s: NonNullable<ModelStats['cache']>) => number) =>

@@ -41,6 +41,7 @@ export enum TaskKind {
 export interface NativeEncoderStats {
   queueDepth: number;
   batches: number;
+  forwards: number;
   items: number;
   meanBatchSize: number;
   itemsPerSecond: number;

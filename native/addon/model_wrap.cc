@@ -368,6 +368,7 @@ Napi::Value ModelWrap::Stats(const Napi::CallbackInfo& info) {
     Napi::Object o = Napi::Object::New(env);
     o.Set("queueDepth", static_cast<double>(stats.queue_depth));
     o.Set("batches", static_cast<double>(stats.batches));
+    o.Set("forwards", static_cast<double>(stats.forwards));
     o.Set("items", static_cast<double>(stats.items));
     o.Set("meanBatchSize", stats.mean_batch_size);
     o.Set("itemsPerSecond", stats.items_per_second);

@@ -120,6 +120,7 @@ struct EngineOptions {
 struct EncoderStats {
   size_t queue_depth = 0;
   uint64_t batches = 0;
+  uint64_t forwards = 0;  // a text batch may run as several (TextGroups)
   uint64_t items = 0;
   double mean_batch_size = 0;
   double items_per_second = 0;
@@ -167,6 +168,7 @@ class Engine {
     std::deque<std::unique_ptr<Task>> ready;  // prepared, waiting for a batch
     size_t waiting = 0;                       // submitted, not yet in a batch
     uint64_t batches = 0;
+    uint64_t forwards = 0;
     uint64_t items = 0;
     std::deque<std::pair<std::chrono::steady_clock::time_point, size_t>> recent;
   };

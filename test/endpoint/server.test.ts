@@ -319,6 +319,7 @@ t.test('the endpoint', async (t) => {
     const items = /clip_engine_items_total\{encoder="image"\} (\d+)/.exec(metrics.text);
     t.ok(items && Number(items[1]) >= 100, `engine items counted (${items?.[1]})`);
     t.match(metrics.text, /clip_engine_mean_batch_size\{encoder="text"\} [\d.]+/);
+    t.match(metrics.text, /clip_engine_forwards_total\{encoder="image"\} \d+/);
     t.match(metrics.text, /clip_engine_items_per_second\{encoder="image"\} [\d.]+/);
     t.match(metrics.text, /clip_model_ready 1/);
   });

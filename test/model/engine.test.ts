@@ -95,6 +95,36 @@ t.test('maxBatchTokens caps a text batch by texts x longest text', async (t) => 
   await t.rejects(ClipModel.load(tinyModel, { maxBatchTokens: 0 }), { code: 'CLIP_INVALID_ARGUMENT' });
 });
 
+t.test('a text batch of mixed lengths runs as groups of similar length, in the batch order', async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu' });
+  t.teardown(() => model.dispose());
+  const context = model.info.contextLength;
+  // One word (3 ids with bos and eos) and full-length texts, interleaved: padded together they would be
+  // 16 x context token rows, as two groups 8 x 3 + 8 x context.
+  const words = ['cat', 'dog', 'tree', 'car', 'boat', 'bird', 'house', 'road'];
+  const long = words.map((word, i) => Array.from({ length: 100 }, (_, j) => `${word} ${i + j}`).join(' '));
+  const mixed = words.flatMap((word, i) => [word, long[i]]);
+  const alone: Float32Array[] = [];
+  for (const text of mixed) alone.push((await model.embedTexts([text]))[0]);
+  const before = model.stats().text;
+  const together = await model.embedTexts(mixed);
+  const after = model.stats().text;
+  t.same(
+    [after.batches - before.batches, after.forwards - before.forwards],
+    [1, 2],
+    `one batch of 16 texts (3 and ${context} ids), two forward passes`,
+  );
+  let worst = 0;
+  together.forEach((e, i) => (worst = Math.max(worst, maxAbsDiff(e, alone[i]))));
+  t.ok(worst <= 1e-5, `each text in its place, as embedded alone: max abs diff ${worst}`);
+
+  const similar = await model.embedTexts(words);
+  const last = model.stats().text;
+  t.same([last.batches - after.batches, last.forwards - after.forwards], [1, 1], 'similar lengths: one forward pass');
+  similar.forEach((e, i) => t.ok(maxAbsDiff(e, alone[2 * i]) <= 1e-5, `${words[i]}: as alone`));
+  t.equal(model.stats().image.forwards, model.stats().image.batches, 'an image batch is one forward pass');
+});
+
 t.test('padImageBatches: an image embeds to the same bits however it is batched', async (t) => {
   const model = await ClipModel.load(tinyModel, { device: 'cpu', maxBatchImages: 4, padImageBatches: true });
   t.teardown(() => model.dispose());
