@@ -64,8 +64,9 @@ export interface LoadOptions {
   /** Largest text batch. Default 64 on CPU, 256 on CUDA. */
   maxBatchTexts?: number;
   /**
-   * Largest text batch in token rows: texts in the batch times the longest of them in tokens (a batch pads to
-   * its longest text). A batch always takes at least one text. Default 16 x 77 on CPU (64 captions, or 16
+   * Largest text batch in token rows: texts in the batch times the longest of them in tokens (the most its
+   * padding can take; on the CPU texts of mixed lengths then run as groups of similar length, see
+   * {@link EncoderStats.forwards}). A batch always takes at least one text. Default 16 x 77 on CPU (64 captions, or 16
    * full-length texts), `maxBatchTexts` x 77 on CUDA.
    */
   maxBatchTokens?: number;
