@@ -124,10 +124,26 @@ __attribute__((target("avx512f"))) void PackKeys(const T* k, int64_t k_row, int6
   }
 }
 
-// The register tiles below: R rows of the result by NV vectors of 16
-// columns (at most 6 x 4: 24 accumulators, the operand vectors and a
-// broadcast in AVX-512's 32 registers), each product an FMA of a broadcast
-// element of one operand and a vector of the other.
+// The register tile of both products: acc[r][c] = sum over i < inner of
+// a[r * a_row + i] * b[i * b_row + 16 c, +16), R rows of the result by NV
+// vectors of 16 columns (at most 6 x 4: 24 accumulators, the operand vectors
+// and a broadcast in AVX-512's 32 registers), each product an FMA of a
+// broadcast element of a and a vector of b's row i.
+template <int R, int NV>
+__attribute__((target("avx512f"), always_inline)) inline void TileProducts(const float* a, int64_t a_row,
+                                                                           const float* b, int64_t b_row, int64_t inner,
+                                                                           __m512 (&acc)[R][NV]) {
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < inner; ++i) {
+    __m512 row[NV];
+    for (int c = 0; c < NV; ++c) row[c] = _mm512_loadu_ps(b + i * b_row + 16 * c);
+    for (int r = 0; r < R; ++r) {
+      const __m512 x = _mm512_set1_ps(a[r * a_row + i]);
+      for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_fmadd_ps(x, row[c], acc[r][c]);
+    }
+  }
+}
 
 // Scores of R query rows against NV * 16 keys: s[r, c] = (q[r, :] . kt[:, c])
 // * scale, the sum rounded to float (bfloat16 operands: to bfloat16) before
@@ -136,16 +152,7 @@ template <int R, int NV, bool kBFloat16>
 __attribute__((target("avx512f"))) void ScoresTile(const float* q, int64_t q_row, const float* kt, int64_t keys,
                                                    int64_t depth, float scale, float* s, int64_t s_row) {
   __m512 acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_setzero_ps();
-  for (int64_t d = 0; d < depth; ++d) {
-    __m512 column[NV];
-    for (int c = 0; c < NV; ++c) column[c] = _mm512_loadu_ps(kt + d * keys + 16 * c);
-    for (int r = 0; r < R; ++r) {
-      const __m512 x = _mm512_set1_ps(q[r * q_row + d]);
-      for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_fmadd_ps(x, column[c], acc[r][c]);
-    }
-  }
+  TileProducts<R, NV>(q, q_row, kt, keys, depth, acc);
   const __m512 factor = _mm512_set1_ps(scale);
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < NV; ++c) {
@@ -165,16 +172,7 @@ template <int R, int NV, typename T>
 __attribute__((target("avx512f"))) void WeightedTile(const float* w, int64_t w_row, const float* v, int64_t v_row,
                                                      int64_t n, T* out, int64_t out_row) {
   __m512 acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_setzero_ps();
-  for (int64_t j = 0; j < n; ++j) {
-    __m512 row[NV];
-    for (int c = 0; c < NV; ++c) row[c] = _mm512_loadu_ps(v + j * v_row + 16 * c);
-    for (int r = 0; r < R; ++r) {
-      const __m512 x = _mm512_set1_ps(w[r * w_row + j]);
-      for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_fmadd_ps(x, row[c], acc[r][c]);
-    }
-  }
+  TileProducts<R, NV>(w, w_row, v, v_row, n, acc);
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < NV; ++c) Store16(out + r * out_row + 16 * c, acc[r][c]);
 }
