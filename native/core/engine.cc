@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "threads.h"
@@ -78,6 +79,13 @@ std::vector<std::vector<size_t>> TextGroups(const std::vector<size_t>& lengths) 
   for (size_t j = n; j > 0; j = start[j]) groups.emplace_back(order.begin() + start[j], order.begin() + j);
   std::reverse(groups.begin(), groups.end());
   return groups;
+}
+
+// What an encoder must return for `rows` inputs: [rows, dim], contiguous.
+void CheckEncoderOutput(const torch::Tensor& output, int64_t rows) {
+  if (output.dim() != 2 || output.size(0) != rows || !output.is_contiguous()) {
+    throw ClipError(ErrorCode::kInternal, "the encoder returned shape " + c10::str(output.sizes()));
+  }
 }
 
 }  // namespace
@@ -485,13 +493,12 @@ void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch
           // pooling happens at the first eos, so the padding never reaches it.
           std::vector<size_t> lengths(batch.size());
           for (size_t i = 0; i < batch.size(); ++i) lengths[i] = std::max<size_t>(1, batch[i]->ids.size());
+          // On CUDA padding costs little beside another pass: one group.
           std::vector<std::vector<size_t>> groups;
-          if (model_->is_cuda()) {
-            groups.emplace_back(batch.size());
-            for (size_t i = 0; i < batch.size(); ++i) groups[0][i] = i;
-          } else {
-            groups = TextGroups(lengths);
-            if (groups.size() == 1) std::sort(groups[0].begin(), groups[0].end());  // the batch's own order
+          if (!model_->is_cuda()) groups = TextGroups(lengths);
+          if (groups.size() <= 1) {  // the batch in its own order
+            groups.assign(1, std::vector<size_t>(batch.size()));
+            std::iota(groups[0].begin(), groups[0].end(), size_t{0});
           }
           for (const std::vector<size_t>& group : groups) {
             size_t length = 1;
@@ -510,21 +517,16 @@ void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch
               output = part;
               break;
             }
-            if (part.dim() != 2 || part.size(0) != count || !part.is_contiguous()) {
-              throw ClipError(ErrorCode::kInternal, "the encoder returned shape " + c10::str(part.sizes()));
-            }
-            if (!output.defined()) output = torch::empty({n, part.size(1)}, part.options());
+            CheckEncoderOutput(part, count);
+            const int64_t dim = part.size(1);
+            if (!output.defined()) output = torch::empty({n, dim}, part.options());
             // Rows back in the batch's order.
-            const size_t row_bytes = static_cast<size_t>(part.size(1)) * sizeof(float);
-            for (int64_t k = 0; k < count; ++k) {
-              std::memcpy(output.data_ptr<float>() + group[k] * part.size(1), part.data_ptr<float>() + k * part.size(1),
-                          row_bytes);
-            }
+            const float* from = part.data_ptr<float>();
+            float* to = output.data_ptr<float>();
+            for (int64_t k = 0; k < count; ++k) std::memcpy(to + group[k] * dim, from + k * dim, dim * sizeof(float));
           }
         }
-        if (output.dim() != 2 || output.size(0) != n || !output.is_contiguous()) {
-          throw ClipError(ErrorCode::kInternal, "the encoder returned shape " + c10::str(output.sizes()));
-        }
+        CheckEncoderOutput(output, n);
       },
       &code, &message);
 
