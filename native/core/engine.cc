@@ -50,8 +50,9 @@ EngineRegistry& Registry() {
 
 // A batch of texts pads to its longest, and on the CPU a padding token costs
 // the linears as much as a real one (about a third of a millisecond per token
-// row for ViT-B/32's text encoder in float32 on 2 cores), while a forward has
-// a fixed cost of about 10-30 such rows (the small operators, thin products).
+// row for ViT-B/32's text encoder in float32 on a 2-core AMD EPYC, Zen 4),
+// while a forward has a fixed cost of about 10-30 such rows there (the small
+// operators, thin products; bench/optimizations.md).
 // So the CPU runs a batch of mixed lengths as groups of neighbouring lengths:
 // the split of the texts sorted by length that minimizes the sum, over the
 // groups, of kForwardRows + texts x longest. Returns the groups as indices
