@@ -125,8 +125,9 @@ export interface EncoderStats {
   /** Inference batches run. */
   batches: number;
   /**
-   * Forward passes run. On the CPU a text batch of mixed lengths runs as groups of similar length (each pads
-   * only to its own longest text) where that saves more padded tokens than a forward pass costs.
+   * Forward passes run. On the CPU a packed text batch (`info.cpuKernels.packedTexts`) is one pass; a padded one of
+   * mixed lengths runs as groups of similar length (each pads only to its own longest text) where that saves more
+   * padded tokens than a forward pass costs.
    */
   forwards: number;
   /** Items embedded. */

@@ -147,7 +147,8 @@ async function openJob(
     name: model.info.name,
     dtype: model.info.dtype,
     embedDim: model.info.embedDim,
-    ...(kernels ? { cpuKernels: `${kernels.image}/${kernels.text}` } : {}),
+    // Packed and padded text batches differ in the last bits (the linears see other rows).
+    ...(kernels ? { cpuKernels: `${kernels.image}/${kernels.text}${kernels.packedTexts ? ' packed' : ''}` } : {}),
   });
   await fs.promises.mkdir(store.dir, { recursive: true });
   const recorded = await store.readManifest();

@@ -39,7 +39,7 @@ export interface JobIdentity {
   version: 1;
   format: BatchFormat;
   partRows: number;
-  /** `cpuKernels`: the image/text kernels on the CPU (absent on CUDA). */
+  /** `cpuKernels`: the image/text kernels on the CPU, and ` packed` for packed text batches (absent on CUDA). */
   model: { name: string; dtype: string; embedDim: number; cpuKernels?: string };
   /** [name, size, mtimeMs] of every input file, in job order. */
   files: Array<[string, number, number]>;

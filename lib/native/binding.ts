@@ -106,6 +106,17 @@ export interface NativeCpuKernels {
     kernelMicroseconds: number | null;
     atenMicroseconds: number | null;
   };
+  /**
+   * Whether a batch of texts runs packed: the text encoder's linears, layer norms and activations on each text's
+   * tokens alone (up to its end-of-text token), not on the padding to the batch's longest text. True for archives
+   * with `forward_packed` (the exporter writes it) unless `CLIP_NATIVE_PACKED_TEXTS=0`.
+   */
+  packedTexts: boolean;
+  /**
+   * How many of the text encoder's attention layers, when packed, run each text's rows where they lie (clip-native's
+   * kernel, without padding them again); 0 where the attention runs on libtorch's operators.
+   */
+  packedAttentions: number;
 }
 
 export interface NativeModel {

@@ -434,6 +434,8 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     attention_choice.Set("atenMicroseconds",
                          measured ? Napi::Value(Napi::Number::New(env, k.attention_aten_us)) : env.Null());
     kernels.Set("attentionKernel", attention_choice);
+    kernels.Set("packedTexts", k.packed_texts);
+    kernels.Set("packedAttentions", k.text_packed_attentions);
     out.Set("cpuKernels", kernels);
   } else {
     out.Set("cpuKernels", env.Null());

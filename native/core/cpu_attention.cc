@@ -562,14 +562,98 @@ at::Tensor Attention(const at::Tensor& q, const at::Tensor& k_t, const at::Tenso
   return AttentionMatmul(at::softmax(AttentionMatmul(q, k_t, scale, causal_length), -1), v);
 }
 
+#ifdef CLIP_ATTENTION_KERNEL
+namespace {
+
+// Per text of a packed batch, {first row, rows} when pad_map and pack_map
+// are what a text encoder's forward_packed builds for `batch` texts padded
+// to `length` over `rows` packed rows (each text's kept slots a prefix of its
+// padded row, on consecutive packed rows; each padding slot its text's last
+// kept row); else empty.
+std::vector<std::pair<int64_t, int64_t>> PackedSegments(const at::Tensor& pad_map, const at::Tensor& pack_map,
+                                                        int64_t batch, int64_t length, int64_t rows) {
+  std::vector<std::pair<int64_t, int64_t>> segments;
+  if (pad_map.scalar_type() != at::kLong || pack_map.scalar_type() != at::kLong || !pad_map.device().is_cpu() ||
+      !pack_map.device().is_cpu() || pad_map.dim() != 1 || pack_map.dim() != 1 || batch < 1 || length < 1 ||
+      pad_map.size(0) != batch * length || pack_map.size(0) != rows) {
+    return {};
+  }
+  const at::Tensor pad = pad_map.contiguous(), pack = pack_map.contiguous();
+  const int64_t* pad_p = pad.data_ptr<int64_t>();
+  const int64_t* pack_p = pack.data_ptr<int64_t>();
+  int64_t next = 0;  // the first row of text i
+  for (int64_t i = 0; i < batch; ++i) {
+    const int64_t end = i + 1 < batch ? pad_p[(i + 1) * length] : rows;
+    const int64_t count = end - next;
+    if (pad_p[i * length] != next || count < 1 || count > length) return {};
+    for (int64_t p = 0; p < length; ++p) {
+      if (pad_p[i * length + p] != next + std::min(p, count - 1)) return {};
+    }
+    for (int64_t p = 0; p < count; ++p) {
+      if (pack_p[next + p] != i * length + p) return {};
+    }
+    segments.emplace_back(next, count);
+    next = end;
+  }
+  return segments;
+}
+
+}  // namespace
+#endif
+
+at::Tensor PackedAttention(const at::Tensor& qkv, const at::Tensor& pad_map, const at::Tensor& pack_map, int64_t batch,
+                           int64_t length, int64_t heads, double scale, bool causal) {
+#ifdef CLIP_ATTENTION_KERNEL
+  const int64_t rows = qkv.dim() == 2 ? qkv.size(0) : -1;
+  const int64_t width = heads > 0 && qkv.dim() == 2 && qkv.size(1) % (3 * heads) == 0 ? qkv.size(1) / 3 : -1;
+  const int64_t depth = width > 0 ? width / heads : -1;
+  if (causal && width > 0 && depth % 16 == 0 && depth <= 64 && length <= kMaxAttentionRows && rows > 0 &&
+      KernelOperands({&qkv}) && qkv.stride(1) == 1 && AttentionMatmulAvailable()) {
+    const std::vector<std::pair<int64_t, int64_t>> segments = PackedSegments(pad_map, pack_map, batch, length, rows);
+    if (!segments.empty()) {
+      at::Tensor out = at::empty({rows, width}, qkv.options());
+      const int64_t in_row = qkv.stride(0), out_row = out.stride(0);
+      const float scale_f = static_cast<float>(scale);
+      auto run = [&](auto* base, auto* op) {
+        at::parallel_for(0, batch * heads, 1, [&](int64_t first, int64_t last) {
+          Scratch scratch;
+          for (int64_t th = first; th < last; ++th) {
+            const auto [row, count] = segments[static_cast<size_t>(th / heads)];
+            const int64_t h = th % heads;
+            const auto* q = base + row * in_row + h * depth;
+            AttentionOne(q, in_row, q + width, in_row, q + 2 * width, in_row, count, count, depth, depth, scale_f,
+                         /*causal=*/true, scratch, op + row * out_row + h * depth, out_row);
+          }
+        });
+      };
+      if (qkv.scalar_type() == at::kFloat) {
+        run(qkv.data_ptr<float>(), out.data_ptr<float>());
+      } else {
+        run(qkv.data_ptr<c10::BFloat16>(), out.data_ptr<c10::BFloat16>());
+      }
+      return out;
+    }
+  }
+#endif
+  // The operators the graph ran: each text padded to `length` again, the
+  // attention per text, its kept rows packed back.
+  const at::Tensor padded = qkv.index_select(0, pad_map).view({batch, length, 3, heads, -1}).permute({2, 0, 3, 1, 4});
+  const at::Tensor out = Attention(padded[0], padded[1].transpose(-1, -2), padded[2], scale, causal ? length : -1);
+  return out.transpose(1, 2).reshape({batch * length, -1}).index_select(0, pack_map);
+}
+
 TORCH_LIBRARY_FRAGMENT(clip_native, m) {
   m.def("attention_matmul(Tensor a, Tensor b, float scale=1., int causal_length=-1) -> Tensor");
   m.def("attention(Tensor q, Tensor k_t, Tensor v, float scale=1., int causal_length=-1) -> Tensor");
+  m.def(
+      "packed_attention(Tensor qkv, Tensor pad_map, Tensor pack_map, int batch, int length, int heads, float scale, "
+      "bool causal) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(clip_native, CPU, m) {
   m.impl("attention_matmul", &AttentionMatmul);
   m.impl("attention", &Attention);
+  m.impl("packed_attention", &PackedAttention);
 }
 
 }  // namespace clip

@@ -63,6 +63,23 @@ at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b, double scal
 at::Tensor Attention(const at::Tensor& q, const at::Tensor& k_t, const at::Tensor& v, double scale = 1.0,
                      int64_t causal_length = -1);
 
+// The attention of a packed text batch (a text encoder's forward_packed):
+// qkv [T, 3 W], the input projection's output on the T kept rows of `batch`
+// texts; pad_map [batch * length], the row of each slot of the texts padded
+// to `length` (a padding slot: its text's last kept row); pack_map [T], the
+// slot of each kept row. Returns [T, W]: for each text and each of `heads`
+// heads, softmax(q k^T * scale [causal]) v over the text's own rows, what
+// index_select(qkv, 0, pad_map) viewed as [batch, length, 3, heads, W /
+// heads], Attention per text and head, and index_select of the result's
+// [batch * length, W] rows by pack_map compute, and how it computes it
+// where the kernel cannot (not causal, maps of another form, other types
+// or sizes). The kernel runs each text's rows in place, without the
+// padding: no copies of qkv, no products over padding slots. Also the
+// TorchScript operator clip_native::packed_attention, which Model::Load puts
+// in place of those operators.
+at::Tensor PackedAttention(const at::Tensor& qkv, const at::Tensor& pad_map, const at::Tensor& pack_map, int64_t batch,
+                           int64_t length, int64_t heads, double scale, bool causal);
+
 }  // namespace clip
 
 #endif  // CLIP_NATIVE_CORE_CPU_ATTENTION_H_

@@ -494,9 +494,11 @@ void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch
           // pooling happens at the first eos, so the padding never reaches it.
           std::vector<size_t> lengths(batch.size());
           for (size_t i = 0; i < batch.size(); ++i) lengths[i] = std::max<size_t>(1, batch[i]->ids.size());
-          // On CUDA padding costs little beside another pass: one group.
+          // On CUDA padding costs little beside another pass, and a packed
+          // text encoder (Model's forward_packed) runs no padding through its
+          // linears: one group.
           std::vector<std::vector<size_t>> groups;
-          if (!model_->is_cuda()) groups = TextGroups(lengths);
+          if (!model_->is_cuda() && !model_->cpu_kernels().packed_texts) groups = TextGroups(lengths);
           if (groups.size() <= 1) {  // the batch in its own order
             groups.assign(1, std::vector<size_t>(batch.size()));
             std::iota(groups[0].begin(), groups[0].end(), size_t{0});

@@ -141,6 +141,30 @@ torch::jit::script::Module LoadArchive(const std::string& path, const torch::Dev
   }
 }
 
+// When `archive` (a text encoder) has the method forward_packed, with
+// forward's signature and outputs, makes it the body of forward, so that
+// freezing, the kernel rewrites below and every forward take it, and returns
+// true. A padded batch spends as much on a padding token as on a real one;
+// forward_packed runs the linears on the tokens that reach an output alone
+// (tools/clip_native_export/model.py). CPU only: it sizes its rows from the
+// ids (a device-to-host copy on CUDA).
+bool UsePackedTextForward(torch::jit::script::Module& archive) {
+  const auto packed = archive.find_method("forward_packed");
+  if (!packed) return false;
+  const std::shared_ptr<torch::jit::Graph> source = packed->graph();
+  const std::shared_ptr<torch::jit::Graph> forward = archive.get_method("forward").graph();
+  if (source->inputs().size() != 2 || forward->inputs().size() != 2 || source->outputs().size() != 1 ||
+      forward->outputs().size() != 1 || source->inputs()[0]->type() != forward->inputs()[0]->type()) {
+    return false;
+  }
+  forward->eraseOutput(0);
+  for (auto it = forward->nodes().rbegin(); it != forward->nodes().rend(); ++it) it.destroyCurrent();
+  const std::vector<torch::jit::Value*> outputs = torch::jit::insertGraph(*forward, *source, forward->inputs());
+  forward->registerOutput(outputs.at(0));
+  forward->lint();
+  return true;
+}
+
 // --- CPU inference graph ------------------------------------------------------
 // libtorch runs float32 aten::linear on MKL's sgemm, which takes a generic
 // code path on CPUs other than Intel's: on the AVX-512 AMD EPYC of
@@ -457,6 +481,94 @@ int RewriteAttentionMatmuls(const std::shared_ptr<torch::jit::Graph>& graph, int
   return static_cast<int>(matmuls.size());
 }
 
+// The node of kind `kind` that computes `value`, else null.
+torch::jit::Node* Producer(torch::jit::Value* value, c10::Symbol kind) {
+  return value->node()->kind() == kind ? value->node() : nullptr;
+}
+
+bool IsConstantInt(torch::jit::Value* value, int64_t expected) {
+  const auto ivalue = torch::jit::toIValue(value);
+  return ivalue && ivalue->isInt() && ivalue->toInt() == expected;
+}
+
+// The attention of a packed text forward (the exporter's forward_packed:
+// index_select(qkv, 0, pad_map) viewed as [N, L, -1] and as [N, L, 3, H, D],
+// permuted, q k v selected, clip_native::attention, its result transposed,
+// reshaped to [N, L, W] and [N * L, -1] and index_select(_, 0, pack_map))
+// -> clip_native::packed_attention (cpu_attention.h), which runs each
+// text's rows where they are. Returns how many were rewritten.
+int RewritePackedAttention(const std::shared_ptr<torch::jit::Graph>& graph) {
+  const auto attention = c10::Symbol::fromQualString("clip_native::attention");
+  const auto packed_attention = c10::Symbol::fromQualString("clip_native::packed_attention");
+  struct Match {
+    torch::jit::Node* scatter;
+    torch::jit::Value *qkv, *pad_map, *pack_map, *batch, *length;
+    int64_t heads;
+    double scale;
+    bool causal;
+  };
+  std::vector<Match> matches;
+  for (torch::jit::Node* node : graph->nodes()) {
+    if (node->kind() != attention || node->inputs().size() != 5) continue;
+    // Inputs: q = select(p, 0, 0), k^T = transpose(select(p, 0, 1), -1, -2), v = select(p, 0, 2).
+    torch::jit::Node* q = Producer(node->input(0), c10::aten::select);
+    torch::jit::Node* kt = Producer(node->input(1), c10::aten::transpose);
+    torch::jit::Node* k = kt ? Producer(kt->input(0), c10::aten::select) : nullptr;
+    torch::jit::Node* v = Producer(node->input(2), c10::aten::select);
+    if (!q || !k || !v || !IsConstantInt(kt->input(1), -1) || !IsConstantInt(kt->input(2), -2)) continue;
+    torch::jit::Value* p = q->input(0);
+    bool selects = true;
+    int64_t index = 0;
+    for (torch::jit::Node* select : {q, k, v}) {
+      selects = selects && select->input(0) == p && IsConstantInt(select->input(1), 0) &&
+                IsConstantInt(select->input(2), index++);
+    }
+    torch::jit::Node* permute = Producer(p, c10::aten::permute);
+    if (!selects || !permute) continue;
+    const auto order = torch::jit::toIValue(permute->input(1));
+    if (!order || !order->isIntList() || order->toIntVector() != std::vector<int64_t>{2, 0, 3, 1, 4}) continue;
+    // view(view(index_select(qkv, 0, pad_map), [N, L, -1]), [N, L, 3, H, D])
+    torch::jit::Node* heads_view = Producer(permute->input(0), c10::aten::view);
+    torch::jit::Node* rows_view = heads_view ? Producer(heads_view->input(0), c10::aten::view) : nullptr;
+    torch::jit::Node* gather = rows_view ? Producer(rows_view->input(0), c10::aten::index_select) : nullptr;
+    if (!gather || !IsConstantInt(gather->input(1), 0)) continue;
+    torch::jit::Node* heads_size = Producer(heads_view->input(1), c10::prim::ListConstruct);
+    torch::jit::Node* rows_size = Producer(rows_view->input(1), c10::prim::ListConstruct);
+    if (!heads_size || !rows_size || heads_size->inputs().size() != 5 || rows_size->inputs().size() != 3 ||
+        heads_size->input(0) != rows_size->input(0) || heads_size->input(1) != rows_size->input(1) ||
+        !IsConstantInt(heads_size->input(2), 3) || !IsConstantInt(rows_size->input(2), -1)) {
+      continue;
+    }
+    const auto heads = torch::jit::toIValue(heads_size->input(3));
+    const std::optional<double> scale = ConstantNumber(node->input(3));
+    torch::jit::Value* length = rows_size->input(1);
+    const bool causal = node->input(4) == length;
+    if (!heads || !heads->isInt() || !scale || (!causal && !IsConstantInt(node->input(4), -1))) continue;
+    // Output: index_select(reshape(reshape(transpose(out, 1, 2), [N, L, W]), [N * L, -1]), 0, pack_map)
+    torch::jit::Node* transpose = SoleUser(node->output(), c10::aten::transpose);
+    if (!transpose || !IsConstantInt(transpose->input(1), 1) || !IsConstantInt(transpose->input(2), 2)) continue;
+    torch::jit::Node* heads_merged = SoleUser(transpose->output(), c10::aten::reshape);
+    torch::jit::Node* flat = heads_merged ? SoleUser(heads_merged->output(), c10::aten::reshape) : nullptr;
+    torch::jit::Node* scatter = flat ? SoleUser(flat->output(), c10::aten::index_select) : nullptr;
+    if (!scatter || !IsConstantInt(scatter->input(1), 0)) continue;
+    matches.push_back({scatter, gather->input(0), gather->input(2), scatter->input(2), rows_size->input(0), length,
+                       heads->toInt(), *scale, causal});
+  }
+  for (const Match& m : matches) {
+    torch::jit::WithInsertPoint insert_point(m.scatter);
+    torch::jit::Node* fused = graph->create(
+        packed_attention, {m.qkv, m.pad_map, m.pack_map, m.batch, m.length, graph->insertConstant(m.heads),
+                           graph->insertConstant(m.scale), graph->insertConstant(m.causal)});
+    fused->output()->setType(c10::TensorType::get());
+    graph->insertNode(fused);
+    m.scatter->output()->replaceAllUsesWith(fused->output());
+  }
+  // The chains' nodes, from the gather to the scatter, now have no users.
+  torch::jit::EliminateDeadCode(graph);
+  graph->lint();
+  return static_cast<int>(matches.size());
+}
+
 // Linears with constant float32 weights -> quantized::linear_dynamic on
 // per-channel int8 weights packed once for `engine`: activations are
 // quantized per call (per tensor, from their range), products accumulate in
@@ -636,9 +748,10 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
                               bool attention_kernel) {
   Model::Encoder encoder;
   auto rewrite_attention = [&] {
-    if (attention_kernel)
-      encoder.attention_matmuls =
-          RewriteAttentionMatmuls(encoder.module.get_method("forward").graph(), &encoder.fused_attentions);
+    if (!attention_kernel) return;
+    const std::shared_ptr<torch::jit::Graph> graph = encoder.module.get_method("forward").graph();
+    encoder.attention_matmuls = RewriteAttentionMatmuls(graph, &encoder.fused_attentions);
+    encoder.packed_attentions = RewritePackedAttention(graph);
   };
   encoder.kernel = name;
   const bool bfloat16 = precision == Precision::kBFloat16;
@@ -1004,6 +1117,14 @@ std::shared_ptr<Model> Model::LoadOnThisThread(const std::string& directory, con
     model->text_encoder_.module = text_archive;
     model->image_encoder_.kernel = model->text_encoder_.kernel = "cuda";
   } else {
+    const char* packed = std::getenv("CLIP_NATIVE_PACKED_TEXTS");
+    if (packed && std::string(packed) != "0" && std::string(packed) != "1") {
+      throw ClipError(ErrorCode::kInvalidArgument,
+                      "Expected 0 or 1 for CLIP_NATIVE_PACKED_TEXTS but received \"" + std::string(packed) + "\"");
+    }
+    if (!(packed && std::string(packed) == "0")) {
+      model->cpu_kernels_.packed_texts = UsePackedTextForward(text_archive);
+    }
     model->ChooseCpuKernels(image_archive, text_archive, options);
   }
 
@@ -1108,6 +1229,7 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
   cpu_kernels_.text_attention_matmuls = text_encoder_.attention_matmuls;
   cpu_kernels_.image_fused_attentions = image_encoder_.fused_attentions;
   cpu_kernels_.text_fused_attentions = text_encoder_.fused_attentions;
+  cpu_kernels_.text_packed_attentions = text_encoder_.packed_attentions;
 }
 
 int64_t Model::cuda_stream_id() const {

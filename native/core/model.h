@@ -85,6 +85,13 @@ struct CpuKernelChoice {
   std::string attention_selected_by;
   double attention_kernel_us = -1;
   double attention_aten_us = -1;
+  // Whether the text encoder runs its archive's forward_packed (the linears
+  // on each text's tokens alone, not on the batch's padding): archives the
+  // exporter writes have it; CLIP_NATIVE_PACKED_TEXTS=0 turns it off.
+  bool packed_texts = false;
+  // How many of the text encoder's fused attention layers then run each
+  // text's rows in place (clip_native::packed_attention).
+  int text_packed_attentions = 0;
 };
 
 class Model {
@@ -131,6 +138,7 @@ class Model {
     bool autocast = false;      // CPU autocast to bfloat16 around the forward
     int attention_matmuls = 0;  // rewritten to clip_native::attention_matmul
     int fused_attentions = 0;   // of those, pairs fused into clip_native::attention
+    int packed_attentions = 0;  // of those, clip_native::packed_attention
   };
 
  private:

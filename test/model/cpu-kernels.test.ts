@@ -19,14 +19,21 @@ const texts = fs
   .filter(Boolean)
   .map((line) => (JSON.parse(line) as { text: string }).text);
 
-async function embedAll(options: { dtype: DType; cpuKernels?: string; attentionKernel?: '0' | '1' }) {
-  const { attentionKernel, ...loadOptions } = options;
-  const restore = setEnv('CLIP_NATIVE_ATTENTION_KERNEL', attentionKernel);
+async function embedAll(options: {
+  dtype: DType;
+  cpuKernels?: string;
+  attentionKernel?: '0' | '1';
+  packedTexts?: '0' | '1';
+}) {
+  const { attentionKernel, packedTexts, ...loadOptions } = options;
+  const restoreAttention = setEnv('CLIP_NATIVE_ATTENTION_KERNEL', attentionKernel);
+  const restorePacked = setEnv('CLIP_NATIVE_PACKED_TEXTS', packedTexts);
   let model: ClipModel;
   try {
     model = await ClipModel.load(tinyModel, { device: 'cpu', ...loadOptions });
   } finally {
-    restore();
+    restoreAttention();
+    restorePacked();
   }
   try {
     const [imageVectors, textVectors] = await Promise.all([model.embedImages(images), model.embedTexts(texts)]);
@@ -44,8 +51,9 @@ const REQUIRED: Record<string, { cosine?: number; maxAbsDiff?: number }> = {
 
 t.test('every candidate of every CPU dtype, forced, agrees with float32 through libtorch', async (t) => {
   t.ok(images.length >= 10 && texts.length >= 20, 'reference images and strings are there');
-  // libtorch's own linear on the frozen archive: the TorchScript reference.
-  const reference = await embedAll({ dtype: 'float32', cpuKernels: 'aten' });
+  // libtorch's own linear on the frozen archive, texts through its padded forward: the TorchScript reference.
+  const reference = await embedAll({ dtype: 'float32', cpuKernels: 'aten', packedTexts: '0' });
+  t.equal(reference.info.cpuKernels!.packedTexts, false, 'the reference runs texts padded');
   for (const dtype of ['float32', 'bfloat16', 'int8'] as const) {
     const auto = await embedAll({ dtype });
     const candidates = auto.info.cpuKernels!.candidates;
@@ -77,6 +85,12 @@ t.test('every candidate of every CPU dtype, forced, agrees with float32 through 
         kernels.fusedAttentions,
         { image: ownAttention ? 2 : 0, text: ownAttention ? 2 : 0 },
         `${label}: attention layers fused`,
+      );
+      // Texts run packed (the archive has forward_packed); the fused layers then take each text's rows in place.
+      t.same(
+        [kernels.packedTexts, kernels.packedAttentions],
+        [true, ownAttention ? 2 : 0],
+        `${label}: packed texts, attention layers on packed rows`,
       );
       let worstCosine = 1;
       let worstDiff = 0;
@@ -169,6 +183,30 @@ t.test('auto measures the attention kernel against libtorch once per process and
   t.equal(attention.kernel, attention.kernelMicroseconds! < attention.atenMicroseconds!, 'the faster one kept');
   t.same(second.info.cpuKernels!.attentionKernel, attention, 'the same measurement for the next load');
 });
+
+t.test(
+  'CLIP_NATIVE_PACKED_TEXTS=0 runs text batches padded, as the archive forward does; it takes 0 or 1',
+  async (t) => {
+    t.teardown(setEnv('CLIP_NATIVE_PACKED_TEXTS', '0'));
+    const padded = await ClipModel.load(tinyModel, { device: 'cpu' });
+    t.same([padded.info.cpuKernels!.packedTexts, padded.info.cpuKernels!.packedAttentions], [false, 0], 'padded');
+    const paddedVectors = await padded.embedTexts(texts);
+    await padded.dispose();
+    process.env.CLIP_NATIVE_PACKED_TEXTS = '1';
+    const packed = await ClipModel.load(tinyModel, { device: 'cpu' });
+    t.equal(packed.info.cpuKernels!.packedTexts, true, 'packed');
+    const packedVectors = await packed.embedTexts(texts);
+    await packed.dispose();
+    let worst = 0;
+    packedVectors.forEach((v, i) => (worst = Math.max(worst, maxAbsDiff(v, paddedVectors[i]))));
+    t.ok(worst <= 1e-5, `${texts.length} texts of mixed lengths in one call, packed vs padded: max abs diff ${worst}`);
+    process.env.CLIP_NATIVE_PACKED_TEXTS = 'yes';
+    await t.rejects(ClipModel.load(tinyModel, { device: 'cpu' }), {
+      code: 'CLIP_INVALID_ARGUMENT',
+      message: 'Expected 0 or 1 for CLIP_NATIVE_PACKED_TEXTS but received "yes"',
+    });
+  },
+);
 
 t.test('CLIP_NATIVE_ATTENTION_KERNEL takes 0 or 1', async (t) => {
   t.teardown(setEnv('CLIP_NATIVE_ATTENTION_KERNEL', 'yes'));

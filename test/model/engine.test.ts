@@ -5,7 +5,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import t from 'tap';
 import { TaskKind } from '../../lib/native/binding';
 import { ClipModel } from '../../lib/index';
-import { maxAbsDiff, root, tinyModel } from '../helpers/env';
+import { maxAbsDiff, root, setEnv, tinyModel } from '../helpers/env';
 import { makePng, sampleImages } from '../helpers/images';
 
 const dist = path.join(root, 'dist', 'index.js');
@@ -95,9 +95,12 @@ t.test('maxBatchTokens caps a text batch by texts x longest text', async (t) => 
   await t.rejects(ClipModel.load(tinyModel, { maxBatchTokens: 0 }), { code: 'CLIP_INVALID_ARGUMENT' });
 });
 
-t.test('a text batch of mixed lengths runs as groups of similar length, in the batch order', async (t) => {
-  const model = await ClipModel.load(tinyModel, { device: 'cpu' });
+t.test('a padded text batch of mixed lengths runs as groups of similar length, in the batch order', async (t) => {
+  // Padded: an archive without forward_packed, or CLIP_NATIVE_PACKED_TEXTS=0.
+  const restore = setEnv('CLIP_NATIVE_PACKED_TEXTS', '0');
+  const model = await ClipModel.load(tinyModel, { device: 'cpu' }).finally(restore);
   t.teardown(() => model.dispose());
+  t.equal(model.info.cpuKernels!.packedTexts, false);
   const context = model.info.contextLength;
   // One word (3 ids with bos and eos) and full-length texts, interleaved: padded together they would be
   // 16 x context token rows, as two groups 8 x 3 + 8 x context.
@@ -123,6 +126,25 @@ t.test('a text batch of mixed lengths runs as groups of similar length, in the b
   t.same([last.batches - after.batches, last.forwards - after.forwards], [1, 1], 'similar lengths: one forward pass');
   similar.forEach((e, i) => t.ok(maxAbsDiff(e, alone[2 * i]) <= 1e-5, `${words[i]}: as alone`));
   t.equal(model.stats().image.forwards, model.stats().image.batches, 'an image batch is one forward pass');
+});
+
+t.test('a packed text batch of mixed lengths is one forward pass, each text as embedded alone', async (t) => {
+  const model = await ClipModel.load(tinyModel, { device: 'cpu' });
+  t.teardown(() => model.dispose());
+  t.equal(model.info.cpuKernels!.packedTexts, true, 'the exporter writes forward_packed');
+  const words = ['cat', 'dog', 'tree', 'car', 'boat', 'bird', 'house', 'road'];
+  const long = words.map((word, i) => Array.from({ length: 100 }, (_, j) => `${word} ${i + j}`).join(' '));
+  // 16 texts: at most 16 x 77 padded token rows, the CPU's default token budget of one batch.
+  const mixed = words.flatMap((word, i) => [word, i % 2 ? long[i] : `${word} and a ${words[(i + 1) % 8]}`]);
+  const alone: Float32Array[] = [];
+  for (const text of mixed) alone.push((await model.embedTexts([text]))[0]);
+  const before = model.stats().text;
+  const together = await model.embedTexts(mixed);
+  const after = model.stats().text;
+  t.same([after.batches - before.batches, after.forwards - before.forwards], [1, 1], 'one batch, one forward pass');
+  let worst = 0;
+  together.forEach((e, i) => (worst = Math.max(worst, maxAbsDiff(e, alone[i]))));
+  t.ok(worst <= 1e-5, `each of ${mixed.length} texts in its place, as embedded alone: max abs diff ${worst}`);
 });
 
 t.test('padImageBatches: an image embeds to the same bits however it is batched', async (t) => {

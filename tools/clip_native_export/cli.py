@@ -237,6 +237,8 @@ def _smoke_test(directory: Path, image: torch.nn.Module, text: torch.nn.Module, 
                 raise RuntimeError(f"{name} returned {got.dtype}{list(got.shape)}, expected float32{list(expected_shape)}")
             if not torch.isfinite(got).all() or (got - want).abs().max().item() > 1e-4:
                 raise RuntimeError(f"{name} does not reproduce the eager model after reloading")
+            if name == TEXT_FILE and (loaded.forward_packed(inputs) - want).abs().max().item() > 1e-4:
+                raise RuntimeError(f"{name}: forward_packed does not reproduce forward")
 
 
 def write_model_dir(out: Path, image: torch.nn.Module, text: torch.nn.Module, cfg: ClipConfig,

@@ -166,16 +166,25 @@ class MatmulAttention(nn.Module):
         self.qkv_proj = nn.Linear(width, 3 * width, device=device)
         self.out_proj = nn.Linear(width, width, device=device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.size(0), x.size(1), x.size(2)
-        qkv = self.qkv_proj(x).view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    def attend(self, qkv: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+        """The heads' attention: qkv [N, L, 3W] (the input projection's output) -> [N, L, W]."""
+        qkv = qkv.view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
         if self.causal:
-            future = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+            future = torch.ones(length, length, dtype=torch.bool, device=qkv.device).triu(1)
             scores = scores.masked_fill(future, float("-inf"))
         weights = torch.softmax(scores, dim=-1)
-        out = torch.matmul(weights, v).transpose(1, 2).reshape(batch, length, width)
+        return torch.matmul(weights, v).transpose(1, 2).reshape(batch, length, self.heads * self.head_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.attend(self.qkv_proj(x), x.size(0), x.size(1)))
+
+    def forward_packed(self, x: torch.Tensor, pad_map: torch.Tensor, pack_map: torch.Tensor, batch: int,
+                       length: int) -> torch.Tensor:
+        """forward on packed rows (see TextEncoder.forward_packed): x [T, W] -> [T, W]."""
+        qkv = self.qkv_proj(x).index_select(0, pad_map).view(batch, length, -1)
+        out = self.attend(qkv, batch, length).reshape(batch * length, -1).index_select(0, pack_map)
         return self.out_proj(out)
 
 
@@ -194,11 +203,21 @@ class SdpaAttention(nn.Module):
         self.qkv_proj = nn.Linear(width, 3 * width, device=device)
         self.out_proj = nn.Linear(width, width, device=device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.size(0), x.size(1), x.size(2)
-        qkv = self.qkv_proj(x).view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    def attend(self, qkv: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+        """The heads' attention: qkv [N, L, 3W] (the input projection's output) -> [N, L, W]."""
+        qkv = qkv.view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=self.causal)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        return out.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.attend(self.qkv_proj(x), x.size(0), x.size(1)))
+
+    def forward_packed(self, x: torch.Tensor, pad_map: torch.Tensor, pack_map: torch.Tensor, batch: int,
+                       length: int) -> torch.Tensor:
+        """forward on packed rows (see TextEncoder.forward_packed): x [T, W] -> [T, W]."""
+        qkv = self.qkv_proj(x).index_select(0, pad_map).view(batch, length, -1)
+        out = self.attend(qkv, batch, length).reshape(batch * length, -1).index_select(0, pack_map)
+        return self.out_proj(out)
 
 
 class Block(nn.Module):
@@ -216,16 +235,29 @@ class Block(nn.Module):
         self.act = make_activation(cfg.hidden_act)
         self.fc2 = nn.Linear(cfg.mlp_width, cfg.width, device=device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's second half, with its residual."""
         return x + self.fc2(self.act(self.fc1(self.layer_norm2(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x + self.self_attn(self.layer_norm1(x)))
 
     def forward_pooled(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """forward(x)[arange(N), rows]: [N, L, W] -> [N, W] for the last block, whose other rows no output
         reads. Attention still sees every row; the MLP (two thirds of a block's work) runs on one row each."""
         x = x + self.self_attn(self.layer_norm1(x))
-        h = x[torch.arange(x.size(0), device=x.device), rows]
-        return h + self.fc2(self.act(self.fc1(self.layer_norm2(h))))
+        return self.mlp(x[torch.arange(x.size(0), device=x.device), rows])
+
+    def forward_packed(self, x: torch.Tensor, pad_map: torch.Tensor, pack_map: torch.Tensor, batch: int,
+                       length: int) -> torch.Tensor:
+        """forward on packed rows (see TextEncoder.forward_packed): x [T, W] -> [T, W]."""
+        return self.mlp(x + self.self_attn.forward_packed(self.layer_norm1(x), pad_map, pack_map, batch, length))
+
+    def forward_packed_pooled(self, x: torch.Tensor, pad_map: torch.Tensor, pack_map: torch.Tensor, batch: int,
+                              length: int, rows: torch.Tensor) -> torch.Tensor:
+        """forward_pooled on packed rows: x [T, W] -> [N, W], `rows` the pooled rows' indices in x."""
+        x = x + self.self_attn.forward_packed(self.layer_norm1(x), pad_map, pack_map, batch, length)
+        return self.mlp(x.index_select(0, rows))
 
 
 # --- towers ------------------------------------------------------------------------------------
@@ -303,17 +335,23 @@ class TextEncoder(nn.Module):
         self.final_layer_norm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps, device=device)
         self.projection = nn.Linear(cfg.width, projection_dim, bias=False, device=device)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def check_input(self, input_ids: torch.Tensor) -> None:
         if input_ids.dim() != 2 or input_ids.size(1) < 1 or input_ids.size(1) > self.context_length:
             raise ValueError("Expected input_ids of shape [N, L] with 1 <= L <= {} but received {}".format(
                 self.context_length, input_ids.size()))
+
+    def pooled_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Per text, the position whose row is its embedding: int64[N] (the first end-of-text token)."""
+        if self.pool_argmax:
+            return input_ids.argmax(dim=-1)
+        return (input_ids == self.eos_token_id).to(torch.int32).argmax(dim=-1)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        self.check_input(input_ids)
         input_ids = input_ids.to(torch.long)
         length = input_ids.size(1)
         x = self.token_embedding(input_ids) + self.position_embedding[:length]
-        if self.pool_argmax:
-            positions = input_ids.argmax(dim=-1)
-        else:
-            positions = (input_ids == self.eos_token_id).to(torch.int32).argmax(dim=-1)
+        positions = self.pooled_positions(input_ids)
         # The last block computes only the pooled rows (the causal mask keeps every other row out of them).
         for i, layer in enumerate(self.layers):
             if i + 1 < self.num_layers:
@@ -322,6 +360,34 @@ class TextEncoder(nn.Module):
                 x = layer.forward_pooled(x, positions)
         # LayerNorm is per token, so normalizing only the pooled rows equals Hugging Face's
         # final_layer_norm over the whole sequence followed by the gather.
+        return self.projection(self.final_layer_norm(x))
+
+    @torch.jit.export
+    def forward_packed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """forward(input_ids), with the linears run on each text's tokens up to its pooled one alone.
+
+        A padded batch spends as much on a padding token as on a real one, and the tokens after a text's pooled
+        one never reach its output (the causal mask). Here the tokens that do are packed into one sequence of
+        T rows (text after text) for the linears, layer norms and activations; only the attention's products
+        see each text padded to the batch's length L again (pad_map, [N * L]: each slot's row, a padding slot
+        its text's last kept row, which the causal mask hides from the rows that are kept) and pack_map ([T]:
+        each kept row's slot) packs their output back. Same outputs as forward within the linears' rounding.
+        """
+        self.check_input(input_ids)
+        input_ids = input_ids.to(torch.long)
+        batch, length = input_ids.size(0), input_ids.size(1)
+        positions = self.pooled_positions(input_ids)
+        kept = (torch.arange(length, device=input_ids.device).unsqueeze(0) <= positions.unsqueeze(1)).view(-1)
+        pack_map = kept.nonzero().view(-1)
+        pad_map = kept.cumsum(0) - 1
+        rows = pad_map.index_select(0, torch.arange(batch, device=input_ids.device) * length + positions)
+        x = (self.token_embedding(input_ids) + self.position_embedding[:length]).view(batch * length, -1)
+        x = x.index_select(0, pack_map)
+        for i, layer in enumerate(self.layers):
+            if i + 1 < self.num_layers:
+                x = layer.forward_packed(x, pad_map, pack_map, batch, length)
+            else:
+                x = layer.forward_packed_pooled(x, pad_map, pack_map, batch, length, rows)
         return self.projection(self.final_layer_norm(x))
 
 

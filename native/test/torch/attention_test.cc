@@ -1,5 +1,5 @@
-// Standalone test for clip::AttentionMatmul and clip::Attention
-// (cpu_attention.h) against the aten operators they stand for: matmul, then
+// Standalone test for clip::AttentionMatmul, clip::Attention and
+// clip::PackedAttention (cpu_attention.h) against the aten operators they stand for: matmul, then
 // mul by the scale, then masked_fill(triu(ones(L, L), 1), -inf) (and for
 // Attention softmax and the weighted sum's matmul after them). Covers the kernel's shapes (image
 // and caption attention, views into a QKV projection's output), the shapes
@@ -10,8 +10,10 @@
 // any failure.
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <iostream>
@@ -177,6 +179,91 @@ void TestThreads() {
   Check(at::equal(fused_one, fused_many), "attention: the same bits on 1 and " + std::to_string(saved) + " threads");
 }
 
+// A packed batch of texts as a text encoder's forward_packed lays it out:
+// qkv [T, 3 * heads * width] (text after text), pad_map (each slot of the
+// texts padded to the longest: its row; a padding slot its text's last row)
+// and pack_map (each row's slot).
+struct Packed {
+  at::Tensor qkv, pad_map, pack_map;
+  std::vector<int64_t> lengths;
+  int64_t length = 0;
+};
+Packed MakePacked(const std::vector<int64_t>& lengths, int64_t heads, int64_t width, uint64_t seed,
+                  at::ScalarType dtype) {
+  Packed p;
+  p.lengths = lengths;
+  int64_t rows = 0;
+  for (int64_t l : lengths) {
+    rows += l;
+    p.length = std::max(p.length, l);
+  }
+  auto generator = at::detail::createCPUGenerator(seed);
+  p.qkv = at::randn({rows, 3 * heads * width}, generator).to(dtype);
+  std::vector<int64_t> pad, pack;
+  int64_t first = 0;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    for (int64_t j = 0; j < p.length; ++j) pad.push_back(first + std::min(j, lengths[i] - 1));
+    for (int64_t j = 0; j < lengths[i]; ++j) pack.push_back(static_cast<int64_t>(i) * p.length + j);
+    first += lengths[i];
+  }
+  p.pad_map = at::tensor(pad, at::kLong);
+  p.pack_map = at::tensor(pack, at::kLong);
+  return p;
+}
+
+// Each text's causal attention on its own rows, with the reference chain.
+at::Tensor PackedReference(const Packed& p, int64_t heads, double scale) {
+  std::vector<at::Tensor> parts;
+  int64_t first = 0;
+  for (int64_t l : p.lengths) {
+    const at::Tensor x = p.qkv.narrow(0, first, l).view({l, 3, heads, -1}).permute({1, 2, 0, 3});  // [3, H, l, D]
+    const at::Tensor weights = at::softmax(Reference(x[0], x[1].transpose(-1, -2), scale, l), -1);
+    parts.push_back(at::matmul(weights, x[2]).transpose(0, 1).reshape({l, -1}));
+    first += l;
+  }
+  return at::cat(parts);
+}
+
+void TestPackedAttention() {
+  const int64_t heads = 8, width = 64;
+  const double scale = 0.125;
+  for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    const std::string type = dtype == at::kFloat ? "float32" : "bfloat16";
+    for (const std::vector<int64_t>& lengths :
+         std::vector<std::vector<int64_t>>{{7}, {1}, {12, 5, 22, 1, 9, 17, 7, 13}, {77, 3, 40}, {2, 2, 2, 2}}) {
+      const Packed p = MakePacked(lengths, heads, width, 11 + lengths.size(), dtype);
+      const int64_t batch = static_cast<int64_t>(lengths.size());
+      const at::Tensor got = clip::PackedAttention(p.qkv, p.pad_map, p.pack_map, batch, p.length, heads, scale, true);
+      CheckClose(
+          got, PackedReference(p, heads, scale),
+          "packed attention, " + type + ", " + std::to_string(batch) + " texts, longest " + std::to_string(p.length));
+    }
+  }
+  // Maps of another form (a padding slot pointing at another text's row),
+  // or no causal mask: the operators of the graph, index_select, the padded
+  // attention, index_select back.
+  Packed p = MakePacked({5, 9, 3}, heads, width, 21, at::kFloat);
+  auto chain = [&](const at::Tensor& pad_map, bool causal) {
+    const at::Tensor x = p.qkv.index_select(0, pad_map).view({3, p.length, 3, heads, -1}).permute({2, 0, 3, 1, 4});
+    const at::Tensor weights = at::softmax(Reference(x[0], x[1].transpose(-1, -2), scale, causal ? p.length : -1), -1);
+    return at::matmul(weights, x[2]).transpose(1, 2).reshape({3 * p.length, -1}).index_select(0, p.pack_map);
+  };
+  at::Tensor odd = p.pad_map.clone();
+  odd[7] = 16;  // text 0's padding slot 7 -> text 2's last row
+  CheckClose(clip::PackedAttention(p.qkv, odd, p.pack_map, 3, p.length, heads, scale, true), chain(odd, true),
+             "packed attention, a map of another form");
+  CheckClose(clip::PackedAttention(p.qkv, p.pad_map, p.pack_map, 3, p.length, heads, scale, false),
+             chain(p.pad_map, false), "packed attention, not causal");
+  // Threads split (text, head) pairs: the same bits on any number.
+  const Packed q = MakePacked({12, 5, 22, 1, 9}, heads, width, 31, at::kFloat);
+  const int saved = at::get_num_threads();
+  at::set_num_threads(1);
+  const at::Tensor one = clip::PackedAttention(q.qkv, q.pad_map, q.pack_map, 5, q.length, heads, scale, true);
+  at::set_num_threads(saved);
+  const at::Tensor many = clip::PackedAttention(q.qkv, q.pad_map, q.pack_map, 5, q.length, heads, scale, true);
+  Check(at::equal(one, many), "packed attention: the same bits on 1 and " + std::to_string(saved) + " threads");
+}
+
 }  // namespace
 
 int main() {
@@ -188,6 +275,7 @@ int main() {
     TestAttentionScores();
     TestOtherInputs();
     TestThreads();
+    TestPackedAttention();
   } catch (const std::exception& e) {
     Check(false, std::string("unexpected exception: ") + e.what());
   }
