@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { binding } from '../../lib/native/binding';
+import { binding, TaskKind } from '../../lib/native/binding';
 import { ClipModel, type DType } from '../../lib/index';
 import { cosine, fixtures, maxAbsDiff, setEnv, tinyModel } from '../helpers/env';
 
@@ -200,6 +200,26 @@ t.test(
     let worst = 0;
     packedVectors.forEach((v, i) => (worst = Math.max(worst, maxAbsDiff(v, paddedVectors[i]))));
     t.ok(worst <= 1e-5, `${texts.length} texts of mixed lengths in one call, packed vs padded: max abs diff ${worst}`);
+    // Token ids as callers may give them: no end-of-text (pooled at the first token), ids after it, one id alone.
+    const [bos, eos] = [49406, 49407];
+    const ids = [
+      [bos, 320, 1125, 539, 320, 2368, eos],
+      [bos, 320, 1125, 539],
+      [bos, 320, eos, 1929, 530, 4163, eos, 320],
+      [bos],
+      [bos, ...Array.from({ length: 75 }, (_, i) => 400 + i), eos],
+    ].map((a) => Int32Array.from(a));
+    process.env.CLIP_NATIVE_PACKED_TEXTS = '0';
+    const paddedIds = await ClipModel.load(tinyModel, { device: 'cpu' });
+    const fromPadded = await paddedIds._submit(TaskKind.TokenIds, ids);
+    await paddedIds.dispose();
+    delete process.env.CLIP_NATIVE_PACKED_TEXTS;
+    const packedIds = await ClipModel.load(tinyModel, { device: 'cpu' });
+    const fromPacked = await packedIds._submit(TaskKind.TokenIds, ids);
+    await packedIds.dispose();
+    fromPacked.forEach((v, i) =>
+      t.ok(maxAbsDiff(v, fromPadded[i]) <= 1e-5, `token ids ${i} (${ids[i].length} ids), packed vs padded`),
+    );
     process.env.CLIP_NATIVE_PACKED_TEXTS = 'yes';
     await t.rejects(ClipModel.load(tinyModel, { device: 'cpu' }), {
       code: 'CLIP_INVALID_ARGUMENT',
