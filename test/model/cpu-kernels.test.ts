@@ -211,11 +211,11 @@ t.test(
     ].map((a) => Int32Array.from(a));
     process.env.CLIP_NATIVE_PACKED_TEXTS = '0';
     const paddedIds = await ClipModel.load(tinyModel, { device: 'cpu' });
-    const fromPadded = await paddedIds._submit(TaskKind.TokenIds, ids);
+    const fromPadded = (await paddedIds._submit(TaskKind.TokenIds, ids)) as Float32Array[];
     await paddedIds.dispose();
     delete process.env.CLIP_NATIVE_PACKED_TEXTS;
     const packedIds = await ClipModel.load(tinyModel, { device: 'cpu' });
-    const fromPacked = await packedIds._submit(TaskKind.TokenIds, ids);
+    const fromPacked = (await packedIds._submit(TaskKind.TokenIds, ids)) as Float32Array[];
     await packedIds.dispose();
     fromPacked.forEach((v, i) =>
       t.ok(maxAbsDiff(v, fromPadded[i]) <= 1e-5, `token ids ${i} (${ids[i].length} ids), packed vs padded`),
