@@ -13,7 +13,9 @@ import { splitRequest } from '../helpers/azure';
 import { request, type Answer } from '../helpers/http';
 import { sampleImages } from '../helpers/images';
 
-const TOLERANCE = 1e-6;
+// float32's bound everywhere in the tests: a route batches its inputs otherwise than the direct call that made the
+// expected vectors, and an embedding can differ in its last bits with the batch it runs in (~1e-6 on the tiny model).
+const TOLERANCE = 1e-5;
 const JSON_TYPE = { 'content-type': 'application/json' };
 const texts = ['a photo of a cat', 'a diagram', 'two dogs playing in the snow'];
 const images: Buffer[] = sampleImages(3);
