@@ -149,25 +149,46 @@ def make_activation(name: str) -> nn.Module:
 # --- transformer blocks ------------------------------------------------------------------------
 
 
-class MatmulAttention(nn.Module):
-    """Multi-head self-attention with explicit matmul/softmax (operators libtorch 1.13 has)."""
-
-    heads: torch.jit.Final[int]
-    head_dim: torch.jit.Final[int]
-    scale: torch.jit.Final[float]
-    causal: torch.jit.Final[bool]
+class _Attention(nn.Module):
+    """Multi-head self-attention: the input and output projections around `attend`, each kind's own."""
 
     def __init__(self, width: int, heads: int, causal: bool, device: Optional[str] = None):
         super().__init__()
         self.heads = heads
         self.head_dim = width // heads
-        self.scale = self.head_dim ** -0.5
         self.causal = causal
         self.qkv_proj = nn.Linear(width, 3 * width, device=device)
         self.out_proj = nn.Linear(width, width, device=device)
 
     def attend(self, qkv: torch.Tensor, batch: int, length: int) -> torch.Tensor:
         """The heads' attention: qkv [N, L, 3W] (the input projection's output) -> [N, L, W]."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.attend(self.qkv_proj(x), x.size(0), x.size(1)))
+
+    def forward_packed(self, x: torch.Tensor, pad_map: torch.Tensor, pack_map: torch.Tensor, batch: int,
+                       length: int) -> torch.Tensor:
+        """forward on packed rows (see TextEncoder.forward_packed): x [T, W] -> [T, W]."""
+        qkv = self.qkv_proj(x).index_select(0, pad_map).view(batch, length, -1)
+        out = self.attend(qkv, batch, length).reshape(batch * length, -1).index_select(0, pack_map)
+        return self.out_proj(out)
+
+
+class MatmulAttention(_Attention):
+    """Attention with explicit matmul/softmax (operators libtorch 1.13 has)."""
+
+    # Constants of the scripted graphs (TorchScript reads a class's own annotations only).
+    heads: torch.jit.Final[int]
+    head_dim: torch.jit.Final[int]
+    scale: torch.jit.Final[float]
+    causal: torch.jit.Final[bool]
+
+    def __init__(self, width: int, heads: int, causal: bool, device: Optional[str] = None):
+        super().__init__(width, heads, causal, device)
+        self.scale = self.head_dim ** -0.5
+
+    def attend(self, qkv: torch.Tensor, batch: int, length: int) -> torch.Tensor:
         qkv = qkv.view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
@@ -177,47 +198,18 @@ class MatmulAttention(nn.Module):
         weights = torch.softmax(scores, dim=-1)
         return torch.matmul(weights, v).transpose(1, 2).reshape(batch, length, self.heads * self.head_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.attend(self.qkv_proj(x), x.size(0), x.size(1)))
 
-    def forward_packed(self, x: torch.Tensor, pad_map: torch.Tensor, pack_map: torch.Tensor, batch: int,
-                       length: int) -> torch.Tensor:
-        """forward on packed rows (see TextEncoder.forward_packed): x [T, W] -> [T, W]."""
-        qkv = self.qkv_proj(x).index_select(0, pad_map).view(batch, length, -1)
-        out = self.attend(qkv, batch, length).reshape(batch * length, -1).index_select(0, pack_map)
-        return self.out_proj(out)
-
-
-class SdpaAttention(nn.Module):
+class SdpaAttention(_Attention):
     """Same weights and math as MatmulAttention through the fused kernel (libtorch >= 2.0)."""
 
     heads: torch.jit.Final[int]
     head_dim: torch.jit.Final[int]
     causal: torch.jit.Final[bool]
 
-    def __init__(self, width: int, heads: int, causal: bool, device: Optional[str] = None):
-        super().__init__()
-        self.heads = heads
-        self.head_dim = width // heads
-        self.causal = causal
-        self.qkv_proj = nn.Linear(width, 3 * width, device=device)
-        self.out_proj = nn.Linear(width, width, device=device)
-
     def attend(self, qkv: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-        """The heads' attention: qkv [N, L, 3W] (the input projection's output) -> [N, L, W]."""
         qkv = qkv.view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=self.causal)
         return out.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.attend(self.qkv_proj(x), x.size(0), x.size(1)))
-
-    def forward_packed(self, x: torch.Tensor, pad_map: torch.Tensor, pack_map: torch.Tensor, batch: int,
-                       length: int) -> torch.Tensor:
-        """forward on packed rows (see TextEncoder.forward_packed): x [T, W] -> [T, W]."""
-        qkv = self.qkv_proj(x).index_select(0, pad_map).view(batch, length, -1)
-        out = self.attend(qkv, batch, length).reshape(batch * length, -1).index_select(0, pack_map)
-        return self.out_proj(out)
 
 
 class Block(nn.Module):
