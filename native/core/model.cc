@@ -1122,7 +1122,10 @@ std::shared_ptr<Model> Model::LoadOnThisThread(const std::string& directory, con
       throw ClipError(ErrorCode::kInvalidArgument,
                       "Expected 0 or 1 for CLIP_NATIVE_PACKED_TEXTS but received \"" + std::string(packed) + "\"");
     }
-    if (!(packed && std::string(packed) == "0")) {
+    // CLIP_NATIVE_CPU_GRAPH=0 runs the archives as loaded (ChooseCpuKernels): their padded forward too.
+    const char* graph = std::getenv("CLIP_NATIVE_CPU_GRAPH");
+    const bool as_loaded = graph && std::string(graph) == "0" && options.precision != Precision::kInt8;
+    if (!(packed && std::string(packed) == "0") && !as_loaded) {
       model->cpu_kernels_.packed_texts = UsePackedTextForward(text_archive);
     }
     model->ChooseCpuKernels(image_archive, text_archive, options);

@@ -220,6 +220,11 @@ t.test(
     fromPacked.forEach((v, i) =>
       t.ok(maxAbsDiff(v, fromPadded[i]) <= 1e-5, `token ids ${i} (${ids[i].length} ids), packed vs padded`),
     );
+    // CLIP_NATIVE_CPU_GRAPH=0: the archives as loaded, texts through their padded forward.
+    const restoreGraph = setEnv('CLIP_NATIVE_CPU_GRAPH', '0');
+    const asLoaded = await ClipModel.load(tinyModel, { device: 'cpu' }).finally(restoreGraph);
+    t.same([asLoaded.info.cpuKernels!.text, asLoaded.info.cpuKernels!.packedTexts], ['archive', false], 'as loaded');
+    await asLoaded.dispose();
     process.env.CLIP_NATIVE_PACKED_TEXTS = 'yes';
     await t.rejects(ClipModel.load(tinyModel, { device: 'cpu' }), {
       code: 'CLIP_INVALID_ARGUMENT',
