@@ -65,7 +65,7 @@ export interface LoadOptions {
   maxBatchTexts?: number;
   /**
    * Largest text batch in token rows: texts in the batch times the longest of them in tokens (the most its
-   * padding can take; on the CPU texts of mixed lengths then run as groups of similar length, see
+   * padding can take; on the CPU a batch runs packed, or as groups of similar length where it runs padded, see
    * {@link EncoderStats.forwards}). A batch always takes at least one text. Default 16 x 77 on CPU (64 captions, or 16
    * full-length texts), `maxBatchTexts` x 77 on CUDA.
    */

@@ -368,21 +368,28 @@ torch::jit::Node* SoleUser(torch::jit::Value* value, c10::Symbol kind) {
   return use.user->kind() == kind && use.offset == 0 ? use.user : nullptr;
 }
 
+// The node of kind `kind` that computes `value`, else null.
+torch::jit::Node* Producer(torch::jit::Value* value, c10::Symbol kind) {
+  return value->node()->kind() == kind ? value->node() : nullptr;
+}
+
+// Whether `value` is the constant integer `expected`.
+bool IsConstantInt(torch::jit::Value* value, int64_t expected) {
+  const auto ivalue = torch::jit::toIValue(value);
+  return ivalue && ivalue->isInt() && ivalue->toInt() == expected;
+}
+
 // L when `mask` is triu(ones([L, L], dtype=bool), 1), the text encoder's
 // causal mask; else null.
 torch::jit::Value* CausalMaskLength(torch::jit::Value* mask) {
-  torch::jit::Node* triu = mask->node();
-  if (triu->kind() != c10::aten::triu || triu->inputs().size() != 2) return nullptr;
-  const auto diagonal = torch::jit::toIValue(triu->input(1));
-  if (!diagonal || !diagonal->isInt() || diagonal->toInt() != 1) return nullptr;
-  torch::jit::Node* ones = triu->input(0)->node();
-  if (ones->kind() != c10::aten::ones || ones->inputs().size() != 5) return nullptr;
-  const auto dtype = torch::jit::toIValue(ones->input(1));
-  if (!dtype || !dtype->isInt() || dtype->toInt() != static_cast<int64_t>(at::kBool)) return nullptr;
-  torch::jit::Node* size = ones->input(0)->node();
-  if (size->kind() != c10::prim::ListConstruct || size->inputs().size() != 2 || size->input(0) != size->input(1)) {
+  torch::jit::Node* triu = Producer(mask, c10::aten::triu);
+  if (!triu || triu->inputs().size() != 2 || !IsConstantInt(triu->input(1), 1)) return nullptr;
+  torch::jit::Node* ones = Producer(triu->input(0), c10::aten::ones);
+  if (!ones || ones->inputs().size() != 5 || !IsConstantInt(ones->input(1), static_cast<int64_t>(at::kBool))) {
     return nullptr;
   }
+  torch::jit::Node* size = Producer(ones->input(0), c10::prim::ListConstruct);
+  if (!size || size->inputs().size() != 2 || size->input(0) != size->input(1)) return nullptr;
   return size->input(0);
 }
 
@@ -479,16 +486,6 @@ int RewriteAttentionMatmuls(const std::shared_ptr<torch::jit::Graph>& graph, int
   torch::jit::EliminateDeadCode(graph);
   graph->lint();
   return static_cast<int>(matmuls.size());
-}
-
-// The node of kind `kind` that computes `value`, else null.
-torch::jit::Node* Producer(torch::jit::Value* value, c10::Symbol kind) {
-  return value->node()->kind() == kind ? value->node() : nullptr;
-}
-
-bool IsConstantInt(torch::jit::Value* value, int64_t expected) {
-  const auto ivalue = torch::jit::toIValue(value);
-  return ivalue && ivalue->isInt() && ivalue->toInt() == expected;
 }
 
 // The attention of a packed text forward (the exporter's forward_packed:
@@ -944,25 +941,41 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
   return std::move(built[winner]);
 }
 
+// A switch of the environment that takes 0 or 1: unset or empty -> nullopt;
+// anything else is refused (CLIP_INVALID_ARGUMENT).
+std::optional<bool> SwitchFromEnvironment(const char* name) {
+  const char* env = std::getenv(name);
+  const std::string value = env ? env : "";
+  if (value.empty()) return std::nullopt;
+  if (value != "0" && value != "1") {
+    throw ClipError(ErrorCode::kInvalidArgument,
+                    std::string("Expected 0 or 1 for ") + name + " but received \"" + value + "\"");
+  }
+  return value == "1";
+}
+
+// CLIP_NATIVE_CPU_GRAPH=0 runs the archives as loaded (the stock graph of the
+// benchmarks), where the precision allows it: no candidate graphs, texts
+// through the archive's padded forward.
+bool RunArchivesAsLoaded(Precision precision) {
+  const char* graph = std::getenv("CLIP_NATIVE_CPU_GRAPH");
+  return graph && std::string(graph) == "0" && precision != Precision::kInt8;
+}
+
 // Whether the attention's products run on clip-native's kernel
 // (cpu_attention.h) rather than libtorch's matmul: CLIP_NATIVE_ATTENTION_KERNEL
 // (1 or 0) when set; else, when `measure` (a calibrating load), whichever
 // was faster on this machine, measured once per process; else the fixed rule,
 // which every process on the machine follows alike (reproducible bits).
 void ChooseAttentionKernel(Precision precision, bool measure, CpuKernelChoice* choice) {
-  const char* env = std::getenv("CLIP_NATIVE_ATTENTION_KERNEL");
-  const std::string forced = env ? env : "";
-  if (!forced.empty() && forced != "0" && forced != "1") {
-    throw ClipError(ErrorCode::kInvalidArgument,
-                    "Expected 0 or 1 for CLIP_NATIVE_ATTENTION_KERNEL but received \"" + forced + "\"");
-  }
+  const std::optional<bool> forced = SwitchFromEnvironment("CLIP_NATIVE_ATTENTION_KERNEL");
   choice->attention_kernel = false;
   if (!AttentionMatmulAvailable()) {
     choice->attention_selected_by = "not applicable";
     return;
   }
-  if (!forced.empty()) {
-    choice->attention_kernel = forced == "1";
+  if (forced) {
+    choice->attention_kernel = *forced;
     choice->attention_selected_by = "environment";
     return;
   }
@@ -1117,15 +1130,7 @@ std::shared_ptr<Model> Model::LoadOnThisThread(const std::string& directory, con
     model->text_encoder_.module = text_archive;
     model->image_encoder_.kernel = model->text_encoder_.kernel = "cuda";
   } else {
-    const char* packed = std::getenv("CLIP_NATIVE_PACKED_TEXTS");
-    if (packed && std::string(packed) != "0" && std::string(packed) != "1") {
-      throw ClipError(ErrorCode::kInvalidArgument,
-                      "Expected 0 or 1 for CLIP_NATIVE_PACKED_TEXTS but received \"" + std::string(packed) + "\"");
-    }
-    // CLIP_NATIVE_CPU_GRAPH=0 runs the archives as loaded (ChooseCpuKernels): their padded forward too.
-    const char* graph = std::getenv("CLIP_NATIVE_CPU_GRAPH");
-    const bool as_loaded = graph && std::string(graph) == "0" && options.precision != Precision::kInt8;
-    if (!(packed && std::string(packed) == "0") && !as_loaded) {
+    if (SwitchFromEnvironment("CLIP_NATIVE_PACKED_TEXTS").value_or(true) && !RunArchivesAsLoaded(options.precision)) {
       model->cpu_kernels_.packed_texts = UsePackedTextForward(text_archive);
     }
     model->ChooseCpuKernels(image_archive, text_archive, options);
@@ -1186,10 +1191,7 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
     forced = env ? env : "";
     source = "environment";
   }
-  // CLIP_NATIVE_CPU_GRAPH=0 runs the archives as loaded (the stock graph of
-  // the benchmarks), where the precision allows it.
-  const char* graph = std::getenv("CLIP_NATIVE_CPU_GRAPH");
-  if (graph && std::string(graph) == "0" && precision_ != Precision::kInt8) {
+  if (RunArchivesAsLoaded(precision_)) {
     candidates = {"archive"};
     forced = "archive";
     source = "environment";
