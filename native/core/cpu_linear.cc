@@ -27,48 +27,81 @@ namespace {
 constexpr int kPanel = 32;  // output features per panel: two zmm registers
 constexpr int kTile = 14;   // rows per two-register tile: 28 accumulators of the 32 registers
 
-// `kRows` rows of x against `kWidth` registers (16 features each) of one
-// panel. Each step over k loads the panel's weights once and uses them for
-// every row, so a call streams the weights from memory once.
-template <int kRows, int kWidth>
-__attribute__((target("avx512f"))) void Tile(const float* x, int64_t ldx, const float* panel, int64_t k_size,
-                                             const __m512* bias, float* y, int64_t ldy, const __mmask16* mask) {
-  __m512 acc[kWidth][kRows];
+// Row tiles: the rows of x split as evenly as possible into tiles of at
+// most kTile rows (50 rows: 13 + 13 + 12 + 12). In float32 each tile is
+// copied k-major ([k][rows], contiguous) before the products, so a tile's
+// step over k reads its inputs from one cache line or two; read in place,
+// the rows of a wide input (3072 floats: 12 KB apart) fall into one cache
+// set and evict each other.
+struct RowTile {
+  int64_t first;
+  int rows;
+};
+
+std::vector<RowTile> SplitRows(int64_t m, int tile) {
+  const int64_t count = (m + tile - 1) / tile;
+  std::vector<RowTile> tiles;
+  tiles.reserve(static_cast<size_t>(count));
+  int64_t first = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const int rows = static_cast<int>((m - first) / (count - i));
+    tiles.push_back({first, rows});
+    first += rows;
+  }
+  return tiles;
+}
+
+// x [m, k] floats -> each tile's rows k-major at offset first * k of `out`.
+void PackRowTiles(const float* x, int64_t k, const std::vector<RowTile>& tiles, float* out) {
+  for (const RowTile& tile : tiles) {
+    const float* src = x + tile.first * k;
+    float* dst = out + tile.first * k;
+    for (int r = 0; r < tile.rows; ++r) {
+      for (int64_t i = 0; i < k; ++i) dst[i * tile.rows + r] = src[r * k + i];
+    }
+  }
+}
+
+// `kRows` rows (k-major, `xt`) against the two registers of one panel. Each
+// step over k loads the panel's weights once and uses them for every row.
+template <int kRows>
+__attribute__((target("avx512f"))) void Tile(const float* xt, const float* panel, int64_t k_size, const __m512* bias,
+                                             float* y, int64_t ldy, const __mmask16* mask) {
+  __m512 acc[2][kRows];
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
-#pragma GCC unroll 2
-    for (int w = 0; w < kWidth; ++w) acc[w][r] = bias[w];
+    acc[0][r] = bias[0];
+    acc[1][r] = bias[1];
   }
   const float* p = panel;
-  for (int64_t k = 0; k < k_size; ++k, p += kPanel) {
+  const float* x = xt;
+  for (int64_t k = 0; k < k_size; ++k, p += kPanel, x += kRows) {
     // About 1.5 KB ahead: the hardware prefetcher alone leaves the loads waiting.
     _mm_prefetch(reinterpret_cast<const char*>(p + kPanel * 12), _MM_HINT_T0);
-    if (kWidth == 2) _mm_prefetch(reinterpret_cast<const char*>(p + kPanel * 12 + 16), _MM_HINT_T0);
-    __m512 weights[kWidth];
-#pragma GCC unroll 2
-    for (int w = 0; w < kWidth; ++w) weights[w] = _mm512_load_ps(p + 16 * w);
+    _mm_prefetch(reinterpret_cast<const char*>(p + kPanel * 12 + 16), _MM_HINT_T0);
+    const __m512 w0 = _mm512_load_ps(p);
+    const __m512 w1 = _mm512_load_ps(p + 16);
 #pragma GCC unroll 32
     for (int r = 0; r < kRows; ++r) {
-      const __m512 xv = _mm512_set1_ps(x[r * ldx + k]);
-#pragma GCC unroll 2
-      for (int w = 0; w < kWidth; ++w) acc[w][r] = _mm512_fmadd_ps(xv, weights[w], acc[w][r]);
+      const __m512 xv = _mm512_set1_ps(x[r]);
+      acc[0][r] = _mm512_fmadd_ps(xv, w0, acc[0][r]);
+      acc[1][r] = _mm512_fmadd_ps(xv, w1, acc[1][r]);
     }
   }
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
-#pragma GCC unroll 2
-    for (int w = 0; w < kWidth; ++w) _mm512_mask_storeu_ps(y + r * ldy + 16 * w, mask[w], acc[w][r]);
+    _mm512_mask_storeu_ps(y + r * ldy, mask[0], acc[0][r]);
+    _mm512_mask_storeu_ps(y + r * ldy + 16, mask[1], acc[1][r]);
   }
 }
 
-// Runs Tile<rows, kWidth> for a row count known only at run time.
-template <int kWidth, int kRows = 1>
-__attribute__((target("avx512f"))) void TileRows(int rows, const float* x, int64_t ldx, const float* panel,
-                                                 int64_t k_size, const __m512* bias, float* y, int64_t ldy,
-                                                 const __mmask16* mask) {
+// Runs Tile<rows> for a row count known only at run time.
+template <int kRows = 1>
+__attribute__((target("avx512f"))) void TileRows(int rows, const float* xt, const float* panel, int64_t k_size,
+                                                 const __m512* bias, float* y, int64_t ldy, const __mmask16* mask) {
   if constexpr (kRows <= kTile) {
-    if (rows == kRows) return Tile<kRows, kWidth>(x, ldx, panel, k_size, bias, y, ldy, mask);
-    TileRows<kWidth, kRows + 1>(rows, x, ldx, panel, k_size, bias, y, ldy, mask);
+    if (rows == kRows) return Tile<kRows>(xt, panel, k_size, bias, y, ldy, mask);
+    TileRows<kRows + 1>(rows, xt, panel, k_size, bias, y, ldy, mask);
   }
 }
 
@@ -88,16 +121,19 @@ struct PanelEdge {
   }
 };
 
-__attribute__((target("avx512f"))) void Panels(const float* x, int64_t rows, int64_t k_size, const float* packed,
-                                               const float* bias, int64_t n_size, float* y, int64_t first,
-                                               int64_t last) {
+// Every row tile against panels [first, last), panel by panel: a panel's
+// weights come from memory once and stay in cache for the tiles after the
+// first.
+__attribute__((target("avx512f"))) void Panels(const float* xt, const std::vector<RowTile>& tiles, int64_t k_size,
+                                               const float* packed, const float* bias, int64_t n_size, float* y,
+                                               int64_t first, int64_t last) {
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanel;
     const PanelEdge edge(bias, n0, n_size);
     const float* panel = packed + p * k_size * kPanel;
-    for (int64_t r = 0; r < rows; r += kTile) {
-      const int count = static_cast<int>(std::min<int64_t>(kTile, rows - r));
-      TileRows<2>(count, x + r * k_size, k_size, panel, k_size, edge.bias, y + r * n_size + n0, n_size, edge.mask);
+    for (const RowTile& tile : tiles) {
+      TileRows(tile.rows, xt + tile.first * k_size, panel, k_size, edge.bias, y + tile.first * n_size + n0, n_size,
+               edge.mask);
     }
   }
 }
@@ -106,58 +142,59 @@ __attribute__((target("avx512f"))) void Panels(const float* x, int64_t rows, int
 // lane holds a pair of bfloat16 along k, and one vdpbf16ps adds both
 // products of a pair to a float32 accumulator. Half the bytes of float32
 // weights to stream, twice the products per instruction.
-template <int kRows, int kWidth>
+template <int kRows>
 __attribute__((target("avx512f,avx512bf16"))) void TileBf16(const uint32_t* x, int64_t ldx, const uint16_t* panel,
                                                             int64_t pairs, const __m512* bias, float* y, int64_t ldy) {
-  __m512 acc[kWidth][kRows];
+  __m512 acc[2][kRows];
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
-#pragma GCC unroll 2
-    for (int w = 0; w < kWidth; ++w) acc[w][r] = bias[w];
+    acc[0][r] = bias[0];
+    acc[1][r] = bias[1];
   }
   const uint16_t* p = panel;
   for (int64_t k = 0; k < pairs; ++k, p += 2 * kPanel) {
     _mm_prefetch(reinterpret_cast<const char*>(p + 2 * kPanel * 12), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(p + 2 * kPanel * 12 + 32), _MM_HINT_T0);
-    __m512bh weights[kWidth];
-#pragma GCC unroll 2
-    for (int w = 0; w < kWidth; ++w) weights[w] = (__m512bh)_mm512_load_si512(p + 32 * w);
+    const __m512bh w0 = (__m512bh)_mm512_load_si512(p);
+    const __m512bh w1 = (__m512bh)_mm512_load_si512(p + 32);
 #pragma GCC unroll 32
     for (int r = 0; r < kRows; ++r) {
       const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[r * ldx + k]));
-#pragma GCC unroll 2
-      for (int w = 0; w < kWidth; ++w) acc[w][r] = _mm512_dpbf16_ps(acc[w][r], xv, weights[w]);
+      acc[0][r] = _mm512_dpbf16_ps(acc[0][r], xv, w0);
+      acc[1][r] = _mm512_dpbf16_ps(acc[1][r], xv, w1);
     }
   }
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
-#pragma GCC unroll 2
-    for (int w = 0; w < kWidth; ++w) _mm512_storeu_ps(y + r * ldy + 16 * w, acc[w][r]);
+    _mm512_storeu_ps(y + r * ldy, acc[0][r]);
+    _mm512_storeu_ps(y + r * ldy + 16, acc[1][r]);
   }
 }
 
-template <int kWidth, int kRows = 1>
+template <int kRows = 1>
 __attribute__((target("avx512f,avx512bf16"))) void TileRowsBf16(int rows, const uint32_t* x, int64_t ldx,
                                                                 const uint16_t* panel, int64_t pairs,
                                                                 const __m512* bias, float* y, int64_t ldy) {
   if constexpr (kRows <= kTile) {
-    if (rows == kRows) return TileBf16<kRows, kWidth>(x, ldx, panel, pairs, bias, y, ldy);
-    TileRowsBf16<kWidth, kRows + 1>(rows, x, ldx, panel, pairs, bias, y, ldy);
+    if (rows == kRows) return TileBf16<kRows>(x, ldx, panel, pairs, bias, y, ldy);
+    TileRowsBf16<kRows + 1>(rows, x, ldx, panel, pairs, bias, y, ldy);
   }
 }
 
-// Rows of x (bfloat16 pairs) against panels [first, last); y is float32
-// [rows, panels * 32] (whole panels: the caller narrows and converts).
-__attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* x, int64_t rows, int64_t pairs,
-                                                              const uint16_t* packed, const float* bias, int64_t n_size,
-                                                              float* y, int64_t ldy, int64_t first, int64_t last) {
+// Row tiles of x (bfloat16 pairs, read in place: a row of pairs is half
+// the bytes of a float32 row, and copying the tiles measured slower here)
+// against panels [first, last); y is float32 [rows, panels * 32] (whole
+// panels: the caller narrows and converts).
+__attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* x, const std::vector<RowTile>& tiles,
+                                                              int64_t pairs, const uint16_t* packed, const float* bias,
+                                                              int64_t n_size, float* y, int64_t ldy, int64_t first,
+                                                              int64_t last) {
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanel;
     const PanelEdge edge(bias, n0, n_size);
     const uint16_t* panel = packed + p * pairs * 2 * kPanel;
-    for (int64_t r = 0; r < rows; r += kTile) {
-      const int count = static_cast<int>(std::min<int64_t>(kTile, rows - r));
-      TileRowsBf16<2>(count, x + r * pairs, pairs, panel, pairs, edge.bias, y + r * ldy + n0, ldy);
+    for (const RowTile& tile : tiles) {
+      TileRowsBf16(tile.rows, x + tile.first * pairs, pairs, panel, pairs, edge.bias, y + tile.first * ldy + n0, ldy);
     }
   }
 }
@@ -249,13 +286,14 @@ at::Tensor SmallRowLinearBf16(const at::Tensor& x, const at::Tensor& packed, con
   shape.back() = out_features;
   at::Tensor y = at::empty({m, panels * 32}, x.options().dtype(at::kFloat));
 #ifdef CLIP_SMALL_ROW_KERNEL
+  const int64_t pairs = k / 2;
+  const std::vector<RowTile> tiles = SplitRows(m, kTile);
   const auto* xp = reinterpret_cast<const uint32_t*>(rows.data_ptr<at::BFloat16>());
   const auto* pp = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
   const float* bp = bias ? bias_float.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  const int64_t pairs = k / 2;
   at::parallel_for(0, panels, 1, [&](int64_t first, int64_t last) {
-    PanelsBf16(xp, m, pairs, pp, bp, out_features, yp, panels * 32, first, last);
+    PanelsBf16(xp, tiles, pairs, pp, bp, out_features, yp, panels * 32, first, last);
   });
 #endif
   return y.narrow(1, 0, out_features).to(at::kBFloat16).view(shape);
@@ -305,12 +343,20 @@ at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c
   shape.back() = out_features;
   at::Tensor y = at::empty({m, out_features}, x.options());
 #ifdef CLIP_SMALL_ROW_KERNEL
+  const std::vector<RowTile> tiles = SplitRows(m, kTile);
   const float* xp = rows.data_ptr<float>();
   const float* pp = packed.data_ptr<float>();
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, packed.size(0), 1,
-                   [&](int64_t first, int64_t last) { Panels(xp, m, k, pp, bp, out_features, yp, first, last); });
+  at::parallel_for(0, packed.size(0), 1, [&](int64_t first, int64_t last) {
+    // Each thread copies the tiles for itself: as long as one thread's copy,
+    // and no second parallel region (whose wake-up costs more than the copy
+    // at these sizes).
+    thread_local std::vector<float> xt;
+    if (xt.size() < static_cast<size_t>(m * k)) xt.resize(static_cast<size_t>(m * k));
+    PackRowTiles(xp, k, tiles, xt.data());
+    Panels(xt.data(), tiles, k, pp, bp, out_features, yp, first, last);
+  });
 #endif
   return y.view(shape);
 }

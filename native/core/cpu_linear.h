@@ -1,7 +1,7 @@
-// A float32 linear for few rows on AVX-512: the text encoder at batch 1-2
-// runs 14-40 rows against every weight matrix, where streaming the weights
-// from memory bounds the time and oneDNN's blocked kernels leave bandwidth
-// unused. Larger inputs go to oneDNN, which is faster there.
+// A float32 linear for few rows on AVX-512: the text encoder at batch 1-4
+// runs 7-64 rows against every weight matrix, where oneDNN's blocked kernels
+// leave much of the CPU unused. Larger inputs go to oneDNN, which is faster
+// there.
 #ifndef CLIP_NATIVE_CORE_CPU_LINEAR_H_
 #define CLIP_NATIVE_CORE_CPU_LINEAR_H_
 
@@ -29,13 +29,14 @@ at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c
                           int64_t out_features);
 
 // Rows at or below which the TorchScript operator clip_native::linear_rows
-// takes SmallRowLinear; above it, oneDNN. That is one tile: on AMD Zen 4
-// (bench/optimizations.md) the kernel leads oneDNN's by 25-60% on 7-14 rows
-// (a caption at batch 1), but a second pass over the weights for the rows
-// past a tile costs more than oneDNN's blocking. Whether a model uses the
-// operator at all is decided by measurement at load (the "onednn+avx512"
-// candidate).
-constexpr int64_t kSmallRowLimit = 14;
+// takes SmallRowLinear; above it, oneDNN. On AMD Zen 4 (bench/optimizations.md)
+// the kernel leads oneDNN's by 20-50% in float32 on 7-28 rows (a caption up
+// to a few captions at once) and by 5-8% on 50-85; from about 200 rows
+// oneDNN's blocking is ahead. 64 keeps to the sizes the load's calibration
+// times (texts of 10 and 20 tokens, four of 16: 64 rows packed), which
+// decides whether a text encoder uses the operator at all (the "+avx512"
+// candidates).
+constexpr int64_t kSmallRowLimit = 64;
 
 // How many threads an at::parallel_for of clip-native's own kernels runs on
 // (at most at::get_num_threads()). at::parallel_for is a header template, so

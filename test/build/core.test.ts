@@ -36,3 +36,11 @@ t.test('attention_test under AddressSanitizer', async (t) => {
   // Leak checking is off: libtorch keeps its registries until exit.
   run(t, 'attention_test_asan', [], { ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1' });
 });
+
+t.test('linear_test', async (t) => {
+  run(t, 'linear_test', []);
+});
+
+t.test('linear_test under AddressSanitizer', async (t) => {
+  run(t, 'linear_test_asan', [], { ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1' });
+});

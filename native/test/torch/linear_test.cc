@@ -1,0 +1,184 @@
+// Standalone test for clip::SmallRowLinear, clip::SmallRowLinearBf16 and the
+// TorchScript operator clip_native::linear_rows (cpu_linear.h) against
+// at::linear. Covers every tile height the row split makes (1-14 rows per
+// tile, several tiles, uneven splits), inputs narrower and wider than a
+// panel, features that leave the last panel part-empty, a missing bias,
+// inputs of more dimensions and not contiguous, the same bits on any number
+// of threads, and linear_rows on both sides of kSmallRowLimit (its own
+// kernel at and below, oneDNN above), with and without the swish post-op.
+// On a CPU without AVX-512F (or AVX512-BF16 for the bfloat16 kernel) those
+// cases are reported as skipped. Prints one line per failure, then "N
+// passed, M failed"; exits non-zero on any failure.
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+
+#include <cstdint>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "../test_check.h"
+#include "cpu_linear.h"
+
+namespace {
+
+using clip::test::Check;
+
+at::Generator& Generator() {
+  static at::Generator generator = at::detail::createCPUGenerator(/*seed_val=*/20261204);
+  return generator;
+}
+
+at::Tensor Random(at::IntArrayRef sizes, double scale = 1.0) { return at::randn(sizes, Generator()) * scale; }
+
+std::string Shape(int64_t m, int64_t k, int64_t n) {
+  return std::to_string(m) + "x" + std::to_string(k) + " -> " + std::to_string(n);
+}
+
+// float32: within rounding of sums of k products (2e-6 of the sum of the
+// products' magnitudes, plus the bias's). bfloat16: the kernel and the
+// reference each round a float32 sum to bfloat16 once, so within two units
+// in the last place of the result.
+void CheckClose(const at::Tensor& got, const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                const std::string& what) {
+  const at::Tensor want = at::linear(x.to(at::kFloat), w.to(at::kFloat),
+                                     b ? c10::optional<at::Tensor>(b->to(at::kFloat)) : c10::optional<at::Tensor>());
+  if (got.sizes() != want.sizes() || got.scalar_type() != x.scalar_type()) {
+    Check(false, what + ": sizes or type differ");
+    return;
+  }
+  const at::Tensor error = at::abs(got.to(at::kFloat) - want);
+  at::Tensor bound;
+  if (x.scalar_type() == at::kBFloat16) {
+    bound = at::abs(want) / 64 + 1e-3;
+  } else {
+    at::Tensor magnitude = at::linear(at::abs(x), at::abs(w));
+    if (b) magnitude = magnitude + at::abs(*b);
+    bound = magnitude * 2e-6 + 1e-7;
+  }
+  Check(at::le(error, bound).all().item<bool>(), what + ": max abs diff " + std::to_string(error.max().item<double>()));
+}
+
+void TestFloat32() {
+  if (!clip::SmallRowLinearAvailable()) {
+    std::cout << "skipped: float32 small-row kernel (no AVX-512F)" << std::endl;
+    return;
+  }
+  // Rows: each tile height alone, then splits into several tiles.
+  std::vector<int64_t> rows;
+  for (int64_t m = 1; m <= 15; ++m) rows.push_back(m);
+  for (int64_t m : {27, 28, 29, 41, 43, 50, 57, 63, 64, 100}) rows.push_back(m);
+  for (int64_t m : rows) {
+    for (const auto& [k, n] : std::vector<std::pair<int64_t, int64_t>>{{768, 2304}, {3072, 768}, {33, 40}, {1, 17}}) {
+      const at::Tensor x = Random({m, k});
+      const at::Tensor w = Random({n, k}, 0.05);
+      const at::Tensor b = Random({n}, 0.1);
+      const at::Tensor packed = clip::PackSmallRowWeight(w);
+      CheckClose(clip::SmallRowLinear(x, packed, b, n), x, w, b, "float32 " + Shape(m, k, n));
+    }
+  }
+  // No bias; features that fill one register and part of the next.
+  for (int64_t n : {1, 16, 31, 32, 33, 48, 70}) {
+    const at::Tensor x = Random({9, 64});
+    const at::Tensor w = Random({n, 64}, 0.1);
+    CheckClose(clip::SmallRowLinear(x, clip::PackSmallRowWeight(w), c10::nullopt, n), x, w, c10::nullopt,
+               "float32 no bias, " + Shape(9, 64, n));
+  }
+  // Leading dimensions and a view that is not contiguous.
+  const at::Tensor w = Random({96, 128}, 0.1);
+  const at::Tensor b = Random({96}, 0.1);
+  const at::Tensor packed = clip::PackSmallRowWeight(w);
+  const at::Tensor x3 = Random({3, 7, 128});
+  CheckClose(clip::SmallRowLinear(x3, packed, b, 96), x3, w, b, "float32 [3, 7, 128]");
+  const at::Tensor strided = Random({128, 20}).t();
+  CheckClose(clip::SmallRowLinear(strided, packed, b, 96), strided, w, b, "float32 transposed view");
+  // Threads split the panels; each thread copies the row tiles for itself.
+  const at::Tensor x = Random({50, 768});
+  const at::Tensor wide = Random({3072, 768}, 0.05);
+  const at::Tensor wide_packed = clip::PackSmallRowWeight(wide);
+  const int saved = at::get_num_threads();
+  at::set_num_threads(1);
+  const at::Tensor one = clip::SmallRowLinear(x, wide_packed, c10::nullopt, 3072);
+  at::set_num_threads(saved);
+  const at::Tensor many = clip::SmallRowLinear(x, wide_packed, c10::nullopt, 3072);
+  Check(at::equal(one, many), "float32: the same bits on 1 and " + std::to_string(saved) + " threads");
+  // Wrong shapes are refused, not read past.
+  bool refused = false;
+  try {
+    clip::SmallRowLinear(Random({4, 100}), packed, b, 96);
+  } catch (const c10::Error&) {
+    refused = true;
+  }
+  Check(refused, "float32: an input of the wrong width is refused");
+}
+
+void TestBFloat16() {
+  if (!clip::SmallRowLinearBf16Available()) {
+    std::cout << "skipped: bfloat16 small-row kernel (no AVX512-BF16)" << std::endl;
+    return;
+  }
+  for (int64_t m : {1, 2, 7, 13, 14, 15, 28, 29, 50, 64}) {
+    for (const auto& [k, n] : std::vector<std::pair<int64_t, int64_t>>{{768, 768}, {3072, 768}, {2, 33}}) {
+      const at::Tensor x = Random({m, k}).to(at::kBFloat16);
+      const at::Tensor w = Random({n, k}, 0.05).to(at::kBFloat16);
+      const at::Tensor b = Random({n}, 0.1).to(at::kBFloat16);
+      CheckClose(clip::SmallRowLinearBf16(x, clip::PackSmallRowWeightBf16(w), b, n), x, w, b,
+                 "bfloat16 " + Shape(m, k, n));
+    }
+  }
+  const at::Tensor x = Random({2, 5, 64}).to(at::kBFloat16);
+  const at::Tensor w = Random({40, 64}, 0.1).to(at::kBFloat16);
+  CheckClose(clip::SmallRowLinearBf16(x, clip::PackSmallRowWeightBf16(w), c10::nullopt, 40), x, w, c10::nullopt,
+             "bfloat16 [2, 5, 64], no bias");
+}
+
+// clip_native::linear_rows as the rewritten graph calls it: the kernel's
+// panels and oneDNN's packed weights of the same linear.
+void TestLinearRows() {
+  if (!clip::SmallRowLinearAvailable() ||
+      !c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_linear_weight", ""}).has_value()) {
+    std::cout << "skipped: linear_rows (no AVX-512F or no oneDNN linear in this libtorch)" << std::endl;
+    return;
+  }
+  const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow("clip_native::linear_rows", "");
+  const c10::OperatorHandle pack = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
+  const int64_t k = 256, n = 160;
+  const at::Tensor w = Random({n, k}, 0.05);
+  const at::Tensor b = Random({n}, 0.1);
+  torch::jit::Stack packing{w, c10::IValue()};
+  pack.callBoxed(&packing);
+  const at::Tensor onednn_weight = packing[0].toTensor();
+  const at::Tensor panels = clip::PackSmallRowWeight(w);
+  for (int64_t m : {int64_t{1}, clip::kSmallRowLimit, clip::kSmallRowLimit + 1, 3 * clip::kSmallRowLimit}) {
+    for (const std::string attr : {"none", "swish"}) {
+      const at::Tensor x = Random({m, k});
+      torch::jit::Stack stack{x, panels, onednn_weight, b, n, attr};
+      op.callBoxed(&stack);
+      const at::Tensor got = stack[0].toTensor();
+      at::Tensor want = at::linear(x, w, b);
+      if (attr == "swish") want = want * at::sigmoid(want);
+      const double diff = at::abs(got - want).max().item<double>();
+      Check(got.sizes() == want.sizes() && diff < 1e-4,
+            "linear_rows " + std::to_string(m) + " rows, " + attr + ": max abs diff " + std::to_string(diff));
+    }
+  }
+}
+
+}  // namespace
+
+int main() {
+  try {
+    std::cout << "kernel " << (clip::SmallRowLinearAvailable() ? "available" : "not available") << ", bfloat16 "
+              << (clip::SmallRowLinearBf16Available() ? "available" : "not available") << std::endl;
+    TestFloat32();
+    TestBFloat16();
+    TestLinearRows();
+  } catch (const std::exception& e) {
+    Check(false, std::string("unexpected exception: ") + e.what());
+  }
+  return clip::test::Summary();
+}
