@@ -64,10 +64,11 @@ export interface LoadOptions {
   /** Largest text batch. Default 64 on CPU, 256 on CUDA. */
   maxBatchTexts?: number;
   /**
-   * Largest text batch in token rows: texts in the batch times the longest of them in tokens (the most its
-   * padding can take; on the CPU a batch runs packed, or as groups of similar length where it runs padded, see
-   * {@link EncoderStats.forwards}). A batch always takes at least one text. Default 16 x 77 on CPU (64 captions, or 16
-   * full-length texts), `maxBatchTexts` x 77 on CUDA.
+   * Largest text batch in token rows. Where texts run packed (the CPU, with a model whose text encoder has
+   * `forward_packed`; `info.cpuKernels.packedTexts`) that is the sum of the batch's texts' tokens, else the texts
+   * in the batch times the longest of them (the most their padding can take; padded CPU batches run as groups of
+   * similar length, see {@link EncoderStats.forwards}). A batch always takes at least one text. Default 16 x 77 on
+   * CPU (64 captions, or 16 full-length texts), `maxBatchTexts` x 77 on CUDA.
    */
   maxBatchTokens?: number;
   /**

@@ -124,7 +124,7 @@ Engine::Engine(std::shared_ptr<Model> model, const EngineOptions& options)
   max_batch_[0] = options.max_batch_images > 0 ? options.max_batch_images : (cuda ? 128 : 16);
   max_batch_[1] = options.max_batch_texts > 0 ? options.max_batch_texts : (cuda ? 256 : 64);
   const Manifest& m = model_->manifest();
-  // Text batches are bounded by padded size too: on the CPU throughput per
+  // Text batches are bounded by token rows too: on the CPU throughput per
   // text is flat from about 8 x 77 tokens up (bench/RESULTS.md), so 64
   // full-length texts in one batch would only hold every caller for ~1.5 s;
   // 16 x 77 keeps a batch near the cost of 16 images, and short captions
@@ -402,13 +402,18 @@ bool Engine::TakeBatch(int e, const Task* first, std::unique_lock<std::mutex>& l
   auto& ready = queues_[e].ready;
   const size_t limit = static_cast<size_t>(max_batch_[e]);
   const bool text = e == static_cast<int>(Encoder::kText);
-  size_t longest = 0;  // texts: the batch pads to its longest sequence
+  // A text batch costs its token rows: where it runs packed (the CPU with an
+  // archive's forward_packed) the sum of its texts' tokens, else its texts
+  // times the longest of them (the most its padding can take).
+  const bool packed = text && !model_->is_cuda() && model_->cpu_kernels().packed_texts;
+  size_t longest = 0;
+  size_t tokens = 0;
   // Whether `task` still fits the batch (limit, and for texts the token budget).
   auto fits = [&](const Task& task) {
     if (batch->size() >= limit) return false;
     if (!text || batch->empty()) return true;
-    const size_t length = std::max(longest, task.ids.size());
-    return (batch->size() + 1) * length <= static_cast<size_t>(max_batch_tokens_);
+    const size_t rows = packed ? tokens + task.ids.size() : (batch->size() + 1) * std::max(longest, task.ids.size());
+    return rows <= static_cast<size_t>(max_batch_tokens_);
   };
   auto take = [&](std::unique_ptr<Task> task) {
     --queues_[e].waiting;
@@ -416,6 +421,7 @@ bool Engine::TakeBatch(int e, const Task* first, std::unique_lock<std::mutex>& l
       aborted->push_back(std::move(task));
     } else {
       longest = std::max(longest, task->ids.size());
+      tokens += task->ids.size();
       batch->push_back(std::move(task));
     }
   };

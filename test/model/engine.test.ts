@@ -67,7 +67,7 @@ t.test('200 concurrent calls batch and equal one-by-one calls', async (t) => {
   t.ok(after.image.itemsPerSecond > 0, 'stats() reports a rate');
 });
 
-t.test('maxBatchTokens caps a text batch by texts x longest text', async (t) => {
+t.test('maxBatchTokens caps a text batch by its token rows', async (t) => {
   const model = await ClipModel.load(tinyModel, { device: 'cpu', maxBatchTokens: 100, maxWaitMs: 50 });
   t.teardown(() => model.dispose());
   const context = model.info.contextLength;
@@ -89,6 +89,23 @@ t.test('maxBatchTokens caps a text batch by texts x longest text', async (t) => 
     maxAbsDiff(alone[0], long[3]) <= 1e-5 && maxAbsDiff(alone[1], shortEmbeddings[5]) <= 1e-5,
     'embeddings do not depend on the split',
   );
+  // Packed, a batch costs the sum of its texts' tokens: one 77-token text and three of 7 ids (98 rows) fit 100
+  // together. Padded they would be 4 x 77 rows: the long text runs without the short ones.
+  t.equal(model.info.cpuKernels!.packedTexts, true);
+  const mixed = [fullLength[0], short[0], short[1], short[2]];
+  before = model.stats().text.batches;
+  await model.embedTexts(mixed);
+  t.equal(model.stats().text.batches - before, 1, 'packed: 77 + 3 x 7 token rows in one batch');
+  const restore = setEnv('CLIP_NATIVE_PACKED_TEXTS', '0');
+  const padded = await ClipModel.load(tinyModel, { device: 'cpu', maxBatchTokens: 100, maxWaitMs: 50 });
+  restore();
+  t.teardown(() => padded.dispose());
+  t.equal(padded.info.cpuKernels!.packedTexts, false);
+  before = padded.stats().text.batches;
+  await padded.embedTexts(mixed);
+  const paddedBatches = padded.stats().text.batches - before;
+  t.ok(paddedBatches >= 2, `padded: the long text in a batch of its own (${paddedBatches} batches)`);
+
   const defaults = await ClipModel.load(tinyModel, { device: 'cpu' });
   t.equal(defaults.info.maxBatchTokens, 16 * context, 'default on the CPU: 16 full-length texts');
   await defaults.dispose();
