@@ -43,13 +43,15 @@ function run(
  * Converts a Hugging Face checkpoint folder into a model directory `out` with the project's exporter, and
  * records the source in clip.json. Everything is written into a temporary sibling of `out` that is renamed
  * into place at the end, so `out` is either absent or complete; a failure removes the temporary folder.
- * `out` may exist only as an empty folder. Rejects with a ConversionError.
+ * `out` may exist only as an empty folder, or with `replace` as a model directory that the new one takes the
+ * place of (the old one is left as it was if the conversion fails). Rejects with a ConversionError.
  */
 export async function convertCheckpoint(
   checkpoint: string,
   out: string,
   source: ModelSource,
   signal?: AbortSignal,
+  options: { replace?: boolean } = {},
 ): Promise<void> {
   const python = exporterPython(packageRoot);
   const parent = path.dirname(path.resolve(out));
@@ -93,7 +95,19 @@ export async function convertCheckpoint(
     } catch {
       // absent (or not empty: the rename below refuses it)
     }
-    fs.renameSync(staged, out);
+    if (options.replace && fs.existsSync(out)) {
+      // Into the temporary folder, which goes at the end; back into place if the new one cannot move in.
+      const previous = path.join(tmp, 'previous');
+      fs.renameSync(out, previous);
+      try {
+        fs.renameSync(staged, out);
+      } catch (error) {
+        fs.renameSync(previous, out);
+        throw error;
+      }
+    } else {
+      fs.renameSync(staged, out);
+    }
   } catch (error) {
     fs.rmSync(tmp, { recursive: true, force: true });
     // Leave no empty folders of ours behind either.

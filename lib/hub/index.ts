@@ -30,6 +30,26 @@ function modelDirectory(settings: HubSettings, repo: string, commit: string): st
 
 const isModel = (dir: string) => fs.existsSync(path.join(dir, 'clip.json'));
 
+/**
+ * The exporter whose conversions are current (`exportedBy: "clip-native-export/N"` in clip.json). 2: the text
+ * encoder has `forward_packed`, which the CPU runs mixed-length text batches through.
+ */
+const CURRENT_EXPORTER = 2;
+
+/** Whether a converted model was written by an older exporter (an unreadable manifest is left to the load). */
+function convertedByOlderExporter(dir: string): boolean {
+  try {
+    const manifest = JSON.parse(fs.readFileSync(path.join(dir, 'clip.json'), 'utf8')) as { exportedBy?: unknown };
+    const exporter = typeof manifest.exportedBy === 'string' ? manifest.exportedBy : '';
+    const match = /^clip-native-export\/(\d+)$/.exec(exporter);
+    return match !== null && Number(match[1]) < CURRENT_EXPORTER;
+  } catch {
+    return false;
+  }
+}
+
+const isCurrentModel = (dir: string) => isModel(dir) && !convertedByOlderExporter(dir);
+
 // Loads of one id in this process share one promise; other processes are kept apart by the lock file.
 const inFlight = new Map<string, Promise<string>>();
 
@@ -64,7 +84,7 @@ async function resolveHub(reference: HubReference, settings: HubSettings, option
 
   let commit: string | undefined;
   let remote: Awaited<ReturnType<typeof remoteSnapshot>> | undefined;
-  if (isCommitSha(reference.revision) && isModel(modelDirectory(settings, reference.repo, reference.revision))) {
+  if (isCommitSha(reference.revision) && isCurrentModel(modelDirectory(settings, reference.repo, reference.revision))) {
     // A pinned commit that is converted cannot change: no need to ask the hub.
     commit = reference.revision;
   } else if (settings.offline) {
@@ -96,7 +116,19 @@ async function resolveHub(reference: HubReference, settings: HubSettings, option
     onProgress?.({ phase: 'ready', reference, commit, directory });
     return directory;
   };
-  if (isModel(directory)) return ready();
+  if (isCurrentModel(directory)) return ready();
+  // A conversion by an older exporter is converted anew where the checkpoint can be had and converted;
+  // else it serves as it is (it loads and computes the same embeddings, perhaps without what the newer
+  // exporter adds), with a warning.
+  const keepOlder = (why: string) => {
+    process.emitWarning(
+      `${directory} was converted by an older exporter and is used as it is (texts run padded if it lacks ` +
+        `the packed text entry point): ${why}. ` +
+        'Remove the folder to convert it again on the next load.',
+      { code: 'CLIP_NATIVE_OLDER_CONVERSION' },
+    );
+    return ready();
+  };
 
   let release: () => void;
   try {
@@ -106,6 +138,9 @@ async function resolveHub(reference: HubReference, settings: HubSettings, option
       signal,
     );
   } catch (error) {
+    if (isModel(directory) && !signal?.aborted) {
+      return keepOlder(`cannot lock the model cache ${settings.modelCache}: ${describeHubError(error, settings)}`);
+    }
     throw hubLoadFailed(
       reference,
       `cannot lock the model cache ${settings.modelCache}: ${describeHubError(error, settings)}`,
@@ -113,7 +148,8 @@ async function resolveHub(reference: HubReference, settings: HubSettings, option
     );
   }
   try {
-    if (isModel(directory)) return ready(); // another process converted it while we waited
+    if (isCurrentModel(directory)) return ready(); // another process converted it while we waited
+    const older = isModel(directory);
     let checkpoint: string | undefined;
     if (remote) {
       try {
@@ -127,12 +163,14 @@ async function resolveHub(reference: HubReference, settings: HubSettings, option
         });
       } catch (error) {
         if (isDiskFull(error)) removeIncomplete(hubDir);
+        if (older && !signal?.aborted) return keepOlder(describeHubError(error, settings));
         throw hubLoadFailed(reference, describeHubError(error, settings), error);
       }
     } else {
       checkpoint = cachedSnapshot(hubDir, commit);
       if (!checkpoint) {
         const why = settings.offline ? 'HF_HUB_OFFLINE is set' : 'the hub cannot be reached';
+        if (older) return keepOlder(`${why} and commit ${commit} is not complete in ${settings.hubCache}`);
         throw hubLoadFailed(
           reference,
           `${why} and commit ${commit} is neither converted in ${settings.modelCache} nor complete in ${settings.hubCache}`,
@@ -142,8 +180,11 @@ async function resolveHub(reference: HubReference, settings: HubSettings, option
     sweepConversions(directory);
     onProgress?.({ phase: 'convert', reference, commit });
     try {
-      await convertCheckpoint(checkpoint, directory, { ...reference, commit }, signal);
+      await convertCheckpoint(checkpoint, directory, { ...reference, commit }, signal, { replace: older });
     } catch (error) {
+      if (older && !signal?.aborted) {
+        return keepOlder(error instanceof ConversionError ? error.message : describeHubError(error, settings));
+      }
       // Empty snapshots/ and models--org--name/ folders would look like a half-made entry: drop them.
       for (const dir of [path.dirname(directory), path.dirname(path.dirname(directory))]) {
         try {

@@ -215,6 +215,89 @@ t.test(
   },
 );
 
+t.test('a conversion by an older exporter is converted anew, or used as it is where it cannot be', async (t) => {
+  const caches = useCaches('older');
+  const directory = await resolveModel(REPO, { onProgress: quiet });
+  const manifestPath = path.join(directory, 'clip.json');
+  const marker = path.join(directory, 'older');
+  const readManifest = () => JSON.parse(fs.readFileSync(manifestPath, 'utf8')) as Record<string, unknown>;
+  t.equal(readManifest().exportedBy, 'clip-native-export/2');
+  // What an older exporter's conversion says of itself, and a file to tell it from a new conversion.
+  const age = () => {
+    fs.writeFileSync(manifestPath, JSON.stringify({ ...readManifest(), exportedBy: 'clip-native-export/1' }));
+    fs.writeFileSync(marker, '');
+  };
+  const warnings: Array<Error & { code?: string }> = [];
+  const onWarning = (warning: Error) => warnings.push(warning);
+  process.on('warning', onWarning);
+  t.teardown(() => {
+    process.off('warning', onWarning);
+  });
+  const nextTick = () => new Promise((resolve) => setImmediate(resolve));
+
+  // No Python to convert with: the older conversion serves, with a warning.
+  age();
+  process.env.CLIP_PYTHON = path.join(root, 'no-such-python');
+  try {
+    t.equal(await resolveModel(REPO, { onProgress: quiet }), directory);
+  } finally {
+    delete process.env.CLIP_PYTHON;
+  }
+  await nextTick();
+  t.ok(fs.existsSync(marker), 'the older conversion stays in place');
+  t.same(
+    warnings.map((w) => w.code),
+    ['CLIP_NATIVE_OLDER_CONVERSION'],
+  );
+  t.match(warnings[0].message, /older exporter and is used as it is.*: no Python found/);
+  t.same(fs.readdirSync(path.dirname(directory)), [COMMIT_A], 'no temporary folder left');
+
+  // Offline, with the checkpoint in the Hugging Face cache: converted anew in its place, without a request.
+  const events: ModelProgress[] = [];
+  const before = hub.requests.length;
+  process.env.HF_HUB_OFFLINE = '1';
+  try {
+    t.equal(await resolveModel(REPO, { onProgress: (e) => events.push(e) }), directory);
+  } finally {
+    delete process.env.HF_HUB_OFFLINE;
+  }
+  t.equal(hub.requests.length, before, 'no request');
+  t.same(
+    events.map((e) => e.phase),
+    ['convert', 'ready'],
+  );
+  t.notOk(fs.existsSync(marker), 'the new conversion took its place');
+  t.match(readManifest(), { exportedBy: 'clip-native-export/2', source: { kind: 'huggingface', commit: COMMIT_A } });
+  t.same(fs.readdirSync(path.dirname(directory)), [COMMIT_A], 'no temporary folder left');
+  const model = await ClipModel.load(directory, SAME_KERNELS);
+  t.equal(model.info.cpuKernels!.packedTexts, true, 'texts run packed');
+  await model.dispose();
+
+  // Online, with the checkpoint gone from the Hugging Face cache: downloaded again and converted.
+  age();
+  fs.rmSync(caches.hubCache, { recursive: true, force: true });
+  t.equal(await resolveModel(REPO, { onProgress: quiet }), directory);
+  t.notOk(fs.existsSync(marker), 'converted anew');
+  t.ok(fs.existsSync(path.join(caches.hubCache, 'models--fake-org--clip-tiny', 'snapshots', COMMIT_A)));
+
+  // Offline with no checkpoint: as it is.
+  age();
+  fs.rmSync(caches.hubCache, { recursive: true, force: true });
+  process.env.HF_HUB_OFFLINE = '1';
+  try {
+    t.equal(await resolveModel(REPO, { onProgress: quiet }), directory);
+  } finally {
+    delete process.env.HF_HUB_OFFLINE;
+  }
+  await nextTick();
+  t.ok(fs.existsSync(marker));
+  t.equal(warnings.length, 2);
+  t.match(warnings[1].message, /HF_HUB_OFFLINE is set/);
+  // A pinned commit goes the same way: converted anew once the hub is there.
+  t.equal(await resolveModel(`${REPO}@${COMMIT_A}`, { onProgress: quiet }), directory);
+  t.notOk(fs.existsSync(marker), 'a pinned commit is converted anew too');
+});
+
 async function restart(old: FakeHub): Promise<FakeHub> {
   const requests = old.requests;
   const fresh = await startFakeHub(repos());
