@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "cpu_simd.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -82,31 +83,6 @@ __attribute__((target("avx512f"))) void WidenRows(const T* src, int64_t src_row,
   }
 }
 
-// Transposes the 16 x 16 floats of r[0..15] in place.
-__attribute__((target("avx512f"))) inline void Transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_maskz_unpacklo_ps(0xFFFF, r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_maskz_unpackhi_ps(0xFFFF, r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i] = _mm512_maskz_shuffle_ps(0xFFFF, t[4 * i], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm512_maskz_shuffle_ps(0xFFFF, t[4 * i], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm512_maskz_shuffle_ps(0xFFFF, t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm512_maskz_shuffle_ps(0xFFFF, t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int h = 0; h < 2; ++h) {
-    for (int i = 0; i < 4; ++i) {
-      t[8 * h + i] = _mm512_maskz_shuffle_f32x4(0xFFFF, r[8 * h + i], r[8 * h + 4 + i], 0x88);
-      t[8 * h + 4 + i] = _mm512_maskz_shuffle_f32x4(0xFFFF, r[8 * h + i], r[8 * h + 4 + i], 0xDD);
-    }
-  }
-  for (int i = 0; i < 8; ++i) {
-    r[i] = _mm512_maskz_shuffle_f32x4(0xFFFF, t[i], t[8 + i], 0x88);
-    r[8 + i] = _mm512_maskz_shuffle_f32x4(0xFFFF, t[i], t[8 + i], 0xDD);
-  }
-}
-
 // k's n rows of `depth` values (rows `k_row` apart) as k^T in floats:
 // kt[d * keys + j] = k[j, d], keys = n rounded up to 16, zero past n. The
 // scores then take 16 keys per vector and need no horizontal sums.
@@ -118,7 +94,7 @@ __attribute__((target("avx512f"))) void PackKeys(const T* k, int64_t k_row, int6
     for (int64_t d0 = 0; d0 < depth; d0 += 16) {
       __m512 r[16];
       for (int64_t t = 0; t < 16; ++t) r[t] = t < rows ? Load16(k + (j0 + t) * k_row + d0) : _mm512_setzero_ps();
-      Transpose16(r);
+      simd::Transpose16(r);
       for (int64_t t = 0; t < 16; ++t) _mm512_storeu_ps(kt + (d0 + t) * keys + j0, r[t]);
     }
   }
