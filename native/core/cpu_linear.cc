@@ -30,11 +30,11 @@ constexpr int kTile = 14;   // rows per two-register tile: 28 accumulators of th
 static_assert(kTile <= 16, "a row tile is copied through one 16 x 16 transpose");
 
 // Row tiles: the rows of x split as evenly as possible into tiles of at
-// most kTile rows (50 rows: 13 + 13 + 12 + 12). In float32 each tile is
-// copied k-major ([k][rows], contiguous) before the products, so a tile's
-// step over k reads its inputs from one cache line or two; read in place,
-// the rows of a wide input (3072 floats: 12 KB apart) fall into one cache
-// set and evict each other.
+// most kTile rows (50 rows: 13 + 13 + 12 + 12). Each tile is copied k-major
+// ([k][rows], contiguous) before the products, so a tile's step over k
+// reads its inputs from one cache line or two; read in place, the rows of a
+// wide input (3072 floats, or 2048 bfloat16 pairs: 12 or 8 KB apart) fall
+// into one cache set and evict each other.
 struct RowTile {
   int64_t first;
   int rows;
@@ -53,14 +53,15 @@ std::vector<RowTile> SplitRows(int64_t m, int tile) {
   return tiles;
 }
 
-// x [m, k] floats -> each tile's rows k-major at offset first * k of `out`,
-// 16 values of each row at a time through a 16 x 16 transpose in registers
-// (3-5x a scalar copy).
-__attribute__((target("avx512f"))) void PackRowTiles(const float* x, int64_t k, const std::vector<RowTile>& tiles,
-                                                     float* out) {
+// x [m, k] of 32-bit values (floats, or pairs of bfloat16) -> each tile's
+// rows k-major at offset first * k of `out`, 16 values of each row at a time
+// through a 16 x 16 transpose in registers (3-5x a scalar copy). Only vector
+// loads and stores touch the values, which may be of either type.
+__attribute__((target("avx512f"))) void PackRowTiles(const void* x, int64_t k, const std::vector<RowTile>& tiles,
+                                                     void* out) {
   for (const RowTile& tile : tiles) {
-    const float* src = x + tile.first * k;
-    float* dst = out + tile.first * k;
+    const uint32_t* src = static_cast<const uint32_t*>(x) + tile.first * k;
+    uint32_t* dst = static_cast<uint32_t*>(out) + tile.first * k;
     const __mmask16 row_lanes = static_cast<__mmask16>((1u << tile.rows) - 1);
     for (int64_t i0 = 0; i0 < k; i0 += 16) {
       const int64_t count = std::min<int64_t>(16, k - i0);
@@ -155,8 +156,8 @@ __attribute__((target("avx512f"))) void Panels(const float* xt, const std::vecto
 // products of a pair to a float32 accumulator. Half the bytes of float32
 // weights to stream, twice the products per instruction.
 template <int kRows>
-__attribute__((target("avx512f,avx512bf16"))) void TileBf16(const uint32_t* x, int64_t ldx, const uint16_t* panel,
-                                                            int64_t pairs, const __m512* bias, float* y, int64_t ldy) {
+__attribute__((target("avx512f,avx512bf16"))) void TileBf16(const uint32_t* xt, const uint16_t* panel, int64_t pairs,
+                                                            const __m512* bias, float* y, int64_t ldy) {
   __m512 acc[2][kRows];
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
@@ -164,14 +165,15 @@ __attribute__((target("avx512f,avx512bf16"))) void TileBf16(const uint32_t* x, i
     acc[1][r] = bias[1];
   }
   const uint16_t* p = panel;
-  for (int64_t k = 0; k < pairs; ++k, p += 2 * kPanel) {
+  const uint32_t* x = xt;
+  for (int64_t k = 0; k < pairs; ++k, p += 2 * kPanel, x += kRows) {
     _mm_prefetch(reinterpret_cast<const char*>(p + 2 * kPanel * 12), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(p + 2 * kPanel * 12 + 32), _MM_HINT_T0);
     const __m512bh w0 = (__m512bh)_mm512_load_si512(p);
     const __m512bh w1 = (__m512bh)_mm512_load_si512(p + 32);
 #pragma GCC unroll 32
     for (int r = 0; r < kRows; ++r) {
-      const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[r * ldx + k]));
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[r]));
       acc[0][r] = _mm512_dpbf16_ps(acc[0][r], xv, w0);
       acc[1][r] = _mm512_dpbf16_ps(acc[1][r], xv, w1);
     }
@@ -184,20 +186,19 @@ __attribute__((target("avx512f,avx512bf16"))) void TileBf16(const uint32_t* x, i
 }
 
 template <int kRows = 1>
-__attribute__((target("avx512f,avx512bf16"))) void TileRowsBf16(int rows, const uint32_t* x, int64_t ldx,
-                                                                const uint16_t* panel, int64_t pairs,
-                                                                const __m512* bias, float* y, int64_t ldy) {
+__attribute__((target("avx512f,avx512bf16"))) void TileRowsBf16(int rows, const uint32_t* xt, const uint16_t* panel,
+                                                                int64_t pairs, const __m512* bias, float* y,
+                                                                int64_t ldy) {
   if constexpr (kRows <= kTile) {
-    if (rows == kRows) return TileBf16<kRows>(x, ldx, panel, pairs, bias, y, ldy);
-    TileRowsBf16<kRows + 1>(rows, x, ldx, panel, pairs, bias, y, ldy);
+    if (rows == kRows) return TileBf16<kRows>(xt, panel, pairs, bias, y, ldy);
+    TileRowsBf16<kRows + 1>(rows, xt, panel, pairs, bias, y, ldy);
   }
 }
 
-// Row tiles of x (bfloat16 pairs, read in place: a row of pairs is half
-// the bytes of a float32 row, and copying the tiles measured slower here)
-// against panels [first, last); y is float32 [rows, panels * 32] (whole
-// panels: the caller narrows and converts).
-__attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* x, const std::vector<RowTile>& tiles,
+// Row tiles of x (bfloat16 pairs, k-major as the float32 tiles) against
+// panels [first, last); y is float32 [rows, panels * 32] (whole panels: the
+// caller narrows and converts).
+__attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* xt, const std::vector<RowTile>& tiles,
                                                               int64_t pairs, const uint16_t* packed, const float* bias,
                                                               int64_t n_size, float* y, int64_t ldy, int64_t first,
                                                               int64_t last) {
@@ -206,7 +207,7 @@ __attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* x,
     const PanelEdge edge(bias, n0, n_size);
     const uint16_t* panel = packed + p * pairs * 2 * kPanel;
     for (const RowTile& tile : tiles) {
-      TileRowsBf16(tile.rows, x + tile.first * pairs, pairs, panel, pairs, edge.bias, y + tile.first * ldy + n0, ldy);
+      TileRowsBf16(tile.rows, xt + tile.first * pairs, panel, pairs, edge.bias, y + tile.first * ldy + n0, ldy);
     }
   }
 }
@@ -305,7 +306,12 @@ at::Tensor SmallRowLinearBf16(const at::Tensor& x, const at::Tensor& packed, con
   const float* bp = bias ? bias_float.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, panels, 1, [&](int64_t first, int64_t last) {
-    PanelsBf16(xp, tiles, pairs, pp, bp, out_features, yp, panels * 32, first, last);
+    // As in float32: each thread copies the tiles for itself (a pair of
+    // bfloat16 moves as one 32-bit value).
+    thread_local std::vector<uint32_t> xt;
+    if (xt.size() < static_cast<size_t>(m * pairs)) xt.resize(static_cast<size_t>(m * pairs));
+    PackRowTiles(xp, pairs, tiles, xt.data());
+    PanelsBf16(xt.data(), tiles, pairs, pp, bp, out_features, yp, panels * 32, first, last);
   });
 #endif
   return y.narrow(1, 0, out_features).to(at::kBFloat16).view(shape);
