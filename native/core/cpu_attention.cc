@@ -262,24 +262,19 @@ __attribute__((target("avx512f"))) inline __m512 ExpNonPositive(__m512 x) {
   return _mm512_maskz_scalef_ps(0xFFFF, p, n);
 }
 
-// The lanes of the 16 values at j of a row of `count` (the rest masked off).
-inline __mmask16 TailMask(int64_t j, int64_t count) {
-  const int64_t left = count - j;
-  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-}
-
 // A row of scores -> its softmax, in place: e^(s - max) times 1 / sum, as
 // aten::softmax computes it, for the first `keys` of `n` values; the rest
 // (keys masked as later than the query) become 0, as e^-inf does there.
 __attribute__((target("avx512f"))) inline void SoftmaxRow(float* row, int64_t keys, int64_t n) {
   __m512 top = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t j = 0; j < keys; j += 16) {
-    top = _mm512_mask_max_ps(top, TailMask(j, keys), top, _mm512_maskz_loadu_ps(TailMask(j, keys), row + j));
+    top =
+        _mm512_mask_max_ps(top, simd::TailMask(j, keys), top, _mm512_maskz_loadu_ps(simd::TailMask(j, keys), row + j));
   }
   const __m512 row_max = _mm512_set1_ps(Max16(top));
   __m512 total = _mm512_setzero_ps();
   for (int64_t j = 0; j < keys; j += 16) {
-    const __mmask16 lanes = TailMask(j, keys);
+    const __mmask16 lanes = simd::TailMask(j, keys);
     const __m512 e =
         _mm512_maskz_mov_ps(lanes, ExpNonPositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, row + j), row_max)));
     _mm512_mask_storeu_ps(row + j, lanes, e);
@@ -287,7 +282,7 @@ __attribute__((target("avx512f"))) inline void SoftmaxRow(float* row, int64_t ke
   }
   const __m512 inverse = _mm512_set1_ps(1.0f / Sum16(total));
   for (int64_t j = 0; j < keys; j += 16) {
-    const __mmask16 lanes = TailMask(j, keys);
+    const __mmask16 lanes = simd::TailMask(j, keys);
     _mm512_mask_storeu_ps(row + j, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, row + j), inverse));
   }
   for (int64_t j = keys; j < n; ++j) row[j] = 0.0f;
@@ -295,7 +290,7 @@ __attribute__((target("avx512f"))) inline void SoftmaxRow(float* row, int64_t ke
 // The first n values of a row rounded to bfloat16, kept as floats.
 __attribute__((target("avx512f"))) inline void RoundRowToBFloat16(float* row, int64_t n) {
   for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 lanes = TailMask(j, n);
+    const __mmask16 lanes = simd::TailMask(j, n);
     _mm512_mask_storeu_ps(row + j, lanes, RoundToBFloat16(_mm512_maskz_loadu_ps(lanes, row + j)));
   }
 }

@@ -62,10 +62,10 @@ __attribute__((target("avx512f"))) void PackRowTiles(const void* x, int64_t k, c
   for (const RowTile& tile : tiles) {
     const uint32_t* src = static_cast<const uint32_t*>(x) + tile.first * k;
     uint32_t* dst = static_cast<uint32_t*>(out) + tile.first * k;
-    const __mmask16 row_lanes = static_cast<__mmask16>((1u << tile.rows) - 1);
+    const __mmask16 row_lanes = simd::TailMask(0, tile.rows);
     for (int64_t i0 = 0; i0 < k; i0 += 16) {
       const int64_t count = std::min<int64_t>(16, k - i0);
-      const __mmask16 lanes = count == 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << count) - 1);
+      const __mmask16 lanes = simd::TailMask(i0, k);
       __m512 r[16];
       for (int t = 0; t < 16; ++t)
         r[t] = t < tile.rows ? _mm512_maskz_loadu_ps(lanes, src + t * k + i0) : _mm512_setzero_ps();
@@ -73,6 +73,20 @@ __attribute__((target("avx512f"))) void PackRowTiles(const void* x, int64_t k, c
       for (int64_t t = 0; t < count; ++t) _mm512_mask_storeu_ps(dst + (i0 + t) * tile.rows, row_lanes, r[t]);
     }
   }
+}
+
+// The calling thread's k-major copy of x's row tiles (PackRowTiles) in a
+// buffer it keeps for the next call. Each thread of a linear's parallel
+// region copies them for itself: as long as one thread's copy, and no
+// second parallel region (whose wake-up costs more than the copy at these
+// sizes). T is the 32-bit element: float, or a pair of bfloat16.
+template <typename T>
+__attribute__((target("avx512f"))) const T* ThreadRowTiles(const T* x, int64_t k, const std::vector<RowTile>& tiles) {
+  thread_local std::vector<T> copy;
+  const int64_t m = tiles.empty() ? 0 : tiles.back().first + tiles.back().rows;
+  if (copy.size() < static_cast<size_t>(m * k)) copy.resize(static_cast<size_t>(m * k));
+  PackRowTiles(x, k, tiles, copy.data());
+  return copy.data();
 }
 
 // `kRows` rows (k-major, `xt`) against the two registers of one panel. Each
@@ -306,12 +320,7 @@ at::Tensor SmallRowLinearBf16(const at::Tensor& x, const at::Tensor& packed, con
   const float* bp = bias ? bias_float.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, panels, 1, [&](int64_t first, int64_t last) {
-    // As in float32: each thread copies the tiles for itself (a pair of
-    // bfloat16 moves as one 32-bit value).
-    thread_local std::vector<uint32_t> xt;
-    if (xt.size() < static_cast<size_t>(m * pairs)) xt.resize(static_cast<size_t>(m * pairs));
-    PackRowTiles(xp, pairs, tiles, xt.data());
-    PanelsBf16(xt.data(), tiles, pairs, pp, bp, out_features, yp, panels * 32, first, last);
+    PanelsBf16(ThreadRowTiles(xp, pairs, tiles), tiles, pairs, pp, bp, out_features, yp, panels * 32, first, last);
   });
 #endif
   return y.narrow(1, 0, out_features).to(at::kBFloat16).view(shape);
@@ -367,13 +376,7 @@ at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, packed.size(0), 1, [&](int64_t first, int64_t last) {
-    // Each thread copies the tiles for itself: as long as one thread's copy,
-    // and no second parallel region (whose wake-up costs more than the copy
-    // at these sizes).
-    thread_local std::vector<float> xt;
-    if (xt.size() < static_cast<size_t>(m * k)) xt.resize(static_cast<size_t>(m * k));
-    PackRowTiles(xp, k, tiles, xt.data());
-    Panels(xt.data(), tiles, k, pp, bp, out_features, yp, first, last);
+    Panels(ThreadRowTiles(xp, k, tiles), tiles, k, pp, bp, out_features, yp, first, last);
   });
 #endif
   return y.view(shape);

@@ -5,8 +5,17 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace clip {
 namespace simd {
+
+// The lanes of the 16 values at j of a row of `count` (the rest masked off;
+// j < count).
+inline __mmask16 TailMask(int64_t j, int64_t count) {
+  const int64_t left = count - j;
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+}
 
 // Transposes the 16 x 16 floats of r[0..15] in place.
 __attribute__((target("avx512f"))) inline void Transpose16(__m512 r[16]) {
