@@ -18,7 +18,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential cmake ninja-build pkg-config python3 python3-venv \
-      zlib1g-dev libjpeg62-turbo-dev libpng-dev libdeflate-dev libwebp-dev libgif-dev libicu-dev nlohmann-json3-dev \
+      zlib1g-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libgif-dev libicu-dev nlohmann-json3-dev \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
@@ -43,7 +43,7 @@ FROM node:20-bookworm-slim
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      tini python3 zlib1g libjpeg62-turbo libpng16-16 libdeflate0 libwebp7 libwebpdemux2 libgif7 libicu72 \
+      tini python3 zlib1g libjpeg62-turbo libpng16-16 libwebp7 libwebpdemux2 libgif7 libicu72 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /nonexistent --no-create-home clip
 COPY --from=build /opt/venv /opt/venv

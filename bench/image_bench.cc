@@ -8,7 +8,7 @@
 // iterations (after two warm-up runs) of wall-clock time and, in brackets,
 // of the thread's CPU time, which stays meaningful on a busy machine.
 // --json also writes the numbers. --png-libpng decodes every PNG through
-// libpng, without the whole-buffer path (libdeflate) of common layouts.
+// libpng, without the whole-buffer path (one inflate call) of common layouts.
 
 #include <time.h>
 

@@ -10,10 +10,3 @@ find_package(Threads REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)
 pkg_check_modules(WEBP REQUIRED IMPORTED_TARGET libwebp libwebpdemux)
 pkg_check_modules(ICU REQUIRED IMPORTED_TARGET icu-uc icu-i18n)
-# Optional: libdeflate inflates the image data of common PNGs in one call,
-# faster than zlib's streaming inflate (decode_png.cc); without it every PNG
-# goes through libpng.
-pkg_check_modules(DEFLATE QUIET IMPORTED_TARGET libdeflate)
-if(NOT DEFLATE_FOUND)
-  message(STATUS "libdeflate not found (libdeflate-dev): PNG images decode through libpng only, more slowly")
-endif()

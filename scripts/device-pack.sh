@@ -63,7 +63,7 @@ fi
 
 # --- Debian packages into a prefix ---------------------------------------------------------------
 # The build's find_package/pkg_check_modules (cmake/clip_codecs.cmake) and their shared libraries.
-debs=(libjpeg62-turbo libjpeg62-turbo-dev libpng16-16 libpng-dev libdeflate0 libdeflate-dev libgif7 libgif-dev
+debs=(libjpeg62-turbo libjpeg62-turbo-dev libpng16-16 libpng-dev libgif7 libgif-dev
   libwebp7 libwebpdemux2 libwebpmux3 libwebp-dev
   libicu72 libicu-dev zlib1g zlib1g-dev nlohmann-json3-dev pkgconf-bin libpkgconf3)
 mkdir -p "$work/debs"
@@ -82,7 +82,7 @@ while IFS= read -r pc; do
   sed -i -E "s#(^|[=[:space:]])/usr(/|[[:space:]]|\$)#\1\${pcfiledir}/${rel}\2#g" "$pc"
 done < <(find "$work/prefix" -name '*.pc')
 PKG_CONFIG_LIBDIR="$work/prefix/usr/lib/x86_64-linux-gnu/pkgconfig:$work/prefix/usr/share/pkgconfig" \
-  pkg-config --cflags --libs icu-uc icu-i18n libwebp libwebpdemux libpng libdeflate | grep -q "$work/prefix" ||
+  pkg-config --cflags --libs icu-uc icu-i18n libwebp libwebpdemux libpng | grep -q "$work/prefix" ||
   { echo "device-pack: the rewritten .pc files do not point into the prefix" >&2; exit 1; }
 tar -C "$work/prefix" -cf - . | xz -6 -T0 >"$pack/prefix.tar.xz"
 

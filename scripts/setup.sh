@@ -14,7 +14,7 @@ log() { printf '\n== %s\n' "$*"; }
 # of clang on Debian 12): the sanitizer and fuzzing builds of scripts/sanitize.sh.
 # clang-format: npm run lint:cpp (scripts/clang-format.sh).
 packages=(build-essential cmake ninja-build pkg-config zlib1g-dev
-          libjpeg62-turbo-dev libpng-dev libdeflate-dev libwebp-dev libgif-dev libicu-dev nlohmann-json3-dev
+          libjpeg62-turbo-dev libpng-dev libwebp-dev libgif-dev libicu-dev nlohmann-json3-dev
           python3-venv clang libclang-rt-14-dev clang-format)
 if [ "${CLIP_LIBTORCH:-venv}" = system ]; then
   # Without an optimized BLAS, Debian's libtorch falls back to reference BLAS (about 40x slower).

@@ -7,7 +7,9 @@ Usage: python make_seeds.py OUT_DIR
 """
 import io
 import os
+import struct
 import sys
+import zlib
 
 from PIL import Image
 
@@ -32,6 +34,33 @@ def exif(orientation):
     return data.tobytes()
 
 
+def fixed_huffman_png(length_symbol):
+    """A 516 x 1 grey PNG of zeros whose image data is one fixed-Huffman block:
+    a literal 0, then two 258-byte matches at distance 1 coded as
+    `length_symbol` (285 is length 258; 286 and 287 are reserved, refused by
+    zlib, decoded as 258 by lenient inflaters)."""
+    bits = []
+
+    def code(value, n):  # Huffman codes, most significant bit first
+        bits.extend((value >> i) & 1 for i in range(n - 1, -1, -1))
+
+    bits += [1, 1, 0]  # BFINAL, BTYPE 01 (fixed), least significant bit first
+    code(0x30, 8)  # literal 0
+    for _ in range(2):
+        code(0xC0 + length_symbol - 280, 8)
+        code(0, 5)  # distance 1
+    code(0, 7)  # end of block
+    bits += [0] * (-len(bits) % 8)
+    deflate = bytes(sum(b << i for i, b in enumerate(bits[k:k + 8])) for k in range(0, len(bits), 8))
+    stream = b"\x78\x01" + deflate + struct.pack(">I", zlib.adler32(bytes(517)))
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 516, 1, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", stream) + chunk(b"IEND", b""))
+
+
 def main(out):
     os.makedirs(out, exist_ok=True)
     seeds = {}
@@ -52,6 +81,8 @@ def main(out):
         save(f"{mode.replace(';', '')}.png", pattern(mode), "PNG")
     save("transparent_p.png", pattern("P"), "PNG", transparency=2)
     save("exif8.png", pattern("RGB"), "PNG", exif=exif(8))
+    seeds["fixed_huffman.png"] = fixed_huffman_png(285)
+    seeds["reserved_length_code.png"] = fixed_huffman_png(287)
     save("lossy.webp", pattern("RGB"), "WEBP", quality=60)
     save("lossless.webp", pattern("RGB"), "WEBP", lossless=True)
     save("alpha.webp", pattern("RGBA"), "WEBP", quality=70)

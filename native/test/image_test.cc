@@ -914,7 +914,7 @@ void TestPngModes() {
   }
 }
 
-// PNG's whole-buffer path (libdeflate, rows unfiltered here) against libpng's
+// PNG's whole-buffer path (one inflate call, rows unfiltered here) against libpng's
 // on the same bytes: the same pixels or the same error, and the whole-buffer
 // path taken exactly where it should be.
 namespace png_paths {
@@ -996,6 +996,38 @@ Bytes Zlib(const Bytes& raw, int level) {
   return out;
 }
 
+// A zlib stream of `1 + 258 * matches` zero bytes in one fixed-Huffman block:
+// a literal 0, then matches of 258 bytes at distance 1, each coded as
+// `length_symbol`: 285 is length 258; 286 and 287 are reserved by RFC 1951
+// (zlib refuses them, some inflaters decode them as 258).
+Bytes FixedHuffmanZeros(int matches, int length_symbol) {
+  Bytes out = {0x78, 0x01};
+  uint32_t bits = 0;
+  int count = 0;
+  auto put = [&](uint32_t value, int n) {  // LSB first, as DEFLATE packs header fields
+    bits |= value << count;
+    count += n;
+    for (; count >= 8; count -= 8, bits >>= 8) out.push_back(static_cast<uint8_t>(bits));
+  };
+  auto code = [&](uint32_t codeword, int n) {  // Huffman codes go MSB first
+    for (int i = n - 1; i >= 0; --i) put((codeword >> i) & 1, 1);
+  };
+  put(1, 1);      // BFINAL
+  put(1, 2);      // BTYPE 01: fixed Huffman codes
+  code(0x30, 8);  // literal 0
+  for (int i = 0; i < matches; ++i) {
+    code(0xC0 + (length_symbol - 280), 8);  // symbols 280-287: 8-bit codes 11000000 + n
+    code(0, 5);                             // distance symbol 0: distance 1
+  }
+  code(0, 7);  // end of block (256)
+  if (count > 0) put(0, 8 - count);
+  const uint32_t adler = 1 + 0 + 0;  // Adler-32 of n zero bytes: a = 1, b = n
+  const uint32_t n = 1 + 258u * matches;
+  const uint32_t check = (n % 65521) << 16 | adler;
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<uint8_t>(check >> shift));
+  return out;
+}
+
 struct Outcome {
   bool ok = false;
   std::string error;
@@ -1042,10 +1074,6 @@ Outcome Agree(const std::string& what, const Bytes& data, bool whole_buffer) {
 
 void TestPngWholeBuffer() {
   using namespace png_paths;
-  if (!clip::decode::PngWholeBufferAvailable()) {
-    std::printf("note: built without libdeflate; PNG's whole-buffer path not tested\n");
-    return;
-  }
   const std::vector<std::vector<int>> filter_sets = {{0}, {1}, {2}, {3}, {4}, {0, 1, 2, 3, 4}, {4, 3, 2, 1}};
   const int kChannels[][2] = {{0, 1}, {4, 2}, {2, 3}, {6, 4}};  // colour type, bytes per pixel
   uint32_t seed = 100;
@@ -1152,6 +1180,23 @@ void TestPngWholeBuffer() {
         false);
   Agree("PNG whole-buffer: a bad zlib header check", with([](File* f) { f->stream[1] ^= 1; }), false);
   Agree("PNG whole-buffer: not a deflate stream", with([](File* f) { f->stream = Bytes(40, 0xAB); }), false);
+  // A 516 x 1 grey image of zeros in one fixed-Huffman block; with a reserved
+  // length code it is no longer a valid stream, although an inflater that maps
+  // the code to 258 would produce the same bytes with the right Adler-32.
+  File zeros;
+  zeros.width = 516;
+  zeros.height = 1;
+  zeros.color_type = 0;
+  zeros.stream = FixedHuffmanZeros(2, 285);
+  const Outcome valid = Agree("PNG whole-buffer: a fixed-Huffman block", Build(zeros), true);
+  Check(valid.ok && valid.image.pixels == Bytes(516 * 3, 0),
+        "PNG whole-buffer: a fixed-Huffman block decodes to zeros");
+  for (int reserved : {286, 287}) {
+    zeros.stream = FixedHuffmanZeros(2, reserved);
+    const Outcome refused =
+        Agree("PNG whole-buffer: reserved length code " + std::to_string(reserved), Build(zeros), false);
+    Check(!refused.ok, "PNG whole-buffer: reserved length code " + std::to_string(reserved) + " is refused");
+  }
   Agree("PNG whole-buffer: Adam7 goes to libpng", with([](File* f) { f->interlace = true; }), false);
 
   // The resize sink, which takes the rows in blocks: the same floats.

@@ -101,11 +101,9 @@ void DecodeWebp(const uint8_t* data, size_t size, const ImageDecodeOptions& opti
 void DecodeGif(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* sink);
 void DecodeBmp(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* sink);
 
-// PNG's whole-buffer path (decode_png.cc): whether this build has it (it needs
-// libdeflate), a process-wide switch (on by default; off sends every PNG
-// through libpng, which tests compare it with), and how many images it has
-// decoded.
-bool PngWholeBufferAvailable();
+// PNG's whole-buffer path (decode_png.cc): a process-wide switch (on by
+// default; off sends every PNG through libpng, which tests compare it with)
+// and how many images it has decoded.
 void SetPngWholeBufferEnabled(bool enabled);
 uint64_t PngWholeBufferDecodes();
 
