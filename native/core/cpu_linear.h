@@ -1,7 +1,10 @@
-// A float32 linear for few rows on AVX-512: the text encoder at batch 1-4
-// runs 7-64 rows against every weight matrix, where oneDNN's blocked kernels
-// leave much of the CPU unused. Larger inputs go to oneDNN, which is faster
-// there.
+// clip-native's own linear on AVX-512 (float32) and AVX512-BF16, on weights
+// packed at load into panels of 32 output features. It was made for few rows
+// (the text encoder at batch 1-4 runs 7-64 rows against every weight matrix,
+// where oneDNN's blocked kernels leave much of the CPU unused) and blocks
+// larger inputs so that it keeps level with oneDNN on them (an image is 50
+// rows; eight are 400). The "avx512" and "avx512-bf16" candidates of the
+// model (model.h) run every linear on it.
 #ifndef CLIP_NATIVE_CORE_CPU_LINEAR_H_
 #define CLIP_NATIVE_CORE_CPU_LINEAR_H_
 
@@ -28,14 +31,19 @@ at::Tensor SmallRowLinearBf16(const at::Tensor& x, const at::Tensor& packed, con
 at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                           int64_t out_features);
 
-// Rows at or below which the TorchScript operator clip_native::linear_rows
-// takes SmallRowLinear; above it, oneDNN. On AMD Zen 4 (bench/optimizations.md)
-// the kernel leads oneDNN's by 20-50% in float32 on 7-28 rows (a caption up
-// to a few captions at once) and by 5-8% on 50-85; from about 200 rows
-// oneDNN's blocking is ahead. 64 keeps to the sizes the load's calibration
-// times (texts of 10 and 20 tokens, four of 16: 64 rows packed), which
-// decides whether a text encoder uses the operator at all (the "+avx512"
-// candidates).
+// The rewritten graphs call either through the TorchScript operator
+// clip_native::linear_rows(x, packed, bias, out_features, attr), registered
+// by cpu_linear.cc: the packed weights' dtype picks the kernel, and attr
+// "swish" applies y * sigmoid(y) after it.
+
+// Rows at or below which each thread of a linear copies the input's row
+// tiles for itself, inside the one parallel region (a second region for a
+// shared copy costs more than the copy at these sizes). Larger inputs are
+// copied once, by all threads, and run in groups of tiles that stay in a
+// core's L2 cache (cpu_linear.cc). On AMD Zen 4 (bench/optimizations.md) the
+// kernel leads oneDNN's by 20-50% in float32 on 7-28 rows (a caption up to a
+// few captions at once) and by 5-9% on 50-85, and is level with it from 100
+// to 800 rows.
 constexpr int64_t kSmallRowLimit = 64;
 
 // How many threads an at::parallel_for of clip-native's own kernels runs on

@@ -279,9 +279,10 @@ torch::jit::Value* InsertTensorConstant(torch::jit::Graph& graph, const at::Tens
   return graph.insertNode(node)->output();
 }
 
-// Returns how many linears were rewritten. With `small_rows` (float32 on
-// AVX-512) each linear becomes clip_native::linear_rows, which runs inputs
-// of few rows on SmallRowLinear (cpu_linear.h) and the rest on oneDNN.
+// Returns how many linears were rewritten. With `small_rows` (AVX-512, or
+// AVX512-BF16 for bfloat16) each linear becomes clip_native::linear_rows,
+// clip-native's own kernel (cpu_linear.h) on its own packed weights, with no
+// oneDNN weights beside them.
 int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat16, bool small_rows = false) {
   if (!HasOperator("mkldnn::_linear_pointwise", "")) return 0;  // libtorch < 2.0
   std::optional<c10::OperatorHandle> pack;
@@ -311,13 +312,16 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
       if (bias) bias = *bias * gate->s;
     }
     w = w.to(dtype).contiguous();
-    if (bias) bias = bias->to(dtype).contiguous();
     const int64_t out_features = w.size(0);
     // The bfloat16 kernel reads inputs in pairs: an odd width stays on oneDNN.
     const bool rows_kernel = small_rows && (!bfloat16 || w.size(1) % 2 == 0);
+    // clip-native's kernel adds float32 biases to its float32 sums; oneDNN
+    // takes them in the weights' dtype.
+    if (bias) bias = bias->to(rows_kernel ? at::kFloat : dtype).contiguous();
     at::Tensor small_row_weight;
-    if (rows_kernel) small_row_weight = bfloat16 ? PackSmallRowWeightBf16(w) : PackSmallRowWeight(w);
-    if (pack) {
+    if (rows_kernel) {
+      small_row_weight = bfloat16 ? PackSmallRowWeightBf16(w) : PackSmallRowWeight(w);
+    } else if (pack) {
       torch::jit::Stack stack{w, c10::IValue()};
       pack->callBoxed(&stack);
       w = stack[0].toTensor();
@@ -333,17 +337,19 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
       cast->output()->setType(c10::TensorType::get());
       input = graph->insertNode(cast)->output();
     }
-    torch::jit::Value* w_value = InsertTensorConstant(*graph, w);
     torch::jit::Value* b_value = bias ? InsertTensorConstant(*graph, *bias) : graph->insertConstant(c10::IValue());
-    torch::jit::Node* no_scalars =
-        graph->insertNode(graph->createList(c10::OptionalType::create(c10::NumberType::get()), {}));
-    torch::jit::Node* fused =
-        rows_kernel ? graph->create(linear_rows, {input, graph->insertConstant(small_row_weight), w_value, b_value,
-                                                  graph->insertConstant(out_features),
-                                                  graph->insertConstant(std::string(gate ? "swish" : "none"))})
-                    : graph->create(linear_pointwise, {input, w_value, b_value,
-                                                       graph->insertConstant(std::string(gate ? "swish" : "none")),
-                                                       no_scalars->output(), graph->insertConstant(c10::IValue())});
+    torch::jit::Value* attr = graph->insertConstant(std::string(gate ? "swish" : "none"));
+    torch::jit::Node* fused = nullptr;
+    if (rows_kernel) {
+      fused = graph->create(linear_rows, {input, graph->insertConstant(small_row_weight), b_value,
+                                          graph->insertConstant(out_features), attr});
+    } else {
+      torch::jit::Value* w_value = InsertTensorConstant(*graph, w);
+      torch::jit::Node* no_scalars =
+          graph->insertNode(graph->createList(c10::OptionalType::create(c10::NumberType::get()), {}));
+      fused = graph->create(linear_pointwise, {input, w_value, b_value, attr, no_scalars->output(),
+                                               graph->insertConstant(c10::IValue())});
+    }
     fused->output()->setType(c10::TensorType::get());
     graph->insertNode(fused);
 
@@ -772,13 +778,13 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
     encoder.autocast = bfloat16;
     return encoder;
   }
-  if (name == "onednn+avx512") {
+  if (name == "avx512") {
     encoder.module = torch::jit::freeze(archive);
     RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), /*bfloat16=*/false, /*small_rows=*/true);
     rewrite_attention();
     return encoder;
   }
-  const bool small_rows = name == "onednn-bf16+avx512";
+  const bool small_rows = name == "avx512-bf16";
   if (name == "onednn-bf16" || small_rows) {
     torch::jit::script::Module copy = archive.clone();
     copy.to(torch::kBFloat16);
@@ -1011,11 +1017,11 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
   const bool onednn = HasOperator("mkldnn::_linear_pointwise", "");
   switch (precision) {
     case Precision::kFloat32:
-      if (onednn && SmallRowLinearAvailable()) return {"onednn", "onednn+avx512", "aten"};
+      if (onednn && SmallRowLinearAvailable()) return {"onednn", "avx512", "aten"};
       if (onednn) return {"onednn", "aten"};
       return {"aten"};
     case Precision::kBFloat16:
-      if (onednn && SmallRowLinearBf16Available()) return {"onednn", "onednn-bf16", "onednn-bf16+avx512"};
+      if (onednn && SmallRowLinearBf16Available()) return {"onednn", "onednn-bf16", "avx512-bf16"};
       if (onednn) return {"onednn", "onednn-bf16"};
       return {"autocast"};
     case Precision::kInt8: {
@@ -1217,19 +1223,8 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
     cpu_kernels_.selected_by = source;
   }
   ChooseAttentionKernel(precision_, calibrate, &cpu_kernels_);
-  // The small-row candidates keep a second copy of every weight (their
-  // panels beside oneDNN's, which inputs past kSmallRowLimit rows take). An
-  // image is already 50 rows to every linear, where the panels gained 3% in
-  // float32 and 0-10% in bfloat16 between runs (one image; none from two) on
-  // a Zen 4 EPYC: not worth a second copy of the weights (350 MB in float32),
-  // so images choose among the others.
-  std::vector<std::string> image_candidates;
-  for (const auto& name : candidates) {
-    const bool small_rows = name == "onednn+avx512" || name == "onednn-bf16+avx512";
-    if (!small_rows || candidates.size() == 1) image_candidates.push_back(name);
-  }
   image_encoder_ = ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
-                                    image_candidates, cpu_kernels_.attention_kernel, &cpu_kernels_.image_ms);
+                                    candidates, cpu_kernels_.attention_kernel, &cpu_kernels_.image_ms);
   text_encoder_ = ChooseCpuEncoder(text_archive, manifest_.text_encoder_path, manifest_, /*image=*/false, precision_,
                                    candidates, cpu_kernels_.attention_kernel, &cpu_kernels_.text_ms);
   cpu_kernels_.image = image_encoder_.kernel;

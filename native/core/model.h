@@ -45,14 +45,14 @@ const char* PrecisionName(Precision precision);
 // The ways this libtorch can run the CPU encoders at `precision`, best first
 // where nothing was measured:
 //   float32:  "onednn" (oneDNN inner products on weights packed at load,
-//             QuickGELU fused), "onednn+avx512" (the same, with inputs of
-//             few rows on clip-native's AVX-512 kernel, cpu_linear.h),
-//             "aten" (libtorch's linear: MKL or OpenBLAS)
+//             QuickGELU fused), "avx512" (every linear on clip-native's
+//             AVX-512 kernel, cpu_linear.h, on its own packed weights; the
+//             rest of the graph as "onednn"), "aten" (libtorch's linear: MKL
+//             or OpenBLAS)
 //   bfloat16: "onednn" (bfloat16 weights, float32 activations between the
 //             linears), "onednn-bf16" (bfloat16 activations throughout),
-//             "onednn-bf16+avx512" (the same with inputs of at most 14 rows
-//             on clip-native's own AVX512-BF16 linear), "autocast"
-//             (libtorch < 2.0)
+//             "avx512-bf16" (the same on clip-native's AVX512-BF16 linear),
+//             "autocast" (libtorch < 2.0)
 //   int8:     "fbgemm", "onednn" (quantized engines; per-channel int8
 //             weights, activations quantized per call)
 std::vector<std::string> CpuKernelCandidates(Precision precision);

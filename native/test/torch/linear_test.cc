@@ -3,9 +3,11 @@
 // at::linear. Covers every tile height the row split makes (1-14 rows per
 // tile, several tiles, uneven splits), inputs narrower and wider than a
 // panel, features that leave the last panel part-empty, a missing bias,
-// inputs of more dimensions and not contiguous, the same bits on any number
-// of threads, and linear_rows on both sides of kSmallRowLimit (its own
-// kernel at and below, oneDNN above), with and without the swish post-op.
+// inputs of more dimensions and not contiguous, both sides of kSmallRowLimit
+// (per-thread copies of the rows at and below it; one shared copy run in
+// groups of tiles above, one group or many), the same bits on any number of
+// threads, and linear_rows on either dtype, with and without the swish
+// post-op.
 // On a CPU without AVX-512F (or AVX512-BF16 for the bfloat16 kernel) those
 // cases are reported as skipped. Prints one line per failure, then "N
 // passed, M failed"; exits non-zero on any failure.
@@ -71,7 +73,7 @@ void TestFloat32() {
   // Rows: each tile height alone, then splits into several tiles.
   std::vector<int64_t> rows;
   for (int64_t m = 1; m <= 15; ++m) rows.push_back(m);
-  for (int64_t m : {27, 28, 29, 41, 43, 50, 57, 63, 64, 100}) rows.push_back(m);
+  for (int64_t m : {27, 28, 29, 41, 43, 50, 57, 63, 64, 65, 100, 200, 401}) rows.push_back(m);
   for (int64_t m : rows) {
     for (const auto& [k, n] : std::vector<std::pair<int64_t, int64_t>>{{768, 2304}, {3072, 768}, {33, 40}, {1, 17}}) {
       const at::Tensor x = Random({m, k});
@@ -96,16 +98,21 @@ void TestFloat32() {
   CheckClose(clip::SmallRowLinear(x3, packed, b, 96), x3, w, b, "float32 [3, 7, 128]");
   const at::Tensor strided = Random({128, 20}).t();
   CheckClose(clip::SmallRowLinear(strided, packed, b, 96), strided, w, b, "float32 transposed view");
-  // Threads split the panels; each thread copies the row tiles for itself.
-  const at::Tensor x = Random({50, 768});
+  // Threads split the panels; each thread copies the row tiles for itself
+  // (50 rows), or all copy them once and run them in groups (400 rows of 768
+  // floats: 5 groups).
   const at::Tensor wide = Random({3072, 768}, 0.05);
   const at::Tensor wide_packed = clip::PackSmallRowWeight(wide);
-  const int saved = at::get_num_threads();
-  at::set_num_threads(1);
-  const at::Tensor one = clip::SmallRowLinear(x, wide_packed, c10::nullopt, 3072);
-  at::set_num_threads(saved);
-  const at::Tensor many = clip::SmallRowLinear(x, wide_packed, c10::nullopt, 3072);
-  Check(at::equal(one, many), "float32: the same bits on 1 and " + std::to_string(saved) + " threads");
+  for (int64_t m : {50, 400}) {
+    const at::Tensor x = Random({m, 768});
+    const int saved = at::get_num_threads();
+    at::set_num_threads(1);
+    const at::Tensor one = clip::SmallRowLinear(x, wide_packed, c10::nullopt, 3072);
+    at::set_num_threads(saved);
+    const at::Tensor many = clip::SmallRowLinear(x, wide_packed, c10::nullopt, 3072);
+    Check(at::equal(one, many),
+          "float32 " + std::to_string(m) + " rows: the same bits on 1 and " + std::to_string(saved) + " threads");
+  }
   // Wrong shapes are refused, not read past.
   bool refused = false;
   try {
@@ -121,7 +128,7 @@ void TestBFloat16() {
     std::cout << "skipped: bfloat16 small-row kernel (no AVX512-BF16)" << std::endl;
     return;
   }
-  for (int64_t m : {1, 2, 7, 13, 14, 15, 28, 29, 50, 64}) {
+  for (int64_t m : {1, 2, 7, 13, 14, 15, 28, 29, 50, 64, 65, 200, 401}) {
     for (const auto& [k, n] : std::vector<std::pair<int64_t, int64_t>>{{768, 768}, {3072, 768}, {2, 33}}) {
       const at::Tensor x = Random({m, k}).to(at::kBFloat16);
       const at::Tensor w = Random({n, k}, 0.05).to(at::kBFloat16);
@@ -136,36 +143,48 @@ void TestBFloat16() {
              "bfloat16 [2, 5, 64], no bias");
 }
 
-// clip_native::linear_rows as the rewritten graph calls it: the kernel's
-// panels and oneDNN's packed weights of the same linear.
+// clip_native::linear_rows as the rewritten graph calls it, on float32 and
+// bfloat16 panels (float32 biases), on both sides of kSmallRowLimit.
 void TestLinearRows() {
-  if (!clip::SmallRowLinearAvailable() ||
-      !c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_linear_weight", ""}).has_value()) {
-    std::cout << "skipped: linear_rows (no AVX-512F or no oneDNN linear in this libtorch)" << std::endl;
+  if (!clip::SmallRowLinearAvailable()) {
+    std::cout << "skipped: linear_rows (no AVX-512F)" << std::endl;
     return;
   }
   const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow("clip_native::linear_rows", "");
-  const c10::OperatorHandle pack = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
   const int64_t k = 256, n = 160;
   const at::Tensor w = Random({n, k}, 0.05);
   const at::Tensor b = Random({n}, 0.1);
-  torch::jit::Stack packing{w, c10::IValue()};
-  pack.callBoxed(&packing);
-  const at::Tensor onednn_weight = packing[0].toTensor();
-  const at::Tensor panels = clip::PackSmallRowWeight(w);
-  for (int64_t m : {int64_t{1}, clip::kSmallRowLimit, clip::kSmallRowLimit + 1, 3 * clip::kSmallRowLimit}) {
-    for (const std::string attr : {"none", "swish"}) {
-      const at::Tensor x = Random({m, k});
-      torch::jit::Stack stack{x, panels, onednn_weight, b, n, attr};
-      op.callBoxed(&stack);
-      const at::Tensor got = stack[0].toTensor();
-      at::Tensor want = at::linear(x, w, b);
-      if (attr == "swish") want = want * at::sigmoid(want);
-      const double diff = at::abs(got - want).max().item<double>();
-      Check(got.sizes() == want.sizes() && diff < 1e-4,
-            "linear_rows " + std::to_string(m) + " rows, " + attr + ": max abs diff " + std::to_string(diff));
+  for (const bool bfloat16 : {false, true}) {
+    if (bfloat16 && !clip::SmallRowLinearBf16Available()) {
+      std::cout << "skipped: linear_rows on bfloat16 (no AVX512-BF16)" << std::endl;
+      continue;
+    }
+    const at::ScalarType dtype = bfloat16 ? at::kBFloat16 : at::kFloat;
+    const at::Tensor panels = bfloat16 ? clip::PackSmallRowWeightBf16(w.to(dtype)) : clip::PackSmallRowWeight(w);
+    for (int64_t m : {int64_t{1}, clip::kSmallRowLimit, clip::kSmallRowLimit + 1, 3 * clip::kSmallRowLimit}) {
+      for (const std::string attr : {"none", "swish"}) {
+        const at::Tensor x = Random({m, k}).to(dtype);
+        torch::jit::Stack stack{x, panels, b, n, attr};
+        op.callBoxed(&stack);
+        const at::Tensor got = stack[0].toTensor();
+        at::Tensor want = at::linear(x.to(at::kFloat), w.to(dtype).to(at::kFloat), b);
+        if (attr == "swish") want = want * at::sigmoid(want);
+        const double bound = bfloat16 ? 0.02 * (1 + at::abs(want).max().item<double>()) : 1e-4;
+        const double diff = at::abs(got.to(at::kFloat) - want).max().item<double>();
+        Check(got.sizes() == want.sizes() && got.scalar_type() == dtype && diff < bound,
+              std::string(bfloat16 ? "bfloat16 " : "float32 ") + "linear_rows " + std::to_string(m) + " rows, " + attr +
+                  ": max abs diff " + std::to_string(diff));
+      }
     }
   }
+  bool refused = false;
+  try {
+    torch::jit::Stack stack{Random({2, k}), clip::PackSmallRowWeight(w), b, n, std::string("gelu")};
+    op.callBoxed(&stack);
+  } catch (const c10::Error&) {
+    refused = true;
+  }
+  Check(refused, "linear_rows: an unknown post-op is refused");
 }
 
 }  // namespace
