@@ -53,7 +53,8 @@ export interface LoadOptions {
    * How the CPU encoders run: `auto` (default) times each candidate of the dtype at load and keeps the fastest
    * per encoder; `fixed` takes the first candidate without measuring, so every process on a machine makes the
    * same choice (the bits of an embedding can depend on the kernel: the batch command uses it); a candidate's
-   * name forces it (`info.cpuKernels.candidates` lists them: float32 `onednn`, `avx512`, `aten`; bfloat16
+   * name forces it (`info.cpuKernels.candidates` lists them: float32 `onednn`, `avx512`, `aten` (libtorch 1.13:
+   * `aten`, `avx512`); bfloat16
    * `onednn`, `onednn-bf16`, `avx512-bf16`; int8 `onednn`, `fbgemm` on CPUs with VNNI or AMX-INT8, else
    * `fbgemm`, `onednn`). The environment variable `CLIP_NATIVE_CPU_KERNELS` does the same when this option is
    * absent. Ignored on CUDA.

@@ -282,9 +282,11 @@ torch::jit::Value* InsertTensorConstant(torch::jit::Graph& graph, const at::Tens
 // Returns how many linears were rewritten. With `small_rows` (AVX-512, or
 // AVX512-BF16 for bfloat16) each linear becomes clip_native::linear_rows,
 // clip-native's own kernel (cpu_linear.h) on its own packed weights, with no
-// oneDNN weights beside them.
+// oneDNN weights beside them; float32 then needs nothing of oneDNN (libtorch
+// 1.13 has no mkldnn::_linear_pointwise).
 int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat16, bool small_rows = false) {
-  if (!HasOperator("mkldnn::_linear_pointwise", "")) return 0;  // libtorch < 2.0
+  const bool onednn = HasOperator("mkldnn::_linear_pointwise", "");
+  if (!onednn && !(small_rows && !bfloat16)) return 0;  // libtorch < 2.0
   std::optional<c10::OperatorHandle> pack;
   if (HasOperator("mkldnn::_reorder_linear_weight", "")) {
     pack = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
@@ -1019,6 +1021,7 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
     case Precision::kFloat32:
       if (onednn && SmallRowLinearAvailable()) return {"onednn", "avx512", "aten"};
       if (onednn) return {"onednn", "aten"};
+      if (SmallRowLinearAvailable()) return {"aten", "avx512"};
       return {"aten"};
     case Precision::kBFloat16:
       if (onednn && SmallRowLinearBf16Available()) return {"onednn", "onednn-bf16", "avx512-bf16"};

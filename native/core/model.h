@@ -47,8 +47,9 @@ const char* PrecisionName(Precision precision);
 //   float32:  "onednn" (oneDNN inner products on weights packed at load,
 //             QuickGELU fused), "avx512" (every linear on clip-native's
 //             AVX-512 kernel, cpu_linear.h, on its own packed weights; the
-//             rest of the graph as "onednn"), "aten" (libtorch's linear: MKL
-//             or OpenBLAS)
+//             rest of the graph as "onednn"; it needs no oneDNN, so
+//             libtorch 1.13 has it too, after "aten"), "aten" (libtorch's
+//             linear: MKL or OpenBLAS)
 //   bfloat16: "onednn" (bfloat16 weights, float32 activations between the
 //             linears), "onednn-bf16" (bfloat16 activations throughout),
 //             "avx512-bf16" (the same on clip-native's AVX512-BF16 linear),
