@@ -16,13 +16,13 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define CLIP_SMALL_ROW_KERNEL 1
+#define CLIP_PANEL_KERNEL 1
 #endif
 
 namespace clip {
 namespace {
 
-#ifdef CLIP_SMALL_ROW_KERNEL
+#ifdef CLIP_PANEL_KERNEL
 constexpr int kPanel = 32;  // output features per panel: two zmm registers
 constexpr int kTile = 14;   // rows per two-register tile: 28 accumulators of the 32 registers
 static_assert(kTile <= 16, "a row tile is copied through one 16 x 16 transpose");
@@ -88,7 +88,7 @@ __attribute__((target("avx512f"))) const T* ThreadRowTiles(const T* x, int64_t k
   return copy.data();
 }
 
-// Inputs of more rows than kSmallRowLimit (an image encoder's 50 rows per
+// Inputs of more rows than kPerThreadCopyRows (an image encoder's 50 rows per
 // image, when it runs on this kernel alone): copied k-major once, by all
 // threads together, into one buffer, and run in groups of consecutive tiles
 // of at most kGroupBytes of copied rows. Each thread takes every group in
@@ -279,41 +279,40 @@ void CheckFloatCpu(const at::Tensor& t, const char* what) {
               " must be a float32 CPU tensor, got ", t.toString());
 }
 
-// clip_native::linear_rows: SmallRowLinear (float32 panels) or
-// SmallRowLinearBf16 (bfloat16 panels); `attr` is "none" or "swish"
+// clip_native::linear_rows: PanelLinear (float32 panels) or
+// PanelLinearBf16 (bfloat16 panels); `attr` is "none" or "swish"
 // (y * sigmoid(y), QuickGELU on weights scaled at load).
 at::Tensor LinearRows(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                       int64_t out_features, c10::string_view attr) {
   TORCH_CHECK(attr == "none" || attr == "swish", "clip_native: linear_rows takes \"none\" or \"swish\", got \"",
               std::string(attr.data(), attr.size()), "\"");
-  at::Tensor y = packed.scalar_type() == at::kBFloat16 ? SmallRowLinearBf16(x, packed, bias, out_features)
-                                                       : SmallRowLinear(x, packed, bias, out_features);
+  at::Tensor y = packed.scalar_type() == at::kBFloat16 ? PanelLinearBf16(x, packed, bias, out_features)
+                                                       : PanelLinear(x, packed, bias, out_features);
   if (attr == "swish") y.mul_(at::sigmoid(y));
   return y;
 }
 
 }  // namespace
 
-bool SmallRowLinearAvailable() {
-#ifdef CLIP_SMALL_ROW_KERNEL
+bool PanelLinearAvailable() {
+#ifdef CLIP_PANEL_KERNEL
   return GetCpuFeatures().avx512f;
 #else
   return false;
 #endif
 }
 
-bool SmallRowLinearBf16Available() {
-#ifdef CLIP_SMALL_ROW_KERNEL
+bool PanelLinearBf16Available() {
+#ifdef CLIP_PANEL_KERNEL
   return GetCpuFeatures().avx512f && GetCpuFeatures().avx512_bf16;
 #else
   return false;
 #endif
 }
 
-at::Tensor PackSmallRowWeightBf16(const at::Tensor& weight) {
+at::Tensor PackPanelWeightBf16(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.size(1) % 2 == 0,
-              "clip_native: a bfloat16 small-row weight must be 2-D with an even number of inputs, got ",
-              weight.sizes());
+              "clip_native: a bfloat16 panel weight must be 2-D with an even number of inputs, got ", weight.sizes());
   const int64_t n = weight.size(0);
   const int64_t k = weight.size(1);
   const int64_t panels = (n + 31) / 32;
@@ -323,11 +322,11 @@ at::Tensor PackSmallRowWeightBf16(const at::Tensor& weight) {
   return padded.view({panels, 32, k / 2, 2}).permute({0, 2, 1, 3}).contiguous();
 }
 
-at::Tensor SmallRowLinearBf16(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                              int64_t out_features) {
+at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                           int64_t out_features) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.device().is_cpu() && packed.scalar_type() == at::kBFloat16 &&
                   packed.device().is_cpu(),
-              "clip_native: the bfloat16 small-row linear takes bfloat16 CPU tensors, got ", x.toString(), " and ",
+              "clip_native: the bfloat16 panel linear takes bfloat16 CPU tensors, got ", x.toString(), " and ",
               packed.toString());
   TORCH_CHECK(x.dim() >= 1 && packed.dim() == 4 && packed.size(2) == 32 && packed.size(3) == 2 &&
                   x.size(-1) == 2 * packed.size(1) && packed.size(0) * 32 >= out_features && out_features > 0,
@@ -339,7 +338,7 @@ at::Tensor SmallRowLinearBf16(const at::Tensor& x, const at::Tensor& packed, con
                 out_features, " features was expected, got ", bias->sizes());
     bias_float = bias->to(at::kFloat).contiguous();
   }
-  TORCH_CHECK(SmallRowLinearBf16Available(), "clip_native: this CPU lacks AVX512-BF16 for the small-row linear");
+  TORCH_CHECK(PanelLinearBf16Available(), "clip_native: this CPU lacks AVX512-BF16 for the panel linear");
   const int64_t k = x.size(-1);
   at::Tensor rows = x.reshape({-1, k}).contiguous();
   const int64_t m = rows.size(0);
@@ -347,14 +346,14 @@ at::Tensor SmallRowLinearBf16(const at::Tensor& x, const at::Tensor& packed, con
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out_features;
   at::Tensor y = at::empty({m, out_features}, x.options());
-#ifdef CLIP_SMALL_ROW_KERNEL
+#ifdef CLIP_PANEL_KERNEL
   const int64_t pairs = k / 2;
   const std::vector<RowTile> tiles = SplitRows(m, kTile);
   const auto* xp = reinterpret_cast<const uint32_t*>(rows.data_ptr<at::BFloat16>());
   const auto* pp = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
   const float* bp = bias ? bias_float.data_ptr<float>() : nullptr;
   auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
-  if (m > kSmallRowLimit) {
+  if (m > kPerThreadCopyRows) {
     RunInGroups(xp, pairs, tiles, panels,
                 [&](const uint32_t* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
                   PanelsBf16(copy, group, pairs, pp, bp, out_features, yp, first, last);
@@ -381,7 +380,7 @@ int ParallelForThreads() {
   return static_cast<int>(seen.size());
 }
 
-at::Tensor PackSmallRowWeight(const at::Tensor& weight) {
+at::Tensor PackPanelWeight(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2, "clip_native: a linear weight must be 2-D, got ", weight.sizes());
   const int64_t n = weight.size(0);
   const int64_t k = weight.size(1);
@@ -391,8 +390,8 @@ at::Tensor PackSmallRowWeight(const at::Tensor& weight) {
   return padded.view({panels, 32, k}).transpose(1, 2).contiguous();
 }
 
-at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                          int64_t out_features) {
+at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                       int64_t out_features) {
   CheckFloatCpu(x, "the input");
   CheckFloatCpu(packed, "the packed weight");
   TORCH_CHECK(x.dim() >= 1 && packed.dim() == 3 && packed.size(2) == 32 && x.size(-1) == packed.size(1) &&
@@ -404,20 +403,20 @@ at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->is_contiguous(), "clip_native: a bias of ",
                 out_features, " features was expected, got ", bias->sizes());
   }
-  TORCH_CHECK(SmallRowLinearAvailable(), "clip_native: this CPU lacks AVX-512F for the small-row linear");
+  TORCH_CHECK(PanelLinearAvailable(), "clip_native: this CPU lacks AVX-512F for the panel linear");
   const int64_t k = x.size(-1);
   at::Tensor rows = x.reshape({-1, k}).contiguous();
   const int64_t m = rows.size(0);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out_features;
   at::Tensor y = at::empty({m, out_features}, x.options());
-#ifdef CLIP_SMALL_ROW_KERNEL
+#ifdef CLIP_PANEL_KERNEL
   const std::vector<RowTile> tiles = SplitRows(m, kTile);
   const float* xp = rows.data_ptr<float>();
   const float* pp = packed.data_ptr<float>();
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  if (m > kSmallRowLimit) {
+  if (m > kPerThreadCopyRows) {
     RunInGroups(xp, k, tiles, packed.size(0),
                 [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
                   Panels(copy, group, k, pp, bp, out_features, yp, first, last);

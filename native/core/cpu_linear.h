@@ -13,23 +13,23 @@
 namespace clip {
 
 // True when the kernel can run here (x86-64 with AVX-512F, as the OS reports it).
-bool SmallRowLinearAvailable();
+bool PanelLinearAvailable();
 
 // Weights [N, K] float32 -> panels of 32 output features, [ceil(N/32), K, 32],
 // zero past N: one contiguous stream per panel.
-at::Tensor PackSmallRowWeight(const at::Tensor& weight);
+at::Tensor PackPanelWeight(const at::Tensor& weight);
 
 // The bfloat16 variant: AVX512-BF16 products of bfloat16 pairs, float32
 // accumulation. Weights [N, K] (K even) -> [ceil(N/32), K/2, 32, 2] bfloat16;
 // x and the result are bfloat16, the bias any floating type.
-bool SmallRowLinearBf16Available();
-at::Tensor PackSmallRowWeightBf16(const at::Tensor& weight);
-at::Tensor SmallRowLinearBf16(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                              int64_t out_features);
+bool PanelLinearBf16Available();
+at::Tensor PackPanelWeightBf16(const at::Tensor& weight);
+at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                           int64_t out_features);
 
 // y[M, N] = x[M, K] w^T + b, x of any leading shape (flattened to rows).
-at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                          int64_t out_features);
+at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                       int64_t out_features);
 
 // The rewritten graphs call either through the TorchScript operator
 // clip_native::linear_rows(x, packed, bias, out_features, attr), registered
@@ -44,7 +44,7 @@ at::Tensor SmallRowLinear(const at::Tensor& x, const at::Tensor& packed, const c
 // kernel leads oneDNN's by 20-50% in float32 on 7-28 rows (a caption up to a
 // few captions at once) and by 5-9% on 50-85, and is level with it from 100
 // to 800 rows.
-constexpr int64_t kSmallRowLimit = 64;
+constexpr int64_t kPerThreadCopyRows = 64;
 
 // How many threads an at::parallel_for of clip-native's own kernels runs on
 // (at most at::get_num_threads()). at::parallel_for is a header template, so

@@ -279,14 +279,14 @@ torch::jit::Value* InsertTensorConstant(torch::jit::Graph& graph, const at::Tens
   return graph.insertNode(node)->output();
 }
 
-// Returns how many linears were rewritten. With `small_rows` (AVX-512, or
+// Returns how many linears were rewritten. With `panel_kernel` (AVX-512, or
 // AVX512-BF16 for bfloat16) each linear becomes clip_native::linear_rows,
 // clip-native's own kernel (cpu_linear.h) on its own packed weights, with no
 // oneDNN weights beside them; float32 then needs nothing of oneDNN (libtorch
 // 1.13 has no mkldnn::_linear_pointwise).
-int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat16, bool small_rows = false) {
+int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat16, bool panel_kernel = false) {
   const bool onednn = HasOperator("mkldnn::_linear_pointwise", "");
-  if (!onednn && !(small_rows && !bfloat16)) return 0;  // libtorch < 2.0
+  if (!onednn && !(panel_kernel && !bfloat16)) return 0;  // libtorch < 2.0
   std::optional<c10::OperatorHandle> pack;
   if (HasOperator("mkldnn::_reorder_linear_weight", "")) {
     pack = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
@@ -316,13 +316,13 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
     w = w.to(dtype).contiguous();
     const int64_t out_features = w.size(0);
     // The bfloat16 kernel reads inputs in pairs: an odd width stays on oneDNN.
-    const bool rows_kernel = small_rows && (!bfloat16 || w.size(1) % 2 == 0);
+    const bool rows_kernel = panel_kernel && (!bfloat16 || w.size(1) % 2 == 0);
     // clip-native's kernel adds float32 biases to its float32 sums; oneDNN
     // takes them in the weights' dtype.
     if (bias) bias = bias->to(rows_kernel ? at::kFloat : dtype).contiguous();
-    at::Tensor small_row_weight;
+    at::Tensor panel_weight;
     if (rows_kernel) {
-      small_row_weight = bfloat16 ? PackSmallRowWeightBf16(w) : PackSmallRowWeight(w);
+      panel_weight = bfloat16 ? PackPanelWeightBf16(w) : PackPanelWeight(w);
     } else if (pack) {
       torch::jit::Stack stack{w, c10::IValue()};
       pack->callBoxed(&stack);
@@ -343,7 +343,7 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
     torch::jit::Value* attr = graph->insertConstant(std::string(gate ? "swish" : "none"));
     torch::jit::Node* fused = nullptr;
     if (rows_kernel) {
-      fused = graph->create(linear_rows, {input, graph->insertConstant(small_row_weight), b_value,
+      fused = graph->create(linear_rows, {input, graph->insertConstant(panel_weight), b_value,
                                           graph->insertConstant(out_features), attr});
     } else {
       torch::jit::Value* w_value = InsertTensorConstant(*graph, w);
@@ -678,9 +678,10 @@ torch::Tensor ExampleInput(const Manifest& m, bool image) {
 // Inputs of the shapes the calibration times: one item (the online case)
 // and a small batch, since the kernels do not rank the same at both (int8
 // images: FBGEMM level with oneDNN for one image, 15% behind it from two up
-// on an AMD EPYC). Captions run from about 7 to 22 tokens, on either side of
-// the small-row kernel's limit (cpu_linear.h): one caption of 10 and one of
-// 20 tokens, and 4 of 16. Images: one, and 4.
+// on an AMD EPYC). Captions run from about 7 to 22 tokens: one caption of 10
+// and one of 20 tokens, and 4 of 16. Images: one, and 4 (50 and 200 rows to
+// every linear: both sides of the panel kernel's kPerThreadCopyRows,
+// cpu_linear.h).
 std::vector<torch::Tensor> CalibrationInputs(const Manifest& m, bool image) {
   std::vector<torch::Tensor> inputs;
   auto generator = at::detail::createCPUGenerator(/*seed_val=*/20240602);
@@ -782,12 +783,12 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
   }
   if (name == "avx512") {
     encoder.module = torch::jit::freeze(archive);
-    RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), /*bfloat16=*/false, /*small_rows=*/true);
+    RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), /*bfloat16=*/false, /*panel_kernel=*/true);
     rewrite_attention();
     return encoder;
   }
-  const bool small_rows = name == "avx512-bf16";
-  if (name == "onednn-bf16" || small_rows) {
+  const bool panel_kernel = name == "avx512-bf16";
+  if (name == "onednn-bf16" || panel_kernel) {
     torch::jit::script::Module copy = archive.clone();
     copy.to(torch::kBFloat16);
     encoder.module = torch::jit::freeze(copy);
@@ -795,7 +796,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
   } else {
     encoder.module = torch::jit::freeze(archive);
   }
-  RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), bfloat16, small_rows);
+  RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), bfloat16, panel_kernel);
   rewrite_attention();
   return encoder;
 }
@@ -1019,12 +1020,12 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
   const bool onednn = HasOperator("mkldnn::_linear_pointwise", "");
   switch (precision) {
     case Precision::kFloat32:
-      if (onednn && SmallRowLinearAvailable()) return {"onednn", "avx512", "aten"};
+      if (onednn && PanelLinearAvailable()) return {"onednn", "avx512", "aten"};
       if (onednn) return {"onednn", "aten"};
-      if (SmallRowLinearAvailable()) return {"aten", "avx512"};
+      if (PanelLinearAvailable()) return {"aten", "avx512"};
       return {"aten"};
     case Precision::kBFloat16:
-      if (onednn && SmallRowLinearBf16Available()) return {"onednn", "onednn-bf16", "avx512-bf16"};
+      if (onednn && PanelLinearBf16Available()) return {"onednn", "onednn-bf16", "avx512-bf16"};
       if (onednn) return {"onednn", "onednn-bf16"};
       return {"autocast"};
     case Precision::kInt8: {

@@ -1,9 +1,9 @@
-// Standalone test for clip::SmallRowLinear, clip::SmallRowLinearBf16 and the
+// Standalone test for clip::PanelLinear, clip::PanelLinearBf16 and the
 // TorchScript operator clip_native::linear_rows (cpu_linear.h) against
 // at::linear. Covers every tile height the row split makes (1-14 rows per
 // tile, several tiles, uneven splits), inputs narrower and wider than a
 // panel, features that leave the last panel part-empty, a missing bias,
-// inputs of more dimensions and not contiguous, both sides of kSmallRowLimit
+// inputs of more dimensions and not contiguous, both sides of kPerThreadCopyRows
 // (per-thread copies of the rows at and below it; one shared copy run in
 // groups of tiles above, one group or many), the same bits on any number of
 // threads, and linear_rows on either dtype, with and without the swish
@@ -66,8 +66,8 @@ void CheckClose(const at::Tensor& got, const at::Tensor& x, const at::Tensor& w,
 }
 
 void TestFloat32() {
-  if (!clip::SmallRowLinearAvailable()) {
-    std::cout << "skipped: float32 small-row kernel (no AVX-512F)" << std::endl;
+  if (!clip::PanelLinearAvailable()) {
+    std::cout << "skipped: float32 panel kernel (no AVX-512F)" << std::endl;
     return;
   }
   // Rows: each tile height alone, then splits into several tiles.
@@ -79,44 +79,44 @@ void TestFloat32() {
       const at::Tensor x = Random({m, k});
       const at::Tensor w = Random({n, k}, 0.05);
       const at::Tensor b = Random({n}, 0.1);
-      const at::Tensor packed = clip::PackSmallRowWeight(w);
-      CheckClose(clip::SmallRowLinear(x, packed, b, n), x, w, b, "float32 " + Shape(m, k, n));
+      const at::Tensor packed = clip::PackPanelWeight(w);
+      CheckClose(clip::PanelLinear(x, packed, b, n), x, w, b, "float32 " + Shape(m, k, n));
     }
   }
   // No bias; features that fill one register and part of the next.
   for (int64_t n : {1, 16, 31, 32, 33, 48, 70}) {
     const at::Tensor x = Random({9, 64});
     const at::Tensor w = Random({n, 64}, 0.1);
-    CheckClose(clip::SmallRowLinear(x, clip::PackSmallRowWeight(w), c10::nullopt, n), x, w, c10::nullopt,
+    CheckClose(clip::PanelLinear(x, clip::PackPanelWeight(w), c10::nullopt, n), x, w, c10::nullopt,
                "float32 no bias, " + Shape(9, 64, n));
   }
   // Leading dimensions and a view that is not contiguous.
   const at::Tensor w = Random({96, 128}, 0.1);
   const at::Tensor b = Random({96}, 0.1);
-  const at::Tensor packed = clip::PackSmallRowWeight(w);
+  const at::Tensor packed = clip::PackPanelWeight(w);
   const at::Tensor x3 = Random({3, 7, 128});
-  CheckClose(clip::SmallRowLinear(x3, packed, b, 96), x3, w, b, "float32 [3, 7, 128]");
+  CheckClose(clip::PanelLinear(x3, packed, b, 96), x3, w, b, "float32 [3, 7, 128]");
   const at::Tensor strided = Random({128, 20}).t();
-  CheckClose(clip::SmallRowLinear(strided, packed, b, 96), strided, w, b, "float32 transposed view");
+  CheckClose(clip::PanelLinear(strided, packed, b, 96), strided, w, b, "float32 transposed view");
   // Threads split the panels; each thread copies the row tiles for itself
   // (50 rows), or all copy them once and run them in groups (400 rows of 768
   // floats: 5 groups).
   const at::Tensor wide = Random({3072, 768}, 0.05);
-  const at::Tensor wide_packed = clip::PackSmallRowWeight(wide);
+  const at::Tensor wide_packed = clip::PackPanelWeight(wide);
   for (int64_t m : {50, 400}) {
     const at::Tensor x = Random({m, 768});
     const int saved = at::get_num_threads();
     at::set_num_threads(1);
-    const at::Tensor one = clip::SmallRowLinear(x, wide_packed, c10::nullopt, 3072);
+    const at::Tensor one = clip::PanelLinear(x, wide_packed, c10::nullopt, 3072);
     at::set_num_threads(saved);
-    const at::Tensor many = clip::SmallRowLinear(x, wide_packed, c10::nullopt, 3072);
+    const at::Tensor many = clip::PanelLinear(x, wide_packed, c10::nullopt, 3072);
     Check(at::equal(one, many),
           "float32 " + std::to_string(m) + " rows: the same bits on 1 and " + std::to_string(saved) + " threads");
   }
   // Wrong shapes are refused, not read past.
   bool refused = false;
   try {
-    clip::SmallRowLinear(Random({4, 100}), packed, b, 96);
+    clip::PanelLinear(Random({4, 100}), packed, b, 96);
   } catch (const c10::Error&) {
     refused = true;
   }
@@ -124,8 +124,8 @@ void TestFloat32() {
 }
 
 void TestBFloat16() {
-  if (!clip::SmallRowLinearBf16Available()) {
-    std::cout << "skipped: bfloat16 small-row kernel (no AVX512-BF16)" << std::endl;
+  if (!clip::PanelLinearBf16Available()) {
+    std::cout << "skipped: bfloat16 panel kernel (no AVX512-BF16)" << std::endl;
     return;
   }
   for (int64_t m : {1, 2, 7, 13, 14, 15, 28, 29, 50, 64, 65, 200, 401}) {
@@ -133,20 +133,19 @@ void TestBFloat16() {
       const at::Tensor x = Random({m, k}).to(at::kBFloat16);
       const at::Tensor w = Random({n, k}, 0.05).to(at::kBFloat16);
       const at::Tensor b = Random({n}, 0.1).to(at::kBFloat16);
-      CheckClose(clip::SmallRowLinearBf16(x, clip::PackSmallRowWeightBf16(w), b, n), x, w, b,
-                 "bfloat16 " + Shape(m, k, n));
+      CheckClose(clip::PanelLinearBf16(x, clip::PackPanelWeightBf16(w), b, n), x, w, b, "bfloat16 " + Shape(m, k, n));
     }
   }
   const at::Tensor x = Random({2, 5, 64}).to(at::kBFloat16);
   const at::Tensor w = Random({40, 64}, 0.1).to(at::kBFloat16);
-  CheckClose(clip::SmallRowLinearBf16(x, clip::PackSmallRowWeightBf16(w), c10::nullopt, 40), x, w, c10::nullopt,
+  CheckClose(clip::PanelLinearBf16(x, clip::PackPanelWeightBf16(w), c10::nullopt, 40), x, w, c10::nullopt,
              "bfloat16 [2, 5, 64], no bias");
 }
 
 // clip_native::linear_rows as the rewritten graph calls it, on float32 and
-// bfloat16 panels (float32 biases), on both sides of kSmallRowLimit.
+// bfloat16 panels (float32 biases), on both sides of kPerThreadCopyRows.
 void TestLinearRows() {
-  if (!clip::SmallRowLinearAvailable()) {
+  if (!clip::PanelLinearAvailable()) {
     std::cout << "skipped: linear_rows (no AVX-512F)" << std::endl;
     return;
   }
@@ -155,13 +154,14 @@ void TestLinearRows() {
   const at::Tensor w = Random({n, k}, 0.05);
   const at::Tensor b = Random({n}, 0.1);
   for (const bool bfloat16 : {false, true}) {
-    if (bfloat16 && !clip::SmallRowLinearBf16Available()) {
+    if (bfloat16 && !clip::PanelLinearBf16Available()) {
       std::cout << "skipped: linear_rows on bfloat16 (no AVX512-BF16)" << std::endl;
       continue;
     }
     const at::ScalarType dtype = bfloat16 ? at::kBFloat16 : at::kFloat;
-    const at::Tensor panels = bfloat16 ? clip::PackSmallRowWeightBf16(w.to(dtype)) : clip::PackSmallRowWeight(w);
-    for (int64_t m : {int64_t{1}, clip::kSmallRowLimit, clip::kSmallRowLimit + 1, 3 * clip::kSmallRowLimit}) {
+    const at::Tensor panels = bfloat16 ? clip::PackPanelWeightBf16(w.to(dtype)) : clip::PackPanelWeight(w);
+    for (int64_t m :
+         {int64_t{1}, clip::kPerThreadCopyRows, clip::kPerThreadCopyRows + 1, 3 * clip::kPerThreadCopyRows}) {
       for (const std::string attr : {"none", "swish"}) {
         const at::Tensor x = Random({m, k}).to(dtype);
         torch::jit::Stack stack{x, panels, b, n, attr};
@@ -179,7 +179,7 @@ void TestLinearRows() {
   }
   bool refused = false;
   try {
-    torch::jit::Stack stack{Random({2, k}), clip::PackSmallRowWeight(w), b, n, std::string("gelu")};
+    torch::jit::Stack stack{Random({2, k}), clip::PackPanelWeight(w), b, n, std::string("gelu")};
     op.callBoxed(&stack);
   } catch (const c10::Error&) {
     refused = true;
@@ -191,8 +191,8 @@ void TestLinearRows() {
 
 int main() {
   try {
-    std::cout << "kernel " << (clip::SmallRowLinearAvailable() ? "available" : "not available") << ", bfloat16 "
-              << (clip::SmallRowLinearBf16Available() ? "available" : "not available") << std::endl;
+    std::cout << "kernel " << (clip::PanelLinearAvailable() ? "available" : "not available") << ", bfloat16 "
+              << (clip::PanelLinearBf16Available() ? "available" : "not available") << std::endl;
     TestFloat32();
     TestBFloat16();
     TestLinearRows();
