@@ -304,7 +304,9 @@ bool PanelLinearAvailable() {
 
 bool PanelLinearBf16Available() {
 #ifdef CLIP_PANEL_KERNEL
-  return GetCpuFeatures().avx512f && GetCpuFeatures().avx512_bf16;
+  // The kernel stores its bfloat16 results with AVX512BW/VL masked stores.
+  const CpuFeatures& cpu = GetCpuFeatures();
+  return cpu.avx512f && cpu.avx512bw && cpu.avx512vl && cpu.avx512_bf16;
 #else
   return false;
 #endif
