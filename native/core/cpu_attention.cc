@@ -241,27 +241,6 @@ struct Scratch {
   std::vector<float> kt, scores, q, v;
 };
 
-// e^x for x <= 0, to about one ulp (what softmax needs after subtracting the
-// row's maximum): x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor
-// polynomial (degree 7), times 2^n. Below -87.3 (e^x under float's smallest
-// normal) it gives about 1e-38, which no sum of at least 1 notices.
-__attribute__((target("avx512f"))) inline __m512 ExpNonPositive(__m512 x) {
-  x = _mm512_maskz_max_ps(0xFFFF, x, _mm512_set1_ps(-87.3f));
-  const __m512 n = _mm512_maskz_roundscale_ps(0xFFFF, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 5040);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_scalef_ps(0xFFFF, p, n);
-}
-
 // A row of scores -> its softmax, in place: e^(s - max) times 1 / sum, as
 // aten::softmax computes it, for the first `keys` of `n` values; the rest
 // (keys masked as later than the query) become 0, as e^-inf does there.
@@ -276,7 +255,7 @@ __attribute__((target("avx512f"))) inline void SoftmaxRow(float* row, int64_t ke
   for (int64_t j = 0; j < keys; j += 16) {
     const __mmask16 lanes = simd::TailMask(j, keys);
     const __m512 e =
-        _mm512_maskz_mov_ps(lanes, ExpNonPositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, row + j), row_max)));
+        _mm512_maskz_mov_ps(lanes, simd::ExpNonPositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, row + j), row_max)));
     _mm512_mask_storeu_ps(row + j, lanes, e);
     total = _mm512_add_ps(total, e);
   }

@@ -134,9 +134,10 @@ void RunInGroups(const T* x, int64_t k, const std::vector<RowTile>& tiles, int64
 
 // `kRows` rows (k-major, `xt`) against the two registers of one panel. Each
 // step over k loads the panel's weights once and uses them for every row.
+// With `swish`, y * sigmoid(y) is stored instead of the sums y.
 template <int kRows>
 __attribute__((target("avx512f"))) void Tile(const float* xt, const float* panel, int64_t k_size, const __m512* bias,
-                                             float* y, int64_t ldy, const __mmask16* mask) {
+                                             float* y, int64_t ldy, const __mmask16* mask, bool swish) {
   __m512 acc[2][kRows];
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
@@ -158,6 +159,13 @@ __attribute__((target("avx512f"))) void Tile(const float* xt, const float* panel
       acc[1][r] = _mm512_fmadd_ps(xv, w1, acc[1][r]);
     }
   }
+  if (swish) {
+#pragma GCC unroll 32
+    for (int r = 0; r < kRows; ++r) {
+      acc[0][r] = simd::Swish(acc[0][r]);
+      acc[1][r] = simd::Swish(acc[1][r]);
+    }
+  }
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
     _mm512_mask_storeu_ps(y + r * ldy, mask[0], acc[0][r]);
@@ -168,10 +176,11 @@ __attribute__((target("avx512f"))) void Tile(const float* xt, const float* panel
 // Runs Tile<rows> for a row count known only at run time.
 template <int kRows = 1>
 __attribute__((target("avx512f"))) void TileRows(int rows, const float* xt, const float* panel, int64_t k_size,
-                                                 const __m512* bias, float* y, int64_t ldy, const __mmask16* mask) {
+                                                 const __m512* bias, float* y, int64_t ldy, const __mmask16* mask,
+                                                 bool swish) {
   if constexpr (kRows <= kTile) {
-    if (rows == kRows) return Tile<kRows>(xt, panel, k_size, bias, y, ldy, mask);
-    TileRows<kRows + 1>(rows, xt, panel, k_size, bias, y, ldy, mask);
+    if (rows == kRows) return Tile<kRows>(xt, panel, k_size, bias, y, ldy, mask, swish);
+    TileRows<kRows + 1>(rows, xt, panel, k_size, bias, y, ldy, mask, swish);
   }
 }
 
@@ -196,14 +205,14 @@ struct PanelEdge {
 // first.
 __attribute__((target("avx512f"))) void Panels(const float* xt, const std::vector<RowTile>& tiles, int64_t k_size,
                                                const float* packed, const float* bias, int64_t n_size, float* y,
-                                               int64_t first, int64_t last) {
+                                               int64_t first, int64_t last, bool swish) {
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanel;
     const PanelEdge edge(bias, n0, n_size);
     const float* panel = packed + p * k_size * kPanel;
     for (const RowTile& tile : tiles) {
       TileRows(tile.rows, xt + tile.first * k_size, panel, k_size, edge.bias, y + tile.first * n_size + n0, n_size,
-               edge.mask);
+               edge.mask, swish);
     }
   }
 }
@@ -218,7 +227,7 @@ template <int kRows>
 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) void TileBf16(const uint32_t* xt, const uint16_t* panel,
                                                                               int64_t pairs, const __m512* bias,
                                                                               uint16_t* y, int64_t ldy,
-                                                                              const __mmask16* mask) {
+                                                                              const __mmask16* mask, bool swish) {
   __m512 acc[2][kRows];
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
@@ -239,6 +248,13 @@ __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) void TileBf16(co
       acc[1][r] = _mm512_dpbf16_ps(acc[1][r], xv, w1);
     }
   }
+  if (swish) {
+#pragma GCC unroll 32
+    for (int r = 0; r < kRows; ++r) {
+      acc[0][r] = simd::Swish(acc[0][r]);
+      acc[1][r] = simd::Swish(acc[1][r]);
+    }
+  }
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
     _mm256_mask_storeu_epi16(y + r * ldy, mask[0], reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(acc[0][r])));
@@ -250,10 +266,11 @@ template <int kRows = 1>
 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) void TileRowsBf16(int rows, const uint32_t* xt,
                                                                                   const uint16_t* panel, int64_t pairs,
                                                                                   const __m512* bias, uint16_t* y,
-                                                                                  int64_t ldy, const __mmask16* mask) {
+                                                                                  int64_t ldy, const __mmask16* mask,
+                                                                                  bool swish) {
   if constexpr (kRows <= kTile) {
-    if (rows == kRows) return TileBf16<kRows>(xt, panel, pairs, bias, y, ldy, mask);
-    TileRowsBf16<kRows + 1>(rows, xt, panel, pairs, bias, y, ldy, mask);
+    if (rows == kRows) return TileBf16<kRows>(xt, panel, pairs, bias, y, ldy, mask, swish);
+    TileRowsBf16<kRows + 1>(rows, xt, panel, pairs, bias, y, ldy, mask, swish);
   }
 }
 
@@ -261,14 +278,14 @@ __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) void TileRowsBf1
 // panels [first, last); y is bfloat16 [rows, n_size].
 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) void PanelsBf16(
     const uint32_t* xt, const std::vector<RowTile>& tiles, int64_t pairs, const uint16_t* packed, const float* bias,
-    int64_t n_size, uint16_t* y, int64_t first, int64_t last) {
+    int64_t n_size, uint16_t* y, int64_t first, int64_t last, bool swish) {
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanel;
     const PanelEdge edge(bias, n0, n_size);
     const uint16_t* panel = packed + p * pairs * 2 * kPanel;
     for (const RowTile& tile : tiles) {
       TileRowsBf16(tile.rows, xt + tile.first * pairs, panel, pairs, edge.bias, y + tile.first * n_size + n0, n_size,
-                   edge.mask);
+                   edge.mask, swish);
     }
   }
 }
@@ -281,15 +298,15 @@ void CheckFloatCpu(const at::Tensor& t, const char* what) {
 
 // clip_native::linear_rows: PanelLinear (float32 panels) or
 // PanelLinearBf16 (bfloat16 panels); `attr` is "none" or "swish"
-// (y * sigmoid(y), QuickGELU on weights scaled at load).
+// (y * sigmoid(y) on the float32 sums, in the kernel: QuickGELU on weights
+// scaled at load).
 at::Tensor LinearRows(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                       int64_t out_features, c10::string_view attr) {
   TORCH_CHECK(attr == "none" || attr == "swish", "clip_native: linear_rows takes \"none\" or \"swish\", got \"",
               std::string(attr.data(), attr.size()), "\"");
-  at::Tensor y = packed.scalar_type() == at::kBFloat16 ? PanelLinearBf16(x, packed, bias, out_features)
-                                                       : PanelLinear(x, packed, bias, out_features);
-  if (attr == "swish") y.mul_(at::sigmoid(y));
-  return y;
+  const bool swish = attr == "swish";
+  return packed.scalar_type() == at::kBFloat16 ? PanelLinearBf16(x, packed, bias, out_features, swish)
+                                               : PanelLinear(x, packed, bias, out_features, swish);
 }
 
 }  // namespace
@@ -325,7 +342,7 @@ at::Tensor PackPanelWeightBf16(const at::Tensor& weight) {
 }
 
 at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                           int64_t out_features) {
+                           int64_t out_features, bool swish) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.device().is_cpu() && packed.scalar_type() == at::kBFloat16 &&
                   packed.device().is_cpu(),
               "clip_native: the bfloat16 panel linear takes bfloat16 CPU tensors, got ", x.toString(), " and ",
@@ -358,11 +375,11 @@ at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const 
   if (m > kPerThreadCopyRows) {
     RunInGroups(xp, pairs, tiles, panels,
                 [&](const uint32_t* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
-                  PanelsBf16(copy, group, pairs, pp, bp, out_features, yp, first, last);
+                  PanelsBf16(copy, group, pairs, pp, bp, out_features, yp, first, last, swish);
                 });
   } else {
     at::parallel_for(0, panels, 1, [&](int64_t first, int64_t last) {
-      PanelsBf16(ThreadRowTiles(xp, pairs, tiles), tiles, pairs, pp, bp, out_features, yp, first, last);
+      PanelsBf16(ThreadRowTiles(xp, pairs, tiles), tiles, pairs, pp, bp, out_features, yp, first, last, swish);
     });
   }
 #endif
@@ -393,7 +410,7 @@ at::Tensor PackPanelWeight(const at::Tensor& weight) {
 }
 
 at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                       int64_t out_features) {
+                       int64_t out_features, bool swish) {
   CheckFloatCpu(x, "the input");
   CheckFloatCpu(packed, "the packed weight");
   TORCH_CHECK(x.dim() >= 1 && packed.dim() == 3 && packed.size(2) == 32 && x.size(-1) == packed.size(1) &&
@@ -421,11 +438,11 @@ at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10:
   if (m > kPerThreadCopyRows) {
     RunInGroups(xp, k, tiles, packed.size(0),
                 [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
-                  Panels(copy, group, k, pp, bp, out_features, yp, first, last);
+                  Panels(copy, group, k, pp, bp, out_features, yp, first, last, swish);
                 });
   } else {
     at::parallel_for(0, packed.size(0), 1, [&](int64_t first, int64_t last) {
-      Panels(ThreadRowTiles(xp, k, tiles), tiles, k, pp, bp, out_features, yp, first, last);
+      Panels(ThreadRowTiles(xp, k, tiles), tiles, k, pp, bp, out_features, yp, first, last, swish);
     });
   }
 #endif

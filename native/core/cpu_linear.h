@@ -25,16 +25,18 @@ at::Tensor PackPanelWeight(const at::Tensor& weight);
 bool PanelLinearBf16Available();
 at::Tensor PackPanelWeightBf16(const at::Tensor& weight);
 at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                           int64_t out_features);
+                           int64_t out_features, bool swish = false);
 
-// y[M, N] = x[M, K] w^T + b, x of any leading shape (flattened to rows).
+// y[M, N] = x[M, K] w^T + b, x of any leading shape (flattened to rows);
+// with `swish`, y * sigmoid(y), computed on the float32 sums before they
+// are stored (and, in bfloat16, rounded).
 at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                       int64_t out_features);
+                       int64_t out_features, bool swish = false);
 
 // The rewritten graphs call either through the TorchScript operator
 // clip_native::linear_rows(x, packed, bias, out_features, attr), registered
 // by cpu_linear.cc: the packed weights' dtype picks the kernel, and attr
-// "swish" applies y * sigmoid(y) after it.
+// "swish" stores y * sigmoid(y) in place of y.
 
 // Rows at or below which each thread of a linear copies the input's row
 // tiles for itself, inside the one parallel region (a second region for a

@@ -42,6 +42,36 @@ __attribute__((target("avx512f"))) inline void Transpose16(__m512 r[16]) {
   }
 }
 
+// e^x for x <= 0, to about one ulp (what softmax needs after subtracting the
+// row's maximum): x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor
+// polynomial (degree 7), times 2^n. Below -87.3 (e^x under float's smallest
+// normal) it gives about 1e-38, which no sum of at least 1 notices.
+__attribute__((target("avx512f"))) inline __m512 ExpNonPositive(__m512 x) {
+  x = _mm512_maskz_max_ps(0xFFFF, x, _mm512_set1_ps(-87.3f));
+  const __m512 n = _mm512_maskz_roundscale_ps(0xFFFF, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(0xFFFF, p, n);
+}
+
+// x * sigmoid(x) = x / (1 + e^-x), from e = e^-|x| so that no e^x overflows:
+// x / (1 + e) for x >= 0, x e / (1 + e) below.
+__attribute__((target("avx512f"))) inline __m512 Swish(__m512 x) {
+  const __m512 e = ExpNonPositive(_mm512_maskz_min_ps(0xFFFF, x, _mm512_sub_ps(_mm512_setzero_ps(), x)));
+  const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+  const __m512 numerator = _mm512_mask_mul_ps(x, negative, x, e);
+  return _mm512_div_ps(numerator, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
 }  // namespace simd
 }  // namespace clip
 
