@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -116,13 +117,23 @@ std::vector<std::vector<RowTile>> GroupTiles(const std::vector<RowTile>& tiles, 
 
 // Runs `panels(copy, group, first, last)` over every group for each thread's
 // range of panels, after one shared k-major copy of x (k 32-bit values per
-// row). T: float, or a pair of bfloat16.
+// row). T: float, or a pair of bfloat16. The copy goes to a buffer the
+// calling thread keeps for its next call, as large as the largest input it
+// has run (16 images of 50 rows at 3072 floats: 9.8 MB): a fresh buffer per
+// linear would add blocks of every input size to the CPU allocator's cache.
 template <typename T, typename PanelsFn>
 void RunInGroups(const T* x, int64_t k, const std::vector<RowTile>& tiles, int64_t panel_count,
                  const PanelsFn& panels) {
+  static_assert(sizeof(T) == 4, "rows of 32-bit values");
+  thread_local std::unique_ptr<T[]> buffer;
+  thread_local size_t capacity = 0;
   const int64_t m = tiles.back().first + tiles.back().rows;
-  at::Tensor buffer = at::empty({m * k}, at::TensorOptions().dtype(at::kFloat));
-  T* copy = reinterpret_cast<T*>(buffer.data_ptr<float>());
+  const size_t size = static_cast<size_t>(m * k);
+  if (size > capacity) {
+    buffer.reset(new T[size]);
+    capacity = size;
+  }
+  T* copy = buffer.get();
   at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t first, int64_t last) {
     PackRowTiles(x, k, tiles.data() + first, tiles.data() + last, copy);
   });
