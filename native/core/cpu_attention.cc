@@ -53,22 +53,10 @@ __attribute__((target("avx512f"))) inline __m512 Load16(const c10::BFloat16* p) 
   return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, wide, 16));
 }
 
-// x rounded to the nearest bfloat16 (ties to even), kept as a float: what
-// c10::BFloat16(x) holds, NaN included.
-__attribute__((target("avx512f"))) inline __m512 RoundToBFloat16(__m512 x) {
-  const __m512i bits = _mm512_castps_si512(x);
-  const __m512i odd = _mm512_and_si512(_mm512_maskz_srli_epi32(0xFFFF, bits, 16), _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), odd),
-                                           _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)));
-  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-  return _mm512_mask_mov_ps(_mm512_castsi512_ps(rounded), nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
-}
-
 // 16 floats to memory as T (bfloat16: rounded to nearest even).
 __attribute__((target("avx512f"))) inline void Store16(float* p, __m512 x) { _mm512_storeu_ps(p, x); }
 __attribute__((target("avx512f"))) inline void Store16(c10::BFloat16* p, __m512 x) {
-  const __m512i high = _mm512_maskz_srli_epi32(0xFFFF, _mm512_castps_si512(RoundToBFloat16(x)), 16);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_maskz_cvtepi32_epi16(0xFFFF, high));
+  simd::StoreBFloat16(p, 0xFFFF, x);
 }
 
 // `rows` rows of `cols` values of T (rows `src_row` apart) as contiguous
@@ -134,7 +122,7 @@ __attribute__((target("avx512f"))) void ScoresTile(const float* q, int64_t q_row
     for (int c = 0; c < NV; ++c) {
       __m512 x = acc[r][c];
       if (kBFloat16)
-        x = RoundToBFloat16(_mm512_mul_ps(RoundToBFloat16(x), factor));
+        x = simd::RoundToBFloat16(_mm512_mul_ps(simd::RoundToBFloat16(x), factor));
       else
         x = _mm512_mul_ps(x, factor);
       _mm512_storeu_ps(s + r * s_row + 16 * c, x);
@@ -270,7 +258,7 @@ __attribute__((target("avx512f"))) inline void SoftmaxRow(float* row, int64_t ke
 __attribute__((target("avx512f"))) inline void RoundRowToBFloat16(float* row, int64_t n) {
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 lanes = simd::TailMask(j, n);
-    _mm512_mask_storeu_ps(row + j, lanes, RoundToBFloat16(_mm512_maskz_loadu_ps(lanes, row + j)));
+    _mm512_mask_storeu_ps(row + j, lanes, simd::RoundToBFloat16(_mm512_maskz_loadu_ps(lanes, row + j)));
   }
 }
 

@@ -43,8 +43,6 @@ CpuFeatures Detect() {
   Cpuid(7, 1, r71);
   f.avx2 = ymm && ((r7[1] >> 5) & 1);
   f.avx512f = zmm && ((r7[1] >> 16) & 1);
-  f.avx512bw = zmm && ((r7[1] >> 30) & 1);
-  f.avx512vl = zmm && ((r7[1] >> 31) & 1);
   f.avx512_vnni = zmm && ((r7[2] >> 11) & 1);
   f.avx512_bf16 = zmm && ((r71[0] >> 5) & 1);
   f.avx_vnni = ymm && ((r71[0] >> 4) & 1);
@@ -64,8 +62,6 @@ std::vector<std::string> CpuFeatures::Names() const {
   std::vector<std::string> names;
   if (avx2) names.emplace_back("avx2");
   if (avx512f) names.emplace_back("avx512f");
-  if (avx512bw) names.emplace_back("avx512bw");
-  if (avx512vl) names.emplace_back("avx512vl");
   if (avx512_bf16) names.emplace_back("avx512_bf16");
   if (avx512_vnni) names.emplace_back("avx512_vnni");
   if (avx_vnni) names.emplace_back("avx_vnni");

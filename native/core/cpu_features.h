@@ -11,8 +11,6 @@ namespace clip {
 struct CpuFeatures {
   bool avx2 = false;
   bool avx512f = false;
-  bool avx512bw = false;  // byte and word lanes (masked 16-bit stores)
-  bool avx512vl = false;  // EVEX encodings of 128- and 256-bit operations
   bool avx512_bf16 = false;
   bool avx512_vnni = false;
   bool avx_vnni = false;

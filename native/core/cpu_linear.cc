@@ -143,6 +143,18 @@ void RunInGroups(const T* x, int64_t k, const std::vector<RowTile>& tiles, int64
   });
 }
 
+// Runs `panels(copy, tiles, first, last)` over x's row tiles and panels
+// [0, panel_count), split among the threads: with per-thread copies of the
+// tiles (ThreadRowTiles) up to kPerThreadCopyRows rows, above in groups of
+// one shared copy (RunInGroups).
+template <typename T, typename PanelsFn>
+void RunPanels(const T* x, int64_t k, const std::vector<RowTile>& tiles, int64_t panel_count, const PanelsFn& panels) {
+  const int64_t m = tiles.empty() ? 0 : tiles.back().first + tiles.back().rows;
+  if (m > kPerThreadCopyRows) return RunInGroups(x, k, tiles, panel_count, panels);
+  at::parallel_for(0, panel_count, 1,
+                   [&](int64_t first, int64_t last) { panels(ThreadRowTiles(x, k, tiles), tiles, first, last); });
+}
+
 // `kRows` rows (k-major, `xt`) against the two registers of one panel. Each
 // step over k loads the panel's weights once and uses them for every row.
 // With `swish`, y * sigmoid(y) is stored instead of the sums y.
@@ -232,13 +244,12 @@ __attribute__((target("avx512f"))) void Panels(const float* xt, const std::vecto
 // lane holds a pair of bfloat16 along k, and one vdpbf16ps adds both
 // products of a pair to a float32 accumulator. Half the bytes of float32
 // weights to stream, twice the products per instruction.
-// The sums are rounded to bfloat16 as they are stored (to nearest, ties to
-// even, as at::Tensor::to rounds them).
+// The sums are rounded to bfloat16 as they are stored (simd::StoreBFloat16:
+// to nearest, ties to even, as at::Tensor::to rounds them).
 template <int kRows>
-__attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) void TileBf16(const uint32_t* xt, const uint16_t* panel,
-                                                                              int64_t pairs, const __m512* bias,
-                                                                              uint16_t* y, int64_t ldy,
-                                                                              const __mmask16* mask, bool swish) {
+__attribute__((target("avx512f,avx512bf16"))) void TileBf16(const uint32_t* xt, const uint16_t* panel, int64_t pairs,
+                                                            const __m512* bias, uint16_t* y, int64_t ldy,
+                                                            const __mmask16* mask, bool swish) {
   __m512 acc[2][kRows];
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
@@ -268,17 +279,15 @@ __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) void TileBf16(co
   }
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
-    _mm256_mask_storeu_epi16(y + r * ldy, mask[0], reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(acc[0][r])));
-    _mm256_mask_storeu_epi16(y + r * ldy + 16, mask[1], reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(acc[1][r])));
+    simd::StoreBFloat16(y + r * ldy, mask[0], acc[0][r]);
+    simd::StoreBFloat16(y + r * ldy + 16, mask[1], acc[1][r]);
   }
 }
 
 template <int kRows = 1>
-__attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) void TileRowsBf16(int rows, const uint32_t* xt,
-                                                                                  const uint16_t* panel, int64_t pairs,
-                                                                                  const __m512* bias, uint16_t* y,
-                                                                                  int64_t ldy, const __mmask16* mask,
-                                                                                  bool swish) {
+__attribute__((target("avx512f,avx512bf16"))) void TileRowsBf16(int rows, const uint32_t* xt, const uint16_t* panel,
+                                                                int64_t pairs, const __m512* bias, uint16_t* y,
+                                                                int64_t ldy, const __mmask16* mask, bool swish) {
   if constexpr (kRows <= kTile) {
     if (rows == kRows) return TileBf16<kRows>(xt, panel, pairs, bias, y, ldy, mask, swish);
     TileRowsBf16<kRows + 1>(rows, xt, panel, pairs, bias, y, ldy, mask, swish);
@@ -287,9 +296,10 @@ __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) void TileRowsBf1
 
 // Row tiles of x (bfloat16 pairs, k-major as the float32 tiles) against
 // panels [first, last); y is bfloat16 [rows, n_size].
-__attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) void PanelsBf16(
-    const uint32_t* xt, const std::vector<RowTile>& tiles, int64_t pairs, const uint16_t* packed, const float* bias,
-    int64_t n_size, uint16_t* y, int64_t first, int64_t last, bool swish) {
+__attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* xt, const std::vector<RowTile>& tiles,
+                                                              int64_t pairs, const uint16_t* packed, const float* bias,
+                                                              int64_t n_size, uint16_t* y, int64_t first, int64_t last,
+                                                              bool swish) {
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanel;
     const PanelEdge edge(bias, n0, n_size);
@@ -332,9 +342,7 @@ bool PanelLinearAvailable() {
 
 bool PanelLinearBf16Available() {
 #ifdef CLIP_PANEL_KERNEL
-  // The kernel stores its bfloat16 results with AVX512BW/VL masked stores.
-  const CpuFeatures& cpu = GetCpuFeatures();
-  return cpu.avx512f && cpu.avx512bw && cpu.avx512vl && cpu.avx512_bf16;
+  return GetCpuFeatures().avx512f && GetCpuFeatures().avx512_bf16;
 #else
   return false;
 #endif
@@ -383,16 +391,10 @@ at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const 
   const auto* pp = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
   const float* bp = bias ? bias_float.data_ptr<float>() : nullptr;
   auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
-  if (m > kPerThreadCopyRows) {
-    RunInGroups(xp, pairs, tiles, panels,
-                [&](const uint32_t* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
-                  PanelsBf16(copy, group, pairs, pp, bp, out_features, yp, first, last, swish);
-                });
-  } else {
-    at::parallel_for(0, panels, 1, [&](int64_t first, int64_t last) {
-      PanelsBf16(ThreadRowTiles(xp, pairs, tiles), tiles, pairs, pp, bp, out_features, yp, first, last, swish);
-    });
-  }
+  RunPanels(xp, pairs, tiles, panels,
+            [&](const uint32_t* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+              PanelsBf16(copy, group, pairs, pp, bp, out_features, yp, first, last, swish);
+            });
 #endif
   return y.view(shape);
 }
@@ -446,16 +448,10 @@ at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10:
   const float* pp = packed.data_ptr<float>();
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  if (m > kPerThreadCopyRows) {
-    RunInGroups(xp, k, tiles, packed.size(0),
-                [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
-                  Panels(copy, group, k, pp, bp, out_features, yp, first, last, swish);
-                });
-  } else {
-    at::parallel_for(0, packed.size(0), 1, [&](int64_t first, int64_t last) {
-      Panels(ThreadRowTiles(xp, k, tiles), tiles, k, pp, bp, out_features, yp, first, last, swish);
-    });
-  }
+  RunPanels(xp, k, tiles, packed.size(0),
+            [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+              Panels(copy, group, k, pp, bp, out_features, yp, first, last, swish);
+            });
 #endif
   return y.view(shape);
 }

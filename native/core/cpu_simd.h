@@ -42,6 +42,24 @@ __attribute__((target("avx512f"))) inline void Transpose16(__m512 r[16]) {
   }
 }
 
+// x rounded to the nearest bfloat16 (ties to even), kept as a float: what
+// c10::BFloat16(x) holds, NaN included.
+__attribute__((target("avx512f"))) inline __m512 RoundToBFloat16(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_maskz_srli_epi32(0xFFFF, bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), odd),
+                                           _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  return _mm512_mask_mov_ps(_mm512_castsi512_ps(rounded), nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
+}
+
+// The lanes of x in `lanes` rounded to bfloat16 as RoundToBFloat16 rounds
+// them, stored as 16-bit values at p (AVX-512F only).
+__attribute__((target("avx512f"))) inline void StoreBFloat16(void* p, __mmask16 lanes, __m512 x) {
+  const __m512i high = _mm512_maskz_srli_epi32(0xFFFF, _mm512_castps_si512(RoundToBFloat16(x)), 16);
+  _mm512_mask_cvtepi32_storeu_epi16(p, lanes, high);
+}
+
 // e^x for x <= 0, to about one ulp (what softmax needs after subtracting the
 // row's maximum): x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor
 // polynomial (degree 7), times 2^n. Below -87.3 (e^x under float's smallest
