@@ -505,6 +505,7 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
     idat_size += length;
     position += 8 + size_t{length} + 4;
   }
+  if (idat_size > std::numeric_limits<uInt>::max()) return false;  // one inflate call takes at most this
   WholeBufferScratch& scratch = ThreadScratch();
   struct TrimOnExit {
     WholeBufferScratch* scratch;
@@ -526,7 +527,6 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
     }
     idat = joined;
   }
-  if (idat_size > std::numeric_limits<uInt>::max()) return false;
   uint8_t* raw = scratch.raw.Get(raw_size);
   z_stream* z = scratch.Inflater();
   if (raw == nullptr || z == nullptr) return false;
