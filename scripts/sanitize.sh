@@ -3,14 +3,14 @@
 # clang, in build-fuzz/ (never build/, which is the addon's).
 #
 #   scripts/sanitize.sh build               configure + build the fuzzers and the ASan/UBSan test programs
-#   scripts/sanitize.sh test                build, then run image_test and tokenizer_test under ASan/UBSan
+#   scripts/sanitize.sh test                build, then run image_test, tokenizer_test and inflate_test under ASan/UBSan
 #   scripts/sanitize.sh fuzz [SECONDS] [JOBS] [TARGET...]
-#                                           build, then run each fuzzer (default both: image_fuzzer,
-#                                           tokenizer_fuzzer) SECONDS (default 60) from the seed corpora;
+#                                           build, then run each fuzzer (default all three: image_fuzzer,
+#                                           tokenizer_fuzzer, inflate_fuzzer) SECONDS (default 60) from the seed corpora;
 #                                           JOBS > 1 runs that many fuzzing processes per target.
 #                                           Exits non-zero on the first crash, leak, timeout or
 #                                           contract violation; the input is in $CLIP_FUZZ_WORK/TARGET-findings/
-#   scripts/sanitize.sh seeds DIR           write the seed corpora into DIR/{image_fuzzer,tokenizer_fuzzer}
+#   scripts/sanitize.sh seeds DIR           write the seed corpora into DIR/{image_fuzzer,tokenizer_fuzzer,inflate_fuzzer}
 #
 # Needs clang with its sanitizer runtimes (scripts/setup.sh installs clang and
 # libclang-rt-14-dev) and the fixtures (node scripts/fixtures.js).
@@ -48,7 +48,7 @@ do_build() {
 do_seeds() {
   local out=$1
   need_fixtures
-  mkdir -p "$out/image_fuzzer" "$out/tokenizer_fuzzer"
+  mkdir -p "$out/image_fuzzer" "$out/tokenizer_fuzzer" "$out/inflate_fuzzer"
   # The fixture images up to 64 KiB (bigger ones make each run slow), and
   # tiny images of every container variant from Pillow when the venv has it.
   for f in test/fixtures/images/*.{jpg,png,webp,gif,bmp}; do
@@ -78,6 +78,32 @@ texts.forEach((text, i) => {
   fs.writeFileSync(path.join(out, `seed-${String(i).padStart(3, '0')}`), bytes);
 });
 JS
+  # zlib streams of a few kinds of data at every strategy, a leading even byte
+  # (the stream as it is; see inflate_fuzzer.cc), and some raw deflate bodies.
+  "$python" - "$out/inflate_fuzzer" <<'PY'
+import os, random, sys, zlib
+out = sys.argv[1]
+rng = random.Random(0)
+kinds = [
+    bytes(rng.randrange(256) for _ in range(600)),
+    bytes((128 + (i % 37) - 18) % 256 if i % 97 else 0 for i in range(3000)),
+    b"a photo of a cat on a mat " * 40,
+    bytes([7] * 500 + [1, 2, 3] * 200),
+    b"",
+]
+strategies = [zlib.Z_DEFAULT_STRATEGY, zlib.Z_FILTERED, zlib.Z_HUFFMAN_ONLY, zlib.Z_RLE, zlib.Z_FIXED]
+n = 0
+for data in kinds:
+    for level in (0, 1, 9):
+        for strategy in strategies:
+            c = zlib.compressobj(level, zlib.DEFLATED, 15 if n % 2 else 9, 8, strategy)
+            stream = c.compress(data[: len(data) // 2]) + c.flush(zlib.Z_FULL_FLUSH) + c.compress(data[len(data) // 2 :]) + c.flush()
+            with open(os.path.join(out, f"seed-{n:03d}"), "wb") as f:
+                f.write(b"\x00" + stream)
+            with open(os.path.join(out, f"raw-{n:03d}"), "wb") as f:
+                f.write(b"\x01" + stream[2:-4])
+            n += 1
+PY
 }
 
 # run_fuzzer NAME SECONDS JOBS EXTRA_ARGS...: the corpus grows in $work/NAME;
@@ -104,6 +130,7 @@ case "$cmd" in
     do_build
     "$build/tokenizer_test" test/fixtures/vocab/vocab.json test/fixtures/vocab/merges.txt ${2:+"$2"}
     "$build/image_test" ${2:+"$2"}
+    "$build/inflate_test"
     ;;
   seeds)
     do_seeds "${2:?usage: sanitize.sh seeds DIR}"
@@ -116,11 +143,12 @@ case "$cmd" in
     do_seeds "$work/seeds"
     shift $(( $# < 3 ? $# : 3 ))
     targets=("$@")
-    [ ${#targets[@]} -eq 0 ] && targets=(image_fuzzer tokenizer_fuzzer)
+    [ ${#targets[@]} -eq 0 ] && targets=(image_fuzzer tokenizer_fuzzer inflate_fuzzer)
     for target in "${targets[@]}"; do
       case "$target" in
         image_fuzzer) run_fuzzer image_fuzzer "$seconds" "$jobs" -dict="$root/native/fuzz/image.dict" -max_len=65536 ;;
         tokenizer_fuzzer) run_fuzzer tokenizer_fuzzer "$seconds" "$jobs" -dict="$root/native/fuzz/tokenizer.dict" -max_len=8192 ;;
+        inflate_fuzzer) run_fuzzer inflate_fuzzer "$seconds" "$jobs" -max_len=16384 ;;
         *) echo "sanitize.sh: no fuzz target $target" >&2; exit 2 ;;
       esac
     done

@@ -28,6 +28,10 @@ t.test('image_test', async (t) => {
   run(t, 'image_test', reference ? [reference] : []);
 });
 
+t.test('inflate_test', async (t) => {
+  run(t, 'inflate_test', []);
+});
+
 t.test('attention_test', async (t) => {
   run(t, 'attention_test', []);
 });

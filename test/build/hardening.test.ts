@@ -1,7 +1,7 @@
 // The torch-free core under the sanitizers (native/fuzz, scripts/sanitize.sh):
 // native/test's programs built with clang -fsanitize=address,undefined, and a
 // short libFuzzer run of each fuzz target (image decode + preprocess, the
-// tokenizer with the real vocabulary). Any sanitizer report, leak, contract
+// tokenizer with the real vocabulary, the PNG path's inflate against zlib's). Any sanitizer report, leak, contract
 // violation or crash fails the test, with the input that caused it.
 //
 // scripts/setup.sh installs clang; without it this test fails unless
@@ -18,7 +18,7 @@ const buildDir = path.join(root, 'build-fuzz');
 const fuzzSeconds = Number(process.env.CLIP_FUZZ_SECONDS || 60);
 const skip = process.env.CLIP_SKIP_SANITIZERS === '1' ? 'CLIP_SKIP_SANITIZERS=1' : false;
 
-// A cold build, two sanitized test programs and two fuzz runs: more than the
+// A cold build, three sanitized test programs and three fuzz runs: more than the
 // 600 s that package.json gives a test file on a slow, shared machine.
 t.setTimeout(20 * 60_000);
 
@@ -73,7 +73,11 @@ t.test('sanitizer builds of the core', { skip }, async (t) => {
     runProgram(t, 'image_test', reference ? [reference] : []);
   });
 
-  for (const target of ['image_fuzzer', 'tokenizer_fuzzer']) {
+  t.test('inflate_test', async (t) => {
+    runProgram(t, 'inflate_test', []);
+  });
+
+  for (const target of ['image_fuzzer', 'tokenizer_fuzzer', 'inflate_fuzzer']) {
     t.test(`${target}: ${fuzzSeconds} s without a finding`, async (t) => {
       const work = tempDir(`fuzz-${target}`);
       t.teardown(() => fs.rmSync(work, { recursive: true, force: true }));
