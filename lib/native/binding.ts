@@ -94,6 +94,12 @@ export interface NativeCpuKernels {
    */
   fusedAttentions: { image: number; text: number };
   /**
+   * How many MLPs (linear, QuickGELU, linear) of each chosen encoder run as one operator of clip-native's own linear
+   * (the `avx512` and `avx512-bf16` candidates), which hands the hidden rows to the second linear in the layout it
+   * reads instead of copying them again.
+   */
+  fusedMlps: { image: number; text: number };
+  /**
    * Whether the graphs of the oneDNN and int8 candidates take that kernel, and how it was decided: `measurement` (a
    * calibrating load: both ways timed once per process and dtype on ViT-B/32's shapes; the two figures are
    * microseconds of one layer's scaled scores, softmax and weighted sum, summed over 50 and 8 tokens),

@@ -425,6 +425,10 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     fused.Set("image", k.image_fused_attentions);
     fused.Set("text", k.text_fused_attentions);
     kernels.Set("fusedAttentions", fused);
+    Napi::Object mlps = Napi::Object::New(env);
+    mlps.Set("image", k.image_fused_mlps);
+    mlps.Set("text", k.text_fused_mlps);
+    kernels.Set("fusedMlps", mlps);
     Napi::Object attention_choice = Napi::Object::New(env);
     attention_choice.Set("kernel", k.attention_kernel);
     attention_choice.Set("selectedBy", k.attention_selected_by);

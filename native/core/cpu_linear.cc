@@ -155,12 +155,67 @@ void RunPanels(const T* x, int64_t k, const std::vector<RowTile>& tiles, int64_t
                    [&](int64_t first, int64_t last) { panels(ThreadRowTiles(x, k, tiles), tiles, first, last); });
 }
 
+// A tile's results stored k-major, the layout PackRowTiles makes of a
+// next linear's input: each of the panel's features (those in `mask`) as
+// kRows consecutive values, one per row, at y + feature * kRows.
+template <int kRows>
+__attribute__((target("avx512f"))) void StoreKMajor(__m512 (&acc)[2][kRows], float* y, const __mmask16* mask) {
+  constexpr __mmask16 kRowLanes = static_cast<__mmask16>((1u << kRows) - 1);
+  for (int half = 0; half < 2; ++half) {
+    __m512 t[16];
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; ++r) t[r] = r < kRows ? acc[half][r] : _mm512_setzero_ps();
+    simd::Transpose16(t);
+    for (int f = 0; f < 16; ++f) {
+      if (mask[half] >> f & 1) _mm512_mask_storeu_ps(y + (16 * half + f) * kRows, kRowLanes, t[f]);
+    }
+  }
+}
+
+// Two linears in a row on more than kPerThreadCopyRows rows (an MLP: the
+// first's results are the second's only input): one shared k-major copy of
+// x, the first linear's panels `first(copy, group, first, last, hidden)`
+// writing their results k-major into `hidden` (as PackRowTiles would copy
+// them, `hidden_k` 32-bit values per row), then the second's panels
+// `second(hidden, group, first, last)` reading them as they are. Against
+// two RunInGroups: no row-major hidden rows, no second copy, one parallel
+// region fewer. Both buffers are the calling thread's, kept for its next
+// call.
+template <typename T, typename FirstFn, typename SecondFn>
+void RunChained(const T* x, int64_t k, int64_t hidden_k, const std::vector<RowTile>& tiles, int64_t first_panels,
+                int64_t second_panels, const FirstFn& first, const SecondFn& second) {
+  static_assert(sizeof(T) == 4, "rows of 32-bit values");
+  thread_local std::unique_ptr<T[]> buffer;
+  thread_local size_t capacity = 0;
+  const int64_t m = tiles.back().first + tiles.back().rows;
+  const size_t copy_size = static_cast<size_t>(m * k);
+  const size_t size = copy_size + static_cast<size_t>(m * hidden_k);
+  if (size > capacity) {
+    buffer.reset(new T[size]);
+    capacity = size;
+  }
+  T* copy = buffer.get();
+  T* hidden = copy + copy_size;
+  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
+    PackRowTiles(x, k, tiles.data() + begin, tiles.data() + end, copy);
+  });
+  const std::vector<std::vector<RowTile>> groups = GroupTiles(tiles, k * 4);
+  at::parallel_for(0, first_panels, 1, [&](int64_t begin, int64_t end) {
+    for (const std::vector<RowTile>& group : groups) first(copy, group, begin, end, hidden);
+  });
+  const std::vector<std::vector<RowTile>> hidden_groups = GroupTiles(tiles, hidden_k * 4);
+  at::parallel_for(0, second_panels, 1, [&](int64_t begin, int64_t end) {
+    for (const std::vector<RowTile>& group : hidden_groups) second(hidden, group, begin, end);
+  });
+}
+
 // `kRows` rows (k-major, `xt`) against the two registers of one panel. Each
 // step over k loads the panel's weights once and uses them for every row.
-// With `swish`, y * sigmoid(y) is stored instead of the sums y.
+// With `swish`, y * sigmoid(y) is stored instead of the sums y; with
+// `kmajor`, stored as StoreKMajor lays them out (ldy unused).
 template <int kRows>
 __attribute__((target("avx512f"))) void Tile(const float* xt, const float* panel, int64_t k_size, const __m512* bias,
-                                             float* y, int64_t ldy, const __mmask16* mask, bool swish) {
+                                             float* y, int64_t ldy, const __mmask16* mask, bool swish, bool kmajor) {
   __m512 acc[2][kRows];
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
@@ -189,6 +244,7 @@ __attribute__((target("avx512f"))) void Tile(const float* xt, const float* panel
       acc[1][r] = simd::Swish(acc[1][r]);
     }
   }
+  if (kmajor) return StoreKMajor<kRows>(acc, y, mask);
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
     _mm512_mask_storeu_ps(y + r * ldy, mask[0], acc[0][r]);
@@ -200,10 +256,10 @@ __attribute__((target("avx512f"))) void Tile(const float* xt, const float* panel
 template <int kRows = 1>
 __attribute__((target("avx512f"))) void TileRows(int rows, const float* xt, const float* panel, int64_t k_size,
                                                  const __m512* bias, float* y, int64_t ldy, const __mmask16* mask,
-                                                 bool swish) {
+                                                 bool swish, bool kmajor) {
   if constexpr (kRows <= kTile) {
-    if (rows == kRows) return Tile<kRows>(xt, panel, k_size, bias, y, ldy, mask, swish);
-    TileRows<kRows + 1>(rows, xt, panel, k_size, bias, y, ldy, mask, swish);
+    if (rows == kRows) return Tile<kRows>(xt, panel, k_size, bias, y, ldy, mask, swish, kmajor);
+    TileRows<kRows + 1>(rows, xt, panel, k_size, bias, y, ldy, mask, swish, kmajor);
   }
 }
 
@@ -223,19 +279,26 @@ struct PanelEdge {
   }
 };
 
+// Where a tile's results for panel feature n0 go in y [rows, n_size]: row
+// by row, or (kmajor) in the k-major tile layout of PackRowTiles, which the
+// next linear then reads as it is.
+inline int64_t TileOutputOffset(const RowTile& tile, int64_t n0, int64_t n_size, bool kmajor) {
+  return tile.first * n_size + (kmajor ? n0 * tile.rows : n0);
+}
+
 // Every row tile against panels [first, last), panel by panel: a panel's
 // weights come from memory once and stay in cache for the tiles after the
 // first.
 __attribute__((target("avx512f"))) void Panels(const float* xt, const std::vector<RowTile>& tiles, int64_t k_size,
                                                const float* packed, const float* bias, int64_t n_size, float* y,
-                                               int64_t first, int64_t last, bool swish) {
+                                               int64_t first, int64_t last, bool swish, bool kmajor = false) {
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanel;
     const PanelEdge edge(bias, n0, n_size);
     const float* panel = packed + p * k_size * kPanel;
     for (const RowTile& tile : tiles) {
-      TileRows(tile.rows, xt + tile.first * k_size, panel, k_size, edge.bias, y + tile.first * n_size + n0, n_size,
-               edge.mask, swish);
+      TileRows(tile.rows, xt + tile.first * k_size, panel, k_size, edge.bias,
+               y + TileOutputOffset(tile, n0, n_size, kmajor), n_size, edge.mask, swish, kmajor);
     }
   }
 }
@@ -246,10 +309,43 @@ __attribute__((target("avx512f"))) void Panels(const float* xt, const std::vecto
 // weights to stream, twice the products per instruction.
 // The sums are rounded to bfloat16 as they are stored (simd::StoreBFloat16:
 // to nearest, ties to even, as at::Tensor::to rounds them).
+// StoreKMajor for bfloat16 results: each row's 32 features rounded (as
+// StoreBFloat16 rounds) and paired along the features, (2j, 2j + 1) in one
+// 32-bit lane as a row of bfloat16 lies in memory, then each pair's kRows
+// lanes, one per row, at y + j * kRows (32-bit units).
+template <int kRows>
+__attribute__((target("avx512f"))) void StoreKMajorBf16(__m512 (&acc)[2][kRows], uint32_t* y, const __mmask16* mask) {
+  constexpr __mmask16 kRowLanes = static_cast<__mmask16>((1u << kRows) - 1);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  __m512 t[16];
+#pragma GCC unroll 16
+  for (int r = 0; r < 16; ++r) {
+    if (r < kRows) {
+      const __m512i lo = _mm512_castps_si512(simd::RoundToBFloat16(acc[0][r]));
+      const __m512i hi = _mm512_castps_si512(simd::RoundToBFloat16(acc[1][r]));
+      const __m512i first = _mm512_maskz_srli_epi32(0xFFFF, _mm512_permutex2var_epi32(lo, even, hi), 16);
+      const __m512i second = _mm512_and_si512(_mm512_permutex2var_epi32(lo, odd, hi), high);
+      t[r] = _mm512_castsi512_ps(_mm512_or_si512(first, second));
+    } else {
+      t[r] = _mm512_setzero_ps();
+    }
+  }
+  simd::Transpose16(t);
+  // Pair j holds features 2j and 2j + 1; the features come in even counts.
+  const uint32_t features = static_cast<uint32_t>(mask[0]) | static_cast<uint32_t>(mask[1]) << 16;
+  for (int j = 0; j < 16; ++j) {
+    if (features >> (2 * j) & 1) {
+      _mm512_mask_storeu_ps(reinterpret_cast<float*>(y + j * kRows), kRowLanes, t[j]);
+    }
+  }
+}
+
 template <int kRows>
 __attribute__((target("avx512f,avx512bf16"))) void TileBf16(const uint32_t* xt, const uint16_t* panel, int64_t pairs,
                                                             const __m512* bias, uint16_t* y, int64_t ldy,
-                                                            const __mmask16* mask, bool swish) {
+                                                            const __mmask16* mask, bool swish, bool kmajor) {
   __m512 acc[2][kRows];
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
@@ -277,6 +373,7 @@ __attribute__((target("avx512f,avx512bf16"))) void TileBf16(const uint32_t* xt, 
       acc[1][r] = simd::Swish(acc[1][r]);
     }
   }
+  if (kmajor) return StoreKMajorBf16<kRows>(acc, reinterpret_cast<uint32_t*>(y), mask);
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
     simd::StoreBFloat16(y + r * ldy, mask[0], acc[0][r]);
@@ -287,26 +384,28 @@ __attribute__((target("avx512f,avx512bf16"))) void TileBf16(const uint32_t* xt, 
 template <int kRows = 1>
 __attribute__((target("avx512f,avx512bf16"))) void TileRowsBf16(int rows, const uint32_t* xt, const uint16_t* panel,
                                                                 int64_t pairs, const __m512* bias, uint16_t* y,
-                                                                int64_t ldy, const __mmask16* mask, bool swish) {
+                                                                int64_t ldy, const __mmask16* mask, bool swish,
+                                                                bool kmajor) {
   if constexpr (kRows <= kTile) {
-    if (rows == kRows) return TileBf16<kRows>(xt, panel, pairs, bias, y, ldy, mask, swish);
-    TileRowsBf16<kRows + 1>(rows, xt, panel, pairs, bias, y, ldy, mask, swish);
+    if (rows == kRows) return TileBf16<kRows>(xt, panel, pairs, bias, y, ldy, mask, swish, kmajor);
+    TileRowsBf16<kRows + 1>(rows, xt, panel, pairs, bias, y, ldy, mask, swish, kmajor);
   }
 }
 
 // Row tiles of x (bfloat16 pairs, k-major as the float32 tiles) against
-// panels [first, last); y is bfloat16 [rows, n_size].
+// panels [first, last); y is bfloat16 [rows, n_size], or k-major pairs
+// (kmajor; n_size even).
 __attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* xt, const std::vector<RowTile>& tiles,
                                                               int64_t pairs, const uint16_t* packed, const float* bias,
                                                               int64_t n_size, uint16_t* y, int64_t first, int64_t last,
-                                                              bool swish) {
+                                                              bool swish, bool kmajor = false) {
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanel;
     const PanelEdge edge(bias, n0, n_size);
     const uint16_t* panel = packed + p * pairs * 2 * kPanel;
     for (const RowTile& tile : tiles) {
-      TileRowsBf16(tile.rows, xt + tile.first * pairs, panel, pairs, edge.bias, y + tile.first * n_size + n0, n_size,
-                   edge.mask, swish);
+      TileRowsBf16(tile.rows, xt + tile.first * pairs, panel, pairs, edge.bias,
+                   y + TileOutputOffset(tile, n0, n_size, kmajor), n_size, edge.mask, swish, kmajor);
     }
   }
 }
@@ -315,6 +414,45 @@ __attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* xt
 void CheckFloatCpu(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu(), "clip_native: ", what,
               " must be a float32 CPU tensor, got ", t.toString());
+}
+
+// The operands of a float32 panel linear on inputs of shape `x` (its last
+// size the rows' width): packed weights of that width and at least
+// out_features features, a float32 bias of out_features, the kernel.
+void CheckFloatOperands(at::IntArrayRef x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                        int64_t out_features) {
+  CheckFloatCpu(packed, "the packed weight");
+  TORCH_CHECK(!x.empty() && packed.dim() == 3 && packed.size(2) == 32 && x.back() == packed.size(1) &&
+                  packed.size(0) * 32 >= out_features && out_features > 0,
+              "clip_native: linear input ", x, " does not fit packed weights ", packed.sizes(), " for ", out_features,
+              " features");
+  if (bias) {
+    CheckFloatCpu(*bias, "the bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->is_contiguous(), "clip_native: a bias of ",
+                out_features, " features was expected, got ", bias->sizes());
+  }
+  TORCH_CHECK(PanelLinearAvailable(), "clip_native: this CPU lacks AVX-512F for the panel linear");
+}
+
+// The same for the bfloat16 kernel (bfloat16 weights of half the width in
+// pairs, a bias of any floating type); returns the bias as float32, the
+// way the kernel adds it (undefined when there is none).
+at::Tensor CheckBf16Operands(at::IntArrayRef x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                             int64_t out_features) {
+  TORCH_CHECK(packed.scalar_type() == at::kBFloat16 && packed.device().is_cpu(),
+              "clip_native: the bfloat16 panel linear takes bfloat16 CPU weights, got ", packed.toString());
+  TORCH_CHECK(!x.empty() && packed.dim() == 4 && packed.size(2) == 32 && packed.size(3) == 2 &&
+                  x.back() == 2 * packed.size(1) && packed.size(0) * 32 >= out_features && out_features > 0,
+              "clip_native: linear input ", x, " does not fit packed weights ", packed.sizes(), " for ", out_features,
+              " features");
+  at::Tensor bias_float;
+  if (bias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->device().is_cpu(), "clip_native: a bias of ",
+                out_features, " features was expected, got ", bias->sizes());
+    bias_float = bias->to(at::kFloat).contiguous();
+  }
+  TORCH_CHECK(PanelLinearBf16Available(), "clip_native: this CPU lacks AVX512-BF16 for the panel linear");
+  return bias_float;
 }
 
 // clip_native::linear_rows: PanelLinear (float32 panels) or
@@ -362,21 +500,9 @@ at::Tensor PackPanelWeightBf16(const at::Tensor& weight) {
 
 at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                            int64_t out_features, bool swish) {
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.device().is_cpu() && packed.scalar_type() == at::kBFloat16 &&
-                  packed.device().is_cpu(),
-              "clip_native: the bfloat16 panel linear takes bfloat16 CPU tensors, got ", x.toString(), " and ",
-              packed.toString());
-  TORCH_CHECK(x.dim() >= 1 && packed.dim() == 4 && packed.size(2) == 32 && packed.size(3) == 2 &&
-                  x.size(-1) == 2 * packed.size(1) && packed.size(0) * 32 >= out_features && out_features > 0,
-              "clip_native: linear input ", x.sizes(), " does not fit packed weights ", packed.sizes(), " for ",
-              out_features, " features");
-  at::Tensor bias_float;
-  if (bias) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->device().is_cpu(), "clip_native: a bias of ",
-                out_features, " features was expected, got ", bias->sizes());
-    bias_float = bias->to(at::kFloat).contiguous();
-  }
-  TORCH_CHECK(PanelLinearBf16Available(), "clip_native: this CPU lacks AVX512-BF16 for the panel linear");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.device().is_cpu(),
+              "clip_native: the bfloat16 panel linear takes bfloat16 CPU tensors, got ", x.toString());
+  const at::Tensor bias_float = CheckBf16Operands(x.sizes(), packed, bias, out_features);
   const int64_t k = x.size(-1);
   at::Tensor rows = x.reshape({-1, k}).contiguous();
   const int64_t m = rows.size(0);
@@ -425,17 +551,7 @@ at::Tensor PackPanelWeight(const at::Tensor& weight) {
 at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                        int64_t out_features, bool swish) {
   CheckFloatCpu(x, "the input");
-  CheckFloatCpu(packed, "the packed weight");
-  TORCH_CHECK(x.dim() >= 1 && packed.dim() == 3 && packed.size(2) == 32 && x.size(-1) == packed.size(1) &&
-                  packed.size(0) * 32 >= out_features && out_features > 0,
-              "clip_native: linear input ", x.sizes(), " does not fit packed weights ", packed.sizes(), " for ",
-              out_features, " features");
-  if (bias) {
-    CheckFloatCpu(*bias, "the bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->is_contiguous(), "clip_native: a bias of ",
-                out_features, " features was expected, got ", bias->sizes());
-  }
-  TORCH_CHECK(PanelLinearAvailable(), "clip_native: this CPU lacks AVX-512F for the panel linear");
+  CheckFloatOperands(x.sizes(), packed, bias, out_features);
   const int64_t k = x.size(-1);
   at::Tensor rows = x.reshape({-1, k}).contiguous();
   const int64_t m = rows.size(0);
@@ -456,10 +572,84 @@ at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10:
   return y.view(shape);
 }
 
-TORCH_LIBRARY(clip_native, m) {
-  m.def("linear_rows(Tensor x, Tensor packed, Tensor? bias, int out_features, str attr) -> Tensor");
+at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::optional<at::Tensor>& bias1,
+                    int64_t hidden, const at::Tensor& packed2, const c10::optional<at::Tensor>& bias2,
+                    int64_t out_features) {
+  const bool bfloat16 = packed1.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(x.dim() >= 1, "clip_native: an MLP input must have at least one dimension, got ", x.sizes());
+  std::vector<int64_t> hidden_shape(x.sizes().begin(), x.sizes().end());
+  hidden_shape.back() = hidden;
+  at::Tensor bias1_float, bias2_float;
+  if (bfloat16) {
+    TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.device().is_cpu(),
+                "clip_native: the bfloat16 panel linear takes bfloat16 CPU tensors, got ", x.toString());
+    bias1_float = CheckBf16Operands(x.sizes(), packed1, bias1, hidden);
+    bias2_float = CheckBf16Operands(hidden_shape, packed2, bias2, out_features);
+  } else {
+    CheckFloatCpu(x, "the input");
+    CheckFloatOperands(x.sizes(), packed1, bias1, hidden);
+    CheckFloatOperands(hidden_shape, packed2, bias2, out_features);
+  }
+  const int64_t k = x.size(-1);
+  at::Tensor rows = x.reshape({-1, k}).contiguous();
+  const int64_t m = rows.size(0);
+  if (m <= kPerThreadCopyRows) {
+    // Each linear copies its few rows inside its own parallel region anyway.
+    const auto linear = bfloat16 ? PanelLinearBf16 : PanelLinear;
+    return linear(linear(x, packed1, bias1, hidden, true), packed2, bias2, out_features, false);
+  }
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out_features;
+  at::Tensor y = at::empty({m, out_features}, x.options());
+#ifdef CLIP_PANEL_KERNEL
+  const std::vector<RowTile> tiles = SplitRows(m, kTile);
+  if (bfloat16) {
+    const int64_t pairs = k / 2;
+    const int64_t hidden_pairs = hidden / 2;
+    const auto* xp = reinterpret_cast<const uint32_t*>(rows.data_ptr<at::BFloat16>());
+    const auto* p1 = reinterpret_cast<const uint16_t*>(packed1.data_ptr<at::BFloat16>());
+    const auto* p2 = reinterpret_cast<const uint16_t*>(packed2.data_ptr<at::BFloat16>());
+    const float* b1 = bias1 ? bias1_float.data_ptr<float>() : nullptr;
+    const float* b2 = bias2 ? bias2_float.data_ptr<float>() : nullptr;
+    auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
+    RunChained(
+        xp, pairs, hidden_pairs, tiles, packed1.size(0), packed2.size(0),
+        [&](const uint32_t* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, uint32_t* h) {
+          PanelsBf16(copy, group, pairs, p1, b1, hidden, reinterpret_cast<uint16_t*>(h), first, last, true, true);
+        },
+        [&](const uint32_t* h, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+          PanelsBf16(h, group, hidden_pairs, p2, b2, out_features, yp, first, last, false);
+        });
+  } else {
+    const float* xp = rows.data_ptr<float>();
+    const float* p1 = packed1.data_ptr<float>();
+    const float* p2 = packed2.data_ptr<float>();
+    const float* b1 = bias1 ? bias1->data_ptr<float>() : nullptr;
+    const float* b2 = bias2 ? bias2->data_ptr<float>() : nullptr;
+    float* yp = y.data_ptr<float>();
+    RunChained(
+        xp, k, hidden, tiles, packed1.size(0), packed2.size(0),
+        [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, float* h) {
+          Panels(copy, group, k, p1, b1, hidden, h, first, last, true, true);
+        },
+        [&](const float* h, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+          Panels(h, group, hidden, p2, b2, out_features, yp, first, last, false);
+        });
+  }
+#endif
+  return y.view(shape);
 }
 
-TORCH_LIBRARY_IMPL(clip_native, CPU, m) { m.impl("linear_rows", &LinearRows); }
+TORCH_LIBRARY(clip_native, m) {
+  m.def("linear_rows(Tensor x, Tensor packed, Tensor? bias, int out_features, str attr) -> Tensor");
+  m.def(
+      "mlp_rows(Tensor x, Tensor packed1, Tensor? bias1, int hidden, Tensor packed2, Tensor? bias2, int out_features) "
+      "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(clip_native, CPU, m) {
+  m.impl("linear_rows", &LinearRows);
+  m.impl("mlp_rows", &PanelMlp);
+}
 
 }  // namespace clip

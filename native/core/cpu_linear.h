@@ -33,10 +33,20 @@ at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const 
 at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                        int64_t out_features, bool swish = false);
 
-// The rewritten graphs call either through the TorchScript operator
-// clip_native::linear_rows(x, packed, bias, out_features, attr), registered
-// by cpu_linear.cc: the packed weights' dtype picks the kernel, and attr
-// "swish" stores y * sigmoid(y) in place of y.
+// PanelLinear(PanelLinear(x, packed1, bias1, hidden, swish), packed2, bias2,
+// out_features) (or the bfloat16 kernels', by the weights' dtype), the same
+// bits; above kPerThreadCopyRows rows the first linear writes its results in
+// the layout the second reads (cpu_linear.cc: RunChained), so they are not
+// copied again.
+at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::optional<at::Tensor>& bias1,
+                    int64_t hidden, const at::Tensor& packed2, const c10::optional<at::Tensor>& bias2,
+                    int64_t out_features);
+
+// The rewritten graphs call them through the TorchScript operators
+// clip_native::linear_rows(x, packed, bias, out_features, attr) and
+// clip_native::mlp_rows(x, packed1, bias1, hidden, packed2, bias2,
+// out_features), registered by cpu_linear.cc: the packed weights' dtype picks
+// the kernel, and attr "swish" stores y * sigmoid(y) in place of y.
 
 // Rows at or below which each thread of a linear copies the input's row
 // tiles for itself, inside the one parallel region (a second region for a

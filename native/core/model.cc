@@ -284,7 +284,7 @@ torch::jit::Value* InsertTensorConstant(torch::jit::Graph& graph, const at::Tens
 // clip-native's own kernel (cpu_linear.h) on its own packed weights, with no
 // oneDNN weights beside them; float32 then needs nothing of oneDNN (libtorch
 // 1.13 has no mkldnn::_linear_pointwise).
-int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat16, bool panel_kernel = false) {
+int RewriteLinears(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat16, bool panel_kernel = false) {
   const bool onednn = HasOperator("mkldnn::_linear_pointwise", "");
   if (!onednn && !(panel_kernel && !bfloat16)) return 0;  // libtorch < 2.0
   std::optional<c10::OperatorHandle> pack;
@@ -366,6 +366,67 @@ int RewriteLinearsForOneDnn(const std::shared_ptr<torch::jit::Graph>& graph, boo
   torch::jit::EliminateDeadCode(graph);
   graph->lint();
   return rewritten;
+}
+
+// The string constant of `value`, if it is one.
+std::optional<std::string> ConstantString(torch::jit::Value* value) {
+  const std::optional<c10::IValue> constant = torch::jit::toIValue(value);
+  if (!constant || !constant->isString()) return std::nullopt;
+  return constant->toStringRef();
+}
+
+// An MLP on clip-native's linear, linear_rows(x, .., "swish") whose result
+// feeds only a linear_rows(.., "none") (in bfloat16 through the cast before
+// it, which a bfloat16 result passes unchanged), becomes one
+// clip_native::mlp_rows: the same bits, with the hidden rows handed from the
+// first linear to the second in the layout the second reads (cpu_linear.h:
+// PanelMlp). Returns how many.
+int RewriteMlps(const std::shared_ptr<torch::jit::Graph>& graph) {
+  const auto linear_rows = c10::Symbol::fromQualString("clip_native::linear_rows");
+  const auto mlp_rows = c10::Symbol::fromQualString("clip_native::mlp_rows");
+  struct Mlp {
+    torch::jit::Node* first;
+    torch::jit::Node* cast;  // nullptr in float32
+    torch::jit::Node* second;
+  };
+  std::vector<Mlp> mlps;
+  for (torch::jit::Node* first : graph->nodes()) {
+    if (first->kind() != linear_rows || ConstantString(first->input(4)) != "swish") continue;
+    const std::optional<at::Tensor> weight = ConstantTensor(first->input(1));
+    if (!weight || first->output()->uses().size() != 1) continue;
+    torch::jit::Node* cast = nullptr;
+    torch::jit::Use use = first->output()->uses()[0];
+    if (use.user->kind() == c10::aten::to && use.offset == 0 && use.user->inputs().size() == 5 &&
+        use.user->output()->uses().size() == 1) {
+      const std::optional<c10::IValue> dtype = torch::jit::toIValue(use.user->input(1));
+      if (!dtype || !dtype->isInt() || dtype->toInt() != static_cast<int64_t>(at::kBFloat16) ||
+          weight->scalar_type() != at::kBFloat16) {
+        continue;
+      }
+      cast = use.user;
+      use = cast->output()->uses()[0];
+    }
+    torch::jit::Node* second = use.user;
+    if (second->kind() != linear_rows || use.offset != 0 || ConstantString(second->input(4)) != "none") continue;
+    const std::optional<at::Tensor> second_weight = ConstantTensor(second->input(1));
+    if (!second_weight || second_weight->scalar_type() != weight->scalar_type()) continue;
+    mlps.push_back({first, cast, second});
+  }
+  for (const Mlp& mlp : mlps) {
+    torch::jit::WithInsertPoint insert_point(mlp.second);
+    torch::jit::Node* fused =
+        graph->create(mlp_rows, {mlp.first->input(0), mlp.first->input(1), mlp.first->input(2), mlp.first->input(3),
+                                 mlp.second->input(1), mlp.second->input(2), mlp.second->input(3)});
+    fused->output()->setType(c10::TensorType::get());
+    graph->insertNode(fused);
+    mlp.second->output()->replaceAllUsesWith(fused->output());
+    mlp.second->destroy();
+    if (mlp.cast) mlp.cast->destroy();
+    mlp.first->destroy();
+  }
+  torch::jit::EliminateDeadCode(graph);
+  graph->lint();
+  return static_cast<int>(mlps.size());
 }
 
 // The node that is the sole user of `value`, if it is of `kind` and takes
@@ -783,7 +844,8 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
   }
   if (name == "avx512") {
     encoder.module = torch::jit::freeze(archive);
-    RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), /*bfloat16=*/false, /*panel_kernel=*/true);
+    RewriteLinears(encoder.module.get_method("forward").graph(), /*bfloat16=*/false, /*panel_kernel=*/true);
+    encoder.fused_mlps = RewriteMlps(encoder.module.get_method("forward").graph());
     rewrite_attention();
     return encoder;
   }
@@ -796,7 +858,8 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
   } else {
     encoder.module = torch::jit::freeze(archive);
   }
-  RewriteLinearsForOneDnn(encoder.module.get_method("forward").graph(), bfloat16, panel_kernel);
+  RewriteLinears(encoder.module.get_method("forward").graph(), bfloat16, panel_kernel);
+  if (panel_kernel) encoder.fused_mlps = RewriteMlps(encoder.module.get_method("forward").graph());
   rewrite_attention();
   return encoder;
 }
@@ -1238,6 +1301,8 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
   cpu_kernels_.image_fused_attentions = image_encoder_.fused_attentions;
   cpu_kernels_.text_fused_attentions = text_encoder_.fused_attentions;
   cpu_kernels_.text_packed_attentions = text_encoder_.packed_attentions;
+  cpu_kernels_.image_fused_mlps = image_encoder_.fused_mlps;
+  cpu_kernels_.text_fused_mlps = text_encoder_.fused_mlps;
 }
 
 int64_t Model::cuda_stream_id() const {

@@ -78,6 +78,10 @@ struct CpuKernelChoice {
   // above each).
   int image_fused_attentions = 0;
   int text_fused_attentions = 0;
+  // How many MLPs (a linear, QuickGELU, a linear) of each encoder run as one
+  // operator of clip-native's linear (clip_native::mlp_rows: cpu_linear.h).
+  int image_fused_mlps = 0;
+  int text_fused_mlps = 0;
   // Whether the oneDNN and int8 candidates' graphs take that kernel, and how
   // that was decided: "measurement" (a calibrating load; the two microsecond
   // figures are set), "rule" (a fixed or named candidate), "environment"
@@ -140,6 +144,7 @@ class Model {
     int attention_matmuls = 0;  // rewritten to clip_native::attention_matmul
     int fused_attentions = 0;   // of those, pairs fused into clip_native::attention
     int packed_attentions = 0;  // of those, clip_native::packed_attention
+    int fused_mlps = 0;         // pairs of linears run as clip_native::mlp_rows
   };
 
  private:

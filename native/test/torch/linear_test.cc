@@ -6,8 +6,8 @@
 // inputs of more dimensions and not contiguous, both sides of kPerThreadCopyRows
 // (per-thread copies of the rows at and below it; one shared copy run in
 // groups of tiles above, one group or many), the same bits on any number of
-// threads, and linear_rows on either dtype, with and without the swish
-// post-op.
+// threads, linear_rows on either dtype, with and without the swish post-op,
+// and mlp_rows against the two linear_rows it stands for.
 // On a CPU without AVX-512F (or AVX512-BF16 for the bfloat16 kernel) those
 // cases are reported as skipped. Prints one line per failure, then "N
 // passed, M failed"; exits non-zero on any failure.
@@ -187,6 +187,66 @@ void TestLinearRows() {
   Check(refused, "linear_rows: an unknown post-op is refused");
 }
 
+// clip_native::mlp_rows (PanelMlp) against the two linear_rows it replaces,
+// bit for bit: above kPerThreadCopyRows the first linear's results go
+// straight into the layout the second reads, and must be the same values.
+// Hidden widths that leave the last panel part-empty (and, in float32, a
+// 16-feature half of it), with and without biases, several row counts.
+void TestMlpRows() {
+  if (!clip::PanelLinearAvailable()) {
+    std::cout << "skipped: mlp_rows (no AVX-512F)" << std::endl;
+    return;
+  }
+  const c10::OperatorHandle mlp = c10::Dispatcher::singleton().findSchemaOrThrow("clip_native::mlp_rows", "");
+  const c10::OperatorHandle linear = c10::Dispatcher::singleton().findSchemaOrThrow("clip_native::linear_rows", "");
+  const int64_t k = 96, n = 40;
+  for (const bool bfloat16 : {false, true}) {
+    if (bfloat16 && !clip::PanelLinearBf16Available()) {
+      std::cout << "skipped: mlp_rows on bfloat16 (no AVX512-BF16)" << std::endl;
+      continue;
+    }
+    const at::ScalarType dtype = bfloat16 ? at::kBFloat16 : at::kFloat;
+    for (const int64_t hidden : {int64_t{64}, int64_t{98}, int64_t{110}}) {
+      if (bfloat16 && hidden % 2 != 0) continue;
+      const at::Tensor w1 = Random({hidden, k}, 0.1).to(dtype);
+      const at::Tensor w2 = Random({n, hidden}, 0.1).to(dtype);
+      const auto pack = [&](const at::Tensor& w) {
+        return bfloat16 ? clip::PackPanelWeightBf16(w) : clip::PackPanelWeight(w);
+      };
+      const at::Tensor p1 = pack(w1), p2 = pack(w2);
+      for (const bool with_bias : {true, false}) {
+        const c10::IValue b1 = with_bias ? c10::IValue(Random({hidden}, 0.1)) : c10::IValue();
+        const c10::IValue b2 = with_bias ? c10::IValue(Random({n}, 0.1)) : c10::IValue();
+        for (const int64_t m :
+             {int64_t{5}, clip::kPerThreadCopyRows, clip::kPerThreadCopyRows + 1, int64_t{100}, int64_t{401}}) {
+          const at::Tensor x = Random({m, k}).to(dtype);
+          torch::jit::Stack first{x, p1, b1, hidden, std::string("swish")};
+          linear.callBoxed(&first);
+          torch::jit::Stack second{first[0].toTensor(), p2, b2, n, std::string("none")};
+          linear.callBoxed(&second);
+          const at::Tensor want = second[0].toTensor();
+          torch::jit::Stack fused{x, p1, b1, hidden, p2, b2, n};
+          mlp.callBoxed(&fused);
+          const at::Tensor got = fused[0].toTensor();
+          Check(got.sizes() == want.sizes() && got.scalar_type() == dtype && at::equal(got, want),
+                std::string(bfloat16 ? "bfloat16 " : "float32 ") + "mlp_rows " + std::to_string(m) + " rows, hidden " +
+                    std::to_string(hidden) + (with_bias ? ", biases" : ", no biases") + ": the two linear_rows' bits");
+        }
+      }
+    }
+  }
+  bool refused = false;
+  try {
+    const at::Tensor p1 = clip::PackPanelWeight(Random({64, k}));
+    const at::Tensor p2 = clip::PackPanelWeight(Random({n, 32}));  // 32 inputs where the hidden layer has 64
+    torch::jit::Stack stack{Random({100, k}), p1, c10::IValue(), int64_t{64}, p2, c10::IValue(), n};
+    mlp.callBoxed(&stack);
+  } catch (const c10::Error&) {
+    refused = true;
+  }
+  Check(refused, "mlp_rows: a second weight that does not fit the hidden width is refused");
+}
+
 }  // namespace
 
 int main() {
@@ -196,6 +256,7 @@ int main() {
     TestFloat32();
     TestBFloat16();
     TestLinearRows();
+    TestMlpRows();
   } catch (const std::exception& e) {
     Check(false, std::string("unexpected exception: ") + e.what());
   }
