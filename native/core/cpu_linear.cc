@@ -172,23 +172,27 @@ __attribute__((target("avx512f"))) void StoreKMajor(__m512 (&acc)[2][kRows], flo
   }
 }
 
-// Two linears in a row on more than kPerThreadCopyRows rows (an MLP: the
-// first's results are the second's only input): one shared k-major copy of
-// x, the first linear's panels `first(copy, group, first, last, hidden)`
-// writing their results k-major into `hidden` (as PackRowTiles would copy
-// them, `hidden_k` 32-bit values per row), then the second's panels
-// `second(hidden, group, first, last)` reading them as they are. Against
-// two RunInGroups: no row-major hidden rows, no second copy, one parallel
-// region fewer. Both buffers are the calling thread's, kept for its next
-// call.
+// Two linears in a row (an MLP: the first's results are the second's only
+// input): the first linear's panels `first(copy, tiles, first, last,
+// hidden)` run on x's k-major row tiles as RunPanels copies them (each
+// thread for itself up to kPerThreadCopyRows rows, above once for all and
+// in groups) and write their results k-major into one shared `hidden` (as
+// PackRowTiles would copy them, `hidden_k` 32-bit values per row); then the
+// second's panels `second(hidden, tiles, first, last)` read them as they
+// are. Against two linears: no row-major hidden rows, and no copy of them
+// (on few rows each thread copied all of them for itself: 0.6 MB per
+// thread for an image's fc2); above kPerThreadCopyRows one parallel region
+// fewer too. The buffers are the calling thread's, kept for its next call.
 template <typename T, typename FirstFn, typename SecondFn>
 void RunChained(const T* x, int64_t k, int64_t hidden_k, const std::vector<RowTile>& tiles, int64_t first_panels,
                 int64_t second_panels, const FirstFn& first, const SecondFn& second) {
   static_assert(sizeof(T) == 4, "rows of 32-bit values");
+  if (tiles.empty()) return;
   thread_local std::unique_ptr<T[]> buffer;
   thread_local size_t capacity = 0;
   const int64_t m = tiles.back().first + tiles.back().rows;
-  const size_t copy_size = static_cast<size_t>(m * k);
+  const bool shared_copy = m > kPerThreadCopyRows;
+  const size_t copy_size = shared_copy ? static_cast<size_t>(m * k) : 0;
   const size_t size = copy_size + static_cast<size_t>(m * hidden_k);
   if (size > capacity) {
     buffer.reset(new T[size]);
@@ -196,14 +200,21 @@ void RunChained(const T* x, int64_t k, int64_t hidden_k, const std::vector<RowTi
   }
   T* copy = buffer.get();
   T* hidden = copy + copy_size;
-  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
-    PackRowTiles(x, k, tiles.data() + begin, tiles.data() + end, copy);
-  });
-  const std::vector<std::vector<RowTile>> groups = GroupTiles(tiles, k * 4);
-  at::parallel_for(0, first_panels, 1, [&](int64_t begin, int64_t end) {
-    for (const std::vector<RowTile>& group : groups) first(copy, group, begin, end, hidden);
-  });
-  const std::vector<std::vector<RowTile>> hidden_groups = GroupTiles(tiles, hidden_k * 4);
+  if (shared_copy) {
+    at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
+      PackRowTiles(x, k, tiles.data() + begin, tiles.data() + end, copy);
+    });
+    const std::vector<std::vector<RowTile>> groups = GroupTiles(tiles, k * 4);
+    at::parallel_for(0, first_panels, 1, [&](int64_t begin, int64_t end) {
+      for (const std::vector<RowTile>& group : groups) first(copy, group, begin, end, hidden);
+    });
+  } else {
+    at::parallel_for(0, first_panels, 1, [&](int64_t begin, int64_t end) {
+      first(ThreadRowTiles(x, k, tiles), tiles, begin, end, hidden);
+    });
+  }
+  const std::vector<std::vector<RowTile>> hidden_groups =
+      shared_copy ? GroupTiles(tiles, hidden_k * 4) : std::vector<std::vector<RowTile>>{tiles};
   at::parallel_for(0, second_panels, 1, [&](int64_t begin, int64_t end) {
     for (const std::vector<RowTile>& group : hidden_groups) second(hidden, group, begin, end);
   });
@@ -593,11 +604,6 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
   const int64_t k = x.size(-1);
   at::Tensor rows = x.reshape({-1, k}).contiguous();
   const int64_t m = rows.size(0);
-  if (m <= kPerThreadCopyRows) {
-    // Each linear copies its few rows inside its own parallel region anyway.
-    const auto linear = bfloat16 ? PanelLinearBf16 : PanelLinear;
-    return linear(linear(x, packed1, bias1, hidden, true), packed2, bias2, out_features, false);
-  }
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out_features;
   at::Tensor y = at::empty({m, out_features}, x.options());

@@ -35,9 +35,8 @@ at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10:
 
 // PanelLinear(PanelLinear(x, packed1, bias1, hidden, swish), packed2, bias2,
 // out_features) (or the bfloat16 kernels', by the weights' dtype), the same
-// bits; above kPerThreadCopyRows rows the first linear writes its results in
-// the layout the second reads (cpu_linear.cc: RunChained), so they are not
-// copied again.
+// bits; the first linear writes its results in the layout the second reads
+// (cpu_linear.cc: RunChained), so they are not copied again.
 at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::optional<at::Tensor>& bias1,
                     int64_t hidden, const at::Tensor& packed2, const c10::optional<at::Tensor>& bias2,
                     int64_t out_features);
