@@ -466,6 +466,23 @@ at::Tensor CheckBf16Operands(at::IntArrayRef x, const at::Tensor& packed, const 
   return bias_float;
 }
 
+// x as the kernels take it: its rows (contiguous [m, k]), and the result
+// as rows [m, out_features] with the shape it is returned in (x's, with
+// out_features last).
+struct RowsIn {
+  at::Tensor rows;
+  int64_t m;
+  std::vector<int64_t> shape;
+  at::Tensor y;
+  RowsIn(const at::Tensor& x, int64_t out_features)
+      : rows(x.reshape({-1, x.size(-1)}).contiguous()),
+        m(rows.size(0)),
+        shape(x.sizes().begin(), x.sizes().end()),
+        y(at::empty({m, out_features}, x.options())) {
+    shape.back() = out_features;
+  }
+};
+
 // clip_native::linear_rows: PanelLinear (float32 panels) or
 // PanelLinearBf16 (bfloat16 panels); `attr` is "none" or "swish"
 // (y * sigmoid(y) on the float32 sums, in the kernel: QuickGELU on weights
@@ -515,25 +532,21 @@ at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const 
               "clip_native: the bfloat16 panel linear takes bfloat16 CPU tensors, got ", x.toString());
   const at::Tensor bias_float = CheckBf16Operands(x.sizes(), packed, bias, out_features);
   const int64_t k = x.size(-1);
-  at::Tensor rows = x.reshape({-1, k}).contiguous();
-  const int64_t m = rows.size(0);
+  RowsIn in(x, out_features);
   const int64_t panels = packed.size(0);
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = out_features;
-  at::Tensor y = at::empty({m, out_features}, x.options());
 #ifdef CLIP_PANEL_KERNEL
   const int64_t pairs = k / 2;
-  const std::vector<RowTile> tiles = SplitRows(m, kTile);
-  const auto* xp = reinterpret_cast<const uint32_t*>(rows.data_ptr<at::BFloat16>());
+  const std::vector<RowTile> tiles = SplitRows(in.m, kTile);
+  const auto* xp = reinterpret_cast<const uint32_t*>(in.rows.data_ptr<at::BFloat16>());
   const auto* pp = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
   const float* bp = bias ? bias_float.data_ptr<float>() : nullptr;
-  auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
+  auto* yp = reinterpret_cast<uint16_t*>(in.y.data_ptr<at::BFloat16>());
   RunPanels(xp, pairs, tiles, panels,
             [&](const uint32_t* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
               PanelsBf16(copy, group, pairs, pp, bp, out_features, yp, first, last, swish);
             });
 #endif
-  return y.view(shape);
+  return in.y.view(in.shape);
 }
 
 int ParallelForThreads() {
@@ -564,23 +577,19 @@ at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10:
   CheckFloatCpu(x, "the input");
   CheckFloatOperands(x.sizes(), packed, bias, out_features);
   const int64_t k = x.size(-1);
-  at::Tensor rows = x.reshape({-1, k}).contiguous();
-  const int64_t m = rows.size(0);
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = out_features;
-  at::Tensor y = at::empty({m, out_features}, x.options());
+  RowsIn in(x, out_features);
 #ifdef CLIP_PANEL_KERNEL
-  const std::vector<RowTile> tiles = SplitRows(m, kTile);
-  const float* xp = rows.data_ptr<float>();
+  const std::vector<RowTile> tiles = SplitRows(in.m, kTile);
+  const float* xp = in.rows.data_ptr<float>();
   const float* pp = packed.data_ptr<float>();
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
+  float* yp = in.y.data_ptr<float>();
   RunPanels(xp, k, tiles, packed.size(0),
             [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
               Panels(copy, group, k, pp, bp, out_features, yp, first, last, swish);
             });
 #endif
-  return y.view(shape);
+  return in.y.view(in.shape);
 }
 
 at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::optional<at::Tensor>& bias1,
@@ -602,22 +611,18 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
     CheckFloatOperands(hidden_shape, packed2, bias2, out_features);
   }
   const int64_t k = x.size(-1);
-  at::Tensor rows = x.reshape({-1, k}).contiguous();
-  const int64_t m = rows.size(0);
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = out_features;
-  at::Tensor y = at::empty({m, out_features}, x.options());
+  RowsIn in(x, out_features);
 #ifdef CLIP_PANEL_KERNEL
-  const std::vector<RowTile> tiles = SplitRows(m, kTile);
+  const std::vector<RowTile> tiles = SplitRows(in.m, kTile);
   if (bfloat16) {
     const int64_t pairs = k / 2;
     const int64_t hidden_pairs = hidden / 2;
-    const auto* xp = reinterpret_cast<const uint32_t*>(rows.data_ptr<at::BFloat16>());
+    const auto* xp = reinterpret_cast<const uint32_t*>(in.rows.data_ptr<at::BFloat16>());
     const auto* p1 = reinterpret_cast<const uint16_t*>(packed1.data_ptr<at::BFloat16>());
     const auto* p2 = reinterpret_cast<const uint16_t*>(packed2.data_ptr<at::BFloat16>());
     const float* b1 = bias1 ? bias1_float.data_ptr<float>() : nullptr;
     const float* b2 = bias2 ? bias2_float.data_ptr<float>() : nullptr;
-    auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
+    auto* yp = reinterpret_cast<uint16_t*>(in.y.data_ptr<at::BFloat16>());
     RunChained(
         xp, pairs, hidden_pairs, tiles, packed1.size(0), packed2.size(0),
         [&](const uint32_t* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, uint32_t* h) {
@@ -627,12 +632,12 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
           PanelsBf16(h, group, hidden_pairs, p2, b2, out_features, yp, first, last, false);
         });
   } else {
-    const float* xp = rows.data_ptr<float>();
+    const float* xp = in.rows.data_ptr<float>();
     const float* p1 = packed1.data_ptr<float>();
     const float* p2 = packed2.data_ptr<float>();
     const float* b1 = bias1 ? bias1->data_ptr<float>() : nullptr;
     const float* b2 = bias2 ? bias2->data_ptr<float>() : nullptr;
-    float* yp = y.data_ptr<float>();
+    float* yp = in.y.data_ptr<float>();
     RunChained(
         xp, k, hidden, tiles, packed1.size(0), packed2.size(0),
         [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, float* h) {
@@ -643,7 +648,7 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
         });
   }
 #endif
-  return y.view(shape);
+  return in.y.view(in.shape);
 }
 
 TORCH_LIBRARY(clip_native, m) {
