@@ -37,8 +37,21 @@ export function setEnv(name: string, value: string | undefined): () => void {
   };
 }
 
+const tempDirs: string[] = [];
+
+/**
+ * A fresh folder under the OS temp folder, removed with all it holds when the test process exits (each test file
+ * runs in a process of its own), so that runs leave nothing behind: a hub test's caches hold hundreds of MB.
+ */
 export function tempDir(prefix: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `clip-native-${prefix}-`));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `clip-native-${prefix}-`));
+  if (tempDirs.length === 0) {
+    process.on('exit', () => {
+      for (const created of tempDirs) fs.rmSync(created, { recursive: true, force: true });
+    });
+  }
+  tempDirs.push(dir);
+  return dir;
 }
 
 export function readF32(file: string): Float32Array {
