@@ -174,11 +174,11 @@ __attribute__((target("avx512f"))) void StoreKMajor(__m512 (&acc)[2][kRows], flo
 
 // Two linears in a row (an MLP: the first's results are the second's only
 // input): the first linear's panels `first(copy, tiles, first, last,
-// hidden)` run on x's k-major row tiles as RunPanels copies them (each
+// hidden)` run through RunPanels (x's row tiles copied k-major by each
 // thread for itself up to kPerThreadCopyRows rows, above once for all and
-// in groups) and write their results k-major into one shared `hidden` (as
-// PackRowTiles would copy them, `hidden_k` 32-bit values per row); then the
-// second's panels `second(hidden, tiles, first, last)` read them as they
+// run in groups) and write their results k-major into one shared `hidden`
+// (as PackRowTiles would copy them, `hidden_k` 32-bit values per row); then
+// the second's panels `second(hidden, tiles, first, last)` read them as they
 // are. Against two linears: no row-major hidden rows, and no copy of them
 // (on few rows each thread copied all of them for itself: 0.6 MB per
 // thread for an image's fc2); above kPerThreadCopyRows one parallel region
@@ -191,30 +191,18 @@ void RunChained(const T* x, int64_t k, int64_t hidden_k, const std::vector<RowTi
   thread_local std::unique_ptr<T[]> buffer;
   thread_local size_t capacity = 0;
   const int64_t m = tiles.back().first + tiles.back().rows;
-  const bool shared_copy = m > kPerThreadCopyRows;
-  const size_t copy_size = shared_copy ? static_cast<size_t>(m * k) : 0;
-  const size_t size = copy_size + static_cast<size_t>(m * hidden_k);
+  const size_t size = static_cast<size_t>(m * hidden_k);
   if (size > capacity) {
     buffer.reset(new T[size]);
     capacity = size;
   }
-  T* copy = buffer.get();
-  T* hidden = copy + copy_size;
-  if (shared_copy) {
-    at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
-      PackRowTiles(x, k, tiles.data() + begin, tiles.data() + end, copy);
-    });
-    const std::vector<std::vector<RowTile>> groups = GroupTiles(tiles, k * 4);
-    at::parallel_for(0, first_panels, 1, [&](int64_t begin, int64_t end) {
-      for (const std::vector<RowTile>& group : groups) first(copy, group, begin, end, hidden);
-    });
-  } else {
-    at::parallel_for(0, first_panels, 1, [&](int64_t begin, int64_t end) {
-      first(ThreadRowTiles(x, k, tiles), tiles, begin, end, hidden);
-    });
-  }
+  T* hidden = buffer.get();
+  RunPanels(x, k, tiles, first_panels,
+            [&](const T* copy, const std::vector<RowTile>& group, int64_t begin, int64_t end) {
+              first(copy, group, begin, end, hidden);
+            });
   const std::vector<std::vector<RowTile>> hidden_groups =
-      shared_copy ? GroupTiles(tiles, hidden_k * 4) : std::vector<std::vector<RowTile>>{tiles};
+      m > kPerThreadCopyRows ? GroupTiles(tiles, hidden_k * 4) : std::vector<std::vector<RowTile>>{tiles};
   at::parallel_for(0, second_panels, 1, [&](int64_t begin, int64_t end) {
     for (const std::vector<RowTile>& group : hidden_groups) second(hidden, group, begin, end);
   });
@@ -422,6 +410,11 @@ __attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* xt
 }
 #endif
 
+void CheckBf16Input(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.device().is_cpu(),
+              "clip_native: the bfloat16 panel linear takes bfloat16 CPU tensors, got ", x.toString());
+}
+
 void CheckFloatCpu(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu(), "clip_native: ", what,
               " must be a float32 CPU tensor, got ", t.toString());
@@ -528,8 +521,7 @@ at::Tensor PackPanelWeightBf16(const at::Tensor& weight) {
 
 at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                            int64_t out_features, bool swish) {
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.device().is_cpu(),
-              "clip_native: the bfloat16 panel linear takes bfloat16 CPU tensors, got ", x.toString());
+  CheckBf16Input(x);
   const at::Tensor bias_float = CheckBf16Operands(x.sizes(), packed, bias, out_features);
   const int64_t k = x.size(-1);
   RowsIn in(x, out_features);
@@ -601,8 +593,7 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
   hidden_shape.back() = hidden;
   at::Tensor bias1_float, bias2_float;
   if (bfloat16) {
-    TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.device().is_cpu(),
-                "clip_native: the bfloat16 panel linear takes bfloat16 CPU tensors, got ", x.toString());
+    CheckBf16Input(x);
     bias1_float = CheckBf16Operands(x.sizes(), packed1, bias1, hidden);
     bias2_float = CheckBf16Operands(hidden_shape, packed2, bias2, out_features);
   } else {
