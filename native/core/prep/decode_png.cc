@@ -18,7 +18,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -291,9 +290,10 @@ constexpr size_t kMaxWholeBufferBytes = size_t{64} << 20;
 constexpr uint32_t kMaxSkippedChunkBytes = 1u << 20;
 
 // What one thread keeps between images: the buffers of the compressed stream
-// (when it spans several IDAT chunks) and of the inflated rows. Fresh allocations of this size are mapped anew by the C
-// library each time, and the page faults cost more than the inflate on some
-// virtual machines; buffers above kKeepBytes are freed after each image.
+// (when it spans several IDAT chunks) and of the inflated rows. Fresh
+// allocations of this size are mapped anew by the C library each time, and
+// the page faults cost more than the inflate on some virtual machines;
+// buffers above kKeepBytes are freed after each image.
 struct WholeBufferScratch {
   static constexpr size_t kKeepBytes = size_t{16} << 20;
 
