@@ -115,25 +115,34 @@ std::vector<std::vector<RowTile>> GroupTiles(const std::vector<RowTile>& tiles, 
   return groups;
 }
 
+// A buffer a thread keeps from call to call, grown to the largest size asked
+// of it (contents unspecified): a fresh one per linear would add blocks of
+// every input size to the CPU allocator's cache.
+template <typename T>
+struct GrowingBuffer {
+  std::unique_ptr<T[]> data;
+  size_t capacity = 0;
+  T* Get(size_t size) {
+    if (size > capacity) {
+      data.reset(new T[size]);
+      capacity = size;
+    }
+    return data.get();
+  }
+};
+
 // Runs `panels(copy, group, first, last)` over every group for each thread's
 // range of panels, after one shared k-major copy of x (k 32-bit values per
-// row). T: float, or a pair of bfloat16. The copy goes to a buffer the
-// calling thread keeps for its next call, as large as the largest input it
-// has run (16 images of 50 rows at 3072 floats: 9.8 MB): a fresh buffer per
-// linear would add blocks of every input size to the CPU allocator's cache.
+// row). T: float, or a pair of bfloat16. The copy goes to a GrowingBuffer of
+// the calling thread, as large as the largest input it has run (16 images of
+// 50 rows at 3072 floats: 9.8 MB).
 template <typename T, typename PanelsFn>
 void RunInGroups(const T* x, int64_t k, const std::vector<RowTile>& tiles, int64_t panel_count,
                  const PanelsFn& panels) {
   static_assert(sizeof(T) == 4, "rows of 32-bit values");
-  thread_local std::unique_ptr<T[]> buffer;
-  thread_local size_t capacity = 0;
+  thread_local GrowingBuffer<T> buffer;
   const int64_t m = tiles.back().first + tiles.back().rows;
-  const size_t size = static_cast<size_t>(m * k);
-  if (size > capacity) {
-    buffer.reset(new T[size]);
-    capacity = size;
-  }
-  T* copy = buffer.get();
+  T* copy = buffer.Get(static_cast<size_t>(m * k));
   at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t first, int64_t last) {
     PackRowTiles(x, k, tiles.data() + first, tiles.data() + last, copy);
   });
@@ -182,21 +191,15 @@ __attribute__((target("avx512f"))) void StoreKMajor(__m512 (&acc)[2][kRows], flo
 // are. Against two linears: no row-major hidden rows, and no copy of them
 // (on few rows each thread copied all of them for itself: 0.6 MB per
 // thread for an image's fc2); above kPerThreadCopyRows one parallel region
-// fewer too. The buffers are the calling thread's, kept for its next call.
+// fewer too. `hidden` is a GrowingBuffer of the calling thread.
 template <typename T, typename FirstFn, typename SecondFn>
 void RunChained(const T* x, int64_t k, int64_t hidden_k, const std::vector<RowTile>& tiles, int64_t first_panels,
                 int64_t second_panels, const FirstFn& first, const SecondFn& second) {
   static_assert(sizeof(T) == 4, "rows of 32-bit values");
   if (tiles.empty()) return;
-  thread_local std::unique_ptr<T[]> buffer;
-  thread_local size_t capacity = 0;
+  thread_local GrowingBuffer<T> buffer;
   const int64_t m = tiles.back().first + tiles.back().rows;
-  const size_t size = static_cast<size_t>(m * hidden_k);
-  if (size > capacity) {
-    buffer.reset(new T[size]);
-    capacity = size;
-  }
-  T* hidden = buffer.get();
+  T* hidden = buffer.Get(static_cast<size_t>(m * hidden_k));
   RunPanels(x, k, tiles, first_panels,
             [&](const T* copy, const std::vector<RowTile>& group, int64_t begin, int64_t end) {
               first(copy, group, begin, end, hidden);
