@@ -164,17 +164,10 @@ void RunPanels(const T* x, int64_t k, const std::vector<RowTile>& tiles, int64_t
                    [&](int64_t first, int64_t last) { panels(ThreadRowTiles(x, k, tiles), tiles, first, last); });
 }
 
-// The next panel's weights, fetched into cache while the row tiles run
-// against this one, so that a panel's first tile does not wait on memory
-// for every cache line: with few rows (an image's 50, 4 tiles) that first
-// tile streamed each panel from memory alone and ran ~7% below the speed of
-// the tiles after it. A panel holds 128 bytes per step over k (32 float32
-// weights, or 32 pairs of bfloat16), both kernels alike. The first 2^s
-// tiles (2^s the largest power of two <= the tile count) each prefetch one
-// slice of the next panel, one cache line every 2^s / 2 steps; the others,
-// and every tile of a range's last panel, prefetch the lines of the
-// current panel (already on their way: no cost worth a branch). One tile
-// alone keeps to the prefetch inside its own panel.
+// Where a tile's prefetch of the next panel goes, as bytes from a panel's
+// start (NextPanelPrefetch in cpu_linear.h), turned into addresses: the next
+// panel's for a tile that prefetches it, else the current panel's (lines
+// already on their way: no cost worth a branch in the loop).
 struct NextPanelLines {
   const char* lines;
   int64_t step;  // bytes per step over k
@@ -184,22 +177,20 @@ class NextPanel {
  public:
   NextPanel(const void* current, const void* next, size_t tiles, int64_t k_steps)
       : current_(static_cast<const char*>(current)),
-        next_(tiles > 1 ? static_cast<const char*>(next) : nullptr),
-        k_steps_(k_steps) {
-    while (sharing_ * 2 <= tiles) sharing_ *= 2;
-  }
+        next_(static_cast<const char*>(next)),
+        tiles_(tiles),
+        k_steps_(k_steps) {}
   NextPanelLines ForTile(size_t t) const {
-    const int64_t step = kPanelStepBytes / static_cast<int64_t>(sharing_);
-    if (!next_ || t >= sharing_) return {current_, step};
-    return {next_ + static_cast<int64_t>(t) * k_steps_ * step, step};
+    const PanelPrefetch slice = NextPanelPrefetch(tiles_, t, k_steps_);
+    if (!next_ || slice.offset < 0) return {current_, slice.step};
+    return {next_ + slice.offset, slice.step};
   }
 
  private:
-  static constexpr int64_t kPanelStepBytes = kPanel * 4;
   const char* current_;
   const char* next_;
+  size_t tiles_;
   int64_t k_steps_;
-  size_t sharing_ = 1;
 };
 
 // A tile's results stored k-major, the layout PackRowTiles makes of a
@@ -603,6 +594,15 @@ int ParallelForThreads() {
   });
   probe.join();
   return static_cast<int>(seen.size());
+}
+
+PanelPrefetch NextPanelPrefetch(size_t tiles, size_t tile, int64_t k_steps) {
+  constexpr int64_t kStepBytes = 128;  // a panel's bytes per step over k, both dtypes
+  size_t sharing = 1;
+  while (sharing * 2 <= tiles && sharing * 2 <= static_cast<size_t>(kStepBytes)) sharing *= 2;
+  const int64_t step = kStepBytes / static_cast<int64_t>(sharing);
+  if (tiles < 2 || tile >= sharing) return {-1, step};
+  return {static_cast<int64_t>(tile) * k_steps * step, step};
 }
 
 at::Tensor PackPanelWeight(const at::Tensor& weight) {

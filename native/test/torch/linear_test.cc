@@ -7,7 +7,8 @@
 // (per-thread copies of the rows at and below it; one shared copy run in
 // groups of tiles above, one group or many), the same bits on any number of
 // threads, linear_rows on either dtype, with and without the swish post-op,
-// and mlp_rows against the two linear_rows it stands for.
+// and mlp_rows against the two linear_rows it stands for; and the slices of
+// the next panel that the tiles prefetch (NextPanelPrefetch).
 // On a CPU without AVX-512F (or AVX512-BF16 for the bfloat16 kernel) those
 // cases are reported as skipped. Prints one line per failure, then "N
 // passed, M failed"; exits non-zero on any failure.
@@ -247,6 +248,54 @@ void TestMlpRows() {
   Check(refused, "mlp_rows: a second weight that does not fit the hidden width is refused");
 }
 
+// NextPanelPrefetch: for every tile count the slices of the tiles that
+// prefetch reach each 64-byte line of the next panel and no byte past it;
+// none for one tile; the slices do not overlap.
+void TestNextPanelPrefetch() {
+  for (int64_t k_steps : {1, 2, 3, 7, 25, 384, 1536}) {
+    for (size_t tiles = 1; tiles <= 300; ++tiles) {
+      const int64_t bytes = k_steps * 128;
+      std::vector<int> hits(static_cast<size_t>(bytes / 64), 0);
+      bool inside = true;
+      size_t prefetching = 0;
+      for (size_t t = 0; t < tiles; ++t) {
+        const clip::PanelPrefetch slice = clip::NextPanelPrefetch(tiles, t, k_steps);
+        if (slice.step <= 0) inside = false;
+        if (slice.offset < 0) continue;
+        ++prefetching;
+        int64_t last_line = -1;
+        for (int64_t k = 0; k < k_steps; ++k) {
+          const int64_t at = slice.offset + k * slice.step;
+          if (at < 0 || at >= bytes) {
+            inside = false;
+            break;
+          }
+          if (at / 64 != last_line) ++hits[static_cast<size_t>(at / 64)];
+          last_line = at / 64;
+        }
+      }
+      const std::string what =
+          "next-panel prefetch, " + std::to_string(tiles) + " tiles, " + std::to_string(k_steps) + " steps";
+      Check(inside, what + ": every prefetch inside the next panel");
+      if (tiles == 1) {
+        Check(prefetching == 0, what + ": a tile alone prefetches only its own panel");
+        continue;
+      }
+      bool every = true;
+      int64_t total = 0;
+      for (int h : hits) {
+        every = every && h >= 1;
+        total += h;
+      }
+      Check(every, what + ": every line of the next panel prefetched");
+      // Slices side by side share at most the line where one ends and the next begins.
+      Check(total <= static_cast<int64_t>(hits.size() + prefetching - 1),
+            what + ": the slices do not overlap (" + std::to_string(total) + " line fetches for " +
+                std::to_string(hits.size()) + " lines)");
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -257,6 +306,7 @@ int main() {
     TestBFloat16();
     TestLinearRows();
     TestMlpRows();
+    TestNextPanelPrefetch();
   } catch (const std::exception& e) {
     Check(false, std::string("unexpected exception: ") + e.what());
   }
