@@ -164,34 +164,24 @@ void RunPanels(const T* x, int64_t k, const std::vector<RowTile>& tiles, int64_t
                    [&](int64_t first, int64_t last) { panels(ThreadRowTiles(x, k, tiles), tiles, first, last); });
 }
 
-// Where a tile's prefetch of the next panel goes, as bytes from a panel's
-// start (NextPanelPrefetch in cpu_linear.h), turned into addresses: the next
-// panel's for a tile that prefetches it, else the current panel's (lines
-// already on their way: no cost worth a branch in the loop).
+// What tile t of a panel's `tiles` prefetches at each of its `k_steps` steps
+// over k (lines + k * step): its slice of the next panel (NextPanelPrefetch,
+// cpu_linear.h) when there is a next panel in this thread's range, else
+// lines of `panel` itself (already on their way: no cost worth a branch in
+// the loop).
 struct NextPanelLines {
   const char* lines;
   int64_t step;  // bytes per step over k
 };
 
-class NextPanel {
- public:
-  NextPanel(const void* current, const void* next, size_t tiles, int64_t k_steps)
-      : current_(static_cast<const char*>(current)),
-        next_(static_cast<const char*>(next)),
-        tiles_(tiles),
-        k_steps_(k_steps) {}
-  NextPanelLines ForTile(size_t t) const {
-    const PanelPrefetch slice = NextPanelPrefetch(tiles_, t, k_steps_);
-    if (!next_ || slice.offset < 0) return {current_, slice.step};
-    return {next_ + slice.offset, slice.step};
-  }
+static_assert(kPanel * 4 == kPanelStepBytes, "a panel step is 32 float32 weights or 32 pairs of bfloat16");
 
- private:
-  const char* current_;
-  const char* next_;
-  size_t tiles_;
-  int64_t k_steps_;
-};
+NextPanelLines PrefetchLines(const void* panel, bool has_next, size_t tiles, size_t t, int64_t k_steps) {
+  const char* bytes = static_cast<const char*>(panel);
+  const PanelPrefetch slice = NextPanelPrefetch(tiles, t, k_steps);
+  if (!has_next || slice.offset < 0) return {bytes, slice.step};
+  return {bytes + k_steps * kPanelStepBytes + slice.offset, slice.step};
+}
 
 // A tile's results stored k-major, the layout PackRowTiles makes of a
 // next linear's input: each of the panel's features (those in `mask`) as
@@ -330,11 +320,11 @@ __attribute__((target("avx512f"))) void Panels(const float* xt, const std::vecto
     const int64_t n0 = p * kPanel;
     const PanelEdge edge(bias, n0, n_size);
     const float* panel = packed + p * k_size * kPanel;
-    const NextPanel next(panel, p + 1 < last ? panel + k_size * kPanel : nullptr, tiles.size(), k_size);
     for (size_t t = 0; t < tiles.size(); ++t) {
       const RowTile& tile = tiles[t];
       TileRows(tile.rows, xt + tile.first * k_size, panel, k_size, edge.bias,
-               y + TileOutputOffset(tile, n0, n_size, kmajor), n_size, edge.mask, swish, kmajor, next.ForTile(t));
+               y + TileOutputOffset(tile, n0, n_size, kmajor), n_size, edge.mask, swish, kmajor,
+               PrefetchLines(panel, p + 1 < last, tiles.size(), t, k_size));
     }
   }
 }
@@ -442,11 +432,11 @@ __attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* xt
     const int64_t n0 = p * kPanel;
     const PanelEdge edge(bias, n0, n_size);
     const uint16_t* panel = packed + p * pairs * 2 * kPanel;
-    const NextPanel next(panel, p + 1 < last ? panel + pairs * 2 * kPanel : nullptr, tiles.size(), pairs);
     for (size_t t = 0; t < tiles.size(); ++t) {
       const RowTile& tile = tiles[t];
       TileRowsBf16(tile.rows, xt + tile.first * pairs, panel, pairs, edge.bias,
-                   y + TileOutputOffset(tile, n0, n_size, kmajor), n_size, edge.mask, swish, kmajor, next.ForTile(t));
+                   y + TileOutputOffset(tile, n0, n_size, kmajor), n_size, edge.mask, swish, kmajor,
+                   PrefetchLines(panel, p + 1 < last, tiles.size(), t, pairs));
     }
   }
 }
@@ -597,10 +587,9 @@ int ParallelForThreads() {
 }
 
 PanelPrefetch NextPanelPrefetch(size_t tiles, size_t tile, int64_t k_steps) {
-  constexpr int64_t kStepBytes = 128;  // a panel's bytes per step over k, both dtypes
   size_t sharing = 1;
-  while (sharing * 2 <= tiles && sharing * 2 <= static_cast<size_t>(kStepBytes)) sharing *= 2;
-  const int64_t step = kStepBytes / static_cast<int64_t>(sharing);
+  while (sharing * 2 <= tiles && sharing * 2 <= static_cast<size_t>(kPanelStepBytes)) sharing *= 2;
+  const int64_t step = kPanelStepBytes / static_cast<int64_t>(sharing);
   if (tiles < 2 || tile >= sharing) return {-1, step};
   return {static_cast<int64_t>(tile) * k_steps * step, step};
 }

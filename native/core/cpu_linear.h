@@ -60,16 +60,17 @@ constexpr int64_t kPerThreadCopyRows = 64;
 // The kernels fetch the next panel's weights into cache while the row
 // tiles run against the current one: with few rows (an image's 50: 4 tiles
 // per panel) the first tile of each panel otherwise streamed the panel from
-// memory alone and ran ~7% below the tiles after it. A panel holds 128 bytes
-// per step over k (32 float32 weights, or 32 pairs of bfloat16). Of a
-// panel's `tiles` row tiles, the first 2^s (2^s the largest power of two <=
-// the tile count, at most 128) each prefetch one slice of the next panel:
-// tile `tile` prefetches the line holding byte offset + k * step of it at its
-// step k of `k_steps`, and the slices together reach every line of the next
-// panel's k_steps * 128 bytes and nothing past them. offset -1: the tile
-// prefetches only inside its own panel (the others, and a tile alone, which
-// is bound by memory and measured slower with the whole next panel fetched
-// beside it).
+// memory alone and ran ~7% below the tiles after it. A panel holds
+// kPanelStepBytes per step over k (32 float32 weights, or 32 pairs of
+// bfloat16). Of a panel's `tiles` row tiles, the first 2^s (2^s the largest
+// power of two <= the tile count, at most 128) each prefetch one slice of
+// the next panel: tile `tile` prefetches the line holding byte offset + k *
+// step of it at its step k of `k_steps`, and the slices together reach every
+// line of the next panel's k_steps * kPanelStepBytes bytes and nothing past
+// them. offset -1: the tile prefetches only inside its own panel (the
+// others, and a tile alone, which is bound by memory and measured slower
+// with the whole next panel fetched beside it).
+constexpr int64_t kPanelStepBytes = 128;
 struct PanelPrefetch {
   int64_t offset;
   int64_t step;
