@@ -65,6 +65,7 @@ Napi::Value CpuAllocator(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  ForwardMaxCpuIsa();
   auto* data = new AddonData();
   data->model_constructor = Napi::Persistent(ModelWrap::Define(env));
   env.SetInstanceData<AddonData>(data);

@@ -4,7 +4,10 @@
 #include <cpuid.h>
 #endif
 
+#include <algorithm>
+#include <cctype>
 #include <cstdint>
+#include <cstdlib>
 
 namespace clip {
 namespace {
@@ -42,6 +45,7 @@ CpuFeatures Detect() {
   if (!Cpuid(7, 0, r7)) return f;
   Cpuid(7, 1, r71);
   f.avx2 = ymm && ((r7[1] >> 5) & 1);
+  f.fma = ymm && ((r1[2] >> 12) & 1);
   f.avx512f = zmm && ((r7[1] >> 16) & 1);
   f.avx512_vnni = zmm && ((r7[2] >> 11) & 1);
   f.avx512_bf16 = zmm && ((r71[0] >> 5) & 1);
@@ -56,11 +60,64 @@ CpuFeatures Detect() {
 CpuFeatures Detect() { return CpuFeatures(); }
 #endif
 
+// The levels of CLIP_NATIVE_MAX_CPU_ISA, lowest first.
+constexpr const char* kIsaLevels[] = {"avx2", "avx512_core", "avx512_core_vnni", "avx512_core_bf16", "avx512_core_amx"};
+constexpr int kIsaLevelCount = sizeof(kIsaLevels) / sizeof(kIsaLevels[0]);
+
+std::string MaxCpuIsaValue() {
+  const char* env = std::getenv("CLIP_NATIVE_MAX_CPU_ISA");
+  std::string value = env ? env : "";
+  std::transform(value.begin(), value.end(), value.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return value;
+}
+
+// The level asked for: an index of kIsaLevels, or -1 (unset or invalid:
+// no cap).
+int MaxCpuIsaLevel() {
+  const std::string value = MaxCpuIsaValue();
+  for (int i = 0; i < kIsaLevelCount; ++i) {
+    if (value == kIsaLevels[i]) return i;
+  }
+  return -1;
+}
+
+CpuFeatures Capped(CpuFeatures f, int level) {
+  if (level < 0) return f;
+  if (level < 1) f.avx512f = false;
+  if (level < 2 || !f.avx512f) f.avx512_vnni = false;
+  if (level < 3 || !f.avx512f) f.avx512_bf16 = false;
+  if (level < 4 || !f.avx512f) f.amx_bf16 = f.amx_int8 = false;
+  // AVX-VNNI (oneDNN's level "avx2_vnni", above "avx2").
+  if (level < 1) f.avx_vnni = false;
+  return f;
+}
+
 }  // namespace
+
+std::string MaxCpuIsaProblem() {
+  const std::string value = MaxCpuIsaValue();
+  if (value.empty() || MaxCpuIsaLevel() >= 0) return "";
+  std::string list;
+  for (const char* level : kIsaLevels) list += (list.empty() ? "\"" : ", \"") + std::string(level) + "\"";
+  return "Expected one of " + list + " for CLIP_NATIVE_MAX_CPU_ISA but received \"" +
+         std::string(std::getenv("CLIP_NATIVE_MAX_CPU_ISA")) + "\"";
+}
+
+void ForwardMaxCpuIsa() {
+  const int level = MaxCpuIsaLevel();
+  if (level < 0) return;
+  std::string onednn = kIsaLevels[level];
+  std::transform(onednn.begin(), onednn.end(), onednn.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+  setenv("ONEDNN_MAX_CPU_ISA", onednn.c_str(), /*overwrite=*/0);
+  if (level == 0) setenv("ATEN_CPU_CAPABILITY", "avx2", /*overwrite=*/0);
+}
 
 std::vector<std::string> CpuFeatures::Names() const {
   std::vector<std::string> names;
   if (avx2) names.emplace_back("avx2");
+  if (fma) names.emplace_back("fma");
   if (avx512f) names.emplace_back("avx512f");
   if (avx512_bf16) names.emplace_back("avx512_bf16");
   if (avx512_vnni) names.emplace_back("avx512_vnni");
@@ -71,7 +128,7 @@ std::vector<std::string> CpuFeatures::Names() const {
 }
 
 const CpuFeatures& GetCpuFeatures() {
-  static const CpuFeatures features = Detect();
+  static const CpuFeatures features = Capped(Detect(), MaxCpuIsaLevel());
   return features;
 }
 

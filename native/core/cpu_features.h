@@ -10,6 +10,7 @@ namespace clip {
 
 struct CpuFeatures {
   bool avx2 = false;
+  bool fma = false;
   bool avx512f = false;
   bool avx512_bf16 = false;
   bool avx512_vnni = false;
@@ -27,8 +28,24 @@ struct CpuFeatures {
   std::vector<std::string> Names() const;
 };
 
-// Read once per process; all false on other architectures.
+// Read once per process; all false on other architectures. Capped by
+// CLIP_NATIVE_MAX_CPU_ISA when it holds a valid level (below).
 const CpuFeatures& GetCpuFeatures();
+
+// CLIP_NATIVE_MAX_CPU_ISA: the highest instruction set the kernels may use,
+// by oneDNN's names for the same levels (any case): "avx2" (no AVX-512),
+// "avx512_core" (AVX-512 without VNNI, BF16 and AMX), "avx512_core_vnni",
+// "avx512_core_bf16" (no AMX) or "avx512_core_amx" (everything). A fleet of
+// mixed CPUs can then run the same kernels everywhere, and one machine can
+// run the choices of an older one. Returns "" when the variable is unset or
+// valid, else what is wrong with it (the model load refuses to run then).
+std::string MaxCpuIsaProblem();
+
+// Hands the cap on to libtorch's own kernel libraries where the user has
+// not set theirs: ONEDNN_MAX_CPU_ISA (oneDNN) and, for "avx2",
+// ATEN_CPU_CAPABILITY (ATen's vectorized operators). Both are read when
+// first used, so this runs before anything of libtorch computes.
+void ForwardMaxCpuIsa();
 
 }  // namespace clip
 

@@ -75,17 +75,51 @@ __attribute__((target("avx512f"))) void PackRowTiles(const void* x, int64_t k, c
   }
 }
 
+// PackRowTiles on AVX2: each tile's rows k-major, 8 values of each row at
+// a time through an 8 x 8 transpose (float32 only; tiles of at most 8 rows).
+__attribute__((target("avx2"))) void PackRowTilesAvx2(const void* x, int64_t k, const RowTile* begin,
+                                                      const RowTile* end, void* out) {
+  for (const RowTile* it = begin; it != end; ++it) {
+    const RowTile& tile = *it;
+    const float* src = static_cast<const float*>(x) + tile.first * k;
+    float* dst = static_cast<float*>(out) + tile.first * k;
+    const __m256i row_lanes = simd::TailMask8(0, tile.rows);
+    for (int64_t i0 = 0; i0 < k; i0 += 8) {
+      const int64_t count = std::min<int64_t>(8, k - i0);
+      const __m256i lanes = simd::TailMask8(i0, k);
+      __m256 r[8];
+      for (int t = 0; t < 8; ++t)
+        r[t] = t < tile.rows ? _mm256_maskload_ps(src + t * k + i0, lanes) : _mm256_setzero_ps();
+      simd::Transpose8(r);
+      for (int64_t t = 0; t < count; ++t) _mm256_maskstore_ps(dst + (i0 + t) * tile.rows, row_lanes, r[t]);
+    }
+  }
+}
+
+// The instruction set a linear's tiles run on: the panel width and the
+// row tile height follow from it.
+enum class Isa { kAvx512, kAvx2 };
+
+template <Isa isa>
+void PackTiles(const void* x, int64_t k, const RowTile* begin, const RowTile* end, void* out) {
+  if constexpr (isa == Isa::kAvx2) {
+    PackRowTilesAvx2(x, k, begin, end, out);
+  } else {
+    PackRowTiles(x, k, begin, end, out);
+  }
+}
+
 // The calling thread's k-major copy of x's row tiles (PackRowTiles) in a
 // buffer it keeps for the next call. Each thread of a linear's parallel
 // region copies them for itself: as long as one thread's copy, and no
 // second parallel region (whose wake-up costs more than the copy at these
 // sizes). T is the 32-bit element: float, or a pair of bfloat16.
-template <typename T>
-__attribute__((target("avx512f"))) const T* ThreadRowTiles(const T* x, int64_t k, const std::vector<RowTile>& tiles) {
+template <Isa isa, typename T>
+const T* ThreadRowTiles(const T* x, int64_t k, const std::vector<RowTile>& tiles) {
   thread_local std::vector<T> copy;
   const int64_t m = tiles.empty() ? 0 : tiles.back().first + tiles.back().rows;
   if (copy.size() < static_cast<size_t>(m * k)) copy.resize(static_cast<size_t>(m * k));
-  PackRowTiles(x, k, tiles.data(), tiles.data() + tiles.size(), copy.data());
+  PackTiles<isa>(x, k, tiles.data(), tiles.data() + tiles.size(), copy.data());
   return copy.data();
 }
 
@@ -136,7 +170,7 @@ struct GrowingBuffer {
 // row). T: float, or a pair of bfloat16. The copy goes to a GrowingBuffer of
 // the calling thread, as large as the largest input it has run (16 images of
 // 50 rows at 3072 floats: 9.8 MB).
-template <typename T, typename PanelsFn>
+template <Isa isa, typename T, typename PanelsFn>
 void RunInGroups(const T* x, int64_t k, const std::vector<RowTile>& tiles, int64_t panel_count,
                  const PanelsFn& panels) {
   static_assert(sizeof(T) == 4, "rows of 32-bit values");
@@ -144,7 +178,7 @@ void RunInGroups(const T* x, int64_t k, const std::vector<RowTile>& tiles, int64
   const int64_t m = tiles.back().first + tiles.back().rows;
   T* copy = buffer.Get(static_cast<size_t>(m * k));
   at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t first, int64_t last) {
-    PackRowTiles(x, k, tiles.data() + first, tiles.data() + last, copy);
+    PackTiles<isa>(x, k, tiles.data() + first, tiles.data() + last, copy);
   });
   const std::vector<std::vector<RowTile>> groups = GroupTiles(tiles, k * 4);
   at::parallel_for(0, panel_count, 1, [&](int64_t first, int64_t last) {
@@ -156,12 +190,12 @@ void RunInGroups(const T* x, int64_t k, const std::vector<RowTile>& tiles, int64
 // [0, panel_count), split among the threads: with per-thread copies of the
 // tiles (ThreadRowTiles) up to kPerThreadCopyRows rows, above in groups of
 // one shared copy (RunInGroups).
-template <typename T, typename PanelsFn>
+template <Isa isa, typename T, typename PanelsFn>
 void RunPanels(const T* x, int64_t k, const std::vector<RowTile>& tiles, int64_t panel_count, const PanelsFn& panels) {
   const int64_t m = tiles.empty() ? 0 : tiles.back().first + tiles.back().rows;
-  if (m > kPerThreadCopyRows) return RunInGroups(x, k, tiles, panel_count, panels);
+  if (m > kPerThreadCopyRows) return RunInGroups<isa>(x, k, tiles, panel_count, panels);
   at::parallel_for(0, panel_count, 1,
-                   [&](int64_t first, int64_t last) { panels(ThreadRowTiles(x, k, tiles), tiles, first, last); });
+                   [&](int64_t first, int64_t last) { panels(ThreadRowTiles<isa>(x, k, tiles), tiles, first, last); });
 }
 
 // What tile t of a panel's `tiles` prefetches at each of its `k_steps` steps
@@ -176,11 +210,12 @@ struct NextPanelLines {
 
 static_assert(kPanel * 4 == kPanelStepBytes, "a panel step is 32 float32 weights or 32 pairs of bfloat16");
 
-NextPanelLines PrefetchLines(const void* panel, bool has_next, size_t tiles, size_t t, int64_t k_steps) {
+NextPanelLines PrefetchLines(const void* panel, bool has_next, size_t tiles, size_t t, int64_t k_steps,
+                             int64_t step_bytes = kPanelStepBytes) {
   const char* bytes = static_cast<const char*>(panel);
-  const PanelPrefetch slice = NextPanelPrefetch(tiles, t, k_steps);
+  const PanelPrefetch slice = NextPanelPrefetch(tiles, t, k_steps, step_bytes);
   if (!has_next || slice.offset < 0) return {bytes, slice.step};
-  return {bytes + k_steps * kPanelStepBytes + slice.offset, slice.step};
+  return {bytes + k_steps * step_bytes + slice.offset, slice.step};
 }
 
 // A tile's results stored k-major, the layout PackRowTiles makes of a
@@ -211,7 +246,7 @@ __attribute__((target("avx512f"))) void StoreKMajor(__m512 (&acc)[2][kRows], flo
 // (on few rows each thread copied all of them for itself: 0.6 MB per
 // thread for an image's fc2); above kPerThreadCopyRows one parallel region
 // fewer too. `hidden` is a GrowingBuffer of the calling thread.
-template <typename T, typename FirstFn, typename SecondFn>
+template <Isa isa, typename T, typename FirstFn, typename SecondFn>
 void RunChained(const T* x, int64_t k, int64_t hidden_k, const std::vector<RowTile>& tiles, int64_t first_panels,
                 int64_t second_panels, const FirstFn& first, const SecondFn& second) {
   static_assert(sizeof(T) == 4, "rows of 32-bit values");
@@ -219,10 +254,10 @@ void RunChained(const T* x, int64_t k, int64_t hidden_k, const std::vector<RowTi
   thread_local GrowingBuffer<T> buffer;
   const int64_t m = tiles.back().first + tiles.back().rows;
   T* hidden = buffer.Get(static_cast<size_t>(m * hidden_k));
-  RunPanels(x, k, tiles, first_panels,
-            [&](const T* copy, const std::vector<RowTile>& group, int64_t begin, int64_t end) {
-              first(copy, group, begin, end, hidden);
-            });
+  RunPanels<isa>(x, k, tiles, first_panels,
+                 [&](const T* copy, const std::vector<RowTile>& group, int64_t begin, int64_t end) {
+                   first(copy, group, begin, end, hidden);
+                 });
   const std::vector<std::vector<RowTile>> hidden_groups =
       m > kPerThreadCopyRows ? GroupTiles(tiles, hidden_k * 4) : std::vector<std::vector<RowTile>>{tiles};
   at::parallel_for(0, second_panels, 1, [&](int64_t begin, int64_t end) {
@@ -440,6 +475,105 @@ __attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* xt
     }
   }
 }
+
+// The float32 tiles on AVX2 + FMA (CPUs without AVX-512: AMD Zen 2 and 3,
+// Intel's E-core Xeons), on panels of 16 features (two ymm registers) and
+// tiles of up to 6 rows: 12 accumulators, two weight registers and a
+// broadcast of the 16 registers. A step over k reads one 64-byte line of
+// the panel. The structure is the AVX-512 kernel's: row tiles copied
+// k-major (PackRowTilesAvx2), panels split among the threads, groups of
+// tiles above kPerThreadCopyRows rows, the next panel prefetched.
+constexpr int kPanelAvx2 = 16;
+constexpr int kTileAvx2 = 6;
+constexpr int64_t kPanelStepBytesAvx2 = kPanelAvx2 * 4;
+
+// StoreKMajor for an AVX2 tile, from its sums stored row by row (`rows`,
+// kRows x 16): feature f's kRows values (one per row) at y + f * kRows, for
+// the panel's first `valid` features.
+template <int kRows>
+void StoreKMajorAvx2(const float (&rows)[kRows][kPanelAvx2], float* y, int valid) {
+  for (int f = 0; f < valid; ++f) {
+    for (int r = 0; r < kRows; ++r) y[f * kRows + r] = rows[r][f];
+  }
+}
+
+template <int kRows>
+__attribute__((target("avx2,fma"))) void TileAvx2(const float* xt, const float* panel, int64_t k_size,
+                                                  const __m256* bias, float* y, int64_t ldy, const __m256i* mask,
+                                                  int valid, bool swish, bool kmajor, const NextPanelLines& next) {
+  __m256 acc[2][kRows];
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) {
+    acc[0][r] = bias[0];
+    acc[1][r] = bias[1];
+  }
+  const float* p = panel;
+  const float* x = xt;
+  const char* ahead = next.lines;
+  for (int64_t k = 0; k < k_size; ++k, p += kPanelAvx2, x += kRows, ahead += next.step) {
+    _mm_prefetch(reinterpret_cast<const char*>(p + kPanelAvx2 * 24), _MM_HINT_T0);
+    _mm_prefetch(ahead, _MM_HINT_T0);
+    const __m256 w0 = _mm256_load_ps(p);
+    const __m256 w1 = _mm256_load_ps(p + 8);
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      const __m256 xv = _mm256_broadcast_ss(x + r);
+      acc[0][r] = _mm256_fmadd_ps(xv, w0, acc[0][r]);
+      acc[1][r] = _mm256_fmadd_ps(xv, w1, acc[1][r]);
+    }
+  }
+  if (swish) {
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      acc[0][r] = simd::Swish(acc[0][r]);
+      acc[1][r] = simd::Swish(acc[1][r]);
+    }
+  }
+  if (kmajor) {
+    alignas(32) float rows[kRows][kPanelAvx2];
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      _mm256_store_ps(rows[r], acc[0][r]);
+      _mm256_store_ps(rows[r] + 8, acc[1][r]);
+    }
+    return StoreKMajorAvx2<kRows>(rows, y, valid);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) {
+    _mm256_maskstore_ps(y + r * ldy, mask[0], acc[0][r]);
+    _mm256_maskstore_ps(y + r * ldy + 8, mask[1], acc[1][r]);
+  }
+}
+
+template <int kRows = 1>
+__attribute__((target("avx2,fma"))) void TileRowsAvx2(int rows, const float* xt, const float* panel, int64_t k_size,
+                                                      const __m256* bias, float* y, int64_t ldy, const __m256i* mask,
+                                                      int valid, bool swish, bool kmajor, const NextPanelLines& next) {
+  if constexpr (kRows <= kTileAvx2) {
+    if (rows == kRows) return TileAvx2<kRows>(xt, panel, k_size, bias, y, ldy, mask, valid, swish, kmajor, next);
+    TileRowsAvx2<kRows + 1>(rows, xt, panel, k_size, bias, y, ldy, mask, valid, swish, kmajor, next);
+  }
+}
+
+// Every row tile against the 16-feature panels [first, last), as Panels.
+__attribute__((target("avx2,fma"))) void PanelsAvx2(const float* xt, const std::vector<RowTile>& tiles, int64_t k_size,
+                                                    const float* packed, const float* bias, int64_t n_size, float* y,
+                                                    int64_t first, int64_t last, bool swish, bool kmajor = false) {
+  for (int64_t p = first; p < last; ++p) {
+    const int64_t n0 = p * kPanelAvx2;
+    const int valid = static_cast<int>(std::min<int64_t>(kPanelAvx2, n_size - n0));
+    const __m256i mask[2] = {simd::TailMask8(0, valid), valid > 8 ? simd::TailMask8(8, valid) : _mm256_setzero_si256()};
+    const __m256 edge_bias[2] = {bias ? _mm256_maskload_ps(bias + n0, mask[0]) : _mm256_setzero_ps(),
+                                 bias ? _mm256_maskload_ps(bias + n0 + 8, mask[1]) : _mm256_setzero_ps()};
+    const float* panel = packed + p * k_size * kPanelAvx2;
+    for (size_t t = 0; t < tiles.size(); ++t) {
+      const RowTile& tile = tiles[t];
+      TileRowsAvx2(tile.rows, xt + tile.first * k_size, panel, k_size, edge_bias,
+                   y + TileOutputOffset(tile, n0, n_size, kmajor), n_size, mask, valid, swish, kmajor,
+                   PrefetchLines(panel, p + 1 < last, tiles.size(), t, k_size, kPanelStepBytesAvx2));
+    }
+  }
+}
 #endif
 
 void CheckBf16Input(const at::Tensor& x) {
@@ -458,8 +592,9 @@ void CheckFloatCpu(const at::Tensor& t, const char* what) {
 void CheckFloatOperands(at::IntArrayRef x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                         int64_t out_features) {
   CheckFloatCpu(packed, "the packed weight");
-  TORCH_CHECK(!x.empty() && packed.dim() == 3 && packed.size(2) == 32 && x.back() == packed.size(1) &&
-                  packed.size(0) * 32 >= out_features && out_features > 0,
+  const int64_t width = packed.dim() == 3 ? packed.size(2) : 0;
+  TORCH_CHECK(!x.empty() && (width == 32 || width == 16) && x.back() == packed.size(1) &&
+                  packed.size(0) * width >= out_features && out_features > 0,
               "clip_native: linear input ", x, " does not fit packed weights ", packed.sizes(), " for ", out_features,
               " features");
   if (bias) {
@@ -467,7 +602,11 @@ void CheckFloatOperands(at::IntArrayRef x, const at::Tensor& packed, const c10::
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->is_contiguous(), "clip_native: a bias of ",
                 out_features, " features was expected, got ", bias->sizes());
   }
-  TORCH_CHECK(PanelLinearAvailable(), "clip_native: this CPU lacks AVX-512F for the panel linear");
+  if (width == 32) {
+    TORCH_CHECK(PanelLinearAvailable(), "clip_native: this CPU lacks AVX-512F for the panel linear");
+  } else {
+    TORCH_CHECK(PanelLinearAvx2Available(), "clip_native: this CPU lacks AVX2 and FMA for the 16-wide panel linear");
+  }
 }
 
 // The same for the bfloat16 kernel (bfloat16 weights of half the width in
@@ -531,6 +670,14 @@ bool PanelLinearAvailable() {
 #endif
 }
 
+bool PanelLinearAvx2Available() {
+#ifdef CLIP_PANEL_KERNEL
+  return GetCpuFeatures().avx2 && GetCpuFeatures().fma;
+#else
+  return false;
+#endif
+}
+
 bool PanelLinearBf16Available() {
 #ifdef CLIP_PANEL_KERNEL
   return GetCpuFeatures().avx512f && GetCpuFeatures().avx512_bf16;
@@ -565,10 +712,10 @@ at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const 
   const auto* pp = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
   const float* bp = bias ? bias_float.data_ptr<float>() : nullptr;
   auto* yp = reinterpret_cast<uint16_t*>(in.y.data_ptr<at::BFloat16>());
-  RunPanels(xp, pairs, tiles, panels,
-            [&](const uint32_t* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
-              PanelsBf16(copy, group, pairs, pp, bp, out_features, yp, first, last, swish);
-            });
+  RunPanels<Isa::kAvx512>(xp, pairs, tiles, panels,
+                          [&](const uint32_t* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+                            PanelsBf16(copy, group, pairs, pp, bp, out_features, yp, first, last, swish);
+                          });
 #endif
   return in.y.view(in.shape);
 }
@@ -586,22 +733,23 @@ int ParallelForThreads() {
   return static_cast<int>(seen.size());
 }
 
-PanelPrefetch NextPanelPrefetch(size_t tiles, size_t tile, int64_t k_steps) {
+PanelPrefetch NextPanelPrefetch(size_t tiles, size_t tile, int64_t k_steps, int64_t step_bytes) {
   size_t sharing = 1;
-  while (sharing * 2 <= tiles && sharing * 2 <= static_cast<size_t>(kPanelStepBytes)) sharing *= 2;
-  const int64_t step = kPanelStepBytes / static_cast<int64_t>(sharing);
+  while (sharing * 2 <= tiles && sharing * 2 <= static_cast<size_t>(step_bytes)) sharing *= 2;
+  const int64_t step = step_bytes / static_cast<int64_t>(sharing);
   if (tiles < 2 || tile >= sharing) return {-1, step};
   return {static_cast<int64_t>(tile) * k_steps * step, step};
 }
 
-at::Tensor PackPanelWeight(const at::Tensor& weight) {
+at::Tensor PackPanelWeight(const at::Tensor& weight, int64_t width) {
   TORCH_CHECK(weight.dim() == 2, "clip_native: a linear weight must be 2-D, got ", weight.sizes());
+  TORCH_CHECK(width == 32 || width == 16, "clip_native: panels are 32 or 16 features wide, got ", width);
   const int64_t n = weight.size(0);
   const int64_t k = weight.size(1);
-  const int64_t panels = (n + 31) / 32;
-  at::Tensor padded = at::zeros({panels * 32, k}, weight.options().dtype(at::kFloat));
+  const int64_t panels = (n + width - 1) / width;
+  at::Tensor padded = at::zeros({panels * width, k}, weight.options().dtype(at::kFloat));
   padded.narrow(0, 0, n).copy_(weight);
-  return padded.view({panels, 32, k}).transpose(1, 2).contiguous();
+  return padded.view({panels, width, k}).transpose(1, 2).contiguous();
 }
 
 at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
@@ -611,15 +759,21 @@ at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10:
   const int64_t k = x.size(-1);
   RowsIn in(x, out_features);
 #ifdef CLIP_PANEL_KERNEL
-  const std::vector<RowTile> tiles = SplitRows(in.m, kTile);
   const float* xp = in.rows.data_ptr<float>();
   const float* pp = packed.data_ptr<float>();
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = in.y.data_ptr<float>();
-  RunPanels(xp, k, tiles, packed.size(0),
-            [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
-              Panels(copy, group, k, pp, bp, out_features, yp, first, last, swish);
-            });
+  if (packed.size(2) == kPanelAvx2) {
+    RunPanels<Isa::kAvx2>(xp, k, SplitRows(in.m, kTileAvx2), packed.size(0),
+                          [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+                            PanelsAvx2(copy, group, k, pp, bp, out_features, yp, first, last, swish);
+                          });
+    return in.y.view(in.shape);
+  }
+  RunPanels<Isa::kAvx512>(xp, k, SplitRows(in.m, kTile), packed.size(0),
+                          [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+                            Panels(copy, group, k, pp, bp, out_features, yp, first, last, swish);
+                          });
 #endif
   return in.y.view(in.shape);
 }
@@ -640,6 +794,8 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
     CheckFloatCpu(x, "the input");
     CheckFloatOperands(x.sizes(), packed1, bias1, hidden);
     CheckFloatOperands(hidden_shape, packed2, bias2, out_features);
+    TORCH_CHECK(packed1.size(2) == packed2.size(2), "clip_native: the MLP's panels differ in width (", packed1.size(2),
+                " and ", packed2.size(2), " features)");
   }
   const int64_t k = x.size(-1);
   RowsIn in(x, out_features);
@@ -654,7 +810,7 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
     const float* b1 = bias1 ? bias1_float.data_ptr<float>() : nullptr;
     const float* b2 = bias2 ? bias2_float.data_ptr<float>() : nullptr;
     auto* yp = reinterpret_cast<uint16_t*>(in.y.data_ptr<at::BFloat16>());
-    RunChained(
+    RunChained<Isa::kAvx512>(
         xp, pairs, hidden_pairs, tiles, packed1.size(0), packed2.size(0),
         [&](const uint32_t* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, uint32_t* h) {
           PanelsBf16(copy, group, pairs, p1, b1, hidden, reinterpret_cast<uint16_t*>(h), first, last, true, true);
@@ -669,7 +825,18 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
     const float* b1 = bias1 ? bias1->data_ptr<float>() : nullptr;
     const float* b2 = bias2 ? bias2->data_ptr<float>() : nullptr;
     float* yp = in.y.data_ptr<float>();
-    RunChained(
+    if (packed1.size(2) == kPanelAvx2) {
+      RunChained<Isa::kAvx2>(
+          xp, k, hidden, SplitRows(in.m, kTileAvx2), packed1.size(0), packed2.size(0),
+          [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, float* h) {
+            PanelsAvx2(copy, group, k, p1, b1, hidden, h, first, last, true, true);
+          },
+          [&](const float* h, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+            PanelsAvx2(h, group, hidden, p2, b2, out_features, yp, first, last, false);
+          });
+      return in.y.view(in.shape);
+    }
+    RunChained<Isa::kAvx512>(
         xp, k, hidden, tiles, packed1.size(0), packed2.size(0),
         [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, float* h) {
           Panels(copy, group, k, p1, b1, hidden, h, first, last, true, true);

@@ -1,5 +1,6 @@
-// clip-native's own linear on AVX-512 (float32) and AVX512-BF16, on weights
-// packed at load into panels of 32 output features. It was made for few rows
+// clip-native's own linear on AVX-512 (float32), AVX512-BF16 and AVX2 + FMA
+// (float32), on weights packed at load into panels of 32 output features
+// (16 on AVX2). It was made for few rows
 // (the text encoder at batch 1-4 runs 7-64 rows against every weight matrix,
 // where oneDNN's blocked kernels leave much of the CPU unused) and blocks
 // larger inputs so that it keeps level with oneDNN on them (an image is 50
@@ -15,9 +16,16 @@ namespace clip {
 // True when the kernel can run here (x86-64 with AVX-512F, as the OS reports it).
 bool PanelLinearAvailable();
 
-// Weights [N, K] float32 -> panels of 32 output features, [ceil(N/32), K, 32],
-// zero past N: one contiguous stream per panel.
-at::Tensor PackPanelWeight(const at::Tensor& weight);
+// The float32 kernel on AVX2 + FMA, for CPUs without AVX-512 (AMD Zen 2
+// and 3, Intel's E-core Xeons): panels of 16 features, tiles of up to 6
+// rows. The model's "avx2" candidate runs every linear on it.
+bool PanelLinearAvx2Available();
+
+// Weights [N, K] float32 -> panels of `width` output features, [ceil(N /
+// width), K, width], zero past N: one contiguous stream per panel. Width
+// 32 runs on the AVX-512 tiles, 16 on the AVX2 ones (PanelLinear and
+// PanelMlp take the kernel from the packed weights' width).
+at::Tensor PackPanelWeight(const at::Tensor& weight, int64_t width = 32);
 
 // The bfloat16 variant: AVX512-BF16 products of bfloat16 pairs, float32
 // accumulation. Weights [N, K] (K even) -> [ceil(N/32), K/2, 32, 2] bfloat16;
@@ -61,21 +69,21 @@ constexpr int64_t kPerThreadCopyRows = 64;
 // tiles run against the current one: with few rows (an image's 50: 4 tiles
 // per panel) the first tile of each panel otherwise streamed the panel from
 // memory alone and ran ~7% below the tiles after it. A panel holds
-// kPanelStepBytes per step over k (32 float32 weights, or 32 pairs of
-// bfloat16). Of a panel's `tiles` row tiles, the first 2^s (2^s the largest
-// power of two <= the tile count, at most 128) each prefetch one slice of
-// the next panel: tile `tile` prefetches the line holding byte offset + k *
-// step of it at its step k of `k_steps`, and the slices together reach every
-// line of the next panel's k_steps * kPanelStepBytes bytes and nothing past
-// them. offset -1: the tile prefetches only inside its own panel (the
-// others, and a tile alone, which is bound by memory and measured slower
-// with the whole next panel fetched beside it).
+// `step_bytes` per step over k (kPanelStepBytes: 32 float32 weights, or 32
+// pairs of bfloat16; 64 for the AVX2 kernel's 16 float32 weights). Of a
+// panel's `tiles` row tiles, the first 2^s (2^s the largest power of two <=
+// the tile count, at most step_bytes) each prefetch one slice of the next
+// panel: tile `tile` prefetches the line holding byte offset + k * step of
+// it at its step k of `k_steps`, and the slices together reach every line
+// of the next panel's k_steps * step_bytes bytes and nothing past them. offset -1: the tile prefetches only inside its
+// own panel (the others, and a tile alone, which is bound by memory and measured slower with the whole next panel
+// fetched beside it).
 constexpr int64_t kPanelStepBytes = 128;
 struct PanelPrefetch {
   int64_t offset;
   int64_t step;
 };
-PanelPrefetch NextPanelPrefetch(size_t tiles, size_t tile, int64_t k_steps);
+PanelPrefetch NextPanelPrefetch(size_t tiles, size_t tile, int64_t k_steps, int64_t step_bytes = kPanelStepBytes);
 
 // How many threads an at::parallel_for of clip-native's own kernels runs on
 // (at most at::get_num_threads()). at::parallel_for is a header template, so

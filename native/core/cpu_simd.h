@@ -1,4 +1,4 @@
-// AVX-512 helpers the CPU kernels share (x86-64 with GCC or Clang).
+// AVX-512 and AVX2 helpers the CPU kernels share (x86-64 with GCC or Clang).
 #ifndef CLIP_NATIVE_CORE_CPU_SIMD_H_
 #define CLIP_NATIVE_CORE_CPU_SIMD_H_
 
@@ -88,6 +88,65 @@ __attribute__((target("avx512f"))) inline __m512 Swish(__m512 x) {
   const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
   const __m512 numerator = _mm512_mask_mul_ps(x, negative, x, e);
   return _mm512_div_ps(numerator, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+// The AVX2 + FMA counterparts, for CPUs without AVX-512 (AMD Zen 2 and 3,
+// Intel's E-core Xeons): 8 floats per register, masks as vectors.
+
+// The lanes of the 8 values at j of a row of `count` (j < count), as the
+// sign bits _mm256_maskload_ps / _mm256_maskstore_ps read.
+__attribute__((target("avx2"))) inline __m256i TailMask8(int64_t j, int64_t count) {
+  const int64_t left = count - j;
+  const int lanes = left >= 8 ? 8 : static_cast<int>(left);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Transposes the 8 x 8 floats of r[0..7] in place.
+__attribute__((target("avx2"))) inline void Transpose8(__m256 r[8]) {
+  __m256 t[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    r[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x20);
+    t[4 + i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x31);
+  }
+  for (int i = 0; i < 8; ++i) r[i] = t[i];
+}
+
+// ExpNonPositive on 8 lanes: the same reduction and polynomial; 2^n made
+// from its exponent bits (n >= -126 after the clamp, so 2^n is normal).
+__attribute__((target("avx2,fma"))) inline __m256 ExpNonPositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+// Swish on 8 lanes, as the AVX-512 one computes it.
+__attribute__((target("avx2,fma"))) inline __m256 Swish(__m256 x) {
+  const __m256 e = ExpNonPositive(_mm256_min_ps(x, _mm256_sub_ps(_mm256_setzero_ps(), x)));
+  const __m256 negative = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+  const __m256 numerator = _mm256_blendv_ps(x, _mm256_mul_ps(x, e), negative);
+  return _mm256_div_ps(numerator, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
 }  // namespace simd

@@ -279,12 +279,13 @@ torch::jit::Value* InsertTensorConstant(torch::jit::Graph& graph, const at::Tens
   return graph.insertNode(node)->output();
 }
 
-// Returns how many linears were rewritten. With `panel_kernel` (AVX-512, or
-// AVX512-BF16 for bfloat16) each linear becomes clip_native::linear_rows,
-// clip-native's own kernel (cpu_linear.h) on its own packed weights, with no
-// oneDNN weights beside them; float32 then needs nothing of oneDNN (libtorch
-// 1.13 has no mkldnn::_linear_pointwise).
-int RewriteLinears(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat16, bool panel_kernel = false) {
+// Returns how many linears were rewritten. With a `panel_width` (32: AVX-512,
+// or AVX512-BF16 for bfloat16; 16: AVX2 + FMA, float32) each linear becomes
+// clip_native::linear_rows, clip-native's own kernel (cpu_linear.h) on its
+// own packed weights, with no oneDNN weights beside them; float32 then needs
+// nothing of oneDNN (libtorch 1.13 has no mkldnn::_linear_pointwise).
+int RewriteLinears(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat16, int64_t panel_width = 0) {
+  const bool panel_kernel = panel_width > 0;
   const bool onednn = HasOperator("mkldnn::_linear_pointwise", "");
   if (!onednn && !(panel_kernel && !bfloat16)) return 0;  // libtorch < 2.0
   std::optional<c10::OperatorHandle> pack;
@@ -322,7 +323,7 @@ int RewriteLinears(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat1
     if (bias) bias = bias->to(rows_kernel ? at::kFloat : dtype).contiguous();
     at::Tensor panel_weight;
     if (rows_kernel) {
-      panel_weight = bfloat16 ? PackPanelWeightBf16(w) : PackPanelWeight(w);
+      panel_weight = bfloat16 ? PackPanelWeightBf16(w) : PackPanelWeight(w, panel_width);
     } else if (pack) {
       torch::jit::Stack stack{w, c10::IValue()};
       pack->callBoxed(&stack);
@@ -842,9 +843,9 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
     encoder.autocast = bfloat16;
     return encoder;
   }
-  if (name == "avx512") {
+  if (name == "avx512" || name == "avx2") {
     encoder.module = torch::jit::freeze(archive);
-    RewriteLinears(encoder.module.get_method("forward").graph(), /*bfloat16=*/false, /*panel_kernel=*/true);
+    RewriteLinears(encoder.module.get_method("forward").graph(), /*bfloat16=*/false, name == "avx512" ? 32 : 16);
     encoder.fused_mlps = RewriteMlps(encoder.module.get_method("forward").graph());
     rewrite_attention();
     return encoder;
@@ -858,7 +859,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
   } else {
     encoder.module = torch::jit::freeze(archive);
   }
-  RewriteLinears(encoder.module.get_method("forward").graph(), bfloat16, panel_kernel);
+  RewriteLinears(encoder.module.get_method("forward").graph(), bfloat16, panel_kernel ? 32 : 0);
   if (panel_kernel) encoder.fused_mlps = RewriteMlps(encoder.module.get_method("forward").graph());
   rewrite_attention();
   return encoder;
@@ -1082,11 +1083,14 @@ void ChooseAttentionKernel(Precision precision, bool measure, CpuKernelChoice* c
 std::vector<std::string> CpuKernelCandidates(Precision precision) {
   const bool onednn = HasOperator("mkldnn::_linear_pointwise", "");
   switch (precision) {
-    case Precision::kFloat32:
-      if (onednn && PanelLinearAvailable()) return {"onednn", "avx512", "aten"};
+    case Precision::kFloat32: {
+      // clip-native's kernel: on AVX-512 where the CPU has it, else on AVX2.
+      const char* panel = PanelLinearAvailable() ? "avx512" : PanelLinearAvx2Available() ? "avx2" : nullptr;
+      if (onednn && panel) return {"onednn", panel, "aten"};
       if (onednn) return {"onednn", "aten"};
-      if (PanelLinearAvailable()) return {"aten", "avx512"};
+      if (panel) return {"aten", panel};
       return {"aten"};
+    }
     case Precision::kBFloat16:
       if (onednn && PanelLinearBf16Available()) return {"onednn", "onednn-bf16", "avx512-bf16"};
       if (onednn) return {"onednn", "onednn-bf16"};
@@ -1162,6 +1166,9 @@ std::shared_ptr<Model> Model::LoadOnThisThread(const std::string& directory, con
   model->manifest_ = ReadManifest(directory);
   model->device_ = ParseDevice(options.device);
   model->precision_ = options.precision;
+  if (const std::string problem = MaxCpuIsaProblem(); !problem.empty()) {
+    throw ClipError(ErrorCode::kInvalidArgument, problem);
+  }
   if (!model->is_cuda() && options.precision == Precision::kFloat16) {
     throw ClipError(ErrorCode::kInvalidArgument,
                     "Expected \"float32\", \"bfloat16\" or \"int8\" for dtype on the CPU but received \"float16\"");

@@ -9,8 +9,9 @@
 // threads, linear_rows on either dtype, with and without the swish post-op,
 // and mlp_rows against the two linear_rows it stands for; and the slices of
 // the next panel that the tiles prefetch (NextPanelPrefetch).
-// On a CPU without AVX-512F (or AVX512-BF16 for the bfloat16 kernel) those
-// cases are reported as skipped. Prints one line per failure, then "N
+// Every float32 case runs on both kernels: panels of 32 (AVX-512) and of
+// 16 (AVX2 + FMA). On a CPU without AVX-512F, AVX2 + FMA or AVX512-BF16 the
+// cases of that kernel are reported as skipped. Prints one line per failure, then "N
 // passed, M failed"; exits non-zero on any failure.
 
 #include <ATen/ATen.h>
@@ -66,11 +67,21 @@ void CheckClose(const at::Tensor& got, const at::Tensor& x, const at::Tensor& w,
   Check(at::le(error, bound).all().item<bool>(), what + ": max abs diff " + std::to_string(error.max().item<double>()));
 }
 
-void TestFloat32() {
-  if (!clip::PanelLinearAvailable()) {
-    std::cout << "skipped: float32 panel kernel (no AVX-512F)" << std::endl;
-    return;
-  }
+// Whether the float32 kernel of panels `width` wide runs here; prints the
+// skip otherwise.
+bool FloatKernel(int64_t width, const std::string& what) {
+  const bool available = width == 32 ? clip::PanelLinearAvailable() : clip::PanelLinearAvx2Available();
+  if (!available)
+    std::cout << "skipped: " << what << (width == 32 ? " (no AVX-512F)" : " (no AVX2 + FMA)") << std::endl;
+  return available;
+}
+
+// "float32" (panels of 32: AVX-512) or "float32/16" (AVX2).
+std::string FloatName(int64_t width) { return width == 32 ? "float32" : "float32/16"; }
+
+void TestFloat32(int64_t width) {
+  if (!FloatKernel(width, FloatName(width) + " panel kernel")) return;
+  const std::string name = FloatName(width);
   // Rows: each tile height alone, then splits into several tiles.
   std::vector<int64_t> rows;
   for (int64_t m = 1; m <= 15; ++m) rows.push_back(m);
@@ -80,30 +91,30 @@ void TestFloat32() {
       const at::Tensor x = Random({m, k});
       const at::Tensor w = Random({n, k}, 0.05);
       const at::Tensor b = Random({n}, 0.1);
-      const at::Tensor packed = clip::PackPanelWeight(w);
-      CheckClose(clip::PanelLinear(x, packed, b, n), x, w, b, "float32 " + Shape(m, k, n));
+      const at::Tensor packed = clip::PackPanelWeight(w, width);
+      CheckClose(clip::PanelLinear(x, packed, b, n), x, w, b, name + " " + Shape(m, k, n));
     }
   }
   // No bias; features that fill one register and part of the next.
-  for (int64_t n : {1, 16, 31, 32, 33, 48, 70}) {
+  for (int64_t n : {1, 7, 8, 9, 16, 31, 32, 33, 48, 70}) {
     const at::Tensor x = Random({9, 64});
     const at::Tensor w = Random({n, 64}, 0.1);
-    CheckClose(clip::PanelLinear(x, clip::PackPanelWeight(w), c10::nullopt, n), x, w, c10::nullopt,
-               "float32 no bias, " + Shape(9, 64, n));
+    CheckClose(clip::PanelLinear(x, clip::PackPanelWeight(w, width), c10::nullopt, n), x, w, c10::nullopt,
+               name + " no bias, " + Shape(9, 64, n));
   }
   // Leading dimensions and a view that is not contiguous.
   const at::Tensor w = Random({96, 128}, 0.1);
   const at::Tensor b = Random({96}, 0.1);
-  const at::Tensor packed = clip::PackPanelWeight(w);
+  const at::Tensor packed = clip::PackPanelWeight(w, width);
   const at::Tensor x3 = Random({3, 7, 128});
-  CheckClose(clip::PanelLinear(x3, packed, b, 96), x3, w, b, "float32 [3, 7, 128]");
+  CheckClose(clip::PanelLinear(x3, packed, b, 96), x3, w, b, name + " [3, 7, 128]");
   const at::Tensor strided = Random({128, 20}).t();
-  CheckClose(clip::PanelLinear(strided, packed, b, 96), strided, w, b, "float32 transposed view");
+  CheckClose(clip::PanelLinear(strided, packed, b, 96), strided, w, b, name + " transposed view");
   // Threads split the panels; each thread copies the row tiles for itself
   // (50 rows), or all copy them once and run them in groups (400 rows of 768
   // floats: 5 groups).
   const at::Tensor wide = Random({3072, 768}, 0.05);
-  const at::Tensor wide_packed = clip::PackPanelWeight(wide);
+  const at::Tensor wide_packed = clip::PackPanelWeight(wide, width);
   for (int64_t m : {50, 400}) {
     const at::Tensor x = Random({m, 768});
     const int saved = at::get_num_threads();
@@ -112,7 +123,7 @@ void TestFloat32() {
     at::set_num_threads(saved);
     const at::Tensor many = clip::PanelLinear(x, wide_packed, c10::nullopt, 3072);
     Check(at::equal(one, many),
-          "float32 " + std::to_string(m) + " rows: the same bits on 1 and " + std::to_string(saved) + " threads");
+          name + " " + std::to_string(m) + " rows: the same bits on 1 and " + std::to_string(saved) + " threads");
   }
   // Wrong shapes are refused, not read past.
   bool refused = false;
@@ -121,7 +132,21 @@ void TestFloat32() {
   } catch (const c10::Error&) {
     refused = true;
   }
-  Check(refused, "float32: an input of the wrong width is refused");
+  Check(refused, name + ": an input of the wrong width is refused");
+}
+
+// Panels of another width than 32 or 16 are refused when packed.
+void TestPanelWidths() {
+  bool refused = false;
+  try {
+    clip::PackPanelWeight(Random({40, 64}), 8);
+  } catch (const c10::Error&) {
+    refused = true;
+  }
+  Check(refused, "PackPanelWeight: a width of 8 is refused");
+  const at::Tensor packed = clip::PackPanelWeight(Random({40, 64}), 16);
+  Check(packed.sizes() == at::IntArrayRef({3, 64, 16}) && at::equal(packed[2].narrow(1, 8, 8), at::zeros({64, 8})),
+        "PackPanelWeight: 40 features in panels of 16 -> [3, 64, 16], zero past the last feature");
 }
 
 void TestBFloat16() {
@@ -145,22 +170,37 @@ void TestBFloat16() {
 
 // clip_native::linear_rows as the rewritten graph calls it, on float32 and
 // bfloat16 panels (float32 biases), on both sides of kPerThreadCopyRows.
+// The kernels as the operators take them: float32 panels of 32 (AVX-512)
+// and of 16 (AVX2), and bfloat16 panels (AVX512-BF16).
+struct Kernel {
+  bool bfloat16;
+  int64_t width;
+};
+const Kernel kKernels[] = {{false, 32}, {false, 16}, {true, 32}};
+
+// Whether `kernel` runs here (printing the skip of `what` otherwise), and
+// its name in the checks.
+bool KernelRuns(const Kernel& kernel, const std::string& what) {
+  if (!kernel.bfloat16) return FloatKernel(kernel.width, what + " on " + FloatName(kernel.width));
+  if (!clip::PanelLinearBf16Available())
+    std::cout << "skipped: " << what << " on bfloat16 (no AVX512-BF16)" << std::endl;
+  return clip::PanelLinearBf16Available();
+}
+
+at::Tensor Pack(const Kernel& kernel, const at::Tensor& w) {
+  return kernel.bfloat16 ? clip::PackPanelWeightBf16(w) : clip::PackPanelWeight(w, kernel.width);
+}
+
 void TestLinearRows() {
-  if (!clip::PanelLinearAvailable()) {
-    std::cout << "skipped: linear_rows (no AVX-512F)" << std::endl;
-    return;
-  }
   const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow("clip_native::linear_rows", "");
   const int64_t k = 256, n = 160;
   const at::Tensor w = Random({n, k}, 0.05);
   const at::Tensor b = Random({n}, 0.1);
-  for (const bool bfloat16 : {false, true}) {
-    if (bfloat16 && !clip::PanelLinearBf16Available()) {
-      std::cout << "skipped: linear_rows on bfloat16 (no AVX512-BF16)" << std::endl;
-      continue;
-    }
+  for (const Kernel& kernel : kKernels) {
+    if (!KernelRuns(kernel, "linear_rows")) continue;
+    const bool bfloat16 = kernel.bfloat16;
     const at::ScalarType dtype = bfloat16 ? at::kBFloat16 : at::kFloat;
-    const at::Tensor panels = bfloat16 ? clip::PackPanelWeightBf16(w.to(dtype)) : clip::PackPanelWeight(w);
+    const at::Tensor panels = Pack(kernel, w.to(dtype));
     for (int64_t m :
          {int64_t{1}, clip::kPerThreadCopyRows, clip::kPerThreadCopyRows + 1, 3 * clip::kPerThreadCopyRows}) {
       for (const std::string attr : {"none", "swish"}) {
@@ -173,11 +213,12 @@ void TestLinearRows() {
         const double bound = bfloat16 ? 0.02 * (1 + at::abs(want).max().item<double>()) : 1e-4;
         const double diff = at::abs(got.to(at::kFloat) - want).max().item<double>();
         Check(got.sizes() == want.sizes() && got.scalar_type() == dtype && diff < bound,
-              std::string(bfloat16 ? "bfloat16 " : "float32 ") + "linear_rows " + std::to_string(m) + " rows, " + attr +
-                  ": max abs diff " + std::to_string(diff));
+              (bfloat16 ? std::string("bfloat16") : FloatName(kernel.width)) + " linear_rows " + std::to_string(m) +
+                  " rows, " + attr + ": max abs diff " + std::to_string(diff));
       }
     }
   }
+  if (!clip::PanelLinearAvailable()) return;
   bool refused = false;
   try {
     torch::jit::Stack stack{Random({2, k}), clip::PackPanelWeight(w), b, n, std::string("gelu")};
@@ -194,27 +235,18 @@ void TestLinearRows() {
 // Hidden widths that leave the last panel part-empty (and, in float32, a
 // 16-feature half of it), with and without biases, several row counts.
 void TestMlpRows() {
-  if (!clip::PanelLinearAvailable()) {
-    std::cout << "skipped: mlp_rows (no AVX-512F)" << std::endl;
-    return;
-  }
   const c10::OperatorHandle mlp = c10::Dispatcher::singleton().findSchemaOrThrow("clip_native::mlp_rows", "");
   const c10::OperatorHandle linear = c10::Dispatcher::singleton().findSchemaOrThrow("clip_native::linear_rows", "");
   const int64_t k = 96, n = 40;
-  for (const bool bfloat16 : {false, true}) {
-    if (bfloat16 && !clip::PanelLinearBf16Available()) {
-      std::cout << "skipped: mlp_rows on bfloat16 (no AVX512-BF16)" << std::endl;
-      continue;
-    }
+  for (const Kernel& kernel : kKernels) {
+    if (!KernelRuns(kernel, "mlp_rows")) continue;
+    const bool bfloat16 = kernel.bfloat16;
     const at::ScalarType dtype = bfloat16 ? at::kBFloat16 : at::kFloat;
     for (const int64_t hidden : {int64_t{64}, int64_t{98}, int64_t{110}}) {
       if (bfloat16 && hidden % 2 != 0) continue;
       const at::Tensor w1 = Random({hidden, k}, 0.1).to(dtype);
       const at::Tensor w2 = Random({n, hidden}, 0.1).to(dtype);
-      const auto pack = [&](const at::Tensor& w) {
-        return bfloat16 ? clip::PackPanelWeightBf16(w) : clip::PackPanelWeight(w);
-      };
-      const at::Tensor p1 = pack(w1), p2 = pack(w2);
+      const at::Tensor p1 = Pack(kernel, w1), p2 = Pack(kernel, w2);
       for (const bool with_bias : {true, false}) {
         const c10::IValue b1 = with_bias ? c10::IValue(Random({hidden}, 0.1)) : c10::IValue();
         const c10::IValue b2 = with_bias ? c10::IValue(Random({n}, 0.1)) : c10::IValue();
@@ -230,12 +262,14 @@ void TestMlpRows() {
           mlp.callBoxed(&fused);
           const at::Tensor got = fused[0].toTensor();
           Check(got.sizes() == want.sizes() && got.scalar_type() == dtype && at::equal(got, want),
-                std::string(bfloat16 ? "bfloat16 " : "float32 ") + "mlp_rows " + std::to_string(m) + " rows, hidden " +
-                    std::to_string(hidden) + (with_bias ? ", biases" : ", no biases") + ": the two linear_rows' bits");
+                (bfloat16 ? std::string("bfloat16") : FloatName(kernel.width)) + " mlp_rows " + std::to_string(m) +
+                    " rows, hidden " + std::to_string(hidden) + (with_bias ? ", biases" : ", no biases") +
+                    ": the two linear_rows' bits");
         }
       }
     }
   }
+  if (!clip::PanelLinearAvailable()) return;
   bool refused = false;
   try {
     const at::Tensor p1 = clip::PackPanelWeight(Random({64, k}));
@@ -246,52 +280,65 @@ void TestMlpRows() {
     refused = true;
   }
   Check(refused, "mlp_rows: a second weight that does not fit the hidden width is refused");
+  if (!clip::PanelLinearAvx2Available()) return;
+  refused = false;
+  try {
+    const at::Tensor p1 = clip::PackPanelWeight(Random({64, k}), 32);
+    const at::Tensor p2 = clip::PackPanelWeight(Random({n, 64}), 16);
+    torch::jit::Stack stack{Random({100, k}), p1, c10::IValue(), int64_t{64}, p2, c10::IValue(), n};
+    mlp.callBoxed(&stack);
+  } catch (const c10::Error&) {
+    refused = true;
+  }
+  Check(refused, "mlp_rows: panels of two widths are refused");
 }
 
 // NextPanelPrefetch: for every tile count the slices of the tiles that
 // prefetch reach each 64-byte line of the next panel and no byte past it;
 // none for one tile; the slices do not overlap.
 void TestNextPanelPrefetch() {
-  for (int64_t k_steps : {1, 2, 3, 7, 25, 384, 1536}) {
-    for (size_t tiles = 1; tiles <= 300; ++tiles) {
-      const int64_t bytes = k_steps * 128;
-      std::vector<int> hits(static_cast<size_t>(bytes / 64), 0);
-      bool inside = true;
-      size_t prefetching = 0;
-      for (size_t t = 0; t < tiles; ++t) {
-        const clip::PanelPrefetch slice = clip::NextPanelPrefetch(tiles, t, k_steps);
-        if (slice.step <= 0) inside = false;
-        if (slice.offset < 0) continue;
-        ++prefetching;
-        int64_t last_line = -1;
-        for (int64_t k = 0; k < k_steps; ++k) {
-          const int64_t at = slice.offset + k * slice.step;
-          if (at < 0 || at >= bytes) {
-            inside = false;
-            break;
+  for (const int64_t step_bytes : {clip::kPanelStepBytes, int64_t{64}}) {
+    for (int64_t k_steps : {1, 2, 3, 7, 25, 384, 1536}) {
+      for (size_t tiles = 1; tiles <= 300; ++tiles) {
+        const int64_t bytes = k_steps * step_bytes;
+        std::vector<int> hits(static_cast<size_t>(bytes / 64), 0);
+        bool inside = true;
+        size_t prefetching = 0;
+        for (size_t t = 0; t < tiles; ++t) {
+          const clip::PanelPrefetch slice = clip::NextPanelPrefetch(tiles, t, k_steps, step_bytes);
+          if (slice.step <= 0) inside = false;
+          if (slice.offset < 0) continue;
+          ++prefetching;
+          int64_t last_line = -1;
+          for (int64_t k = 0; k < k_steps; ++k) {
+            const int64_t at = slice.offset + k * slice.step;
+            if (at < 0 || at >= bytes) {
+              inside = false;
+              break;
+            }
+            if (at / 64 != last_line) ++hits[static_cast<size_t>(at / 64)];
+            last_line = at / 64;
           }
-          if (at / 64 != last_line) ++hits[static_cast<size_t>(at / 64)];
-          last_line = at / 64;
         }
+        const std::string what = "next-panel prefetch, " + std::to_string(tiles) + " tiles, " +
+                                 std::to_string(k_steps) + " steps of " + std::to_string(step_bytes) + " bytes";
+        Check(inside, what + ": every prefetch inside the next panel");
+        if (tiles == 1) {
+          Check(prefetching == 0, what + ": a tile alone prefetches only its own panel");
+          continue;
+        }
+        bool every = true;
+        int64_t total = 0;
+        for (int h : hits) {
+          every = every && h >= 1;
+          total += h;
+        }
+        Check(every, what + ": every line of the next panel prefetched");
+        // Slices side by side share at most the line where one ends and the next begins.
+        Check(total <= static_cast<int64_t>(hits.size() + prefetching - 1),
+              what + ": the slices do not overlap (" + std::to_string(total) + " line fetches for " +
+                  std::to_string(hits.size()) + " lines)");
       }
-      const std::string what =
-          "next-panel prefetch, " + std::to_string(tiles) + " tiles, " + std::to_string(k_steps) + " steps";
-      Check(inside, what + ": every prefetch inside the next panel");
-      if (tiles == 1) {
-        Check(prefetching == 0, what + ": a tile alone prefetches only its own panel");
-        continue;
-      }
-      bool every = true;
-      int64_t total = 0;
-      for (int h : hits) {
-        every = every && h >= 1;
-        total += h;
-      }
-      Check(every, what + ": every line of the next panel prefetched");
-      // Slices side by side share at most the line where one ends and the next begins.
-      Check(total <= static_cast<int64_t>(hits.size() + prefetching - 1),
-            what + ": the slices do not overlap (" + std::to_string(total) + " line fetches for " +
-                std::to_string(hits.size()) + " lines)");
     }
   }
 }
@@ -300,9 +347,12 @@ void TestNextPanelPrefetch() {
 
 int main() {
   try {
-    std::cout << "kernel " << (clip::PanelLinearAvailable() ? "available" : "not available") << ", bfloat16 "
+    std::cout << "kernel " << (clip::PanelLinearAvailable() ? "available" : "not available") << ", AVX2 "
+              << (clip::PanelLinearAvx2Available() ? "available" : "not available") << ", bfloat16 "
               << (clip::PanelLinearBf16Available() ? "available" : "not available") << std::endl;
-    TestFloat32();
+    TestFloat32(32);
+    TestFloat32(16);
+    TestPanelWidths();
     TestBFloat16();
     TestLinearRows();
     TestMlpRows();
