@@ -105,9 +105,10 @@ function isaClass(flags) {
 /**
  * A file name for one CPU model: its name without trademarks, clock and core count, and its ISA class, e.g.
  * `amd-epyc-family-26-model-2-avx512-bf16` or `intel-xeon-platinum-8488c-amx`. Two machines with the same CPU model and
- * flags share a slug (a later run replaces the earlier one's table); any other CPU gets its own.
+ * flags share a slug (a later run replaces the earlier one's table); any other CPU gets its own. A run with
+ * clip-native capped by CLIP_NATIVE_MAX_CPU_ISA (`maxIsa`) gets `-max-<level>` after it, beside the CPU's own.
  */
-function cpuSlug(name, flags) {
+function cpuSlug(name, flags, maxIsa) {
   const base = name
     .replace(/\((r|tm)\)/gi, ' ')
     .replace(/@.*$/, ' ')
@@ -115,7 +116,13 @@ function cpuSlug(name, flags) {
     .toLowerCase()
     .replace(/[^a-z0-9]+/g, '-')
     .replace(/^-+|-+$/g, '');
-  return `${base || 'cpu'}-${isaClass(flags)}`;
+  const cap = maxIsa ? `-max-${maxIsa.toLowerCase().replace(/[^a-z0-9]+/g, '-')}` : '';
+  return `${base || 'cpu'}-${isaClass(flags)}${cap}`;
+}
+
+/** CLIP_NATIVE_MAX_CPU_ISA as clip-native reads it (any case), or undefined when unset. */
+function maxCpuIsa(env = process.env) {
+  return env.CLIP_NATIVE_MAX_CPU_ISA ? env.CLIP_NATIVE_MAX_CPU_ISA.toLowerCase() : undefined;
 }
 
 async function machine(versions) {
@@ -126,6 +133,8 @@ async function machine(versions) {
     logicalCpus: cpus.length,
     availableParallelism: os.availableParallelism(),
     cpuFlags: cpuFlags(),
+    // The instruction-set cap clip-native ran under (its kernels, oneDNN and ATen), when one was set.
+    maxCpuIsa: maxCpuIsa(),
     memoryGiB: +(os.totalmem() / 2 ** 30).toFixed(1),
     os: `${os.type()} ${os.release()} ${os.arch()}`,
     node: process.version,
@@ -139,4 +148,4 @@ async function machine(versions) {
   };
 }
 
-module.exports = { ISA_FLAGS, cpuFlags, cpuName, cpuSlug, isaClass, loadMeter, machine };
+module.exports = { ISA_FLAGS, cpuFlags, cpuName, cpuSlug, isaClass, loadMeter, machine, maxCpuIsa };

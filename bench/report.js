@@ -90,7 +90,12 @@ const rowOf = (report, encoder, mode, batch) =>
 
 /** The ISA flags the kernels depend on, each present or absent. */
 function isaLine(m) {
-  return ISA_FLAGS.map((f) => `${f} ${m.cpuFlags.includes(f) ? 'yes' : 'no'}`).join(', ');
+  const line = ISA_FLAGS.map((f) => `${f} ${m.cpuFlags.includes(f) ? 'yes' : 'no'}`).join(', ');
+  if (!m.maxCpuIsa) return line;
+  return (
+    `${line}; **clip-native capped at \`${m.maxCpuIsa}\`** by CLIP_NATIVE_MAX_CPU_ISA (its own kernels, ` +
+    "libtorch's oneDNN and ATen; onnxruntime-node and FBGEMM still use everything the CPU has)"
+  );
 }
 
 const reason = (report, id) => `n/a (${report.unavailable[id]})`;
@@ -239,7 +244,7 @@ function markdown(report) {
   const m = report.machine;
   const s = report.settings;
   const out = [];
-  const slug = cpuSlug(m.cpu, m.cpuFlags);
+  const slug = cpuSlug(m.cpu, m.cpuFlags, m.maxCpuIsa);
   out.push(`# clip-native benchmark results: ${m.cpu}\n`);
   out.push(
     `Made by \`npm run bench\` (bench/run.js) on this CPU; the numbers are in ${slug}.json. ` +
@@ -365,7 +370,7 @@ function indexMarkdown(resultsDir) {
     const m = report.machine;
     const flags = ISA_FLAGS.filter((f) => m.cpuFlags.includes(f)).join(' ') || 'none of ' + ISA_FLAGS.join(', ');
     out.push(
-      `| [${m.cpu}](results/${name}.md) | ${flags} | ${report.date.slice(0, 10)}, ${m.logicalCpus} CPUs | ` +
+      `| [${m.cpu}${m.maxCpuIsa ? `, clip-native capped at ${m.maxCpuIsa}` : ''}](results/${name}.md) | ${flags} | ${report.date.slice(0, 10)}, ${m.logicalCpus} CPUs | ` +
         `${summaryLine(report)} |`,
     );
   }

@@ -44,7 +44,7 @@ const { spawn, spawnSync } = require('node:child_process');
 const readline = require('node:readline');
 const { ClipModel } = require('../dist');
 const { TaskKind, binding } = require('../dist/native/binding');
-const { cpuFlags, cpuName, cpuSlug, loadMeter, machine } = require('./machine');
+const { cpuFlags, cpuName, cpuSlug, loadMeter, machine, maxCpuIsa } = require('./machine');
 const report = require('./report');
 const { cosine } = require('../test/helpers/vectors.js');
 
@@ -676,7 +676,7 @@ async function main() {
   };
   const resultsDir = path.join(outDir, 'results');
   fs.mkdirSync(resultsDir, { recursive: true });
-  const slug = cpuSlug(cpuName(), cpuFlags());
+  const slug = cpuSlug(cpuName(), cpuFlags(), maxCpuIsa());
   if (quick) {
     fs.writeFileSync(path.join(resultsDir, `${slug}-quick.json`), JSON.stringify(result, null, 2) + '\n');
     console.log(report.quickMarkdown(result));

@@ -8,7 +8,8 @@ import { root } from '../helpers/env';
 const machine = require(path.join(root, 'bench', 'machine.js')) as {
   cpuName(info: string): string;
   cpuFlags(info: string): string[];
-  cpuSlug(name: string, flags: string[]): string;
+  cpuSlug(name: string, flags: string[], maxIsa?: string): string;
+  maxCpuIsa(env: Record<string, string | undefined>): string | undefined;
 };
 
 const cpuinfo = (name: string, family: number, model: number, flags: string) =>
@@ -26,4 +27,15 @@ t.test('a bare model name gets the family and model numbers; a full one stays as
   t.equal(slug(zen4), 'amd-epyc-family-25-model-17-avx512-bf16');
   t.equal(slug(zen5), 'amd-epyc-family-26-model-2-avx512-bf16');
   t.equal(slug(xeon), 'intel-xeon-platinum-8488c-amx');
+});
+
+t.test('a run with clip-native capped by CLIP_NATIVE_MAX_CPU_ISA gets a file of its own', async (t) => {
+  const zen4 = cpuinfo('AMD EPYC', 25, 17, 'avx2 avx512f avx512_bf16 avx512_vnni');
+  const name = machine.cpuName(zen4);
+  const flags = machine.cpuFlags(zen4);
+  t.equal(machine.maxCpuIsa({}), undefined, 'unset: no cap');
+  t.equal(machine.maxCpuIsa({ CLIP_NATIVE_MAX_CPU_ISA: 'AVX2' }), 'avx2', 'read in any case, as clip-native reads it');
+  t.equal(machine.cpuSlug(name, flags, 'avx2'), 'amd-epyc-family-25-model-17-avx512-bf16-max-avx2');
+  t.equal(machine.cpuSlug(name, flags, 'avx512_core'), 'amd-epyc-family-25-model-17-avx512-bf16-max-avx512-core');
+  t.not(machine.cpuSlug(name, flags, 'avx2'), machine.cpuSlug(name, flags), "never the CPU's own table");
 });

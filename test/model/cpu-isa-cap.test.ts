@@ -1,0 +1,111 @@
+// CLIP_NATIVE_MAX_CPU_ISA: a process capped at "avx2" runs the kernels of a CPU without AVX-512 (clip-native's
+// float32 linear on AVX2 + FMA, the "avx2" candidate) and they agree with float32 through libtorch; lower caps take
+// away what they name; a bad value is refused at load. Each capped run is a process of its own: the cap is read
+// once, when the addon loads.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import t from 'tap';
+import { binding } from '../../lib/native/binding';
+import { ClipModel } from '../../lib/index';
+import { fixtures, maxAbsDiff, root, tinyModel } from '../helpers/env';
+
+const imageDir = path.join(fixtures, 'images');
+const images = fs
+  .readdirSync(imageDir)
+  .filter((name) => /\.(jpg|png|webp|gif|bmp)$/.test(name))
+  .sort()
+  .map((name) => path.join(imageDir, name));
+const texts = fs
+  .readFileSync(path.join(fixtures, 'tokens', 'hf77.jsonl'), 'utf8')
+  .split('\n')
+  .filter(Boolean)
+  .map((line) => (JSON.parse(line) as { text: string }).text);
+
+interface ChildResult {
+  cpuIsa: string[];
+  info?: ClipModel['info'];
+  vectors?: number[][];
+  error?: { code: string; message: string };
+}
+
+function runCapped(cap: string, options: Record<string, unknown>): ChildResult {
+  const child = spawnSync(
+    process.execPath,
+    [
+      path.join(root, 'test', 'helpers', 'embed-child.js'),
+      tinyModel,
+      JSON.stringify({ device: 'cpu', ...options }),
+      JSON.stringify({ images, texts }),
+    ],
+    { encoding: 'utf8', env: { ...process.env, CLIP_NATIVE_MAX_CPU_ISA: cap }, maxBuffer: 64 << 20 },
+  );
+  if (child.status !== 0) throw new Error(`the capped process failed (${child.status}): ${child.stderr}`);
+  return JSON.parse(child.stdout.trim().split('\n').pop()!) as ChildResult;
+}
+
+const native = binding().cpuIsa;
+const avx2 = native.includes('avx2') && native.includes('fma');
+
+t.test(
+  'capped at avx2: no AVX-512 anywhere, the AVX2 linear forced agrees with libtorch',
+  { skip: !avx2 && 'needs AVX2 + FMA' },
+  async (t) => {
+    const model = await ClipModel.load(tinyModel, { device: 'cpu', cpuKernels: 'aten' });
+    let reference: Float32Array[];
+    try {
+      reference = [
+        ...(await model.embedImages(images.map((file) => fs.readFileSync(file)))),
+        ...(await model.embedTexts(texts)),
+      ];
+    } finally {
+      await model.dispose();
+    }
+    const run = runCapped('AVX2', { dtype: 'float32', cpuKernels: 'avx2' });
+    t.notOk(run.error, 'loads');
+    t.same(
+      run.cpuIsa.filter((flag) => /avx512|amx|vnni/.test(flag)),
+      [],
+      'the addon reports no AVX-512, AMX or VNNI',
+    );
+    const kernels = run.info!.cpuKernels!;
+    t.same([kernels.image, kernels.text, kernels.selectedBy], ['avx2', 'avx2', 'option'], 'the avx2 candidate, forced');
+    t.ok(
+      kernels.candidates.includes('avx2') && !kernels.candidates.includes('avx512'),
+      `candidates ${kernels.candidates.join(', ')}`,
+    );
+    t.same(kernels.fusedMlps, { image: 2, text: 2 }, "each MLP as one operator of clip-native's linear");
+    t.equal(kernels.attentionKernel.selectedBy, 'not applicable', 'the attention kernel needs AVX-512F');
+    t.equal(run.vectors!.length, reference.length);
+    const worst = Math.max(...run.vectors!.map((v, i) => maxAbsDiff(v, reference[i])));
+    t.ok(worst <= 1e-5, `max abs diff to the TorchScript reference ${worst}`);
+
+    const auto = runCapped('avx2', { dtype: 'float32' });
+    const chosen = auto.info!.cpuKernels!;
+    t.equal(chosen.selectedBy, 'calibration');
+    t.ok(chosen.candidates.includes(chosen.image) && chosen.candidates.includes(chosen.text), 'auto picks a candidate');
+  },
+);
+
+t.test(
+  'capped at avx512_core: no bfloat16 or VNNI kernels',
+  { skip: !native.includes('avx512f') && 'needs AVX-512F' },
+  async (t) => {
+    const run = runCapped('avx512_core', { dtype: 'bfloat16', cpuKernels: 'fixed' });
+    t.notOk(run.error, 'loads');
+    t.ok(run.cpuIsa.includes('avx512f'), 'AVX-512F stays');
+    t.same(
+      run.cpuIsa.filter((flag) => /bf16|vnni|amx/.test(flag)),
+      [],
+      'no AVX512-BF16, VNNI or AMX',
+    );
+    t.notOk(run.info!.cpuKernels!.candidates.includes('avx512-bf16'), 'no bfloat16 panel kernel among the candidates');
+  },
+);
+
+t.test('a value that is no level is refused at load', async (t) => {
+  const run = runCapped('avx9000', { dtype: 'float32' });
+  t.equal(run.error?.code, 'CLIP_INVALID_ARGUMENT');
+  t.match(run.error?.message, /CLIP_NATIVE_MAX_CPU_ISA/);
+  t.match(run.error?.message, /"avx2"/);
+});
