@@ -314,19 +314,240 @@ __attribute__((target("avx512f"))) void AttentionOne(const T* q, int64_t q_row, 
   const FloatRows vf = AsFloatRows(v, v_row, n, width, s.v);
   Weighted(s.scores.data(), keys, vf.data, vf.row, m, n, width, causal, out, out_row);
 }
+
+// The float32 kernel on AVX2 + FMA (CPUs without AVX-512): the same steps
+// on 8-lane registers. Keys are packed in rounds of 8, tiles are up to 6
+// rows by 2 vectors (16 columns: 12 accumulators, the operand vectors and a
+// broadcast in AVX2's 16 registers).
+
+__attribute__((target("avx2"))) inline float Sum8(__m256 a) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+
+__attribute__((target("avx2"))) inline float Max8(__m256 a) {
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+
+// PackKeys with keys rounded up to 8 (depth a multiple of 8).
+__attribute__((target("avx2"))) void PackKeysAvx2(const float* k, int64_t k_row, int64_t n, int64_t depth, int64_t keys,
+                                                  float* kt) {
+  for (int64_t j0 = 0; j0 < n; j0 += 8) {
+    const int64_t rows = std::min<int64_t>(8, n - j0);
+    for (int64_t d0 = 0; d0 < depth; d0 += 8) {
+      __m256 r[8];
+      for (int64_t t = 0; t < 8; ++t)
+        r[t] = t < rows ? _mm256_loadu_ps(k + (j0 + t) * k_row + d0) : _mm256_setzero_ps();
+      simd::Transpose8(r);
+      for (int64_t t = 0; t < 8; ++t) _mm256_storeu_ps(kt + (d0 + t) * keys + j0, r[t]);
+    }
+  }
+}
+
+template <int R, int NV>
+__attribute__((target("avx2,fma"), always_inline)) inline void TileProductsAvx2(const float* a, int64_t a_row,
+                                                                                const float* b, int64_t b_row,
+                                                                                int64_t inner, __m256 (&acc)[R][NV]) {
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) acc[r][c] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < inner; ++i) {
+    __m256 row[NV];
+    for (int c = 0; c < NV; ++c) row[c] = _mm256_loadu_ps(b + i * b_row + 8 * c);
+    for (int r = 0; r < R; ++r) {
+      const __m256 x = _mm256_broadcast_ss(a + r * a_row + i);
+      for (int c = 0; c < NV; ++c) acc[r][c] = _mm256_fmadd_ps(x, row[c], acc[r][c]);
+    }
+  }
+}
+
+template <int R, int NV>
+__attribute__((target("avx2,fma"))) void ScoresTileAvx2(const float* q, int64_t q_row, const float* kt, int64_t keys,
+                                                        int64_t depth, float scale, float* s, int64_t s_row) {
+  __m256 acc[R][NV];
+  TileProductsAvx2<R, NV>(q, q_row, kt, keys, depth, acc);
+  const __m256 factor = _mm256_set1_ps(scale);
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) _mm256_storeu_ps(s + r * s_row + 8 * c, _mm256_mul_ps(acc[r][c], factor));
+}
+
+template <int R, int NV>
+__attribute__((target("avx2,fma"))) void WeightedTileAvx2(const float* w, int64_t w_row, const float* v, int64_t v_row,
+                                                          int64_t n, float* out, int64_t out_row) {
+  __m256 acc[R][NV];
+  TileProductsAvx2<R, NV>(w, w_row, v, v_row, n, acc);
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) _mm256_storeu_ps(out + r * out_row + 8 * c, acc[r][c]);
+}
+
+// Calls tile<R, NV>() for the run-time rows (1..6) and vectors (1..2).
+template <int R, typename Tile>
+__attribute__((always_inline)) inline void WithVectorsAvx2(int vectors, const Tile& tile) {
+  if (vectors == 1) {
+    tile(std::integral_constant<int, R>{}, std::integral_constant<int, 1>{});
+  } else {
+    tile(std::integral_constant<int, R>{}, std::integral_constant<int, 2>{});
+  }
+}
+template <typename Tile>
+__attribute__((always_inline)) inline void WithShapeAvx2(int rows, int vectors, const Tile& tile) {
+  switch (rows) {
+    case 1:
+      WithVectorsAvx2<1>(vectors, tile);
+      break;
+    case 2:
+      WithVectorsAvx2<2>(vectors, tile);
+      break;
+    case 3:
+      WithVectorsAvx2<3>(vectors, tile);
+      break;
+    case 4:
+      WithVectorsAvx2<4>(vectors, tile);
+      break;
+    case 5:
+      WithVectorsAvx2<5>(vectors, tile);
+      break;
+    default:
+      WithVectorsAvx2<6>(vectors, tile);
+      break;
+  }
+}
+
+constexpr int kTileVectorsAvx2 = 2;
+
+// Scores as Scores computes them (float32), into [m, keys], keys = n
+// rounded up to 8.
+__attribute__((target("avx2,fma"))) void ScoresAvx2(const float* q, int64_t q_row, const float* kt, int64_t m,
+                                                    int64_t n, int64_t depth, float scale, bool causal, float* s) {
+  const int64_t keys = (n + 7) / 8 * 8;
+  for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
+    const int64_t needed = causal ? std::min(n, i0 + rows) : n;
+    for (int64_t j0 = 0; j0 < needed; j0 += 8 * kTileVectorsAvx2) {
+      const int vectors = static_cast<int>(std::min<int64_t>(kTileVectorsAvx2, (needed - j0 + 7) / 8));
+      WithShapeAvx2(rows, vectors, [&](auto r, auto nv) {
+        ScoresTileAvx2<decltype(r)::value, decltype(nv)::value>(q + i0 * q_row, q_row, kt + j0, keys, depth, scale,
+                                                                s + i0 * keys + j0, keys);
+      });
+    }
+  }
+}
+
+// Weighted as Weighted computes it (float32), 16 columns at a time.
+__attribute__((target("avx2,fma"))) void WeightedAvx2(const float* w, int64_t w_row, const float* v, int64_t v_row,
+                                                      int64_t m, int64_t n, int64_t width, bool causal, float* out,
+                                                      int64_t out_row) {
+  for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
+    const int64_t summed = causal ? std::min(n, i0 + rows) : n;
+    for (int64_t c0 = 0; c0 < width; c0 += 8 * kTileVectorsAvx2) {
+      WithShapeAvx2(rows, kTileVectorsAvx2, [&](auto r, auto nv) {
+        WeightedTileAvx2<decltype(r)::value, decltype(nv)::value>(w + i0 * w_row, w_row, v + c0, v_row, summed,
+                                                                  out + i0 * out_row + c0, out_row);
+      });
+    }
+  }
+}
+
+// SoftmaxRow on 8 lanes.
+__attribute__((target("avx2,fma"))) inline void SoftmaxRowAvx2(float* row, int64_t keys, int64_t n) {
+  const __m256 lowest = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 top = lowest;
+  for (int64_t j = 0; j < keys; j += 8) {
+    const __m256i lanes = simd::TailMask8(j, keys);
+    top = _mm256_max_ps(top, _mm256_blendv_ps(lowest, _mm256_maskload_ps(row + j, lanes), _mm256_castsi256_ps(lanes)));
+  }
+  const __m256 row_max = _mm256_set1_ps(Max8(top));
+  __m256 total = _mm256_setzero_ps();
+  for (int64_t j = 0; j < keys; j += 8) {
+    const __m256i lanes = simd::TailMask8(j, keys);
+    const __m256 e = _mm256_and_ps(simd::ExpNonPositive(_mm256_sub_ps(_mm256_maskload_ps(row + j, lanes), row_max)),
+                                   _mm256_castsi256_ps(lanes));
+    _mm256_maskstore_ps(row + j, lanes, e);
+    total = _mm256_add_ps(total, e);
+  }
+  const __m256 inverse = _mm256_set1_ps(1.0f / Sum8(total));
+  for (int64_t j = 0; j < keys; j += 8) {
+    const __m256i lanes = simd::TailMask8(j, keys);
+    _mm256_maskstore_ps(row + j, lanes, _mm256_mul_ps(_mm256_maskload_ps(row + j, lanes), inverse));
+  }
+  for (int64_t j = keys; j < n; ++j) row[j] = 0.0f;
+}
+
+// ScoresOne on AVX2 (float32): returns keys (n rounded up to 8).
+int64_t ScoresOneAvx2(const float* q, int64_t q_row, const float* k, int64_t k_row, int64_t m, int64_t n, int64_t depth,
+                      float scale, bool causal, Scratch& s) {
+  const int64_t keys = (n + 7) / 8 * 8;
+  s.kt.resize(static_cast<size_t>(depth * keys));
+  PackKeysAvx2(k, k_row, n, depth, keys, s.kt.data());
+  s.scores.resize(static_cast<size_t>(m * keys));
+  ScoresAvx2(q, q_row, s.kt.data(), m, n, depth, scale, causal, s.scores.data());
+  return keys;
+}
+
+// AttentionOne on AVX2 (float32).
+void AttentionOneAvx2(const float* q, int64_t q_row, const float* k, int64_t k_row, const float* v, int64_t v_row,
+                      int64_t m, int64_t n, int64_t depth, int64_t width, float scale, bool causal, Scratch& s,
+                      float* out, int64_t out_row) {
+  const int64_t keys = ScoresOneAvx2(q, q_row, k, k_row, m, n, depth, scale, causal, s);
+  for (int64_t i = 0; i < m; ++i) SoftmaxRowAvx2(s.scores.data() + i * keys, causal ? std::min(n, i + 1) : n, n);
+  WeightedAvx2(s.scores.data(), keys, v, v_row, m, n, width, causal, out, out_row);
+}
+
+// The entry points' dispatch: AVX-512 where the CPU has it (float32 and
+// bfloat16), else AVX2 (float32 only: KernelOperands refuses bfloat16 there).
+inline bool UseAvx512() { return GetCpuFeatures().avx512f; }
+
+template <typename T>
+int64_t ScoresOneAny(const T* q, int64_t q_row, const T* k, int64_t k_row, int64_t m, int64_t n, int64_t depth,
+                     float scale, bool causal, Scratch& s) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!UseAvx512()) return ScoresOneAvx2(q, q_row, k, k_row, m, n, depth, scale, causal, s);
+  }
+  return ScoresOne(q, q_row, k, k_row, m, n, depth, scale, causal, s);
+}
+
+template <typename T>
+void WeightedAny(const float* w, int64_t w_row, const float* v, int64_t v_row, int64_t m, int64_t n, int64_t width,
+                 bool causal, T* out, int64_t out_row) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!UseAvx512()) return WeightedAvx2(w, w_row, v, v_row, m, n, width, causal, out, out_row);
+  }
+  Weighted(w, w_row, v, v_row, m, n, width, causal, out, out_row);
+}
+
+template <typename T>
+void AttentionOneAny(const T* q, int64_t q_row, const T* k, int64_t k_row, const T* v, int64_t v_row, int64_t m,
+                     int64_t n, int64_t depth, int64_t width, float scale, bool causal, Scratch& s, T* out,
+                     int64_t out_row) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!UseAvx512()) {
+      return AttentionOneAvx2(q, q_row, k, k_row, v, v_row, m, n, depth, width, scale, causal, s, out, out_row);
+    }
+  }
+  AttentionOne(q, q_row, k, k_row, v, v_row, m, n, depth, width, scale, causal, s, out, out_row);
+}
 #endif
 
 }  // namespace
 
-bool AttentionMatmulAvailable() {
+bool AttentionMatmulAvailable(at::ScalarType dtype) {
 #ifdef CLIP_ATTENTION_KERNEL
-  return GetCpuFeatures().avx512f;
+  const CpuFeatures& cpu = GetCpuFeatures();
+  if (dtype == at::kBFloat16) return cpu.avx512f;
+  return dtype == at::kFloat && (cpu.avx512f || (cpu.avx2 && cpu.fma));
 #else
   return false;
 #endif
 }
 
-bool AttentionMatmulByRule() { return AttentionMatmulAvailable() && !(GetCpuFeatures().intel && at::hasMKL()); }
+bool AttentionMatmulByRule(at::ScalarType dtype) {
+  return AttentionMatmulAvailable(dtype) && !(GetCpuFeatures().intel && at::hasMKL());
+}
 
 namespace {
 
@@ -347,7 +568,7 @@ double BestMicroseconds(const Run& run) {
 
 AttentionMatmulTimings MeasureAttentionMatmul(at::ScalarType dtype) {
   AttentionMatmulTimings timings;
-  if (!AttentionMatmulAvailable()) return timings;
+  if (!AttentionMatmulAvailable(dtype)) return timings;
   at::NoGradGuard no_grad;
   auto generator = at::detail::createCPUGenerator(/*seed_val=*/7);
   for (int64_t tokens : {50, 8}) {
@@ -387,7 +608,7 @@ at::Tensor ReferenceAttentionMatmul(const at::Tensor& a, const at::Tensor& b, do
 // bfloat16 alike, strided CPU tensors, no autograd.
 bool KernelOperands(std::initializer_list<const at::Tensor*> operands) {
   const at::ScalarType type = (*operands.begin())->scalar_type();
-  if (type != at::kFloat && type != at::kBFloat16) return false;
+  if (!AttentionMatmulAvailable(type)) return false;
   for (const at::Tensor* t : operands) {
     if (t->scalar_type() != type || !t->device().is_cpu() || t->layout() != at::kStrided || t->requires_grad()) {
       return false;
@@ -403,7 +624,7 @@ at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b, double scal
 #ifdef CLIP_ATTENTION_KERNEL
   const bool shapes = a.dim() == 4 && b.dim() == 4 && a.size(0) == b.size(0) && a.size(1) == b.size(1) &&
                       a.size(3) == b.size(2) && a.size(2) <= kMaxAttentionRows && a.numel() > 0 && b.numel() > 0;
-  if (shapes && KernelOperands({&a, &b}) && a.stride(3) == 1 && AttentionMatmulAvailable()) {
+  if (shapes && KernelOperands({&a, &b}) && a.stride(3) == 1) {
     const int64_t batch = a.size(0), heads = a.size(1), m = a.size(2), depth = a.size(3), n = b.size(3);
     // Scores: b is k^T, k's rows (b's columns) contiguous. The causal mask
     // is applied here only when it covers the scores exactly.
@@ -434,7 +655,7 @@ at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b, double scal
             const auto* y = bp + i * b0 + h * b1;
             T* o = op + i * o0 + h * o1;
             if (scores) {
-              const int64_t keys = ScoresOne(x, a_row, y, b.stride(3), m, n, depth, scale_f, causal, s);
+              const int64_t keys = ScoresOneAny(x, a_row, y, b.stride(3), m, n, depth, scale_f, causal, s);
               for (int64_t r = 0; r < m; ++r) {
                 const int64_t limit = causal ? std::min(n, r + 1) : n;
                 for (int64_t c = 0; c < limit; ++c) o[r * o_row + c] = T(s.scores[r * keys + c]);
@@ -443,7 +664,7 @@ at::Tensor AttentionMatmul(const at::Tensor& a, const at::Tensor& b, double scal
             } else {
               const FloatRows w = AsFloatRows(x, a_row, m, depth, s.q);
               const FloatRows v = AsFloatRows(y, b.stride(2), depth, n, s.v);
-              Weighted(w.data, w.row, v.data, v.row, m, depth, n, /*causal=*/false, o, o_row);
+              WeightedAny(w.data, w.row, v.data, v.row, m, depth, n, /*causal=*/false, o, o_row);
             }
           }
         });
@@ -469,8 +690,7 @@ at::Tensor Attention(const at::Tensor& q, const at::Tensor& k_t, const at::Tenso
                       v.numel() > 0 && q.size(2) <= kMaxAttentionRows && v.size(2) <= kMaxAttentionRows &&
                       q.size(3) % 16 == 0 && v.size(3) % 16 == 0 && v.size(3) <= 64 &&
                       (causal_length < 0 || (causal_length == q.size(2) && causal_length == v.size(2)));
-  if (shapes && KernelOperands({&q, &k_t, &v}) && q.stride(3) == 1 && k_t.stride(2) == 1 && v.stride(3) == 1 &&
-      AttentionMatmulAvailable()) {
+  if (shapes && KernelOperands({&q, &k_t, &v}) && q.stride(3) == 1 && k_t.stride(2) == 1 && v.stride(3) == 1) {
     const int64_t batch = q.size(0), heads = q.size(1), m = q.size(2), depth = q.size(3);
     const int64_t n = v.size(2), width = v.size(3);
     // Written as [batch, m, heads, width], as AttentionMatmul writes the
@@ -482,9 +702,10 @@ at::Tensor Attention(const at::Tensor& q, const at::Tensor& k_t, const at::Tenso
         Scratch scratch;
         for (int64_t bh = first; bh < last; ++bh) {
           const int64_t i = bh / heads, h = bh % heads;
-          AttentionOne(qp + i * q.stride(0) + h * q.stride(1), q.stride(2), kp + i * k_t.stride(0) + h * k_t.stride(1),
-                       k_t.stride(3), vp + i * v.stride(0) + h * v.stride(1), v.stride(2), m, n, depth, width, scale_f,
-                       causal_length >= 0, scratch, op + i * out.stride(0) + h * out.stride(1), out.stride(2));
+          AttentionOneAny(qp + i * q.stride(0) + h * q.stride(1), q.stride(2),
+                          kp + i * k_t.stride(0) + h * k_t.stride(1), k_t.stride(3),
+                          vp + i * v.stride(0) + h * v.stride(1), v.stride(2), m, n, depth, width, scale_f,
+                          causal_length >= 0, scratch, op + i * out.stride(0) + h * out.stride(1), out.stride(2));
         }
       });
     };
@@ -546,7 +767,7 @@ at::Tensor PackedAttention(const at::Tensor& qkv, const at::Tensor& pad_map, con
   const int64_t width = heads > 0 && qkv.dim() == 2 && qkv.size(1) % (3 * heads) == 0 ? qkv.size(1) / 3 : -1;
   const int64_t depth = width > 0 ? width / heads : -1;
   if (causal && width > 0 && depth % 16 == 0 && depth <= 64 && length <= kMaxAttentionRows && rows > 0 &&
-      KernelOperands({&qkv}) && qkv.stride(1) == 1 && AttentionMatmulAvailable()) {
+      KernelOperands({&qkv}) && qkv.stride(1) == 1) {
     const std::vector<std::pair<int64_t, int64_t>> segments = PackedSegments(pad_map, pack_map, batch, length, rows);
     if (!segments.empty()) {
       at::Tensor out = at::empty({rows, width}, qkv.options());
@@ -559,8 +780,8 @@ at::Tensor PackedAttention(const at::Tensor& qkv, const at::Tensor& pad_map, con
             const auto [row, count] = segments[static_cast<size_t>(th / heads)];
             const int64_t h = th % heads;
             const auto* q = base + row * in_row + h * depth;
-            AttentionOne(q, in_row, q + width, in_row, q + 2 * width, in_row, count, count, depth, depth, scale_f,
-                         /*causal=*/true, scratch, op + row * out_row + h * depth, out_row);
+            AttentionOneAny(q, in_row, q + width, in_row, q + 2 * width, in_row, count, count, depth, depth, scale_f,
+                            /*causal=*/true, scratch, op + row * out_row + h * depth, out_row);
           }
         });
       };

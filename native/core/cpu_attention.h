@@ -5,7 +5,8 @@
 // calls, which on AMD CPUs take MKL's generic path, and bfloat16 ones as
 // oneDNN matmuls; for these small products AVX-512 register tiles (k packed
 // transposed per image and head, 6 rows by 64 columns of FMAs) were 2-4x
-// faster than either on an AMD EPYC (Zen 5; bench/optimizations.md). Where
+// faster than either on an AMD EPYC (Zen 5; bench/optimizations.md); CPUs
+// without AVX-512 take the same tiles on AVX2 + FMA (float32). Where
 // MKL takes its tuned path the kernel may lose, so whether a model uses it
 // is decided per machine (model.cc).
 #ifndef CLIP_NATIVE_CORE_CPU_ATTENTION_H_
@@ -15,13 +16,14 @@
 
 namespace clip {
 
-// True when the kernel can run here (x86-64 with AVX-512F).
-bool AttentionMatmulAvailable();
+// True when the kernel can run here on operands of `dtype`: float32 on
+// x86-64 with AVX-512F or AVX2 + FMA, bfloat16 with AVX-512F.
+bool AttentionMatmulAvailable(at::ScalarType dtype = at::kFloat);
 
 // The choice without measuring, the same in every process on a machine and
 // libtorch: the kernel where it can run, except on Intel CPUs with a libtorch
 // whose matmul is MKL's (there MKL's sgemm takes its tuned path).
-bool AttentionMatmulByRule();
+bool AttentionMatmulByRule(at::ScalarType dtype = at::kFloat);
 
 // Microseconds of one attention layer (scaled scores, softmax, weighted sum)
 // on the kernel (Attention) and on aten's operators, summed over the shapes

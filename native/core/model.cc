@@ -1043,7 +1043,10 @@ bool RunArchivesAsLoaded(Precision precision) {
 void ChooseAttentionKernel(Precision precision, bool measure, CpuKernelChoice* choice) {
   const std::optional<bool> forced = SwitchFromEnvironment("CLIP_NATIVE_ATTENTION_KERNEL");
   choice->attention_kernel = false;
-  if (!AttentionMatmulAvailable()) {
+  // bfloat16 graphs run the products in bfloat16 (onednn-bf16) or on the
+  // bfloat16 outputs of the linears (onednn): decided and measured in that type.
+  const at::ScalarType dtype = precision == Precision::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  if (!AttentionMatmulAvailable(dtype)) {
     choice->attention_selected_by = "not applicable";
     return;
   }
@@ -1053,13 +1056,10 @@ void ChooseAttentionKernel(Precision precision, bool measure, CpuKernelChoice* c
     return;
   }
   if (!measure) {
-    choice->attention_kernel = AttentionMatmulByRule();
+    choice->attention_kernel = AttentionMatmulByRule(dtype);
     choice->attention_selected_by = "rule";
     return;
   }
-  // bfloat16 graphs run the products in bfloat16 (onednn-bf16) or on the
-  // bfloat16 outputs of the linears (onednn): measured in that type.
-  const at::ScalarType dtype = precision == Precision::kBFloat16 ? at::kBFloat16 : at::kFloat;
   static std::mutex mutex;
   static std::map<at::ScalarType, AttentionMatmulTimings> measured;
   AttentionMatmulTimings timings;

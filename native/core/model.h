@@ -85,7 +85,8 @@ struct CpuKernelChoice {
   // Whether the oneDNN and int8 candidates' graphs take that kernel, and how
   // that was decided: "measurement" (a calibrating load; the two microsecond
   // figures are set), "rule" (a fixed or named candidate), "environment"
-  // (CLIP_NATIVE_ATTENTION_KERNEL) or "not applicable" (no AVX-512F).
+  // (CLIP_NATIVE_ATTENTION_KERNEL) or "not applicable" (neither AVX-512F nor
+  // AVX2 + FMA; for bfloat16, no AVX-512F).
   bool attention_kernel = false;
   std::string attention_selected_by;
   double attention_kernel_us = -1;

@@ -41,6 +41,15 @@ t.test('attention_test under AddressSanitizer', async (t) => {
   run(t, 'attention_test_asan', [], { ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1' });
 });
 
+// The same cases on the AVX2 tiles, which a CPU without AVX-512 runs (bfloat16 operands then take aten's path).
+t.test('attention_test on AVX2 + FMA (CLIP_NATIVE_MAX_CPU_ISA=avx2)', async (t) => {
+  run(t, 'attention_test', [], { CLIP_NATIVE_MAX_CPU_ISA: 'avx2' });
+});
+
+t.test('attention_test on AVX2 + FMA under AddressSanitizer', async (t) => {
+  run(t, 'attention_test_asan', [], { CLIP_NATIVE_MAX_CPU_ISA: 'avx2', ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1' });
+});
+
 t.test('linear_test', async (t) => {
   run(t, 'linear_test', []);
 });

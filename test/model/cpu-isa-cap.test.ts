@@ -75,7 +75,14 @@ t.test(
       `candidates ${kernels.candidates.join(', ')}`,
     );
     t.same(kernels.fusedMlps, { image: 2, text: 2 }, "each MLP as one operator of clip-native's linear");
-    t.equal(kernels.attentionKernel.selectedBy, 'not applicable', 'the attention kernel needs AVX-512F');
+    // The attention's float32 tiles run on AVX2 as well (the rule takes them on a CPU that is not Intel's).
+    t.equal(kernels.attentionKernel.selectedBy, 'rule', 'the attention kernel chosen by rule');
+    const ownAttention = kernels.attentionKernel.kernel;
+    t.same(
+      [kernels.fusedAttentions, kernels.packedAttentions],
+      [{ image: ownAttention ? 2 : 0, text: ownAttention ? 2 : 0 }, ownAttention ? 2 : 0],
+      'attention layers fused where the kernel runs',
+    );
     t.equal(run.vectors!.length, reference.length);
     const worst = Math.max(...run.vectors!.map((v, i) => maxAbsDiff(v, reference[i])));
     t.ok(worst <= 1e-5, `max abs diff to the TorchScript reference ${worst}`);
@@ -92,6 +99,12 @@ t.test(
   { skip: !native.includes('avx512f') && 'needs AVX-512F' },
   async (t) => {
     const run = runCapped('avx512_core', { dtype: 'bfloat16', cpuKernels: 'fixed' });
+    const bf16Attention = runCapped('avx2', { dtype: 'bfloat16', cpuKernels: 'fixed' });
+    t.equal(
+      bf16Attention.info?.cpuKernels?.attentionKernel.selectedBy,
+      'not applicable',
+      'capped at avx2: no attention kernel for bfloat16 products',
+    );
     t.notOk(run.error, 'loads');
     t.ok(run.cpuIsa.includes('avx512f'), 'AVX-512F stays');
     t.same(

@@ -43,6 +43,13 @@ async function embedAll(options: {
   }
 }
 
+/** Whether clip-native's attention kernel can run on this CPU for `dtype`'s graphs (cpu_attention.h). */
+function attentionApplies(dtype: DType): boolean {
+  const isa = binding().cpuIsa;
+  if (dtype === 'bfloat16') return isa.includes('avx512f');
+  return isa.includes('avx512f') || (isa.includes('avx2') && isa.includes('fma'));
+}
+
 const REQUIRED: Record<string, { cosine?: number; maxAbsDiff?: number }> = {
   float32: { maxAbsDiff: 1e-5 },
   bfloat16: { cosine: 0.999 },
@@ -59,8 +66,8 @@ t.test('every candidate of every CPU dtype, forced, agrees with float32 through 
     const candidates = auto.info.cpuKernels!.candidates;
     t.ok(candidates.length >= 1, `${dtype}: candidates ${candidates.join(', ')}`);
     // Each candidate with the attention kernel forced on and off (cpu_attention.h; it applies where the CPU has
-    // AVX-512F, so elsewhere both runs take libtorch's matmul).
-    const applies = binding().cpuIsa.includes('avx512f');
+    // AVX-512F, or for float32 products AVX2 + FMA, so elsewhere both runs take libtorch's matmul).
+    const applies = attentionApplies(dtype);
     for (const [name, attentionKernel] of candidates.flatMap((n) => [[n, '1'] as const, [n, '0'] as const])) {
       const run = await embedAll({ dtype, cpuKernels: name, attentionKernel });
       const label = `${dtype}/${name}, attention kernel ${attentionKernel}`;
@@ -132,7 +139,6 @@ t.test('auto calibrates among the candidates and reports what it measured', asyn
 
 t.test('fixed takes the first candidate without measuring, and the attention kernel by rule', async (t) => {
   t.teardown(setEnv('CLIP_NATIVE_ATTENTION_KERNEL', undefined));
-  const avx512 = binding().cpuIsa.includes('avx512f');
   const intel = /^vendor_id\s*:\s*GenuineIntel$/m.test(fs.readFileSync('/proc/cpuinfo', 'utf8'));
   for (const dtype of ['float32', 'bfloat16', 'int8'] as const) {
     const model = await ClipModel.load(tinyModel, { device: 'cpu', dtype, cpuKernels: 'fixed' });
@@ -148,7 +154,7 @@ t.test('fixed takes the first candidate without measuring, and the attention ker
       t.same(kernels.candidates, dot ? ['onednn', 'fbgemm'] : ['fbgemm', 'onednn'], 'int8: the order of the engines');
     }
     const attention = kernels.attentionKernel;
-    if (!avx512) {
+    if (!attentionApplies(dtype)) {
       t.same([attention.kernel, attention.selectedBy], [false, 'not applicable'], `${dtype}: attention kernel`);
     } else {
       t.equal(attention.selectedBy, 'rule', `${dtype}: attention kernel by rule`);
@@ -176,7 +182,7 @@ t.test('auto measures the attention kernel against libtorch once per process and
     await second.dispose();
   });
   const attention = first.info.cpuKernels!.attentionKernel;
-  if (!binding().cpuIsa.includes('avx512f')) {
+  if (!attentionApplies('float32')) {
     t.equal(attention.selectedBy, 'not applicable');
     return;
   }

@@ -5,7 +5,9 @@
 // and caption attention, views into a QKV projection's output), the shapes
 // it hands to aten (odd widths, more rows than it takes, a mask that does not
 // cover the scores), and the layout of the weighted sum. On a CPU without
-// AVX-512F every case runs the aten path and must agree all the same.
+// AVX-512F (or run with CLIP_NATIVE_MAX_CPU_ISA=avx2) the float32 cases run
+// the AVX2 tiles and the bfloat16 ones the aten path; without AVX2 + FMA
+// every case runs the aten path, and all must agree all the same.
 // Prints one line per failure, then "N passed, M failed"; exits non-zero on
 // any failure.
 
