@@ -24,6 +24,9 @@ struct CpuFeatures {
   // Integer dot products that accumulate in 32 bits (no 16-bit saturation of
   // u8 x s8 pairs), so dynamically quantized activations may use all 8 bits.
   bool int8_dot() const { return avx512_vnni || avx_vnni || amx_int8; }
+  // Products of bfloat16 pairs in hardware (AVX512-BF16 or AMX-BF16);
+  // elsewhere libtorch widens bfloat16 to float32 around every product.
+  bool bf16_dot() const { return avx512_bf16 || amx_bf16; }
   // The flags above that are set, by their /proc/cpuinfo names.
   std::vector<std::string> Names() const;
 };

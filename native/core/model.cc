@@ -1044,8 +1044,11 @@ void ChooseAttentionKernel(Precision precision, bool measure, CpuKernelChoice* c
   const std::optional<bool> forced = SwitchFromEnvironment("CLIP_NATIVE_ATTENTION_KERNEL");
   choice->attention_kernel = false;
   // bfloat16 graphs run the products in bfloat16 (onednn-bf16) or on the
-  // bfloat16 outputs of the linears (onednn): decided and measured in that type.
-  const at::ScalarType dtype = precision == Precision::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  // bfloat16 outputs of the linears (onednn): decided and measured in that
+  // type, except on a CPU without bfloat16 products, whose bfloat16 loads
+  // run float32 first (CpuKernelCandidates).
+  const at::ScalarType dtype =
+      precision == Precision::kBFloat16 && GetCpuFeatures().bf16_dot() ? at::kBFloat16 : at::kFloat;
   if (!AttentionMatmulAvailable(dtype)) {
     choice->attention_selected_by = "not applicable";
     return;
@@ -1091,10 +1094,26 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
       if (panel) return {"aten", panel};
       return {"aten"};
     }
-    case Precision::kBFloat16:
-      if (onednn && PanelLinearBf16Available()) return {"onednn", "onednn-bf16", "avx512-bf16"};
-      if (onednn) return {"onednn", "onednn-bf16"};
-      return {"autocast"};
+    case Precision::kBFloat16: {
+      std::vector<std::string> names;
+      if (onednn && PanelLinearBf16Available()) {
+        names = {"onednn", "onednn-bf16", "avx512-bf16"};
+      } else if (onednn) {
+        names = {"onednn", "onednn-bf16"};
+      } else {
+        names = {"autocast"};
+      }
+      // Without bfloat16 products in hardware, libtorch's bfloat16 linears
+      // ran 2.7-3x slower than clip-native's float32 one (AVX-512 without
+      // BF16) and 5x (AVX2): there that float32 kernel comes first (what
+      // `fixed` takes), with float32's embeddings, which are within any
+      // bound set for bfloat16's.
+      if (!GetCpuFeatures().bf16_dot()) {
+        const char* panel = PanelLinearAvailable() ? "avx512" : PanelLinearAvx2Available() ? "avx2" : nullptr;
+        if (panel) names.insert(names.begin(), panel);
+      }
+      return names;
+    }
     case Precision::kInt8: {
       if (!Int8Available()) return {};
       // First (what `fixed` takes): oneDNN where the CPU has 32-bit integer
