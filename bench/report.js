@@ -167,10 +167,15 @@ function kernelLines(report) {
       Object.entries(ms ?? {})
         .map(([name, v]) => `${name} ${fmt(v, 2)}`)
         .join(', ');
+    const image = measured(k.imageMsPerItem);
+    const text = measured(k.textMsPerItem);
+    // A calibration that built one candidate only (the others failed to build here or disagreed) times nothing.
     const timing =
-      k.selectedBy === 'calibration'
-        ? ` (ms per item at load: image ${measured(k.imageMsPerItem)}; text ${measured(k.textMsPerItem)})`
-        : '';
+      k.selectedBy !== 'calibration'
+        ? ''
+        : image || text
+          ? ` (ms per item at load: image ${image || '—'}; text ${text || '—'})`
+          : ' (the only candidate that built here: not timed)';
     return (
       `- ${id}: image \`${k.image}\`, text \`${k.text}\`, chosen by ${k.selectedBy} among ` +
       `${k.candidates.join(', ')}${timing}`

@@ -511,6 +511,7 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const float* xt, const float* 
   const float* x = xt;
   const char* ahead = next.lines;
   for (int64_t k = 0; k < k_size; ++k, p += kPanelAvx2, x += kRows, ahead += next.step) {
+    // 1.5 KB ahead, as the AVX-512 tiles (3 KB measured no faster on Zen 4).
     _mm_prefetch(reinterpret_cast<const char*>(p + kPanelAvx2 * 24), _MM_HINT_T0);
     _mm_prefetch(ahead, _MM_HINT_T0);
     const __m256 w0 = _mm256_load_ps(p);

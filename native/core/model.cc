@@ -1103,11 +1103,11 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
       } else {
         names = {"autocast"};
       }
-      // Without bfloat16 products in hardware, libtorch's bfloat16 linears
-      // ran 2.7-3x slower than clip-native's float32 one (AVX-512 without
-      // BF16) and 5x (AVX2): there that float32 kernel comes first (what
-      // `fixed` takes), with float32's embeddings, which are within any
-      // bound set for bfloat16's.
+      // Without bfloat16 products in hardware, whole encoders on libtorch's
+      // bfloat16 linears ran 2.7-2.9x slower than on clip-native's float32
+      // one (AVX-512 without BF16) and 3-5x (AVX2): there that float32
+      // kernel comes first (what `fixed` takes), with float32's embeddings,
+      // which are within any bound set for bfloat16's.
       if (!GetCpuFeatures().bf16_dot()) {
         const char* panel = PanelLinearAvailable() ? "avx512" : PanelLinearAvx2Available() ? "avx2" : nullptr;
         if (panel) names.insert(names.begin(), panel);
