@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu_features.h"
 #include "errors.h"
 
 #if defined(__SSE2__)
@@ -527,9 +528,8 @@ void ResampleVertical(const uint8_t* rows, size_t row_stride, int row_origin, in
 
 bool ResampleAvx512Supported() {
 #if defined(CLIP_RESAMPLE_AVX512)
-  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi");
-  return supported;
+  // CpuFeatures: what the OS saves the registers of, under CLIP_NATIVE_MAX_CPU_ISA.
+  return GetCpuFeatures().avx512f && GetCpuFeatures().avx512_vbmi;
 #else
   return false;
 #endif

@@ -48,6 +48,7 @@ CpuFeatures Detect() {
   f.fma = ymm && ((r1[2] >> 12) & 1);
   f.avx512f = zmm && ((r7[1] >> 16) & 1);
   f.avx512_vnni = zmm && ((r7[2] >> 11) & 1);
+  f.avx512_vbmi = zmm && ((r7[1] >> 30) & 1) && ((r7[1] >> 31) & 1) && ((r7[2] >> 1) & 1);
   f.avx512_bf16 = zmm && ((r71[0] >> 5) & 1);
   f.avx_vnni = ymm && ((r71[0] >> 4) & 1);
   // Linux hands out AMX tile state on request (arch_prctl); libtorch's
@@ -86,6 +87,9 @@ CpuFeatures Capped(CpuFeatures f, int level) {
   if (level < 0) return f;
   if (level < 1) f.avx512f = false;
   if (level < 2 || !f.avx512f) f.avx512_vnni = false;
+  // VBMI came with Ice Lake / Zen 4, after the levels below AMX's (Skylake,
+  // Cascade Lake and Cooper Lake lack it).
+  if (level < 4 || !f.avx512f) f.avx512_vbmi = false;
   if (level < 3 || !f.avx512f) f.avx512_bf16 = false;
   if (level < 4 || !f.avx512f) f.amx_bf16 = f.amx_int8 = false;
   // AVX-VNNI (oneDNN's level "avx2_vnni", above "avx2").
@@ -121,6 +125,7 @@ std::vector<std::string> CpuFeatures::Names() const {
   if (avx512f) names.emplace_back("avx512f");
   if (avx512_bf16) names.emplace_back("avx512_bf16");
   if (avx512_vnni) names.emplace_back("avx512_vnni");
+  if (avx512_vbmi) names.emplace_back("avx512_vbmi");
   if (avx_vnni) names.emplace_back("avx_vnni");
   if (amx_bf16) names.emplace_back("amx_bf16");
   if (amx_int8) names.emplace_back("amx_int8");

@@ -1,5 +1,6 @@
-// What the CPU running this process can do, for choosing inference kernels
-// and for reporting the machine next to benchmark figures.
+// What the CPU running this process can do, for choosing inference and
+// image preparation kernels and for reporting the machine next to benchmark
+// figures. Torch-free (clip_prep), so the preparation code shares the cap.
 #ifndef CLIP_NATIVE_CORE_CPU_FEATURES_H_
 #define CLIP_NATIVE_CORE_CPU_FEATURES_H_
 
@@ -14,6 +15,9 @@ struct CpuFeatures {
   bool avx512f = false;
   bool avx512_bf16 = false;
   bool avx512_vnni = false;
+  // AVX-512 BW + VL + VBMI (byte permutes), which the image resampler's
+  // AVX-512 passes need (resample.cc).
+  bool avx512_vbmi = false;
   bool avx_vnni = false;
   bool amx_bf16 = false;
   bool amx_int8 = false;
