@@ -1096,9 +1096,12 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
     }
     case Precision::kBFloat16: {
       std::vector<std::string> names;
-      if (onednn && PanelLinearBf16Available()) {
+      // oneDNN's bfloat16 inner products need AVX-512 (BW, VL, DQ) or
+      // AVX-NE-CONVERT; without them both oneDNN candidates fail to build.
+      const bool onednn_bf16 = onednn && GetCpuFeatures().avx512f;
+      if (onednn_bf16 && PanelLinearBf16Available()) {
         names = {"onednn", "onednn-bf16", "avx512-bf16"};
-      } else if (onednn) {
+      } else if (onednn_bf16) {
         names = {"onednn", "onednn-bf16"};
       } else {
         names = {"autocast"};
