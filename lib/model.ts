@@ -53,11 +53,12 @@ export interface LoadOptions {
    * How the CPU encoders run: `auto` (default) times each candidate of the dtype at load and keeps the fastest
    * per encoder; `fixed` takes the first candidate without measuring, so every process on a machine makes the
    * same choice (the bits of an embedding can depend on the kernel: the batch command uses it); a candidate's
-   * name forces it (`info.cpuKernels.candidates` lists them: float32 `onednn`, `avx512`, `aten` (libtorch 1.13:
-   * `aten`, `avx512`); bfloat16
-   * `onednn`, `onednn-bf16`, `avx512-bf16`; int8 `onednn`, `fbgemm` on CPUs with VNNI or AMX-INT8, else
-   * `fbgemm`, `onednn`). The environment variable `CLIP_NATIVE_CPU_KERNELS` does the same when this option is
-   * absent. Ignored on CUDA.
+   * name forces it (`info.cpuKernels.candidates` lists them: float32 `onednn`, `avx512` (`avx2` on CPUs without
+   * AVX-512), `aten` (libtorch 1.13: `aten`, `avx512` or `avx2`); bfloat16 `onednn`, `onednn-bf16`,
+   * `avx512-bf16`, and on CPUs without bfloat16 products (no AVX512-BF16 or AMX) the float32 `avx512` or `avx2`
+   * first; int8 `onednn`, `fbgemm` on CPUs with VNNI or AMX-INT8, else `fbgemm`, `onednn`). The environment
+   * variable `CLIP_NATIVE_CPU_KERNELS` does the same when this option is absent; `CLIP_NATIVE_MAX_CPU_ISA` caps the
+   * instruction set the candidates may use. Ignored on CUDA.
    */
   cpuKernels?: string;
   /** Largest image batch. Default 16 on CPU, 128 on CUDA. */

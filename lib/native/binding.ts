@@ -85,7 +85,7 @@ export interface NativeCpuKernels {
   textMsPerItem: Record<string, number>;
   /**
    * How many attention products (scores and weighted sums) of each chosen encoder run on clip-native's own
-   * AVX-512 kernel instead of libtorch's matmul (0 where `attentionKernel.kernel` is false).
+   * AVX-512 or AVX2 kernel instead of libtorch's matmul (0 where `attentionKernel.kernel` is false).
    */
   attentionMatmuls: { image: number; text: number };
   /**
@@ -95,8 +95,8 @@ export interface NativeCpuKernels {
   fusedAttentions: { image: number; text: number };
   /**
    * How many MLPs (linear, QuickGELU, linear) of each chosen encoder run as one operator of clip-native's own linear
-   * (the `avx512` and `avx512-bf16` candidates), which hands the hidden rows to the second linear in the layout it
-   * reads instead of copying them again.
+   * (the `avx512`, `avx2` and `avx512-bf16` candidates), which hands the hidden rows to the second linear in the
+   * layout it reads instead of copying them again.
    */
   fusedMlps: { image: number; text: number };
   /**
@@ -104,7 +104,8 @@ export interface NativeCpuKernels {
    * calibrating load: both ways timed once per process and dtype on ViT-B/32's shapes; the two figures are
    * microseconds of one layer's scaled scores, softmax and weighted sum, summed over 50 and 8 tokens),
    * `rule` (`cpuKernels: 'fixed'` or a named candidate: the kernel except on Intel CPUs with MKL, the same in
-   * every process), `environment` (`CLIP_NATIVE_ATTENTION_KERNEL` 1 or 0) or `not applicable` (no AVX-512F).
+   * every process), `environment` (`CLIP_NATIVE_ATTENTION_KERNEL` 1 or 0) or `not applicable` (neither AVX-512F
+   * nor AVX2 + FMA; for bfloat16 products, no AVX-512F).
    */
   attentionKernel: {
     kernel: boolean;
