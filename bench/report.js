@@ -94,7 +94,8 @@ function isaLine(m) {
   if (!m.maxCpuIsa) return line;
   return (
     `${line}; **clip-native capped at \`${m.maxCpuIsa}\`** by CLIP_NATIVE_MAX_CPU_ISA (its own kernels, ` +
-    "libtorch's oneDNN and ATen; onnxruntime-node and FBGEMM still use everything the CPU has)"
+    "libtorch's oneDNN and ATen, whose caps PyTorch's worker inherits; onnxruntime-node, FBGEMM and MKL still " +
+    'use everything the CPU has)'
   );
 }
 
