@@ -831,7 +831,8 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
   if (precision == Precision::kInt8) {
     encoder.module = torch::jit::freeze(archive);
     const at::QEngine engine = name == "fbgemm" ? at::QEngine::FBGEMM : at::QEngine::ONEDNN;
-    const bool reduce_range = engine == at::QEngine::FBGEMM && !GetCpuFeatures().int8_dot();
+    // Both engines' u8 x s8 products saturate at 16 bits without VNNI.
+    const bool reduce_range = !GetCpuFeatures().int8_dot();
     if (RewriteLinearsForInt8(encoder.module.get_method("forward").graph(), engine, reduce_range) == 0) {
       throw std::runtime_error("no linear layer with constant weights to quantize");
     }
