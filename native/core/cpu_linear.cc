@@ -760,18 +760,20 @@ at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10:
   const int64_t k = x.size(-1);
   RowsIn in(x, out_features);
 #ifdef CLIP_PANEL_KERNEL
+  const bool avx2 = packed.size(2) == kPanelAvx2;
+  const std::vector<RowTile> tiles = SplitRows(in.m, avx2 ? kTileAvx2 : kTile);
   const float* xp = in.rows.data_ptr<float>();
   const float* pp = packed.data_ptr<float>();
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = in.y.data_ptr<float>();
-  if (packed.size(2) == kPanelAvx2) {
-    RunPanels<Isa::kAvx2>(xp, k, SplitRows(in.m, kTileAvx2), packed.size(0),
+  if (avx2) {
+    RunPanels<Isa::kAvx2>(xp, k, tiles, packed.size(0),
                           [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
                             PanelsAvx2(copy, group, k, pp, bp, out_features, yp, first, last, swish);
                           });
     return in.y.view(in.shape);
   }
-  RunPanels<Isa::kAvx512>(xp, k, SplitRows(in.m, kTile), packed.size(0),
+  RunPanels<Isa::kAvx512>(xp, k, tiles, packed.size(0),
                           [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
                             Panels(copy, group, k, pp, bp, out_features, yp, first, last, swish);
                           });
@@ -801,7 +803,8 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
   const int64_t k = x.size(-1);
   RowsIn in(x, out_features);
 #ifdef CLIP_PANEL_KERNEL
-  const std::vector<RowTile> tiles = SplitRows(in.m, kTile);
+  const bool avx2 = !bfloat16 && packed1.size(2) == kPanelAvx2;
+  const std::vector<RowTile> tiles = SplitRows(in.m, avx2 ? kTileAvx2 : kTile);
   if (bfloat16) {
     const int64_t pairs = k / 2;
     const int64_t hidden_pairs = hidden / 2;
@@ -826,9 +829,9 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
     const float* b1 = bias1 ? bias1->data_ptr<float>() : nullptr;
     const float* b2 = bias2 ? bias2->data_ptr<float>() : nullptr;
     float* yp = in.y.data_ptr<float>();
-    if (packed1.size(2) == kPanelAvx2) {
+    if (avx2) {
       RunChained<Isa::kAvx2>(
-          xp, k, hidden, SplitRows(in.m, kTileAvx2), packed1.size(0), packed2.size(0),
+          xp, k, hidden, tiles, packed1.size(0), packed2.size(0),
           [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, float* h) {
             PanelsAvx2(copy, group, k, p1, b1, hidden, h, first, last, true, true);
           },

@@ -1,11 +1,11 @@
 // clip-native's own linear on AVX-512 (float32), AVX512-BF16 and AVX2 + FMA
 // (float32), on weights packed at load into panels of 32 output features
-// (16 on AVX2). It was made for few rows
-// (the text encoder at batch 1-4 runs 7-64 rows against every weight matrix,
-// where oneDNN's blocked kernels leave much of the CPU unused) and blocks
-// larger inputs so that it keeps level with oneDNN on them (an image is 50
-// rows; eight are 400). The "avx512" and "avx512-bf16" candidates of the
-// model (model.h) run every linear on it.
+// (16 on AVX2). It was made for few rows (the text encoder at batch 1-4
+// runs 7-64 rows against every weight matrix, where oneDNN's blocked
+// kernels leave much of the CPU unused) and blocks larger inputs so that it
+// keeps level with oneDNN on them (an image is 50 rows; eight are 400). The
+// "avx512", "avx2" and "avx512-bf16" candidates of the model (model.h) run
+// every linear on it.
 #ifndef CLIP_NATIVE_CORE_CPU_LINEAR_H_
 #define CLIP_NATIVE_CORE_CPU_LINEAR_H_
 
@@ -75,9 +75,10 @@ constexpr int64_t kPerThreadCopyRows = 64;
 // the tile count, at most step_bytes) each prefetch one slice of the next
 // panel: tile `tile` prefetches the line holding byte offset + k * step of
 // it at its step k of `k_steps`, and the slices together reach every line
-// of the next panel's k_steps * step_bytes bytes and nothing past them. offset -1: the tile prefetches only inside its
-// own panel (the others, and a tile alone, which is bound by memory and measured slower with the whole next panel
-// fetched beside it).
+// of the next panel's k_steps * step_bytes bytes and nothing past them.
+// offset -1: the tile prefetches only inside its own panel (the others,
+// and a tile alone, which is bound by memory and measured slower with the
+// whole next panel fetched beside it).
 constexpr int64_t kPanelStepBytes = 128;
 struct PanelPrefetch {
   int64_t offset;

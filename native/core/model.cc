@@ -1084,12 +1084,17 @@ void ChooseAttentionKernel(Precision precision, bool measure, CpuKernelChoice* c
 
 }  // namespace
 
+// clip-native's float32 linear as a candidate: "avx512" where the CPU has
+// AVX-512F, else "avx2" where it has AVX2 + FMA, else none (nullptr).
+const char* FloatPanelCandidate() {
+  return PanelLinearAvailable() ? "avx512" : PanelLinearAvx2Available() ? "avx2" : nullptr;
+}
+
 std::vector<std::string> CpuKernelCandidates(Precision precision) {
   const bool onednn = HasOperator("mkldnn::_linear_pointwise", "");
   switch (precision) {
     case Precision::kFloat32: {
-      // clip-native's kernel: on AVX-512 where the CPU has it, else on AVX2.
-      const char* panel = PanelLinearAvailable() ? "avx512" : PanelLinearAvx2Available() ? "avx2" : nullptr;
+      const char* panel = FloatPanelCandidate();
       if (onednn && panel) return {"onednn", panel, "aten"};
       if (onednn) return {"onednn", "aten"};
       if (panel) return {"aten", panel};
@@ -1113,8 +1118,7 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
       // kernel comes first (what `fixed` takes), with float32's embeddings,
       // which are within any bound set for bfloat16's.
       if (!GetCpuFeatures().bf16_dot()) {
-        const char* panel = PanelLinearAvailable() ? "avx512" : PanelLinearAvx2Available() ? "avx2" : nullptr;
-        if (panel) names.insert(names.begin(), panel);
+        if (const char* panel = FloatPanelCandidate()) names.insert(names.begin(), panel);
       }
       return names;
     }
