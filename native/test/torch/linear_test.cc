@@ -82,12 +82,15 @@ std::string FloatName(int64_t width) { return width == 32 ? "float32" : "float32
 void TestFloat32(int64_t width) {
   if (!FloatKernel(width, FloatName(width) + " panel kernel")) return;
   const std::string name = FloatName(width);
-  // Rows: each tile height alone, then splits into several tiles.
+  // Rows: each tile height alone, then splits into several tiles (on the
+  // AVX2 tiles up to 18 rows, run in blocks over k: k = 300 ends in a
+  // partial block).
   std::vector<int64_t> rows;
-  for (int64_t m = 1; m <= 15; ++m) rows.push_back(m);
+  for (int64_t m = 1; m <= 19; ++m) rows.push_back(m);
   for (int64_t m : {27, 28, 29, 41, 43, 50, 57, 63, 64, 65, 100, 200, 401}) rows.push_back(m);
   for (int64_t m : rows) {
-    for (const auto& [k, n] : std::vector<std::pair<int64_t, int64_t>>{{768, 2304}, {3072, 768}, {33, 40}, {1, 17}}) {
+    for (const auto& [k, n] :
+         std::vector<std::pair<int64_t, int64_t>>{{768, 2304}, {3072, 768}, {300, 40}, {33, 40}, {1, 17}}) {
       const at::Tensor x = Random({m, k});
       const at::Tensor w = Random({n, k}, 0.05);
       const at::Tensor b = Random({n}, 0.1);
@@ -237,12 +240,12 @@ void TestLinearRows() {
 void TestMlpRows() {
   const c10::OperatorHandle mlp = c10::Dispatcher::singleton().findSchemaOrThrow("clip_native::mlp_rows", "");
   const c10::OperatorHandle linear = c10::Dispatcher::singleton().findSchemaOrThrow("clip_native::linear_rows", "");
-  const int64_t k = 96, n = 40;
+  const int64_t k = 160, n = 40;
   for (const Kernel& kernel : kKernels) {
     if (!KernelRuns(kernel, "mlp_rows")) continue;
     const bool bfloat16 = kernel.bfloat16;
     const at::ScalarType dtype = bfloat16 ? at::kBFloat16 : at::kFloat;
-    for (const int64_t hidden : {int64_t{64}, int64_t{98}, int64_t{110}}) {
+    for (const int64_t hidden : {int64_t{64}, int64_t{98}, int64_t{110}, int64_t{200}}) {
       if (bfloat16 && hidden % 2 != 0) continue;
       const at::Tensor w1 = Random({hidden, k}, 0.1).to(dtype);
       const at::Tensor w2 = Random({n, hidden}, 0.1).to(dtype);
@@ -250,8 +253,8 @@ void TestMlpRows() {
       for (const bool with_bias : {true, false}) {
         const c10::IValue b1 = with_bias ? c10::IValue(Random({hidden}, 0.1)) : c10::IValue();
         const c10::IValue b2 = with_bias ? c10::IValue(Random({n}, 0.1)) : c10::IValue();
-        for (const int64_t m :
-             {int64_t{5}, clip::kPerThreadCopyRows, clip::kPerThreadCopyRows + 1, int64_t{100}, int64_t{401}}) {
+        for (const int64_t m : {int64_t{5}, int64_t{12}, clip::kPerThreadCopyRows, clip::kPerThreadCopyRows + 1,
+                                int64_t{100}, int64_t{401}}) {
           const at::Tensor x = Random({m, k}).to(dtype);
           torch::jit::Stack first{x, p1, b1, hidden, std::string("swish")};
           linear.callBoxed(&first);
