@@ -543,6 +543,14 @@ __attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* xt
 // tiles above kPerThreadCopyRows rows, the next panel prefetched.
 constexpr int kPanelAvx2 = 16;
 constexpr int kTileAvx2 = 6;
+// Tiles of 7 rows (14 accumulators, the second weight register read from
+// memory by each FMA: 15 loads per 14 FMAs) where they save a tile: 7, 13
+// and 14 rows (one tile instead of two, two instead of three of 4-5 rows,
+// whose 8-10 accumulators barely cover the FMA latency): 10-20% faster on
+// Zen 4 capped at AVX2. From 19 rows on, three tiles of 7 ran 10-15%
+// slower than four of 5: the loads, not the FMAs, set the pace.
+constexpr int kTallTileAvx2 = 7;
+int TileHeightAvx2(int64_t rows) { return rows <= 2 * kTallTileAvx2 ? kTallTileAvx2 : kTileAvx2; }
 // The AVX2 tiles run in blocks over k (RunPanelTiles) on up to 18 rows in
 // more than one tile (a caption's 7-18 tokens): 8-20% faster per linear on
 // Zen 4 capped at AVX2 with the weights streamed from memory; level on
@@ -580,12 +588,26 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const float* xt, const float* 
     _mm_prefetch(reinterpret_cast<const char*>(p + kPanelAvx2 * 24), _MM_HINT_T0);
     _mm_prefetch(ahead, _MM_HINT_T0);
     const __m256 w0 = _mm256_load_ps(p);
-    const __m256 w1 = _mm256_load_ps(p + 8);
+    if constexpr (kRows <= kTileAvx2) {
+      const __m256 w1 = _mm256_load_ps(p + 8);
 #pragma GCC unroll 8
-    for (int r = 0; r < kRows; ++r) {
-      const __m256 xv = _mm256_broadcast_ss(x + r);
-      acc[0][r] = _mm256_fmadd_ps(xv, w0, acc[0][r]);
-      acc[1][r] = _mm256_fmadd_ps(xv, w1, acc[1][r]);
+      for (int r = 0; r < kRows; ++r) {
+        const __m256 xv = _mm256_broadcast_ss(x + r);
+        acc[0][r] = _mm256_fmadd_ps(xv, w0, acc[0][r]);
+        acc[1][r] = _mm256_fmadd_ps(xv, w1, acc[1][r]);
+      }
+    } else {
+#pragma GCC unroll 8
+      for (int r = 0; r < kRows; ++r) {
+        const __m256 xv = _mm256_broadcast_ss(x + r);
+        acc[0][r] = _mm256_fmadd_ps(xv, w0, acc[0][r]);
+        // The second half's weights as the FMA's memory operand, for the
+        // register the 14 accumulators leave no room for (written out: GCC
+        // loads them once into a register and spills an accumulator).
+        __asm__("vfmadd231ps %[w], %[x], %[acc]"
+                : [acc] "+x"(acc[1][r])
+                : [x] "x"(xv), [w] "m"(*reinterpret_cast<const __m256*>(p + 8)));
+      }
     }
   }
   if (carry.out) {
@@ -624,7 +646,7 @@ __attribute__((target("avx2,fma"))) void TileRowsAvx2(int rows, const float* xt,
                                                       const __m256* bias, float* y, int64_t ldy, const __m256i* mask,
                                                       int valid, bool swish, bool kmajor, const NextPanelLines& next,
                                                       const Carry& carry) {
-  if constexpr (kRows <= kTileAvx2) {
+  if constexpr (kRows <= kTallTileAvx2) {
     if (rows == kRows) {
       return TileAvx2<kRows>(xt, panel, k_size, bias, y, ldy, mask, valid, swish, kmajor, next, carry);
     }
@@ -638,7 +660,7 @@ __attribute__((target("avx2,fma"))) void PanelsAvx2(const float* xt, const std::
                                                     int64_t first, int64_t last, bool swish, bool kmajor = false) {
   const int64_t rows = tiles.empty() ? 0 : tiles.back().first + tiles.back().rows - tiles.front().first;
   float* carry =
-      tiles.size() > 1 && rows <= kBlockedRowsAvx2 ? PanelCarry(tiles.size(), kTileAvx2 * kPanelAvx2) : nullptr;
+      tiles.size() > 1 && rows <= kBlockedRowsAvx2 ? PanelCarry(tiles.size(), kTallTileAvx2 * kPanelAvx2) : nullptr;
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanelAvx2;
     const int valid = static_cast<int>(std::min<int64_t>(kPanelAvx2, n_size - n0));
@@ -646,7 +668,7 @@ __attribute__((target("avx2,fma"))) void PanelsAvx2(const float* xt, const std::
     const __m256 edge_bias[2] = {bias ? _mm256_maskload_ps(bias + n0, mask[0]) : _mm256_setzero_ps(),
                                  bias ? _mm256_maskload_ps(bias + n0 + 8, mask[1]) : _mm256_setzero_ps()};
     const float* panel = packed + p * k_size * kPanelAvx2;
-    RunPanelTiles(tiles.size(), k_size, kPanelStepBytesAvx2, panel, p + 1 < last, carry, kTileAvx2 * kPanelAvx2,
+    RunPanelTiles(tiles.size(), k_size, kPanelStepBytesAvx2, panel, p + 1 < last, carry, kTallTileAvx2 * kPanelAvx2,
                   [&](size_t t, int64_t k0, int64_t steps, const NextPanelLines& next, const Carry& sums) {
                     const RowTile& tile = tiles[t];
                     TileRowsAvx2(tile.rows, xt + tile.first * k_size + k0 * tile.rows, panel + k0 * kPanelAvx2, steps,
@@ -841,7 +863,7 @@ at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10:
   RowsIn in(x, out_features);
 #ifdef CLIP_PANEL_KERNEL
   const bool avx2 = packed.size(2) == kPanelAvx2;
-  const std::vector<RowTile> tiles = SplitRows(in.m, avx2 ? kTileAvx2 : kTile);
+  const std::vector<RowTile> tiles = SplitRows(in.m, avx2 ? TileHeightAvx2(in.m) : kTile);
   const float* xp = in.rows.data_ptr<float>();
   const float* pp = packed.data_ptr<float>();
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
@@ -884,7 +906,7 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
   RowsIn in(x, out_features);
 #ifdef CLIP_PANEL_KERNEL
   const bool avx2 = !bfloat16 && packed1.size(2) == kPanelAvx2;
-  const std::vector<RowTile> tiles = SplitRows(in.m, avx2 ? kTileAvx2 : kTile);
+  const std::vector<RowTile> tiles = SplitRows(in.m, avx2 ? TileHeightAvx2(in.m) : kTile);
   if (bfloat16) {
     const int64_t pairs = k / 2;
     const int64_t hidden_pairs = hidden / 2;
