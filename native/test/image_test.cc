@@ -36,6 +36,7 @@
 // jpeglib.h needs FILE and size_t declared first.
 #include <jpeglib.h>
 
+#include "cpu_features.h"
 #include "errors.h"
 #include "image.h"
 #include "image_decode.h"
@@ -2079,14 +2080,16 @@ std::vector<std::pair<std::string, Bytes>> VariedInputs() {
 // DecodeImageRows keeps the sink contract and agrees with DecodeImage, and
 // PreprocessImage (rows streamed into the resize) agrees with PreprocessRgb
 // on the whole decoded image.
-// The kernel kAuto picks (AVX-512 on CPUs that have it) against the generic
-// one, which the Pillow comparisons above established before the AVX-512
-// kernel existed: the same bytes for downscales (within and beyond the
-// AVX-512 kernel's 128-column window), upscales, unchanged axes, windows
-// that touch either edge and widths that leave a partial block of 16.
+// The kernel kAuto picks (AVX-512 VBMI, else the AVX2 horizontal pass, on
+// CPUs that have them) against the generic one, which the Pillow
+// comparisons above established before the others existed: the same bytes
+// for downscales (within and beyond the AVX-512 kernel's 128-column window),
+// upscales, unchanged axes, windows that touch either edge and widths that
+// leave a partial block of 16.
 void TestResampleKernels() {
-  std::printf("resample kernels: AVX-512 %s on this CPU\n",
-              clip::ResampleAvx512Supported() ? "used" : "not available, generic only");
+  std::printf("resample kernels: %s on this CPU\n", clip::ResampleAvx512Supported() ? "AVX-512 used"
+                                                    : clip::GetCpuFeatures().avx2   ? "AVX2 used"
+                                                                                    : "generic only");
   std::mt19937 random(7);
   struct Case {
     int src_width, src_height, resized_width, resized_height;
