@@ -95,8 +95,8 @@ export interface NativeCpuKernels {
   fusedAttentions: { image: number; text: number };
   /**
    * How many MLPs (linear, QuickGELU, linear) of each chosen encoder run as one operator of clip-native's own linear
-   * (the `avx512`, `avx2` and `avx512-bf16` candidates), which hands the hidden rows to the second linear in the
-   * layout it reads instead of copying them again.
+   * (the `avx512`, `avx2`, `avx512-bf16w`, `avx2-bf16w` and `avx512-bf16` candidates), which hands the hidden rows
+   * to the second linear in the layout it reads instead of copying them again.
    */
   fusedMlps: { image: number; text: number };
   /**

@@ -326,8 +326,22 @@ void RunChained(const T* x, int64_t k, int64_t hidden_k, const std::vector<RowTi
 // step over k loads the panel's weights once and uses them for every row.
 // With `swish`, y * sigmoid(y) is stored instead of the sums y; with
 // `kmajor`, stored as StoreKMajor lays them out (ldy unused).
-template <int kRows>
-__attribute__((target("avx512f"))) void Tile(const float* xt, const float* panel, int64_t k_size, const __m512* bias,
+// One step's 32 weights of a panel as two registers (features 0-15 and
+// 16-31): float32 weights as they lie; bfloat16 ones (PackPanelWeight's
+// bfloat16 layout: each 32-bit lane j holds features j and j + 16) widened
+// by a shift and a mask, exact.
+__attribute__((target("avx512f"))) inline void LoadStep(const float* p, __m512& w0, __m512& w1) {
+  w0 = _mm512_load_ps(p);
+  w1 = _mm512_load_ps(p + 16);
+}
+__attribute__((target("avx512f"))) inline void LoadStep(const uint16_t* p, __m512& w0, __m512& w1) {
+  const __m512i pairs = _mm512_load_si512(p);
+  w0 = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, pairs, 16));  // maskz: GCC bug 105593
+  w1 = _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+template <int kRows, typename W>
+__attribute__((target("avx512f"))) void Tile(const float* xt, const W* panel, int64_t k_size, const __m512* bias,
                                              float* y, int64_t ldy, const __mmask16* mask, bool swish, bool kmajor,
                                              const NextPanelLines& next) {
   __m512 acc[2][kRows];
@@ -336,16 +350,17 @@ __attribute__((target("avx512f"))) void Tile(const float* xt, const float* panel
     acc[0][r] = bias[0];
     acc[1][r] = bias[1];
   }
-  const float* p = panel;
+  const W* p = panel;
   const float* x = xt;
   const char* ahead = next.lines;
   for (int64_t k = 0; k < k_size; ++k, p += kPanel, x += kRows, ahead += next.step) {
-    // About 1.5 KB ahead: the hardware prefetcher alone leaves the loads waiting.
+    // 12 steps ahead (1.5 KB of float32): the hardware prefetcher alone
+    // leaves the loads waiting.
     _mm_prefetch(reinterpret_cast<const char*>(p + kPanel * 12), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(p + kPanel * 12 + 16), _MM_HINT_T0);
+    if constexpr (sizeof(W) == 4) _mm_prefetch(reinterpret_cast<const char*>(p + kPanel * 12 + 16), _MM_HINT_T0);
     _mm_prefetch(ahead, _MM_HINT_T0);
-    const __m512 w0 = _mm512_load_ps(p);
-    const __m512 w1 = _mm512_load_ps(p + 16);
+    __m512 w0, w1;
+    LoadStep(p, w0, w1);
 #pragma GCC unroll 32
     for (int r = 0; r < kRows; ++r) {
       const __m512 xv = _mm512_set1_ps(x[r]);
@@ -369,13 +384,13 @@ __attribute__((target("avx512f"))) void Tile(const float* xt, const float* panel
 }
 
 // Runs Tile<rows> for a row count known only at run time.
-template <int kRows = 1>
-__attribute__((target("avx512f"))) void TileRows(int rows, const float* xt, const float* panel, int64_t k_size,
+template <typename W, int kRows = 1>
+__attribute__((target("avx512f"))) void TileRows(int rows, const float* xt, const W* panel, int64_t k_size,
                                                  const __m512* bias, float* y, int64_t ldy, const __mmask16* mask,
                                                  bool swish, bool kmajor, const NextPanelLines& next) {
   if constexpr (kRows <= kTile) {
     if (rows == kRows) return Tile<kRows>(xt, panel, k_size, bias, y, ldy, mask, swish, kmajor, next);
-    TileRows<kRows + 1>(rows, xt, panel, k_size, bias, y, ldy, mask, swish, kmajor, next);
+    TileRows<W, kRows + 1>(rows, xt, panel, k_size, bias, y, ldy, mask, swish, kmajor, next);
   }
 }
 
@@ -404,15 +419,17 @@ inline int64_t TileOutputOffset(const RowTile& tile, int64_t n0, int64_t n_size,
 
 // Every row tile against panels [first, last), panel by panel: a panel's
 // weights come from memory once and stay in cache for the tiles after the
-// first.
+// first. W: float, or uint16_t for bfloat16 weights (float32 inputs and
+// sums all the same).
+template <typename W>
 __attribute__((target("avx512f"))) void Panels(const float* xt, const std::vector<RowTile>& tiles, int64_t k_size,
-                                               const float* packed, const float* bias, int64_t n_size, float* y,
+                                               const W* packed, const float* bias, int64_t n_size, float* y,
                                                int64_t first, int64_t last, bool swish, bool kmajor = false) {
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanel;
     const PanelEdge edge(bias, n0, n_size);
-    const float* panel = packed + p * k_size * kPanel;
-    RunPanelTiles(tiles.size(), k_size, kPanelStepBytes, panel, p + 1 < last, nullptr, 0,
+    const W* panel = packed + p * k_size * kPanel;
+    RunPanelTiles(tiles.size(), k_size, kPanel * sizeof(W), panel, p + 1 < last, nullptr, 0,
                   [&](size_t t, int64_t, int64_t, const NextPanelLines& next, const Carry&) {
                     const RowTile& tile = tiles[t];
                     TileRows(tile.rows, xt + tile.first * k_size, panel, k_size, edge.bias,
@@ -550,14 +567,15 @@ constexpr int kTileAvx2 = 6;
 // Zen 4 capped at AVX2. From 19 rows on, three tiles of 7 ran 10-15%
 // slower than four of 5: the loads, not the FMAs, set the pace.
 constexpr int kTallTileAvx2 = 7;
-int TileHeightAvx2(int64_t rows) { return rows <= 2 * kTallTileAvx2 ? kTallTileAvx2 : kTileAvx2; }
+int TileHeightAvx2(int64_t rows, bool float_weights) {
+  return float_weights && rows <= 2 * kTallTileAvx2 ? kTallTileAvx2 : kTileAvx2;
+}
 // The AVX2 tiles run in blocks over k (RunPanelTiles) on up to 18 rows in
 // more than one tile (a caption's 7-18 tokens): 8-20% faster per linear on
 // Zen 4 capped at AVX2 with the weights streamed from memory; level on
 // 19-28 rows, where the products cover the stream. The AVX-512 tiles (14
 // rows) measured 3-20% slower in blocks on 15-50 rows: tile by tile there.
 constexpr int64_t kBlockedRowsAvx2 = 3 * kTileAvx2;
-constexpr int64_t kPanelStepBytesAvx2 = kPanelAvx2 * 4;
 
 // StoreKMajor for an AVX2 tile, from its sums stored row by row (`rows`,
 // kRows x 16): feature f's kRows values (one per row) at y + f * kRows, for
@@ -569,27 +587,44 @@ void StoreKMajorAvx2(const float (&rows)[kRows][kPanelAvx2], float* y, int valid
   }
 }
 
-template <int kRows>
-__attribute__((target("avx2,fma"))) void TileAvx2(const float* xt, const float* panel, int64_t k_size,
-                                                  const __m256* bias, float* y, int64_t ldy, const __m256i* mask,
-                                                  int valid, bool swish, bool kmajor, const NextPanelLines& next,
-                                                  const Carry& carry) {
+// LoadStep for the AVX2 tiles: 16 weights, features 0-7 and 8-15 (bfloat16
+// lane j: features j and j + 8).
+__attribute__((target("avx2"))) inline void LoadStepAvx2(const float* p, __m256& w0, __m256& w1) {
+  w0 = _mm256_load_ps(p);
+  w1 = _mm256_load_ps(p + 8);
+}
+__attribute__((target("avx2"))) inline void LoadStepAvx2(const uint16_t* p, __m256& w0, __m256& w1) {
+  const __m256i pairs = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+  w0 = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
+  w1 = _mm256_castsi256_ps(_mm256_and_si256(pairs, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+// The tallest AVX2 tile for weights of type W: the 7-row one reads float32
+// weights from memory in its FMAs, which bfloat16 ones cannot be.
+template <typename W>
+constexpr int kTallestAvx2 = sizeof(W) == 4 ? kTallTileAvx2 : kTileAvx2;
+
+template <int kRows, typename W>
+__attribute__((target("avx2,fma"))) void TileAvx2(const float* xt, const W* panel, int64_t k_size, const __m256* bias,
+                                                  float* y, int64_t ldy, const __m256i* mask, int valid, bool swish,
+                                                  bool kmajor, const NextPanelLines& next, const Carry& carry) {
   __m256 acc[2][kRows];
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
     acc[0][r] = carry.in ? _mm256_loadu_ps(carry.in + r * kPanelAvx2) : bias[0];
     acc[1][r] = carry.in ? _mm256_loadu_ps(carry.in + r * kPanelAvx2 + 8) : bias[1];
   }
-  const float* p = panel;
+  const W* p = panel;
   const float* x = xt;
   const char* ahead = next.lines;
   for (int64_t k = 0; k < k_size; ++k, p += kPanelAvx2, x += kRows, ahead += next.step) {
-    // 1.5 KB ahead, as the AVX-512 tiles (3 KB measured no faster on Zen 4).
+    // 24 steps ahead (1.5 KB of float32), as the AVX-512 tiles (3 KB
+    // measured no faster on Zen 4).
     _mm_prefetch(reinterpret_cast<const char*>(p + kPanelAvx2 * 24), _MM_HINT_T0);
     _mm_prefetch(ahead, _MM_HINT_T0);
-    const __m256 w0 = _mm256_load_ps(p);
     if constexpr (kRows <= kTileAvx2) {
-      const __m256 w1 = _mm256_load_ps(p + 8);
+      __m256 w0, w1;
+      LoadStepAvx2(p, w0, w1);
 #pragma GCC unroll 8
       for (int r = 0; r < kRows; ++r) {
         const __m256 xv = _mm256_broadcast_ss(x + r);
@@ -597,6 +632,8 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const float* xt, const float* 
         acc[1][r] = _mm256_fmadd_ps(xv, w1, acc[1][r]);
       }
     } else {
+      static_assert(sizeof(W) == 4, "the 7-row tile reads float32 weights");
+      const __m256 w0 = _mm256_load_ps(p);
 #pragma GCC unroll 8
       for (int r = 0; r < kRows; ++r) {
         const __m256 xv = _mm256_broadcast_ss(x + r);
@@ -641,22 +678,23 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const float* xt, const float* 
   }
 }
 
-template <int kRows = 1>
-__attribute__((target("avx2,fma"))) void TileRowsAvx2(int rows, const float* xt, const float* panel, int64_t k_size,
+template <typename W, int kRows = 1>
+__attribute__((target("avx2,fma"))) void TileRowsAvx2(int rows, const float* xt, const W* panel, int64_t k_size,
                                                       const __m256* bias, float* y, int64_t ldy, const __m256i* mask,
                                                       int valid, bool swish, bool kmajor, const NextPanelLines& next,
                                                       const Carry& carry) {
-  if constexpr (kRows <= kTallTileAvx2) {
+  if constexpr (kRows <= kTallestAvx2<W>) {
     if (rows == kRows) {
       return TileAvx2<kRows>(xt, panel, k_size, bias, y, ldy, mask, valid, swish, kmajor, next, carry);
     }
-    TileRowsAvx2<kRows + 1>(rows, xt, panel, k_size, bias, y, ldy, mask, valid, swish, kmajor, next, carry);
+    TileRowsAvx2<W, kRows + 1>(rows, xt, panel, k_size, bias, y, ldy, mask, valid, swish, kmajor, next, carry);
   }
 }
 
 // Every row tile against the 16-feature panels [first, last), as Panels.
+template <typename W>
 __attribute__((target("avx2,fma"))) void PanelsAvx2(const float* xt, const std::vector<RowTile>& tiles, int64_t k_size,
-                                                    const float* packed, const float* bias, int64_t n_size, float* y,
+                                                    const W* packed, const float* bias, int64_t n_size, float* y,
                                                     int64_t first, int64_t last, bool swish, bool kmajor = false) {
   const int64_t rows = tiles.empty() ? 0 : tiles.back().first + tiles.back().rows - tiles.front().first;
   float* carry =
@@ -667,8 +705,8 @@ __attribute__((target("avx2,fma"))) void PanelsAvx2(const float* xt, const std::
     const __m256i mask[2] = {simd::TailMask8(0, valid), valid > 8 ? simd::TailMask8(8, valid) : _mm256_setzero_si256()};
     const __m256 edge_bias[2] = {bias ? _mm256_maskload_ps(bias + n0, mask[0]) : _mm256_setzero_ps(),
                                  bias ? _mm256_maskload_ps(bias + n0 + 8, mask[1]) : _mm256_setzero_ps()};
-    const float* panel = packed + p * k_size * kPanelAvx2;
-    RunPanelTiles(tiles.size(), k_size, kPanelStepBytesAvx2, panel, p + 1 < last, carry, kTallTileAvx2 * kPanelAvx2,
+    const W* panel = packed + p * k_size * kPanelAvx2;
+    RunPanelTiles(tiles.size(), k_size, kPanelAvx2 * sizeof(W), panel, p + 1 < last, carry, kTallTileAvx2 * kPanelAvx2,
                   [&](size_t t, int64_t k0, int64_t steps, const NextPanelLines& next, const Carry& sums) {
                     const RowTile& tile = tiles[t];
                     TileRowsAvx2(tile.rows, xt + tile.first * k_size + k0 * tile.rows, panel + k0 * kPanelAvx2, steps,
@@ -694,7 +732,8 @@ void CheckFloatCpu(const at::Tensor& t, const char* what) {
 // out_features features, a float32 bias of out_features, the kernel.
 void CheckFloatOperands(at::IntArrayRef x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                         int64_t out_features) {
-  CheckFloatCpu(packed, "the packed weight");
+  TORCH_CHECK((packed.scalar_type() == at::kFloat || packed.scalar_type() == at::kBFloat16) && packed.device().is_cpu(),
+              "clip_native: the packed weight must be a float32 or bfloat16 CPU tensor, got ", packed.toString());
   const int64_t width = packed.dim() == 3 ? packed.size(2) : 0;
   TORCH_CHECK(!x.empty() && (width == 32 || width == 16) && x.back() == packed.size(1) &&
                   packed.size(0) * width >= out_features && out_features > 0,
@@ -759,8 +798,9 @@ at::Tensor LinearRows(const at::Tensor& x, const at::Tensor& packed, const c10::
   TORCH_CHECK(attr == "none" || attr == "swish", "clip_native: linear_rows takes \"none\" or \"swish\", got \"",
               std::string(attr.data(), attr.size()), "\"");
   const bool swish = attr == "swish";
-  return packed.scalar_type() == at::kBFloat16 ? PanelLinearBf16(x, packed, bias, out_features, swish)
-                                               : PanelLinear(x, packed, bias, out_features, swish);
+  return packed.scalar_type() == at::kBFloat16 && packed.dim() == 4
+             ? PanelLinearBf16(x, packed, bias, out_features, swish)
+             : PanelLinear(x, packed, bias, out_features, swish);
 }
 
 }  // namespace
@@ -844,15 +884,20 @@ PanelPrefetch NextPanelPrefetch(size_t tiles, size_t tile, int64_t k_steps, int6
   return {static_cast<int64_t>(tile) * k_steps * step, step};
 }
 
-at::Tensor PackPanelWeight(const at::Tensor& weight, int64_t width) {
+at::Tensor PackPanelWeight(const at::Tensor& weight, int64_t width, at::ScalarType dtype) {
   TORCH_CHECK(weight.dim() == 2, "clip_native: a linear weight must be 2-D, got ", weight.sizes());
   TORCH_CHECK(width == 32 || width == 16, "clip_native: panels are 32 or 16 features wide, got ", width);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "clip_native: panel weights are float32 or bfloat16, got ",
+              dtype);
   const int64_t n = weight.size(0);
   const int64_t k = weight.size(1);
   const int64_t panels = (n + width - 1) / width;
-  at::Tensor padded = at::zeros({panels * width, k}, weight.options().dtype(at::kFloat));
+  at::Tensor padded = at::zeros({panels * width, k}, weight.options().dtype(dtype));
   padded.narrow(0, 0, n).copy_(weight);
-  return padded.view({panels, width, k}).transpose(1, 2).contiguous();
+  if (dtype == at::kFloat) return padded.view({panels, width, k}).transpose(1, 2).contiguous();
+  // [panels, 2, width / 2, k] -> [panels, k, width / 2, 2]: per step over k,
+  // feature j and feature j + width / 2 side by side (LoadStep).
+  return padded.view({panels, 2, width / 2, k}).permute({0, 3, 2, 1}).contiguous().view({panels, k, width});
 }
 
 at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
@@ -863,22 +908,29 @@ at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10:
   RowsIn in(x, out_features);
 #ifdef CLIP_PANEL_KERNEL
   const bool avx2 = packed.size(2) == kPanelAvx2;
-  const std::vector<RowTile> tiles = SplitRows(in.m, avx2 ? TileHeightAvx2(in.m) : kTile);
+  const bool float_weights = packed.scalar_type() == at::kFloat;
+  const std::vector<RowTile> tiles = SplitRows(in.m, avx2 ? TileHeightAvx2(in.m, float_weights) : kTile);
   const float* xp = in.rows.data_ptr<float>();
-  const float* pp = packed.data_ptr<float>();
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = in.y.data_ptr<float>();
-  if (avx2) {
-    RunPanels<Isa::kAvx2>(xp, k, tiles, packed.size(0),
-                          [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
-                            PanelsAvx2(copy, group, k, pp, bp, out_features, yp, first, last, swish);
-                          });
-    return in.y.view(in.shape);
+  auto run = [&](const auto* pp) {
+    if (avx2) {
+      RunPanels<Isa::kAvx2>(xp, k, tiles, packed.size(0),
+                            [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+                              PanelsAvx2(copy, group, k, pp, bp, out_features, yp, first, last, swish);
+                            });
+    } else {
+      RunPanels<Isa::kAvx512>(xp, k, tiles, packed.size(0),
+                              [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+                                Panels(copy, group, k, pp, bp, out_features, yp, first, last, swish);
+                              });
+    }
+  };
+  if (float_weights) {
+    run(packed.data_ptr<float>());
+  } else {
+    run(reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()));
   }
-  RunPanels<Isa::kAvx512>(xp, k, tiles, packed.size(0),
-                          [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last) {
-                            Panels(copy, group, k, pp, bp, out_features, yp, first, last, swish);
-                          });
 #endif
   return in.y.view(in.shape);
 }
@@ -886,7 +938,9 @@ at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10:
 at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::optional<at::Tensor>& bias1,
                     int64_t hidden, const at::Tensor& packed2, const c10::optional<at::Tensor>& bias2,
                     int64_t out_features) {
-  const bool bfloat16 = packed1.scalar_type() == at::kBFloat16;
+  // bfloat16 products (AVX512-BF16 pairs), else float32 products on float32
+  // or bfloat16 weights.
+  const bool bfloat16 = packed1.scalar_type() == at::kBFloat16 && packed1.dim() == 4;
   TORCH_CHECK(x.dim() >= 1, "clip_native: an MLP input must have at least one dimension, got ", x.sizes());
   std::vector<int64_t> hidden_shape(x.sizes().begin(), x.sizes().end());
   hidden_shape.back() = hidden;
@@ -899,14 +953,16 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
     CheckFloatCpu(x, "the input");
     CheckFloatOperands(x.sizes(), packed1, bias1, hidden);
     CheckFloatOperands(hidden_shape, packed2, bias2, out_features);
-    TORCH_CHECK(packed1.size(2) == packed2.size(2), "clip_native: the MLP's panels differ in width (", packed1.size(2),
-                " and ", packed2.size(2), " features)");
+    TORCH_CHECK(packed1.size(2) == packed2.size(2) && packed1.scalar_type() == packed2.scalar_type(),
+                "clip_native: the MLP's panels differ (", packed1.size(2), " and ", packed2.size(2), " features, ",
+                packed1.scalar_type(), " and ", packed2.scalar_type(), ")");
   }
   const int64_t k = x.size(-1);
   RowsIn in(x, out_features);
 #ifdef CLIP_PANEL_KERNEL
   const bool avx2 = !bfloat16 && packed1.size(2) == kPanelAvx2;
-  const std::vector<RowTile> tiles = SplitRows(in.m, avx2 ? TileHeightAvx2(in.m) : kTile);
+  const bool float_weights = packed1.scalar_type() == at::kFloat;
+  const std::vector<RowTile> tiles = SplitRows(in.m, avx2 ? TileHeightAvx2(in.m, float_weights) : kTile);
   if (bfloat16) {
     const int64_t pairs = k / 2;
     const int64_t hidden_pairs = hidden / 2;
@@ -926,30 +982,36 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
         });
   } else {
     const float* xp = in.rows.data_ptr<float>();
-    const float* p1 = packed1.data_ptr<float>();
-    const float* p2 = packed2.data_ptr<float>();
     const float* b1 = bias1 ? bias1->data_ptr<float>() : nullptr;
     const float* b2 = bias2 ? bias2->data_ptr<float>() : nullptr;
     float* yp = in.y.data_ptr<float>();
-    if (avx2) {
-      RunChained<Isa::kAvx2>(
-          xp, k, hidden, tiles, packed1.size(0), packed2.size(0),
-          [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, float* h) {
-            PanelsAvx2(copy, group, k, p1, b1, hidden, h, first, last, true, true);
-          },
-          [&](const float* h, const std::vector<RowTile>& group, int64_t first, int64_t last) {
-            PanelsAvx2(h, group, hidden, p2, b2, out_features, yp, first, last, false);
-          });
-      return in.y.view(in.shape);
+    auto run = [&](const auto* p1, const auto* p2) {
+      if (avx2) {
+        RunChained<Isa::kAvx2>(
+            xp, k, hidden, tiles, packed1.size(0), packed2.size(0),
+            [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, float* h) {
+              PanelsAvx2(copy, group, k, p1, b1, hidden, h, first, last, true, true);
+            },
+            [&](const float* h, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+              PanelsAvx2(h, group, hidden, p2, b2, out_features, yp, first, last, false);
+            });
+      } else {
+        RunChained<Isa::kAvx512>(
+            xp, k, hidden, tiles, packed1.size(0), packed2.size(0),
+            [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, float* h) {
+              Panels(copy, group, k, p1, b1, hidden, h, first, last, true, true);
+            },
+            [&](const float* h, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+              Panels(h, group, hidden, p2, b2, out_features, yp, first, last, false);
+            });
+      }
+    };
+    if (float_weights) {
+      run(packed1.data_ptr<float>(), packed2.data_ptr<float>());
+    } else {
+      run(reinterpret_cast<const uint16_t*>(packed1.data_ptr<at::BFloat16>()),
+          reinterpret_cast<const uint16_t*>(packed2.data_ptr<at::BFloat16>()));
     }
-    RunChained<Isa::kAvx512>(
-        xp, k, hidden, tiles, packed1.size(0), packed2.size(0),
-        [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, float* h) {
-          Panels(copy, group, k, p1, b1, hidden, h, first, last, true, true);
-        },
-        [&](const float* h, const std::vector<RowTile>& group, int64_t first, int64_t last) {
-          Panels(h, group, hidden, p2, b2, out_features, yp, first, last, false);
-        });
   }
 #endif
   return in.y.view(in.shape);

@@ -4,8 +4,8 @@
 // runs 7-64 rows against every weight matrix, where oneDNN's blocked
 // kernels leave much of the CPU unused) and blocks larger inputs so that it
 // keeps level with oneDNN on them (an image is 50 rows; eight are 400). The
-// "avx512", "avx2" and "avx512-bf16" candidates of the model (model.h) run
-// every linear on it.
+// "avx512", "avx2", "avx512-bf16w", "avx2-bf16w" and "avx512-bf16"
+// candidates of the model (model.h) run every linear on it.
 #ifndef CLIP_NATIVE_CORE_CPU_LINEAR_H_
 #define CLIP_NATIVE_CORE_CPU_LINEAR_H_
 
@@ -18,14 +18,19 @@ bool PanelLinearAvailable();
 
 // The float32 kernel on AVX2 + FMA, for CPUs without AVX-512 (AMD Zen 2
 // and 3, Intel's E-core Xeons): panels of 16 features, tiles of up to 6
-// rows. The model's "avx2" candidate runs every linear on it.
+// rows (7 where that saves a tile). The model's "avx2" and "avx2-bf16w"
+// candidates run every linear on it.
 bool PanelLinearAvx2Available();
 
-// Weights [N, K] float32 -> panels of `width` output features, [ceil(N /
-// width), K, width], zero past N: one contiguous stream per panel. Width
+// Weights [N, K] -> panels of `width` output features, [ceil(N / width), K,
+// width] of `dtype`, zero past N: one contiguous stream per panel. Width
 // 32 runs on the AVX-512 tiles, 16 on the AVX2 ones (PanelLinear and
-// PanelMlp take the kernel from the packed weights' width).
-at::Tensor PackPanelWeight(const at::Tensor& weight, int64_t width = 32);
+// PanelMlp take the kernel from the packed weights' width). bfloat16
+// weights (rounded from the float32 ones) stream half the bytes and are
+// widened to float32 as they are loaded: inputs, products and sums stay
+// float32, for CPUs without bfloat16 products; per step over k each
+// panel holds feature j beside feature j + width / 2.
+at::Tensor PackPanelWeight(const at::Tensor& weight, int64_t width = 32, at::ScalarType dtype = at::kFloat);
 
 // The bfloat16 variant: AVX512-BF16 products of bfloat16 pairs, float32
 // accumulation. Weights [N, K] (K even) -> [ceil(N/32), K/2, 32, 2] bfloat16;

@@ -284,7 +284,10 @@ torch::jit::Value* InsertTensorConstant(torch::jit::Graph& graph, const at::Tens
 // clip_native::linear_rows, clip-native's own kernel (cpu_linear.h) on its
 // own packed weights, with no oneDNN weights beside them; float32 then needs
 // nothing of oneDNN (libtorch 1.13 has no mkldnn::_linear_pointwise).
-int RewriteLinears(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat16, int64_t panel_width = 0) {
+// `panel_weights`: the float32 kernel's weights, float32 or rounded to
+// bfloat16 (float32 inputs and products all the same).
+int RewriteLinears(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat16, int64_t panel_width = 0,
+                   at::ScalarType panel_weights = at::kFloat) {
   const bool panel_kernel = panel_width > 0;
   const bool onednn = HasOperator("mkldnn::_linear_pointwise", "");
   if (!onednn && !(panel_kernel && !bfloat16)) return 0;  // libtorch < 2.0
@@ -323,7 +326,7 @@ int RewriteLinears(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat1
     if (bias) bias = bias->to(rows_kernel ? at::kFloat : dtype).contiguous();
     at::Tensor panel_weight;
     if (rows_kernel) {
-      panel_weight = bfloat16 ? PackPanelWeightBf16(w) : PackPanelWeight(w, panel_width);
+      panel_weight = bfloat16 ? PackPanelWeightBf16(w) : PackPanelWeight(w, panel_width, panel_weights);
     } else if (pack) {
       torch::jit::Stack stack{w, c10::IValue()};
       pack->callBoxed(&stack);
@@ -844,9 +847,11 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
     encoder.autocast = bfloat16;
     return encoder;
   }
-  if (name == "avx512" || name == "avx2") {
+  if (name == "avx512" || name == "avx2" || name == "avx512-bf16w" || name == "avx2-bf16w") {
     encoder.module = torch::jit::freeze(archive);
-    RewriteLinears(encoder.module.get_method("forward").graph(), /*bfloat16=*/false, name == "avx512" ? 32 : 16);
+    const bool bf16_weights = name == "avx512-bf16w" || name == "avx2-bf16w";
+    RewriteLinears(encoder.module.get_method("forward").graph(), /*bfloat16=*/false,
+                   name == "avx512" || name == "avx512-bf16w" ? 32 : 16, bf16_weights ? at::kBFloat16 : at::kFloat);
     encoder.fused_mlps = RewriteMlps(encoder.module.get_method("forward").graph());
     rewrite_attention();
     return encoder;
@@ -1116,11 +1121,16 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
       }
       // Without bfloat16 products in hardware, whole encoders on libtorch's
       // bfloat16 linears ran 2.7-2.9x slower than on clip-native's float32
-      // one (AVX-512 without BF16) and 3-5x (AVX2): there that float32
-      // kernel comes first (what `fixed` takes), with float32's embeddings,
-      // which are within any bound set for bfloat16's.
+      // one (AVX-512 without BF16) and 3-5x (AVX2). There clip-native's
+      // float32 kernel comes first on bfloat16 weights (what `fixed` takes:
+      // half the bytes to stream, float32 inputs and products; one caption's
+      // linears 1.15-1.6x faster than on float32 weights, 50-400 rows level),
+      // then on float32 weights (float32's embeddings).
       if (!GetCpuFeatures().bf16_dot()) {
-        if (const char* panel = FloatPanelCandidate()) names.insert(names.begin(), panel);
+        if (const char* panel = FloatPanelCandidate()) {
+          names.insert(names.begin(), panel);
+          names.insert(names.begin(), std::string(panel) + "-bf16w");
+        }
       }
       return names;
     }

@@ -1,7 +1,7 @@
 // CLIP_NATIVE_MAX_CPU_ISA: a process capped at "avx2" runs the kernels of a CPU without AVX-512 (clip-native's
 // float32 linear on AVX2 + FMA, the "avx2" candidate) and they agree with float32 through libtorch; lower caps take
-// away what they name (without bfloat16 products, bfloat16 loads take the float32 linear first); a bad value is
-// refused at load. Each capped run is a process of its own: the cap is read
+// away what they name (without bfloat16 products, bfloat16 loads take the float32 linear on bfloat16 weights
+// first, then on float32 ones); a bad value is refused at load. Each capped run is a process of its own: the cap is read
 // once, when the addon loads.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -9,7 +9,7 @@ import path from 'node:path';
 import t from 'tap';
 import { binding } from '../../lib/native/binding';
 import { ClipModel } from '../../lib/index';
-import { fixtures, maxAbsDiff, root, tinyModel } from '../helpers/env';
+import { cosine, fixtures, maxAbsDiff, root, tinyModel } from '../helpers/env';
 
 const imageDir = path.join(fixtures, 'images');
 const images = fs
@@ -68,6 +68,10 @@ const worstDiff = async (vectors: number[][]) => {
   const expected = await reference();
   return vectors.length === expected.length ? Math.max(...vectors.map((v, i) => maxAbsDiff(v, expected[i]))) : Infinity;
 };
+const worstCosine = async (vectors: number[][]) => {
+  const expected = await reference();
+  return vectors.length === expected.length ? Math.min(...vectors.map((v, i) => cosine(v, expected[i]))) : -1;
+};
 
 t.test(
   'capped at avx2: no AVX-512 anywhere, the AVX2 linear forced agrees with libtorch',
@@ -118,25 +122,43 @@ t.test(
       'no AVX512-BF16, VNNI, VBMI or AMX',
     );
     t.notOk(run.info!.cpuKernels!.candidates.includes('avx512-bf16'), 'no bfloat16 panel kernel among the candidates');
-    // Without bfloat16 products in hardware, bfloat16 loads take clip-native's float32 linear first.
+    // Without bfloat16 products in hardware, bfloat16 loads take clip-native's float32 linear first: on bfloat16
+    // weights, then on float32 ones.
     const kernels = run.info!.cpuKernels!;
-    t.same([run.info!.dtype, kernels.candidates[0], kernels.image], ['bfloat16', 'avx512', 'avx512'], 'float32 first');
-    const worst = await worstDiff(run.vectors!);
-    t.ok(worst <= 1e-5, `float32's embeddings: max abs diff to the TorchScript reference ${worst}`);
+    t.same(
+      [run.info!.dtype, kernels.candidates.slice(0, 2), kernels.image, kernels.text],
+      ['bfloat16', ['avx512-bf16w', 'avx512'], 'avx512-bf16w', 'avx512-bf16w'],
+      'the float32 linear on bfloat16 weights first',
+    );
+    t.same(kernels.fusedMlps, { image: 2, text: 2 }, 'MLPs fused');
+    const cos = await worstCosine(run.vectors!);
+    t.ok(cos >= 0.999, `min cosine to the TorchScript reference ${cos}`);
+    t.ok((await worstDiff(run.vectors!)) > 0, 'the weights were rounded to bfloat16');
+    const float32 = runCapped('avx512_core', { dtype: 'bfloat16', cpuKernels: 'avx512' });
+    const worst = await worstDiff(float32.vectors!);
+    t.ok(worst <= 1e-5, `avx512 forced: float32's embeddings, max abs diff to the TorchScript reference ${worst}`);
   },
 );
 
 t.test(
-  'capped at avx2: bfloat16 loads take the AVX2 float32 linear first',
+  'capped at avx2: bfloat16 loads take the AVX2 float32 linear on bfloat16 weights first',
   { skip: !avx2 && 'needs AVX2 + FMA' },
   async (t) => {
     const run = runCapped('avx2', { dtype: 'bfloat16', cpuKernels: 'fixed' });
     t.notOk(run.error, 'loads');
     const kernels = run.info!.cpuKernels!;
-    t.same([kernels.candidates[0], kernels.image, kernels.text], ['avx2', 'avx2', 'avx2'], 'float32 on AVX2 first');
+    t.same(
+      [kernels.candidates, kernels.image, kernels.text],
+      [['avx2-bf16w', 'avx2', 'autocast'], 'avx2-bf16w', 'avx2-bf16w'],
+      'the AVX2 float32 linear on bfloat16 weights first',
+    );
+    t.same(kernels.fusedMlps, { image: 2, text: 2 }, 'MLPs fused');
     t.equal(kernels.attentionKernel.selectedBy, 'rule', 'the attention kernel by rule, for float32 products');
-    const worst = await worstDiff(run.vectors!);
-    t.ok(worst <= 1e-5, `float32's embeddings: max abs diff to the TorchScript reference ${worst}`);
+    const cos = await worstCosine(run.vectors!);
+    t.ok(cos >= 0.999, `min cosine to the TorchScript reference ${cos}`);
+    const float32 = runCapped('avx2', { dtype: 'bfloat16', cpuKernels: 'avx2' });
+    const worst = await worstDiff(float32.vectors!);
+    t.ok(worst <= 1e-5, `avx2 forced: float32's embeddings, max abs diff to the TorchScript reference ${worst}`);
   },
 );
 

@@ -10,9 +10,10 @@
 // and mlp_rows against the two linear_rows it stands for; and the slices of
 // the next panel that the tiles prefetch (NextPanelPrefetch).
 // Every float32 case runs on both kernels: panels of 32 (AVX-512) and of
-// 16 (AVX2 + FMA). On a CPU without AVX-512F, AVX2 + FMA or AVX512-BF16 the
-// cases of that kernel are reported as skipped. Prints one line per failure, then "N
-// passed, M failed"; exits non-zero on any failure.
+// 16 (AVX2 + FMA), on float32 weights and on weights rounded to bfloat16
+// (float32 products), the latter against at::linear on the rounded weights. On a CPU without AVX-512F, AVX2 + FMA or
+// AVX512-BF16 the cases of that kernel are reported as skipped. Prints one line per failure, then "N passed, M failed";
+// exits non-zero on any failure.
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -77,11 +78,17 @@ bool FloatKernel(int64_t width, const std::string& what) {
 }
 
 // "float32" (panels of 32: AVX-512) or "float32/16" (AVX2).
-std::string FloatName(int64_t width) { return width == 32 ? "float32" : "float32/16"; }
+std::string FloatName(int64_t width, at::ScalarType weights = at::kFloat) {
+  return std::string(width == 32 ? "float32" : "float32/16") + (weights == at::kBFloat16 ? " on bfloat16 weights" : "");
+}
 
-void TestFloat32(int64_t width) {
-  if (!FloatKernel(width, FloatName(width) + " panel kernel")) return;
-  const std::string name = FloatName(width);
+// The float32 kernel of panels `width` wide on weights of `weights`
+// (float32, or bfloat16: the reference then takes the rounded weights).
+void TestFloat32(int64_t width, at::ScalarType weights) {
+  if (!FloatKernel(width, FloatName(width, weights) + " panel kernel")) return;
+  const std::string name = FloatName(width, weights);
+  const auto pack = [&](const at::Tensor& w) { return clip::PackPanelWeight(w, width, weights); };
+  const auto rounded = [&](const at::Tensor& w) { return w.to(weights).to(at::kFloat); };
   // Rows: each tile height alone, then splits into several tiles (on the
   // AVX2 tiles up to 18 rows, run in blocks over k: k = 300 ends in a
   // partial block).
@@ -94,30 +101,29 @@ void TestFloat32(int64_t width) {
       const at::Tensor x = Random({m, k});
       const at::Tensor w = Random({n, k}, 0.05);
       const at::Tensor b = Random({n}, 0.1);
-      const at::Tensor packed = clip::PackPanelWeight(w, width);
-      CheckClose(clip::PanelLinear(x, packed, b, n), x, w, b, name + " " + Shape(m, k, n));
+      CheckClose(clip::PanelLinear(x, pack(w), b, n), x, rounded(w), b, name + " " + Shape(m, k, n));
     }
   }
   // No bias; features that fill one register and part of the next.
   for (int64_t n : {1, 7, 8, 9, 16, 31, 32, 33, 48, 70}) {
     const at::Tensor x = Random({9, 64});
     const at::Tensor w = Random({n, 64}, 0.1);
-    CheckClose(clip::PanelLinear(x, clip::PackPanelWeight(w, width), c10::nullopt, n), x, w, c10::nullopt,
+    CheckClose(clip::PanelLinear(x, pack(w), c10::nullopt, n), x, rounded(w), c10::nullopt,
                name + " no bias, " + Shape(9, 64, n));
   }
   // Leading dimensions and a view that is not contiguous.
   const at::Tensor w = Random({96, 128}, 0.1);
   const at::Tensor b = Random({96}, 0.1);
-  const at::Tensor packed = clip::PackPanelWeight(w, width);
+  const at::Tensor packed = pack(w);
   const at::Tensor x3 = Random({3, 7, 128});
-  CheckClose(clip::PanelLinear(x3, packed, b, 96), x3, w, b, name + " [3, 7, 128]");
+  CheckClose(clip::PanelLinear(x3, packed, b, 96), x3, rounded(w), b, name + " [3, 7, 128]");
   const at::Tensor strided = Random({128, 20}).t();
-  CheckClose(clip::PanelLinear(strided, packed, b, 96), strided, w, b, name + " transposed view");
+  CheckClose(clip::PanelLinear(strided, packed, b, 96), strided, rounded(w), b, name + " transposed view");
   // Threads split the panels; each thread copies the row tiles for itself
   // (50 rows), or all copy them once and run them in groups (400 rows of 768
   // floats: 5 groups).
   const at::Tensor wide = Random({3072, 768}, 0.05);
-  const at::Tensor wide_packed = clip::PackPanelWeight(wide, width);
+  const at::Tensor wide_packed = pack(wide);
   for (int64_t m : {50, 400}) {
     const at::Tensor x = Random({m, 768});
     const int saved = at::get_num_threads();
@@ -150,6 +156,21 @@ void TestPanelWidths() {
   const at::Tensor packed = clip::PackPanelWeight(Random({40, 64}), 16);
   Check(packed.sizes() == at::IntArrayRef({3, 64, 16}) && at::equal(packed[2].narrow(1, 8, 8), at::zeros({64, 8})),
         "PackPanelWeight: 40 features in panels of 16 -> [3, 64, 16], zero past the last feature");
+  // bfloat16 weights: per step over k, feature j of a panel beside feature
+  // j + width / 2.
+  for (const int64_t width : {int64_t{32}, int64_t{16}}) {
+    const at::Tensor w = Random({40, 64});
+    const at::Tensor bf16 = clip::PackPanelWeight(w, width, at::kBFloat16);
+    const int64_t panels = (40 + width - 1) / width;
+    const at::Tensor features =
+        bf16.view({panels, 64, width / 2, 2}).permute({0, 3, 2, 1}).reshape({panels * width, 64});
+    Check(
+        bf16.scalar_type() == at::kBFloat16 && bf16.sizes() == at::IntArrayRef({panels, 64, width}) &&
+            at::equal(features.narrow(0, 0, 40), w.to(at::kBFloat16)) &&
+            at::equal(features.narrow(0, 40, panels * width - 40), at::zeros({panels * width - 40, 64}, at::kBFloat16)),
+        "PackPanelWeight bfloat16, width " + std::to_string(width) + ": features j and j + " +
+            std::to_string(width / 2) + " side by side, rounded, zero past the last feature");
+  }
 }
 
 void TestBFloat16() {
@@ -174,24 +195,33 @@ void TestBFloat16() {
 // clip_native::linear_rows as the rewritten graph calls it, on float32 and
 // bfloat16 panels (float32 biases), on both sides of kPerThreadCopyRows.
 // The kernels as the operators take them: float32 panels of 32 (AVX-512)
-// and of 16 (AVX2), and bfloat16 panels (AVX512-BF16).
+// and of 16 (AVX2) on float32 or bfloat16 weights (`weights`), and
+// bfloat16 panels (AVX512-BF16: bfloat16 inputs and results).
 struct Kernel {
   bool bfloat16;
   int64_t width;
+  at::ScalarType weights;
 };
-const Kernel kKernels[] = {{false, 32}, {false, 16}, {true, 32}};
+const Kernel kKernels[] = {{false, 32, at::kFloat},
+                           {false, 16, at::kFloat},
+                           {false, 32, at::kBFloat16},
+                           {false, 16, at::kBFloat16},
+                           {true, 32, at::kBFloat16}};
 
-// Whether `kernel` runs here (printing the skip of `what` otherwise), and
-// its name in the checks.
+std::string KernelName(const Kernel& kernel) {
+  return kernel.bfloat16 ? "bfloat16" : FloatName(kernel.width, kernel.weights);
+}
+
+// Whether `kernel` runs here (printing the skip of `what` otherwise).
 bool KernelRuns(const Kernel& kernel, const std::string& what) {
-  if (!kernel.bfloat16) return FloatKernel(kernel.width, what + " on " + FloatName(kernel.width));
+  if (!kernel.bfloat16) return FloatKernel(kernel.width, what + " on " + KernelName(kernel));
   if (!clip::PanelLinearBf16Available())
     std::cout << "skipped: " << what << " on bfloat16 (no AVX512-BF16)" << std::endl;
   return clip::PanelLinearBf16Available();
 }
 
 at::Tensor Pack(const Kernel& kernel, const at::Tensor& w) {
-  return kernel.bfloat16 ? clip::PackPanelWeightBf16(w) : clip::PackPanelWeight(w, kernel.width);
+  return kernel.bfloat16 ? clip::PackPanelWeightBf16(w) : clip::PackPanelWeight(w, kernel.width, kernel.weights);
 }
 
 void TestLinearRows() {
@@ -211,13 +241,13 @@ void TestLinearRows() {
         torch::jit::Stack stack{x, panels, b, n, attr};
         op.callBoxed(&stack);
         const at::Tensor got = stack[0].toTensor();
-        at::Tensor want = at::linear(x.to(at::kFloat), w.to(dtype).to(at::kFloat), b);
+        at::Tensor want = at::linear(x.to(at::kFloat), w.to(kernel.weights).to(at::kFloat), b);
         if (attr == "swish") want = want * at::sigmoid(want);
         const double bound = bfloat16 ? 0.02 * (1 + at::abs(want).max().item<double>()) : 1e-4;
         const double diff = at::abs(got.to(at::kFloat) - want).max().item<double>();
         Check(got.sizes() == want.sizes() && got.scalar_type() == dtype && diff < bound,
-              (bfloat16 ? std::string("bfloat16") : FloatName(kernel.width)) + " linear_rows " + std::to_string(m) +
-                  " rows, " + attr + ": max abs diff " + std::to_string(diff));
+              KernelName(kernel) + " linear_rows " + std::to_string(m) + " rows, " + attr + ": max abs diff " +
+                  std::to_string(diff));
       }
     }
   }
@@ -265,9 +295,8 @@ void TestMlpRows() {
           mlp.callBoxed(&fused);
           const at::Tensor got = fused[0].toTensor();
           Check(got.sizes() == want.sizes() && got.scalar_type() == dtype && at::equal(got, want),
-                (bfloat16 ? std::string("bfloat16") : FloatName(kernel.width)) + " mlp_rows " + std::to_string(m) +
-                    " rows, hidden " + std::to_string(hidden) + (with_bias ? ", biases" : ", no biases") +
-                    ": the two linear_rows' bits");
+                KernelName(kernel) + " mlp_rows " + std::to_string(m) + " rows, hidden " + std::to_string(hidden) +
+                    (with_bias ? ", biases" : ", no biases") + ": the two linear_rows' bits");
         }
       }
     }
@@ -283,6 +312,16 @@ void TestMlpRows() {
     refused = true;
   }
   Check(refused, "mlp_rows: a second weight that does not fit the hidden width is refused");
+  refused = false;
+  try {
+    const at::Tensor p1 = clip::PackPanelWeight(Random({64, k}));
+    const at::Tensor p2 = clip::PackPanelWeight(Random({n, 64}), 32, at::kBFloat16);
+    torch::jit::Stack stack{Random({100, k}), p1, c10::IValue(), int64_t{64}, p2, c10::IValue(), n};
+    mlp.callBoxed(&stack);
+  } catch (const c10::Error&) {
+    refused = true;
+  }
+  Check(refused, "mlp_rows: float32 and bfloat16 weights in one MLP are refused");
   if (!clip::PanelLinearAvx2Available()) return;
   refused = false;
   try {
@@ -353,8 +392,10 @@ int main() {
     std::cout << "kernel " << (clip::PanelLinearAvailable() ? "available" : "not available") << ", AVX2 "
               << (clip::PanelLinearAvx2Available() ? "available" : "not available") << ", bfloat16 "
               << (clip::PanelLinearBf16Available() ? "available" : "not available") << std::endl;
-    TestFloat32(32);
-    TestFloat32(16);
+    for (const at::ScalarType weights : {at::kFloat, at::kBFloat16}) {
+      TestFloat32(32, weights);
+      TestFloat32(16, weights);
+    }
     TestPanelWidths();
     TestBFloat16();
     TestLinearRows();
