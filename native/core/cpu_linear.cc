@@ -10,6 +10,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_features.h"
@@ -985,25 +986,25 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
     const float* b1 = bias1 ? bias1->data_ptr<float>() : nullptr;
     const float* b2 = bias2 ? bias2->data_ptr<float>() : nullptr;
     float* yp = in.y.data_ptr<float>();
+    // The float32 kernels differ in their instruction set only: `isa` the
+    // row copies', `panels` the products'.
+    auto chain = [&](auto isa, auto panels, const auto* p1, const auto* p2) {
+      RunChained<decltype(isa)::value>(
+          xp, k, hidden, tiles, packed1.size(0), packed2.size(0),
+          [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, float* h) {
+            panels(copy, group, k, p1, b1, hidden, h, first, last, true, true);
+          },
+          [&](const float* h, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+            panels(h, group, hidden, p2, b2, out_features, yp, first, last, false, false);
+          });
+    };
     auto run = [&](const auto* p1, const auto* p2) {
       if (avx2) {
-        RunChained<Isa::kAvx2>(
-            xp, k, hidden, tiles, packed1.size(0), packed2.size(0),
-            [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, float* h) {
-              PanelsAvx2(copy, group, k, p1, b1, hidden, h, first, last, true, true);
-            },
-            [&](const float* h, const std::vector<RowTile>& group, int64_t first, int64_t last) {
-              PanelsAvx2(h, group, hidden, p2, b2, out_features, yp, first, last, false);
-            });
+        chain(
+            std::integral_constant<Isa, Isa::kAvx2>(), [](auto&&... a) { PanelsAvx2(a...); }, p1, p2);
       } else {
-        RunChained<Isa::kAvx512>(
-            xp, k, hidden, tiles, packed1.size(0), packed2.size(0),
-            [&](const float* copy, const std::vector<RowTile>& group, int64_t first, int64_t last, float* h) {
-              Panels(copy, group, k, p1, b1, hidden, h, first, last, true, true);
-            },
-            [&](const float* h, const std::vector<RowTile>& group, int64_t first, int64_t last) {
-              Panels(h, group, hidden, p2, b2, out_features, yp, first, last, false);
-            });
+        chain(
+            std::integral_constant<Isa, Isa::kAvx512>(), [](auto&&... a) { Panels(a...); }, p1, p2);
       }
     };
     if (float_weights) {

@@ -1,6 +1,7 @@
 #include "resample.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -278,8 +279,9 @@ void HorizontalFilter::RunScalar(const uint8_t* in, uint8_t* out) const {
 
 #if defined(__SSE2__)
 // Splits the source columns [column_begin, column_end) of one interleaved
-// RGB row into the three 16-bit planes.
-inline void SplitPlanes(const uint8_t* in, int column_begin, int column_end, int16_t* planes, size_t plane_size) {
+// RGB row into the three 16-bit planes, returned in that order.
+inline std::array<const int16_t*, 3> SplitPlanes(const uint8_t* in, int column_begin, int column_end, int16_t* planes,
+                                                 size_t plane_size) {
   int16_t* red = planes;
   int16_t* green = red + plane_size;
   int16_t* blue = green + plane_size;
@@ -289,31 +291,48 @@ inline void SplitPlanes(const uint8_t* in, int column_begin, int column_end, int
     green[i] = source[3 * i + 1];
     blue[i] = source[3 * i + 2];
   }
+  return {red, green, blue};
+}
+
+// One output column of the SSE2 and AVX2 passes: its split weights, where
+// its taps start in the planes, and its tap count rounded up to 8 (the
+// padded weights hold zeros there).
+struct ColumnTaps {
+  const int16_t* low;
+  const int16_t* high;
+  int offset;
+  int count;
+};
+
+inline ColumnTaps ColumnAt(const AxisTaps& taps, const int16_t* low, const int16_t* high, int padded, int column_begin,
+                           int x) {
+  const size_t row = static_cast<size_t>(x) * padded;
+  return {low + row, high + row, taps.first[x] - column_begin,
+          (taps.count[x] + kSimdLanes - 1) / kSimdLanes * kSimdLanes};
 }
 
 // The SSE2 pass over one row, on HorizontalFilter's split weights and
 // planes.
 void HorizontalRowSse2(const uint8_t* in, uint8_t* out, const AxisTaps& taps, const int16_t* low, const int16_t* high,
                        int padded, int column_begin, int column_end, int16_t* planes, size_t plane_size) {
-  SplitPlanes(in, column_begin, column_end, planes, plane_size);
-  const int16_t* red = planes;
-  const int16_t* green = red + plane_size;
-  const int16_t* blue = green + plane_size;
+  const auto channels = SplitPlanes(in, column_begin, column_end, planes, plane_size);
   const int width = static_cast<int>(taps.first.size());
   for (int x = 0; x < width; ++x) {
-    const int16_t* wl = &low[static_cast<size_t>(x) * padded];
-    const int16_t* wh = &high[static_cast<size_t>(x) * padded];
-    const int offset = taps.first[x] - column_begin;
-    const int n = (taps.count[x] + kSimdLanes - 1) / kSimdLanes * kSimdLanes;
+    const ColumnTaps column = ColumnAt(taps, low, high, padded, column_begin, x);
+    const int16_t* wl = column.low;
+    const int16_t* wh = column.high;
+    const int16_t* red = channels[0] + column.offset;
+    const int16_t* green = channels[1] + column.offset;
+    const int16_t* blue = channels[2] + column.offset;
     __m128i red_low = _mm_setzero_si128(), red_high = red_low;
     __m128i green_low = red_low, green_high = red_low;
     __m128i blue_low = red_low, blue_high = red_low;
-    for (int t = 0; t < n; t += kSimdLanes) {
+    for (int t = 0; t < column.count; t += kSimdLanes) {
       const __m128i l = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + t));
       const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + t));
-      const __m128i r = _mm_loadu_si128(reinterpret_cast<const __m128i*>(red + offset + t));
-      const __m128i g = _mm_loadu_si128(reinterpret_cast<const __m128i*>(green + offset + t));
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blue + offset + t));
+      const __m128i r = _mm_loadu_si128(reinterpret_cast<const __m128i*>(red + t));
+      const __m128i g = _mm_loadu_si128(reinterpret_cast<const __m128i*>(green + t));
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blue + t));
       red_low = _mm_add_epi32(red_low, _mm_madd_epi16(r, l));
       red_high = _mm_add_epi32(red_high, _mm_madd_epi16(r, h));
       green_low = _mm_add_epi32(green_low, _mm_madd_epi16(g, l));
@@ -336,19 +355,16 @@ __attribute__((target("avx2"))) void HorizontalRowAvx2(const uint8_t* in, uint8_
                                                        const int16_t* low, const int16_t* high, int padded,
                                                        int column_begin, int column_end, int16_t* planes,
                                                        size_t plane_size) {
-  SplitPlanes(in, column_begin, column_end, planes, plane_size);
-  const int16_t* red = planes;
-  const int16_t* green = red + plane_size;
-  const int16_t* blue = green + plane_size;
+  const auto planes_of = SplitPlanes(in, column_begin, column_end, planes, plane_size);
   const int width = static_cast<int>(taps.first.size());
   for (int x = 0; x < width; ++x) {
-    const int16_t* wl = &low[static_cast<size_t>(x) * padded];
-    const int16_t* wh = &high[static_cast<size_t>(x) * padded];
-    const int offset = taps.first[x] - column_begin;
-    // Rounded up to 8 as for SSE2 (padded holds them); 16 at a time, then 8.
-    const int n = (taps.count[x] + kSimdLanes - 1) / kSimdLanes * kSimdLanes;
+    const ColumnTaps column = ColumnAt(taps, low, high, padded, column_begin, x);
+    const int16_t* wl = column.low;
+    const int16_t* wh = column.high;
+    const int n = column.count;  // 16 taps at a time, then 8
     __m256i sums[3] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-    const int16_t* channels[3] = {red + offset, green + offset, blue + offset};
+    const int16_t* channels[3] = {planes_of[0] + column.offset, planes_of[1] + column.offset,
+                                  planes_of[2] + column.offset};
     int t = 0;
     for (; t + 2 * kSimdLanes <= n; t += 2 * kSimdLanes) {
       const __m256i l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wl + t));
