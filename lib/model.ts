@@ -61,6 +61,16 @@ export interface LoadOptions {
    * instruction set the candidates may use. Ignored on CUDA.
    */
   cpuKernels?: string;
+  /**
+   * A file in which `cpuKernels: 'auto'` keeps what it measured, so that later processes on this machine load in
+   * about the time of `fixed` instead of timing every candidate again (2-4 s of a ViT-B/32 load on 2 cores). A
+   * stored choice is reused only for the same model files (path, size, modification time), dtype, threads, CPU
+   * (model, stepping, usable instructions) and libtorch and clip-native versions, and still has to agree with the
+   * archive; the file is replaced atomically, so processes may share it. Delete it to measure again. The
+   * environment variable `CLIP_NATIVE_CALIBRATION_CACHE` does the same when this option is absent. Default: none
+   * (each process measures once). `info.cpuKernels.calibration` says where a load's choice came from.
+   */
+  calibrationCache?: string;
   /** Largest image batch. Default 16 on CPU, 128 on CUDA. */
   maxBatchImages?: number;
   /** Largest text batch. Default 64 on CPU, 256 on CUDA. */
@@ -265,11 +275,18 @@ export class ClipModel {
     if (options.cpuKernels !== undefined && (typeof options.cpuKernels !== 'string' || options.cpuKernels === '')) {
       throw invalidArgument('"auto", "fixed" or a kernel candidate name', 'options.cpuKernels', options.cpuKernels);
     }
+    if (
+      options.calibrationCache !== undefined &&
+      (typeof options.calibrationCache !== 'string' || options.calibrationCache === '')
+    ) {
+      throw invalidArgument('a file path', 'options.calibrationCache', options.calibrationCache);
+    }
     const native = {
       device,
       dtype,
       threads: checkInteger(options.threads, 'options.threads', 1),
       cpuKernels: options.cpuKernels,
+      calibrationCache: options.calibrationCache,
       maxBatchImages: checkInteger(options.maxBatchImages, 'options.maxBatchImages', 1),
       maxBatchTexts: checkInteger(options.maxBatchTexts, 'options.maxBatchTexts', 1),
       maxBatchTokens: checkInteger(options.maxBatchTokens, 'options.maxBatchTokens', 1),

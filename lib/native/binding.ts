@@ -79,10 +79,17 @@ export interface NativeCpuKernels {
   candidates: string[];
   /**
    * Milliseconds per item of each candidate measured at load, the mean over the shapes timed (one item and a small
-   * batch; a candidate over twice the fastest's time on one item is not timed further). Empty unless measured.
+   * batch; a candidate over 1.5 times the fastest's time on one item is not timed further). Empty unless measured.
    */
   imageMsPerItem: Record<string, number>;
   textMsPerItem: Record<string, number>;
+  /**
+   * Where each encoder's calibration came from: `measured` (timed by this load), `process` (an earlier load of the
+   * same files in this process), `file` (the calibration cache file, written by an earlier process on this machine);
+   * null where nothing was calibrated (a fixed or forced candidate, or a single one). `cacheFile`: the calibration
+   * cache of a calibrating load, else null.
+   */
+  calibration: { image: string | null; text: string | null; cacheFile: string | null };
   /**
    * How many attention products (scores and weighted sums) of each chosen encoder run on clip-native's own
    * AVX-512 or AVX2 kernel instead of libtorch's matmul (0 where `attentionKernel.kernel` is false).
@@ -148,6 +155,7 @@ export interface NativeLoadOptions {
   dtype: string;
   threads?: number;
   cpuKernels?: string;
+  calibrationCache?: string;
   maxBatchImages?: number;
   maxBatchTexts?: number;
   maxBatchTokens?: number;

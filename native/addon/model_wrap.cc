@@ -417,6 +417,12 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     };
     kernels.Set("imageMsPerItem", timings(k.image_ms));
     kernels.Set("textMsPerItem", timings(k.text_ms));
+    Napi::Object calibration = Napi::Object::New(env);
+    auto source = [&](const std::string& by) { return by.empty() ? env.Null() : Napi::String::New(env, by); };
+    calibration.Set("image", source(k.image_measured_by));
+    calibration.Set("text", source(k.text_measured_by));
+    calibration.Set("cacheFile", source(k.calibration_cache));
+    kernels.Set("calibration", calibration);
     Napi::Object attention = Napi::Object::New(env);
     attention.Set("image", k.image_attention_matmuls);
     attention.Set("text", k.text_attention_matmuls);

@@ -41,6 +41,7 @@ LoadOptions ParseLoadOptions(Napi::Env env, const Napi::Object& options) {
   model.precision = ParsePrecision(env, OptionString(options, "dtype", "float32"));
   model.threads = static_cast<int>(OptionNumber(options, "threads", 0));
   model.cpu_kernels = OptionString(options, "cpuKernels", "");
+  model.calibration_cache = OptionString(options, "calibrationCache", "");
   EngineOptions& engine = parsed.engine;
   engine.max_batch_images = static_cast<int>(OptionNumber(options, "maxBatchImages", 0));
   engine.max_batch_texts = static_cast<int>(OptionNumber(options, "maxBatchTexts", 0));

@@ -23,12 +23,14 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "calibration_store.h"
 #include "cpu_allocator.h"
 #include "cpu_attention.h"
 #include "cpu_features.h"
@@ -891,11 +893,17 @@ double RequiredCosine(Precision precision) {
 std::mutex g_calibration_mutex;
 std::map<std::string, std::pair<std::string, std::vector<std::pair<std::string, double>>>> g_calibrations;
 
-// Keyed by the file (path, size, modification time), the precision, the
-// thread count, the attention choice and the candidates asked for.
+// Keyed by the file (absolute path, size, modification time), the
+// precision, the thread count, the attention choice and the candidates asked
+// for.
 std::string CalibrationKey(const std::string& path, Precision precision, const std::vector<std::string>& names,
                            bool attention_kernel) {
-  std::string key = path + "|" + PrecisionName(precision) + "|" + std::to_string(at::get_num_threads()) + "|" +
+  std::string absolute = path;
+  try {
+    absolute = std::filesystem::absolute(path).lexically_normal().string();
+  } catch (const std::exception&) {
+  }
+  std::string key = absolute + "|" + PrecisionName(precision) + "|" + std::to_string(at::get_num_threads()) + "|" +
                     (attention_kernel ? "attention kernel" : "attention aten");
   try {
     key += "|" + std::to_string(std::filesystem::file_size(path)) + "|" +
@@ -904,6 +912,52 @@ std::string CalibrationKey(const std::string& path, Precision precision, const s
   }
   for (const auto& name : names) key += "|" + name;
   return key;
+}
+
+// What a measurement kept in a calibration file (CalibrationStore) depends on
+// beyond the files and choices of its key: the CPU (brand, family, model,
+// stepping and the instructions clip-native may use), the threads, and the
+// versions of libtorch and of clip-native's kernels. A machine with other
+// values measures again.
+std::string MachineKey() {
+  return CpuIdentity() + "|threads " + std::to_string(at::get_num_threads()) + "|libtorch " + TORCH_VERSION +
+         "|clip-native " + CLIP_NATIVE_VERSION;
+}
+
+// A stored calibration: the winner, then each candidate's milliseconds per
+// item, separated by ';' ("avx512;onednn=42.1;avx512=39.7;aten=72.5").
+std::string FormatCalibration(const std::string& winner, const std::vector<std::pair<std::string, double>>& timings) {
+  std::ostringstream out;
+  out.precision(17);
+  out << winner;
+  for (const auto& [name, ms] : timings) out << ';' << name << '=' << ms;
+  return out.str();
+}
+
+// The stored calibration `value` if it names a winner among `names` and
+// figures for candidates of `names` only; else nullopt (measure again).
+std::optional<std::pair<std::string, std::vector<std::pair<std::string, double>>>> ParseCalibration(
+    const std::string& value, const std::vector<std::string>& names) {
+  auto known = [&](const std::string& name) { return std::find(names.begin(), names.end(), name) != names.end(); };
+  std::vector<std::string> fields;
+  std::istringstream in(value);
+  for (std::string field; std::getline(in, field, ';');) fields.push_back(field);
+  if (fields.size() < 2 || !known(fields[0])) return std::nullopt;
+  std::vector<std::pair<std::string, double>> timings;
+  for (size_t i = 1; i < fields.size(); ++i) {
+    const size_t equals = fields[i].find('=');
+    if (equals == std::string::npos || !known(fields[i].substr(0, equals))) return std::nullopt;
+    try {
+      size_t used = 0;
+      const std::string number = fields[i].substr(equals + 1);
+      const double ms = std::stod(number, &used);
+      if (used != number.size() || !std::isfinite(ms) || ms <= 0) return std::nullopt;
+      timings.emplace_back(fields[i].substr(0, equals), ms);
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+  }
+  return std::make_pair(fields[0], timings);
 }
 
 // Builds each candidate of `names`, drops those that fail or disagree with
@@ -916,10 +970,17 @@ std::string CalibrationKey(const std::string& path, Precision precision, const s
 // from the first shape alone, which still ranks it last. The candidates
 // that rank differently by shape differ by 5-20% (int8 on FBGEMM and
 // oneDNN).
+//
+// A measurement of the same files earlier in this process, or in `store`
+// from an earlier process on this machine, names the winner instead: only it
+// is built (it still has to agree with the archive; a stored winner that
+// does not is measured again). `*measured_by` says which: "measured",
+// "process" or "file" ("" with one candidate).
 Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const std::string& path,
                                 const Manifest& manifest, bool image, Precision precision,
                                 const std::vector<std::string>& names, bool attention_kernel,
-                                std::vector<std::pair<std::string, double>>* timings) {
+                                const CalibrationStore& store, std::vector<std::pair<std::string, double>>* timings,
+                                std::string* measured_by) {
   torch::InferenceMode guard;
   const torch::Tensor example = ExampleInput(manifest, image);
   torch::Tensor expected;
@@ -932,35 +993,60 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
     // names the file and what failed.
     return OnForwardThread([&] { return BuildCandidate(archive, "archive", precision, /*attention_kernel=*/false); });
   }
-  // A measurement of the same file in this process names the winner: build
-  // only that one (it still has to agree with the archive).
   std::vector<std::string> to_build = names;
   const std::string key = CalibrationKey(path, precision, names, attention_kernel);
+  const std::string stored_key = store.enabled() ? MachineKey() + "|" + key : "";
+  measured_by->clear();
   if (names.size() > 1) {
+    *measured_by = "measured";
     std::lock_guard<std::mutex> lock(g_calibration_mutex);
     auto it = g_calibrations.find(key);
     if (it != g_calibrations.end()) {
       to_build = {it->second.first};
       *timings = it->second.second;
+      *measured_by = "process";
+    }
+  }
+  if (*measured_by == "measured" && store.enabled()) {
+    if (const std::optional<std::string> value = store.Find(stored_key)) {
+      if (auto stored = ParseCalibration(*value, names)) {
+        to_build = {stored->first};
+        *timings = std::move(stored->second);
+        *measured_by = "file";
+      }
     }
   }
   std::vector<Model::Encoder> built;
   std::string failures;
-  for (const std::string& name : to_build) {
-    try {
-      Model::Encoder candidate =
-          OnForwardThread([&] { return BuildCandidate(archive, name, precision, attention_kernel); });
-      const double cosine = MinCosine(expected, Forward(candidate, example));
-      if (cosine >= RequiredCosine(precision)) {
-        built.push_back(std::move(candidate));
-        continue;
+  auto build = [&] {
+    for (const std::string& name : to_build) {
+      try {
+        Model::Encoder candidate =
+            OnForwardThread([&] { return BuildCandidate(archive, name, precision, attention_kernel); });
+        const double cosine = MinCosine(expected, Forward(candidate, example));
+        if (cosine >= RequiredCosine(precision)) {
+          built.push_back(std::move(candidate));
+          continue;
+        }
+        failures += " " + name + ": cosine " + std::to_string(cosine) + " to the archive;";
+      } catch (const c10::Error& e) {
+        failures += " " + name + ": " + e.what_without_backtrace() + ";";
+      } catch (const std::exception& e) {
+        failures += " " + name + ": " + e.what() + ";";
       }
-      failures += " " + name + ": cosine " + std::to_string(cosine) + " to the archive;";
-    } catch (const c10::Error& e) {
-      failures += " " + name + ": " + e.what_without_backtrace() + ";";
-    } catch (const std::exception& e) {
-      failures += " " + name + ": " + e.what() + ";";
     }
+  };
+  build();
+  if (built.empty() && *measured_by == "file") {
+    to_build = names;
+    timings->clear();
+    failures.clear();
+    *measured_by = "measured";
+    build();
+  }
+  if (*measured_by == "file") {
+    std::lock_guard<std::mutex> lock(g_calibration_mutex);
+    g_calibrations[key] = {built.front().kernel, *timings};
   }
   if (built.empty() && precision != Precision::kInt8) {
     // The archive as loaded still computes the model (autocast for bfloat16).
@@ -1019,6 +1105,10 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
     std::lock_guard<std::mutex> lock(g_calibration_mutex);
     g_calibrations[key] = {built[winner].kernel, *timings};
   }
+  if (const std::string problem = store.Put(stored_key, FormatCalibration(built[winner].kernel, *timings));
+      !problem.empty()) {
+    TORCH_WARN("clip-native: the calibration of ", path, " was not kept in ", store.path(), " (", problem, ")");
+  }
   return std::move(built[winner]);
 }
 
@@ -1048,7 +1138,10 @@ bool RunArchivesAsLoaded(Precision precision) {
 // (1 or 0) when set; else, when `measure` (a calibrating load), whichever
 // was faster on this machine, measured once per process; else the fixed rule,
 // which every process on the machine follows alike (reproducible bits).
-void ChooseAttentionKernel(Precision precision, bool measure, CpuKernelChoice* choice) {
+//
+// A measurement in `store` (an earlier process on this machine) stands in for
+// one of this process.
+void ChooseAttentionKernel(Precision precision, bool measure, const CalibrationStore& store, CpuKernelChoice* choice) {
   const std::optional<bool> forced = SwitchFromEnvironment("CLIP_NATIVE_ATTENTION_KERNEL");
   choice->attention_kernel = false;
   // bfloat16 graphs run the products in bfloat16 (onednn-bf16) or on the
@@ -1078,8 +1171,29 @@ void ChooseAttentionKernel(Precision precision, bool measure, CpuKernelChoice* c
     std::lock_guard<std::mutex> lock(mutex);
     auto it = measured.find(dtype);
     if (it == measured.end()) {
-      torch::InferenceMode guard;
-      it = measured.emplace(dtype, OnForwardThread([dtype] { return MeasureAttentionMatmul(dtype); })).first;
+      const std::string stored_key =
+          store.enabled() ? MachineKey() + "|attention|" + std::string(c10::toString(dtype)) : "";
+      std::optional<AttentionMatmulTimings> stored;
+      if (const std::optional<std::string> value = store.Find(stored_key)) {
+        std::istringstream in(*value);
+        AttentionMatmulTimings t;
+        char separator = 0;
+        if (in >> t.kernel_us >> separator >> t.aten_us && separator == ';' &&
+            in.peek() == std::char_traits<char>::eof() && t.kernel_us > 0 && t.aten_us > 0) {
+          stored = t;
+        }
+      }
+      if (!stored) {
+        torch::InferenceMode guard;
+        stored = OnForwardThread([dtype] { return MeasureAttentionMatmul(dtype); });
+        std::ostringstream value;
+        value.precision(17);
+        value << stored->kernel_us << ';' << stored->aten_us;
+        if (const std::string problem = store.Put(stored_key, value.str()); !problem.empty()) {
+          TORCH_WARN("clip-native: the attention measurement was not kept in ", store.path(), " (", problem, ")");
+        }
+      }
+      it = measured.emplace(dtype, *stored).first;
     }
     timings = it->second;
   }
@@ -1335,11 +1449,20 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
     candidates = {forced};
     cpu_kernels_.selected_by = source;
   }
-  ChooseAttentionKernel(precision_, calibrate, &cpu_kernels_);
-  image_encoder_ = ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
-                                    candidates, cpu_kernels_.attention_kernel, &cpu_kernels_.image_ms);
-  text_encoder_ = ChooseCpuEncoder(text_archive, manifest_.text_encoder_path, manifest_, /*image=*/false, precision_,
-                                   candidates, cpu_kernels_.attention_kernel, &cpu_kernels_.text_ms);
+  std::string cache = options.calibration_cache;
+  if (cache.empty()) {
+    const char* env = std::getenv("CLIP_NATIVE_CALIBRATION_CACHE");
+    cache = env ? env : "";
+  }
+  const CalibrationStore store(calibrate ? cache : "");
+  cpu_kernels_.calibration_cache = store.path();
+  ChooseAttentionKernel(precision_, calibrate, store, &cpu_kernels_);
+  image_encoder_ =
+      ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_, candidates,
+                       cpu_kernels_.attention_kernel, store, &cpu_kernels_.image_ms, &cpu_kernels_.image_measured_by);
+  text_encoder_ =
+      ChooseCpuEncoder(text_archive, manifest_.text_encoder_path, manifest_, /*image=*/false, precision_, candidates,
+                       cpu_kernels_.attention_kernel, store, &cpu_kernels_.text_ms, &cpu_kernels_.text_measured_by);
   cpu_kernels_.image = image_encoder_.kernel;
   cpu_kernels_.text = text_encoder_.kernel;
   cpu_kernels_.image_attention_matmuls = image_encoder_.attention_matmuls;

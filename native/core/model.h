@@ -33,6 +33,10 @@ struct ModelOptions {
   // encoders. An empty string reads CLIP_NATIVE_CPU_KERNELS, else "auto".
   // Ignored on CUDA.
   std::string cpu_kernels;
+  // A file where calibrating loads keep their measurements for later
+  // processes on this machine (CalibrationStore); an empty string reads
+  // CLIP_NATIVE_CALIBRATION_CACHE, else none.
+  std::string calibration_cache;
   // Intra-op threads for the whole process; 0 keeps libtorch's default.
   // Applied once, by the first model loaded in the process.
   int threads = 0;
@@ -72,6 +76,13 @@ struct CpuKernelChoice {
   // Per-item milliseconds of each candidate measured at load, when measured.
   std::vector<std::pair<std::string, double>> image_ms;
   std::vector<std::pair<std::string, double>> text_ms;
+  // Where each encoder's calibration came from: "measured" (by this load),
+  // "process" (an earlier load of the same files in this process), "file"
+  // (calibration_cache, from an earlier process); "" when not calibrated.
+  std::string image_measured_by;
+  std::string text_measured_by;
+  // The calibration file of a calibrating load, else "".
+  std::string calibration_cache;
   // How many attention products (aten::matmul of two activations) of each
   // chosen encoder run on clip-native's kernel (cpu_attention.h).
   int image_attention_matmuls = 0;

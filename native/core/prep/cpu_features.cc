@@ -8,13 +8,15 @@
 #include <cctype>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 namespace clip {
 namespace {
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 bool Cpuid(unsigned leaf, unsigned subleaf, unsigned regs[4]) {
-  if (__get_cpuid_max(0, nullptr) < leaf) return false;
+  // The highest leaf of the range (basic or extended) that `leaf` is in.
+  if (__get_cpuid_max(leaf & 0x80000000u, nullptr) < leaf) return false;
   __cpuid_count(leaf, subleaf, regs[0], regs[1], regs[2], regs[3]);
   return true;
 }
@@ -135,6 +137,44 @@ std::vector<std::string> CpuFeatures::Names() const {
 const CpuFeatures& GetCpuFeatures() {
   static const CpuFeatures features = Capped(Detect(), MaxCpuIsaLevel());
   return features;
+}
+
+std::string CpuIdentity() {
+  std::string identity;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  unsigned regs[4] = {0, 0, 0, 0};
+  if (Cpuid(0, 0, regs)) {
+    // The vendor string is EBX, EDX, ECX of leaf 0.
+    char vendor[13] = {};
+    std::memcpy(vendor, &regs[1], 4);
+    std::memcpy(vendor + 4, &regs[3], 4);
+    std::memcpy(vendor + 8, &regs[2], 4);
+    identity = vendor;
+  }
+  // The brand string: 48 bytes in leaves 0x80000002-4 (EAX, EBX, ECX, EDX).
+  if (Cpuid(0x80000000u, 0, regs) && regs[0] >= 0x80000004u) {
+    char brand[49] = {};
+    for (unsigned leaf = 0; leaf < 3; ++leaf) {
+      if (Cpuid(0x80000002u + leaf, 0, regs)) std::memcpy(brand + 16 * leaf, regs, 16);
+    }
+    std::string name = brand;
+    const size_t first = name.find_first_not_of(' ');
+    if (first != std::string::npos) identity += " " + name.substr(first, name.find_last_not_of(' ') + 1 - first);
+  }
+  // Family, model and stepping as Linux computes them (leaf 1's EAX).
+  if (Cpuid(1, 0, regs)) {
+    const unsigned eax = regs[0];
+    unsigned family = (eax >> 8) & 0xf;
+    unsigned model = (eax >> 4) & 0xf;
+    if (family == 0xf) family += (eax >> 20) & 0xff;
+    if (family >= 6) model += ((eax >> 16) & 0xf) << 4;
+    identity += " (family " + std::to_string(family) + " model " + std::to_string(model) + " stepping " +
+                std::to_string(eax & 0xf) + ")";
+  }
+#endif
+  const CpuFeatures& features = GetCpuFeatures();
+  for (const std::string& name : features.Names()) identity += " " + name;
+  return identity;
 }
 
 }  // namespace clip

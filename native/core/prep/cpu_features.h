@@ -39,6 +39,11 @@ struct CpuFeatures {
 // CLIP_NATIVE_MAX_CPU_ISA when it holds a valid level (below).
 const CpuFeatures& GetCpuFeatures();
 
+// The CPU's brand string, family, model and stepping, and the flags of
+// GetCpuFeatures (capped): what a measurement of kernels on this machine
+// depends on, as one line.
+std::string CpuIdentity();
+
 // CLIP_NATIVE_MAX_CPU_ISA: the highest instruction set the kernels may use,
 // by oneDNN's names for the same levels (any case): "avx2" (no AVX-512),
 // "avx512_core" (AVX-512 without VNNI, BF16 and AMX), "avx512_core_vnni",
