@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { ClipModel } from '../../lib/index';
+import { binding } from '../../lib/native/binding';
 import { fixtures, root, tinyModel } from '../helpers/env';
 
 const image = path.join(
@@ -161,6 +162,42 @@ t.test('calibrationCache must be a path', async (t) => {
       ClipModel.load(tinyModel, { device: 'cpu', calibrationCache: value as unknown as string }),
       { code: 'CLIP_INVALID_ARGUMENT', message: /Expected a file path for options\.calibrationCache/ },
       `${JSON.stringify(value)} refused`,
+    );
+  }
+});
+
+// Large blocks (128 KB and up: the tiny model's patch embedding, packed by each candidate) still held after a load,
+// in a fresh process.
+function heldAfterLoad(options: Record<string, unknown>): { bytes: number; kernels: ClipModel['info']['cpuKernels'] } {
+  const script = `
+    const { ClipModel } = require(${JSON.stringify(path.join(root, 'dist'))});
+    const { binding } = require(${JSON.stringify(path.join(root, 'dist', 'native', 'binding'))});
+    (async () => {
+      const model = await ClipModel.load(${JSON.stringify(tinyModel)}, ${JSON.stringify({ device: 'cpu', ...options })});
+      console.log(JSON.stringify({ bytes: binding().cpuAllocator().inUseBytes, kernels: model.info.cpuKernels }));
+      await model.dispose();
+    })();`;
+  const result = spawnSync(process.execPath, ['-e', script], {
+    cwd: root,
+    encoding: 'utf8',
+    env: { ...process.env, CLIP_NATIVE_CALIBRATION_CACHE: '' },
+  });
+  if (result.status !== 0) throw new Error(`child failed (${result.status}):\n${result.stderr}`);
+  return JSON.parse(result.stdout.trim().split('\n').pop()!);
+}
+
+t.test('the candidates a calibration did not keep are freed with their weights', needsCalibration, async (t) => {
+  if (!binding().cpuAllocator().installed) await (await ClipModel.load(tinyModel, { device: 'cpu' })).dispose();
+  t.ok(binding().cpuAllocator().installed, 'the counting allocator is in place');
+  for (const dtype of ['float32', 'bfloat16', 'int8']) {
+    const calibrated = heldAfterLoad({ dtype });
+    if (calibrated.kernels!.candidates.length < 2) continue;
+    const forced = heldAfterLoad({ dtype, cpuKernels: calibrated.kernels!.image });
+    // The other encoder may have chosen another kernel: at most its own weights differ (well under 1 MB here).
+    const slack = calibrated.kernels!.image === calibrated.kernels!.text ? 0 : 1 << 20;
+    t.ok(
+      calibrated.bytes <= forced.bytes + slack,
+      `${dtype}: ${calibrated.bytes} bytes held after calibrating, ${forced.bytes} with ${calibrated.kernels!.image} forced`,
     );
   }
 });
