@@ -1351,7 +1351,7 @@ std::shared_ptr<Model> Model::Load(const std::string& directory, const ModelOpti
   return model;
 }
 
-Model::ReleaseCpuCacheOnDestruction::~ReleaseCpuCacheOnDestruction() { ReleaseCachedCpuMemory(); }
+Model::ReleaseCpuCacheOnDestruction::~ReleaseCpuCacheOnDestruction() { ReturnFreedMemory(); }
 
 std::shared_ptr<Model> Model::LoadOnThisThread(const std::string& directory, const ModelOptions& options) {
   InstallCpuAllocatorOnce();

@@ -170,8 +170,8 @@ class Model {
                         const ModelOptions& options);
 
   // First member, so destroyed last: once the weights and buffers below are
-  // freed, the CPU allocator's blocks kept for reuse go back to the system
-  // (cpu_allocator.h).
+  // freed, the CPU allocator's blocks kept for reuse (cpu_allocator.h) and
+  // malloc's free pages go back to the system.
   struct ReleaseCpuCacheOnDestruction {
     ~ReleaseCpuCacheOnDestruction();
   } release_cpu_cache_;
