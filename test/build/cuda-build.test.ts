@@ -47,7 +47,7 @@ t.test('model.cc compiles with CUDA support', { skip: hasToolkit ? false : `no C
   t.match(version ?? '', /\+cu\d+/, `a CUDA build of torch (${version})`);
   const result = spawnSync(
     'g++',
-    ['-std=c++20', '-fsyntax-only', '-Wall', '-DCLIP_WITH_CUDA=1', '-D_GLIBCXX_USE_CXX11_ABI=1',
+    ['-std=c++20', '-fsyntax-only', '-Wall', '-DCLIP_WITH_CUDA=1', '-D_GLIBCXX_USE_CXX11_ABI=1', '-DCLIP_NATIVE_VERSION="syntax-check"',
       `-I${path.join(root, 'native', 'core')}`, `-I${path.join(root, 'native', 'core', 'prep')}`, `-I${include}`, `-I${path.join(include, 'torch', 'csrc', 'api', 'include')}`,
       `-I${cudaInclude}`, path.join(root, 'native', 'core', 'model.cc')],
     { encoding: 'utf8' },
