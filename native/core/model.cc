@@ -1407,7 +1407,7 @@ std::shared_ptr<Model> Model::LoadOnThisThread(const std::string& directory, con
     if (SwitchFromEnvironment("CLIP_NATIVE_PACKED_TEXTS").value_or(true) && !RunArchivesAsLoaded(options.precision)) {
       model->cpu_kernels_.packed_texts = UsePackedTextForward(text_archive);
     }
-    model->ChooseCpuKernels(image_archive, text_archive, options);
+    model->ChooseCpuKernels(std::move(image_archive), std::move(text_archive), options);
   }
 
   // One small forward per encoder proves the archive computes what the
@@ -1454,8 +1454,8 @@ void Model::PrepareInferenceThread() const {
   SetCpuAutocast(false);
 }
 
-void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
-                             const torch::jit::script::Module& text_archive, const ModelOptions& options) {
+void Model::ChooseCpuKernels(torch::jit::script::Module image_archive, torch::jit::script::Module text_archive,
+                             const ModelOptions& options) {
   cpu_kernels_.candidates = CpuKernelCandidates(precision_);
   std::vector<std::string> candidates = cpu_kernels_.candidates;
   std::string forced = options.cpu_kernels;
@@ -1501,6 +1501,7 @@ void Model::ChooseCpuKernels(const torch::jit::script::Module& image_archive,
   image_encoder_ =
       ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_, candidates,
                        cpu_kernels_.attention_kernel, store, &cpu_kernels_.image_ms, &cpu_kernels_.image_measured_by);
+  image_archive = torch::jit::script::Module();
   text_encoder_ =
       ChooseCpuEncoder(text_archive, manifest_.text_encoder_path, manifest_, /*image=*/false, precision_, candidates,
                        cpu_kernels_.attention_kernel, store, &cpu_kernels_.text_ms, &cpu_kernels_.text_measured_by);
