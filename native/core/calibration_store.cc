@@ -20,13 +20,14 @@ std::mutex g_write_mutex;
 
 bool Storable(const std::string& text) { return !text.empty() && text.find_first_of("\t\r\n") == std::string::npos; }
 
-// The lines of the file as key -> value; empty when the file is absent or
-// is not a calibration file (its header differs).
-std::map<std::string, std::string> ReadLines(const std::string& path) {
+// The lines of the file as key -> value. Absent or empty: no lines. Not a
+// calibration file (its first line is another): nullopt.
+std::optional<std::map<std::string, std::string>> ReadLines(const std::string& path) {
   std::map<std::string, std::string> lines;
   std::ifstream in(path, std::ios::binary);
   std::string line;
-  if (!in || !std::getline(in, line) || line != kHeader) return lines;
+  if (!in || !std::getline(in, line)) return lines;
+  if (line != kHeader) return std::nullopt;
   while (std::getline(in, line)) {
     const size_t tab = line.find('\t');
     if (tab == std::string::npos || tab == 0 || tab + 1 == line.size()) continue;
@@ -39,9 +40,10 @@ std::map<std::string, std::string> ReadLines(const std::string& path) {
 
 std::optional<std::string> CalibrationStore::Find(const std::string& key) const {
   if (!enabled() || !Storable(key)) return std::nullopt;
-  const std::map<std::string, std::string> lines = ReadLines(path_);
-  auto it = lines.find(key);
-  if (it == lines.end()) return std::nullopt;
+  const auto lines = ReadLines(path_);
+  if (!lines) return std::nullopt;
+  auto it = lines->find(key);
+  if (it == lines->end()) return std::nullopt;
   return it->second;
 }
 
@@ -49,19 +51,13 @@ std::string CalibrationStore::Put(const std::string& key, const std::string& val
   if (!enabled()) return "";
   if (!Storable(key) || !Storable(value)) return "a key or value with a tab or line break";
   std::lock_guard<std::mutex> lock(g_write_mutex);
-  {
-    // A file that is there but is not a calibration file is not replaced.
-    std::ifstream existing(path_, std::ios::binary);
-    std::string first;
-    if (existing && std::getline(existing, first) && first != kHeader) {
-      return "the file exists and is not a clip-native calibration file";
-    }
-  }
-  std::map<std::string, std::string> lines = ReadLines(path_);
-  lines[key] = value;
+  // A file that is there but is not a calibration file is not replaced.
+  std::optional<std::map<std::string, std::string>> lines = ReadLines(path_);
+  if (!lines) return "the file exists and is not a clip-native calibration file";
+  (*lines)[key] = value;
   std::ostringstream text;
   text << kHeader << '\n';
-  for (const auto& [k, v] : lines) text << k << '\t' << v << '\n';
+  for (const auto& [k, v] : *lines) text << k << '\t' << v << '\n';
   const std::string temporary = path_ + ".tmp" + std::to_string(getpid());
   {
     std::ofstream out(temporary, std::ios::binary | std::ios::trunc);

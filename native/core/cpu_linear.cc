@@ -752,6 +752,13 @@ void CheckFloatOperands(at::IntArrayRef x, const at::Tensor& packed, const c10::
   }
 }
 
+// Whether `packed` is laid out for bfloat16 products (PackPanelWeightBf16's
+// 4-D pairs) rather than for the float32 kernels (3-D, float32 or bfloat16
+// weights, PackPanelWeight).
+bool PackedForBf16Products(const at::Tensor& packed) {
+  return packed.scalar_type() == at::kBFloat16 && packed.dim() == 4;
+}
+
 // The same for the bfloat16 kernel (bfloat16 weights of half the width in
 // pairs, a bias of any floating type); returns the bias as float32, the
 // way the kernel adds it (undefined when there is none).
@@ -799,9 +806,8 @@ at::Tensor LinearRows(const at::Tensor& x, const at::Tensor& packed, const c10::
   TORCH_CHECK(attr == "none" || attr == "swish", "clip_native: linear_rows takes \"none\" or \"swish\", got \"",
               std::string(attr.data(), attr.size()), "\"");
   const bool swish = attr == "swish";
-  return packed.scalar_type() == at::kBFloat16 && packed.dim() == 4
-             ? PanelLinearBf16(x, packed, bias, out_features, swish)
-             : PanelLinear(x, packed, bias, out_features, swish);
+  return PackedForBf16Products(packed) ? PanelLinearBf16(x, packed, bias, out_features, swish)
+                                       : PanelLinear(x, packed, bias, out_features, swish);
 }
 
 }  // namespace
@@ -941,7 +947,7 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
                     int64_t out_features) {
   // bfloat16 products (AVX512-BF16 pairs), else float32 products on float32
   // or bfloat16 weights.
-  const bool bfloat16 = packed1.scalar_type() == at::kBFloat16 && packed1.dim() == 4;
+  const bool bfloat16 = PackedForBf16Products(packed1);
   TORCH_CHECK(x.dim() >= 1, "clip_native: an MLP input must have at least one dimension, got ", x.sizes());
   std::vector<int64_t> hidden_shape(x.sizes().begin(), x.sizes().end());
   hidden_shape.back() = hidden;

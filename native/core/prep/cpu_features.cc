@@ -21,6 +21,18 @@ bool Cpuid(unsigned leaf, unsigned subleaf, unsigned regs[4]) {
   return true;
 }
 
+// CPUID leaf 0's vendor string ("GenuineIntel", "AuthenticAMD"): EBX, EDX,
+// ECX; "" where the leaf cannot be read.
+std::string Vendor() {
+  unsigned regs[4] = {0, 0, 0, 0};
+  if (!Cpuid(0, 0, regs)) return "";
+  char vendor[13] = {};
+  std::memcpy(vendor, &regs[1], 4);
+  std::memcpy(vendor + 4, &regs[3], 4);
+  std::memcpy(vendor + 8, &regs[2], 4);
+  return vendor;
+}
+
 // XCR0: which register states the OS saves on context switches. A CPU flag
 // is usable only when the OS also saves the registers it needs.
 uint64_t Xcr0() {
@@ -31,9 +43,7 @@ uint64_t Xcr0() {
 
 CpuFeatures Detect() {
   CpuFeatures f;
-  unsigned r0[4] = {0, 0, 0, 0};
-  // The vendor string is EBX, EDX, ECX of leaf 0.
-  f.intel = Cpuid(0, 0, r0) && r0[1] == 0x756e6547 && r0[3] == 0x49656e69 && r0[2] == 0x6c65746e;
+  f.intel = Vendor() == "GenuineIntel";
   unsigned r1[4] = {0, 0, 0, 0};
   if (!Cpuid(1, 0, r1)) return f;
   const bool osxsave = (r1[2] >> 27) & 1;
@@ -142,15 +152,8 @@ const CpuFeatures& GetCpuFeatures() {
 std::string CpuIdentity() {
   std::string identity;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  identity = Vendor();
   unsigned regs[4] = {0, 0, 0, 0};
-  if (Cpuid(0, 0, regs)) {
-    // The vendor string is EBX, EDX, ECX of leaf 0.
-    char vendor[13] = {};
-    std::memcpy(vendor, &regs[1], 4);
-    std::memcpy(vendor + 4, &regs[3], 4);
-    std::memcpy(vendor + 8, &regs[2], 4);
-    identity = vendor;
-  }
   // The brand string: 48 bytes in leaves 0x80000002-4 (EAX, EBX, ECX, EDX).
   if (Cpuid(0x80000000u, 0, regs) && regs[0] >= 0x80000004u) {
     char brand[49] = {};
