@@ -104,8 +104,11 @@ CpuFeatures Capped(CpuFeatures f, int level) {
   if (level < 4 || !f.avx512f) f.avx512_vbmi = false;
   if (level < 3 || !f.avx512f) f.avx512_bf16 = false;
   if (level < 4 || !f.avx512f) f.amx_bf16 = f.amx_int8 = false;
-  // AVX-VNNI (oneDNN's level "avx2_vnni", above "avx2").
-  if (level < 1) f.avx_vnni = false;
+  // AVX-VNNI (oneDNN's "avx2_vnni") came with Alder Lake and Sapphire
+  // Rapids: of the levels only AMX's has it, and oneDNN capped below that
+  // does not use it (with it kept, int8 loads capped at avx512_core on a
+  // Zen 5 took oneDNN's saturating u8 x s8 products for VNNI: cosine 0.91).
+  if (level < 4) f.avx_vnni = false;
   return f;
 }
 
