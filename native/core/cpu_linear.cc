@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -552,6 +553,211 @@ __attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* xt
   }
 }
 
+// The same tiles on int8 (AVX512-VNNI): weights quantized at load to int8
+// per output feature (symmetric, scale = max |w| / 127), inputs quantized
+// per call and per row to uint8 (scale (max - min) / 255 over the row with
+// zero inside the range, and a zero point), one vpdpbusd adding four u8 x s8
+// products to each int32 sum. Each 32-bit lane of a panel step holds four
+// consecutive inputs of one feature, and a row tile's k-major copy holds
+// four of each row: the bfloat16 tiles' layout with groups of four bytes
+// for pairs. The sums are exact in int32 (|sum| <= 255 * 127 * k, below
+// 2^31 up to k = 66,000); the zero point's share, zero * (the feature's sum
+// of int8 weights), starts the sums, and the epilogue scales them to
+// float32 (row scale x feature scale), adds the bias and stores float32.
+// A packed int8 weight (PackPanelWeight with dtype int8: PackInt8) is one
+// byte tensor: the panels' weights ([panels][k4][32][4], k4 = ceil(k / 4),
+// zero past k and past the features), then the features' float32 scales
+// ([panels * 32]), then their int32 weight sums ([panels * 32]).
+int64_t Int8Steps(int64_t k) { return (k + 3) / 4; }
+
+// Rows [first, last) of x [m, k] quantized to uint8, each row to `steps`
+// groups of four bytes at q + row * steps (bytes past k zero: the weights
+// there are zero too), with its scale and zero point: x ~ scale * (q - zero).
+__attribute__((target("avx512f"))) void QuantizeRows(const float* x, int64_t k, int64_t steps, int64_t first,
+                                                     int64_t last, uint32_t* q, float* scale, int32_t* zero) {
+  for (int64_t r = first; r < last; ++r) {
+    const float* row = x + r * k;
+    __m512 lo = _mm512_setzero_ps();
+    __m512 hi = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) {
+      const __m512 v = _mm512_maskz_loadu_ps(simd::TailMask(i, k), row + i);  // masked lanes: 0, inside the range
+      lo = _mm512_maskz_min_ps(0xFFFF, lo, v);                                // maskz here and below: GCC bug 105593
+      hi = _mm512_maskz_max_ps(0xFFFF, hi, v);
+    }
+    alignas(64) float lows[16], highs[16];
+    _mm512_store_ps(lows, lo);
+    _mm512_store_ps(highs, hi);
+    const float low = *std::min_element(lows, lows + 16);
+    float s = (*std::max_element(highs, highs + 16) - low) / 255.0f;
+    if (!(s > 0.0f) || !std::isfinite(s)) s = 1.0f;  // a row of zeros (or not finite: no exact answer anyway)
+    const int32_t z = static_cast<int32_t>(std::min(255.0f, std::max(0.0f, std::nearbyint(-low / s))));
+    const __m512 inverse = _mm512_set1_ps(1.0f / s);
+    const __m512i offset = _mm512_set1_epi32(z);
+    auto* bytes = reinterpret_cast<uint8_t*>(q + r * steps);
+    for (int64_t i = 0; i < k; i += 16) {
+      const __mmask16 lanes = simd::TailMask(i, k);
+      const __m512 v = _mm512_maskz_loadu_ps(lanes, row + i);
+      __m512i n = _mm512_add_epi32(_mm512_maskz_cvtps_epi32(0xFFFF, _mm512_mul_ps(v, inverse)), offset);
+      n = _mm512_maskz_min_epi32(0xFFFF, _mm512_maskz_max_epi32(0xFFFF, n, _mm512_setzero_si512()),
+                                 _mm512_set1_epi32(255));
+      _mm512_mask_cvtepi32_storeu_epi8(bytes + i, lanes, n);
+    }
+    for (int64_t i = k; i < steps * 4; ++i) bytes[i] = 0;
+    scale[r] = s;
+    zero[r] = z;
+  }
+}
+
+// A panel's per-feature values for the int8 tiles: the store masks, the
+// bias, the weights' scales and int32 sums (zero past the features).
+struct PanelEdgeInt8 {
+  PanelEdge edge;
+  __m512 scale[2];
+  __m512i sum[2];
+  __attribute__((target("avx512f")))
+  PanelEdgeInt8(const float* biases, const float* scales, const int32_t* sums, int64_t n0, int64_t n_size)
+      : edge(biases, n0, n_size) {
+    for (int h = 0; h < 2; ++h) {
+      scale[h] = _mm512_loadu_ps(scales + n0 + 16 * h);
+      sum[h] = _mm512_loadu_si512(sums + n0 + 16 * h);
+    }
+  }
+};
+
+// `kRows` rows of quantized inputs (k-major groups of four, `xt`; their
+// scales and zero points at `row_scale`, `row_zero`) against one panel.
+template <int kRows>
+__attribute__((target("avx512f,avx512vnni"))) void TileInt8(const uint32_t* xt, const int8_t* panel, int64_t steps,
+                                                            const PanelEdgeInt8& e, const float* row_scale,
+                                                            const int32_t* row_zero, float* y, int64_t ldy, bool swish,
+                                                            const NextPanelLines& next) {
+  __m512i acc[2][kRows];
+#pragma GCC unroll 32
+  for (int r = 0; r < kRows; ++r) {
+    const __m512i z = _mm512_set1_epi32(-row_zero[r]);
+    acc[0][r] = _mm512_mullo_epi32(z, e.sum[0]);
+    acc[1][r] = _mm512_mullo_epi32(z, e.sum[1]);
+  }
+  const int8_t* p = panel;
+  const uint32_t* x = xt;
+  const char* ahead = next.lines;
+  for (int64_t k = 0; k < steps; ++k, p += 4 * kPanel, x += kRows, ahead += next.step) {
+    _mm_prefetch(reinterpret_cast<const char*>(p + 4 * kPanel * 12), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(p + 4 * kPanel * 12 + 64), _MM_HINT_T0);
+    _mm_prefetch(ahead, _MM_HINT_T0);
+    const __m512i w0 = _mm512_load_si512(p);
+    const __m512i w1 = _mm512_load_si512(p + 64);
+#pragma GCC unroll 32
+    for (int r = 0; r < kRows; ++r) {
+      const __m512i xv = _mm512_set1_epi32(static_cast<int>(x[r]));
+      // Written out: GCC 12 copies the accumulator around each
+      // _mm512_dpbusd_epi32 and spills most of the 28 to the stack.
+      __asm__("vpdpbusd %[w], %[x], %[acc]" : [acc] "+v"(acc[0][r]) : [x] "v"(xv), [w] "v"(w0));
+      __asm__("vpdpbusd %[w], %[x], %[acc]" : [acc] "+v"(acc[1][r]) : [x] "v"(xv), [w] "v"(w1));
+    }
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < kRows; ++r) {
+    const __m512 s = _mm512_set1_ps(row_scale[r]);
+    for (int h = 0; h < 2; ++h) {
+      __m512 v =
+          _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, acc[h][r]), _mm512_mul_ps(s, e.scale[h]), e.edge.bias[h]);
+      if (swish) v = simd::Swish(v);
+      _mm512_mask_storeu_ps(y + r * ldy + 16 * h, e.edge.mask[h], v);
+    }
+  }
+}
+
+template <int kRows = 1>
+__attribute__((target("avx512f,avx512vnni"))) void TileRowsInt8(int rows, const uint32_t* xt, const int8_t* panel,
+                                                                int64_t steps, const PanelEdgeInt8& e,
+                                                                const float* row_scale, const int32_t* row_zero,
+                                                                float* y, int64_t ldy, bool swish,
+                                                                const NextPanelLines& next) {
+  if constexpr (kRows <= kTile) {
+    if (rows == kRows) return TileInt8<kRows>(xt, panel, steps, e, row_scale, row_zero, y, ldy, swish, next);
+    TileRowsInt8<kRows + 1>(rows, xt, panel, steps, e, row_scale, row_zero, y, ldy, swish, next);
+  }
+}
+
+// The quantized rows of an int8 linear's input, as the tiles read them: the
+// row tiles' k-major copy (`steps` 32-bit groups per row), and each row's
+// scale and zero point.
+struct QuantizedRows {
+  uint32_t* tiles;
+  float* scale;
+  int32_t* zero;
+};
+
+// Every row tile against the int8 panels [first, last) of `packed`
+// (Int8PackedBytes layout, `panels` in all); y float32 [rows, n_size].
+__attribute__((target("avx512f,avx512vnni"))) void PanelsInt8(const QuantizedRows& x, const std::vector<RowTile>& tiles,
+                                                              int64_t steps, const int8_t* packed, int64_t panels,
+                                                              const float* bias, int64_t n_size, float* y,
+                                                              int64_t first, int64_t last, bool swish) {
+  const auto* scales = reinterpret_cast<const float*>(packed + panels * steps * kPanelStepBytes);
+  const auto* sums = reinterpret_cast<const int32_t*>(scales + panels * kPanel);
+  for (int64_t p = first; p < last; ++p) {
+    const int64_t n0 = p * kPanel;
+    const PanelEdgeInt8 edge(bias, scales, sums, n0, n_size);
+    const int8_t* panel = packed + p * steps * kPanelStepBytes;
+    RunPanelTiles(tiles.size(), steps, kPanelStepBytes, panel, p + 1 < last, nullptr, 0,
+                  [&](size_t t, int64_t, int64_t, const NextPanelLines& next, const Carry&) {
+                    const RowTile& tile = tiles[t];
+                    TileRowsInt8(tile.rows, x.tiles + tile.first * steps, panel, steps, edge, x.scale + tile.first,
+                                 x.zero + tile.first, y + TileOutputOffset(tile, n0, n_size, false), n_size, swish,
+                                 next);
+                  });
+  }
+}
+
+// RunPanels for int8: x's float32 rows quantized (QuantizeRows) and copied
+// k-major (PackRowTiles on the groups of four bytes), then
+// `panels(rows, tiles, first, last)`: up to kPerThreadCopyRows rows by each
+// thread for itself inside the one parallel region, above once, by all
+// threads together, and run in groups of tiles (RunInGroups).
+template <typename PanelsFn>
+void RunPanelsInt8(const float* x, int64_t k, const std::vector<RowTile>& tiles, int64_t panel_count,
+                   const PanelsFn& panels) {
+  if (tiles.empty()) return;
+  const int64_t steps = Int8Steps(k);
+  const int64_t m = tiles.back().first + tiles.back().rows;
+  struct Buffers {
+    GrowingBuffer<uint32_t> rows, tiles;
+    GrowingBuffer<float> scale;
+    GrowingBuffer<int32_t> zero;
+    QuantizedRows Get(int64_t m, int64_t steps, uint32_t** rows_out) {
+      *rows_out = rows.Get(static_cast<size_t>(m * steps));
+      return {tiles.Get(static_cast<size_t>(m * steps)), scale.Get(static_cast<size_t>(m)),
+              zero.Get(static_cast<size_t>(m))};
+    }
+  };
+  auto quantize = [&](const QuantizedRows& q, uint32_t* rows, const RowTile* begin, const RowTile* end) {
+    QuantizeRows(x, k, steps, begin->first, (end - 1)->first + (end - 1)->rows, rows, q.scale, q.zero);
+    PackRowTiles(rows, steps, begin, end, q.tiles);
+  };
+  if (m > kPerThreadCopyRows) {
+    thread_local Buffers buffers;
+    uint32_t* rows = nullptr;
+    const QuantizedRows q = buffers.Get(m, steps, &rows);
+    at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t first, int64_t last) {
+      quantize(q, rows, tiles.data() + first, tiles.data() + last);
+    });
+    const std::vector<std::vector<RowTile>> groups = GroupTiles(tiles, steps * 4);
+    at::parallel_for(0, panel_count, 1, [&](int64_t first, int64_t last) {
+      for (const std::vector<RowTile>& group : groups) panels(q, group, first, last);
+    });
+    return;
+  }
+  at::parallel_for(0, panel_count, 1, [&](int64_t first, int64_t last) {
+    thread_local Buffers buffers;
+    uint32_t* rows = nullptr;
+    const QuantizedRows q = buffers.Get(m, steps, &rows);
+    quantize(q, rows, tiles.data(), tiles.data() + tiles.size());
+    panels(q, tiles, first, last);
+  });
+}
+
 // The float32 tiles on AVX2 + FMA (CPUs without AVX-512: AMD Zen 2 and 3,
 // Intel's E-core Xeons), on panels of 16 features (two ymm registers) and
 // tiles of up to 6 rows: 12 accumulators, two weight registers and a
@@ -806,8 +1012,47 @@ at::Tensor LinearRows(const at::Tensor& x, const at::Tensor& packed, const c10::
   TORCH_CHECK(attr == "none" || attr == "swish", "clip_native: linear_rows takes \"none\" or \"swish\", got \"",
               std::string(attr.data(), attr.size()), "\"");
   const bool swish = attr == "swish";
+  if (packed.scalar_type() == at::kChar) return PanelLinearInt8(x, packed, bias, out_features, swish);
   return PackedForBf16Products(packed) ? PanelLinearBf16(x, packed, bias, out_features, swish)
                                        : PanelLinear(x, packed, bias, out_features, swish);
+}
+
+// PackPanelWeight's int8 packing (the layout PanelsInt8 reads): each
+// feature's weights scaled by 127 / max |w| and rounded to int8.
+at::Tensor PackInt8(const at::Tensor& weight, int64_t panels) {
+  const int64_t n = weight.size(0);
+  const int64_t k = weight.size(1);
+  const int64_t steps = (k + 3) / 4;
+  const at::Tensor scales = weight.abs().amax({1}).clamp_min(1e-30) / 127.0;
+  const at::Tensor q = (weight / scales.unsqueeze(1)).round().clamp(-127, 127).to(at::kChar);
+  at::Tensor padded = at::zeros({panels * 32, steps * 4}, weight.options().dtype(at::kChar));
+  padded.narrow(0, 0, n).narrow(1, 0, k).copy_(q);
+  at::Tensor scale_bytes = at::zeros({panels * 32}, weight.options());
+  scale_bytes.narrow(0, 0, n).copy_(scales);
+  const at::Tensor sums = padded.sum({1}, /*keepdim=*/false, at::kInt).contiguous();
+  // [panels, 32, steps, 4] -> [panels, steps, 32, 4]: per step, 32 features of four inputs.
+  const at::Tensor steps_major = padded.view({panels, 32, steps, 4}).permute({0, 2, 1, 3}).reshape({-1});
+  return at::cat({steps_major, scale_bytes.view(at::kChar), sums.view(at::kChar)});
+}
+
+// The operands of an int8 panel linear: packed int8 weights (PackInt8) for
+// inputs of x's width and out_features features, a float32 bias of
+// out_features, the kernel.
+void CheckInt8Operands(at::IntArrayRef x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                       int64_t out_features) {
+  TORCH_CHECK(
+      packed.scalar_type() == at::kChar && packed.device().is_cpu() && packed.dim() == 1 && packed.is_contiguous(),
+      "clip_native: the packed int8 weight must be a 1-D int8 CPU tensor, got ", packed.toString());
+  TORCH_CHECK(!x.empty() && out_features > 0 && x.back() > 0 &&
+                  packed.numel() == (out_features + 31) / 32 * ((x.back() + 3) / 4 * 128 + 256),
+              "clip_native: linear input ", x, " does not fit ", packed.numel(), " bytes of int8 weights for ",
+              out_features, " features");
+  if (bias) {
+    CheckFloatCpu(*bias, "the bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->is_contiguous(), "clip_native: a bias of ",
+                out_features, " features was expected, got ", bias->sizes());
+  }
+  TORCH_CHECK(PanelLinearInt8Available(), "clip_native: this CPU lacks AVX512-VNNI for the int8 panel linear");
 }
 
 }  // namespace
@@ -823,6 +1068,14 @@ bool PanelLinearAvailable() {
 bool PanelLinearAvx2Available() {
 #ifdef CLIP_PANEL_KERNEL
   return GetCpuFeatures().avx2 && GetCpuFeatures().fma;
+#else
+  return false;
+#endif
+}
+
+bool PanelLinearInt8Available() {
+#ifdef CLIP_PANEL_KERNEL
+  return GetCpuFeatures().avx512f && GetCpuFeatures().avx512_vnni;
 #else
   return false;
 #endif
@@ -870,6 +1123,27 @@ at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const 
   return in.y.view(in.shape);
 }
 
+at::Tensor PanelLinearInt8(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                           int64_t out_features, bool swish) {
+  CheckFloatCpu(x, "the input");
+  CheckInt8Operands(x.sizes(), packed, bias, out_features);
+  const int64_t k = x.size(-1);
+  RowsIn in(x, out_features);
+#ifdef CLIP_PANEL_KERNEL
+  const int64_t panels = (out_features + kPanel - 1) / kPanel;
+  const int64_t steps = Int8Steps(k);
+  const std::vector<RowTile> tiles = SplitRows(in.m, kTile);
+  const int8_t* pp = packed.data_ptr<int8_t>();
+  const float* bp = bias ? bias->data_ptr<float>() : nullptr;
+  float* yp = in.y.data_ptr<float>();
+  RunPanelsInt8(in.rows.data_ptr<float>(), k, tiles, panels,
+                [&](const QuantizedRows& q, const std::vector<RowTile>& group, int64_t first, int64_t last) {
+                  PanelsInt8(q, group, steps, pp, panels, bp, out_features, yp, first, last, swish);
+                });
+#endif
+  return in.y.view(in.shape);
+}
+
 int ParallelForThreads() {
   std::set<std::thread::id> seen;
   std::mutex mutex;
@@ -894,11 +1168,13 @@ PanelPrefetch NextPanelPrefetch(size_t tiles, size_t tile, int64_t k_steps, int6
 at::Tensor PackPanelWeight(const at::Tensor& weight, int64_t width, at::ScalarType dtype) {
   TORCH_CHECK(weight.dim() == 2, "clip_native: a linear weight must be 2-D, got ", weight.sizes());
   TORCH_CHECK(width == 32 || width == 16, "clip_native: panels are 32 or 16 features wide, got ", width);
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "clip_native: panel weights are float32 or bfloat16, got ",
-              dtype);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || (dtype == at::kChar && width == 32),
+              "clip_native: panel weights are float32 or bfloat16 (or int8, 32 wide), got ", dtype, ", ", width,
+              " wide");
   const int64_t n = weight.size(0);
   const int64_t k = weight.size(1);
   const int64_t panels = (n + width - 1) / width;
+  if (dtype == at::kChar) return PackInt8(weight.to(at::kFloat), panels);
   at::Tensor padded = at::zeros({panels * width, k}, weight.options().dtype(dtype));
   padded.narrow(0, 0, n).copy_(weight);
   if (dtype == at::kFloat) return padded.view({panels, width, k}).transpose(1, 2).contiguous();
@@ -945,6 +1221,10 @@ at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10:
 at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::optional<at::Tensor>& bias1,
                     int64_t hidden, const at::Tensor& packed2, const c10::optional<at::Tensor>& bias2,
                     int64_t out_features) {
+  // int8: two linears (each quantizes its input per row).
+  if (packed1.scalar_type() == at::kChar) {
+    return PanelLinearInt8(PanelLinearInt8(x, packed1, bias1, hidden, true), packed2, bias2, out_features, false);
+  }
   // bfloat16 products (AVX512-BF16 pairs), else float32 products on float32
   // or bfloat16 weights.
   const bool bfloat16 = PackedForBf16Products(packed1);

@@ -32,6 +32,15 @@ bool PanelLinearAvx2Available();
 // panel holds feature j beside feature j + width / 2.
 at::Tensor PackPanelWeight(const at::Tensor& weight, int64_t width = 32, at::ScalarType dtype = at::kFloat);
 
+// The int8 variant (AVX512-VNNI): weights packed with dtype int8 (per
+// output feature scaled to int8, one byte tensor with their scales and
+// sums; width 32), inputs quantized per call and per row to uint8, int32
+// sums scaled back to float32; x and the result are float32. The model's
+// "avx512-vnni" int8 candidate runs every linear on it.
+bool PanelLinearInt8Available();
+at::Tensor PanelLinearInt8(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                           int64_t out_features, bool swish = false);
+
 // The bfloat16 variant: AVX512-BF16 products of bfloat16 pairs, float32
 // accumulation. Weights [N, K] (K even) -> [ceil(N/32), K/2, 32, 2] bfloat16;
 // x and the result are bfloat16, the bias any floating type.

@@ -137,6 +137,9 @@ t.test(
     const float32 = runCapped('avx512_core', { dtype: 'bfloat16', cpuKernels: 'avx512' });
     const worst = await worstDiff(float32.vectors!);
     t.ok(worst <= 1e-5, `avx512 forced: float32's embeddings, max abs diff to the TorchScript reference ${worst}`);
+    const int8 = runCapped('avx512_core', { dtype: 'int8', cpuKernels: 'fixed' });
+    t.notOk(int8.error, 'int8 loads');
+    t.notOk(int8.info!.cpuKernels!.candidates.includes('avx512-vnni'), 'no int8 panel kernel among the candidates');
   },
 );
 

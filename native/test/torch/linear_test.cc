@@ -7,7 +7,9 @@
 // (per-thread copies of the rows at and below it; one shared copy run in
 // groups of tiles above, one group or many), the same bits on any number of
 // threads, linear_rows on either dtype, with and without the swish post-op,
-// and mlp_rows against the two linear_rows it stands for; and the slices of
+// and mlp_rows against the two linear_rows it stands for; the int8 kernel
+// (AVX512-VNNI) against its own arithmetic done in ATen, exact integer sums
+// included, and within quantization error of float32; and the slices of
 // the next panel that the tiles prefetch (NextPanelPrefetch).
 // Every float32 case runs on both kernels: panels of 32 (AVX-512) and of
 // 16 (AVX2 + FMA), on float32 weights and on weights rounded to bfloat16
@@ -192,6 +194,109 @@ void TestBFloat16() {
              "bfloat16 [2, 5, 64], no bias");
 }
 
+// The int8 kernel's arithmetic in ATen: each row of x quantized to uint8
+// as the kernel quantizes it (scale (max - min) / 255 over the row with
+// zero in the range, zero point, x * (1 / scale) rounded to nearest even),
+// each feature of w to int8 as PackPanelWeight does, the integer sums
+// exact (in double: integers far below 2^53), scaled back in double.
+at::Tensor Int8Reference(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
+  const at::Tensor rows = x.reshape({-1, x.size(-1)});
+  const at::Tensor low = at::clamp_max(rows.amin({1}), 0), high = at::clamp_min(rows.amax({1}), 0);
+  at::Tensor scale = (high - low) / 255.0;
+  scale = at::where(scale > 0, scale, at::ones_like(scale));
+  const at::Tensor zero = at::clamp(at::round(-low / scale), 0, 255);
+  const at::Tensor inverse = at::reciprocal(scale);
+  const at::Tensor q = at::clamp(at::round(rows * inverse.unsqueeze(1)) + zero.unsqueeze(1), 0, 255);
+  const at::Tensor w_scale = w.abs().amax({1}).clamp_min(1e-30) / 127.0;
+  const at::Tensor wq = (w / w_scale.unsqueeze(1)).round().clamp(-127, 127);
+  const at::Tensor sums = at::mm((q - zero.unsqueeze(1)).to(at::kDouble), wq.to(at::kDouble).t());
+  at::Tensor y = sums * (scale.unsqueeze(1) * w_scale.unsqueeze(0)).to(at::kDouble);
+  if (b) y = y + b->to(at::kDouble);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = w.size(0);
+  return y.view(shape);
+}
+
+// The int8 kernel against Int8Reference: within float32 rounding of its
+// epilogue (the int32 sums are exact); and within quantization error of
+// the float32 linear (relative error of the whole result under 2%).
+void CheckInt8(const at::Tensor& got, const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+               const std::string& what) {
+  const at::Tensor want = Int8Reference(x, w, b);
+  if (got.sizes() != want.sizes() || got.scalar_type() != at::kFloat) {
+    Check(false, what + ": sizes or type differ");
+    return;
+  }
+  const at::Tensor error = at::abs(got.to(at::kDouble) - want);
+  const at::Tensor bound =
+      at::abs(want) * 1e-6 + (b ? at::abs(b->to(at::kDouble)) * 1e-7 : at::zeros({1}).to(at::kDouble)) + 1e-9;
+  Check(at::le(error, bound).all().item<bool>(),
+        what + ": max abs diff to the quantized reference " + std::to_string(error.max().item<double>()));
+  const at::Tensor exact = at::linear(x, w, b);
+  const double relative = ((got - exact).norm() / exact.norm().clamp_min(1e-30)).item<double>();
+  Check(relative < 0.02, what + ": relative error to float32 " + std::to_string(relative));
+}
+
+void TestInt8() {
+  if (!clip::PanelLinearInt8Available()) {
+    std::cout << "skipped: int8 panel kernel (no AVX512-VNNI)" << std::endl;
+    return;
+  }
+  const auto pack = [](const at::Tensor& w) { return clip::PackPanelWeight(w, 32, at::kChar); };
+  // Every tile height, several tiles, both sides of kPerThreadCopyRows;
+  // widths that are not a multiple of four; part-empty last panels.
+  std::vector<int64_t> rows;
+  for (int64_t m = 1; m <= 15; ++m) rows.push_back(m);
+  for (int64_t m : {28, 29, 50, 64, 65, 200, 401}) rows.push_back(m);
+  for (int64_t m : rows) {
+    for (const auto& [k, n] :
+         std::vector<std::pair<int64_t, int64_t>>{{768, 2304}, {3072, 768}, {301, 40}, {33, 47}, {1, 17}, {6, 96}}) {
+      const at::Tensor x = Random({m, k});
+      const at::Tensor w = Random({n, k}, 0.05);
+      const at::Tensor b = Random({n}, 0.1);
+      CheckInt8(clip::PanelLinearInt8(x, pack(w), b, n), x, w, b, "int8 " + Shape(m, k, n));
+    }
+  }
+  // No bias; inputs of one sign (the zero point at either end), a row of
+  // zeros, a constant row; leading dimensions and a view.
+  const at::Tensor w = Random({70, 64}, 0.1);
+  const at::Tensor packed = pack(w);
+  at::Tensor x = Random({6, 64});
+  x[0] = at::abs(x[0]);
+  x[1] = -at::abs(x[1]);
+  x[2].zero_();
+  x[3].fill_(0.75);
+  x[4] = x[4] * 1e-20;
+  CheckInt8(clip::PanelLinearInt8(x, packed, c10::nullopt, 70), x, w, c10::nullopt, "int8 edge rows, no bias");
+  Check(at::equal(clip::PanelLinearInt8(x, packed, c10::nullopt, 70)[2], at::zeros({70})),
+        "int8: a row of zeros gives zeros");
+  const at::Tensor x3 = Random({3, 7, 64});
+  CheckInt8(clip::PanelLinearInt8(x3, packed, c10::nullopt, 70), x3, w, c10::nullopt, "int8 [3, 7, 64]");
+  const at::Tensor strided = Random({64, 20}).t();
+  CheckInt8(clip::PanelLinearInt8(strided, packed, c10::nullopt, 70), strided, w, c10::nullopt, "int8 transposed view");
+  // The packed layout: weights, then scales, then sums; a wrong width or
+  // feature count is refused.
+  Check(packed.scalar_type() == at::kChar && packed.dim() == 1 && packed.numel() == 3 * (16 * 128 + 256),
+        "int8 packed size: 3 panels of 16 steps and their scales and sums");
+  for (const auto& [width, features] : std::vector<std::pair<int64_t, int64_t>>{{60, 70}, {64, 100}}) {
+    bool refused = false;
+    try {
+      clip::PanelLinearInt8(Random({2, width}), packed, c10::nullopt, features);
+    } catch (const c10::Error&) {
+      refused = true;
+    }
+    Check(refused,
+          "int8: an input of " + std::to_string(width) + " for " + std::to_string(features) + " features is refused");
+  }
+  bool refused = false;
+  try {
+    clip::PackPanelWeight(w, 16, at::kChar);
+  } catch (const c10::Error&) {
+    refused = true;
+  }
+  Check(refused, "PackPanelWeight: int8 panels 16 wide are refused");
+}
+
 // clip_native::linear_rows as the rewritten graph calls it, on float32 and
 // bfloat16 panels (float32 biases), on both sides of kPerThreadCopyRows.
 // The kernels as the operators take them: float32 panels of 32 (AVX-512)
@@ -202,18 +307,20 @@ struct Kernel {
   int64_t width;
   at::ScalarType weights;
 };
-const Kernel kKernels[] = {{false, 32, at::kFloat},
-                           {false, 16, at::kFloat},
-                           {false, 32, at::kBFloat16},
-                           {false, 16, at::kBFloat16},
-                           {true, 32, at::kBFloat16}};
+const Kernel kKernels[] = {{false, 32, at::kFloat},    {false, 16, at::kFloat},   {false, 32, at::kBFloat16},
+                           {false, 16, at::kBFloat16}, {true, 32, at::kBFloat16}, {false, 32, at::kChar}};
 
 std::string KernelName(const Kernel& kernel) {
+  if (kernel.weights == at::kChar) return "int8";
   return kernel.bfloat16 ? "bfloat16" : FloatName(kernel.width, kernel.weights);
 }
 
 // Whether `kernel` runs here (printing the skip of `what` otherwise).
 bool KernelRuns(const Kernel& kernel, const std::string& what) {
+  if (kernel.weights == at::kChar) {
+    if (!clip::PanelLinearInt8Available()) std::cout << "skipped: " << what << " on int8 (no AVX512-VNNI)" << std::endl;
+    return clip::PanelLinearInt8Available();
+  }
   if (!kernel.bfloat16) return FloatKernel(kernel.width, what + " on " + KernelName(kernel));
   if (!clip::PanelLinearBf16Available())
     std::cout << "skipped: " << what << " on bfloat16 (no AVX512-BF16)" << std::endl;
@@ -241,7 +348,9 @@ void TestLinearRows() {
         torch::jit::Stack stack{x, panels, b, n, attr};
         op.callBoxed(&stack);
         const at::Tensor got = stack[0].toTensor();
-        at::Tensor want = at::linear(x.to(at::kFloat), w.to(kernel.weights).to(at::kFloat), b);
+        at::Tensor want = kernel.weights == at::kChar
+                              ? Int8Reference(x, w, b).to(at::kFloat)
+                              : at::linear(x.to(at::kFloat), w.to(kernel.weights).to(at::kFloat), b);
         if (attr == "swish") want = want * at::sigmoid(want);
         const double bound = bfloat16 ? 0.02 * (1 + at::abs(want).max().item<double>()) : 1e-4;
         const double diff = at::abs(got.to(at::kFloat) - want).max().item<double>();
@@ -391,13 +500,15 @@ int main() {
   try {
     std::cout << "kernel " << (clip::PanelLinearAvailable() ? "available" : "not available") << ", AVX2 "
               << (clip::PanelLinearAvx2Available() ? "available" : "not available") << ", bfloat16 "
-              << (clip::PanelLinearBf16Available() ? "available" : "not available") << std::endl;
+              << (clip::PanelLinearBf16Available() ? "available" : "not available") << ", int8 "
+              << (clip::PanelLinearInt8Available() ? "available" : "not available") << std::endl;
     for (const at::ScalarType weights : {at::kFloat, at::kBFloat16}) {
       TestFloat32(32, weights);
       TestFloat32(16, weights);
     }
     TestPanelWidths();
     TestBFloat16();
+    TestInt8();
     TestLinearRows();
     TestMlpRows();
     TestNextPanelPrefetch();
