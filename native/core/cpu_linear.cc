@@ -1221,10 +1221,6 @@ at::Tensor PanelLinear(const at::Tensor& x, const at::Tensor& packed, const c10:
 at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::optional<at::Tensor>& bias1,
                     int64_t hidden, const at::Tensor& packed2, const c10::optional<at::Tensor>& bias2,
                     int64_t out_features) {
-  // int8: two linears (each quantizes its input per row).
-  if (packed1.scalar_type() == at::kChar) {
-    return PanelLinearInt8(PanelLinearInt8(x, packed1, bias1, hidden, true), packed2, bias2, out_features, false);
-  }
   // bfloat16 products (AVX512-BF16 pairs), else float32 products on float32
   // or bfloat16 weights.
   const bool bfloat16 = PackedForBf16Products(packed1);

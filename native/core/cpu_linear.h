@@ -4,8 +4,9 @@
 // runs 7-64 rows against every weight matrix, where oneDNN's blocked
 // kernels leave much of the CPU unused) and blocks larger inputs so that it
 // keeps level with oneDNN on them (an image is 50 rows; eight are 400). The
-// "avx512", "avx2", "avx512-bf16w", "avx2-bf16w" and "avx512-bf16"
-// candidates of the model (model.h) run every linear on it.
+// "avx512", "avx2", "avx512-bf16w", "avx2-bf16w", "avx512-bf16" and (int8,
+// AVX512-VNNI) "avx512-vnni" candidates of the model (model.h) run every
+// linear on it.
 #ifndef CLIP_NATIVE_CORE_CPU_LINEAR_H_
 #define CLIP_NATIVE_CORE_CPU_LINEAR_H_
 
@@ -29,7 +30,10 @@ bool PanelLinearAvx2Available();
 // weights (rounded from the float32 ones) stream half the bytes and are
 // widened to float32 as they are loaded: inputs, products and sums stay
 // float32, for CPUs without bfloat16 products; per step over k each
-// panel holds feature j beside feature j + width / 2.
+// panel holds feature j beside feature j + width / 2. dtype int8 (width
+// 32) packs for PanelLinearInt8 instead: one byte tensor of the panels'
+// int8 weights, four inputs of a feature per 32-bit lane, then each
+// feature's float32 scale and int32 sum of its int8 weights.
 at::Tensor PackPanelWeight(const at::Tensor& weight, int64_t width = 32, at::ScalarType dtype = at::kFloat);
 
 // The int8 variant (AVX512-VNNI): weights packed with dtype int8 (per

@@ -841,7 +841,8 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
     if (RewriteLinears(encoder.module.get_method("forward").graph(), /*bfloat16=*/false, 32, at::kChar) == 0) {
       throw std::runtime_error("no linear layer with constant weights to quantize");
     }
-    encoder.fused_mlps = RewriteMlps(encoder.module.get_method("forward").graph());
+    // No mlp_rows: each linear quantizes its input per row, over all of the
+    // row's features, so the hidden rows cannot pass straight to the second.
     rewrite_attention();
     return encoder;
   }

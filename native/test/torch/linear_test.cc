@@ -381,7 +381,7 @@ void TestMlpRows() {
   const c10::OperatorHandle linear = c10::Dispatcher::singleton().findSchemaOrThrow("clip_native::linear_rows", "");
   const int64_t k = 160, n = 40;
   for (const Kernel& kernel : kKernels) {
-    if (!KernelRuns(kernel, "mlp_rows")) continue;
+    if (kernel.weights == at::kChar || !KernelRuns(kernel, "mlp_rows")) continue;  // int8: no mlp_rows
     const bool bfloat16 = kernel.bfloat16;
     const at::ScalarType dtype = bfloat16 ? at::kBFloat16 : at::kFloat;
     for (const int64_t hidden : {int64_t{64}, int64_t{98}, int64_t{110}, int64_t{200}}) {
@@ -431,6 +431,16 @@ void TestMlpRows() {
     refused = true;
   }
   Check(refused, "mlp_rows: float32 and bfloat16 weights in one MLP are refused");
+  refused = false;
+  try {
+    const at::Tensor p1 = clip::PackPanelWeight(Random({64, k}), 32, at::kChar);
+    const at::Tensor p2 = clip::PackPanelWeight(Random({n, 64}), 32, at::kChar);
+    torch::jit::Stack stack{Random({10, k}), p1, c10::IValue(), int64_t{64}, p2, c10::IValue(), n};
+    mlp.callBoxed(&stack);
+  } catch (const c10::Error&) {
+    refused = true;
+  }
+  Check(refused, "mlp_rows: int8 weights are refused (their linears run one by one)");
   if (!clip::PanelLinearAvx2Available()) return;
   refused = false;
   try {
