@@ -5,6 +5,7 @@
 
 #include <torch/script.h>
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -62,7 +63,10 @@ const char* PrecisionName(Precision precision);
 //             float32 linear on weights rounded to bfloat16), then "avx512"
 //             / "avx2" (float32 weights)
 //   int8:     "fbgemm", "onednn" (quantized engines; per-channel int8
-//             weights, activations quantized per call)
+//             weights, activations quantized per call and per tensor),
+//             "avx512-vnni" (clip-native's int8 linear: per-feature int8
+//             weights, activations quantized per call and per row; first
+//             on CPUs with AVX512-VNNI unless they have AMX-INT8)
 std::vector<std::string> CpuKernelCandidates(Precision precision);
 
 // Which candidate each CPU encoder runs and why.
@@ -166,10 +170,12 @@ class Model {
   Model() = default;
   static std::shared_ptr<Model> LoadOnThisThread(const std::string& directory, const ModelOptions& options);
   torch::Tensor Run(Encoder& encoder, const torch::Tensor& input);
-  // Takes the archives: each is dropped once its encoder is chosen, so that
-  // the image archive's weights are gone before the text encoder's
-  // candidates are built (a lower peak of memory at load).
-  void ChooseCpuKernels(torch::jit::script::Module image_archive, torch::jit::script::Module text_archive,
+  // Takes the image archive, and reads the text archive through
+  // `load_text_archive` only once the image encoder is chosen and the image
+  // archive dropped: the two archives are never in memory beside the image
+  // encoder's candidates (a lower peak of memory at load).
+  void ChooseCpuKernels(torch::jit::script::Module image_archive,
+                        const std::function<torch::jit::script::Module()>& load_text_archive,
                         const ModelOptions& options);
 
   // First member, so destroyed last: once the weights and buffers below are
