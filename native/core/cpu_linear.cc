@@ -479,6 +479,49 @@ __attribute__((target("avx512f"))) void StoreKMajorBf16(__m512 (&acc)[2][kRows],
   }
 }
 
+// The products of the bfloat16 and int8 tiles, one register of 16 sums:
+// vdpbf16ps (two bfloat16 products per lane into float32) and vpdpbusd
+// (four u8 x s8 products per lane into int32). Written out: GCC 12 copies
+// the accumulator around each _mm512_dpbusd_epi32 and spilled most of a
+// tile's 28 to the stack; written out, both need only AVX-512F here.
+struct Bf16Pairs {
+  __attribute__((target("avx512f"), always_inline)) static inline void Add(__m512& acc, __m512i x, __m512i w) {
+    __asm__("vdpbf16ps %[w], %[x], %[acc]" : [acc] "+v"(acc) : [x] "v"(x), [w] "v"(w));
+  }
+};
+struct Int8Quads {
+  __attribute__((target("avx512f"), always_inline)) static inline void Add(__m512i& acc, __m512i x, __m512i w) {
+    __asm__("vpdpbusd %[w], %[x], %[acc]" : [acc] "+v"(acc) : [x] "v"(x), [w] "v"(w));
+  }
+};
+
+// The step loop the bfloat16 and int8 tiles share: `steps` steps of a
+// panel of 128 bytes (two registers of 32-bit lanes, each a pair or a quad
+// of one feature's weights) against `kRows` rows of k-major 32-bit groups
+// of inputs, each row's group broadcast and `Products::Add`ed to both of
+// its accumulators.
+template <typename Products, int kRows, typename Acc>
+__attribute__((target("avx512f"), always_inline)) inline void StepGroups(Acc (&acc)[2][kRows], const uint32_t* xt,
+                                                                         const void* panel, int64_t steps,
+                                                                         const NextPanelLines& next) {
+  const char* p = static_cast<const char*>(panel);
+  const uint32_t* x = xt;
+  const char* ahead = next.lines;
+  for (int64_t k = 0; k < steps; ++k, p += kPanelStepBytes, x += kRows, ahead += next.step) {
+    _mm_prefetch(p + kPanelStepBytes * 12, _MM_HINT_T0);
+    _mm_prefetch(p + kPanelStepBytes * 12 + 64, _MM_HINT_T0);
+    _mm_prefetch(ahead, _MM_HINT_T0);
+    const __m512i w0 = _mm512_load_si512(p);
+    const __m512i w1 = _mm512_load_si512(p + 64);
+#pragma GCC unroll 32
+    for (int r = 0; r < kRows; ++r) {
+      const __m512i xv = _mm512_set1_epi32(static_cast<int>(x[r]));
+      Products::Add(acc[0][r], xv, w0);
+      Products::Add(acc[1][r], xv, w1);
+    }
+  }
+}
+
 template <int kRows>
 __attribute__((target("avx512f,avx512bf16"))) void TileBf16(const uint32_t* xt, const uint16_t* panel, int64_t pairs,
                                                             const __m512* bias, uint16_t* y, int64_t ldy,
@@ -490,22 +533,7 @@ __attribute__((target("avx512f,avx512bf16"))) void TileBf16(const uint32_t* xt, 
     acc[0][r] = bias[0];
     acc[1][r] = bias[1];
   }
-  const uint16_t* p = panel;
-  const uint32_t* x = xt;
-  const char* ahead = next.lines;
-  for (int64_t k = 0; k < pairs; ++k, p += 2 * kPanel, x += kRows, ahead += next.step) {
-    _mm_prefetch(reinterpret_cast<const char*>(p + 2 * kPanel * 12), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(p + 2 * kPanel * 12 + 32), _MM_HINT_T0);
-    _mm_prefetch(ahead, _MM_HINT_T0);
-    const __m512bh w0 = (__m512bh)_mm512_load_si512(p);
-    const __m512bh w1 = (__m512bh)_mm512_load_si512(p + 32);
-#pragma GCC unroll 32
-    for (int r = 0; r < kRows; ++r) {
-      const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[r]));
-      acc[0][r] = _mm512_dpbf16_ps(acc[0][r], xv, w0);
-      acc[1][r] = _mm512_dpbf16_ps(acc[1][r], xv, w1);
-    }
-  }
+  StepGroups<Bf16Pairs>(acc, xt, panel, pairs, next);
   if (swish) {
 #pragma GCC unroll 32
     for (int r = 0; r < kRows; ++r) {
@@ -638,24 +666,7 @@ __attribute__((target("avx512f,avx512vnni"))) void TileInt8(const uint32_t* xt, 
     acc[0][r] = _mm512_mullo_epi32(z, e.sum[0]);
     acc[1][r] = _mm512_mullo_epi32(z, e.sum[1]);
   }
-  const int8_t* p = panel;
-  const uint32_t* x = xt;
-  const char* ahead = next.lines;
-  for (int64_t k = 0; k < steps; ++k, p += 4 * kPanel, x += kRows, ahead += next.step) {
-    _mm_prefetch(reinterpret_cast<const char*>(p + 4 * kPanel * 12), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(p + 4 * kPanel * 12 + 64), _MM_HINT_T0);
-    _mm_prefetch(ahead, _MM_HINT_T0);
-    const __m512i w0 = _mm512_load_si512(p);
-    const __m512i w1 = _mm512_load_si512(p + 64);
-#pragma GCC unroll 32
-    for (int r = 0; r < kRows; ++r) {
-      const __m512i xv = _mm512_set1_epi32(static_cast<int>(x[r]));
-      // Written out: GCC 12 copies the accumulator around each
-      // _mm512_dpbusd_epi32 and spills most of the 28 to the stack.
-      __asm__("vpdpbusd %[w], %[x], %[acc]" : [acc] "+v"(acc[0][r]) : [x] "v"(xv), [w] "v"(w0));
-      __asm__("vpdpbusd %[w], %[x], %[acc]" : [acc] "+v"(acc[1][r]) : [x] "v"(xv), [w] "v"(w1));
-    }
-  }
+  StepGroups<Int8Quads>(acc, xt, panel, steps, next);
 #pragma GCC unroll 32
   for (int r = 0; r < kRows; ++r) {
     const __m512 s = _mm512_set1_ps(row_scale[r]);
