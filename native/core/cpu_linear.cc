@@ -25,6 +25,14 @@
 namespace clip {
 namespace {
 
+// An int8 linear's steps over k (four inputs each), and the bytes of its
+// packed weight (PackInt8): per panel of 32 features its steps of
+// kPanelStepBytes, then 32 float32 scales and 32 int32 weight sums.
+int64_t Int8Steps(int64_t k) { return (k + 3) / 4; }
+int64_t Int8PackedBytes(int64_t k, int64_t out_features) {
+  return (out_features + 31) / 32 * (Int8Steps(k) * kPanelStepBytes + 2 * 32 * 4);
+}
+
 #ifdef CLIP_PANEL_KERNEL
 constexpr int kPanel = 32;  // output features per panel: two zmm registers
 constexpr int kTile = 14;   // rows per two-register tile: 28 accumulators of the 32 registers
@@ -596,8 +604,6 @@ __attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* xt
 // byte tensor: the panels' weights ([panels][k4][32][4], k4 = ceil(k / 4),
 // zero past k and past the features), then the features' float32 scales
 // ([panels * 32]), then their int32 weight sums ([panels * 32]).
-int64_t Int8Steps(int64_t k) { return (k + 3) / 4; }
-
 // Rows [first, last) of x [m, k] quantized to uint8, each row to `steps`
 // groups of four bytes at q + row * steps (bytes past k zero: the weights
 // there are zero too), with its scale and zero point: x ~ scale * (q - zero).
@@ -701,7 +707,7 @@ struct QuantizedRows {
 };
 
 // Every row tile against the int8 panels [first, last) of `packed`
-// (Int8PackedBytes layout, `panels` in all); y float32 [rows, n_size].
+// (PackInt8's layout, `panels` in all); y float32 [rows, n_size].
 __attribute__((target("avx512f,avx512vnni"))) void PanelsInt8(const QuantizedRows& x, const std::vector<RowTile>& tiles,
                                                               int64_t steps, const int8_t* packed, int64_t panels,
                                                               const float* bias, int64_t n_size, float* y,
@@ -1033,7 +1039,7 @@ at::Tensor LinearRows(const at::Tensor& x, const at::Tensor& packed, const c10::
 at::Tensor PackInt8(const at::Tensor& weight, int64_t panels) {
   const int64_t n = weight.size(0);
   const int64_t k = weight.size(1);
-  const int64_t steps = (k + 3) / 4;
+  const int64_t steps = Int8Steps(k);
   const at::Tensor scales = weight.abs().amax({1}).clamp_min(1e-30) / 127.0;
   const at::Tensor q = (weight / scales.unsqueeze(1)).round().clamp(-127, 127).to(at::kChar);
   at::Tensor padded = at::zeros({panels * 32, steps * 4}, weight.options().dtype(at::kChar));
@@ -1054,10 +1060,10 @@ void CheckInt8Operands(at::IntArrayRef x, const at::Tensor& packed, const c10::o
   TORCH_CHECK(
       packed.scalar_type() == at::kChar && packed.device().is_cpu() && packed.dim() == 1 && packed.is_contiguous(),
       "clip_native: the packed int8 weight must be a 1-D int8 CPU tensor, got ", packed.toString());
-  TORCH_CHECK(!x.empty() && out_features > 0 && x.back() > 0 &&
-                  packed.numel() == (out_features + 31) / 32 * ((x.back() + 3) / 4 * 128 + 256),
-              "clip_native: linear input ", x, " does not fit ", packed.numel(), " bytes of int8 weights for ",
-              out_features, " features");
+  TORCH_CHECK(
+      !x.empty() && out_features > 0 && x.back() > 0 && packed.numel() == Int8PackedBytes(x.back(), out_features),
+      "clip_native: linear input ", x, " does not fit ", packed.numel(), " bytes of int8 weights for ", out_features,
+      " features");
   if (bias) {
     CheckFloatCpu(*bias, "the bias");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->is_contiguous(), "clip_native: a bias of ",
