@@ -24,6 +24,7 @@
 #include <ATen/core/stack.h>
 
 #include <cstdint>
+#include <functional>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -34,6 +35,18 @@
 namespace {
 
 using clip::test::Check;
+
+// `call` must throw c10::Error (a refusal: TORCH_CHECK); anything else it
+// throws ends the test program.
+void CheckRefused(const std::function<void()>& call, const std::string& what) {
+  bool refused = false;
+  try {
+    call();
+  } catch (const c10::Error&) {
+    refused = true;
+  }
+  Check(refused, what);
+}
 
 at::Generator& Generator() {
   static at::Generator generator = at::detail::createCPUGenerator(/*seed_val=*/20261204);
@@ -137,24 +150,16 @@ void TestFloat32(int64_t width, at::ScalarType weights) {
           name + " " + std::to_string(m) + " rows: the same bits on 1 and " + std::to_string(saved) + " threads");
   }
   // Wrong shapes are refused, not read past.
-  bool refused = false;
-  try {
-    clip::PanelLinear(Random({4, 100}), packed, b, 96);
-  } catch (const c10::Error&) {
-    refused = true;
-  }
-  Check(refused, name + ": an input of the wrong width is refused");
+  CheckRefused(
+      [&] {
+        clip::PanelLinear(Random({4, 100}), packed, b, 96);
+      },
+      name + ": an input of the wrong width is refused");
 }
 
 // Panels of another width than 32 or 16 are refused when packed.
 void TestPanelWidths() {
-  bool refused = false;
-  try {
-    clip::PackPanelWeight(Random({40, 64}), 8);
-  } catch (const c10::Error&) {
-    refused = true;
-  }
-  Check(refused, "PackPanelWeight: a width of 8 is refused");
+  CheckRefused([&] { clip::PackPanelWeight(Random({40, 64}), 8); }, "PackPanelWeight: a width of 8 is refused");
   const at::Tensor packed = clip::PackPanelWeight(Random({40, 64}), 16);
   Check(packed.sizes() == at::IntArrayRef({3, 64, 16}) && at::equal(packed[2].narrow(1, 8, 8), at::zeros({64, 8})),
         "PackPanelWeight: 40 features in panels of 16 -> [3, 64, 16], zero past the last feature");
@@ -279,22 +284,13 @@ void TestInt8() {
   Check(packed.scalar_type() == at::kChar && packed.dim() == 1 && packed.numel() == 3 * (16 * 128 + 256),
         "int8 packed size: 3 panels of 16 steps and their scales and sums");
   for (const auto& [width, features] : std::vector<std::pair<int64_t, int64_t>>{{60, 70}, {64, 100}}) {
-    bool refused = false;
-    try {
-      clip::PanelLinearInt8(Random({2, width}), packed, c10::nullopt, features);
-    } catch (const c10::Error&) {
-      refused = true;
-    }
-    Check(refused,
-          "int8: an input of " + std::to_string(width) + " for " + std::to_string(features) + " features is refused");
+    CheckRefused(
+        [&] {
+          clip::PanelLinearInt8(Random({2, width}), packed, c10::nullopt, features);
+        },
+        "int8: an input of " + std::to_string(width) + " for " + std::to_string(features) + " features is refused");
   }
-  bool refused = false;
-  try {
-    clip::PackPanelWeight(w, 16, at::kChar);
-  } catch (const c10::Error&) {
-    refused = true;
-  }
-  Check(refused, "PackPanelWeight: int8 panels 16 wide are refused");
+  CheckRefused([&] { clip::PackPanelWeight(w, 16, at::kChar); }, "PackPanelWeight: int8 panels 16 wide are refused");
 }
 
 // clip_native::linear_rows as the rewritten graph calls it, on float32 and
@@ -361,14 +357,12 @@ void TestLinearRows() {
     }
   }
   if (!clip::PanelLinearAvailable()) return;
-  bool refused = false;
-  try {
-    torch::jit::Stack stack{Random({2, k}), clip::PackPanelWeight(w), b, n, std::string("gelu")};
-    op.callBoxed(&stack);
-  } catch (const c10::Error&) {
-    refused = true;
-  }
-  Check(refused, "linear_rows: an unknown post-op is refused");
+  CheckRefused(
+      [&] {
+        torch::jit::Stack stack{Random({2, k}), clip::PackPanelWeight(w), b, n, std::string("gelu")};
+        op.callBoxed(&stack);
+      },
+      "linear_rows: an unknown post-op is refused");
 }
 
 // clip_native::mlp_rows (PanelMlp) against the two linear_rows it replaces,
@@ -411,47 +405,39 @@ void TestMlpRows() {
     }
   }
   if (!clip::PanelLinearAvailable()) return;
-  bool refused = false;
-  try {
-    const at::Tensor p1 = clip::PackPanelWeight(Random({64, k}));
-    const at::Tensor p2 = clip::PackPanelWeight(Random({n, 32}));  // 32 inputs where the hidden layer has 64
-    torch::jit::Stack stack{Random({100, k}), p1, c10::IValue(), int64_t{64}, p2, c10::IValue(), n};
-    mlp.callBoxed(&stack);
-  } catch (const c10::Error&) {
-    refused = true;
-  }
-  Check(refused, "mlp_rows: a second weight that does not fit the hidden width is refused");
-  refused = false;
-  try {
-    const at::Tensor p1 = clip::PackPanelWeight(Random({64, k}));
-    const at::Tensor p2 = clip::PackPanelWeight(Random({n, 64}), 32, at::kBFloat16);
-    torch::jit::Stack stack{Random({100, k}), p1, c10::IValue(), int64_t{64}, p2, c10::IValue(), n};
-    mlp.callBoxed(&stack);
-  } catch (const c10::Error&) {
-    refused = true;
-  }
-  Check(refused, "mlp_rows: float32 and bfloat16 weights in one MLP are refused");
-  refused = false;
-  try {
-    const at::Tensor p1 = clip::PackPanelWeight(Random({64, k}), 32, at::kChar);
-    const at::Tensor p2 = clip::PackPanelWeight(Random({n, 64}), 32, at::kChar);
-    torch::jit::Stack stack{Random({10, k}), p1, c10::IValue(), int64_t{64}, p2, c10::IValue(), n};
-    mlp.callBoxed(&stack);
-  } catch (const c10::Error&) {
-    refused = true;
-  }
-  Check(refused, "mlp_rows: int8 weights are refused (their linears run one by one)");
+  CheckRefused(
+      [&] {
+        const at::Tensor p1 = clip::PackPanelWeight(Random({64, k}));
+        const at::Tensor p2 = clip::PackPanelWeight(Random({n, 32}));  // 32 inputs where the hidden layer has 64
+        torch::jit::Stack stack{Random({100, k}), p1, c10::IValue(), int64_t{64}, p2, c10::IValue(), n};
+        mlp.callBoxed(&stack);
+      },
+      "mlp_rows: a second weight that does not fit the hidden width is refused");
+  CheckRefused(
+      [&] {
+        const at::Tensor p1 = clip::PackPanelWeight(Random({64, k}));
+        const at::Tensor p2 = clip::PackPanelWeight(Random({n, 64}), 32, at::kBFloat16);
+        torch::jit::Stack stack{Random({100, k}), p1, c10::IValue(), int64_t{64}, p2, c10::IValue(), n};
+        mlp.callBoxed(&stack);
+      },
+      "mlp_rows: float32 and bfloat16 weights in one MLP are refused");
+  CheckRefused(
+      [&] {
+        const at::Tensor p1 = clip::PackPanelWeight(Random({64, k}), 32, at::kChar);
+        const at::Tensor p2 = clip::PackPanelWeight(Random({n, 64}), 32, at::kChar);
+        torch::jit::Stack stack{Random({10, k}), p1, c10::IValue(), int64_t{64}, p2, c10::IValue(), n};
+        mlp.callBoxed(&stack);
+      },
+      "mlp_rows: int8 weights are refused (their linears run one by one)");
   if (!clip::PanelLinearAvx2Available()) return;
-  refused = false;
-  try {
-    const at::Tensor p1 = clip::PackPanelWeight(Random({64, k}), 32);
-    const at::Tensor p2 = clip::PackPanelWeight(Random({n, 64}), 16);
-    torch::jit::Stack stack{Random({100, k}), p1, c10::IValue(), int64_t{64}, p2, c10::IValue(), n};
-    mlp.callBoxed(&stack);
-  } catch (const c10::Error&) {
-    refused = true;
-  }
-  Check(refused, "mlp_rows: panels of two widths are refused");
+  CheckRefused(
+      [&] {
+        const at::Tensor p1 = clip::PackPanelWeight(Random({64, k}), 32);
+        const at::Tensor p2 = clip::PackPanelWeight(Random({n, 64}), 16);
+        torch::jit::Stack stack{Random({100, k}), p1, c10::IValue(), int64_t{64}, p2, c10::IValue(), n};
+        mlp.callBoxed(&stack);
+      },
+      "mlp_rows: panels of two widths are refused");
 }
 
 // NextPanelPrefetch: for every tile count the slices of the tiles that
