@@ -177,6 +177,8 @@ export interface NativeCpuAllocatorStats {
   hits: number;
   /** Large requests passed on to the system allocator. */
   misses: number;
+  /** Bytes of the large blocks (2 MiB and up) mapped on huge page boundaries, in use or kept. */
+  mappedBytes: number;
 }
 
 export interface NativeBinding {

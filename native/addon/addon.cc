@@ -61,6 +61,7 @@ Napi::Value CpuAllocator(const Napi::CallbackInfo& info) {
   out.Set("inUseBytes", static_cast<double>(stats.in_use_bytes));
   out.Set("hits", static_cast<double>(stats.hits));
   out.Set("misses", static_cast<double>(stats.misses));
+  out.Set("mappedBytes", static_cast<double>(stats.mapped_bytes));
   return out;
 }
 

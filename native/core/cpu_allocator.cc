@@ -4,6 +4,11 @@
 #include <c10/core/CPUAllocator.h>
 #include <torch/version.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <list>
@@ -29,11 +34,39 @@ namespace {
 
 constexpr size_t kPage = 4096;
 
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+// A block of `size` bytes (whole pages) mapped on its own, starting on a
+// 2 MiB boundary and advised as transparent huge pages (MADV_HUGEPAGE), so
+// that where the kernel offers them (/sys/kernel/mm/transparent_hugepage/
+// enabled "always" or "madvise") each 2 MiB of it faults in at once instead
+// of as 512 pages; nullptr if the mapping fails. The advice is only advice:
+// under "never", or without a free huge page, the block has small pages.
+void* MapHugeBlock(size_t size) {
+  const size_t span = size + kHugePageBytes;
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t start = (first + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  if (start > first) munmap(raw, start - first);
+  const size_t tail = first + span - (start + size);
+  if (tail > 0) munmap(reinterpret_cast<void*>(start + size), tail);
+  void* p = reinterpret_cast<void*>(start);
+  madvise(p, size, MADV_HUGEPAGE);
+  return p;
+}
+void UnmapHugeBlock(void* p, size_t size) { munmap(p, size); }
+#else
+void* MapHugeBlock(size_t) { return nullptr; }
+void UnmapHugeBlock(void*, size_t) {}
+#endif
+
 // Every pointer it hands out has itself as context and Delete as deleter, so
 // libtorch's raw interface (raw_allocate / raw_deallocate) keeps working.
 // Small requests pass through to the allocator it replaced; large ones are
 // rounded up to whole pages and, once freed, kept for reuse up to the bound,
-// the longest kept going first when a new one needs the room.
+// the longest kept going first when a new one needs the room. Large ones of
+// kHugePageBytes and more are mapped by it (MapHugeBlock) and unmapped when
+// they leave the cache.
 class CachingCpuAllocator final : public c10::Allocator {
  public:
   CachingCpuAllocator(c10::Allocator* base, c10::DeleterFnPtr base_delete, size_t max_cached)
@@ -51,18 +84,15 @@ class CachingCpuAllocator final : public c10::Allocator {
 #endif
 
   void Release() {
-    std::vector<void*> freed;
+    std::vector<Freed> freed;
     {
       std::lock_guard<std::mutex> lock(state_->mutex);
-      for (const FreeBlock& block : state_->lru) {
-        freed.push_back(block.p);
-        state_->sizes.erase(block.p);
-      }
+      for (const FreeBlock& block : state_->lru) freed.push_back(Forget(block.p));
       state_->lru.clear();
       state_->by_size.clear();
       state_->cached_bytes = 0;
     }
-    for (void* p : freed) base_delete_(p);
+    FreeAll(freed);
   }
 
   CpuAllocatorStats Stats() const {
@@ -74,6 +104,7 @@ class CachingCpuAllocator final : public c10::Allocator {
     stats.in_use_bytes = state_->in_use_bytes;
     stats.hits = state_->hits;
     stats.misses = state_->misses;
+    stats.mapped_bytes = state_->mapped_bytes;
     return stats;
   }
 
@@ -86,16 +117,45 @@ class CachingCpuAllocator final : public c10::Allocator {
     size_t size;
     BySize::iterator index;
   };
+  struct Block {
+    size_t size;
+    bool mapped;  // MapHugeBlock's, else the base allocator's
+  };
+  // A block on its way back to where it came from (p null: nothing to free).
+  struct Freed {
+    void* p;
+    Block block;
+  };
   struct State {
     std::mutex mutex;
-    std::unordered_map<void*, size_t> sizes;  // every large block, in use or free
-    Lru lru;                                  // free large blocks, oldest first
-    BySize by_size;                           // the same, by size
+    std::unordered_map<void*, Block> sizes;  // every large block, in use or free
+    Lru lru;                                 // free large blocks, oldest first
+    BySize by_size;                          // the same, by size
     size_t cached_bytes = 0;
     size_t in_use_bytes = 0;
     uint64_t hits = 0;
     uint64_t misses = 0;
+    size_t mapped_bytes = 0;
   };
+
+  // Drops large block p from `sizes` (the caller holds the mutex).
+  Freed Forget(void* p) const {
+    auto it = state_->sizes.find(p);
+    const Freed freed{p, it->second};
+    if (freed.block.mapped) state_->mapped_bytes -= freed.block.size;
+    state_->sizes.erase(it);
+    return freed;
+  }
+
+  void FreeAll(const std::vector<Freed>& freed) const {
+    for (const Freed& f : freed) {
+      if (f.block.mapped) {
+        UnmapHugeBlock(f.p, f.block.size);
+      } else {
+        base_delete_(f.p);
+      }
+    }
+  }
 
   void* TakeLarge(size_t n) const {
     const size_t size = (n + kPage - 1) / kPage * kPage;
@@ -115,10 +175,13 @@ class CachingCpuAllocator final : public c10::Allocator {
       }
       ++state_->misses;
     }
-    void* p = base_->raw_allocate(size);
+    void* p = size >= kHugePageBytes ? MapHugeBlock(size) : nullptr;
+    const bool mapped = p != nullptr;
+    if (!mapped) p = base_->raw_allocate(size);
     std::lock_guard<std::mutex> lock(state_->mutex);
-    state_->sizes.emplace(p, size);
+    state_->sizes.emplace(p, Block{size, mapped});
     state_->in_use_bytes += size;
+    if (mapped) state_->mapped_bytes += size;
     return p;
   }
 
@@ -126,24 +189,22 @@ class CachingCpuAllocator final : public c10::Allocator {
   // longest (the weights a model converted at load, buffers of a batch size
   // no longer seen).
   void Give(void* p) {
-    std::vector<void*> evicted;
+    std::vector<Freed> evicted;
     {
       std::lock_guard<std::mutex> lock(state_->mutex);
       auto it = state_->sizes.find(p);
       if (it == state_->sizes.end()) {
-        evicted.push_back(p);  // a small block: the base allocator's
+        evicted.push_back({p, {0, false}});  // a small block: the base allocator's
       } else {
-        const size_t size = it->second;
+        const size_t size = it->second.size;
         state_->in_use_bytes -= size;
         if (size > max_cached_) {
-          state_->sizes.erase(it);
-          evicted.push_back(p);
+          evicted.push_back(Forget(p));
         } else {
           while (state_->cached_bytes + size > max_cached_) {
             const FreeBlock& oldest = state_->lru.front();
-            evicted.push_back(oldest.p);
+            evicted.push_back(Forget(oldest.p));
             state_->cached_bytes -= oldest.size;
-            state_->sizes.erase(oldest.p);
             state_->by_size.erase(oldest.index);
             state_->lru.pop_front();
           }
@@ -153,7 +214,7 @@ class CachingCpuAllocator final : public c10::Allocator {
         }
       }
     }
-    for (void* q : evicted) base_delete_(q);
+    FreeAll(evicted);
   }
 
   static void Delete(void* p);

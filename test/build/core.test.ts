@@ -55,6 +55,10 @@ t.test('attention_test on AVX2 + FMA under AddressSanitizer', async (t) => {
   run(t, 'attention_test_asan', [], { CLIP_NATIVE_MAX_CPU_ISA: 'avx2', ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1' });
 });
 
+t.test('allocator_test', async (t) => {
+  run(t, 'allocator_test', []);
+});
+
 t.test('linear_test', async (t) => {
   run(t, 'linear_test', []);
 });
