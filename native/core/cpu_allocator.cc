@@ -121,7 +121,7 @@ class CachingCpuAllocator final : public c10::Allocator {
     size_t size;
     bool mapped;  // MapHugeBlock's, else the base allocator's
   };
-  // A block on its way back to where it came from (p null: nothing to free).
+  // A block on its way back to where it came from.
   struct Freed {
     void* p;
     Block block;
