@@ -604,6 +604,7 @@ __attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* xt
 // byte tensor: the panels' weights ([panels][k4][32][4], k4 = ceil(k / 4),
 // zero past k and past the features), then the features' float32 scales
 // ([panels * 32]), then their int32 weight sums ([panels * 32]).
+
 // Rows [first, last) of x [m, k] quantized to uint8, each row to `steps`
 // groups of four bytes at q + row * steps (bytes past k zero: the weights
 // there are zero too), with its scale and zero point: x ~ scale * (q - zero).

@@ -2,9 +2,11 @@
 // installed as libtorch's, with a bound of 8 MiB on the blocks it keeps
 // (CLIP_NATIVE_CPU_CACHE_MB): blocks of kHugePageBytes and up are mapped on
 // 2 MiB boundaries and advised as huge pages (the "hg" flag of their mapping
-// in /proc/self/smaps, where the kernel has transparent huge pages) and go back to the system when they leave the
-// cache; smaller ones come from libtorch's allocator; freed blocks are handed to the next request of their size, the
-// oldest kept evicted first. Prints one line per failure, then "N passed, M failed"; exits non-zero on any failure.
+// in /proc/self/smaps, where the kernel has transparent huge pages) and go
+// back to the system when they leave the cache; smaller ones come from
+// libtorch's allocator; freed blocks are handed to the next request of their
+// size, the oldest kept evicted first. Prints one line per failure, then
+// "N passed, M failed"; exits non-zero on any failure.
 
 #include <ATen/ATen.h>
 
