@@ -4,10 +4,6 @@
 #include <c10/core/CPUAllocator.h>
 #include <torch/version.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -33,32 +29,6 @@ namespace clip {
 namespace {
 
 constexpr size_t kPage = 4096;
-
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-// A block of `size` bytes (whole pages) mapped on its own, starting on a
-// 2 MiB boundary and advised as transparent huge pages (MADV_HUGEPAGE), so
-// that where the kernel offers them (/sys/kernel/mm/transparent_hugepage/
-// enabled "always" or "madvise") each 2 MiB of it faults in at once instead
-// of as 512 pages; nullptr if the mapping fails. The advice is only advice:
-// under "never", or without a free huge page, the block has small pages.
-void* MapHugeBlock(size_t size) {
-  const size_t span = size + kHugePageBytes;
-  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) return nullptr;
-  const uintptr_t first = reinterpret_cast<uintptr_t>(raw);
-  const uintptr_t start = (first + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
-  if (start > first) munmap(raw, start - first);
-  const size_t tail = first + span - (start + size);
-  if (tail > 0) munmap(reinterpret_cast<void*>(start + size), tail);
-  void* p = reinterpret_cast<void*>(start);
-  madvise(p, size, MADV_HUGEPAGE);
-  return p;
-}
-void UnmapHugeBlock(void* p, size_t size) { munmap(p, size); }
-#else
-void* MapHugeBlock(size_t) { return nullptr; }
-void UnmapHugeBlock(void*, size_t) {}
-#endif
 
 // Every pointer it hands out has itself as context and Delete as deleter, so
 // libtorch's raw interface (raw_allocate / raw_deallocate) keeps working.

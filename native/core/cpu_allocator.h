@@ -15,17 +15,19 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "huge_pages.h"
+
 namespace clip {
 
 // Requests below this go straight to the allocator that was installed before.
 constexpr size_t kMinCachedBytes = size_t{128} << 10;
 
-// Requests from this size up are mapped by the allocator itself on 2 MiB
-// boundaries, as transparent huge pages (madvise) where the kernel offers
-// them: a ViT-B/32 load faults in its weights and their packed copies 2 MiB
-// at a time instead of 4 KiB (2-core Zen 5 EPYC: loads 31-54% shorter in
-// every dtype, the same peak and resident memory, forwards unchanged).
-constexpr size_t kHugePageBytes = size_t{2} << 20;
+// Requests of kHugePageBytes and up are mapped by the allocator itself
+// (MapHugeBlock: 2 MiB boundaries, transparent huge pages where the kernel
+// offers them): a ViT-B/32 load faults in its weights and their packed
+// copies 2 MiB at a time instead of 4 KiB (2-core Zen 5 EPYC: loads 31-54%
+// shorter in every dtype, the same peak and resident memory, forwards
+// unchanged).
 
 // The bound on bytes kept free for reuse when CLIP_NATIVE_CPU_CACHE_MB does
 // not set one.

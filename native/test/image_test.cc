@@ -38,6 +38,7 @@
 
 #include "cpu_features.h"
 #include "errors.h"
+#include "huge_pages.h"
 #include "image.h"
 #include "image_decode.h"
 #include "resample.h"
@@ -613,7 +614,7 @@ std::vector<float> ReferencePreprocess(const RgbImage& image, const PreprocessOp
     rh = size;
     rw = static_cast<int>(static_cast<double>(int64_t{size} * w) / h);
   }
-  std::vector<uint8_t> pixels = image.pixels;
+  std::vector<uint8_t> pixels(image.pixels.begin(), image.pixels.end());
   if (rw != w) {  // Horizontal pass first, as Pillow.
     std::vector<uint8_t> next(static_cast<size_t>(rw) * h * 3);
     for (int y = 0; y < h; ++y) {
@@ -1190,7 +1191,7 @@ void TestPngWholeBuffer() {
   zeros.color_type = 0;
   zeros.stream = FixedHuffmanZeros(2, 285);
   const Outcome valid = Agree("PNG whole-buffer: a fixed-Huffman block", Build(zeros), true);
-  Check(valid.ok && valid.image.pixels == Bytes(516 * 3, 0),
+  Check(valid.ok && valid.image.pixels == clip::PixelBuffer(516 * 3, 0),
         "PNG whole-buffer: a fixed-Huffman block decodes to zeros");
   for (int reserved : {286, 287}) {
     zeros.stream = FixedHuffmanZeros(2, reserved);
@@ -1739,6 +1740,7 @@ void TestSizeLimits() {
   Append(&png, PngChunk("IDAT", Bytes{0}));
   Append(&png, PngChunk("IEND", {}));
   g_largest_allocation = 0;
+  const uint64_t mappings_before = clip::HugeBlockMappings();
   const auto start = std::chrono::steady_clock::now();
   ExpectError(ErrorCode::kImageTooLarge, "PNG IHDR 30000x30000", [&] { Decode(png); });
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
@@ -1786,6 +1788,8 @@ void TestSizeLimits() {
     ExpectError(ErrorCode::kImageTooLarge, label + " claiming 30000x30000", [&] { Decode(data); });
     Check(g_largest_allocation < (1 << 20), label + " rejected without a large allocation");
   }
+  // Pixel buffers of 32 MiB and up are mapped, not allocated by operator new.
+  Check(clip::HugeBlockMappings() == mappings_before, "30000x30000 claims rejected without a mapped block");
 
   // max_pixels applies to every decoder.
   const int w = 20;
@@ -1826,6 +1830,63 @@ void TestSizeLimits() {
       Check(false, label + " at exactly max_pixels threw " + error.what());
     }
   }
+}
+
+// Resident bytes of this process (/proc/self/statm), 0 where unknown.
+size_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  size_t pages = 0;
+  size_t resident = 0;
+  if (!(statm >> pages >> resident)) return 0;
+  return resident * 4096;
+}
+
+// Pixel buffers: zeroed; 32 MiB and up mapped on a 2 MiB boundary and not
+// touched by the vector that holds them; a large image decodes into one.
+void TestPixelBuffers() {
+  clip::PixelBuffer small(1000);
+  Check(std::all_of(small.begin(), small.end(), [](uint8_t v) { return v == 0; }), "pixel buffer: small ones zeroed");
+  small.resize(300000);
+  Check(std::all_of(small.begin() + 1000, small.end(), [](uint8_t v) { return v == 0; }),
+        "pixel buffer: a small one grows with zeros");
+  if (!clip::HugeBlocksSupported()) {
+    std::printf("skip: pixel buffers are not mapped on this platform\n");
+    return;
+  }
+  const uint64_t mappings = clip::HugeBlockMappings();
+  const size_t before = ResidentBytes();
+  clip::PixelBuffer large;
+  large.resize(clip::kMinMappedImageBytes + 12345);
+  const size_t grown = ResidentBytes() - before;
+  Check(clip::HugeBlockMappings() == mappings + 1, "pixel buffer: 32 MiB and up mapped by MapHugeBlock");
+  Check(reinterpret_cast<uintptr_t>(large.data()) % clip::kHugePageBytes == 0,
+        "pixel buffer: a mapped one starts on a 2 MiB boundary");
+  Check(before == 0 || grown < (size_t{8} << 20),
+        "pixel buffer: resizing a mapped one writes nothing (" + std::to_string(grown >> 20) + " MiB resident more)");
+  bool zero = true;
+  for (size_t i = 0; i < large.size(); i += 4093) zero = zero && large[i] == 0;
+  Check(zero && large.back() == 0, "pixel buffer: a mapped one reads zero");
+  large.back() = 7;
+  Check(large.back() == 7, "pixel buffer: the last byte of a mapped one is writable");
+  clip::PixelBuffer().swap(large);
+  Check(clip::PixelBuffer(clip::kMinMappedImageBytes - 1).size() == clip::kMinMappedImageBytes - 1 &&
+            clip::HugeBlockMappings() == mappings + 1,
+        "pixel buffer: below 32 MiB not mapped");
+
+  // 3200x3500 RGB is 33.6 MB: DecodeImage's pixels and the EXIF path's whole
+  // image are mapped buffers.
+  JpegSpec spec;
+  spec.width = 3200;
+  spec.height = 3500;
+  spec.samples.assign(static_cast<size_t>(spec.width) * spec.height * 3, 90);
+  const Bytes jpeg = EncodeJpeg(spec);
+  const uint64_t before_decode = clip::HugeBlockMappings();
+  const RgbImage image = DecodeOrFail(jpeg, "JPEG 3200x3500");
+  Check(clip::HugeBlockMappings() == before_decode + 1 &&
+            reinterpret_cast<uintptr_t>(image.pixels.data()) % clip::kHugePageBytes == 0,
+        "pixel buffer: a 3200x3500 image decodes into a mapped buffer");
+  Check(!image.pixels.empty() && std::abs(image.pixels[image.pixels.size() / 2] - 90) <= 2,
+        "pixel buffer: a 3200x3500 image decodes to its pixels");
 }
 
 void TestPreprocessing() {
@@ -2260,6 +2321,7 @@ int main(int argc, char** argv) {
   TestExifOrientation();
   TestErrors();
   TestSizeLimits();
+  TestPixelBuffers();
   TestPreprocessing();
   TestResampleKernels();
   TestStreaming();

@@ -147,7 +147,7 @@ class PreprocessSink : public RgbRowSink {
  private:
   Preprocessor* preprocessor_;
   size_t row_bytes_ = 0;
-  std::vector<uint8_t> block_;
+  PixelBuffer block_;  // A block of rows; the whole image for GIF, WebP and Adam7 PNG.
 };
 
 }  // namespace

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "huge_pages.h"
+
 namespace clip {
 
 enum class ImageFormat { kUnknown, kJpeg, kPng, kWebp, kGif, kBmp };
@@ -34,11 +36,14 @@ struct ImageDecodeOptions {
   uint64_t max_pixels = 50'000'000;
 };
 
+// Bytes of decoded images: large ones on huge pages (huge_pages.h).
+using PixelBuffer = std::vector<uint8_t, HugePageAllocator<uint8_t>>;
+
 // HWC RGB8, row-major, top row first: pixels.size() == width * height * 3.
 struct RgbImage {
   int width = 0;
   int height = 0;
-  std::vector<uint8_t> pixels;
+  PixelBuffer pixels;
 };
 
 // Decodes and converts exactly as Pillow's Image.open + convert("RGB") (frame
