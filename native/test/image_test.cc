@@ -1576,9 +1576,18 @@ int OrientedSource(const RgbImage& original, int orientation, int x, int y, int 
   return At(original, source[0], source[1], c);
 }
 
+void TestExifOrientationAt(int w, int h);
+void TestExifContainers();
+
 void TestExifOrientation() {
-  const int w = 24;
-  const int h = 16;
+  // Sizes that fill blocks of 16 output rows exactly and partly.
+  for (const auto [w, h] : {std::pair<int, int>{24, 16}, std::pair<int, int>{37, 41}}) {
+    TestExifOrientationAt(w, h);
+  }
+  TestExifContainers();
+}
+
+void TestExifOrientationAt(int w, int h) {
   JpegSpec jpeg;
   jpeg.width = w;
   jpeg.height = h;
@@ -1615,7 +1624,13 @@ void TestExifOrientation() {
       Check(equal, what + ": " + difference);
     }
   }
+}
 
+void TestExifContainers() {
+  const int w = 24;
+  const int h = 16;
+  ImageDecodeOptions apply;
+  apply.apply_exif_orientation = true;
   // WebP keeps EXIF in an extended (VP8X) container.
   const std::vector<uint8_t> rgba = Pattern(w, h, 4, 23);
   const Bytes simple = EncodeWebpLossless(w, h, rgba, true);
