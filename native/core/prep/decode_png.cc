@@ -8,8 +8,9 @@
 
 #include <png.h>
 #include <zlib.h>
-#if defined(__SSE2__)
-#include <emmintrin.h>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CLIP_PNG_PAETH_AVX2 1
 #endif
 
 #include <algorithm>
@@ -22,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_features.h"
 #include "errors.h"
 #include "huge_pages.h"
 #include "image.h"
@@ -356,46 +358,64 @@ inline uint8_t Paeth(int a, int b, int c) {
   return static_cast<uint8_t>(pa <= pb && pa <= pc ? a : bc);
 }
 
-#if defined(__SSE2__)
-inline __m128i Load4(const uint8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm_unpacklo_epi8(_mm_cvtsi32_si128(v), _mm_setzero_si128());
+#if defined(CLIP_PNG_PAETH_AVX2)
+// Paeth for 3 or 4 bytes per pixel, chosen at run time on CPUs with AVX2 (its
+// 128-bit pabsw and pblendvb). The predictor of a pixel needs the pixel
+// decoded just before it, so the work runs across one pixel's channels in
+// 16-bit lanes, a chain of about ten dependent operations per pixel. Four
+// pixels' filtered bytes are loaded at once and their results stored at once,
+// so that no load reads bytes a store before it is still writing: a 4-byte
+// load and store per pixel (3 bytes per pixel: each load overlapping the
+// previous store) took 8.2 ns a pixel on a Zen 5 EPYC, this 4.8 ns. Rows end
+// in the scalar loop.
+#define CLIP_PAETH_AVX2_TARGET __attribute__((target("avx2")))
+
+// Pixel kPixel of a group of four: x its filtered bytes, above the row
+// above; a (left) and c (above left) are carried from the pixel before.
+template <size_t kBpp, int kPixel>
+CLIP_PAETH_AVX2_TARGET inline void PaethPixelAvx2(__m128i filtered, __m128i above, __m128i channels, __m128i* a,
+                                                  __m128i* c, __m128i* out) {
+  constexpr int kShift = kPixel * static_cast<int>(kBpp);
+  const __m128i zero = _mm_setzero_si128();
+  const __m128i x = _mm_unpacklo_epi8(_mm_srli_si128(filtered, kShift), zero);
+  const __m128i b = _mm_unpacklo_epi8(_mm_srli_si128(above, kShift), zero);
+  // p = a + b - c; pa = |p - a| = |b - c|, pb = |a - c|, pc = |a + b - 2c|.
+  const __m128i b_minus_c = _mm_sub_epi16(b, *c);
+  const __m128i a_minus_c = _mm_sub_epi16(*a, *c);
+  const __m128i pa = _mm_abs_epi16(b_minus_c);
+  const __m128i pb = _mm_abs_epi16(a_minus_c);
+  const __m128i pc = _mm_abs_epi16(_mm_add_epi16(a_minus_c, b_minus_c));
+  // a where pa <= pb and pa <= pc, else b where pb <= pc, else c.
+  const __m128i b_or_c = _mm_blendv_epi8(b, *c, _mm_cmpgt_epi16(pb, pc));
+  const __m128i predictor =
+      _mm_and_si128(_mm_blendv_epi8(*a, b_or_c, _mm_cmpgt_epi16(pa, _mm_min_epi16(pb, pc))), channels);
+  *out = _mm_add_epi8(*out, _mm_slli_si128(_mm_packus_epi16(predictor, zero), kShift));
+  *a = _mm_and_si128(_mm_add_epi16(x, predictor), channels);
+  *c = b;
 }
 
-inline __m128i Abs16(__m128i v) { return _mm_max_epi16(v, _mm_sub_epi16(_mm_setzero_si128(), v)); }
-
-// Paeth for 3 or 4 bytes per pixel, a pixel at a time in 16-bit lanes: the
-// predictor of a pixel needs the one decoded just before it, so the work runs
-// across the channels, not along the row. Every load and store is 4 bytes
-// (narrower ones cost a store-forwarding stall per pixel); with 3 bytes per
-// pixel the fourth lane carries the next pixel's first byte through unchanged
-// (its predictor lane is zero), and the last pixel, whose fourth byte lies
-// past the row, is done by the scalar code.
 template <size_t kBpp>
-void UnfilterPaethPixels(uint8_t* row, const uint8_t* prior, size_t bytes) {
-  const __m128i lanes =
-      kBpp == 3 ? _mm_setr_epi16(-1, -1, -1, 0, 0, 0, 0, 0) : _mm_setr_epi16(-1, -1, -1, -1, 0, 0, 0, 0);
-  const size_t vector_bytes = kBpp == 3 ? bytes - 3 : bytes;
-  __m128i a = _mm_setzero_si128();
-  __m128i c = _mm_setzero_si128();
+CLIP_PAETH_AVX2_TARGET void UnfilterPaethAvx2(uint8_t* row, const uint8_t* prior, size_t bytes) {
+  const __m128i channels =
+      kBpp == 3 ? _mm_setr_epi16(255, 255, 255, 0, 0, 0, 0, 0) : _mm_setr_epi16(255, 255, 255, 255, 0, 0, 0, 0);
+  __m128i a = _mm_setzero_si128();  // Left: the pixel just decoded.
+  __m128i c = _mm_setzero_si128();  // Above left.
   size_t i = 0;
-  for (; i < vector_bytes; i += kBpp) {
-    const __m128i b = Load4(prior + i);
-    const __m128i x = Load4(row + i);
-    const __m128i pa = Abs16(_mm_sub_epi16(b, c));
-    const __m128i pb = Abs16(_mm_sub_epi16(a, c));
-    const __m128i pc = Abs16(_mm_add_epi16(_mm_sub_epi16(b, c), _mm_sub_epi16(a, c)));
-    const __m128i smallest = _mm_min_epi16(pa, _mm_min_epi16(pb, pc));
-    const __m128i use_a = _mm_cmpeq_epi16(smallest, pa);
-    const __m128i use_b = _mm_cmpeq_epi16(smallest, pb);
-    const __m128i bc = _mm_or_si128(_mm_and_si128(use_b, b), _mm_andnot_si128(use_b, c));
-    const __m128i predictor = _mm_and_si128(lanes, _mm_or_si128(_mm_and_si128(use_a, a), _mm_andnot_si128(use_a, bc)));
-    const __m128i sum = _mm_add_epi8(_mm_packus_epi16(x, x), _mm_packus_epi16(predictor, predictor));
-    const int32_t out = _mm_cvtsi128_si32(sum);
-    std::memcpy(row + i, &out, 4);
-    a = _mm_unpacklo_epi8(sum, _mm_setzero_si128());
-    c = b;
+  for (; i + 16 <= bytes; i += 4 * kBpp) {
+    const __m128i filtered = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i));
+    const __m128i above = _mm_loadu_si128(reinterpret_cast<const __m128i*>(prior + i));
+    __m128i out = filtered;
+    PaethPixelAvx2<kBpp, 0>(filtered, above, channels, &a, &c, &out);
+    PaethPixelAvx2<kBpp, 1>(filtered, above, channels, &a, &c, &out);
+    PaethPixelAvx2<kBpp, 2>(filtered, above, channels, &a, &c, &out);
+    PaethPixelAvx2<kBpp, 3>(filtered, above, channels, &a, &c, &out);
+    if (kBpp == 4) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(row + i), out);
+    } else {
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(row + i), out);
+      const int32_t last = _mm_cvtsi128_si32(_mm_srli_si128(out, 8));
+      std::memcpy(row + i + 8, &last, 4);
+    }
   }
   for (; i < bytes; ++i) {
     const int left = i >= kBpp ? row[i - kBpp] : 0;
@@ -420,9 +440,9 @@ void UnfilterRow(int filter, uint8_t* row, const uint8_t* prior, size_t bytes, s
       for (size_t i = bpp; i < bytes; ++i) row[i] = static_cast<uint8_t>(row[i] + ((row[i - bpp] + prior[i]) >> 1));
       break;
     case 4:  // Paeth
-#if defined(__SSE2__)
-      if (bpp == 3 || bpp == 4) {
-        (bpp == 3 ? UnfilterPaethPixels<3> : UnfilterPaethPixels<4>)(row, prior, bytes);
+#if defined(CLIP_PNG_PAETH_AVX2)
+      if ((bpp == 3 || bpp == 4) && GetCpuFeatures().avx2) {
+        (bpp == 3 ? UnfilterPaethAvx2<3> : UnfilterPaethAvx2<4>)(row, prior, bytes);
         break;
       }
 #endif
