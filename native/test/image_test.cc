@@ -308,6 +308,11 @@ struct JpegSpec {
   int quality = 95;
   bool progressive = false;
   Bytes app1;  // Raw APP1 payload, e.g. "Exif\0\0" + TIFF.
+  // The first component's sampling factors (chroma stays at 1 x 1): 2 x 2
+  // is 4:2:0, 2 x 1 4:2:2, 1 x 2 4:4:0.
+  int h_samp = 1;
+  int v_samp = 1;
+  int restart_interval = 0;  // In MCUs; 0: none.
 };
 
 Bytes EncodeJpeg(const JpegSpec& spec) {
@@ -324,11 +329,13 @@ Bytes EncodeJpeg(const JpegSpec& spec) {
   cinfo.in_color_space = spec.components == 1 ? JCS_GRAYSCALE : spec.components == 3 ? JCS_RGB : JCS_CMYK;
   jpeg_set_defaults(&cinfo);
   jpeg_set_quality(&cinfo, spec.quality, TRUE);
-  // No chroma subsampling, so that flat test blocks decode almost exactly.
+  // No chroma subsampling unless asked, so that flat test blocks decode
+  // almost exactly.
   for (int i = 0; i < cinfo.num_components; ++i) {
-    cinfo.comp_info[i].h_samp_factor = 1;
-    cinfo.comp_info[i].v_samp_factor = 1;
+    cinfo.comp_info[i].h_samp_factor = i == 0 ? spec.h_samp : 1;
+    cinfo.comp_info[i].v_samp_factor = i == 0 ? spec.v_samp : 1;
   }
+  cinfo.restart_interval = spec.restart_interval;
   if (spec.progressive) jpeg_simple_progression(&cinfo);
   jpeg_start_compress(&cinfo, TRUE);
   if (!spec.app1.empty()) {
@@ -1904,6 +1911,102 @@ void TestPixelBuffers() {
         "pixel buffer: a 3200x3500 image decodes to its pixels");
 }
 
+// PreprocessImage decodes a JPEG only where the crop's filter taps read (and
+// a margin); every output value must equal that of the whole image decoded
+// and then preprocessed.
+void TestJpegRegions() {
+  struct Shape {
+    int width;
+    int height;
+    bool partial;  // Rows skipped, or a third of the columns or more cropped.
+  };
+  // Portrait (rows skipped), landscape (columns cropped where the crop keeps
+  // two thirds of them or fewer), odd sizes, a square (nothing left out), an
+  // upscale and extreme aspect ratios.
+  const Shape shapes[] = {{640, 480, false}, {480, 640, true},  {333, 250, false},  {250, 333, true},
+                          {1000, 300, true}, {300, 1000, true}, {230, 230, false},  {100, 50, false},
+                          {17, 900, true},   {900, 17, true},   {2000, 1500, false}};
+  struct Variant {
+    const char* name;
+    int components;
+    int h_samp;
+    int v_samp;
+    bool progressive;
+    int restart_interval;
+  };
+  const Variant variants[] = {{"4:4:4", 3, 1, 1, false, 0},
+                              {"4:2:0", 3, 2, 2, false, 0},
+                              {"4:2:2", 3, 2, 1, false, 0},
+                              {"4:4:0", 3, 1, 2, false, 0},
+                              {"4:2:0 progressive", 3, 2, 2, true, 0},
+                              {"4:2:0 restarts", 3, 2, 2, false, 3},
+                              {"grey", 1, 1, 1, false, 0},
+                              {"CMYK", 4, 1, 1, false, 0}};
+  const PreprocessOptions options;
+  std::vector<float> whole(clip::PreprocessedSize(options));
+  std::vector<float> region(whole.size());
+  std::mt19937 random(91);
+  for (const Shape& shape : shapes) {
+    for (const Variant& variant : variants) {
+      if (shape.width * shape.height > 1000000 && std::string(variant.name) != "4:2:0") continue;
+      JpegSpec spec;
+      spec.width = shape.width;
+      spec.height = shape.height;
+      spec.components = variant.components;
+      spec.h_samp = variant.h_samp;
+      spec.v_samp = variant.v_samp;
+      spec.progressive = variant.progressive;
+      spec.restart_interval = variant.restart_interval;
+      spec.quality = 90;
+      // Smooth gradients plus noise: chroma that changes between pixels.
+      spec.samples.resize(static_cast<size_t>(shape.width) * shape.height * variant.components);
+      for (int y = 0; y < shape.height; ++y) {
+        for (int x = 0; x < shape.width; ++x) {
+          for (int c = 0; c < variant.components; ++c) {
+            const int v = (x * (3 + c) + y * (5 - c)) % 256 + static_cast<int>(random() % 40) - 20;
+            spec.samples[(static_cast<size_t>(y) * shape.width + x) * variant.components + c] =
+                static_cast<uint8_t>(std::clamp(v, 0, 255));
+          }
+        }
+      }
+      const Bytes jpeg = EncodeJpeg(spec);
+      const std::string what = std::string("JPEG region ") + variant.name + " " + std::to_string(shape.width) + "x" +
+                               std::to_string(shape.height);
+      const uint64_t before = clip::decode::JpegRegionDecodes();
+      try {
+        clip::PreprocessRgb(Decode(jpeg), options, whole.data());
+        clip::PreprocessImage(jpeg.data(), jpeg.size(), ImageDecodeOptions(), options, region.data());
+      } catch (const std::exception& error) {
+        Check(false, what + " threw " + error.what());
+        continue;
+      }
+      Check(whole == region, what + ": the same values as the whole image");
+      Check(clip::decode::JpegRegionDecodes() == before + (shape.partial ? 1 : 0),
+            what + (shape.partial ? ": decoded in part" : ": decoded whole"));
+    }
+  }
+
+  // A file cut short in rows below the region, and one without its EOI
+  // marker, fail as a whole decode does (Pillow: truncated).
+  JpegSpec tall;
+  tall.width = 300;
+  tall.height = 1000;
+  tall.h_samp = tall.v_samp = 2;
+  tall.samples = Pattern(tall.width, tall.height, 3, 93);
+  const Bytes jpeg = EncodeJpeg(tall);
+  const Bytes cut(jpeg.begin(), jpeg.begin() + static_cast<std::ptrdiff_t>(jpeg.size() * 95 / 100));
+  const Bytes no_eoi(jpeg.begin(), jpeg.end() - 2);
+  for (const auto& entry : {std::pair<std::string, const Bytes*>{"cut below the region", &cut},
+                            std::pair<std::string, const Bytes*>{"without EOI", &no_eoi}}) {
+    const std::string& name = entry.first;
+    const Bytes* data = entry.second;
+    ExpectError(ErrorCode::kImageDecodeFailed, "JPEG " + name + ", decoded whole", [&] { Decode(*data); });
+    ExpectError(ErrorCode::kImageDecodeFailed, "JPEG " + name + ", preprocessed", [&] {
+      clip::PreprocessImage(data->data(), data->size(), ImageDecodeOptions(), options, region.data());
+    });
+  }
+}
+
 void TestPreprocessing() {
   const PreprocessOptions defaults;
   auto normalized = [&](int c, int v) {
@@ -2337,6 +2440,7 @@ int main(int argc, char** argv) {
   TestErrors();
   TestSizeLimits();
   TestPixelBuffers();
+  TestJpegRegions();
   TestPreprocessing();
   TestResampleKernels();
   TestStreaming();

@@ -3,6 +3,7 @@
 // or Adobe-inverted CMYK by component count.
 
 #include <algorithm>
+#include <atomic>
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
@@ -20,6 +21,8 @@
 namespace clip {
 namespace decode {
 namespace {
+
+std::atomic<uint64_t> g_region_decodes{0};
 
 struct JpegErrorManager {
   jpeg_error_mgr pub;
@@ -115,24 +118,55 @@ bool ReadJpeg(JpegJob* job) {
   }
 
   jpeg_start_decompress(cinfo);
-  job->out->Begin(cinfo->output_width, cinfo->output_height);
-  const size_t width = cinfo->output_width;
+  const int width = static_cast<int>(cinfo->output_width);
+  const int height = static_cast<int>(cinfo->output_height);
+  job->out->Begin(width, height);
+
+  // Only the part of the image the sink reads, plus one iMCU (8 or 16
+  // pixels) around it: rows above and below it are only entropy-decoded,
+  // and where it leaves out a third of the columns or more, those are
+  // neither transformed nor upsampled nor converted (jpeg_crop_scanline
+  // widens the columns to whole iMCUs). Cropping fewer columns cost more than
+  // it saved on a Zen 5 EPYC (a 640x480 photo's centre crop keeps 83% of
+  // them: 6-10% slower; 1280x720, 56%: 17% faster). The margin keeps the
+  // region's pixels equal to a whole decode's: at the edge of a cropped or
+  // skipped part fancy upsampling sees replicated samples instead of their
+  // neighbours, one chroma sample (two pixels) deep.
+  const RgbRowSink::Region region = job->out->NeededRegion(width, height);
+  const int margin_x = cinfo->max_h_samp_factor * DCTSIZE;
+  const int margin_y = cinfo->max_v_samp_factor * DCTSIZE;
+  const int x_begin = std::max(0, region.x_begin - margin_x);
+  const int x_end = std::min(width, std::max(region.x_end, region.x_begin + 1) + margin_x);
+  const int y_begin = std::max(0, region.y_begin - margin_y);
+  const int y_end = std::min(height, std::max(region.y_end, region.y_begin + 1) + margin_y);
+  JDIMENSION x_offset = 0;
+  if ((x_begin > 0 || x_end < width) && 3 * (x_end - x_begin) <= 2 * width) {
+    JDIMENSION crop_width = static_cast<JDIMENSION>(x_end - x_begin);
+    x_offset = static_cast<JDIMENSION>(x_begin);
+    jpeg_crop_scanline(cinfo, &x_offset, &crop_width);
+  }
+  if (x_offset > 0 || static_cast<int>(cinfo->output_width) < width || y_begin > 0 || y_end < height) {
+    g_region_decodes.fetch_add(1, std::memory_order_relaxed);
+  }
+  const size_t decoded_width = cinfo->output_width;
+  if (y_begin > 0) jpeg_skip_scanlines(cinfo, static_cast<JDIMENSION>(y_begin));
+
   // Blocks of 16 rows (a multiple of what libjpeg returns per call): a
   // streaming sink then resizes rows in runs, not interleaved with the
   // decoder one row at a time.
   const int step = std::max(1, cinfo->rec_outbuf_height);
   const int batch = (16 + step - 1) / step * step;
   job->rows.resize(batch);
-  if (components != 3) job->scratch.resize(width * components * batch);
+  job->scratch.resize(decoded_width * components * batch);
 
-  while (cinfo->output_scanline < cinfo->output_height) {
+  while (static_cast<int>(cinfo->output_scanline) < y_end) {
     const int y = static_cast<int>(cinfo->output_scanline);
-    const int count = static_cast<int>(std::min<JDIMENSION>(batch, cinfo->output_height - y));
+    const int count = std::min(batch, y_end - y);
     size_t stride = 0;
-    uint8_t* block = job->out->Reserve(y, count, &stride);
+    uint8_t* block = job->out->Reserve(y, count, &stride) + size_t{x_offset} * 3;
     // RGB rows land in the sink's memory directly.
     for (int i = 0; i < count; ++i) {
-      job->rows[i] = components == 3 ? block + i * stride : job->scratch.data() + i * width * components;
+      job->rows[i] = components == 3 ? block + i * stride : job->scratch.data() + i * decoded_width * components;
     }
     for (int done = 0; done < count;) {
       done += static_cast<int>(jpeg_read_scanlines(cinfo, job->rows.data() + done, count - done));
@@ -141,11 +175,11 @@ bool ReadJpeg(JpegJob* job) {
       const uint8_t* in = job->rows[i];
       uint8_t* out = block + i * stride;
       if (components == 1) {
-        for (size_t x = 0; x < width; ++x) {
+        for (size_t x = 0; x < decoded_width; ++x) {
           out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = in[x];
         }
       } else {
-        for (size_t x = 0; x < width; ++x) {
+        for (size_t x = 0; x < decoded_width; ++x) {
           const uint8_t* p = in + 4 * x;
           out[3 * x + 0] = CmykChannel(p[0], p[3]);
           out[3 * x + 1] = CmykChannel(p[1], p[3]);
@@ -154,6 +188,15 @@ bool ReadJpeg(JpegJob* job) {
       }
     }
     job->out->Commit(y, count);
+  }
+  // The rows below the region are skipped but for the last, which is read:
+  // skipping to the bottom would stop reading the data there, and a file
+  // cut short below the region would pass where Pillow reports it
+  // truncated.
+  if (y_end < height) {
+    if (height - y_end > 1) jpeg_skip_scanlines(cinfo, static_cast<JDIMENSION>(height - y_end - 1));
+    JSAMPROW last = job->scratch.data();
+    jpeg_read_scanlines(cinfo, &last, 1);
   }
   // Reads on to EOI, so a file cut after the last scan is truncated too, as
   // in Pillow.
@@ -167,6 +210,8 @@ struct JpegDestroyGuard {
 };
 
 }  // namespace
+
+uint64_t JpegRegionDecodes() { return g_region_decodes.load(std::memory_order_relaxed); }
 
 void DecodeJpeg(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* out) {
   JpegJob job;

@@ -90,6 +90,11 @@ class Preprocessor {
 
   void AddRows(int y, int count, const uint8_t* rows, size_t stride) { resizer_->AddRows(y, count, rows, stride); }
 
+  // The source pixels the resize reads (after Begin).
+  RgbRowSink::Region NeededRegion() const {
+    return {resizer_->column_begin(), resizer_->column_end(), resizer_->row_begin(), resizer_->row_end()};
+  }
+
   void Finish(float* out) {
     if (!resizer_) {
       throw ClipError(ErrorCode::kInternal, "decoder produced no image");
@@ -143,6 +148,7 @@ class PreprocessSink : public RgbRowSink {
     return block_.data();
   }
   void Commit(int y, int count) override { preprocessor_->AddRows(y, count, block_.data(), row_bytes_); }
+  Region NeededRegion(int /*width*/, int /*height*/) const override { return preprocessor_->NeededRegion(); }
 
  private:
   Preprocessor* preprocessor_;

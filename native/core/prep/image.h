@@ -70,6 +70,17 @@ class RgbRowSink {
   // decoder that needs random access reserves all of them at once.
   virtual uint8_t* Reserve(int y, int count, size_t* stride) = 0;
   virtual void Commit(int y, int count) = 0;
+  // The part of the image the sink reads, asked after Begin: rows
+  // [y_begin, y_end) and of each row the columns [x_begin, x_end). A decoder
+  // may leave the other columns of a reserved row unwritten and need not
+  // reserve the other rows at all. By default the whole image.
+  struct Region {
+    int x_begin = 0;
+    int x_end = 0;
+    int y_begin = 0;
+    int y_end = 0;
+  };
+  virtual Region NeededRegion(int width, int height) const { return {0, width, 0, height}; }
 };
 
 // DecodeImage, handing rows to `sink` as they are decoded, so that a caller

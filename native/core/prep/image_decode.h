@@ -79,6 +79,11 @@ class FrameSink {
   void Commit(int y, int count) {
     if (!Rotates()) sink_->Commit(y, count);
   }
+  // What the caller's sink reads of the decoded image (after Begin); all of
+  // it when the image is turned first.
+  RgbRowSink::Region NeededRegion(int width, int height) const {
+    return Rotates() ? RgbRowSink::Region{0, width, 0, height} : sink_->NeededRegion(width, height);
+  }
   // After the decoder has committed every row.
   void Finish() {
     if (Rotates()) EmitOriented(whole_.Take(), orientation_, sink_);
@@ -100,6 +105,10 @@ void DecodePng(const uint8_t* data, size_t size, const ImageDecodeOptions& optio
 void DecodeWebp(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* sink);
 void DecodeGif(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* sink);
 void DecodeBmp(const uint8_t* data, size_t size, const ImageDecodeOptions& options, FrameSink* sink);
+
+// How many JPEGs were decoded in part (decode_jpeg.cc): a sink that reads
+// only part of the image (NeededRegion) gets that part and a margin.
+uint64_t JpegRegionDecodes();
 
 // PNG's whole-buffer path (decode_png.cc): a process-wide switch (on by
 // default; off sends every PNG through libpng, which tests compare it with)

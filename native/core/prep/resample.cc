@@ -663,6 +663,8 @@ struct BicubicWindowResizer::State {
   AxisTaps rows;                              // Used when `vertical`.
   int row_begin = 0;
   int row_end = 0;
+  int column_begin = 0;
+  int column_end = 0;
   // Rows [row_begin, row_end) after the horizontal pass (8-bit, clipped, as
   // Pillow's intermediate image), and which of them have arrived. Left
   // uninitialized: every row is written before it is read.
@@ -692,8 +694,16 @@ BicubicWindowResizer::BicubicWindowResizer(int src_width, int src_height, int re
   // Like Pillow (need_horizontal / need_vertical), an axis whose size is
   // unchanged is copied; its scale-1 filter would be the identity anyway.
   if (resized_width != src_width) {
-    s.columns =
-        std::make_unique<HorizontalFilter>(ComputeAxisTaps(src_width, resized_width, window_x, window_width), kernel);
+    AxisTaps taps = ComputeAxisTaps(src_width, resized_width, window_x, window_width);
+    s.column_begin = src_width;
+    for (size_t i = 0; i < taps.first.size(); ++i) {
+      s.column_begin = std::min(s.column_begin, taps.first[i]);
+      s.column_end = std::max(s.column_end, taps.first[i] + taps.count[i]);
+    }
+    s.columns = std::make_unique<HorizontalFilter>(std::move(taps), kernel);
+  } else {
+    s.column_begin = window_x;
+    s.column_end = window_x + window_width;
   }
   s.vertical = resized_height != src_height;
   if (s.vertical) {
@@ -718,6 +728,10 @@ BicubicWindowResizer::~BicubicWindowResizer() = default;
 int BicubicWindowResizer::row_begin() const { return state_->row_begin; }
 
 int BicubicWindowResizer::row_end() const { return state_->row_end; }
+
+int BicubicWindowResizer::column_begin() const { return state_->column_begin; }
+
+int BicubicWindowResizer::column_end() const { return state_->column_end; }
 
 void BicubicWindowResizer::AddRows(int y, int count, const uint8_t* rows, size_t stride) {
   State& s = *state_;

@@ -43,12 +43,16 @@ class BicubicWindowResizer {
   BicubicWindowResizer(const BicubicWindowResizer&) = delete;
   BicubicWindowResizer& operator=(const BicubicWindowResizer&) = delete;
 
-  // The window reads source rows [row_begin(), row_end()) only.
+  // The window reads source rows [row_begin(), row_end()) only, and of
+  // each row the columns [column_begin(), column_end()).
   int row_begin() const;
   int row_end() const;
+  int column_begin() const;
+  int column_end() const;
 
   // Source rows [y, y + count), each src_width * 3 bytes, `stride` bytes
-  // apart. Rows outside [row_begin(), row_end()) are ignored.
+  // apart; only their columns [column_begin(), column_end()) are read. Rows
+  // outside [row_begin(), row_end()) are ignored.
   void AddRows(int y, int count, const uint8_t* rows, size_t stride);
 
   // Writes the window as RGB8 rows dst_stride bytes apart. Throws ClipError
