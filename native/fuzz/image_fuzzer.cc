@@ -1,5 +1,6 @@
-// libFuzzer target: untrusted bytes -> DecodeImage -> PreprocessRgb, the path
-// every image of POST /score and embedImages takes.
+// libFuzzer target: untrusted bytes -> DecodeImage -> PreprocessRgb, and the
+// streaming PreprocessImage that every image of POST /score and embedImages
+// takes.
 //
 // Contract checked on every input (a violation aborts, so libFuzzer reports it):
 //   * the only exception is ClipError with an image code
@@ -10,6 +11,9 @@
 //   * preprocessing a decoded image succeeds and writes finite floats only;
 //     the geometry varies with the input (see below), the mean and std are
 //     CLIP's;
+//   * PreprocessImage (rows streamed into the resize; a JPEG decoded only
+//     where the crop reads) writes exactly the floats of DecodeImage +
+//     PreprocessRgb, or fails with the same error code where DecodeImage does;
 //   * a PNG decodes to the same pixels, or fails with the same error, with
 //     and without the whole-buffer path (one inflate call) that takes common
 //     layouts ahead of libpng;
@@ -22,6 +26,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -100,21 +105,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   clip::DetectImageFormat(data, size);
   CheckPngPaths(data, size, decode);
 
-  clip::RgbImage image;
-  try {
-    image = clip::DecodeImage(data, size, decode);
-  } catch (const clip::ClipError& error) {
-    if (!IsImageCode(error.code())) Violation("DecodeImage threw a non-image ClipError");
-    return 0;
-  } catch (const std::exception& error) {
-    std::fprintf(stderr, "image_fuzzer: %s\n", error.what());
-    Violation("DecodeImage threw something other than ClipError");
-  }
-  if (image.width <= 0 || image.height <= 0) Violation("decoded image has an empty side");
-  uint64_t pixels = static_cast<uint64_t>(image.width) * static_cast<uint64_t>(image.height);
-  if (pixels > kMaxPixels) Violation("decoded image exceeds max_pixels");
-  if (image.pixels.size() != pixels * 3) Violation("decoded buffer size != width * height * 3");
-
   // The production geometry (224) on a seventh of the inputs; otherwise
   // small ones, which run the same resampler code (shrinking, enlarging, and
   // with crop > resize the zero padding) many times faster.
@@ -132,6 +122,36 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       pre.resize_shortest_edge = 32;
       break;
   }
+  std::vector<float> streamed(clip::PreprocessedSize(pre));
+  bool streamed_ok = false;
+  clip::ErrorCode streamed_code = clip::ErrorCode::kInternal;
+  try {
+    clip::PreprocessImage(data, size, decode, pre, streamed.data());
+    streamed_ok = true;
+  } catch (const clip::ClipError& error) {
+    streamed_code = error.code();
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "image_fuzzer: %s\n", error.what());
+    Violation("PreprocessImage threw something other than ClipError");
+  }
+
+  clip::RgbImage image;
+  try {
+    image = clip::DecodeImage(data, size, decode);
+  } catch (const clip::ClipError& error) {
+    if (!IsImageCode(error.code())) Violation("DecodeImage threw a non-image ClipError");
+    if (streamed_ok || streamed_code != error.code()) Violation("PreprocessImage and DecodeImage fail differently");
+    return 0;
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "image_fuzzer: %s\n", error.what());
+    Violation("DecodeImage threw something other than ClipError");
+  }
+  if (!streamed_ok) Violation("PreprocessImage failed where DecodeImage decoded");
+  if (image.width <= 0 || image.height <= 0) Violation("decoded image has an empty side");
+  uint64_t pixels = static_cast<uint64_t>(image.width) * static_cast<uint64_t>(image.height);
+  if (pixels > kMaxPixels) Violation("decoded image exceeds max_pixels");
+  if (image.pixels.size() != pixels * 3) Violation("decoded buffer size != width * height * 3");
+
   std::vector<float> out(clip::PreprocessedSize(pre));
   try {
     clip::PreprocessRgb(image, pre, out.data());
@@ -141,6 +161,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   for (float v : out) {
     if (!std::isfinite(v)) Violation("preprocessed value is not finite");
+  }
+  if (std::memcmp(out.data(), streamed.data(), out.size() * sizeof(float)) != 0) {
+    Violation("PreprocessImage and DecodeImage + PreprocessRgb give different values");
   }
   return 0;
 }
