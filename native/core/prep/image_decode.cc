@@ -146,40 +146,31 @@ void EmitOriented(const RgbImage& image, int orientation, RgbRowSink* sink) {
     const int count = std::min(kBlockRows, out_height - y0);
     size_t stride = 0;
     uint8_t* rows = sink->Reserve(y0, count, &stride);
-    switch (orientation) {
-      case 5:
-        TransposedBlock<5>(image, y0, count, rows, stride);
-        break;
-      case 6:
-        TransposedBlock<6>(image, y0, count, rows, stride);
-        break;
-      case 7:
-        TransposedBlock<7>(image, y0, count, rows, stride);
-        break;
-      case 8:
-        TransposedBlock<8>(image, y0, count, rows, stride);
-        break;
-      default:
-        // 2 (FLIP_LEFT_RIGHT): the same row mirrored; 3 (ROTATE_180): the
-        // mirrored row from the bottom; 4 (FLIP_TOP_BOTTOM): the row from the
-        // bottom as it is.
-        for (int i = 0; i < count; ++i) {
-          const int y = y0 + i;
-          const uint8_t* source =
-              image.pixels.data() + static_cast<size_t>(orientation == 2 ? y : h - 1 - y) * source_stride;
-          uint8_t* out = rows + static_cast<size_t>(i) * stride;
-          if (orientation == 4) {
-            std::memcpy(out, source, source_stride);
-            continue;
-          }
-          const uint8_t* pixel = source + source_stride - 3;
-          for (int x = 0; x < w; ++x, pixel -= 3) {
-            out[3 * x + 0] = pixel[0];
-            out[3 * x + 1] = pixel[1];
-            out[3 * x + 2] = pixel[2];
-          }
+    if (swaps_axes) {
+      using Block = void (*)(const RgbImage&, int, int, uint8_t*, size_t);
+      static constexpr Block kTurns[] = {TransposedBlock<5>, TransposedBlock<6>, TransposedBlock<7>,
+                                         TransposedBlock<8>};
+      kTurns[orientation - 5](image, y0, count, rows, stride);
+    } else {
+      // 2 (FLIP_LEFT_RIGHT): the same row mirrored; 3 (ROTATE_180): the
+      // mirrored row from the bottom; 4 (FLIP_TOP_BOTTOM): the row from the
+      // bottom as it is.
+      for (int i = 0; i < count; ++i) {
+        const int y = y0 + i;
+        const uint8_t* source =
+            image.pixels.data() + static_cast<size_t>(orientation == 2 ? y : h - 1 - y) * source_stride;
+        uint8_t* out = rows + static_cast<size_t>(i) * stride;
+        if (orientation == 4) {
+          std::memcpy(out, source, source_stride);
+          continue;
         }
-        break;
+        const uint8_t* pixel = source + source_stride - 3;
+        for (int x = 0; x < w; ++x, pixel -= 3) {
+          out[3 * x + 0] = pixel[0];
+          out[3 * x + 1] = pixel[1];
+          out[3 * x + 2] = pixel[2];
+        }
+      }
     }
     sink->Commit(y0, count);
   }
