@@ -21,7 +21,8 @@ namespace clip {
 constexpr size_t kHugePageBytes = size_t{2} << 20;
 
 // Whether this platform maps blocks on their own (Linux); elsewhere
-// MapHugeBlock always fails and HugePageAllocator uses calloc alone.
+// MapHugeBlock always fails and HugePageAllocator takes every block from
+// operator new.
 bool HugeBlocksSupported();
 
 // A block of at least `size` bytes mapped on its own, starting on a 2 MiB
