@@ -1,7 +1,7 @@
-// Single-thread cost of turning an encoded JPEG into CLIP pixel values.
+// Single-thread cost of turning an encoded image into CLIP pixel values.
 //
-// Usage: image_bench <small.jpg> <large.jpg> [more.jpg ...]
-//                    [--iterations N] [--json PATH] [--png-libpng]
+// Usage: image_bench <small.jpg> <large.jpg> [more images ...]
+//                    [--iterations N] [--json PATH] [--png-libpng] [--exif]
 // Intended inputs are a 500x375 and a 2000x1500 JPEG. For each file it times
 // DecodeImage, PreprocessRgb, and the two together (PreprocessImage), and
 // prints a markdown table of milliseconds per image: the median over the
@@ -9,6 +9,8 @@
 // of the thread's CPU time, which stays meaningful on a busy machine.
 // --json also writes the numbers. --png-libpng decodes every PNG through
 // libpng, without the whole-buffer path (one inflate call) of common layouts.
+// --exif applies the EXIF orientation (applyExifOrientation). Phone-sized
+// photos: bench/make_images.py --large.
 
 #include <time.h>
 
@@ -91,6 +93,7 @@ struct Row {
 
 int main(int argc, char** argv) {
   std::vector<std::string> paths;
+  clip::ImageDecodeOptions decode_options;
   int iterations = 30;
   std::string json_path;
   for (int i = 1; i < argc; ++i) {
@@ -99,6 +102,8 @@ int main(int argc, char** argv) {
       iterations = std::max(1, std::atoi(argv[++i]));
     } else if (arg == "--png-libpng") {
       clip::decode::SetPngWholeBufferEnabled(false);
+    } else if (arg == "--exif") {
+      decode_options.apply_exif_orientation = true;
     } else if (arg == "--json" && i + 1 < argc) {
       json_path = argv[++i];
     } else {
@@ -108,11 +113,10 @@ int main(int argc, char** argv) {
   if (paths.empty()) {
     std::fprintf(stderr,
                  "usage: image_bench <small.jpg> <large.jpg> [...] "
-                 "[--iterations N] [--json PATH] [--png-libpng]\n");
+                 "[--iterations N] [--json PATH] [--png-libpng] [--exif]\n");
     return 2;
   }
 
-  const clip::ImageDecodeOptions decode_options;
   const clip::PreprocessOptions preprocess_options;
   std::vector<float> out(clip::PreprocessedSize(preprocess_options));
   std::vector<Row> rows;

@@ -4,6 +4,11 @@ common photo data sets (COCO-like 640x480 mostly), smooth shapes plus sensor-lik
 files compress like photos rather than like flat test patterns. Deterministic for a seed.
 
     .venv/bin/python bench/make_images.py --out bench/models/images --count 32
+
+--large writes phone-sized photos instead (12-megapixel JPEG in both orientations, with and without an EXIF
+quarter turn, as WebP and as PNG; 1080x1920 and 1280x720 JPEGs), for build/image_bench:
+
+    .venv/bin/python bench/make_images.py --large --out /tmp/large && build/image_bench /tmp/large/*
 """
 
 import argparse
@@ -32,14 +37,31 @@ def photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
+def write_large(rng: np.random.Generator, out: Path) -> None:
+    landscape = photo(rng, 4032, 3024)
+    landscape.save(out / "4032x3024.jpg", quality=90)
+    landscape.transpose(Image.Transpose.ROTATE_90).save(out / "3024x4032.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: a quarter turn clockwise to display.
+    landscape.save(out / "4032x3024-exif6.jpg", quality=90, exif=exif.tobytes())
+    landscape.save(out / "4032x3024.webp", quality=90)
+    landscape.save(out / "4032x3024.png")
+    photo(rng, 1080, 1920).save(out / "1080x1920.jpg", quality=90)
+    photo(rng, 1280, 720).save(out / "1280x720.jpg", quality=90)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--count", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--large", action="store_true", help="phone-sized photos instead")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
+    if args.large:
+        write_large(rng, args.out)
+        return 0
     for i in range(args.count):
         width, height = SIZES[i % len(SIZES)]
         image = photo(rng, width, height)
