@@ -78,6 +78,20 @@ struct AxisTaps {
   std::vector<int32_t> weights;  // count[i] weights at i * stride.
 };
 
+// The input indices [begin, end) that some tap of `taps` reads.
+struct TapsExtent {
+  int begin;
+  int end;
+};
+TapsExtent ExtentOf(const AxisTaps& taps) {
+  TapsExtent extent{taps.first.front(), taps.first.front()};
+  for (size_t i = 0; i < taps.first.size(); ++i) {
+    extent.begin = std::min(extent.begin, taps.first[i]);
+    extent.end = std::max(extent.end, taps.first[i] + taps.count[i]);
+  }
+  return extent;
+}
+
 // Pillow's precompute_coeffs + normalize_coeffs_8bpc, restricted to outputs
 // [out_first, out_first + out_count).
 CLIP_NO_FP_CONTRACT_ATTRIBUTE AxisTaps ComputeAxisTaps(int in_size, int out_size, int out_first, int out_count) {
@@ -230,11 +244,9 @@ HorizontalFilter::HorizontalFilter(AxisTaps taps, ResampleKernel kernel) : taps_
   }
   // Only the columns some tap reads are split into planes; the zero tail
   // lets the last vector load run past them (its weights are zero).
-  column_begin_ = taps_.first.front();
-  column_end_ = column_begin_;
-  for (int x = 0; x < width; ++x) {
-    column_end_ = std::max(column_end_, taps_.first[x] + taps_.count[x]);
-  }
+  const TapsExtent columns = ExtentOf(taps_);
+  column_begin_ = columns.begin;
+  column_end_ = columns.end;
   plane_size_ = static_cast<size_t>(column_end_ - column_begin_) + padded_ + kSimdLanes;
   planes_.assign(plane_size_ * 3, 0);
 #endif
@@ -469,12 +481,9 @@ bool PrepareAvx512Taps(const AxisTaps& taps, int* blocks, int* pairs, std::vecto
 bool HorizontalFilter::PrepareAvx512() {
   if (!PrepareAvx512Taps(taps_, &blocks_, &pairs_, &block_base_, &block_index_, &block_narrow_, &block_weights_))
     return false;
-  column_begin_ = taps_.first.front();
-  column_end_ = column_begin_;
-  const int width = static_cast<int>(taps_.first.size());
-  for (int x = 0; x < width; ++x) {
-    column_end_ = std::max(column_end_, taps_.first[x] + taps_.count[x]);
-  }
+  const TapsExtent columns = ExtentOf(taps_);
+  column_begin_ = columns.begin;
+  column_end_ = columns.end;
   // Zero tails: the last window and the last pair read past the columns
   // (with zero weights), and the split writes whole groups of 16.
   avx512_plane_size_ = static_cast<size_t>(column_end_ - column_begin_) + 2 * pairs_ + kWindowColumns + 64;
@@ -695,11 +704,9 @@ BicubicWindowResizer::BicubicWindowResizer(int src_width, int src_height, int re
   // unchanged is copied; its scale-1 filter would be the identity anyway.
   if (resized_width != src_width) {
     AxisTaps taps = ComputeAxisTaps(src_width, resized_width, window_x, window_width);
-    s.column_begin = src_width;
-    for (size_t i = 0; i < taps.first.size(); ++i) {
-      s.column_begin = std::min(s.column_begin, taps.first[i]);
-      s.column_end = std::max(s.column_end, taps.first[i] + taps.count[i]);
-    }
+    const TapsExtent columns = ExtentOf(taps);
+    s.column_begin = columns.begin;
+    s.column_end = columns.end;
     s.columns = std::make_unique<HorizontalFilter>(std::move(taps), kernel);
   } else {
     s.column_begin = window_x;
@@ -708,12 +715,9 @@ BicubicWindowResizer::BicubicWindowResizer(int src_width, int src_height, int re
   s.vertical = resized_height != src_height;
   if (s.vertical) {
     s.rows = ComputeAxisTaps(src_height, resized_height, window_y, window_height);
-    s.row_begin = s.rows.first.front();
-    s.row_end = s.row_begin;
-    for (size_t i = 0; i < s.rows.first.size(); ++i) {
-      s.row_begin = std::min(s.row_begin, s.rows.first[i]);
-      s.row_end = std::max(s.row_end, s.rows.first[i] + s.rows.count[i]);
-    }
+    const TapsExtent rows = ExtentOf(s.rows);
+    s.row_begin = rows.begin;
+    s.row_end = rows.end;
   } else {
     s.row_begin = window_y;
     s.row_end = window_y + window_height;
