@@ -305,7 +305,6 @@ struct WholeBufferScratch {
   struct Buffer {
     uint8_t* data = nullptr;
     size_t capacity = 0;
-    bool mapped = false;
 
     Buffer() = default;
     Buffer(const Buffer&) = delete;
@@ -316,8 +315,7 @@ struct WholeBufferScratch {
     uint8_t* Get(size_t n) {
       if (n > capacity) {
         Release();
-        mapped = n >= kMinMappedImageBytes && HugeBlocksSupported();
-        data = mapped ? static_cast<uint8_t*>(MapHugeBlock(n)) : new (std::nothrow) uint8_t[n];
+        data = MapsImageBuffer(n) ? static_cast<uint8_t*>(MapHugeBlock(n)) : new (std::nothrow) uint8_t[n];
         capacity = data ? n : 0;
       }
       return data;
@@ -327,7 +325,7 @@ struct WholeBufferScratch {
     }
     void Release() {
       if (data == nullptr) return;
-      if (mapped) {
+      if (MapsImageBuffer(capacity)) {
         UnmapHugeBlock(data, capacity);
       } else {
         delete[] data;

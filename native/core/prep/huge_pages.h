@@ -44,6 +44,10 @@ uint64_t HugeBlockMappings();
 // freed block up to 32 MiB), which costs no page faults after the first time.
 constexpr size_t kMinMappedImageBytes = size_t{32} << 20;
 
+// Whether an image buffer of `bytes` is mapped (MapHugeBlock) rather than
+// taken from operator new.
+inline bool MapsImageBuffer(size_t bytes) { return bytes >= kMinMappedImageBytes && HugeBlocksSupported(); }
+
 // Zeroed memory: requests of kMinMappedImageBytes and up from MapHugeBlock
 // where the platform has it, smaller ones (and all elsewhere) from operator
 // new, zeroed. Elements are default-initialized, so a vector on it grows
@@ -61,7 +65,7 @@ class HugePageAllocator {
   T* allocate(size_t n) {
     if (n > static_cast<size_t>(-1) / sizeof(T)) throw std::bad_array_new_length();
     const size_t bytes = n * sizeof(T);
-    if (Mapped(bytes)) {
+    if (MapsImageBuffer(bytes)) {
       void* p = MapHugeBlock(bytes);
       if (p == nullptr) throw std::bad_alloc();
       return static_cast<T*>(p);
@@ -73,7 +77,7 @@ class HugePageAllocator {
 
   void deallocate(T* p, size_t n) noexcept {
     const size_t bytes = n * sizeof(T);
-    if (Mapped(bytes)) {
+    if (MapsImageBuffer(bytes)) {
       UnmapHugeBlock(p, bytes);
     } else {
       ::operator delete(p);
@@ -97,9 +101,6 @@ class HugePageAllocator {
   bool operator!=(const HugePageAllocator<U>&) const noexcept {
     return false;
   }
-
- private:
-  static bool Mapped(size_t bytes) { return bytes >= kMinMappedImageBytes && HugeBlocksSupported(); }
 };
 
 }  // namespace clip
