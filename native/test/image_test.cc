@@ -41,6 +41,7 @@
 #include "huge_pages.h"
 #include "image.h"
 #include "image_decode.h"
+#include "png_unfilter.h"
 #include "resample.h"
 #include "test_check.h"
 
@@ -1080,6 +1081,70 @@ Outcome Agree(const std::string& what, const Bytes& data, bool whole_buffer) {
 }
 
 }  // namespace png_paths
+
+// UnfilterRows (vectorized where the CPU has AVX2) against the byte-at-a-time
+// definition: every filter type in runs of every length, so that the
+// wavefront of Average and Paeth rows meets groups of one to four rows, mixed
+// types, rows narrower than the group, and each row's first pixels. The rows
+// sit in a buffer of exactly their size plus kUnfilterReadSlack (under
+// AddressSanitizer a read further out fails), and nothing past the last
+// row's bytes may change.
+void TestPngUnfilter() {
+  std::mt19937 rng(31);
+  int cases = 0;
+  int mismatches = 0;
+  for (size_t bpp = 1; bpp <= 4; ++bpp) {
+    for (size_t width : {1u, 2u, 3u, 4u, 5u, 6u, 7u, 8u, 13u, 16u, 33u, 100u, 517u}) {
+      for (int round = 0; round < 12; ++round) {
+        const size_t bytes = width * bpp;
+        const size_t stride = bytes + 1;
+        const size_t count = 1 + rng() % 11;
+        std::vector<uint8_t> buffer(stride * count + clip::decode::kUnfilterReadSlack);
+        for (uint8_t& b : buffer) b = static_cast<uint8_t>(rng());
+        // Runs of one type: rounds 0-4 all one type, later ones Average and
+        // Paeth mixed or any type.
+        for (size_t i = 0; i < count; ++i) {
+          const int type = round < 5   ? round
+                           : round < 9 ? 3 + static_cast<int>(rng() % 2)
+                                       : static_cast<int>(rng() % 5);
+          buffer[i * stride] = static_cast<uint8_t>(type);
+        }
+        std::vector<uint8_t> prior(bytes + clip::decode::kUnfilterReadSlack);
+        for (uint8_t& b : prior) b = static_cast<uint8_t>(rng());
+        if (round == 11) std::fill(prior.begin(), prior.end(), 0);  // An image's first rows.
+        std::vector<uint8_t> expected = buffer;
+        clip::decode::UnfilterRowsScalar(expected.data(), stride, count, prior.data(), bytes, bpp);
+        const std::vector<uint8_t> prior_before = prior;
+        clip::decode::UnfilterRows(buffer.data(), stride, count, prior.data(), bytes, bpp);
+        ++cases;
+        if (buffer != expected || prior != prior_before) {
+          if (++mismatches <= 5) {
+            std::string types;
+            for (size_t i = 0; i < count; ++i) types += std::to_string(buffer[i * stride]);
+            Check(false, "PNG unfilter " + std::to_string(bpp) + " bytes/pixel, width " + std::to_string(width) +
+                             ", filters " + types + ": equal to the scalar definition");
+          }
+        }
+      }
+    }
+  }
+  Check(mismatches == 0, "PNG unfilter: " + std::to_string(mismatches) + " of " + std::to_string(cases) +
+                             " row sets differ from the scalar definition");
+  // The scalar definition itself, on one known row of each type (3 bytes a pixel).
+  const uint8_t above[6] = {10, 20, 30, 200, 100, 0};
+  const uint8_t want[5][6] = {
+      {1, 2, 3, 4, 5, 6},                                                    // None
+      {1, 2, 3, 5, 7, 9},                                                    // Sub
+      {11, 22, 33, 204, 105, 6},                                             // Up
+      {6, 12, 18, 4 + (6 + 200) / 2, 5 + (12 + 100) / 2, 6 + (18 + 0) / 2},  // Average
+      {11, 22, 33, 204, 105, 6},                                             // Paeth: above (b) in every channel here
+  };
+  for (int type = 0; type < 5; ++type) {
+    uint8_t row[8] = {static_cast<uint8_t>(type), 1, 2, 3, 4, 5, 6, 0};
+    clip::decode::UnfilterRowsScalar(row, 7, 1, above, 6, 3);
+    Check(std::memcmp(row + 1, want[type], 6) == 0, "PNG unfilter: type " + std::to_string(type) + " by hand");
+  }
+}
 
 void TestPngWholeBuffer() {
   using namespace png_paths;
@@ -2431,6 +2496,7 @@ int main(int argc, char** argv) {
   if (!reference_root.empty()) TestReferenceImages(reference_root);
   TestFormatDetection();
   TestPngModes();
+  TestPngUnfilter();
   TestPngWholeBuffer();
   TestJpeg();
   TestWebp();

@@ -8,10 +8,6 @@
 
 #include <png.h>
 #include <zlib.h>
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define CLIP_PNG_PAETH_AVX2 1
-#endif
 
 #include <algorithm>
 #include <atomic>
@@ -23,12 +19,12 @@
 #include <string>
 #include <vector>
 
-#include "cpu_features.h"
 #include "errors.h"
 #include "huge_pages.h"
 #include "image.h"
 #include "image_decode.h"
 #include "inflate.h"
+#include "png_unfilter.h"
 
 namespace clip {
 namespace decode {
@@ -346,114 +342,6 @@ WholeBufferScratch& ThreadScratch() {
 
 bool IsChunkLetter(uint8_t c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
 
-// Paeth's predictor: a (left), b (above) or c (above left), whichever is
-// nearest to a + b - c, in that order of preference.
-inline uint8_t Paeth(int a, int b, int c) {
-  const int pa = std::abs(b - c);
-  const int pb = std::abs(a - c);
-  const int pc = std::abs(a + b - 2 * c);
-  const int bc = pb <= pc ? b : c;
-  return static_cast<uint8_t>(pa <= pb && pa <= pc ? a : bc);
-}
-
-#if defined(CLIP_PNG_PAETH_AVX2)
-// Paeth for 3 or 4 bytes per pixel, chosen at run time on CPUs with AVX2 (its
-// 128-bit pabsw and pblendvb). The predictor of a pixel needs the pixel
-// decoded just before it, so the work runs across one pixel's channels in
-// 16-bit lanes, a chain of about ten dependent operations per pixel. Four
-// pixels' filtered bytes are loaded at once and their results stored at once,
-// so that no load reads bytes a store before it is still writing: a 4-byte
-// load and store per pixel (3 bytes per pixel: each load overlapping the
-// previous store) took 8.2 ns a pixel on a Zen 5 EPYC, this 4.8 ns. Rows end
-// in the scalar loop.
-#define CLIP_PAETH_AVX2_TARGET __attribute__((target("avx2")))
-
-// Pixel kPixel of a group of four: x its filtered bytes, above the row
-// above; a (left) and c (above left) are carried from the pixel before.
-template <size_t kBpp, int kPixel>
-CLIP_PAETH_AVX2_TARGET inline void PaethPixelAvx2(__m128i filtered, __m128i above, __m128i channels, __m128i* a,
-                                                  __m128i* c, __m128i* out) {
-  constexpr int kShift = kPixel * static_cast<int>(kBpp);
-  const __m128i zero = _mm_setzero_si128();
-  const __m128i x = _mm_unpacklo_epi8(_mm_srli_si128(filtered, kShift), zero);
-  const __m128i b = _mm_unpacklo_epi8(_mm_srli_si128(above, kShift), zero);
-  // p = a + b - c; pa = |p - a| = |b - c|, pb = |a - c|, pc = |a + b - 2c|.
-  const __m128i b_minus_c = _mm_sub_epi16(b, *c);
-  const __m128i a_minus_c = _mm_sub_epi16(*a, *c);
-  const __m128i pa = _mm_abs_epi16(b_minus_c);
-  const __m128i pb = _mm_abs_epi16(a_minus_c);
-  const __m128i pc = _mm_abs_epi16(_mm_add_epi16(a_minus_c, b_minus_c));
-  // a where pa <= pb and pa <= pc, else b where pb <= pc, else c.
-  const __m128i b_or_c = _mm_blendv_epi8(b, *c, _mm_cmpgt_epi16(pb, pc));
-  const __m128i predictor =
-      _mm_and_si128(_mm_blendv_epi8(*a, b_or_c, _mm_cmpgt_epi16(pa, _mm_min_epi16(pb, pc))), channels);
-  *out = _mm_add_epi8(*out, _mm_slli_si128(_mm_packus_epi16(predictor, zero), kShift));
-  *a = _mm_and_si128(_mm_add_epi16(x, predictor), channels);
-  *c = b;
-}
-
-template <size_t kBpp>
-CLIP_PAETH_AVX2_TARGET void UnfilterPaethAvx2(uint8_t* row, const uint8_t* prior, size_t bytes) {
-  const __m128i channels =
-      kBpp == 3 ? _mm_setr_epi16(255, 255, 255, 0, 0, 0, 0, 0) : _mm_setr_epi16(255, 255, 255, 255, 0, 0, 0, 0);
-  __m128i a = _mm_setzero_si128();  // Left: the pixel just decoded.
-  __m128i c = _mm_setzero_si128();  // Above left.
-  size_t i = 0;
-  for (; i + 16 <= bytes; i += 4 * kBpp) {
-    const __m128i filtered = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i));
-    const __m128i above = _mm_loadu_si128(reinterpret_cast<const __m128i*>(prior + i));
-    __m128i out = filtered;
-    PaethPixelAvx2<kBpp, 0>(filtered, above, channels, &a, &c, &out);
-    PaethPixelAvx2<kBpp, 1>(filtered, above, channels, &a, &c, &out);
-    PaethPixelAvx2<kBpp, 2>(filtered, above, channels, &a, &c, &out);
-    PaethPixelAvx2<kBpp, 3>(filtered, above, channels, &a, &c, &out);
-    if (kBpp == 4) {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(row + i), out);
-    } else {
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(row + i), out);
-      const int32_t last = _mm_cvtsi128_si32(_mm_srli_si128(out, 8));
-      std::memcpy(row + i + 8, &last, 4);
-    }
-  }
-  for (; i < bytes; ++i) {
-    const int left = i >= kBpp ? row[i - kBpp] : 0;
-    const int above_left = i >= kBpp ? prior[i - kBpp] : 0;
-    row[i] = static_cast<uint8_t>(row[i] + Paeth(left, prior[i], above_left));
-  }
-}
-#endif
-
-// Reverses one row's filter in place; `prior` is the previous row, already
-// unfiltered (zeros above the first row). bpp: bytes per pixel.
-void UnfilterRow(int filter, uint8_t* row, const uint8_t* prior, size_t bytes, size_t bpp) {
-  switch (filter) {
-    case 1:  // Sub
-      for (size_t i = bpp; i < bytes; ++i) row[i] = static_cast<uint8_t>(row[i] + row[i - bpp]);
-      break;
-    case 2:  // Up
-      for (size_t i = 0; i < bytes; ++i) row[i] = static_cast<uint8_t>(row[i] + prior[i]);
-      break;
-    case 3:  // Average
-      for (size_t i = 0; i < bpp; ++i) row[i] = static_cast<uint8_t>(row[i] + (prior[i] >> 1));
-      for (size_t i = bpp; i < bytes; ++i) row[i] = static_cast<uint8_t>(row[i] + ((row[i - bpp] + prior[i]) >> 1));
-      break;
-    case 4:  // Paeth
-#if defined(CLIP_PNG_PAETH_AVX2)
-      if ((bpp == 3 || bpp == 4) && GetCpuFeatures().avx2) {
-        (bpp == 3 ? UnfilterPaethAvx2<3> : UnfilterPaethAvx2<4>)(row, prior, bytes);
-        break;
-      }
-#endif
-      for (size_t i = 0; i < bpp; ++i) row[i] = static_cast<uint8_t>(row[i] + prior[i]);
-      for (size_t i = bpp; i < bytes; ++i) {
-        row[i] = static_cast<uint8_t>(row[i] + Paeth(row[i - bpp], prior[i], prior[i - bpp]));
-      }
-      break;
-    default:  // 0: None
-      break;
-  }
-}
-
 // The whole-buffer path for 8-bit, non-interlaced grey, grey + alpha, RGB and
 // RGBA images whose chunks before the image data are IHDR and ancillary ones
 // only. Returns false, having touched nothing, for anything else (other
@@ -541,7 +429,7 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
     }
     idat = joined;
   }
-  uint8_t* raw = scratch.raw.Get(raw_size);
+  uint8_t* raw = scratch.raw.Get(raw_size + kUnfilterReadSlack);
   if (raw == nullptr) return false;
   // The whole stream in, room for exactly the image's bytes out; the stream
   // must end there with a valid Adler-32. Whether libpng (and Pillow) see a
@@ -556,20 +444,19 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
   // From here on nothing fails: unfilter and emit blocks of rows.
   g_whole_buffer_decodes.fetch_add(1, std::memory_order_relaxed);
   out->Begin(static_cast<int>(width), static_cast<int>(height));
-  const std::vector<uint8_t> zeros(row_bytes, 0);
+  const std::vector<uint8_t> zeros(row_bytes + kUnfilterReadSlack, 0);
   const uint8_t* prior = zeros.data();
   constexpr uint32_t kBlockRows = 16;
   for (uint32_t y0 = 0; y0 < height; y0 += kBlockRows) {
     const uint32_t count = std::min(kBlockRows, height - y0);
+    uint8_t* filtered = raw + (row_bytes + 1) * y0;
+    UnfilterRows(filtered, row_bytes + 1, count, prior, row_bytes, bpp);
     size_t stride = 0;
     uint8_t* rows = out->Reserve(static_cast<int>(y0), static_cast<int>(count), &stride);
     for (uint32_t i = 0; i < count; ++i) {
-      uint8_t* filtered = raw + (row_bytes + 1) * (y0 + i);
-      uint8_t* row = filtered + 1;
-      UnfilterRow(filtered[0], row, prior, row_bytes, bpp);
-      ConvertPngRow(row, color_type, 8, nullptr, 0, width, rows + stride * i);
-      prior = row;
+      ConvertPngRow(filtered + (row_bytes + 1) * i + 1, color_type, 8, nullptr, 0, width, rows + stride * i);
     }
+    prior = filtered + (row_bytes + 1) * (count - 1) + 1;
     out->Commit(static_cast<int>(y0), static_cast<int>(count));
   }
   return true;
