@@ -261,6 +261,106 @@ CLIP_UNFILTER_AVX2_TARGET void UnfilterWavefrontAvx2(uint8_t* rows, size_t strid
   for (; t < steps; ++t) WavefrontStep<kBpp, kRows, false>(&w, rows, stride, prior, pixels, t);
 }
 
+// The same wavefront eight rows wide, in 256-bit vectors: five to eight rows.
+// The 16-bit channels of lanes 0-1 and 4-5 are in `low`, of 2-3 and 6-7 in
+// `high` (the in-lane unpacking of AVX2); lane 4's above is lane 3's result,
+// across the vector's halves. 1.05 ns a pixel for eight Paeth rows of 3 bytes
+// a pixel (four rows: 1.6), 0.9 for 4 bytes a pixel (1.5).
+struct Wavefront8 {
+  __m256i left_low, left_high;
+  __m256i above_left_low, above_left_high;
+  __m256i average_low, average_high;
+  __m256i channels;
+};
+
+CLIP_UNFILTER_AVX2_TARGET inline __m256i PredictWavefront8(__m256i a, __m256i b, __m256i c, __m256i average) {
+  const __m256i b_minus_c = _mm256_sub_epi16(b, c);
+  const __m256i a_minus_c = _mm256_sub_epi16(a, c);
+  const __m256i pa = _mm256_abs_epi16(b_minus_c);
+  const __m256i pb = _mm256_abs_epi16(a_minus_c);
+  const __m256i pc = _mm256_abs_epi16(_mm256_add_epi16(a_minus_c, b_minus_c));
+  const __m256i b_or_c = _mm256_blendv_epi8(b, c, _mm256_cmpgt_epi16(pb, pc));
+  const __m256i paeth = _mm256_blendv_epi8(a, b_or_c, _mm256_cmpgt_epi16(pa, _mm256_min_epi16(pb, pc)));
+  return _mm256_blendv_epi8(paeth, _mm256_srli_epi16(_mm256_add_epi16(a, b), 1), average);
+}
+
+template <size_t kBpp, int kRows, bool kAll>
+CLIP_UNFILTER_AVX2_TARGET inline void Wavefront8Step(Wavefront8* w, uint8_t* rows, size_t stride, const uint8_t* prior,
+                                                     size_t pixels, size_t t) {
+  int32_t above = 0;
+  if (kAll || t < pixels) std::memcpy(&above, prior + t * kBpp, 4);
+  __m128i first_half = _mm_setzero_si128();
+  __m128i second_half = _mm_setzero_si128();
+  LoadLane<kBpp, kRows, kAll, 0>(&first_half, rows, stride, pixels, t);
+  LoadLane<kBpp, kRows, kAll, 1>(&first_half, rows, stride, pixels, t);
+  LoadLane<kBpp, kRows, kAll, 2>(&first_half, rows, stride, pixels, t);
+  LoadLane<kBpp, kRows, kAll, 3>(&first_half, rows, stride, pixels, t);
+  uint8_t* const rows_4 = rows + 4 * stride;
+  LoadLane<kBpp, kRows - 4, kAll, 0>(&second_half, rows_4, stride, pixels, t - 4);
+  LoadLane<kBpp, kRows - 4, kAll, 1>(&second_half, rows_4, stride, pixels, t - 4);
+  LoadLane<kBpp, kRows - 4, kAll, 2>(&second_half, rows_4, stride, pixels, t - 4);
+  LoadLane<kBpp, kRows - 4, kAll, 3>(&second_half, rows_4, stride, pixels, t - 4);
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i filtered = _mm256_inserti128_si256(_mm256_castsi128_si256(first_half), second_half, 1);
+  // Above: lanes [0, 1 | 4, 5] take [prior, 0 | 3, 4], lanes [2, 3 | 6, 7] take [1, 2 | 5, 6].
+  const __m128i above_up = _mm_slli_si128(_mm_unpacklo_epi8(_mm_cvtsi32_si128(above), _mm_setzero_si128()), 8);
+  const __m256i before_low = _mm256_permute2x128_si256(_mm256_castsi128_si256(above_up), w->left_high, 0x20);
+  const __m256i above_low = _mm256_alignr_epi8(w->left_low, before_low, 8);
+  const __m256i above_high = _mm256_alignr_epi8(w->left_high, w->left_low, 8);
+  const __m256i bytes = _mm256_set1_epi16(255);
+  const __m256i low = _mm256_and_si256(
+      _mm256_add_epi16(
+          _mm256_unpacklo_epi8(filtered, zero),
+          _mm256_and_si256(PredictWavefront8(w->left_low, above_low, w->above_left_low, w->average_low), w->channels)),
+      bytes);
+  const __m256i high = _mm256_and_si256(
+      _mm256_add_epi16(
+          _mm256_unpackhi_epi8(filtered, zero),
+          _mm256_and_si256(PredictWavefront8(w->left_high, above_high, w->above_left_high, w->average_high),
+                           w->channels)),
+      bytes);
+  const __m256i packed = _mm256_packus_epi16(low, high);  // Lanes 0-3 | 4-7.
+  const __m128i packed_first = _mm256_castsi256_si128(packed);
+  const __m128i packed_second = _mm256_extracti128_si256(packed, 1);
+  StoreLane<kBpp, kRows, kAll, 0>(packed_first, rows, stride, pixels, t);
+  StoreLane<kBpp, kRows, kAll, 1>(packed_first, rows, stride, pixels, t);
+  StoreLane<kBpp, kRows, kAll, 2>(packed_first, rows, stride, pixels, t);
+  StoreLane<kBpp, kRows, kAll, 3>(packed_first, rows, stride, pixels, t);
+  StoreLane<kBpp, kRows - 4, kAll, 0>(packed_second, rows_4, stride, pixels, t - 4);
+  StoreLane<kBpp, kRows - 4, kAll, 1>(packed_second, rows_4, stride, pixels, t - 4);
+  StoreLane<kBpp, kRows - 4, kAll, 2>(packed_second, rows_4, stride, pixels, t - 4);
+  StoreLane<kBpp, kRows - 4, kAll, 3>(packed_second, rows_4, stride, pixels, t - 4);
+  w->left_low = low;
+  w->left_high = high;
+  w->above_left_low = above_low;
+  w->above_left_high = above_high;
+}
+
+template <size_t kBpp, int kRows>
+CLIP_UNFILTER_AVX2_TARGET void UnfilterWavefront8Avx2(uint8_t* rows, size_t stride, const uint8_t* prior, size_t bytes,
+                                                      const int* filters) {
+  const size_t pixels = bytes / kBpp;
+  const __m256i zero = _mm256_setzero_si256();
+  auto average = [&](int r) -> int64_t { return r < kRows && filters[r] == 3 ? -1 : 0; };
+  Wavefront8 w{zero,
+               zero,
+               zero,
+               zero,
+               _mm256_set_epi64x(average(5), average(4), average(1), average(0)),
+               _mm256_set_epi64x(average(7), average(6), average(3), average(2)),
+               kBpp == 3 ? _mm256_setr_epi16(-1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 0)
+                         : _mm256_set1_epi16(-1)};
+  const size_t steps = pixels + kRows - 1;
+  size_t t = 0;
+  for (; t < steps && t + 1 < static_cast<size_t>(kRows); ++t) {
+    Wavefront8Step<kBpp, kRows, false>(&w, rows, stride, prior, pixels, t);
+  }
+  for (; t < pixels; ++t) Wavefront8Step<kBpp, kRows, true>(&w, rows, stride, prior, pixels, t);
+  for (; t < steps; ++t) Wavefront8Step<kBpp, kRows, false>(&w, rows, stride, prior, pixels, t);
+}
+
+// Two to four rows take the 128-bit wavefront, five to eight the 256-bit one
+// (one step of eight lanes costs about a third more than one of four).
 template <size_t kBpp>
 void UnfilterWavefront(uint8_t* rows, size_t stride, size_t count, const uint8_t* prior, size_t bytes,
                        const int* filters) {
@@ -269,8 +369,16 @@ void UnfilterWavefront(uint8_t* rows, size_t stride, size_t count, const uint8_t
       return UnfilterWavefrontAvx2<kBpp, 2>(rows, stride, prior, bytes, filters);
     case 3:
       return UnfilterWavefrontAvx2<kBpp, 3>(rows, stride, prior, bytes, filters);
-    default:
+    case 4:
       return UnfilterWavefrontAvx2<kBpp, 4>(rows, stride, prior, bytes, filters);
+    case 5:
+      return UnfilterWavefront8Avx2<kBpp, 5>(rows, stride, prior, bytes, filters);
+    case 6:
+      return UnfilterWavefront8Avx2<kBpp, 6>(rows, stride, prior, bytes, filters);
+    case 7:
+      return UnfilterWavefront8Avx2<kBpp, 7>(rows, stride, prior, bytes, filters);
+    default:
+      return UnfilterWavefront8Avx2<kBpp, 8>(rows, stride, prior, bytes, filters);
   }
 }
 
@@ -281,10 +389,10 @@ void UnfilterRowsAvx2(uint8_t* rows, size_t stride, size_t count, const uint8_t*
     uint8_t* row = rows + i * stride + 1;
     const int filter = row[-1];
     if (filter == 3 || filter == 4) {
-      // The run of Average and Paeth rows from here, up to four.
-      int filters[4] = {filter, 0, 0, 0};
+      // The run of Average and Paeth rows from here, up to eight.
+      int filters[8] = {filter, 0, 0, 0, 0, 0, 0, 0};
       size_t run = 1;
-      while (run < 4 && i + run < count && (rows[(i + run) * stride] == 3 || rows[(i + run) * stride] == 4)) {
+      while (run < 8 && i + run < count && (rows[(i + run) * stride] == 3 || rows[(i + run) * stride] == 4)) {
         filters[run] = rows[(i + run) * stride];
         ++run;
       }

@@ -21,7 +21,7 @@ constexpr size_t kUnfilterReadSlack = 1;
 // `bpp`: bytes per pixel, 1 to 8. Filter types must be 0-4 (the caller
 // refuses others). On CPUs with AVX2, rows of 3 or 4 bytes per pixel run
 // vectorized: Sub as prefix sums, and runs of consecutive Average and Paeth
-// rows up to four at a time (each row one pixel behind the row above it).
+// rows up to eight at a time (each row one pixel behind the row above it).
 void UnfilterRows(uint8_t* rows, size_t stride, size_t count, const uint8_t* prior, size_t bytes, size_t bpp);
 
 // The same, one byte at a time as the specification defines it: the reference
