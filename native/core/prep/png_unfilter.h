@@ -11,15 +11,15 @@ namespace clip {
 namespace decode {
 
 // Bytes past the end of the last row, and past the end of `prior`, that
-// UnfilterRows may read (never write): a 4-byte load at a 3-byte pixel. Within
-// an image's rows it is the next row's filter byte.
-constexpr size_t kUnfilterReadSlack = 1;
+// UnfilterRows may read (never write): a 4-byte load at a 1-byte pixel.
+// Within an image's rows they are the next row's first bytes.
+constexpr size_t kUnfilterReadSlack = 3;
 
 // Unfilters `count` consecutive rows: row i's filter type at
 // rows[i * stride], its `bytes` filtered bytes right after it. `prior` is the
 // unfiltered row above the first one (zeros above an image's first row).
 // `bpp`: bytes per pixel, 1 to 8. Filter types must be 0-4 (the caller
-// refuses others). On CPUs with AVX2, rows of 3 or 4 bytes per pixel run
+// refuses others). On CPUs with AVX2, rows of 1 to 4 bytes per pixel run
 // vectorized: Sub as prefix sums, and runs of consecutive Average and Paeth
 // rows up to eight at a time (each row one pixel behind the row above it).
 void UnfilterRows(uint8_t* rows, size_t stride, size_t count, const uint8_t* prior, size_t bytes, size_t bpp);
