@@ -48,7 +48,7 @@ void UnfilterRowScalar(int filter, uint8_t* row, const uint8_t* prior, size_t by
 }
 
 #if defined(CLIP_PNG_UNFILTER_AVX2)
-// AVX2 for its 128-bit pabsw, pblendvb and pshufb; only 128-bit vectors.
+// AVX2: 128-bit pabsw, pblendvb and pshufb, and the 256-bit wavefront.
 #define CLIP_UNFILTER_AVX2_TARGET __attribute__((target("avx2")))
 
 // Sub: each pixel plus all before it in the row, as prefix sums over one
@@ -89,6 +89,45 @@ CLIP_UNFILTER_AVX2_TARGET void UnfilterSubAvx2(uint8_t* row, size_t bytes) {
   for (i = i < kBpp ? kBpp : i; i < bytes; ++i) row[i] = static_cast<uint8_t>(row[i] + row[i - kBpp]);
 }
 
+// 16-bit channel operations on 128- and 256-bit vectors, so that the Paeth
+// predictor and the wavefront step are written once for both widths.
+#define CLIP_UNFILTER_BOTH_WIDTHS(name, op128, op256)                                         \
+  CLIP_UNFILTER_AVX2_TARGET inline __m128i name(__m128i a, __m128i b) { return op128(a, b); } \
+  CLIP_UNFILTER_AVX2_TARGET inline __m256i name(__m256i a, __m256i b) { return op256(a, b); }
+CLIP_UNFILTER_BOTH_WIDTHS(Add16, _mm_add_epi16, _mm256_add_epi16)
+CLIP_UNFILTER_BOTH_WIDTHS(Sub16, _mm_sub_epi16, _mm256_sub_epi16)
+CLIP_UNFILTER_BOTH_WIDTHS(Min16, _mm_min_epi16, _mm256_min_epi16)
+CLIP_UNFILTER_BOTH_WIDTHS(Greater16, _mm_cmpgt_epi16, _mm256_cmpgt_epi16)
+CLIP_UNFILTER_BOTH_WIDTHS(And, _mm_and_si128, _mm256_and_si256)
+CLIP_UNFILTER_BOTH_WIDTHS(WidenLow, _mm_unpacklo_epi8, _mm256_unpacklo_epi8)
+CLIP_UNFILTER_BOTH_WIDTHS(WidenHigh, _mm_unpackhi_epi8, _mm256_unpackhi_epi8)
+CLIP_UNFILTER_BOTH_WIDTHS(Narrow, _mm_packus_epi16, _mm256_packus_epi16)
+#undef CLIP_UNFILTER_BOTH_WIDTHS
+CLIP_UNFILTER_AVX2_TARGET inline __m128i Abs16(__m128i a) { return _mm_abs_epi16(a); }
+CLIP_UNFILTER_AVX2_TARGET inline __m256i Abs16(__m256i a) { return _mm256_abs_epi16(a); }
+CLIP_UNFILTER_AVX2_TARGET inline __m128i Half16(__m128i a) { return _mm_srli_epi16(a, 1); }
+CLIP_UNFILTER_AVX2_TARGET inline __m256i Half16(__m256i a) { return _mm256_srli_epi16(a, 1); }
+CLIP_UNFILTER_AVX2_TARGET inline __m128i Select(__m128i a, __m128i b, __m128i where_b) {
+  return _mm_blendv_epi8(a, b, where_b);
+}
+CLIP_UNFILTER_AVX2_TARGET inline __m256i Select(__m256i a, __m256i b, __m256i where_b) {
+  return _mm256_blendv_epi8(a, b, where_b);
+}
+
+// Paeth's predictor in 16-bit channels: p = a + b - c; pa = |p - a| = |b - c|,
+// pb = |a - c|, pc = |a + b - 2c|; a where pa <= pb and pa <= pc, else b where
+// pb <= pc, else c.
+template <typename V>
+CLIP_UNFILTER_AVX2_TARGET inline V PredictPaeth(V a, V b, V c) {
+  const V b_minus_c = Sub16(b, c);
+  const V a_minus_c = Sub16(a, c);
+  const V pa = Abs16(b_minus_c);
+  const V pb = Abs16(a_minus_c);
+  const V pc = Abs16(Add16(a_minus_c, b_minus_c));
+  const V b_or_c = Select(b, c, Greater16(pb, pc));
+  return Select(a, b_or_c, Greater16(pa, Min16(pb, pc)));
+}
+
 // Paeth for one row of 3 or 4 bytes per pixel. The predictor of a pixel needs
 // the pixel decoded just before it, so the work runs across one pixel's
 // channels in 16-bit lanes, a chain of about ten dependent operations per
@@ -104,16 +143,7 @@ CLIP_UNFILTER_AVX2_TARGET inline void PaethPixelAvx2(__m128i filtered, __m128i a
   const __m128i zero = _mm_setzero_si128();
   const __m128i x = _mm_unpacklo_epi8(_mm_srli_si128(filtered, kShift), zero);
   const __m128i b = _mm_unpacklo_epi8(_mm_srli_si128(above, kShift), zero);
-  // p = a + b - c; pa = |p - a| = |b - c|, pb = |a - c|, pc = |a + b - 2c|.
-  const __m128i b_minus_c = _mm_sub_epi16(b, *c);
-  const __m128i a_minus_c = _mm_sub_epi16(*a, *c);
-  const __m128i pa = _mm_abs_epi16(b_minus_c);
-  const __m128i pb = _mm_abs_epi16(a_minus_c);
-  const __m128i pc = _mm_abs_epi16(_mm_add_epi16(a_minus_c, b_minus_c));
-  // a where pa <= pb and pa <= pc, else b where pb <= pc, else c.
-  const __m128i b_or_c = _mm_blendv_epi8(b, *c, _mm_cmpgt_epi16(pb, pc));
-  const __m128i predictor =
-      _mm_and_si128(_mm_blendv_epi8(*a, b_or_c, _mm_cmpgt_epi16(pa, _mm_min_epi16(pb, pc))), channels);
+  const __m128i predictor = _mm_and_si128(PredictPaeth(*a, b, *c), channels);
   *out = _mm_add_epi8(*out, _mm_slli_si128(_mm_packus_epi16(predictor, zero), kShift));
   *a = _mm_and_si128(_mm_add_epi16(x, predictor), channels);
   *c = b;
@@ -176,43 +206,10 @@ struct Wavefront {
   V average_low, average_high;  // All ones in the lanes of Average rows.
 };
 
-// The 16-bit operations of a step at either width.
-#define CLIP_UNFILTER_BOTH_WIDTHS(name, op128, op256)                                         \
-  CLIP_UNFILTER_AVX2_TARGET inline __m128i name(__m128i a, __m128i b) { return op128(a, b); } \
-  CLIP_UNFILTER_AVX2_TARGET inline __m256i name(__m256i a, __m256i b) { return op256(a, b); }
-CLIP_UNFILTER_BOTH_WIDTHS(Add16, _mm_add_epi16, _mm256_add_epi16)
-CLIP_UNFILTER_BOTH_WIDTHS(Sub16, _mm_sub_epi16, _mm256_sub_epi16)
-CLIP_UNFILTER_BOTH_WIDTHS(Min16, _mm_min_epi16, _mm256_min_epi16)
-CLIP_UNFILTER_BOTH_WIDTHS(Greater16, _mm_cmpgt_epi16, _mm256_cmpgt_epi16)
-CLIP_UNFILTER_BOTH_WIDTHS(And, _mm_and_si128, _mm256_and_si256)
-CLIP_UNFILTER_BOTH_WIDTHS(WidenLow, _mm_unpacklo_epi8, _mm256_unpacklo_epi8)
-CLIP_UNFILTER_BOTH_WIDTHS(WidenHigh, _mm_unpackhi_epi8, _mm256_unpackhi_epi8)
-CLIP_UNFILTER_BOTH_WIDTHS(Narrow, _mm_packus_epi16, _mm256_packus_epi16)
-#undef CLIP_UNFILTER_BOTH_WIDTHS
-CLIP_UNFILTER_AVX2_TARGET inline __m128i Abs16(__m128i a) { return _mm_abs_epi16(a); }
-CLIP_UNFILTER_AVX2_TARGET inline __m256i Abs16(__m256i a) { return _mm256_abs_epi16(a); }
-CLIP_UNFILTER_AVX2_TARGET inline __m128i Half16(__m128i a) { return _mm_srli_epi16(a, 1); }
-CLIP_UNFILTER_AVX2_TARGET inline __m256i Half16(__m256i a) { return _mm256_srli_epi16(a, 1); }
-CLIP_UNFILTER_AVX2_TARGET inline __m128i Select(__m128i a, __m128i b, __m128i where_b) {
-  return _mm_blendv_epi8(a, b, where_b);
-}
-CLIP_UNFILTER_AVX2_TARGET inline __m256i Select(__m256i a, __m256i b, __m256i where_b) {
-  return _mm256_blendv_epi8(a, b, where_b);
-}
-
-// The predictor of Average rows where `average` is set, else Paeth's:
-// p = a + b - c; pa = |p - a| = |b - c|, pb = |a - c|, pc = |a + b - 2c|; a
-// where pa <= pb and pa <= pc, else b where pb <= pc, else c.
+// The predictor of Average rows where `average` is set, else Paeth's.
 template <typename V>
 CLIP_UNFILTER_AVX2_TARGET inline V PredictWavefront(V a, V b, V c, V average) {
-  const V b_minus_c = Sub16(b, c);
-  const V a_minus_c = Sub16(a, c);
-  const V pa = Abs16(b_minus_c);
-  const V pb = Abs16(a_minus_c);
-  const V pc = Abs16(Add16(a_minus_c, b_minus_c));
-  const V b_or_c = Select(b, c, Greater16(pb, pc));
-  const V paeth = Select(a, b_or_c, Greater16(pa, Min16(pb, pc)));
-  return Select(paeth, Half16(Add16(a, b)), average);
+  return Select(PredictPaeth(a, b, c), Half16(Add16(a, b)), average);
 }
 
 // Whether lane r works at step t: kAll where every lane does.
