@@ -3,8 +3,8 @@
 
   images --out DIR
       draws test images with Pillow in every format and mode the decoder handles (JPEG baseline,
-      progressive, grayscale and Adobe CMYK; PNG RGB, RGBA, L, LA, P with tRNS, 16-bit; WebP lossy,
-      lossless and with alpha; an animated GIF; BMP 24 and 32 bit) and writes, for each,
+      progressive, grayscale and Adobe CMYK; PNG RGB, RGBA, L, LA, P with tRNS, 4-bit P, 1-bit, 16-bit;
+      WebP lossy, lossless and with alpha; an animated GIF; BMP 24 and 32 bit) and writes, for each,
       <name>.pixel_values.f32: transformers' CLIP image processor (the Pillow one) with the ViT-B/32
       configuration, float32 [3, 224, 224]; plus manifest.json.
   tokens --vocab-dir DIR --out FILE
@@ -67,6 +67,9 @@ def make_images():
     save("gray_alpha_LA_300x200.png", Image.fromarray(pattern(300, 200, 10)).convert("LA"), "PNG")
     palette = Image.fromarray(pattern(240, 180, 11)).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
     save("palette_P_240x180.png", palette, "PNG", transparency=3)
+    palette4 = Image.fromarray(pattern(230, 170, 21)).convert("P", palette=Image.Palette.ADAPTIVE, colors=12)
+    save("palette4_P_230x170.png", palette4, "PNG")  # 12 colours: Pillow writes 4 bits per pixel
+    save("bilevel_1_250x190.png", Image.fromarray(pattern(250, 190, 22)).convert("1"), "PNG")
     ramp = (np.arange(256 * 300, dtype=np.uint32).reshape(300, 256) * 37 % 65536).astype(np.uint16)
     ramp[:, 128:] = ramp[:, 128:] % 256
     save("gray16_256x300.png", Image.fromarray(ramp), "PNG")

@@ -1181,6 +1181,126 @@ void TestPngWholeBuffer() {
     }
   }
 
+  // Every other non-interlaced layout: grey and palette rows packed below 8
+  // bits (filters on whole bytes), 16-bit samples, and palettes shorter than
+  // the indices used (black past their entries) or longer than the bit depth
+  // allows (libpng keeps the first 2^depth entries).
+  struct Layout {
+    int color_type;
+    int bit_depth;
+    int channels;
+  };
+  const Layout kLayouts[] = {{0, 1, 1},  {0, 2, 1}, {0, 4, 1}, {0, 16, 1}, {4, 16, 2}, {2, 16, 3},
+                             {6, 16, 4}, {3, 1, 1}, {3, 2, 1}, {3, 4, 1},  {3, 8, 1}};
+  for (const Layout& layout : kLayouts) {
+    const size_t pixel_bits = static_cast<size_t>(layout.channels) * layout.bit_depth;
+    const int bpp = std::max<int>(1, static_cast<int>(pixel_bits / 8));
+    for (uint32_t width : {1u, 3u, 9u, 33u}) {
+      for (uint32_t height : {1u, 6u}) {
+        for (const std::vector<int>& filters : {std::vector<int>{0, 1, 2, 3, 4}, std::vector<int>{4, 3}}) {
+          const size_t row_bytes = (width * pixel_bits + 7) / 8;
+          const Bytes packed = Pattern(static_cast<int>(row_bytes), static_cast<int>(height), 1, ++seed);
+          File f;
+          f.width = width;
+          f.height = height;
+          f.bit_depth = layout.bit_depth;
+          f.color_type = layout.color_type;
+          f.stream = Zlib(Filter(packed, static_cast<uint32_t>(row_bytes / bpp), height, bpp, filters), 6);
+          Bytes palette;
+          if (layout.color_type == 3) {
+            // Fewer entries than the bit depth addresses, or 256 at any depth.
+            const size_t entries = seed % 2 ? 256 : std::max<size_t>(1, (size_t{1} << layout.bit_depth) * 2 / 3);
+            for (size_t i = 0; i < entries * 3; ++i) palette.push_back(static_cast<uint8_t>(i * 37 + seed));
+            f.before = {{"PLTE", palette}, {"tRNS", {0, 128}}};
+          }
+          std::string name = "PNG whole-buffer type " + std::to_string(layout.color_type) + " depth " +
+                             std::to_string(layout.bit_depth) + " " + std::to_string(width) + "x" +
+                             std::to_string(height) +
+                             (palette.empty() ? "" : " palette of " + std::to_string(palette.size() / 3));
+          const Outcome outcome = Agree(name, Build(f), true);
+          if (!outcome.ok) continue;
+          const size_t kept = std::min<size_t>(palette.size() / 3, size_t{1} << layout.bit_depth);
+          bool equal = true;
+          for (uint32_t y = 0; y < height; ++y) {
+            const uint8_t* row = packed.data() + row_bytes * y;
+            for (uint32_t x = 0; x < width; ++x) {
+              uint8_t rgb[3];
+              if (layout.bit_depth < 8) {
+                const int value = row[x * layout.bit_depth / 8] >> (8 - layout.bit_depth - x * layout.bit_depth % 8) &
+                                  ((1 << layout.bit_depth) - 1);
+                for (int c = 0; c < 3; ++c) {
+                  rgb[c] = layout.color_type == 0 ? static_cast<uint8_t>(value * 255 / ((1 << layout.bit_depth) - 1))
+                           : static_cast<size_t>(value) < kept ? palette[value * 3 + c]
+                                                               : 0;
+                }
+              } else if (layout.color_type == 3) {
+                for (int c = 0; c < 3; ++c) rgb[c] = row[x] < kept ? palette[row[x] * 3 + c] : 0;
+              } else {
+                // 16-bit: the high byte (grey: 255 where it is not 0, else the low byte).
+                const uint8_t* pixel = row + x * layout.channels * 2;
+                for (int c = 0; c < 3; ++c) {
+                  rgb[c] = layout.channels >= 3   ? pixel[2 * c]
+                           : layout.channels == 2 ? pixel[0]
+                           : pixel[0]             ? 255
+                                                  : pixel[1];
+                }
+              }
+              for (int c = 0; c < 3; ++c)
+                equal = equal && outcome.image.pixels[(size_t{y} * width + x) * 3 + c] == rgb[c];
+            }
+          }
+          Check(equal, name + ": the pixels are the samples");
+        }
+      }
+    }
+  }
+
+  // A palette image's PLTE: what libpng refuses goes to libpng, which fails.
+  File indexed;
+  indexed.width = 20;
+  indexed.height = 10;
+  indexed.color_type = 3;
+  indexed.stream = Zlib(Filter(Pattern(20, 10, 1, 5), 20, 10, 1, {0, 1, 4}), 6);
+  const Bytes entries16 = Pattern(16, 1, 3, 6);
+  auto indexed_with = [&](std::vector<Chunk> before) {
+    File f = indexed;
+    f.before = std::move(before);
+    return Build(f);
+  };
+  Agree("PNG whole-buffer: palette image with PLTE", indexed_with({{"PLTE", entries16}}), true);
+  Agree("PNG whole-buffer: tRNS and bKGD around PLTE",
+        indexed_with({{"tRNS", {1, 2}}, {"PLTE", entries16}, {"bKGD", {3}}, {"tRNS", {9}}}), true);
+  for (const auto& [what, chunks] : std::vector<std::pair<std::string, std::vector<Chunk>>>{
+           {"no PLTE", {}},
+           {"no PLTE, tRNS only", {{"tRNS", {0}}}},
+           {"two PLTE chunks", {{"PLTE", entries16}, {"PLTE", entries16}}},
+           {"an empty PLTE", {{"PLTE", {}}}},
+           {"a PLTE of 7 bytes", {{"PLTE", Bytes(7, 1)}}},
+           {"a PLTE of 257 entries", {{"PLTE", Bytes(257 * 3, 1)}}},
+       }) {
+    const Outcome refused = Agree("PNG whole-buffer: palette image with " + what, indexed_with(chunks), false);
+    Check(!refused.ok, "PNG whole-buffer: palette image with " + what + " fails");
+  }
+  // Colour types at bit depths PNG does not define, each with a stream of
+  // the size its rows would have: libpng refuses them.
+  for (const auto& [color_type, bit_depth, channels] :
+       std::vector<std::tuple<int, int, int>>{{3, 16, 1}, {2, 4, 3}, {4, 1, 2}, {6, 2, 4}, {0, 3, 1}}) {
+    File f = indexed;
+    f.color_type = color_type;
+    f.bit_depth = bit_depth;
+    const uint32_t row_bytes = (20 * channels * bit_depth + 7) / 8;
+    f.stream = Zlib(Filter(Pattern(static_cast<int>(row_bytes), 10, 1, 7), row_bytes, 10, 1, {0}), 6);
+    f.before.clear();
+    if (color_type == 3) f.before = {{"PLTE", entries16}};
+    const std::string what =
+        "PNG whole-buffer: colour type " + std::to_string(color_type) + " at depth " + std::to_string(bit_depth);
+    Check(!Agree(what, Build(f), false).ok, what + " fails");
+  }
+  File grey_with_palette = indexed;
+  grey_with_palette.color_type = 0;
+  grey_with_palette.before = {{"PLTE", entries16}};
+  Agree("PNG whole-buffer: a PLTE in a grey image", Build(grey_with_palette), false);
+
   // Variations around one 40x30 RGB image with every filter.
   const uint32_t w = 40;
   const uint32_t h = 30;

@@ -1,15 +1,16 @@
 // PNG (libpng for inflate, unfiltering and de-interlacing; the conversion to
-// RGB is Pillow's, done here on the raw samples). The common layouts of
-// photographs take a whole-buffer path first: the image data is inflated in
-// one call (inflate.h: about twice zlib's speed, and exactly zlib's verdict on
-// every stream, so that both paths accept what libpng and Pillow accept) and
-// the rows are unfiltered here, 2-3x faster than libpng's row by row decode;
-// any file that path does not take unchanged goes to libpng, which decides.
+// RGB is Pillow's, done here on the raw samples). Non-interlaced images take a
+// whole-buffer path first: the image data is inflated in one call (inflate.h:
+// about twice zlib's speed, and exactly zlib's verdict on every stream, so
+// that both paths accept what libpng and Pillow accept) and the rows are
+// unfiltered here, 2-3x faster than libpng's row by row decode; any file that
+// path does not take unchanged goes to libpng, which decides.
 
 #include <png.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <csetjmp>
 #include <cstdio>
@@ -102,13 +103,60 @@ void ScanPngChunks(const uint8_t* data, size_t size, bool want_exif, const uint8
   }
 }
 
+// The RGB value of each sample of a grey image of up to 8 bits or of a
+// palette image, as Pillow's convert("RGB") gives it: the grey ramp of the bit
+// depth (modes "1", L;2 and L;4 stretch to 0..255), or the PLTE's entries
+// (black past them). One byte more, so that an entry can be read as 4 bytes.
+struct RgbLookup {
+  uint8_t rgb[256 * 3 + 1] = {};
+};
+
+void SetGreyRamp(RgbLookup* lookup, int bit_depth) {
+  const int gain = bit_depth == 1 ? 255 : bit_depth == 2 ? 85 : bit_depth == 4 ? 17 : 1;
+  for (int v = 0; v < 256; ++v) std::memset(lookup->rgb + 3 * v, static_cast<uint8_t>(v * gain), 3);
+}
+
+void SetPalette(RgbLookup* lookup, const uint8_t* entries, size_t count) {
+  std::memset(lookup->rgb, 0, sizeof(lookup->rgb));
+  std::memcpy(lookup->rgb, entries, std::min<size_t>(count, 256) * 3);
+}
+
+// One byte per sample from a row packed at kDepth (1, 2 or 4) bits, first
+// sample in the high bits, as png_set_packing unpacks it (values not scaled):
+// each packed byte's samples from a table, as one store.
+template <int kDepth>
+void UnpackSamples(const uint8_t* in, size_t count, uint8_t* out) {
+  constexpr int kPerByte = 8 / kDepth;
+  using Samples = std::array<uint8_t, kPerByte>;
+  static const std::array<Samples, 256> kTable = [] {
+    std::array<Samples, 256> table{};
+    for (int b = 0; b < 256; ++b) {
+      for (int i = 0; i < kPerByte; ++i) {
+        table[b][i] = static_cast<uint8_t>((b >> (8 - kDepth * (i + 1))) & ((1 << kDepth) - 1));
+      }
+    }
+    return table;
+  }();
+  const size_t whole = count / kPerByte;
+  for (size_t i = 0; i < whole; ++i) std::memcpy(out + i * kPerByte, kTable[in[i]].data(), kPerByte);
+  const size_t rest = count - whole * kPerByte;
+  if (rest > 0) std::memcpy(out + whole * kPerByte, kTable[in[whole]].data(), rest);
+}
+
+void UnpackSamples(const uint8_t* in, int bit_depth, size_t count, uint8_t* out) {
+  if (bit_depth == 1) return UnpackSamples<1>(in, count, out);
+  if (bit_depth == 2) return UnpackSamples<2>(in, count, out);
+  UnpackSamples<4>(in, count, out);
+}
+
 // Converts one unpacked row (png_set_packing: one byte per sample below 8
 // bits, big-endian pairs at 16) the way Pillow's PNG rawmodes and
-// convert("RGB") do.
-void ConvertPngRow(const uint8_t* in, int color_type, int bit_depth, const png_color* palette, int palette_size,
-                   size_t width, uint8_t* out) {
+// convert("RGB") do. `lookup`: for grey rows of up to 8 bits and palette rows.
+void ConvertPngRow(const uint8_t* in, int color_type, int bit_depth, const RgbLookup* lookup, size_t width,
+                   uint8_t* out) {
   switch (color_type) {
     case PNG_COLOR_TYPE_GRAY:
+    case PNG_COLOR_TYPE_PALETTE:
       if (bit_depth == 16) {
         // Mode I;16; I;16 -> RGB clamps at 255 instead of scaling.
         for (size_t x = 0; x < width; ++x) {
@@ -116,12 +164,10 @@ void ConvertPngRow(const uint8_t* in, int color_type, int bit_depth, const png_c
           out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = v;
         }
       } else {
-        // Modes "1", L;2 and L;4 stretch to 0..255.
-        const int gain = bit_depth == 1 ? 255 : bit_depth == 2 ? 85 : bit_depth == 4 ? 17 : 1;
-        for (size_t x = 0; x < width; ++x) {
-          const uint8_t v = static_cast<uint8_t>(in[x] * gain);
-          out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = v;
-        }
+        // Each pixel's entry copied as 4 bytes (the 4th overwritten by the
+        // next pixel's), the last one as 3.
+        for (size_t x = 0; x + 1 < width; ++x) std::memcpy(out + 3 * x, lookup->rgb + 3 * size_t{in[x]}, 4);
+        std::memcpy(out + 3 * (width - 1), lookup->rgb + 3 * size_t{in[width - 1]}, 3);
       }
       break;
     case PNG_COLOR_TYPE_GRAY_ALPHA: {
@@ -161,19 +207,6 @@ void ConvertPngRow(const uint8_t* in, int color_type, int bit_depth, const png_c
       }
       break;
     }
-    case PNG_COLOR_TYPE_PALETTE:
-      // Pillow's palette is zero past the PLTE entries.
-      for (size_t x = 0; x < width; ++x) {
-        const int index = in[x];
-        if (index < palette_size) {
-          out[3 * x + 0] = palette[index].red;
-          out[3 * x + 1] = palette[index].green;
-          out[3 * x + 2] = palette[index].blue;
-        } else {
-          out[3 * x + 0] = out[3 * x + 1] = out[3 * x + 2] = 0;
-        }
-      }
-      break;
     default:
       break;
   }
@@ -192,8 +225,7 @@ struct PngJob {
   png_uint_32 width = 0;
   int bit_depth = 0;
   int color_type = 0;
-  png_colorp palette = nullptr;
-  int palette_size = 0;
+  RgbLookup lookup;
   int passes = 1;
   png_uint_32 next_row = 0;  // non-interlaced: rows emitted so far
 
@@ -205,7 +237,7 @@ struct PngJob {
 void EmitPngRow(PngJob* job, png_uint_32 y, const uint8_t* raw_row) {
   size_t stride = 0;
   uint8_t* row = job->out->Reserve(y, 1, &stride);
-  ConvertPngRow(raw_row, job->color_type, job->bit_depth, job->palette, job->palette_size, job->width, row);
+  ConvertPngRow(raw_row, job->color_type, job->bit_depth, &job->lookup, job->width, row);
   job->out->Commit(y, 1);
 }
 
@@ -243,9 +275,16 @@ bool ReadPng(PngJob* job) {
   int interlace = 0;
   png_get_IHDR(png, info, &width, &height, &job->bit_depth, &job->color_type, &interlace, nullptr, nullptr);
   job->width = width;
-  if (job->color_type == PNG_COLOR_TYPE_PALETTE &&
-      png_get_PLTE(png, info, &job->palette, &job->palette_size) != PNG_INFO_PLTE) {
-    DecodeFailed("PNG", "palette image without PLTE chunk");
+  if (job->color_type == PNG_COLOR_TYPE_PALETTE) {
+    png_colorp entries = nullptr;
+    int count = 0;
+    if (png_get_PLTE(png, info, &entries, &count) != PNG_INFO_PLTE) {
+      DecodeFailed("PNG", "palette image without PLTE chunk");
+    }
+    static_assert(sizeof(png_color) == 3, "png_color is three bytes");
+    SetPalette(&job->lookup, reinterpret_cast<const uint8_t*>(entries), static_cast<size_t>(count));
+  } else if (job->color_type == PNG_COLOR_TYPE_GRAY) {
+    SetGreyRamp(&job->lookup, job->bit_depth);
   }
   if (job->bit_depth < 8) png_set_packing(png);
   job->passes = png_set_interlace_handling(png);
@@ -342,14 +381,38 @@ WholeBufferScratch& ThreadScratch() {
 
 bool IsChunkLetter(uint8_t c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
 
-// The whole-buffer path for 8-bit, non-interlaced grey, grey + alpha, RGB and
-// RGBA images whose chunks before the image data are IHDR and ancillary ones
-// only. Returns false, having touched nothing, for anything else (other
-// layouts, an odd chunk, a zlib stream that does not end with exactly the
-// image's bytes and a valid Adler-32, truncated chunks, a bad filter type);
-// libpng then decodes the file and reports whatever is wrong with it. Like the
-// libpng path it ignores the IDAT CRCs and everything after the zlib stream,
-// as Pillow does.
+// Whether libpng takes this colour type at this bit depth; also the samples
+// per pixel.
+bool PngLayout(int color_type, int bit_depth, int* channels) {
+  switch (color_type) {
+    case PNG_COLOR_TYPE_GRAY:
+      *channels = 1;
+      return bit_depth == 1 || bit_depth == 2 || bit_depth == 4 || bit_depth == 8 || bit_depth == 16;
+    case PNG_COLOR_TYPE_PALETTE:
+      *channels = 1;
+      return bit_depth == 1 || bit_depth == 2 || bit_depth == 4 || bit_depth == 8;
+    case PNG_COLOR_TYPE_GRAY_ALPHA:
+      *channels = 2;
+      return bit_depth == 8 || bit_depth == 16;
+    case PNG_COLOR_TYPE_RGB:
+      *channels = 3;
+      return bit_depth == 8 || bit_depth == 16;
+    case PNG_COLOR_TYPE_RGB_ALPHA:
+      *channels = 4;
+      return bit_depth == 8 || bit_depth == 16;
+    default:
+      return false;
+  }
+}
+
+// The whole-buffer path for non-interlaced images (every colour type and bit
+// depth) whose chunks before the image data are IHDR, ancillary ones and, in
+// a palette image, one PLTE that libpng takes as it is. Returns false, having
+// touched nothing, for anything else (Adam7, an odd chunk, a zlib stream that
+// does not end with exactly the image's bytes and a valid Adler-32, truncated
+// chunks, a bad filter type); libpng then decodes the file and reports
+// whatever is wrong with it. Like the libpng path it ignores the IDAT CRCs and
+// everything after the zlib stream, as Pillow does.
 bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
   if (!g_whole_buffer_enabled.load(std::memory_order_relaxed)) return false;
   if (size < 33 || std::memcmp(data, kPngSignature, 8) != 0 || ReadBe32(data + 8) != 13) return false;
@@ -358,31 +421,21 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
   const int bit_depth = data[24];
   const int color_type = data[25];
   if (width == 0 || height == 0 || width > 0x7FFFFFFFu || height > 0x7FFFFFFFu) return false;
-  if (bit_depth != 8 || data[26] != 0 || data[27] != 0 || data[28] != 0) return false;
-  size_t bpp = 0;
-  switch (color_type) {
-    case PNG_COLOR_TYPE_GRAY:
-      bpp = 1;
-      break;
-    case PNG_COLOR_TYPE_GRAY_ALPHA:
-      bpp = 2;
-      break;
-    case PNG_COLOR_TYPE_RGB:
-      bpp = 3;
-      break;
-    case PNG_COLOR_TYPE_RGB_ALPHA:
-      bpp = 4;
-      break;
-    default:
-      return false;
-  }
-  const size_t row_bytes = size_t{width} * bpp;
+  int channels = 0;
+  if (!PngLayout(color_type, bit_depth, &channels) || data[26] != 0 || data[27] != 0 || data[28] != 0) return false;
+  const size_t pixel_bits = static_cast<size_t>(channels) * bit_depth;
+  // Filters work on whole bytes: a pixel's bytes, or one byte below 8 bits.
+  const size_t bpp = std::max<size_t>(1, pixel_bits / 8);
+  const size_t row_bytes = (size_t{width} * pixel_bits + 7) / 8;
   if (row_bytes + 1 > kMaxWholeBufferBytes / height) return false;
   const size_t raw_size = (row_bytes + 1) * height;
 
   // Chunks up to the image data: IHDR (checked above), then ancillary chunks
-  // (first letter lower case) with valid names; the CRCs of all of them were
-  // checked by ScanPngChunks. Then the run of consecutive IDAT chunks.
+  // (first letter lower case) with valid names, and a palette image's PLTE;
+  // the CRCs of all of them were checked by ScanPngChunks. Then the run of
+  // consecutive IDAT chunks.
+  const uint8_t* plte = nullptr;
+  size_t plte_entries = 0;
   size_t position = 33;
   while (true) {
     if (position + 8 > size) return false;
@@ -390,13 +443,24 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
     const uint8_t* type = data + position + 4;
     if (length > 0x7FFFFFFFu || length > size - position - 8) return false;
     if (std::memcmp(type, "IDAT", 4) == 0) break;
+    if (length + size_t{12} > size - position) return false;
+    if (std::memcmp(type, "PLTE", 4) == 0 && color_type == PNG_COLOR_TYPE_PALETTE) {
+      // libpng refuses a second PLTE, an empty one and one whose length is
+      // not 1-256 entries (it drops the entries past 2^depth of a longer
+      // one, which no index reaches).
+      if (plte != nullptr || length == 0 || length % 3 != 0 || length > 256 * 3) return false;
+      plte = data + position + 8;
+      plte_entries = length / 3;
+      position += 12 + size_t{length};
+      continue;
+    }
     if (!(IsChunkLetter(type[0]) && IsChunkLetter(type[1]) && IsChunkLetter(type[2]) && IsChunkLetter(type[3]))) {
       return false;
     }
     if ((type[0] & 0x20) == 0 || length > kMaxSkippedChunkBytes) return false;
-    if (length + size_t{12} > size - position) return false;
     position += 12 + size_t{length};
   }
+  if (color_type == PNG_COLOR_TYPE_PALETTE && plte == nullptr) return false;  // libpng: "Missing PLTE before IDAT"
   // The run of IDAT chunks: its total size, then one contiguous stream
   // (the chunk's own bytes when there is one chunk).
   const size_t first_idat = position;
@@ -446,6 +510,12 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
   out->Begin(static_cast<int>(width), static_cast<int>(height));
   const std::vector<uint8_t> zeros(row_bytes + kUnfilterReadSlack, 0);
   const uint8_t* prior = zeros.data();
+  RgbLookup lookup;
+  if (plte) SetPalette(&lookup, plte, plte_entries);
+  if (color_type == PNG_COLOR_TYPE_GRAY) SetGreyRamp(&lookup, bit_depth);
+  // Rows below 8 bits are unpacked to a byte per sample first, as libpng's
+  // png_set_packing does for the other path.
+  std::vector<uint8_t> unpacked(bit_depth < 8 ? width : 0);
   constexpr uint32_t kBlockRows = 16;
   for (uint32_t y0 = 0; y0 < height; y0 += kBlockRows) {
     const uint32_t count = std::min(kBlockRows, height - y0);
@@ -454,7 +524,12 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
     size_t stride = 0;
     uint8_t* rows = out->Reserve(static_cast<int>(y0), static_cast<int>(count), &stride);
     for (uint32_t i = 0; i < count; ++i) {
-      ConvertPngRow(filtered + (row_bytes + 1) * i + 1, color_type, 8, nullptr, 0, width, rows + stride * i);
+      const uint8_t* samples = filtered + (row_bytes + 1) * i + 1;
+      if (bit_depth < 8) {
+        UnpackSamples(samples, bit_depth, width, unpacked.data());
+        samples = unpacked.data();
+      }
+      ConvertPngRow(samples, color_type, bit_depth, &lookup, width, rows + stride * i);
     }
     prior = filtered + (row_bytes + 1) * (count - 1) + 1;
     out->Commit(static_cast<int>(y0), static_cast<int>(count));
