@@ -80,6 +80,7 @@ def main(out):
     for mode in ("RGB", "RGBA", "L", "LA", "P", "I;16", "1"):
         save(f"{mode.replace(';', '')}.png", pattern(mode), "PNG")
     save("transparent_p.png", pattern("P"), "PNG", transparency=2)
+    save("p4.png", pattern("RGB").quantize(12), "PNG")  # 4 bits per pixel
     save("exif8.png", pattern("RGB"), "PNG", exif=exif(8))
     seeds["fixed_huffman.png"] = fixed_huffman_png(285)
     seeds["reserved_length_code.png"] = fixed_huffman_png(287)
