@@ -2096,6 +2096,62 @@ void TestPixelBuffers() {
         "pixel buffer: a 3200x3500 image decodes to its pixels");
 }
 
+// The buffers a thread keeps between images (huge_pages.h): the same memory
+// lease after lease up to kKeepBytes, memory of its own for a lease of a slot
+// already leased, other memory on another thread, and nothing kept above
+// kKeepBytes.
+void TestThreadScratch() {
+  using clip::ScratchSlot;
+  using clip::ThreadScratch;
+  constexpr size_t kMiB = size_t{1} << 20;
+  uint8_t* first = nullptr;
+  {
+    ThreadScratch lease(ScratchSlot::kDecodedRows);
+    first = lease.Get(kMiB);
+    Check(first != nullptr, "thread scratch: 1 MiB");
+    std::memset(first, 0xA5, kMiB);
+    Check(lease.Get(1000) == first, "thread scratch: a smaller request in one lease gets the same memory");
+    {
+      ThreadScratch nested(ScratchSlot::kDecodedRows);
+      uint8_t* own = nested.Get(kMiB);
+      Check(own != nullptr && own != first, "thread scratch: a second lease of a leased slot gets memory of its own");
+      if (own) std::memset(own, 0x11, kMiB);
+    }
+    Check(first[kMiB / 2] == 0xA5, "thread scratch: the nested lease left the slot's buffer alone");
+    ThreadScratch other_slot(ScratchSlot::kResizeRows);
+    Check(other_slot.Get(kMiB) != first, "thread scratch: another slot, another buffer");
+  }
+  {
+    ThreadScratch lease(ScratchSlot::kDecodedRows);
+    Check(lease.Get(kMiB) == first && first[kMiB - 1] == 0xA5, "thread scratch: the next lease gets the kept buffer");
+    bool distinct = false;
+    std::thread([&] {
+      ThreadScratch there(ScratchSlot::kDecodedRows);
+      uint8_t* p = there.Get(kMiB);
+      distinct = p != nullptr && p != first;
+    }).join();
+    Check(distinct, "thread scratch: another thread gets other memory");
+    uint8_t* largest_kept = lease.Get(ThreadScratch::kKeepBytes);
+    Check(largest_kept != nullptr, "thread scratch: kKeepBytes");
+    first = largest_kept;
+  }
+  {
+    ThreadScratch lease(ScratchSlot::kDecodedRows);
+    Check(lease.Get(ThreadScratch::kKeepBytes) == first, "thread scratch: a buffer of kKeepBytes is kept");
+  }
+  if (clip::HugeBlocksSupported()) {
+    const uint64_t mappings = clip::HugeBlockMappings();
+    for (int i = 0; i < 2; ++i) {
+      ThreadScratch lease(ScratchSlot::kDecodedRows);
+      uint8_t* p = lease.Get(clip::kMinMappedImageBytes);
+      Check(p != nullptr && reinterpret_cast<uintptr_t>(p) % clip::kHugePageBytes == 0,
+            "thread scratch: 32 MiB on huge pages");
+    }
+    Check(clip::HugeBlockMappings() == mappings + 2,
+          "thread scratch: a buffer above kKeepBytes is freed with its lease");
+  }
+}
+
 // PreprocessImage decodes a JPEG only where the crop's filter taps read (and
 // a margin); every output value must equal that of the whole image decoded
 // and then preprocessed.
@@ -2626,6 +2682,7 @@ int main(int argc, char** argv) {
   TestErrors();
   TestSizeLimits();
   TestPixelBuffers();
+  TestThreadScratch();
   TestJpegRegions();
   TestPreprocessing();
   TestResampleKernels();

@@ -327,58 +327,6 @@ constexpr size_t kMaxWholeBufferBytes = size_t{64} << 20;
 // common builds) even when it skips them; larger ones go to libpng to decide.
 constexpr uint32_t kMaxSkippedChunkBytes = 1u << 20;
 
-// What one thread keeps between images: the buffers of the compressed stream
-// (when it spans several IDAT chunks) and of the inflated rows. Fresh
-// allocations of this size are mapped anew by the C library each time, and
-// the page faults cost more than the inflate on some virtual machines;
-// buffers above kKeepBytes are freed after each image, and those of
-// kMinMappedImageBytes and up are on huge pages (huge_pages.h), which the
-// next image faults in 2 MiB at a time.
-struct WholeBufferScratch {
-  static constexpr size_t kKeepBytes = size_t{16} << 20;
-
-  struct Buffer {
-    uint8_t* data = nullptr;
-    size_t capacity = 0;
-
-    Buffer() = default;
-    Buffer(const Buffer&) = delete;
-    Buffer& operator=(const Buffer&) = delete;
-    ~Buffer() { Release(); }
-
-    // Room for n bytes, contents unspecified; nullptr when out of memory.
-    uint8_t* Get(size_t n) {
-      if (n > capacity) {
-        Release();
-        data = MapsImageBuffer(n) ? static_cast<uint8_t*>(MapHugeBlock(n)) : new (std::nothrow) uint8_t[n];
-        capacity = data ? n : 0;
-      }
-      return data;
-    }
-    void Trim() {
-      if (capacity > kKeepBytes) Release();
-    }
-    void Release() {
-      if (data == nullptr) return;
-      if (MapsImageBuffer(capacity)) {
-        UnmapHugeBlock(data, capacity);
-      } else {
-        delete[] data;
-      }
-      data = nullptr;
-      capacity = 0;
-    }
-  };
-
-  Buffer stream;
-  Buffer raw;
-};
-
-WholeBufferScratch& ThreadScratch() {
-  thread_local WholeBufferScratch scratch;
-  return scratch;
-}
-
 bool IsChunkLetter(uint8_t c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
 
 // Whether libpng takes this colour type at this bit depth; also the samples
@@ -472,17 +420,12 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
     idat_size += length;
     position += 8 + size_t{length} + 4;
   }
-  WholeBufferScratch& scratch = ThreadScratch();
-  struct TrimOnExit {
-    WholeBufferScratch* scratch;
-    ~TrimOnExit() {
-      scratch->stream.Trim();
-      scratch->raw.Trim();
-    }
-  } trim_on_exit{&scratch};
+  // The stream and the rows in buffers this thread keeps (huge_pages.h).
+  ThreadScratch stream(ScratchSlot::kPngStream);
+  ThreadScratch rows_scratch(ScratchSlot::kPngRaw);
   const uint8_t* idat = data + first_idat + 8;
   if (idat_chunks > 1) {
-    uint8_t* joined = scratch.stream.Get(idat_size);
+    uint8_t* joined = stream.Get(idat_size);
     if (joined == nullptr) return false;
     size_t offset = 0;
     for (size_t p = first_idat; p < position;) {
@@ -493,7 +436,7 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
     }
     idat = joined;
   }
-  uint8_t* raw = scratch.raw.Get(raw_size + kUnfilterReadSlack);
+  uint8_t* raw = rows_scratch.Get(raw_size + kUnfilterReadSlack);
   if (raw == nullptr) return false;
   // The whole stream in, room for exactly the image's bytes out; the stream
   // must end there with a valid Adler-32. Whether libpng (and Pillow) see a

@@ -53,4 +53,43 @@ void* MapHugeBlock(size_t) { return nullptr; }
 void UnmapHugeBlock(void*, size_t) {}
 #endif
 
+namespace {
+thread_local ThreadScratch::Block t_scratch[static_cast<int>(ScratchSlot::kCount)];
+}  // namespace
+
+void ThreadScratch::Block::Release() {
+  if (data == nullptr) return;
+  if (MapsImageBuffer(capacity)) {
+    UnmapHugeBlock(data, capacity);
+  } else {
+    delete[] data;
+  }
+  data = nullptr;
+  capacity = 0;
+}
+
+ThreadScratch::ThreadScratch(ScratchSlot slot) : block_(&t_scratch[static_cast<int>(slot)]) {
+  if (block_->leased) {
+    block_ = &own_;
+  } else {
+    block_->leased = true;
+  }
+}
+
+ThreadScratch::~ThreadScratch() {
+  if (block_ == &own_) return;  // own_ frees itself
+  if (block_->capacity > kKeepBytes) block_->Release();
+  block_->leased = false;
+}
+
+uint8_t* ThreadScratch::Get(size_t bytes) {
+  Block& b = *block_;
+  if (bytes > b.capacity) {
+    b.Release();
+    b.data = MapsImageBuffer(bytes) ? static_cast<uint8_t*>(MapHugeBlock(bytes)) : new (std::nothrow) uint8_t[bytes];
+    b.capacity = b.data ? bytes : 0;
+  }
+  return b.data;
+}
+
 }  // namespace clip

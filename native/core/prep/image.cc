@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -142,18 +143,21 @@ class PreprocessSink : public RgbRowSink {
     preprocessor_->Begin(width, height);
   }
   uint8_t* Reserve(int /*y*/, int count, size_t* stride) override {
-    const size_t bytes = row_bytes_ * count;
-    if (block_.size() < bytes) block_.resize(bytes);
+    block_ = scratch_.Get(row_bytes_ * count);
+    if (block_ == nullptr) throw std::bad_alloc();
     *stride = row_bytes_;
-    return block_.data();
+    return block_;
   }
-  void Commit(int y, int count) override { preprocessor_->AddRows(y, count, block_.data(), row_bytes_); }
+  void Commit(int y, int count) override { preprocessor_->AddRows(y, count, block_, row_bytes_); }
   Region NeededRegion(int /*width*/, int /*height*/) const override { return preprocessor_->NeededRegion(); }
 
  private:
   Preprocessor* preprocessor_;
   size_t row_bytes_ = 0;
-  PixelBuffer block_;  // A block of rows; the whole image for GIF, WebP and Adam7 PNG.
+  // A block of rows (the whole image for GIF, WebP and Adam7 PNG), in a
+  // buffer this thread keeps.
+  ThreadScratch scratch_{ScratchSlot::kDecodedRows};
+  uint8_t* block_ = nullptr;
 };
 
 }  // namespace

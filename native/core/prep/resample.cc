@@ -5,12 +5,14 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "cpu_features.h"
 #include "errors.h"
+#include "huge_pages.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -675,9 +677,10 @@ struct BicubicWindowResizer::State {
   int column_begin = 0;
   int column_end = 0;
   // Rows [row_begin, row_end) after the horizontal pass (8-bit, clipped, as
-  // Pillow's intermediate image), and which of them have arrived. Left
-  // uninitialized: every row is written before it is read.
-  std::unique_ptr<uint8_t[]> intermediate;
+  // Pillow's intermediate image), in a buffer this thread keeps, and which of
+  // them have arrived. Left as it is: every row is written before it is read.
+  ThreadScratch intermediate_scratch{ScratchSlot::kResizeRows};
+  uint8_t* intermediate = nullptr;
   std::vector<uint8_t> received;
   int received_count = 0;
 };
@@ -723,7 +726,8 @@ BicubicWindowResizer::BicubicWindowResizer(int src_width, int src_height, int re
     s.row_end = window_y + window_height;
   }
   const size_t row_count = static_cast<size_t>(s.row_end - s.row_begin);
-  s.intermediate.reset(new uint8_t[row_count * s.row_bytes]);
+  s.intermediate = s.intermediate_scratch.Get(row_count * s.row_bytes);
+  if (s.intermediate == nullptr) throw std::bad_alloc();
   s.received.assign(row_count, 0);
 }
 
@@ -745,7 +749,7 @@ void BicubicWindowResizer::AddRows(int y, int count, const uint8_t* rows, size_t
     const size_t index = static_cast<size_t>(row - s.row_begin);
     if (s.received[index]) continue;
     const uint8_t* in = rows + static_cast<size_t>(row - y) * stride;
-    uint8_t* out = s.intermediate.get() + index * s.row_bytes;
+    uint8_t* out = s.intermediate + index * s.row_bytes;
     if (s.columns) {
       s.columns->Run(in, out);
     } else {
@@ -765,15 +769,15 @@ void BicubicWindowResizer::Finish(uint8_t* dst, size_t dst_stride) {
   if (s.vertical) {
 #if defined(CLIP_RESAMPLE_AVX512)
     if (s.avx512) {
-      ResampleVerticalAvx512(s.intermediate.get(), s.row_bytes, s.row_begin, s.row_bytes, s.rows, dst, dst_stride);
+      ResampleVerticalAvx512(s.intermediate, s.row_bytes, s.row_begin, s.row_bytes, s.rows, dst, dst_stride);
       return;
     }
 #endif
-    ResampleVertical(s.intermediate.get(), s.row_bytes, s.row_begin, s.row_bytes, s.rows, dst, dst_stride);
+    ResampleVertical(s.intermediate, s.row_bytes, s.row_begin, s.row_bytes, s.rows, dst, dst_stride);
     return;
   }
   for (int y = 0; y < s.row_end - s.row_begin; ++y) {
-    std::memcpy(dst + static_cast<size_t>(y) * dst_stride, s.intermediate.get() + static_cast<size_t>(y) * s.row_bytes,
+    std::memcpy(dst + static_cast<size_t>(y) * dst_stride, s.intermediate + static_cast<size_t>(y) * s.row_bytes,
                 s.row_bytes);
   }
 }
