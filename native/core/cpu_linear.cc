@@ -1075,36 +1075,22 @@ void CheckInt8Operands(at::IntArrayRef x, const at::Tensor& packed, const c10::o
 
 }  // namespace
 
-bool PanelLinearAvailable() {
 #ifdef CLIP_PANEL_KERNEL
-  return GetCpuFeatures().avx512f;
+constexpr bool kPanelKernelBuilt = true;
 #else
-  return false;
+constexpr bool kPanelKernelBuilt = false;
 #endif
-}
 
-bool PanelLinearAvx2Available() {
-#ifdef CLIP_PANEL_KERNEL
-  return GetCpuFeatures().avx2 && GetCpuFeatures().fma;
-#else
-  return false;
-#endif
-}
+bool PanelLinearAvailable() { return kPanelKernelBuilt && GetCpuFeatures().avx512f; }
+
+bool PanelLinearAvx2Available() { return kPanelKernelBuilt && GetCpuFeatures().avx2 && GetCpuFeatures().fma; }
 
 bool PanelLinearInt8Available() {
-#ifdef CLIP_PANEL_KERNEL
-  return GetCpuFeatures().avx512f && GetCpuFeatures().avx512_vnni;
-#else
-  return false;
-#endif
+  return kPanelKernelBuilt && GetCpuFeatures().avx512f && GetCpuFeatures().avx512_vnni;
 }
 
 bool PanelLinearBf16Available() {
-#ifdef CLIP_PANEL_KERNEL
-  return GetCpuFeatures().avx512f && GetCpuFeatures().avx512_bf16;
-#else
-  return false;
-#endif
+  return kPanelKernelBuilt && GetCpuFeatures().avx512f && GetCpuFeatures().avx512_bf16;
 }
 
 at::Tensor PackPanelWeightBf16(const at::Tensor& weight) {
