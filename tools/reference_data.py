@@ -3,7 +3,7 @@
 
   images --out DIR
       draws test images with Pillow in every format and mode the decoder handles (JPEG baseline,
-      progressive, grayscale and Adobe CMYK; PNG RGB, RGBA, L, LA, P with tRNS, 4-bit P, 1-bit, 16-bit;
+      progressive, grayscale and Adobe CMYK; PNG RGB, RGBA, L, LA, P with tRNS, 4-bit P, 1-bit, 16-bit, Adam7;
       WebP lossy, lossless and with alpha; an animated GIF; BMP 24 and 32 bit) and writes, for each,
       <name>.pixel_values.f32: transformers' CLIP image processor (the Pillow one) with the ViT-B/32
       configuration, float32 [3, 224, 224]; plus manifest.json.
@@ -42,6 +42,36 @@ def pattern(width, height, seed):
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
+def adam7_png(rgb):
+    """An interlaced (Adam7) 8-bit RGB PNG of `rgb`, which Pillow reads but does not write: each pass's rows
+    filtered None, Sub and Up in turn."""
+    import struct
+    import zlib
+
+    height, width, _ = rgb.shape
+    raw = bytearray()
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    for x0, y0, dx, dy in passes:
+        pixels = rgb[y0::dy, x0::dx]
+        if pixels.size == 0:
+            continue
+        rows = pixels.reshape(pixels.shape[0], -1).astype(np.int16)
+        above = np.zeros(rows.shape[1], np.int16)
+        for i, row in enumerate(rows):
+            kind = i % 3
+            predicted = np.concatenate([np.zeros(3, np.int16), row[:-3]]) if kind == 1 else above if kind == 2 else 0
+            raw.append(kind)
+            raw += ((row - predicted) & 255).astype(np.uint8).tobytes()
+            above = row
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1)
+    idat = chunk(b"IDAT", zlib.compress(bytes(raw)))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + idat + chunk(b"IEND", b"")
+
+
 def make_images():
     from PIL import Image
 
@@ -70,6 +100,7 @@ def make_images():
     palette4 = Image.fromarray(pattern(230, 170, 21)).convert("P", palette=Image.Palette.ADAPTIVE, colors=12)
     save("palette4_P_230x170.png", palette4, "PNG")  # 12 colours: Pillow writes 4 bits per pixel
     save("bilevel_1_250x190.png", Image.fromarray(pattern(250, 190, 22)).convert("1"), "PNG")
+    images["adam7_203x151.png"] = adam7_png(pattern(203, 151, 23))
     ramp = (np.arange(256 * 300, dtype=np.uint32).reshape(300, 256) * 37 % 65536).astype(np.uint16)
     ramp[:, 128:] = ramp[:, 128:] % 256
     save("gray16_256x300.png", Image.fromarray(ramp), "PNG")

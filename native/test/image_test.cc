@@ -998,6 +998,40 @@ Bytes Filter(const Bytes& samples, uint32_t width, uint32_t height, int bpp, con
   return out;
 }
 
+// An image's data as PNG rows, pass by pass (Adam7's seven when `adam7`,
+// less the empty ones), each pass's rows filtered with filters[y % n].
+// `pixels`: `pixel_bytes` bytes a pixel at 8 and 16 bits; below 8 bits one
+// sample value a pixel (pixel_bytes 1), packed here.
+Bytes PassRows(const Bytes& pixels, uint32_t width, uint32_t height, int bit_depth, int pixel_bytes, bool adam7,
+               const std::vector<int>& filters) {
+  static const uint32_t kPasses[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4},
+                                         {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};
+  static const uint32_t kWhole[4] = {0, 0, 1, 1};
+  Bytes out;
+  for (int n = 0; n < (adam7 ? 7 : 1); ++n) {
+    const uint32_t* p = adam7 ? kPasses[n] : kWhole;
+    if (width <= p[0] || height <= p[1]) continue;
+    const uint32_t pw = (width - p[0] + p[2] - 1) / p[2];
+    const uint32_t ph = (height - p[1] + p[3] - 1) / p[3];
+    const size_t row_bytes = bit_depth < 8 ? (size_t{pw} * bit_depth + 7) / 8 : size_t{pw} * pixel_bytes;
+    Bytes rows(row_bytes * ph, 0);
+    for (uint32_t j = 0; j < ph; ++j) {
+      for (uint32_t i = 0; i < pw; ++i) {
+        const uint8_t* px = &pixels[(size_t{p[1] + j * p[3]} * width + p[0] + i * p[2]) * pixel_bytes];
+        uint8_t* row = &rows[j * row_bytes];
+        if (bit_depth < 8) {
+          row[i * bit_depth / 8] |= static_cast<uint8_t>(px[0] << (8 - bit_depth - i * bit_depth % 8));
+        } else {
+          std::memcpy(row + size_t{i} * pixel_bytes, px, pixel_bytes);
+        }
+      }
+    }
+    const int bpp = bit_depth < 8 ? 1 : pixel_bytes;
+    Append(&out, Filter(rows, static_cast<uint32_t>(row_bytes / bpp), ph, bpp, filters));
+  }
+  return out;
+}
+
 Bytes Zlib(const Bytes& raw, int level) {
   uLongf size = compressBound(raw.size());
   Bytes out(size);
@@ -1391,7 +1425,53 @@ void TestPngWholeBuffer() {
         Agree("PNG whole-buffer: reserved length code " + std::to_string(reserved), Build(zeros), false);
     Check(!refused.ok, "PNG whole-buffer: reserved length code " + std::to_string(reserved) + " is refused");
   }
-  Agree("PNG whole-buffer: Adam7 goes to libpng", with([](File* f) { f->interlace = true; }), false);
+  Agree("PNG whole-buffer: an Adam7 header on a stream of plain rows", with([](File* f) { f->interlace = true; }),
+        false);
+
+  // Adam7: against libpng, and against the same pixels not interlaced.
+  struct Adam7Layout {
+    int color_type, bit_depth, pixel_bytes;
+  };
+  for (const Adam7Layout& layout : {Adam7Layout{2, 8, 3}, Adam7Layout{6, 16, 8}, Adam7Layout{4, 8, 2},
+                                    Adam7Layout{0, 1, 1}, Adam7Layout{3, 4, 1}}) {
+    for (const auto& [aw, ah] :
+         std::vector<std::pair<uint32_t, uint32_t>>{{1, 1}, {2, 1}, {1, 2}, {5, 3}, {3, 5}, {8, 8}, {9, 17}, {33, 6}}) {
+      for (const std::vector<int>& filters : {std::vector<int>{0, 1, 2, 3, 4}, std::vector<int>{4, 3}}) {
+        Bytes pixels = Pattern(static_cast<int>(aw), static_cast<int>(ah), layout.pixel_bytes, ++seed);
+        if (layout.bit_depth < 8) {
+          for (uint8_t& v : pixels) v &= static_cast<uint8_t>((1 << layout.bit_depth) - 1);
+        }
+        File f;
+        f.width = aw;
+        f.height = ah;
+        f.bit_depth = layout.bit_depth;
+        f.color_type = layout.color_type;
+        if (layout.color_type == 3) f.before = {{"PLTE", Pattern(16, 1, 3, seed)}};
+        f.stream = Zlib(PassRows(pixels, aw, ah, layout.bit_depth, layout.pixel_bytes, false, filters), 6);
+        const Outcome plain = Agree("PNG whole-buffer: plain rows", Build(f), true);
+        f.interlace = true;
+        f.stream = Zlib(PassRows(pixels, aw, ah, layout.bit_depth, layout.pixel_bytes, true, filters), 6);
+        const std::string name = "PNG whole-buffer Adam7 type " + std::to_string(layout.color_type) + " depth " +
+                                 std::to_string(layout.bit_depth) + " " + std::to_string(aw) + "x" +
+                                 std::to_string(ah) + " filters " + std::to_string(filters.size());
+        const Outcome adam7 = Agree(name, Build(f), true);
+        Check(plain.ok && adam7.ok && adam7.image.pixels == plain.image.pixels, name + ": the pixels of plain rows");
+      }
+    }
+  }
+  File interlaced;
+  interlaced.width = 9;
+  interlaced.height = 17;
+  interlaced.interlace = true;
+  const Bytes adam7_raw = PassRows(Pattern(9, 17, 3, 3), 9, 17, 8, 3, true, {1, 4});
+  interlaced.stream = Zlib(adam7_raw, 6);
+  Agree("PNG whole-buffer: Adam7", Build(interlaced), true);
+  interlaced.stream = Zlib(Bytes(adam7_raw.begin(), adam7_raw.end() - 1), 6);
+  Agree("PNG whole-buffer: Adam7 a byte short", Build(interlaced), false);
+  Bytes bad_filter = adam7_raw;
+  bad_filter[adam7_raw.size() - 1 - 27] = 7;  // the last pass's last row: 1 + 9 * 3 bytes
+  interlaced.stream = Zlib(bad_filter, 6);
+  Agree("PNG whole-buffer: Adam7 with filter type 7 in its last row", Build(interlaced), false);
 
   // The resize sink, which takes the rows in blocks: the same floats.
   const uint32_t big_w = 300;

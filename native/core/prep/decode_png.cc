@@ -1,5 +1,5 @@
 // PNG (libpng for inflate, unfiltering and de-interlacing; the conversion to
-// RGB is Pillow's, done here on the raw samples). Non-interlaced images take a
+// RGB is Pillow's, done here on the raw samples). Every image takes a
 // whole-buffer path first: the image data is inflated in one call (inflate.h:
 // about twice zlib's speed, and exactly zlib's verdict on every stream, so
 // that both paths accept what libpng and Pillow accept) and the rows are
@@ -329,6 +329,34 @@ constexpr uint32_t kMaxSkippedChunkBytes = 1u << 20;
 
 bool IsChunkLetter(uint8_t c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
 
+// One pass of a PNG's image data: the pixels (x0 + i * dx, y0 + j * dy) of
+// the image, as `height` rows of `width` pixels, `row_bytes` bytes each after
+// its filter byte. A non-interlaced image is one pass of every pixel.
+struct PngPass {
+  size_t x0, y0, dx, dy;
+  size_t width, height, row_bytes;
+};
+
+// The passes that hold pixels, in the order of the data (PNG specification,
+// section 8.2: Adam7's seven, less those an image too small leaves empty,
+// which have no rows at all).
+std::vector<PngPass> PngPasses(uint32_t width, uint32_t height, size_t pixel_bits, bool adam7) {
+  static constexpr size_t kAdam7[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4},
+                                          {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};
+  static constexpr size_t kWhole[4] = {0, 0, 1, 1};
+  std::vector<PngPass> passes;
+  for (int i = 0; i < (adam7 ? 7 : 1); ++i) {
+    const size_t* p = adam7 ? kAdam7[i] : kWhole;
+    PngPass pass{p[0], p[1], p[2], p[3], 0, 0, 0};
+    if (width <= pass.x0 || height <= pass.y0) continue;
+    pass.width = (width - pass.x0 + pass.dx - 1) / pass.dx;
+    pass.height = (height - pass.y0 + pass.dy - 1) / pass.dy;
+    pass.row_bytes = (pass.width * pixel_bits + 7) / 8;
+    passes.push_back(pass);
+  }
+  return passes;
+}
+
 // Whether libpng takes this colour type at this bit depth; also the samples
 // per pixel.
 bool PngLayout(int color_type, int bit_depth, int* channels) {
@@ -353,11 +381,11 @@ bool PngLayout(int color_type, int bit_depth, int* channels) {
   }
 }
 
-// The whole-buffer path for non-interlaced images (every colour type and bit
-// depth) whose chunks before the image data are IHDR, ancillary ones and, in
+// The whole-buffer path for images (every colour type and bit depth, Adam7
+// or not) whose chunks before the image data are IHDR, ancillary ones and, in
 // a palette image, one PLTE that libpng takes as it is. Returns false, having
-// touched nothing, for anything else (Adam7, an odd chunk, a zlib stream that
-// does not end with exactly the image's bytes and a valid Adler-32, truncated
+// touched nothing, for anything else (an odd chunk, a zlib stream that does
+// not end with exactly the image's bytes and a valid Adler-32, truncated
 // chunks, a bad filter type); libpng then decodes the file and reports
 // whatever is wrong with it. Like the libpng path it ignores the IDAT CRCs and
 // everything after the zlib stream, as Pillow does.
@@ -370,13 +398,18 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
   const int color_type = data[25];
   if (width == 0 || height == 0 || width > 0x7FFFFFFFu || height > 0x7FFFFFFFu) return false;
   int channels = 0;
-  if (!PngLayout(color_type, bit_depth, &channels) || data[26] != 0 || data[27] != 0 || data[28] != 0) return false;
+  if (!PngLayout(color_type, bit_depth, &channels) || data[26] != 0 || data[27] != 0 || data[28] > 1) return false;
   const size_t pixel_bits = static_cast<size_t>(channels) * bit_depth;
   // Filters work on whole bytes: a pixel's bytes, or one byte below 8 bits.
   const size_t bpp = std::max<size_t>(1, pixel_bits / 8);
   const size_t row_bytes = (size_t{width} * pixel_bits + 7) / 8;
   if (row_bytes + 1 > kMaxWholeBufferBytes / height) return false;
-  const size_t raw_size = (row_bytes + 1) * height;
+  // The passes' rows one after the other: one pass of the whole image, or
+  // Adam7's, whose filter bytes and rows rounded to whole bytes add at most a
+  // few bytes per image row.
+  const std::vector<PngPass> passes = PngPasses(width, height, pixel_bits, data[28] == 1);
+  size_t raw_size = 0;
+  for (const PngPass& pass : passes) raw_size += pass.height * (pass.row_bytes + 1);
 
   // Chunks up to the image data: IHDR (checked above), then ancillary chunks
   // (first letter lower case) with valid names, and a palette image's PLTE;
@@ -444,21 +477,50 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
   // stream they hold when the last row is done, so such a stream goes to
   // libpng to decide.
   if (!InflateZlib(idat, idat_size, raw, raw_size)) return false;
-  for (uint32_t y = 0; y < height; ++y) {
-    if (raw[(row_bytes + 1) * y] > 4) return false;  // libpng: "bad adaptive filter value"
+  size_t offset = 0;
+  for (const PngPass& pass : passes) {
+    for (size_t y = 0; y < pass.height; ++y, offset += pass.row_bytes + 1) {
+      if (raw[offset] > 4) return false;  // libpng: "bad adaptive filter value"
+    }
   }
 
   // From here on nothing fails: unfilter and emit blocks of rows.
   g_whole_buffer_decodes.fetch_add(1, std::memory_order_relaxed);
   out->Begin(static_cast<int>(width), static_cast<int>(height));
   const std::vector<uint8_t> zeros(row_bytes + kUnfilterReadSlack, 0);
-  const uint8_t* prior = zeros.data();
   RgbLookup lookup;
   if (plte) SetPalette(&lookup, plte, plte_entries);
   if (color_type == PNG_COLOR_TYPE_GRAY) SetGreyRamp(&lookup, bit_depth);
   // Rows below 8 bits are unpacked to a byte per sample first, as libpng's
   // png_set_packing does for the other path.
   std::vector<uint8_t> unpacked(bit_depth < 8 ? width : 0);
+  auto convert = [&](const uint8_t* filtered_row, size_t pixels, uint8_t* rgb) {
+    const uint8_t* samples = filtered_row + 1;
+    if (bit_depth < 8) {
+      UnpackSamples(samples, bit_depth, pixels, unpacked.data());
+      samples = unpacked.data();
+    }
+    ConvertPngRow(samples, color_type, bit_depth, &lookup, pixels, rgb);
+  };
+  if (passes.size() > 1) {
+    // Adam7: every pass before any row is whole. Each pass row is converted
+    // on its own, then its pixels spread over the image's row.
+    size_t stride = 0;
+    uint8_t* image = out->Reserve(0, static_cast<int>(height), &stride);
+    std::vector<uint8_t> pass_rgb(size_t{width} * 3);
+    uint8_t* filtered = raw;
+    for (const PngPass& pass : passes) {
+      UnfilterRows(filtered, pass.row_bytes + 1, pass.height, zeros.data(), pass.row_bytes, bpp);
+      for (size_t y = 0; y < pass.height; ++y, filtered += pass.row_bytes + 1) {
+        convert(filtered, pass.width, pass_rgb.data());
+        uint8_t* row = image + (pass.y0 + y * pass.dy) * stride + pass.x0 * 3;
+        for (size_t x = 0; x < pass.width; ++x) std::memcpy(row + x * pass.dx * 3, &pass_rgb[x * 3], 3);
+      }
+    }
+    out->Commit(0, static_cast<int>(height));
+    return true;
+  }
+  const uint8_t* prior = zeros.data();
   constexpr uint32_t kBlockRows = 16;
   for (uint32_t y0 = 0; y0 < height; y0 += kBlockRows) {
     const uint32_t count = std::min(kBlockRows, height - y0);
@@ -466,14 +528,7 @@ bool DecodePngWholeBuffer(const uint8_t* data, size_t size, FrameSink* out) {
     UnfilterRows(filtered, row_bytes + 1, count, prior, row_bytes, bpp);
     size_t stride = 0;
     uint8_t* rows = out->Reserve(static_cast<int>(y0), static_cast<int>(count), &stride);
-    for (uint32_t i = 0; i < count; ++i) {
-      const uint8_t* samples = filtered + (row_bytes + 1) * i + 1;
-      if (bit_depth < 8) {
-        UnpackSamples(samples, bit_depth, width, unpacked.data());
-        samples = unpacked.data();
-      }
-      ConvertPngRow(samples, color_type, bit_depth, &lookup, width, rows + stride * i);
-    }
+    for (uint32_t i = 0; i < count; ++i) convert(filtered + (row_bytes + 1) * i, width, rows + stride * i);
     prior = filtered + (row_bytes + 1) * (count - 1) + 1;
     out->Commit(static_cast<int>(y0), static_cast<int>(count));
   }
