@@ -61,6 +61,22 @@ def fixed_huffman_png(length_symbol):
             + chunk(b"IDAT", stream) + chunk(b"IEND", b""))
 
 
+def adam7_png(width=9, height=7):
+    """An interlaced (Adam7) 8-bit grey PNG, each pass row filtered None."""
+    raw = bytearray()
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    for x0, y0, dx, dy in passes:
+        for y in range(y0, height, dy):
+            if x0 < width:
+                raw += bytes([0] + [(x * 29 + y * 41) % 256 for x in range(x0, width, dx)])
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 1))
+            + chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b""))
+
+
 def main(out):
     os.makedirs(out, exist_ok=True)
     seeds = {}
@@ -82,6 +98,7 @@ def main(out):
     save("transparent_p.png", pattern("P"), "PNG", transparency=2)
     save("p4.png", pattern("RGB").quantize(12), "PNG")  # 4 bits per pixel
     save("exif8.png", pattern("RGB"), "PNG", exif=exif(8))
+    seeds["adam7.png"] = adam7_png()
     seeds["fixed_huffman.png"] = fixed_huffman_png(285)
     seeds["reserved_length_code.png"] = fixed_huffman_png(287)
     save("lossy.webp", pattern("RGB"), "WEBP", quality=60)
