@@ -9,6 +9,11 @@
 #include <png.h>
 #include <zlib.h>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CLIP_PNG_CONVERT_SSSE3 1
+#endif
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -20,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_features.h"
 #include "errors.h"
 #include "huge_pages.h"
 #include "image.h"
@@ -149,6 +155,54 @@ void UnpackSamples(const uint8_t* in, int bit_depth, size_t count, uint8_t* out)
   UnpackSamples<4>(in, count, out);
 }
 
+#if defined(CLIP_PNG_CONVERT_SSSE3)
+// The leading pixels of an 8-bit grey (1 channel), grey + alpha (2) or RGBA
+// (4) row as RGB, 16 bytes of input a step, each rearranged by pshufb;
+// returns how many pixels it did (the caller does the rest). Every store
+// ends inside the row's 3 * width bytes.
+__attribute__((target("ssse3"))) size_t RowToRgbSsse3(const uint8_t* in, int channels, size_t width, uint8_t* out) {
+  size_t x = 0;
+  if (channels == 1) {
+    const __m128i a = _mm_setr_epi8(0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5);
+    const __m128i b = _mm_setr_epi8(5, 5, 6, 6, 6, 7, 7, 7, 8, 8, 8, 9, 9, 9, 10, 10);
+    const __m128i c = _mm_setr_epi8(10, 11, 11, 11, 12, 12, 12, 13, 13, 13, 14, 14, 14, 15, 15, 15);
+    for (; x + 16 <= width; x += 16) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + x));
+      uint8_t* o = out + 3 * x;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm_shuffle_epi8(v, a));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 16), _mm_shuffle_epi8(v, b));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 32), _mm_shuffle_epi8(v, c));
+    }
+  } else if (channels == 2) {
+    const __m128i a = _mm_setr_epi8(0, 0, 0, 2, 2, 2, 4, 4, 4, 6, 6, 6, 8, 8, 8, 10);
+    const __m128i b = _mm_setr_epi8(10, 10, 12, 12, 12, 14, 14, 14, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (; x + 8 <= width; x += 8) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 2 * x));
+      uint8_t* o = out + 3 * x;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm_shuffle_epi8(v, a));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(o + 16), _mm_shuffle_epi8(v, b));
+    }
+  } else if (channels == 4) {
+    // 12 bytes of 4 pixels, stored as 16 while the row has 16 bytes left.
+    const __m128i a = _mm_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1);
+    for (; x + 6 <= width; x += 4) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 4 * x));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 3 * x), _mm_shuffle_epi8(v, a));
+    }
+  }
+  return x;
+}
+#endif
+
+// The leading pixels of an 8-bit grey, grey + alpha or RGBA row as RGB on
+// CPUs with AVX2 (and so SSSE3), none elsewhere; returns how many.
+size_t RowToRgbVector(const uint8_t* in, int channels, size_t width, uint8_t* out) {
+#if defined(CLIP_PNG_CONVERT_SSSE3)
+  if (GetCpuFeatures().avx2) return RowToRgbSsse3(in, channels, width, out);
+#endif
+  return 0;
+}
+
 // Converts one unpacked row (png_set_packing: one byte per sample below 8
 // bits, big-endian pairs at 16) the way Pillow's PNG rawmodes and
 // convert("RGB") do. `lookup`: for grey rows of up to 8 bits and palette rows.
@@ -164,16 +218,18 @@ void ConvertPngRow(const uint8_t* in, int color_type, int bit_depth, const RgbLo
           out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = v;
         }
       } else {
-        // Each pixel's entry copied as 4 bytes (the 4th overwritten by the
-        // next pixel's), the last one as 3.
-        for (size_t x = 0; x + 1 < width; ++x) std::memcpy(out + 3 * x, lookup->rgb + 3 * size_t{in[x]}, 4);
-        std::memcpy(out + 3 * (width - 1), lookup->rgb + 3 * size_t{in[width - 1]}, 3);
+        // 8-bit grey: its ramp is the identity. Otherwise each pixel's entry
+        // copied as 4 bytes (the 4th overwritten by the next pixel's), the
+        // last one as 3.
+        size_t x = color_type == PNG_COLOR_TYPE_GRAY && bit_depth == 8 ? RowToRgbVector(in, 1, width, out) : 0;
+        for (; x + 1 < width; ++x) std::memcpy(out + 3 * x, lookup->rgb + 3 * size_t{in[x]}, 4);
+        if (x < width) std::memcpy(out + 3 * x, lookup->rgb + 3 * size_t{in[x]}, 3);
       }
       break;
     case PNG_COLOR_TYPE_GRAY_ALPHA: {
       // LA, or RGBA through LA;16B (high byte) at 16 bits.
       const int step = bit_depth == 16 ? 4 : 2;
-      for (size_t x = 0; x < width; ++x) {
+      for (size_t x = bit_depth == 8 ? RowToRgbVector(in, 2, width, out) : 0; x < width; ++x) {
         const uint8_t v = in[step * x];
         out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = v;
       }
@@ -191,7 +247,7 @@ void ConvertPngRow(const uint8_t* in, int color_type, int bit_depth, const RgbLo
         break;
       }
       if (bytes == 1) {
-        for (size_t x = 0; x < width; ++x) {
+        for (size_t x = RowToRgbVector(in, 4, width, out); x < width; ++x) {
           out[3 * x + 0] = in[4 * x + 0];
           out[3 * x + 1] = in[4 * x + 1];
           out[3 * x + 2] = in[4 * x + 2];
