@@ -242,16 +242,20 @@ export function binding(): NativeBinding {
 }
 
 /** The spin count libgomp gets from {@link withOpenMpSpinLimit}. */
-export const OPENMP_SPIN_COUNT = '30000';
+export const OPENMP_SPIN_COUNT = '3000';
 
 /**
  * Runs `load` with GOMP_SPINCOUNT set to {@link OPENMP_SPIN_COUNT} in the environment, unless the user set it or
  * OMP_WAIT_POLICY, and removes it again afterwards (child processes do not inherit it). libgomp, libtorch's OpenMP
- * runtime, reads it once, when the addon's libraries are loaded. By default an idle OpenMP worker spins 300,000
- * times before it sleeps, which is milliseconds on CPUs with a slow PAUSE instruction, and it spins right after a
- * forward, on a core that the next call's image decoding needs: about 2 ms of each call of 8 images on a 2-core
- * AMD EPYC. 30,000 still covers the gaps between the parallel regions of one forward. The variable reaches libgomp
- * only from the main thread (a worker's `process.env` is its own copy).
+ * runtime, reads it once, when the addon's libraries are loaded. By default a waiting OpenMP thread spins 300,000
+ * times before it sleeps: milliseconds of a core after every forward, taken from the next call's image decoding,
+ * and, when another process wants a core, the core that the worker it waits for (descheduled behind that process)
+ * could have run on. With 3,000 (under 0.1 ms) a waiting thread soon sleeps and the scheduler moves the descheduled
+ * worker onto the freed core, while the gaps between the parallel regions of one forward (serial operators of a
+ * few tens of microseconds on a caption) are still covered: on a 2-core AMD EPYC (Zen 5) with a busy-looping
+ * process beside it, int8 captions took 14 instead of 104 ms and 8 images 134 instead of 305 ms (30,000 spins;
+ * 1,000 spins: 7.4 and 120 ms, but every short wait on an idle machine then ends in a sleep and a wake-up). The
+ * variable reaches libgomp only from the main thread (a worker's `process.env` is its own copy).
  */
 export function withOpenMpSpinLimit<T>(load: () => T): T {
   if (process.env.GOMP_SPINCOUNT !== undefined || process.env.OMP_WAIT_POLICY !== undefined) return load();
