@@ -236,6 +236,11 @@ int PngChannels(int color_type) {
   }
 }
 
+// Adam7's seven passes (PNG specification, section 8.2): first column, first
+// row, column step, row step.
+constexpr uint32_t kAdam7Passes[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4},
+                                         {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};
+
 // A minimal PNG writer (filter type 0, Adam7 when asked), so tests control
 // every chunk.
 Bytes EncodePng(const PngSpec& spec) {
@@ -270,9 +275,7 @@ Bytes EncodePng(const PngSpec& spec) {
   };
   Bytes raw;
   if (spec.interlace) {
-    static const int kPasses[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4},
-                                      {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};
-    for (const auto& p : kPasses) pass_rows(p[0], p[1], p[2], p[3], &raw);
+    for (const auto& p : kAdam7Passes) pass_rows(p[0], p[1], p[2], p[3], &raw);
   } else {
     pass_rows(0, 0, 1, 1, &raw);
   }
@@ -1004,12 +1007,10 @@ Bytes Filter(const Bytes& samples, uint32_t width, uint32_t height, int bpp, con
 // sample value a pixel (pixel_bytes 1), packed here.
 Bytes PassRows(const Bytes& pixels, uint32_t width, uint32_t height, int bit_depth, int pixel_bytes, bool adam7,
                const std::vector<int>& filters) {
-  static const uint32_t kPasses[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4},
-                                         {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};
   static const uint32_t kWhole[4] = {0, 0, 1, 1};
   Bytes out;
   for (int n = 0; n < (adam7 ? 7 : 1); ++n) {
-    const uint32_t* p = adam7 ? kPasses[n] : kWhole;
+    const uint32_t* p = adam7 ? kAdam7Passes[n] : kWhole;
     if (width <= p[0] || height <= p[1]) continue;
     const uint32_t pw = (width - p[0] + p[2] - 1) / p[2];
     const uint32_t ph = (height - p[1] + p[3] - 1) / p[3];

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 
 namespace clip {
 
@@ -53,17 +54,23 @@ void* MapHugeBlock(size_t) { return nullptr; }
 void UnmapHugeBlock(void*, size_t) {}
 #endif
 
+void* AllocateImageBuffer(size_t bytes) { return MapsImageBuffer(bytes) ? MapHugeBlock(bytes) : std::malloc(bytes); }
+
+void FreeImageBuffer(void* p, size_t bytes) {
+  if (MapsImageBuffer(bytes)) {
+    UnmapHugeBlock(p, bytes);
+  } else {
+    std::free(p);
+  }
+}
+
 namespace {
 thread_local ThreadScratch::Block t_scratch[static_cast<int>(ScratchSlot::kCount)];
 }  // namespace
 
 void ThreadScratch::Block::Release() {
   if (data == nullptr) return;
-  if (MapsImageBuffer(capacity)) {
-    UnmapHugeBlock(data, capacity);
-  } else {
-    delete[] data;
-  }
+  FreeImageBuffer(data, capacity);
   data = nullptr;
   capacity = 0;
 }
@@ -86,7 +93,7 @@ uint8_t* ThreadScratch::Get(size_t bytes) {
   Block& b = *block_;
   if (bytes > b.capacity) {
     b.Release();
-    b.data = MapsImageBuffer(bytes) ? static_cast<uint8_t*>(MapHugeBlock(bytes)) : new (std::nothrow) uint8_t[bytes];
+    b.data = static_cast<uint8_t*>(AllocateImageBuffer(bytes));
     b.capacity = b.data ? bytes : 0;
   }
   return b.data;

@@ -21,8 +21,7 @@ namespace clip {
 constexpr size_t kHugePageBytes = size_t{2} << 20;
 
 // Whether this platform maps blocks on their own (Linux); elsewhere
-// MapHugeBlock always fails and HugePageAllocator takes every block from
-// operator new.
+// MapHugeBlock always fails and image buffers come from malloc.
 bool HugeBlocksSupported();
 
 // A block of at least `size` bytes mapped on its own, starting on a 2 MiB
@@ -48,12 +47,18 @@ uint64_t HugeBlockMappings();
 constexpr size_t kMinMappedImageBytes = size_t{32} << 20;
 
 // Whether an image buffer of `bytes` is mapped (MapHugeBlock) rather than
-// taken from operator new.
+// taken from malloc.
 inline bool MapsImageBuffer(size_t bytes) { return bytes >= kMinMappedImageBytes && HugeBlocksSupported(); }
 
+// An image buffer of `bytes`: mapped where MapsImageBuffer says (its bytes
+// then read as zero), else from malloc (contents unspecified); nullptr when
+// out of memory. Freed by FreeImageBuffer with the same size.
+void* AllocateImageBuffer(size_t bytes);
+void FreeImageBuffer(void* p, size_t bytes);
+
 // Zeroed memory: requests of kMinMappedImageBytes and up from MapHugeBlock
-// where the platform has it, smaller ones (and all elsewhere) from operator
-// new, zeroed. Elements are default-initialized, so a vector on it grows
+// where the platform has it, smaller ones (and all elsewhere) from malloc,
+// zeroed. Elements are default-initialized, so a vector on it grows
 // without writing zeros again: a mapped buffer's pages are first touched by
 // whatever fills them. For trivially constructible element types.
 template <class T>
@@ -68,24 +73,13 @@ class HugePageAllocator {
   T* allocate(size_t n) {
     if (n > static_cast<size_t>(-1) / sizeof(T)) throw std::bad_array_new_length();
     const size_t bytes = n * sizeof(T);
-    if (MapsImageBuffer(bytes)) {
-      void* p = MapHugeBlock(bytes);
-      if (p == nullptr) throw std::bad_alloc();
-      return static_cast<T*>(p);
-    }
-    void* p = ::operator new(bytes);
-    std::memset(p, 0, bytes);
+    void* p = AllocateImageBuffer(bytes);
+    if (p == nullptr) throw std::bad_alloc();
+    if (!MapsImageBuffer(bytes)) std::memset(p, 0, bytes);  // a mapped one reads zero already
     return static_cast<T*>(p);
   }
 
-  void deallocate(T* p, size_t n) noexcept {
-    const size_t bytes = n * sizeof(T);
-    if (MapsImageBuffer(bytes)) {
-      UnmapHugeBlock(p, bytes);
-    } else {
-      ::operator delete(p);
-    }
-  }
+  void deallocate(T* p, size_t n) noexcept { FreeImageBuffer(p, n * sizeof(T)); }
 
   template <class U>
   void construct(U* p) noexcept {
