@@ -180,6 +180,61 @@ void TestPanelWidths() {
   }
 }
 
+// The packed layouts, element for element, against the same layouts made of
+// views, permutes and copies (the definition of each): float32 and bfloat16
+// weights 32 and 16 wide, the bfloat16 kernel's pairs of inputs, int8 with
+// its scales and sums; features and inputs that do not fill a panel or a
+// step, a strided weight.
+void TestPackedLayouts() {
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{40, 64}, {64, 66}, {33, 7}, {96, 130}, {1, 3}};
+  for (const auto& [n, k] : shapes) {
+    for (const bool strided : {false, true}) {
+      const at::Tensor w = strided ? Random({k, n}).t() : Random({n, k});
+      const std::string shape = " [" + std::to_string(n) + ", " + std::to_string(k) + "]" + (strided ? " strided" : "");
+      for (const int64_t width : {int64_t{32}, int64_t{16}}) {
+        const int64_t panels = (n + width - 1) / width;
+        at::Tensor padded = at::zeros({panels * width, k});
+        padded.narrow(0, 0, n).copy_(w);
+        const at::Tensor f32 = padded.view({panels, width, k}).transpose(1, 2).contiguous();
+        Check(at::equal(clip::PackPanelWeight(w, width), f32),
+              "PackPanelWeight float32 " + std::to_string(width) + " wide" + shape + ": the transposed panels");
+        const at::Tensor bf16 = padded.to(at::kBFloat16)
+                                    .view({panels, 2, width / 2, k})
+                                    .permute({0, 3, 2, 1})
+                                    .contiguous()
+                                    .view({panels, k, width});
+        Check(at::equal(clip::PackPanelWeight(w, width, at::kBFloat16), bf16),
+              "PackPanelWeight bfloat16 " + std::to_string(width) + " wide" + shape + ": features j and j + width / 2");
+      }
+      const int64_t panels = (n + 31) / 32;
+      if (k % 2 == 0) {
+        at::Tensor padded = at::zeros({panels * 32, k}, at::kBFloat16);
+        padded.narrow(0, 0, n).copy_(w);
+        const at::Tensor pairs = padded.view({panels, 32, k / 2, 2}).permute({0, 2, 1, 3}).contiguous();
+        Check(at::equal(clip::PackPanelWeightBf16(w), pairs), "PackPanelWeightBf16" + shape + ": pairs of inputs");
+      }
+      const int64_t steps = (k + 3) / 4;
+      const at::Tensor scales = w.abs().amax({1}).clamp_min(1e-30) / 127.0;
+      const at::Tensor q = (w / scales.unsqueeze(1)).round().clamp(-127, 127).to(at::kChar);
+      at::Tensor padded = at::zeros({panels * 32, steps * 4}, at::kChar);
+      padded.narrow(0, 0, n).narrow(1, 0, k).copy_(q);
+      at::Tensor scale_bytes = at::zeros({panels * 32});
+      scale_bytes.narrow(0, 0, n).copy_(scales);
+      const at::Tensor sums = padded.sum({1}, /*keepdim=*/false, at::kInt).contiguous();
+      const at::Tensor int8 = at::cat({padded.view({panels, 32, steps, 4}).permute({0, 2, 1, 3}).reshape({-1}),
+                                       scale_bytes.view(at::kChar), sums.view(at::kChar)});
+      Check(at::equal(clip::PackPanelWeight(w, 32, at::kChar), int8),
+            "PackPanelWeight int8" + shape + ": rounded weights in steps of four inputs, scales, sums");
+    }
+  }
+  // Ties round to even, as at::round: weights of 2.5 and -0.5 steps.
+  const at::Tensor ties = at::tensor({127.0f, 2.5f, -0.5f, 1.5f}).view({1, 4});
+  const at::Tensor packed = clip::PackPanelWeight(ties, 32, at::kChar);
+  Check(packed[0].item<int8_t>() == 127 && packed[1].item<int8_t>() == 2 && packed[2].item<int8_t>() == 0 &&
+            packed[3].item<int8_t>() == 2,
+        "PackPanelWeight int8: halves round to even");
+}
+
 void TestBFloat16() {
   if (!clip::PanelLinearBf16Available()) {
     std::cout << "skipped: bfloat16 panel kernel (no AVX512-BF16)" << std::endl;
@@ -503,6 +558,7 @@ int main() {
       TestFloat32(16, weights);
     }
     TestPanelWidths();
+    TestPackedLayouts();
     TestBFloat16();
     TestInt8();
     TestLinearRows();
