@@ -125,6 +125,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<float> streamed(clip::PreprocessedSize(pre));
   bool streamed_ok = false;
   clip::ErrorCode streamed_code = clip::ErrorCode::kInternal;
+  // Half the inputs split every baseline JPEG over two threads (the lower
+  // part on a second decoder), held to the same whole decode below.
+  clip::decode::SetSplitDecodesForced((size & 2) != 0);
   try {
     clip::PreprocessImage(data, size, decode, pre, streamed.data());
     streamed_ok = true;

@@ -2294,17 +2294,33 @@ void TestJpegRegions() {
       const Bytes jpeg = EncodeJpeg(spec);
       const std::string what = std::string("JPEG region ") + variant.name + " " + std::to_string(shape.width) + "x" +
                                std::to_string(shape.height);
-      const uint64_t before = clip::decode::JpegRegionDecodes();
-      try {
-        clip::PreprocessRgb(Decode(jpeg), options, whole.data());
-        clip::PreprocessImage(jpeg.data(), jpeg.size(), ImageDecodeOptions(), options, region.data());
-      } catch (const std::exception& error) {
-        Check(false, what + " threw " + error.what());
-        continue;
+      for (const bool forced : {false, true}) {
+        // Forced: every baseline JPEG also split over two threads.
+        clip::decode::SetSplitDecodesForced(forced);
+        const std::string how = what + (forced ? ", split" : "");
+        const uint64_t before = clip::decode::JpegRegionDecodes();
+        const uint64_t splits = clip::decode::JpegSplitDecodes();
+        try {
+          clip::PreprocessRgb(Decode(jpeg), options, whole.data());
+          clip::PreprocessImage(jpeg.data(), jpeg.size(), ImageDecodeOptions(), options, region.data());
+        } catch (const std::exception& error) {
+          Check(false, how + " threw " + error.what());
+          continue;
+        }
+        Check(whole == region, how + ": the same values as the whole image");
+        Check(clip::decode::JpegRegionDecodes() == before + (shape.partial ? 1 : 0),
+              how + (shape.partial ? ": decoded in part" : ": decoded whole"));
+        // Unforced, only the image of over a megapixel splits; forced, every
+        // baseline image with rows enough for two parts of an iMCU row each.
+        const bool large = shape.width * shape.height > 1000000;
+        const bool tall_enough = shape.height >= 64 || (shape.height >= 32 && variant.v_samp == 1);
+        if (!variant.progressive && (forced ? tall_enough && shape.width <= shape.height * 4 : large)) {
+          Check(clip::decode::JpegSplitDecodes() == splits + 1, how + ": decoded on two threads");
+        } else if (variant.progressive || (!forced && !large)) {
+          Check(clip::decode::JpegSplitDecodes() == splits, how + ": decoded on one thread");
+        }
       }
-      Check(whole == region, what + ": the same values as the whole image");
-      Check(clip::decode::JpegRegionDecodes() == before + (shape.partial ? 1 : 0),
-            what + (shape.partial ? ": decoded in part" : ": decoded whole"));
+      clip::decode::SetSplitDecodesForced(false);
     }
   }
 
@@ -2327,6 +2343,52 @@ void TestJpegRegions() {
       clip::PreprocessImage(data->data(), data->size(), ImageDecodeOptions(), options, region.data());
     });
   }
+
+  // Split over two threads, a file cut short in either part, one without
+  // EOI and one whose data is damaged in either part: the same verdict, and
+  // the same message, as a whole decode (values too, where it decodes).
+  JpegSpec square;
+  square.width = 600;
+  square.height = 600;
+  square.h_samp = square.v_samp = 2;
+  square.restart_interval = 0;
+  square.samples = Pattern(square.width, square.height, 3, 94);
+  const Bytes good = EncodeJpeg(square);
+  const size_t header = 700;  // past the markers: into the scan's data
+  auto damaged = [&](double where) {
+    Bytes bytes = good;
+    const size_t at = header + static_cast<size_t>((good.size() - header) * where);
+    for (size_t i = at; i < at + 40 && i + 2 < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(bytes[i] * 7 + 13);
+    return bytes;
+  };
+  const std::pair<std::string, Bytes> broken[] = {
+      {"cut in the upper part", Bytes(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(good.size() / 3))},
+      {"cut in the lower part", Bytes(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(good.size() * 9 / 10))},
+      {"without EOI", Bytes(good.begin(), good.end() - 2)},
+      {"damaged in the upper part", damaged(0.3)},
+      {"damaged in the lower part", damaged(0.9)},
+  };
+  clip::decode::SetSplitDecodesForced(true);
+  for (const auto& [name, bytes] : broken) {
+    std::string expected = "(decoded)";
+    try {
+      clip::PreprocessRgb(Decode(bytes), options, whole.data());
+    } catch (const ClipError& error) {
+      expected = error.what();
+    }
+    std::string actual = "(decoded)";
+    const uint64_t splits = clip::decode::JpegSplitDecodes();
+    try {
+      clip::PreprocessImage(bytes.data(), bytes.size(), ImageDecodeOptions(), options, region.data());
+    } catch (const ClipError& error) {
+      actual = error.what();
+    }
+    Check(clip::decode::JpegSplitDecodes() == splits + 1, "JPEG split, " + name + ": decoded on two threads");
+    Check(actual == expected,
+          "JPEG split, " + name + ": \"" + actual + "\" where a whole decode gives \"" + expected + "\"");
+    if (expected == "(decoded)") Check(whole == region, "JPEG split, " + name + ": the same values");
+  }
+  clip::decode::SetSplitDecodesForced(false);
 }
 
 void TestPreprocessing() {

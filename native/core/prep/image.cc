@@ -6,6 +6,8 @@
 
 #include "image.h"
 
+#include <atomic>
+
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "image_decode.h"
 #include "resample.h"
 
 namespace clip {
@@ -89,7 +92,11 @@ class Preprocessor {
                                                       static_cast<int>(x1 - x0), static_cast<int>(y1 - y0));
   }
 
-  void AddRows(int y, int count, const uint8_t* rows, size_t stride) { resizer_->AddRows(y, count, rows, stride); }
+  void AddRows(int y, int count, const uint8_t* rows, size_t stride, int lane = 0) {
+    resizer_->AddRows(y, count, rows, stride, lane);
+  }
+  // Lets lane 1 of AddRows run on a second thread (BicubicWindowResizer).
+  void AddLane() { resizer_->AddLane(); }
 
   // The source pixels the resize reads (after Begin).
   RgbRowSink::Region NeededRegion() const {
@@ -132,6 +139,9 @@ class Preprocessor {
   size_t window_offset_ = 0;            // Where the resized window starts in it.
 };
 
+// PreprocessImage calls in progress in the process.
+std::atomic<int> g_preparing{0};
+
 // Runs the decoder's rows through a Preprocessor, one reserved block at a
 // time, so that only a few source rows are held at once.
 class PreprocessSink : public RgbRowSink {
@@ -150,8 +160,35 @@ class PreprocessSink : public RgbRowSink {
   }
   void Commit(int y, int count) override { preprocessor_->AddRows(y, count, block_, row_bytes_); }
   Region NeededRegion(int /*width*/, int /*height*/) const override { return preprocessor_->NeededRegion(); }
+  // Rows from y down through lane 1, each block in a buffer of the lower
+  // part's own (it is filled on another thread). Only while this is the one
+  // image the process is preparing: beside another, the second thread would
+  // take a core that is already busy, and the split costs CPU (the lower
+  // part's decoder reads the stream down to it).
+  std::unique_ptr<RgbRowSink> SplitBelow(int /*y*/) override {
+    if (!decode::SplitDecodesForced() && g_preparing.load(std::memory_order_relaxed) != 1) return nullptr;
+    preprocessor_->AddLane();
+    return std::make_unique<LowerRows>(preprocessor_, row_bytes_);
+  }
 
  private:
+  class LowerRows : public RgbRowSink {
+   public:
+    LowerRows(Preprocessor* preprocessor, size_t row_bytes) : preprocessor_(preprocessor), row_bytes_(row_bytes) {}
+    void Begin(int /*width*/, int /*height*/) override {}
+    uint8_t* Reserve(int /*y*/, int count, size_t* stride) override {
+      block_.resize(row_bytes_ * static_cast<size_t>(count));
+      *stride = row_bytes_;
+      return block_.data();
+    }
+    void Commit(int y, int count) override { preprocessor_->AddRows(y, count, block_.data(), row_bytes_, 1); }
+
+   private:
+    Preprocessor* preprocessor_;
+    size_t row_bytes_;
+    std::vector<uint8_t> block_;
+  };
+
   Preprocessor* preprocessor_;
   size_t row_bytes_ = 0;
   // A block of rows (the whole image for GIF, WebP and Adam7 PNG), in a
@@ -184,6 +221,10 @@ void PreprocessImage(const uint8_t* data, size_t size, const ImageDecodeOptions&
   // Options are checked before anything is decoded.
   Preprocessor preprocessor(pre);
   if (out == nullptr) InvalidArgument("Expected an output buffer");
+  struct Preparing {
+    Preparing() { g_preparing.fetch_add(1, std::memory_order_relaxed); }
+    ~Preparing() { g_preparing.fetch_sub(1, std::memory_order_relaxed); }
+  } preparing;
   PreprocessSink sink(&preprocessor);
   DecodeImageRows(data, size, decode, &sink);
   preprocessor.Finish(out);

@@ -11,6 +11,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "huge_pages.h"
@@ -81,6 +82,11 @@ class RgbRowSink {
     int y_end = 0;
   };
   virtual Region NeededRegion(int width, int height) const { return {0, width, 0, height}; }
+  // A second sink for the rows from y down, which another thread may fill
+  // (Reserve and Commit, top to bottom) while this one gets the rows above
+  // y; asked after Begin, at most once. Null (the default) where rows come
+  // from one thread only, or where splitting would not pay.
+  virtual std::unique_ptr<RgbRowSink> SplitBelow(int /*y*/) { return nullptr; }
 };
 
 // DecodeImage, handing rows to `sink` as they are decoded, so that a caller

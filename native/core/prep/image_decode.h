@@ -84,6 +84,9 @@ class FrameSink {
   RgbRowSink::Region NeededRegion(int width, int height) const {
     return Rotates() ? RgbRowSink::Region{0, width, 0, height} : sink_->NeededRegion(width, height);
   }
+  // RgbRowSink::SplitBelow of the caller's sink; null when the image is
+  // turned first.
+  std::unique_ptr<RgbRowSink> SplitBelow(int y) { return Rotates() ? nullptr : sink_->SplitBelow(y); }
   // After the decoder has committed every row.
   void Finish() {
     if (Rotates()) EmitOriented(whole_.Take(), orientation_, sink_);
@@ -109,6 +112,13 @@ void DecodeBmp(const uint8_t* data, size_t size, const ImageDecodeOptions& optio
 // How many JPEGs were decoded in part (decode_jpeg.cc): a sink that reads
 // only part of the image (NeededRegion) gets that part and a margin.
 uint64_t JpegRegionDecodes();
+
+// Large baseline JPEGs decoded on two threads (decode_jpeg.cc), and a test
+// switch that splits every JPEG whose sink offers SplitBelow, whatever its
+// size and whatever else the process is preparing.
+uint64_t JpegSplitDecodes();
+void SetSplitDecodesForced(bool forced);
+bool SplitDecodesForced();
 
 // PNG's whole-buffer path (decode_png.cc): a process-wide switch (on by
 // default; off sends every PNG through libpng, which tests compare it with)

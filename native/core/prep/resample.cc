@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -671,6 +672,7 @@ struct BicubicWindowResizer::State {
   int row_bytes = 0;  // window_width * 3.
   bool vertical = false;
   std::unique_ptr<HorizontalFilter> columns;  // Null: width unchanged.
+  std::unique_ptr<HorizontalFilter> lane;     // AddLane's copy of `columns`.
   AxisTaps rows;                              // Used when `vertical`.
   int row_begin = 0;
   int row_end = 0;
@@ -682,7 +684,7 @@ struct BicubicWindowResizer::State {
   ThreadScratch intermediate_scratch{ScratchSlot::kResizeRows};
   uint8_t* intermediate = nullptr;
   std::vector<uint8_t> received;
-  int received_count = 0;
+  std::atomic<int> received_count{0};
 };
 
 BicubicWindowResizer::BicubicWindowResizer(int src_width, int src_height, int resized_width, int resized_height,
@@ -741,29 +743,39 @@ int BicubicWindowResizer::column_begin() const { return state_->column_begin; }
 
 int BicubicWindowResizer::column_end() const { return state_->column_end; }
 
-void BicubicWindowResizer::AddRows(int y, int count, const uint8_t* rows, size_t stride) {
+void BicubicWindowResizer::AddLane() {
   State& s = *state_;
+  if (s.columns && !s.lane) s.lane = std::make_unique<HorizontalFilter>(*s.columns);
+}
+
+void BicubicWindowResizer::AddRows(int y, int count, const uint8_t* rows, size_t stride, int lane) {
+  State& s = *state_;
+  HorizontalFilter* columns = lane == 0 ? s.columns.get() : s.lane.get();
+  if (s.columns && !columns) throw ClipError(ErrorCode::kInternal, "resize rows on a lane not made");
   const int first = std::max(y, s.row_begin);
   const int last = std::min(y + count, s.row_end);
+  int added = 0;
   for (int row = first; row < last; ++row) {
     const size_t index = static_cast<size_t>(row - s.row_begin);
     if (s.received[index]) continue;
     const uint8_t* in = rows + static_cast<size_t>(row - y) * stride;
     uint8_t* out = s.intermediate + index * s.row_bytes;
-    if (s.columns) {
-      s.columns->Run(in, out);
+    if (columns) {
+      columns->Run(in, out);
     } else {
       std::memcpy(out, in + static_cast<size_t>(s.window_x) * 3, s.row_bytes);
     }
     s.received[index] = 1;
-    ++s.received_count;
+    ++added;
   }
+  s.received_count.fetch_add(added, std::memory_order_relaxed);
 }
 
 void BicubicWindowResizer::Finish(uint8_t* dst, size_t dst_stride) {
   State& s = *state_;
-  if (s.received_count != s.row_end - s.row_begin) {
-    throw ClipError(ErrorCode::kInternal, "resize finished with " + std::to_string(s.received_count) + " of " +
+  const int received = s.received_count.load();
+  if (received != s.row_end - s.row_begin) {
+    throw ClipError(ErrorCode::kInternal, "resize finished with " + std::to_string(received) + " of " +
                                               std::to_string(s.row_end - s.row_begin) + " source rows");
   }
   if (s.vertical) {

@@ -53,8 +53,13 @@ class BicubicWindowResizer {
 
   // Source rows [y, y + count), each src_width * 3 bytes, `stride` bytes
   // apart; only their columns [column_begin(), column_end()) are read. Rows
-  // outside [row_begin(), row_end()) are ignored.
-  void AddRows(int y, int count, const uint8_t* rows, size_t stride);
+  // outside [row_begin(), row_end()) are ignored. `lane` 1 (after AddLane)
+  // may run on another thread at the same time as lane 0, on other rows.
+  void AddRows(int y, int count, const uint8_t* rows, size_t stride, int lane = 0);
+
+  // Makes lane 1: a second horizontal pass with scratch of its own, so that
+  // two threads can add disjoint rows at once. Call before either adds rows.
+  void AddLane();
 
   // Writes the window as RGB8 rows dst_stride bytes apart. Throws ClipError
   // kInternal when some row in [row_begin(), row_end()) was never added.
