@@ -93,6 +93,10 @@ def main(out):
     save("sub444.jpg", pattern("RGB"), "JPEG", subsampling=0)
     save("exif6.jpg", pattern("RGB"), "JPEG", exif=exif(6))
     save("restart.jpg", pattern("RGB", (40, 24)), "JPEG", quality=50, restart_marker_blocks=2)
+    # Tall enough to be split over two threads (image_fuzzer forces the split
+    # on half its inputs): 4:2:0 with 16-row iMCUs, 4:4:4 with 8-row ones.
+    save("tall.jpg", pattern("RGB", (24, 80)), "JPEG", quality=70)
+    save("tall444.jpg", pattern("RGB", (16, 40)), "JPEG", quality=70, subsampling=0)
     for mode in ("RGB", "RGBA", "L", "LA", "P", "I;16", "1"):
         save(f"{mode.replace(';', '')}.png", pattern(mode), "PNG")
     save("transparent_p.png", pattern("P"), "PNG", transparency=2)
