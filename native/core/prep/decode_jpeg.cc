@@ -79,6 +79,19 @@ int JpegExifOrientation(j_decompress_ptr cinfo) {
   return ParseExifOrientation(tiff.data(), tiff.size());
 }
 
+// A decompressor before jpeg_create_decompress, reporting through `error`:
+// libjpeg's errors jump back to the caller's setjmp, corrupt-data warnings
+// are counted, running out of input is an error, nothing is printed.
+// Zeroed first, so that jpeg_destroy_decompress may run whatever happens.
+void InitJpeg(jpeg_decompress_struct* cinfo, JpegErrorManager* error) {
+  std::memset(cinfo, 0, sizeof(*cinfo));
+  cinfo->err = jpeg_std_error(&error->pub);
+  error->pub.error_exit = JpegErrorExit;
+  error->pub.emit_message = JpegEmitMessage;
+  error->pub.output_message = JpegOutputMessage;
+  error->message[0] = '\0';
+}
+
 // Reads rows [first, last) of `cinfo` (at first already) into `sink`, in
 // blocks of 16 rows (a multiple of what libjpeg returns per call: a
 // streaming sink then resizes rows in runs, not one at a time), converting
@@ -215,12 +228,7 @@ bool ReadJpegPart(JpegPart* part) {
 }
 
 void RunJpegPart(JpegPart* part) {
-  std::memset(&part->cinfo, 0, sizeof(part->cinfo));
-  part->cinfo.err = jpeg_std_error(&part->error.pub);
-  part->error.pub.error_exit = JpegErrorExit;
-  part->error.pub.emit_message = JpegEmitMessage;
-  part->error.pub.output_message = JpegOutputMessage;
-  part->error.message[0] = '\0';
+  InitJpeg(&part->cinfo, &part->error);
   try {
     part->ok = ReadJpegPart(part);
   } catch (...) {
@@ -291,8 +299,8 @@ bool ReadJpeg(JpegJob* job) {
   const int y_end = std::min(height, std::max(region.y_end, region.y_begin + 1) + margin_y);
   JDIMENSION x_offset = 0;
   const bool crop = (x_begin > 0 || x_end < width) && 3 * (x_end - x_begin) <= 2 * width;
-  JDIMENSION crop_width = static_cast<JDIMENSION>(x_end - x_begin);
   if (crop) {
+    JDIMENSION crop_width = static_cast<JDIMENSION>(x_end - x_begin);
     x_offset = static_cast<JDIMENSION>(x_begin);
     jpeg_crop_scanline(cinfo, &x_offset, &crop_width);
   }
@@ -370,13 +378,8 @@ void DecodeJpeg(const uint8_t* data, size_t size, const ImageDecodeOptions& opti
   job.size = size;
   job.options = &options;
   job.out = out;
-  std::memset(&job.cinfo, 0, sizeof(job.cinfo));  // Destroyable if unused.
+  InitJpeg(&job.cinfo, &job.error);
   JpegDestroyGuard guard{&job.cinfo};
-  job.cinfo.err = jpeg_std_error(&job.error.pub);
-  job.error.pub.error_exit = JpegErrorExit;
-  job.error.pub.emit_message = JpegEmitMessage;
-  job.error.pub.output_message = JpegOutputMessage;
-  job.error.message[0] = '\0';
   HelperGuard helper{&job};
   if (!ReadJpeg(&job)) DecodeFailed("JPEG", job.error.message);
   // A split decode: this thread's rows were fine; the helper's verdict on

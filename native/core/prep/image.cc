@@ -6,9 +6,8 @@
 
 #include "image.h"
 
-#include <atomic>
-
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstring>

@@ -32,8 +32,9 @@ bool ResampleAvx512Supported();
 // the whole source image ever being held. Like Pillow, an axis whose size
 // does not change is copied, not filtered.
 //
-// Not thread-safe; use one instance per resize, made and destroyed on one
-// thread (its rows are in a buffer that thread keeps, huge_pages.h).
+// Not thread-safe, but for AddRows on two lanes (AddLane); use one instance
+// per resize, made and destroyed on one thread (its rows are in a buffer
+// that thread keeps, huge_pages.h).
 class BicubicWindowResizer {
  public:
   // Throws ClipError kInvalidArgument when a size is not positive or the
