@@ -38,6 +38,7 @@
 #include "cpu_attention.h"
 #include "cpu_features.h"
 #include "cpu_linear.h"
+#include "cpu_team.h"
 #include "errors.h"
 #include "threads.h"
 
@@ -803,6 +804,7 @@ auto OnForwardThread(Fn&& fn) -> decltype(fn()) {
 
 torch::Tensor Forward(Model::Encoder& encoder, const torch::Tensor& input) {
   return OnForwardThread([&] {
+    const TeamPlacement placement;
     torch::Tensor out;
     torch::Tensor x = input;
     if (x.is_floating_point() && x.scalar_type() != encoder.float_input) x = x.to(encoder.float_input);

@@ -63,6 +63,15 @@ t.test('linear_test', async (t) => {
   run(t, 'linear_test', []);
 });
 
+// The forward thread held on its CPU and its OpenMP worker kept off it during a forward (cpu_team.h).
+t.test('team_test', async (t) => {
+  run(t, 'team_test', []);
+});
+
+t.test('team_test with CLIP_NATIVE_TEAM_PLACEMENT=0', async (t) => {
+  run(t, 'team_test', ['off'], { CLIP_NATIVE_TEAM_PLACEMENT: '0' });
+});
+
 t.test('linear_test under AddressSanitizer', async (t) => {
   run(t, 'linear_test_asan', [], { ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1' });
 });
