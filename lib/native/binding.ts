@@ -181,6 +181,17 @@ export interface NativeCpuAllocatorStats {
   mappedBytes: number;
 }
 
+export interface NativeForwardTeamStats {
+  /** False where OMP_PROC_BIND, OMP_PLACES, GOMP_CPU_AFFINITY or CLIP_NATIVE_TEAM_PLACEMENT=0 leave placement to others, or moving a worker thread failed; always false off Linux. */
+  enabled: boolean;
+  /** CPU forwards run so far in the process (model loads' calibration included). */
+  forwards: number;
+  /** Those run with the forward thread held on its CPU and its OpenMP workers kept off it. */
+  placed: number;
+  /** Placed forwards whose thread ran less than half of their wall time; each left the team to the scheduler for a while. */
+  starved: number;
+}
+
 export interface NativeBinding {
   load(directory: string, options: NativeLoadOptions): Promise<NativeModel>;
   /** Stops every engine of the process (see native/addon/addon.cc). */
@@ -196,6 +207,11 @@ export interface NativeBinding {
    * and where CLIP_NATIVE_CPU_CACHE_MB=0 turned it off.
    */
   cpuAllocator(): NativeCpuAllocatorStats;
+  /**
+   * Where the threads of CPU forwards ran (native/core/cpu_team.h; README, "Requests after idle time"):
+   * counts over the process.
+   */
+  forwardTeam(): NativeForwardTeamStats;
   errorCodes: string[];
   builtWithCuda: boolean;
   torchVersion: string;

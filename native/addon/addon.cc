@@ -7,6 +7,7 @@
 #include "cpu_allocator.h"
 #include "cpu_features.h"
 #include "cpu_linear.h"
+#include "cpu_team.h"
 #include "load_worker.h"
 #include "model_wrap.h"
 #include "options.h"
@@ -65,6 +66,17 @@ Napi::Value CpuAllocator(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// forwardTeam() -> where CPU forwards' threads ran (cpu_team.h). Main thread.
+Napi::Value ForwardTeam(const Napi::CallbackInfo& info) {
+  const TeamPlacementStats stats = GetTeamPlacementStats();
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("enabled", stats.enabled);
+  out.Set("forwards", static_cast<double>(stats.scopes));
+  out.Set("placed", static_cast<double>(stats.placed));
+  out.Set("starved", static_cast<double>(stats.starved));
+  return out;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ForwardMaxCpuIsa();
   auto* data = new AddonData();
@@ -75,6 +87,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("shutdownAll", Napi::Function::New(env, ShutdownAll, "shutdownAll"));
   exports.Set("parallelThreads", Napi::Function::New(env, ParallelThreads, "parallelThreads"));
   exports.Set("cpuAllocator", Napi::Function::New(env, CpuAllocator, "cpuAllocator"));
+  exports.Set("forwardTeam", Napi::Function::New(env, ForwardTeam, "forwardTeam"));
   exports.Set("NativeModel", data->model_constructor.Value());
 
   Napi::Array codes = Napi::Array::New(env);

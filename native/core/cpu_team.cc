@@ -16,6 +16,11 @@
 namespace clip {
 namespace {
 
+std::atomic<uint64_t> g_scopes{0};
+std::atomic<uint64_t> g_placed{0};
+std::atomic<uint64_t> g_starved{0};
+std::atomic<bool> g_refused{false};
+
 #ifdef __linux__
 using Clock = std::chrono::steady_clock;
 
@@ -89,6 +94,7 @@ std::chrono::nanoseconds ThreadCpuTime() {
 }  // namespace
 
 TeamPlacement::TeamPlacement() {
+  g_scopes.fetch_add(1, std::memory_order_relaxed);
 #ifdef __linux__
   if (PlacementLeftToOthers() || at::in_parallel_region()) return;
   TeamState& team = t_team;
@@ -104,6 +110,7 @@ TeamPlacement::TeamPlacement() {
     if (team.kept_off >= 0) {
       team.kept_off = -1;
       if (!SetWorkerCpus(team.allowed, team.threads)) team.refused = true;
+      if (team.refused) g_refused.store(true, std::memory_order_relaxed);
     }
     return;
   }
@@ -115,6 +122,7 @@ TeamPlacement::TeamPlacement() {
     team.kept_off = -1;
     if (!SetWorkerCpus(others, threads)) {
       team.refused = true;
+      g_refused.store(true, std::memory_order_relaxed);
       return;
     }
     team.kept_off = cpu;
@@ -129,6 +137,7 @@ TeamPlacement::TeamPlacement() {
   placed_ = true;
   start_ = std::chrono::steady_clock::now();
   start_cpu_ = ThreadCpuTime();
+  g_placed.fetch_add(1, std::memory_order_relaxed);
 #endif
 }
 
@@ -141,12 +150,24 @@ TeamPlacement::~TeamPlacement() {
   if (wall < kShortestJudged) return;
   TeamState& team = t_team;
   if (static_cast<double>(ran.count()) < kStarvedShare * static_cast<double>(wall.count())) {
+    g_starved.fetch_add(1, std::memory_order_relaxed);
     team.resume_at = Clock::now() + team.pause;
     team.pause = std::min<Clock::duration>(team.pause * 2, kLongestPause);
   } else {
     team.pause = kFirstPause;
   }
 #endif
+}
+
+TeamPlacementStats GetTeamPlacementStats() {
+  TeamPlacementStats stats;
+  stats.scopes = g_scopes.load(std::memory_order_relaxed);
+  stats.placed = g_placed.load(std::memory_order_relaxed);
+  stats.starved = g_starved.load(std::memory_order_relaxed);
+#ifdef __linux__
+  stats.enabled = !PlacementLeftToOthers() && !g_refused.load(std::memory_order_relaxed);
+#endif
+  return stats;
 }
 
 }  // namespace clip

@@ -4,6 +4,7 @@
 #define CLIP_NATIVE_CORE_CPU_TEAM_H_
 
 #include <chrono>
+#include <cstdint>
 
 #ifdef __linux__
 #include <sched.h>
@@ -57,6 +58,17 @@ class TeamPlacement {
   std::chrono::nanoseconds start_cpu_{0};
 #endif
 };
+
+// Counts over the process's TeamPlacement scopes, for diagnostics.
+struct TeamPlacementStats {
+  uint64_t scopes = 0;   // scopes constructed
+  uint64_t placed = 0;   // scopes that placed the team
+  uint64_t starved = 0;  // placed scopes judged starved (each began a pause)
+  // False where the environment leaves placement to others or moving a
+  // worker failed; true does not mean every scope places (see above).
+  bool enabled = false;
+};
+TeamPlacementStats GetTeamPlacementStats();
 
 }  // namespace clip
 

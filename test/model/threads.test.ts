@@ -2,13 +2,16 @@
 // compiled them without libtorch's threading runs them on one thread, silently about 2x slower); every CPU forward
 // of the process runs on one forward thread, so however many models a process loads there is one pool of OpenMP
 // workers (more pools than CPUs make the OpenMP runtime sleep between parallel regions); the threads an engine
-// starts end with dispose().
+// starts end with dispose(); during a CPU forward the forward thread is held on its CPU and its OpenMP workers are
+// kept off it (native/core/cpu_team.h), unless CLIP_NATIVE_TEAM_PLACEMENT=0, without changing any result.
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import t from 'tap';
 import { ClipModel } from '../../lib/index';
 import { OPENMP_SPIN_COUNT, binding, withOpenMpSpinLimit } from '../../lib/native/binding';
-import { setEnv, tinyModel } from '../helpers/env';
+import { root, setEnv, tinyModel } from '../helpers/env';
 
 const threadNames = (): string[] =>
   fs.readdirSync('/proc/self/task').flatMap((task) => {
@@ -73,3 +76,51 @@ t.test(
     t.equal(count('clip-forward'), forward, 'the forward thread stays for the next model');
   },
 );
+
+// Embeddings of a few texts and images and the forward team's counts, from a fresh process on 2 threads with `env`.
+function teamInChild(env: Record<string, string>) {
+  const script = `
+    const { ClipModel } = require(${JSON.stringify(path.join(root, 'dist'))});
+    const { binding } = require(${JSON.stringify(path.join(root, 'dist', 'native', 'binding'))});
+    const { sampleImages } = require(${JSON.stringify(path.join(root, 'test', 'helpers', 'images.js'))});
+    (async () => {
+      const model = await ClipModel.load(${JSON.stringify(tinyModel)}, { device: 'cpu', threads: 2 });
+      const out = [...(await model.embedTexts(['a photo of a cat', 'two dogs'])), ...(await model.embedImages(sampleImages(3)))];
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      out.push(...(await model.embedTexts(['a bird after a pause'])));
+      const team = binding().forwardTeam();
+      await model.dispose();
+      console.log(JSON.stringify({ team, out: out.map((v) => Array.from(v)) }));
+    })();`;
+  const result = spawnSync(process.execPath, ['-e', script], {
+    cwd: root,
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+    maxBuffer: 16 << 20,
+  });
+  if (result.status !== 0) throw new Error(`child failed (${result.status}):\n${result.stderr}`);
+  return JSON.parse(result.stdout) as { team: ReturnType<ReturnType<typeof binding>['forwardTeam']>; out: number[][] };
+}
+
+const twoCpusOnLinux =
+  process.platform !== 'linux'
+    ? 'placement is Linux only'
+    : os.availableParallelism() < 2
+      ? 'placement needs two CPUs'
+      : false;
+
+t.test('CPU forwards run with their team placed, the same embeddings without', { skip: twoCpusOnLinux }, async (t) => {
+  const placed = teamInChild({});
+  t.equal(placed.team.enabled, true, 'placement is on by default');
+  t.ok(placed.team.forwards >= 3, `forwards counted (${placed.team.forwards}, the calibration's included)`);
+  t.ok(placed.team.placed >= 1, `forwards placed: ${placed.team.placed} of ${placed.team.forwards}`);
+  t.ok(placed.team.placed <= placed.team.forwards && placed.team.starved <= placed.team.placed, 'counts consistent');
+  const left = teamInChild({ CLIP_NATIVE_TEAM_PLACEMENT: '0' });
+  t.equal(left.team.enabled, false, 'CLIP_NATIVE_TEAM_PLACEMENT=0 turns it off');
+  t.equal(left.team.placed, 0, 'no forward placed');
+  t.ok(left.team.forwards >= 3, 'forwards still counted');
+  const bound = teamInChild({ OMP_PROC_BIND: 'true' });
+  t.equal(bound.team.enabled, false, 'OMP_PROC_BIND leaves placement to the OpenMP runtime');
+  t.equal(bound.team.placed, 0);
+  t.same(placed.out, left.out, 'the embeddings do not depend on where the threads ran');
+});
