@@ -31,6 +31,11 @@ constexpr double kStarvedShare = 0.5;
 // Shorter forwards say too little to judge by.
 constexpr std::chrono::microseconds kShortestJudged{1000};
 constexpr std::chrono::seconds kFirstPause{1};
+// A forward that starts sooner than this after the last one ended finds its
+// team awake (back to back, or a busy queue) and leaves it to the scheduler,
+// which then places it as well as a pin could and can make way for the
+// threads preparing the next batch.
+constexpr std::chrono::milliseconds kRested{2};
 constexpr std::chrono::seconds kLongestPause{64};
 
 bool PlacementLeftToOthers() {
@@ -63,6 +68,8 @@ struct TeamState {
   // doubles while forwards keep starving.
   Clock::time_point resume_at;
   Clock::duration pause = kFirstPause;
+  // When the last scope of this thread ended.
+  Clock::time_point last_end;
 };
 thread_local TeamState t_team;
 
@@ -99,13 +106,16 @@ TeamPlacement::TeamPlacement() {
   if (PlacementLeftToOthers() || at::in_parallel_region()) return;
   TeamState& team = t_team;
   if (team.refused) return;
+  on_team_ = true;
   const int threads = at::get_num_threads();
   cpu_set_t allowed;
   if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return;
   const int cpu = sched_getcpu();
   const bool fits =
       threads >= 2 && CPU_COUNT(&allowed) >= threads && cpu >= 0 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &allowed);
-  if (!fits || Clock::now() < team.resume_at) {
+  const Clock::time_point now = Clock::now();
+  const bool rested = now - team.last_end >= kRested;
+  if (!fits || !rested || now < team.resume_at) {
     // Left to the scheduler: workers kept off a CPU get every CPU back.
     if (team.kept_off >= 0) {
       team.kept_off = -1;
@@ -135,7 +145,7 @@ TeamPlacement::TeamPlacement() {
   if (sched_setaffinity(0, sizeof(one), &one) != 0) return;
   allowed_ = allowed;
   placed_ = true;
-  start_ = std::chrono::steady_clock::now();
+  start_ = Clock::now();
   start_cpu_ = ThreadCpuTime();
   g_placed.fetch_add(1, std::memory_order_relaxed);
 #endif
@@ -143,12 +153,14 @@ TeamPlacement::TeamPlacement() {
 
 TeamPlacement::~TeamPlacement() {
 #ifdef __linux__
+  if (!on_team_) return;
+  TeamState& team = t_team;
+  team.last_end = Clock::now();
   if (!placed_) return;
   sched_setaffinity(0, sizeof(allowed_), &allowed_);
-  const auto wall = std::chrono::steady_clock::now() - start_;
+  const auto wall = team.last_end - start_;
   const auto ran = ThreadCpuTime() - start_cpu_;
   if (wall < kShortestJudged) return;
-  TeamState& team = t_team;
   if (static_cast<double>(ran.count()) < kStarvedShare * static_cast<double>(wall.count())) {
     g_starved.fetch_add(1, std::memory_order_relaxed);
     team.resume_at = Clock::now() + team.pause;

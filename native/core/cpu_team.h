@@ -16,8 +16,10 @@ namespace clip {
 // runs on and keeps the other threads of its parallel regions (libtorch's
 // OpenMP workers, which oneDNN shares) off that CPU. Linux only; does nothing
 // where the team does not fit the CPUs the thread may use, where one thread
-// runs the regions, inside a parallel region, while a starved forward's pause
-// lasts (below), where OMP_PROC_BIND, OMP_PLACES
+// runs the regions, inside a parallel region, within 2 ms of the last scope's
+// end (the team still awake: back to back or a busy queue, where the scheduler
+// places it as well and can make way for the threads preparing the next
+// batch), while a starved forward's pause lasts (below), where OMP_PROC_BIND, OMP_PLACES
 // or GOMP_CPU_AFFINITY leave placement to the OpenMP runtime, or with
 // CLIP_NATIVE_TEAM_PLACEMENT=0.
 //
@@ -52,6 +54,7 @@ class TeamPlacement {
 
  private:
   bool placed_ = false;
+  bool on_team_ = false;  // the scope took part in placement's decisions
 #ifdef __linux__
   cpu_set_t allowed_;  // the calling thread's CPUs before the scope
   std::chrono::steady_clock::time_point start_;

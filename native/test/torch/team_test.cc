@@ -3,8 +3,9 @@
 // parallel regions is kept off that CPU; after the scope the calling thread
 // has its CPUs back; a scope whose thread ran less than half its wall time (a
 // starved forward) leaves the scopes after it unplaced, the worker's CPUs
-// given back, for 1 s, then 2 s after a second one in a row; no placement
-// inside a parallel region or on one thread. With the argument "off" (run
+// given back, for 1 s, then 2 s after a second one in a row; a scope that
+// starts within 2 ms of the last one's end (a team still awake) is not placed
+// either; no placement inside a parallel region or on one thread. With the argument "off" (run
 // with CLIP_NATIVE_TEAM_PLACEMENT=0) it checks that no scope places. Linux
 // with at least two CPUs; elsewhere it says what it skipped. Prints one line
 // per failure, then "N passed, M failed"; exits non-zero on any failure.
@@ -72,7 +73,11 @@ bool WorkersFree(const cpu_set_t& allowed) {
   return free;
 }
 
+// Longer than the gap after which a scope counts its team as rested.
+void Rest() { std::this_thread::sleep_for(std::chrono::milliseconds(10)); }
+
 void TestPlaced(const cpu_set_t& allowed) {
+  Rest();
   {
     const clip::TeamPlacement scope;
     Check(scope.placed(), "a scope on two threads with two CPUs places the team");
@@ -101,20 +106,28 @@ void TestPlaced(const cpu_set_t& allowed) {
   Check(CPU_EQUAL(&own, &allowed), "after the scope the calling thread has its CPUs back");
   {
     const clip::TeamPlacement scope;
-    Check(scope.placed(), "the next scope places the team again");
+    Check(!scope.placed(), "a scope right after the last one (its team awake) does not place the team");
+    Check(WorkersFree(allowed), "and the worker has every CPU back");
+  }
+  Rest();
+  {
+    const clip::TeamPlacement scope;
+    Check(scope.placed(), "the next scope after a rest places the team again");
     Work(5);
   }
 }
 
 void TestStarved(const cpu_set_t& allowed) {
+  Rest();
   {
     const clip::TeamPlacement scope;
     Check(scope.placed(), "placed before the starved scope");
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  Rest();
   {
     const clip::TeamPlacement scope;
-    Check(!scope.placed(), "a scope right after a starved one does not place the team");
+    Check(!scope.placed(), "a scope soon after a starved one does not place the team");
     Check(WorkersFree(allowed), "and the worker has every CPU back");
     cpu_set_t own = OwnCpus();
     Check(CPU_EQUAL(&own, &allowed), "and the calling thread is not held");
@@ -136,6 +149,7 @@ void TestStarved(const cpu_set_t& allowed) {
     Check(scope.placed(), "and over after two seconds");
     Work(5);
   }
+  Rest();
   {
     const clip::TeamPlacement scope;
     Check(scope.placed(), "a forward that was not starved leaves the next placed");
