@@ -11,6 +11,7 @@
 
 #ifdef __linux__
 #include <strings.h>
+#include <time.h>
 #endif
 
 namespace clip {
@@ -30,13 +31,15 @@ using Clock = std::chrono::steady_clock;
 constexpr double kStarvedShare = 0.5;
 // Shorter forwards say too little to judge by.
 constexpr std::chrono::microseconds kShortestJudged{1000};
+// How long a starved forward leaves the team to the scheduler: the first
+// time, and at most while forwards keep starving.
 constexpr std::chrono::seconds kFirstPause{1};
+constexpr std::chrono::seconds kLongestPause{64};
 // A forward that starts sooner than this after the last one ended finds its
 // team awake (back to back, or a busy queue) and leaves it to the scheduler,
 // which then places it as well as a pin could and can make way for the
 // threads preparing the next batch.
 constexpr std::chrono::milliseconds kRested{2};
-constexpr std::chrono::seconds kLongestPause{64};
 
 bool PlacementLeftToOthers() {
   static const bool left = [] {
