@@ -77,14 +77,15 @@ t.test(
   },
 );
 
-// Embeddings of a few texts and images and the forward team's counts, from a fresh process on 2 threads with `env`.
+// Embeddings of a few texts and images and the forward team's counts, from a fresh process on 2 threads with `env`
+// (the first candidate of each dtype, not the calibration's pick, so that every process runs the same kernels).
 function teamInChild(env: Record<string, string>) {
   const script = `
     const { ClipModel } = require(${JSON.stringify(path.join(root, 'dist'))});
     const { binding } = require(${JSON.stringify(path.join(root, 'dist', 'native', 'binding'))});
     const { sampleImages } = require(${JSON.stringify(path.join(root, 'test', 'helpers', 'images.js'))});
     (async () => {
-      const model = await ClipModel.load(${JSON.stringify(tinyModel)}, { device: 'cpu', threads: 2 });
+      const model = await ClipModel.load(${JSON.stringify(tinyModel)}, { device: 'cpu', threads: 2, cpuKernels: 'fixed' });
       const out = [...(await model.embedTexts(['a photo of a cat', 'two dogs'])), ...(await model.embedImages(sampleImages(3)))];
       await new Promise((resolve) => setTimeout(resolve, 50));
       out.push(...(await model.embedTexts(['a bird after a pause'])));
