@@ -77,8 +77,9 @@ struct TeamState {
 thread_local TeamState t_team;
 
 // Gives every other thread of the calling thread's team the CPUs `cpus`;
-// false if one of them could not be moved.
-bool SetWorkerCpus(const cpu_set_t& cpus, int threads) {
+// false if one of them could not be moved, which ends placement for the team
+// (and says so in the process's stats).
+bool MoveWorkers(TeamState& team, const cpu_set_t& cpus, int threads) {
   const std::thread::id self = std::this_thread::get_id();
   std::atomic<int> moved{0};
   std::atomic<bool> failed{false};
@@ -91,7 +92,17 @@ bool SetWorkerCpus(const cpu_set_t& cpus, int threads) {
       failed.store(true, std::memory_order_relaxed);
     }
   });
-  return !failed.load() && moved.load() == threads - 1;
+  if (!failed.load() && moved.load() == threads - 1) return true;
+  team.refused = true;
+  g_refused.store(true, std::memory_order_relaxed);
+  return false;
+}
+
+// Leaves the team to the scheduler: workers kept off a CPU get every CPU back.
+void ReleaseWorkers(TeamState& team) {
+  if (team.kept_off < 0) return;
+  team.kept_off = -1;
+  MoveWorkers(team, team.allowed, team.threads);
 }
 
 std::chrono::nanoseconds ThreadCpuTime() {
@@ -110,21 +121,19 @@ TeamPlacement::TeamPlacement() {
   TeamState& team = t_team;
   if (team.refused) return;
   on_team_ = true;
+  const Clock::time_point now = Clock::now();
+  if (now - team.last_end < kRested || now < team.resume_at) {
+    ReleaseWorkers(team);
+    return;
+  }
   const int threads = at::get_num_threads();
   cpu_set_t allowed;
   if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return;
   const int cpu = sched_getcpu();
   const bool fits =
       threads >= 2 && CPU_COUNT(&allowed) >= threads && cpu >= 0 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &allowed);
-  const Clock::time_point now = Clock::now();
-  const bool rested = now - team.last_end >= kRested;
-  if (!fits || !rested || now < team.resume_at) {
-    // Left to the scheduler: workers kept off a CPU get every CPU back.
-    if (team.kept_off >= 0) {
-      team.kept_off = -1;
-      if (!SetWorkerCpus(team.allowed, team.threads)) team.refused = true;
-      if (team.refused) g_refused.store(true, std::memory_order_relaxed);
-    }
+  if (!fits) {
+    ReleaseWorkers(team);
     return;
   }
   if (team.kept_off != cpu || team.threads != threads || !CPU_EQUAL(&team.allowed, &allowed)) {
@@ -133,11 +142,7 @@ TeamPlacement::TeamPlacement() {
     cpu_set_t others = allowed;
     CPU_CLR(cpu, &others);
     team.kept_off = -1;
-    if (!SetWorkerCpus(others, threads)) {
-      team.refused = true;
-      g_refused.store(true, std::memory_order_relaxed);
-      return;
-    }
+    if (!MoveWorkers(team, others, threads)) return;
     team.kept_off = cpu;
     team.threads = threads;
     team.allowed = allowed;
