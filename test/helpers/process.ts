@@ -1,11 +1,26 @@
-// Child processes of the tests: `clip-native serve` and its log.
-import { spawn, type ChildProcess } from 'node:child_process';
+// Child processes of the tests: `clip-native serve` and its log, and scripts whose answer is one line of JSON.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { root } from './env';
 
 /** The command line entry point (runs dist/, so `npm run build:ts` must have run). */
 export const bin = path.join(root, 'bin', 'clip-native.js');
+
+/**
+ * Runs `script` in a fresh Node process (working directory the package root, `env` added to this process's) and
+ * returns the JSON of the last line it printed; throws with its stderr if it exits non-zero.
+ */
+export function scriptJson<T>(script: string, env: Record<string, string> = {}): T {
+  const result = spawnSync(process.execPath, ['-e', script], {
+    cwd: root,
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+    maxBuffer: 64 << 20,
+  });
+  if (result.status !== 0) throw new Error(`child failed (${result.status}):\n${result.stderr}`);
+  return JSON.parse(result.stdout.trim().split('\n').pop()!) as T;
+}
 
 /** Calls `onLine` with each complete line of a stream, without its newline. */
 export function onLines(stream: Readable, onLine: (line: string) => void): void {

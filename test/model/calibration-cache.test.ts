@@ -10,6 +10,7 @@ import t from 'tap';
 import { ClipModel } from '../../lib/index';
 import { binding } from '../../lib/native/binding';
 import { fixtures, root, tinyModel } from '../helpers/env';
+import { scriptJson } from '../helpers/process';
 
 const image = path.join(
   fixtures,
@@ -177,13 +178,7 @@ function heldAfterLoad(options: Record<string, unknown>): { bytes: number; kerne
       console.log(JSON.stringify({ bytes: binding().cpuAllocator().inUseBytes, kernels: model.info.cpuKernels }));
       await model.dispose();
     })();`;
-  const result = spawnSync(process.execPath, ['-e', script], {
-    cwd: root,
-    encoding: 'utf8',
-    env: { ...process.env, CLIP_NATIVE_CALIBRATION_CACHE: '' },
-  });
-  if (result.status !== 0) throw new Error(`child failed (${result.status}):\n${result.stderr}`);
-  return JSON.parse(result.stdout.trim().split('\n').pop()!);
+  return scriptJson(script, { CLIP_NATIVE_CALIBRATION_CACHE: '' });
 }
 
 t.test('the candidates a calibration did not keep are freed with their weights', needsCalibration, async (t) => {

@@ -2,13 +2,13 @@
 // next forward of the same shapes (native/core/cpu_allocator.h), within a bound, and go back to the system when the
 // last model is disposed; CLIP_NATIVE_CPU_CACHE_MB sets the bound, 0 leaves libtorch's own allocator in place. The
 // embeddings do not depend on it beyond fp32 rounding.
-import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import t from 'tap';
 import { ClipModel } from '../../lib/index';
 import { binding } from '../../lib/native/binding';
 import { root, tinyModel } from '../helpers/env';
 import { sampleImages } from '../helpers/images';
+import { scriptJson } from '../helpers/process';
 
 const images = sampleImages(16);
 const texts = Array.from({ length: 16 }, (_, i) => `a photo of ${i} cats sitting on a red sofa`);
@@ -27,17 +27,7 @@ function inChild(env: Record<string, string>) {
       await model.dispose();
       console.log(JSON.stringify({ stats, out: out.map((v) => Array.from(v)) }));
     })();`;
-  const result = spawnSync(process.execPath, ['-e', script], {
-    cwd: root,
-    encoding: 'utf8',
-    env: { ...process.env, ...env },
-    maxBuffer: 64 << 20,
-  });
-  if (result.status !== 0) throw new Error(`child failed (${result.status}):\n${result.stderr}`);
-  return JSON.parse(result.stdout) as {
-    stats: ReturnType<ReturnType<typeof binding>['cpuAllocator']>;
-    out: number[][];
-  };
+  return scriptJson<{ stats: ReturnType<ReturnType<typeof binding>['cpuAllocator']>; out: number[][] }>(script, env);
 }
 
 t.test('large blocks are reused between forwards, kept within the bound, freed with the last model', async (t) => {

@@ -4,7 +4,6 @@
 // workers (more pools than CPUs make the OpenMP runtime sleep between parallel regions); the threads an engine
 // starts end with dispose(); during a CPU forward the forward thread is held on its CPU and its OpenMP workers are
 // kept off it (native/core/cpu_team.h), unless CLIP_NATIVE_TEAM_PLACEMENT=0, without changing any result.
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,6 +11,7 @@ import t from 'tap';
 import { ClipModel } from '../../lib/index';
 import { OPENMP_SPIN_COUNT, binding, withOpenMpSpinLimit } from '../../lib/native/binding';
 import { root, setEnv, tinyModel } from '../helpers/env';
+import { scriptJson } from '../helpers/process';
 
 const threadNames = (): string[] =>
   fs.readdirSync('/proc/self/task').flatMap((task) => {
@@ -93,14 +93,7 @@ function teamInChild(env: Record<string, string>) {
       await model.dispose();
       console.log(JSON.stringify({ team, out: out.map((v) => Array.from(v)) }));
     })();`;
-  const result = spawnSync(process.execPath, ['-e', script], {
-    cwd: root,
-    encoding: 'utf8',
-    env: { ...process.env, ...env },
-    maxBuffer: 16 << 20,
-  });
-  if (result.status !== 0) throw new Error(`child failed (${result.status}):\n${result.stderr}`);
-  return JSON.parse(result.stdout) as { team: ReturnType<ReturnType<typeof binding>['forwardTeam']>; out: number[][] };
+  return scriptJson<{ team: ReturnType<ReturnType<typeof binding>['forwardTeam']>; out: number[][] }>(script, env);
 }
 
 const twoCpusOnLinux =
