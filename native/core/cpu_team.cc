@@ -110,6 +110,13 @@ std::chrono::nanoseconds ThreadCpuTime() {
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
   return std::chrono::seconds(now.tv_sec) + std::chrono::nanoseconds(now.tv_nsec);
 }
+
+// The clocks SetTeamClocks gave the calling thread; nullptr: the real ones.
+thread_local const TeamClocks* t_clocks = nullptr;
+
+Clock::time_point Now() { return t_clocks != nullptr ? t_clocks->now() : Clock::now(); }
+
+std::chrono::nanoseconds CpuNow() { return t_clocks != nullptr ? t_clocks->thread_cpu() : ThreadCpuTime(); }
 #endif
 
 }  // namespace
@@ -121,7 +128,7 @@ TeamPlacement::TeamPlacement() {
   TeamState& team = t_team;
   if (team.refused) return;
   on_team_ = true;
-  const Clock::time_point now = Clock::now();
+  const Clock::time_point now = Now();
   if (now - team.last_end < kRested || now < team.resume_at) {
     ReleaseWorkers(team);
     return;
@@ -153,8 +160,8 @@ TeamPlacement::TeamPlacement() {
   if (sched_setaffinity(0, sizeof(one), &one) != 0) return;
   allowed_ = allowed;
   placed_ = true;
-  start_ = Clock::now();
-  start_cpu_ = ThreadCpuTime();
+  start_ = Now();
+  start_cpu_ = CpuNow();
   g_placed.fetch_add(1, std::memory_order_relaxed);
 #endif
 }
@@ -163,19 +170,27 @@ TeamPlacement::~TeamPlacement() {
 #ifdef __linux__
   if (!on_team_) return;
   TeamState& team = t_team;
-  team.last_end = Clock::now();
+  team.last_end = Now();
   if (!placed_) return;
   sched_setaffinity(0, sizeof(allowed_), &allowed_);
   const auto wall = team.last_end - start_;
-  const auto ran = ThreadCpuTime() - start_cpu_;
+  const auto ran = CpuNow() - start_cpu_;
   if (wall < kShortestJudged) return;
   if (static_cast<double>(ran.count()) < kStarvedShare * static_cast<double>(wall.count())) {
     g_starved.fetch_add(1, std::memory_order_relaxed);
-    team.resume_at = Clock::now() + team.pause;
+    team.resume_at = team.last_end + team.pause;
     team.pause = std::min<Clock::duration>(team.pause * 2, kLongestPause);
   } else {
     team.pause = kFirstPause;
   }
+#endif
+}
+
+void SetTeamClocks(const TeamClocks* clocks) {
+#ifdef __linux__
+  t_clocks = clocks;
+#else
+  (void)clocks;
 #endif
 }
 

@@ -73,6 +73,17 @@ struct TeamPlacementStats {
 };
 TeamPlacementStats GetTeamPlacementStats();
 
+// The clocks the calling thread's TeamPlacement scopes read: the wall clock
+// (for the gap since the last scope and the pause after a starved one) and
+// the thread's own CPU time (for the share it ran). A test sets its own to
+// decide what each scope's gap and share were, whatever else the machine
+// runs; nullptr restores the real ones.
+struct TeamClocks {
+  std::chrono::steady_clock::time_point (*now)();
+  std::chrono::nanoseconds (*thread_cpu)();
+};
+void SetTeamClocks(const TeamClocks* clocks);
+
 }  // namespace clip
 
 #endif  // CLIP_NATIVE_CORE_CPU_TEAM_H_

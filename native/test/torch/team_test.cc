@@ -3,9 +3,11 @@
 // parallel regions is kept off that CPU; after the scope the calling thread
 // has its CPUs back; a scope whose thread ran less than half its wall time (a
 // starved forward) leaves the scopes after it unplaced, the worker's CPUs
-// given back, for 1 s, then 2 s after a second one in a row; a scope that
-// starts within 2 ms of the last one's end (a team still awake) is not placed
-// either; no placement inside a parallel region or on one thread. With the argument "off" (run
+// given back, for 1 s, doubling to 64 s while scopes keep starving; a scope
+// that starts within 2 ms of the last one's end (a team still awake) is not
+// placed either; no placement inside a parallel region or on one thread. The
+// gaps and CPU shares come from clocks the test moves (SetTeamClocks), so the
+// checks hold on a busy machine. With the argument "off" (run
 // with CLIP_NATIVE_TEAM_PLACEMENT=0) it checks that no scope places. Linux
 // with at least two CPUs; elsewhere it says what it skipped. Prints one line
 // per failure, then "N passed, M failed"; exits non-zero on any failure.
@@ -57,12 +59,30 @@ cpu_set_t OwnCpus() {
   return cpus;
 }
 
-// The calling thread busy for `ms` milliseconds (a forward that is not starved).
-void Work(int ms) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-  volatile double x = 1;
-  while (std::chrono::steady_clock::now() < end) x = x * 1.0000001 + 1e-9;
+// The clocks the scopes read after UseTestClocks: the test moves them, so
+// that what a scope's gap and CPU share were does not depend on what else
+// the machine runs.
+std::chrono::steady_clock::time_point g_now;
+std::chrono::nanoseconds g_cpu{0};
+const clip::TeamClocks kTestClocks{[] { return g_now; }, [] { return g_cpu; }};
+
+void UseTestClocks() {
+  // Well after the real clock's reading of any scope before.
+  g_now = std::chrono::steady_clock::now() + std::chrono::hours(1);
+  clip::SetTeamClocks(&kTestClocks);
 }
+
+// Time passes with the calling thread idle (a rest between forwards, a
+// starved forward's wait).
+void Idle(std::chrono::microseconds time) { g_now += time; }
+// The calling thread runs for `time` of wall time, `share` of it on a CPU.
+void Run(std::chrono::microseconds time, double share = 1.0) {
+  g_now += time;
+  g_cpu += std::chrono::duration_cast<std::chrono::nanoseconds>(time * share);
+}
+
+using std::chrono::microseconds;
+using std::chrono::milliseconds;
 
 // The workers have every CPU of `allowed`.
 bool WorkersFree(const cpu_set_t& allowed) {
@@ -74,10 +94,12 @@ bool WorkersFree(const cpu_set_t& allowed) {
 }
 
 // Longer than the gap after which a scope counts its team as rested.
-void Rest() { std::this_thread::sleep_for(std::chrono::milliseconds(10)); }
+void Rest() { Idle(milliseconds(10)); }
 
+// Scopes on the real clocks: the first scope of a thread finds its team
+// rested, and a placed scope holds the calling thread and keeps the worker off
+// its CPU, whatever the share it ran.
 void TestPlaced(const cpu_set_t& allowed) {
-  Rest();
   {
     const clip::TeamPlacement scope;
     Check(scope.placed(), "a scope on two threads with two CPUs places the team");
@@ -100,30 +122,61 @@ void TestPlaced(const cpu_set_t& allowed) {
         Check(m.cpu != cpu, "the worker runs on another CPU than the calling thread");
       }
     }
-    Work(5);
   }
   cpu_set_t own = OwnCpus();
   Check(CPU_EQUAL(&own, &allowed), "after the scope the calling thread has its CPUs back");
+}
+
+// The rest of the rules on the test's clocks.
+void TestRested(const cpu_set_t& allowed) {
+  Rest();
+  {
+    const clip::TeamPlacement scope;
+    Check(scope.placed(), "a scope after a rest places the team");
+    Run(milliseconds(5));
+  }
   {
     const clip::TeamPlacement scope;
     Check(!scope.placed(), "a scope right after the last one (its team awake) does not place the team");
     Check(WorkersFree(allowed), "and the worker has every CPU back");
+    Run(milliseconds(5));
   }
-  Rest();
+  Idle(microseconds(1999));
   {
     const clip::TeamPlacement scope;
-    Check(scope.placed(), "the next scope after a rest places the team again");
-    Work(5);
+    Check(!scope.placed(), "nor one that starts 1.999 ms after the last one ended");
+  }
+  Idle(milliseconds(2));
+  {
+    const clip::TeamPlacement scope;
+    Check(scope.placed(), "one that starts 2 ms after the last one ended places the team again");
+    Run(milliseconds(5));
   }
 }
 
-void TestStarved(const cpu_set_t& allowed) {
+// A placed scope that ran `share` of `time` on a CPU, after a rest.
+bool PlacedScope(std::chrono::microseconds time, double share) {
   Rest();
-  {
-    const clip::TeamPlacement scope;
-    Check(scope.placed(), "placed before the starved scope");
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  const clip::TeamPlacement scope;
+  Run(time, share);
+  return scope.placed();
+}
+
+bool NextPlaced() {
+  Rest();
+  const clip::TeamPlacement scope;
+  Run(milliseconds(5));
+  return scope.placed();
+}
+
+void TestStarved(const cpu_set_t& allowed) {
+  Check(PlacedScope(milliseconds(20), 0.5), "placed: a scope that ran half its wall time");
+  Check(NextPlaced(), "running half the wall time is not starved");
+  Check(PlacedScope(microseconds(999), 0.0), "placed: a scope shorter than 1 ms that never ran");
+  Check(NextPlaced(), "a scope shorter than 1 ms is not judged");
+  const uint64_t starved = clip::GetTeamPlacementStats().starved;
+  Check(PlacedScope(milliseconds(20), 0.49), "placed: the first starved scope");
+  Check(clip::GetTeamPlacementStats().starved == starved + 1, "it counts as starved");
   Rest();
   {
     const clip::TeamPlacement scope;
@@ -131,30 +184,52 @@ void TestStarved(const cpu_set_t& allowed) {
     Check(WorkersFree(allowed), "and the worker has every CPU back");
     cpu_set_t own = OwnCpus();
     Check(CPU_EQUAL(&own, &allowed), "and the calling thread is not held");
+    Run(milliseconds(5));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  // The pause counts from the starved scope's end; 10 + 5 ms have passed.
+  // Every scope, placed or not, ends a gap: the checks after the pause's end
+  // come 2 ms after the last scope.
+  Idle(milliseconds(984));
+  {
+    const clip::TeamPlacement scope;
+    Check(!scope.placed(), "nor one 999 ms after it");
+  }
+  Idle(milliseconds(2));
   {
     const clip::TeamPlacement scope;
     Check(scope.placed(), "a second after a starved scope the team is placed again");
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    Run(milliseconds(20), 0.1);
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  Idle(milliseconds(1999));
   {
     const clip::TeamPlacement scope;
-    Check(!scope.placed(), "after a second starved scope in a row the pause is longer than a second");
+    Check(!scope.placed(), "after a second starved scope in a row the pause is two seconds");
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  Idle(milliseconds(2));
   {
     const clip::TeamPlacement scope;
     Check(scope.placed(), "and over after two seconds");
-    Work(5);
+    Run(milliseconds(20), 0.1);
   }
-  Rest();
-  {
+  // Each starved scope in a row doubles the pause: 4, 8, 16, 32, 64 s, then
+  // stays at 64 s.
+  for (int seconds : {4, 8, 16, 32, 64, 64}) {
+    Idle(milliseconds(seconds * 1000 - 1));
+    {
+      const clip::TeamPlacement scope;
+      Check(!scope.placed(), "the pause doubles while scopes keep starving, up to 64 s: still in it");
+    }
+    Idle(milliseconds(2));
     const clip::TeamPlacement scope;
-    Check(scope.placed(), "a forward that was not starved leaves the next placed");
-    Work(5);
+    Check(scope.placed(), "the pause doubles while scopes keep starving, up to 64 s: over");
+    Run(milliseconds(20), 0.1);
   }
+  Idle(milliseconds(64000));
+  Check(PlacedScope(milliseconds(5), 1.0), "placed after the last pause");
+  Check(NextPlaced(), "a forward that was not starved leaves the next placed");
+  Check(PlacedScope(milliseconds(20), 0.0), "placed: a starved scope after one that was not");
+  Idle(milliseconds(1000));
+  Check(NextPlaced(), "a scope that was not starved sets the pause back to a second");
 }
 
 void TestNotPlaced() {
@@ -187,7 +262,10 @@ int main(int argc, char** argv) {
       return clip::test::Summary();
     }
     TestPlaced(allowed);
+    UseTestClocks();
+    TestRested(allowed);
     TestStarved(allowed);
+    clip::SetTeamClocks(nullptr);
     TestNotPlaced();
 #else
     (void)argc;
