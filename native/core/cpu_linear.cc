@@ -209,23 +209,39 @@ void RunPanels(const T* x, int64_t k, const std::vector<RowTile>& tiles, int64_t
 }
 
 // What tile t of a panel's `tiles` prefetches at each of its `k_steps` steps
-// over k (lines + k * step): its slice of the next panel (NextPanelPrefetch,
+// over k: the weights `own_ahead` bytes ahead of the step it is at, and
+// lines + k * step: its slice of the next panel (NextPanelPrefetch,
 // cpu_linear.h) when there is a next panel in this thread's range, else
 // lines of `panel` itself (already on their way: no cost worth a branch in
 // the loop).
 struct NextPanelLines {
   const char* lines;
-  int64_t step;  // bytes per step over k
+  int64_t step;       // bytes per step over k
+  int64_t own_ahead;  // bytes
 };
 
 static_assert(kPanel * 4 == kPanelStepBytes, "a panel step is 32 float32 weights or 32 pairs of bfloat16");
 
+// How far ahead in its own panel a tile prefetches. A tile alone on its
+// panel (a caption's rows: up to 14 on the AVX-512 tiles, 7 on the AVX2
+// ones) streams the panel from memory with nothing else to overlap, and
+// 1.5 KB ahead left its loads waiting: 8 KB ran ViT-B/32's text linears
+// (weights from memory) 10-35% faster on Zen 5 for 7 and 13 rows, float32,
+// bfloat16 and int8 alike (bench/optimizations.md). The tiles of a shared
+// panel prefetch `ahead_steps` steps ahead (12 on the AVX-512 kernels, 24
+// on the AVX2 ones: 1.5 KB of float32), the next panel's slices keeping
+// memory busy beside them.
+constexpr int64_t kLoneTileAhead = 8 << 10;
+constexpr int64_t kAheadSteps = 12;
+constexpr int64_t kAheadStepsAvx2 = 24;
+
 NextPanelLines PrefetchLines(const void* panel, bool has_next, size_t tiles, size_t t, int64_t k_steps,
-                             int64_t step_bytes = kPanelStepBytes) {
+                             int64_t step_bytes, int64_t ahead_steps) {
   const char* bytes = static_cast<const char*>(panel);
+  const int64_t own_ahead = tiles < 2 ? kLoneTileAhead : ahead_steps * step_bytes;
   const PanelPrefetch slice = NextPanelPrefetch(tiles, t, k_steps, step_bytes);
-  if (!has_next || slice.offset < 0) return {bytes, slice.step};
-  return {bytes + k_steps * step_bytes + slice.offset, slice.step};
+  if (!has_next || slice.offset < 0) return {bytes, slice.step, own_ahead};
+  return {bytes + k_steps * step_bytes + slice.offset, slice.step, own_ahead};
 }
 
 // Where a tile's sums start and go when its panel runs in blocks over k
@@ -251,15 +267,16 @@ constexpr int64_t kBlockBytes = 8 << 10;
 
 // Runs a panel's `tile_count` row tiles over its `k_size` steps of
 // `step_bytes`, as `tile(t, k0, steps, next, carry)` (tile t from step k0
-// for `steps` steps, prefetching `next`): each tile over all of k, or, when
-// `carry` (tile t's sums at carry + t * carry_floats) is given, in blocks
-// over k. `has_next`: the thread's next panel follows this one.
+// for `steps` steps, prefetching `next`; `ahead_steps`: PrefetchLines): each
+// tile over all of k, or, when `carry` (tile t's sums at carry + t *
+// carry_floats) is given, in blocks over k. `has_next`: the thread's next
+// panel follows this one.
 template <typename TileFn>
-void RunPanelTiles(size_t tile_count, int64_t k_size, int64_t step_bytes, const void* panel, bool has_next,
-                   float* carry, int64_t carry_floats, const TileFn& tile) {
+void RunPanelTiles(size_t tile_count, int64_t k_size, int64_t step_bytes, int64_t ahead_steps, const void* panel,
+                   bool has_next, float* carry, int64_t carry_floats, const TileFn& tile) {
   if (!carry) {
     for (size_t t = 0; t < tile_count; ++t) {
-      tile(t, 0, k_size, PrefetchLines(panel, has_next, tile_count, t, k_size, step_bytes), Carry{});
+      tile(t, 0, k_size, PrefetchLines(panel, has_next, tile_count, t, k_size, step_bytes, ahead_steps), Carry{});
     }
     return;
   }
@@ -270,7 +287,7 @@ void RunPanelTiles(size_t tile_count, int64_t k_size, int64_t step_bytes, const 
     const char* lines = static_cast<const char*>(panel) + k0 * step_bytes;
     for (size_t t = 0; t < tile_count; ++t) {
       float* sums = carry + static_cast<int64_t>(t) * carry_floats;
-      tile(t, k0, steps, PrefetchLines(lines, !last || has_next, tile_count, t, steps, step_bytes),
+      tile(t, k0, steps, PrefetchLines(lines, !last || has_next, tile_count, t, steps, step_bytes, ahead_steps),
            Carry{k0 > 0 ? sums : nullptr, last ? nullptr : sums});
     }
   }
@@ -364,10 +381,10 @@ __attribute__((target("avx512f"))) void Tile(const float* xt, const W* panel, in
   const float* x = xt;
   const char* ahead = next.lines;
   for (int64_t k = 0; k < k_size; ++k, p += kPanel, x += kRows, ahead += next.step) {
-    // 12 steps ahead (1.5 KB of float32): the hardware prefetcher alone
-    // leaves the loads waiting.
-    _mm_prefetch(reinterpret_cast<const char*>(p + kPanel * 12), _MM_HINT_T0);
-    if constexpr (sizeof(W) == 4) _mm_prefetch(reinterpret_cast<const char*>(p + kPanel * 12 + 16), _MM_HINT_T0);
+    // The hardware prefetcher alone leaves the loads waiting.
+    const char* own = reinterpret_cast<const char*>(p) + next.own_ahead;
+    _mm_prefetch(own, _MM_HINT_T0);
+    if constexpr (sizeof(W) == 4) _mm_prefetch(own + 64, _MM_HINT_T0);
     _mm_prefetch(ahead, _MM_HINT_T0);
     __m512 w0, w1;
     LoadStep(p, w0, w1);
@@ -439,7 +456,7 @@ __attribute__((target("avx512f"))) void Panels(const float* xt, const std::vecto
     const int64_t n0 = p * kPanel;
     const PanelEdge edge(bias, n0, n_size);
     const W* panel = packed + p * k_size * kPanel;
-    RunPanelTiles(tiles.size(), k_size, kPanel * sizeof(W), panel, p + 1 < last, nullptr, 0,
+    RunPanelTiles(tiles.size(), k_size, kPanel * sizeof(W), kAheadSteps, panel, p + 1 < last, nullptr, 0,
                   [&](size_t t, int64_t, int64_t, const NextPanelLines& next, const Carry&) {
                     const RowTile& tile = tiles[t];
                     TileRows(tile.rows, xt + tile.first * k_size, panel, k_size, edge.bias,
@@ -516,8 +533,8 @@ __attribute__((target("avx512f"), always_inline)) inline void StepGroups(Acc (&a
   const uint32_t* x = xt;
   const char* ahead = next.lines;
   for (int64_t k = 0; k < steps; ++k, p += kPanelStepBytes, x += kRows, ahead += next.step) {
-    _mm_prefetch(p + kPanelStepBytes * 12, _MM_HINT_T0);
-    _mm_prefetch(p + kPanelStepBytes * 12 + 64, _MM_HINT_T0);
+    _mm_prefetch(p + next.own_ahead, _MM_HINT_T0);
+    _mm_prefetch(p + next.own_ahead + 64, _MM_HINT_T0);
     _mm_prefetch(ahead, _MM_HINT_T0);
     const __m512i w0 = _mm512_load_si512(p);
     const __m512i w1 = _mm512_load_si512(p + 64);
@@ -579,7 +596,7 @@ __attribute__((target("avx512f,avx512bf16"))) void PanelsBf16(const uint32_t* xt
     const int64_t n0 = p * kPanel;
     const PanelEdge edge(bias, n0, n_size);
     const uint16_t* panel = packed + p * pairs * 2 * kPanel;
-    RunPanelTiles(tiles.size(), pairs, kPanelStepBytes, panel, p + 1 < last, nullptr, 0,
+    RunPanelTiles(tiles.size(), pairs, kPanelStepBytes, kAheadSteps, panel, p + 1 < last, nullptr, 0,
                   [&](size_t t, int64_t, int64_t, const NextPanelLines& next, const Carry&) {
                     const RowTile& tile = tiles[t];
                     TileRowsBf16(tile.rows, xt + tile.first * pairs, panel, pairs, edge.bias,
@@ -719,7 +736,7 @@ __attribute__((target("avx512f,avx512vnni"))) void PanelsInt8(const QuantizedRow
     const int64_t n0 = p * kPanel;
     const PanelEdgeInt8 edge(bias, scales, sums, n0, n_size);
     const int8_t* panel = packed + p * steps * kPanelStepBytes;
-    RunPanelTiles(tiles.size(), steps, kPanelStepBytes, panel, p + 1 < last, nullptr, 0,
+    RunPanelTiles(tiles.size(), steps, kPanelStepBytes, kAheadSteps, panel, p + 1 < last, nullptr, 0,
                   [&](size_t t, int64_t, int64_t, const NextPanelLines& next, const Carry&) {
                     const RowTile& tile = tiles[t];
                     TileRowsInt8(tile.rows, x.tiles + tile.first * steps, panel, steps, edge, x.scale + tile.first,
@@ -843,9 +860,7 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const float* xt, const W* pane
   const float* x = xt;
   const char* ahead = next.lines;
   for (int64_t k = 0; k < k_size; ++k, p += kPanelAvx2, x += kRows, ahead += next.step) {
-    // 24 steps ahead (1.5 KB of float32), as the AVX-512 tiles (3 KB
-    // measured no faster on Zen 4).
-    _mm_prefetch(reinterpret_cast<const char*>(p + kPanelAvx2 * 24), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(p) + next.own_ahead, _MM_HINT_T0);
     _mm_prefetch(ahead, _MM_HINT_T0);
     if constexpr (kRows <= kTileAvx2) {
       __m256 w0, w1;
@@ -931,7 +946,8 @@ __attribute__((target("avx2,fma"))) void PanelsAvx2(const float* xt, const std::
     const __m256 edge_bias[2] = {bias ? _mm256_maskload_ps(bias + n0, mask[0]) : _mm256_setzero_ps(),
                                  bias ? _mm256_maskload_ps(bias + n0 + 8, mask[1]) : _mm256_setzero_ps()};
     const W* panel = packed + p * k_size * kPanelAvx2;
-    RunPanelTiles(tiles.size(), k_size, kPanelAvx2 * sizeof(W), panel, p + 1 < last, carry, kTallTileAvx2 * kPanelAvx2,
+    RunPanelTiles(tiles.size(), k_size, kPanelAvx2 * sizeof(W), kAheadStepsAvx2, panel, p + 1 < last, carry,
+                  kTallTileAvx2 * kPanelAvx2,
                   [&](size_t t, int64_t k0, int64_t steps, const NextPanelLines& next, const Carry& sums) {
                     const RowTile& tile = tiles[t];
                     TileRowsAvx2(tile.rows, xt + tile.first * k_size + k0 * tile.rows, panel + k0 * kPanelAvx2, steps,
