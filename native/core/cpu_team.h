@@ -19,9 +19,9 @@ namespace clip {
 // runs the regions, inside a parallel region, within 2 ms of the last scope's
 // end (the team still awake: back to back or a busy queue, where the scheduler
 // places it as well and can make way for the threads preparing the next
-// batch), while a starved forward's pause lasts (below), where OMP_PROC_BIND, OMP_PLACES
-// or GOMP_CPU_AFFINITY leave placement to the OpenMP runtime, or with
-// CLIP_NATIVE_TEAM_PLACEMENT=0.
+// batch), while a starved forward's pause lasts (below), where OMP_PROC_BIND,
+// OMP_PLACES or GOMP_CPU_AFFINITY leave placement to the OpenMP runtime, or
+// with CLIP_NATIVE_TEAM_PLACEMENT=0.
 //
 // Why: a forward is a few hundred parallel regions, and each waits at its end
 // for every thread of the team. Once a process has idled for some tens of

@@ -162,6 +162,21 @@ bool PlacedScope(std::chrono::microseconds time, double share) {
   return scope.placed();
 }
 
+// A pause that ends `left` from now: a scope 1 ms before its end does not
+// place the team, one 1 ms after it does (and 2 ms after the scope before:
+// every scope, placed or not, ends a gap), and that one starves again.
+void StarvedPauseEnds(milliseconds left, const std::string& pause) {
+  Idle(left - milliseconds(1));
+  {
+    const clip::TeamPlacement scope;
+    Check(!scope.placed(), pause + ": a scope 1 ms before its end does not place the team");
+  }
+  Idle(milliseconds(2));
+  const clip::TeamPlacement scope;
+  Check(scope.placed(), pause + ": a scope 1 ms after its end places the team");
+  Run(milliseconds(20), 0.1);
+}
+
 bool NextPlaced() {
   Rest();
   const clip::TeamPlacement scope;
@@ -187,42 +202,11 @@ void TestStarved(const cpu_set_t& allowed) {
     Run(milliseconds(5));
   }
   // The pause counts from the starved scope's end; 10 + 5 ms have passed.
-  // Every scope, placed or not, ends a gap: the checks after the pause's end
-  // come 2 ms after the last scope.
-  Idle(milliseconds(984));
-  {
-    const clip::TeamPlacement scope;
-    Check(!scope.placed(), "nor one 999 ms after it");
-  }
-  Idle(milliseconds(2));
-  {
-    const clip::TeamPlacement scope;
-    Check(scope.placed(), "a second after a starved scope the team is placed again");
-    Run(milliseconds(20), 0.1);
-  }
-  Idle(milliseconds(1999));
-  {
-    const clip::TeamPlacement scope;
-    Check(!scope.placed(), "after a second starved scope in a row the pause is two seconds");
-  }
-  Idle(milliseconds(2));
-  {
-    const clip::TeamPlacement scope;
-    Check(scope.placed(), "and over after two seconds");
-    Run(milliseconds(20), 0.1);
-  }
-  // Each starved scope in a row doubles the pause: 4, 8, 16, 32, 64 s, then
-  // stays at 64 s.
-  for (int seconds : {4, 8, 16, 32, 64, 64}) {
-    Idle(milliseconds(seconds * 1000 - 1));
-    {
-      const clip::TeamPlacement scope;
-      Check(!scope.placed(), "the pause doubles while scopes keep starving, up to 64 s: still in it");
-    }
-    Idle(milliseconds(2));
-    const clip::TeamPlacement scope;
-    Check(scope.placed(), "the pause doubles while scopes keep starving, up to 64 s: over");
-    Run(milliseconds(20), 0.1);
+  StarvedPauseEnds(milliseconds(1000 - 15), "the pause after a starved scope, 1 s");
+  // Each starved scope in a row doubles the pause: 2, 4, 8, 16, 32, 64 s,
+  // then stays at 64 s.
+  for (int seconds : {2, 4, 8, 16, 32, 64, 64}) {
+    StarvedPauseEnds(milliseconds(seconds * 1000), "a pause of " + std::to_string(seconds) + " s");
   }
   Idle(milliseconds(64000));
   Check(PlacedScope(milliseconds(5), 1.0), "placed after the last pause");
