@@ -8,18 +8,37 @@ import { root } from './env';
 export const bin = path.join(root, 'bin', 'clip-native.js');
 
 /**
- * Runs `script` in a fresh Node process (working directory the package root, `env` added to this process's) and
- * returns the JSON of the last line it printed; throws with its stderr if it exits non-zero.
+ * Runs Node with `args` in a fresh process (working directory the package root, `env` added to this process's) and
+ * returns the JSON of the last line it printed, and its stderr; throws with its stderr if it exits non-zero.
  */
-export function scriptJson<T>(script: string, env: Record<string, string> = {}): T {
-  const result = spawnSync(process.execPath, ['-e', script], {
+export function nodeJson<T>(args: string[], env: Record<string, string> = {}): { value: T; stderr: string } {
+  const result = spawnSync(process.execPath, args, {
     cwd: root,
     encoding: 'utf8',
     env: { ...process.env, ...env },
     maxBuffer: 64 << 20,
   });
   if (result.status !== 0) throw new Error(`child failed (${result.status}):\n${result.stderr}`);
-  return JSON.parse(result.stdout.trim().split('\n').pop()!) as T;
+  return { value: JSON.parse(result.stdout.trim().split('\n').pop()!) as T, stderr: result.stderr };
+}
+
+/** Runs `script` as nodeJson does (`node -e`) and returns the JSON of its last line. */
+export function scriptJson<T>(script: string, env: Record<string, string> = {}): T {
+  return nodeJson<T>(['-e', script], env).value;
+}
+
+/**
+ * test/helpers/embed-child.js in a fresh process (nodeJson): loads `model` with `options`, embeds `inputs` (image
+ * paths and texts) and answers as that script says.
+ */
+export function embedInChild<T>(
+  model: string,
+  options: Record<string, unknown>,
+  inputs: { images: string[]; texts: string[] },
+  env: Record<string, string> = {},
+): { value: T; stderr: string } {
+  const script = path.join(root, 'test', 'helpers', 'embed-child.js');
+  return nodeJson<T>([script, model, JSON.stringify(options), JSON.stringify(inputs)], env);
 }
 
 /** Calls `onLine` with each complete line of a stream, without its newline. */

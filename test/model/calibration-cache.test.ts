@@ -2,7 +2,6 @@
 // file; a later process on this machine takes the choice from there instead of timing the candidates again, an
 // earlier load of the same files in one process is reused, and a file that cannot be used is measured around.
 // Processes of their own (test/helpers/embed-child.js): a process remembers its own measurements.
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,7 +9,7 @@ import t from 'tap';
 import { ClipModel } from '../../lib/index';
 import { binding } from '../../lib/native/binding';
 import { fixtures, root, tinyModel } from '../helpers/env';
-import { scriptJson } from '../helpers/process';
+import { embedInChild, scriptJson } from '../helpers/process';
 
 const image = path.join(
   fixtures,
@@ -28,18 +27,13 @@ interface ChildResult {
 }
 
 function loadInChild(options: Record<string, unknown>, env: Record<string, string> = {}): ChildResult {
-  const child = spawnSync(
-    process.execPath,
-    [
-      path.join(root, 'test', 'helpers', 'embed-child.js'),
-      tinyModel,
-      JSON.stringify({ device: 'cpu', ...options }),
-      JSON.stringify({ images: [image], texts }),
-    ],
-    { encoding: 'utf8', env: { ...process.env, CLIP_NATIVE_CALIBRATION_CACHE: '', ...env }, maxBuffer: 64 << 20 },
+  const { value, stderr } = embedInChild<ChildResult>(
+    tinyModel,
+    { device: 'cpu', ...options },
+    { images: [image], texts },
+    { CLIP_NATIVE_CALIBRATION_CACHE: '', ...env },
   );
-  if (child.status !== 0) throw new Error(`the child process failed (${child.status}): ${child.stderr}`);
-  return { ...(JSON.parse(child.stdout.trim().split('\n').pop()!) as ChildResult), stderr: child.stderr };
+  return { ...value, stderr };
 }
 
 const directory = fs.mkdtempSync(path.join(os.tmpdir(), 'clip-native-calibration-'));

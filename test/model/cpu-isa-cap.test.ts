@@ -3,13 +3,13 @@
 // away what they name (without bfloat16 products, bfloat16 loads take the float32 linear on bfloat16 weights
 // first, then on float32 ones); a bad value is refused at load. Each capped run is a process of its own: the cap is read
 // once, when the addon loads.
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { binding } from '../../lib/native/binding';
 import { ClipModel } from '../../lib/index';
-import { cosine, fixtures, maxAbsDiff, root, tinyModel } from '../helpers/env';
+import { cosine, fixtures, maxAbsDiff, tinyModel } from '../helpers/env';
+import { embedInChild } from '../helpers/process';
 
 const imageDir = path.join(fixtures, 'images');
 const images = fs
@@ -31,18 +31,12 @@ interface ChildResult {
 }
 
 function runCapped(cap: string, options: Record<string, unknown>): ChildResult {
-  const child = spawnSync(
-    process.execPath,
-    [
-      path.join(root, 'test', 'helpers', 'embed-child.js'),
-      tinyModel,
-      JSON.stringify({ device: 'cpu', ...options }),
-      JSON.stringify({ images, texts }),
-    ],
-    { encoding: 'utf8', env: { ...process.env, CLIP_NATIVE_MAX_CPU_ISA: cap }, maxBuffer: 64 << 20 },
-  );
-  if (child.status !== 0) throw new Error(`the capped process failed (${child.status}): ${child.stderr}`);
-  return JSON.parse(child.stdout.trim().split('\n').pop()!) as ChildResult;
+  return embedInChild<ChildResult>(
+    tinyModel,
+    { device: 'cpu', ...options },
+    { images, texts },
+    { CLIP_NATIVE_MAX_CPU_ISA: cap },
+  ).value;
 }
 
 const native = binding().cpuIsa;
