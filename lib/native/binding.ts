@@ -107,6 +107,12 @@ export interface NativeCpuKernels {
    */
   fusedMlps: { image: number; text: number };
   /**
+   * How many residual adds of each chosen encoder run together with the LayerNorm that reads their sum, as one
+   * operator of clip-native's own kernel (every candidate but `archive`, `autocast` and `aten`, on x86-64 with
+   * AVX-512F or AVX2 + FMA): one pass per row, and no parallel region for the few rows of a caption.
+   */
+  fusedLayerNorms: { image: number; text: number };
+  /**
    * Whether the graphs of the oneDNN and int8 candidates take that kernel, and how it was decided: `measurement` (a
    * calibrating load: both ways timed once per process and dtype on ViT-B/32's shapes; the two figures are
    * microseconds of one layer's scaled scores, softmax and weighted sum, summed over 50 and 8 tokens),

@@ -435,6 +435,10 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     mlps.Set("image", k.image_fused_mlps);
     mlps.Set("text", k.text_fused_mlps);
     kernels.Set("fusedMlps", mlps);
+    Napi::Object norms = Napi::Object::New(env);
+    norms.Set("image", k.image_fused_norms);
+    norms.Set("text", k.text_fused_norms);
+    kernels.Set("fusedLayerNorms", norms);
     Napi::Object attention_choice = Napi::Object::New(env);
     attention_choice.Set("kernel", k.attention_kernel);
     attention_choice.Set("selectedBy", k.attention_selected_by);

@@ -24,17 +24,6 @@ namespace clip {
 namespace {
 
 #ifdef CLIP_ATTENTION_KERNEL
-// The sum of the 16 lanes (the zero-masked shuffles: GCC 12 warns of an
-// uninitialized value inside its headers for the unmasked ones).
-__attribute__((target("avx512f"))) inline float Sum16(__m512 a) {
-  a = _mm512_add_ps(a, _mm512_maskz_shuffle_f32x4(0xFFFF, a, a, 0x4E));
-  a = _mm512_add_ps(a, _mm512_maskz_shuffle_f32x4(0xFFFF, a, a, 0xB1));
-  __m128 x = _mm512_maskz_extractf32x4_ps(0xF, a, 0);
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
-  return _mm_cvtss_f32(x);
-}
-
 // The largest of the 16 lanes (zero-masked shuffles, as in Sum16).
 __attribute__((target("avx512f"))) inline float Max16(__m512 a) {
   a = _mm512_maskz_max_ps(0xFFFF, a, _mm512_maskz_shuffle_f32x4(0xFFFF, a, a, 0x4E));
@@ -45,19 +34,10 @@ __attribute__((target("avx512f"))) inline float Max16(__m512 a) {
   return _mm_cvtss_f32(x);
 }
 
-// 16 values from memory as floats (bfloat16: the upper halves of floats,
-// exact; zero-masked, for the same GCC warning as above).
-__attribute__((target("avx512f"))) inline __m512 Load16(const float* p) { return _mm512_loadu_ps(p); }
-__attribute__((target("avx512f"))) inline __m512 Load16(const c10::BFloat16* p) {
-  const __m512i wide = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, wide, 16));
-}
-
-// 16 floats to memory as T (bfloat16: rounded to nearest even).
-__attribute__((target("avx512f"))) inline void Store16(float* p, __m512 x) { _mm512_storeu_ps(p, x); }
-__attribute__((target("avx512f"))) inline void Store16(c10::BFloat16* p, __m512 x) {
-  simd::StoreBFloat16(p, 0xFFFF, x);
-}
+using simd::Load16;
+using simd::Store16;
+using simd::Sum16;
+using simd::Sum8;
 
 // `rows` rows of `cols` values of T (rows `src_row` apart) as contiguous
 // float rows.
@@ -319,13 +299,6 @@ __attribute__((target("avx512f"))) void AttentionOne(const T* q, int64_t q_row, 
 // on 8-lane registers. Keys are packed in rounds of 8, tiles are up to 6
 // rows by 2 vectors (16 columns: 12 accumulators, the operand vectors and a
 // broadcast in AVX2's 16 registers).
-
-__attribute__((target("avx2"))) inline float Sum8(__m256 a) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
-  return _mm_cvtss_f32(x);
-}
 
 __attribute__((target("avx2"))) inline float Max8(__m256 a) {
   __m128 x = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));

@@ -5,6 +5,8 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
+#include <c10/util/BFloat16.h>
+
 #include <cstdint>
 
 namespace clip {
@@ -60,6 +62,29 @@ __attribute__((target("avx512f"))) inline void StoreBFloat16(void* p, __mmask16 
   _mm512_mask_cvtepi32_storeu_epi16(p, lanes, high);
 }
 
+// The sum of the 16 lanes (the zero-masked shuffles: GCC 12 warns of an
+// uninitialized value inside its headers for the unmasked ones).
+__attribute__((target("avx512f"))) inline float Sum16(__m512 a) {
+  a = _mm512_add_ps(a, _mm512_maskz_shuffle_f32x4(0xFFFF, a, a, 0x4E));
+  a = _mm512_add_ps(a, _mm512_maskz_shuffle_f32x4(0xFFFF, a, a, 0xB1));
+  __m128 x = _mm512_maskz_extractf32x4_ps(0xF, a, 0);
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+
+// 16 values from memory as floats (bfloat16: the upper halves of floats,
+// exact; zero-masked, for the same GCC warning as above).
+__attribute__((target("avx512f"))) inline __m512 Load16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) inline __m512 Load16(const c10::BFloat16* p) {
+  const __m512i wide = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, wide, 16));
+}
+
+// 16 floats to memory as T (bfloat16: rounded to nearest even).
+__attribute__((target("avx512f"))) inline void Store16(float* p, __m512 x) { _mm512_storeu_ps(p, x); }
+__attribute__((target("avx512f"))) inline void Store16(c10::BFloat16* p, __m512 x) { StoreBFloat16(p, 0xFFFF, x); }
+
 // e^x for x <= 0, to about one ulp (what softmax needs after subtracting the
 // row's maximum): x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor
 // polynomial (degree 7), times 2^n. Below -87.3 (e^x under float's smallest
@@ -102,6 +127,14 @@ __attribute__((target("avx2"))) inline __m256i TailMask8(int64_t j, int64_t coun
   const int64_t left = count - j;
   const int lanes = left >= 8 ? 8 : static_cast<int>(left);
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// The sum of the 8 lanes.
+__attribute__((target("avx2"))) inline float Sum8(__m256 a) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
 }
 
 // Transposes the 8 x 8 floats of r[0..7] in place.

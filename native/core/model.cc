@@ -38,6 +38,7 @@
 #include "cpu_attention.h"
 #include "cpu_features.h"
 #include "cpu_linear.h"
+#include "cpu_norm.h"
 #include "cpu_team.h"
 #include "errors.h"
 #include "threads.h"
@@ -645,6 +646,57 @@ int RewritePackedAttention(const std::shared_ptr<torch::jit::Graph>& graph) {
   return static_cast<int>(matches.size());
 }
 
+// A residual add whose result a LayerNorm reads, sum = a + b and
+// layer_norm(sum, [W], weight, bias, eps) with constant weight and bias of W
+// values -> one clip_native::add_layer_norm (cpu_norm.h) giving both, in
+// every graph that is not the archive's own. Returns how many.
+int RewriteAddLayerNorms(const std::shared_ptr<torch::jit::Graph>& graph) {
+  if (!AddLayerNormAvailable(at::kFloat)) return 0;
+  const auto add_layer_norm = c10::Symbol::fromQualString("clip_native::add_layer_norm");
+  struct Match {
+    torch::jit::Node* add;
+    torch::jit::Node* norm;
+  };
+  std::vector<Match> matches;
+  for (torch::jit::Node* norm : graph->nodes()) {
+    if (norm->kind() != c10::aten::layer_norm || norm->inputs().size() != 6) continue;
+    torch::jit::Node* add = Producer(norm->input(0), c10::aten::add);
+    if (!add || add->inputs().size() != 3 || add->owningBlock() != norm->owningBlock() ||
+        !add->input(1)->type()->isSubtypeOf(*c10::TensorType::get()) || ConstantNumber(add->input(2)) != 1.0) {
+      continue;
+    }
+    const std::optional<at::Tensor> weight = ConstantTensor(norm->input(2));
+    const std::optional<at::Tensor> bias = ConstantTensor(norm->input(3));
+    const auto shape = torch::jit::toIValue(norm->input(1));
+    if (!weight || !bias || !ConstantNumber(norm->input(4)) || !shape || !shape->isIntList() ||
+        shape->toIntVector() != std::vector<int64_t>{weight->numel()} || weight->dim() != 1 ||
+        bias->sizes() != weight->sizes()) {
+      continue;
+    }
+    matches.push_back({add, norm});
+  }
+  for (const Match& m : matches) {
+    // In the add's place: the sum's other users (the residual stream) may
+    // come before the norm. The constants it reads move up with it.
+    for (torch::jit::Value* constant : {m.norm->input(2), m.norm->input(3), m.norm->input(4)}) {
+      if (constant->node()->isAfter(m.add)) constant->node()->moveBefore(m.add);
+    }
+    torch::jit::Node* fused = graph->create(
+        add_layer_norm, {m.add->input(0), m.add->input(1), m.norm->input(2), m.norm->input(3), m.norm->input(4)},
+        /*num_outputs=*/2);
+    fused->output(0)->setType(c10::TensorType::get());
+    fused->output(1)->setType(c10::TensorType::get());
+    fused->insertBefore(m.add);
+    m.add->output()->replaceAllUsesWith(fused->output(0));
+    m.norm->output()->replaceAllUsesWith(fused->output(1));
+    m.norm->destroy();
+    m.add->destroy();
+  }
+  torch::jit::EliminateDeadCode(graph);
+  graph->lint();
+  return static_cast<int>(matches.size());
+}
+
 // Linears with constant float32 weights -> quantized::linear_dynamic on
 // per-channel int8 weights packed once for `engine`: activations are
 // quantized per call (per tensor, from their range), products accumulate in
@@ -825,9 +877,12 @@ torch::Tensor Forward(Model::Encoder& encoder, const torch::Tensor& input) {
 Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const std::string& name, Precision precision,
                               bool attention_kernel) {
   Model::Encoder encoder;
-  auto rewrite_attention = [&] {
-    if (!attention_kernel) return;
+  // The operators between the linears: residual adds with their LayerNorms
+  // always, the attention where its kernel was chosen.
+  auto rewrite_small_ops = [&] {
     const std::shared_ptr<torch::jit::Graph> graph = encoder.module.get_method("forward").graph();
+    encoder.fused_norms = RewriteAddLayerNorms(graph);
+    if (!attention_kernel) return;
     encoder.attention_matmuls = RewriteAttentionMatmuls(graph, &encoder.fused_attentions);
     encoder.packed_attentions = RewritePackedAttention(graph);
   };
@@ -845,7 +900,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
     }
     // No mlp_rows: each linear quantizes its input per row, over all of the
     // row's features, so the hidden rows cannot pass straight to the second.
-    rewrite_attention();
+    rewrite_small_ops();
     return encoder;
   }
   if (precision == Precision::kInt8) {
@@ -856,7 +911,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
     if (RewriteLinearsForInt8(encoder.module.get_method("forward").graph(), engine, reduce_range) == 0) {
       throw std::runtime_error("no linear layer with constant weights to quantize");
     }
-    rewrite_attention();
+    rewrite_small_ops();
     return encoder;
   }
   if (name == "aten") {
@@ -870,7 +925,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
     RewriteLinears(encoder.module.get_method("forward").graph(), /*bfloat16=*/false,
                    name == "avx512" || name == "avx512-bf16w" ? 32 : 16, bf16_weights ? at::kBFloat16 : at::kFloat);
     encoder.fused_mlps = RewriteMlps(encoder.module.get_method("forward").graph());
-    rewrite_attention();
+    rewrite_small_ops();
     return encoder;
   }
   const bool panel_kernel = name == "avx512-bf16";
@@ -884,7 +939,7 @@ Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const s
   }
   RewriteLinears(encoder.module.get_method("forward").graph(), bfloat16, panel_kernel ? 32 : 0);
   if (panel_kernel) encoder.fused_mlps = RewriteMlps(encoder.module.get_method("forward").graph());
-  rewrite_attention();
+  rewrite_small_ops();
   return encoder;
 }
 
@@ -1558,6 +1613,8 @@ void Model::ChooseCpuKernels(torch::jit::script::Module image_archive,
   cpu_kernels_.text_packed_attentions = text_encoder_.packed_attentions;
   cpu_kernels_.image_fused_mlps = image_encoder_.fused_mlps;
   cpu_kernels_.text_fused_mlps = text_encoder_.fused_mlps;
+  cpu_kernels_.image_fused_norms = image_encoder_.fused_norms;
+  cpu_kernels_.text_fused_norms = text_encoder_.fused_norms;
 }
 
 int64_t Model::cuda_stream_id() const {

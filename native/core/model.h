@@ -100,6 +100,10 @@ struct CpuKernelChoice {
   // operator of clip-native's linear (clip_native::mlp_rows: cpu_linear.h).
   int image_fused_mlps = 0;
   int text_fused_mlps = 0;
+  // How many residual adds of each encoder run with the LayerNorm that reads
+  // their sum as one operator (clip_native::add_layer_norm: cpu_norm.h).
+  int image_fused_norms = 0;
+  int text_fused_norms = 0;
   // Whether the oneDNN and int8 candidates' graphs take that kernel, and how
   // that was decided: "measurement" (a calibrating load; the two microsecond
   // figures are set), "rule" (a fixed or named candidate), "environment"
@@ -164,6 +168,7 @@ class Model {
     int fused_attentions = 0;   // of those, pairs fused into clip_native::attention
     int packed_attentions = 0;  // of those, clip_native::packed_attention
     int fused_mlps = 0;         // pairs of linears run as clip_native::mlp_rows
+    int fused_norms = 0;        // adds and LayerNorms run as clip_native::add_layer_norm
   };
 
  private:

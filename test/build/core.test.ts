@@ -55,6 +55,20 @@ t.test('attention_test on AVX2 + FMA under AddressSanitizer', async (t) => {
   run(t, 'attention_test_asan', [], { CLIP_NATIVE_MAX_CPU_ISA: 'avx2', ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1' });
 });
 
+t.test('norm_test', async (t) => {
+  run(t, 'norm_test', []);
+});
+
+t.test('norm_test under AddressSanitizer', async (t) => {
+  run(t, 'norm_test_asan', [], { ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1' });
+});
+
+// The float32 cases on the AVX2 kernel (bfloat16 then takes aten's path), under AddressSanitizer as well.
+t.test('norm_test on AVX2 + FMA (CLIP_NATIVE_MAX_CPU_ISA=avx2)', async (t) => {
+  run(t, 'norm_test', [], { CLIP_NATIVE_MAX_CPU_ISA: 'avx2' });
+  run(t, 'norm_test_asan', [], { CLIP_NATIVE_MAX_CPU_ISA: 'avx2', ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1' });
+});
+
 t.test('allocator_test', async (t) => {
   run(t, 'allocator_test', []);
 });

@@ -102,6 +102,15 @@ t.test('every candidate of every CPU dtype, forced, agrees with float32 through 
       // clip-native's own linear runs each layer's MLP as one operator.
       const ownLinear = ['avx512', 'avx2', 'avx512-bf16', 'avx512-bf16w', 'avx2-bf16w'].includes(name);
       t.same(kernels.fusedMlps, { image: ownLinear ? 2 : 0, text: ownLinear ? 2 : 0 }, `${label}: MLPs fused`);
+      // Residual adds with the LayerNorm that reads their sum, as one operator (cpu_norm.h), in every graph but the
+      // archive's own: the image's embeddings with its pre-LayerNorm, then 2 per layer, less the last layer's second
+      // (it gathers rows first) and, in the text, the embeddings' (gathered too).
+      const ownNorms = attentionApplies('float32') && name !== 'aten' && name !== 'autocast';
+      t.same(
+        kernels.fusedLayerNorms,
+        { image: ownNorms ? 4 : 0, text: ownNorms ? 3 : 0 },
+        `${label}: adds with their LayerNorms fused`,
+      );
       // Texts run packed (the archive has forward_packed); the fused layers then take each text's rows in place.
       t.same(
         [kernels.packedTexts, kernels.packedAttentions],

@@ -1,0 +1,255 @@
+#include "cpu_norm.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "cpu_features.h"
+#include "cpu_simd.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CLIP_NORM_KERNEL 1
+#endif
+
+namespace clip {
+namespace {
+
+#ifdef CLIP_NORM_KERNEL
+// Rows [begin, end) of `width` values: sum = a + b, row r of a with row
+// r % b_rows of b (stored as T, and read
+// back as stored, so that a bfloat16 sum is normalized as aten normalizes
+// the rounded sum it stored), then (sum - mean) / sqrt(var + eps) * gamma +
+// beta; the moments from the stored sums in two passes over a row that sits
+// in L1 (for the precision of aten's).
+template <typename T, typename W>
+__attribute__((target("avx512f"))) void AddLayerNormRows(const T* a, const T* b, int64_t b_rows, const W* gamma,
+                                                         const W* beta, T* sum, T* out, int64_t begin, int64_t end,
+                                                         int64_t width, float eps) {
+  const float inverse_width = 1.0f / static_cast<float>(width);
+  for (int64_t r = begin; r < end; ++r) {
+    const T* ar = a + r * width;
+    const T* br = b + (r % b_rows) * width;
+    T* sr = sum + r * width;
+    T* yr = out + r * width;
+    __m512 total0 = _mm512_setzero_ps(), total1 = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 32 <= width; j += 32) {
+      __m512 s0 = _mm512_add_ps(simd::Load16(ar + j), simd::Load16(br + j));
+      __m512 s1 = _mm512_add_ps(simd::Load16(ar + j + 16), simd::Load16(br + j + 16));
+      simd::Store16(sr + j, s0);
+      simd::Store16(sr + j + 16, s1);
+      if constexpr (std::is_same_v<T, c10::BFloat16>) {
+        s0 = simd::RoundToBFloat16(s0);
+        s1 = simd::RoundToBFloat16(s1);
+      }
+      total0 = _mm512_add_ps(total0, s0);
+      total1 = _mm512_add_ps(total1, s1);
+    }
+    if (j < width) {  // width is a multiple of 16
+      __m512 s = _mm512_add_ps(simd::Load16(ar + j), simd::Load16(br + j));
+      simd::Store16(sr + j, s);
+      if constexpr (std::is_same_v<T, c10::BFloat16>) s = simd::RoundToBFloat16(s);
+      total0 = _mm512_add_ps(total0, s);
+    }
+    const float rough_mean = simd::Sum16(_mm512_add_ps(total0, total1)) * inverse_width;
+    const __m512 rough16 = _mm512_set1_ps(rough_mean);
+    __m512 offsets = _mm512_setzero_ps(), squares0 = _mm512_setzero_ps(), squares1 = _mm512_setzero_ps();
+    for (j = 0; j + 32 <= width; j += 32) {
+      const __m512 d0 = _mm512_sub_ps(simd::Load16(sr + j), rough16);
+      const __m512 d1 = _mm512_sub_ps(simd::Load16(sr + j + 16), rough16);
+      offsets = _mm512_add_ps(offsets, _mm512_add_ps(d0, d1));
+      squares0 = _mm512_fmadd_ps(d0, d0, squares0);
+      squares1 = _mm512_fmadd_ps(d1, d1, squares1);
+    }
+    if (j < width) {
+      const __m512 d = _mm512_sub_ps(simd::Load16(sr + j), rough16);
+      offsets = _mm512_add_ps(offsets, d);
+      squares0 = _mm512_fmadd_ps(d, d, squares0);
+    }
+    // The corrected two-pass moments: the rough mean's rounding (a row's sum
+    // can be far larger than its spread) taken out by the offsets' mean.
+    const float offset = simd::Sum16(offsets) * inverse_width;
+    const float variance =
+        std::max(0.0f, simd::Sum16(_mm512_add_ps(squares0, squares1)) * inverse_width - offset * offset);
+    const __m512 mean16 = _mm512_set1_ps(rough_mean + offset);
+    const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(variance + eps));
+    for (j = 0; j < width; j += 16) {
+      const __m512 normed = _mm512_mul_ps(_mm512_sub_ps(simd::Load16(sr + j), mean16), scale);
+      simd::Store16(yr + j, _mm512_fmadd_ps(normed, simd::Load16(gamma + j), simd::Load16(beta + j)));
+    }
+  }
+}
+
+// The same on AVX2 + FMA, float32 (width a multiple of 8).
+__attribute__((target("avx2,fma"))) void AddLayerNormRowsAvx2(const float* a, const float* b, int64_t b_rows,
+                                                              const float* gamma, const float* beta, float* sum,
+                                                              float* out, int64_t begin, int64_t end, int64_t width,
+                                                              float eps) {
+  const float inverse_width = 1.0f / static_cast<float>(width);
+  for (int64_t r = begin; r < end; ++r) {
+    const float* ar = a + r * width;
+    const float* br = b + (r % b_rows) * width;
+    float* sr = sum + r * width;
+    float* yr = out + r * width;
+    __m256 total0 = _mm256_setzero_ps(), total1 = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= width; j += 16) {
+      const __m256 s0 = _mm256_add_ps(_mm256_loadu_ps(ar + j), _mm256_loadu_ps(br + j));
+      const __m256 s1 = _mm256_add_ps(_mm256_loadu_ps(ar + j + 8), _mm256_loadu_ps(br + j + 8));
+      _mm256_storeu_ps(sr + j, s0);
+      _mm256_storeu_ps(sr + j + 8, s1);
+      total0 = _mm256_add_ps(total0, s0);
+      total1 = _mm256_add_ps(total1, s1);
+    }
+    if (j < width) {  // width is a multiple of 8
+      const __m256 s = _mm256_add_ps(_mm256_loadu_ps(ar + j), _mm256_loadu_ps(br + j));
+      _mm256_storeu_ps(sr + j, s);
+      total0 = _mm256_add_ps(total0, s);
+    }
+    const float rough_mean = simd::Sum8(_mm256_add_ps(total0, total1)) * inverse_width;
+    const __m256 rough8 = _mm256_set1_ps(rough_mean);
+    __m256 offsets = _mm256_setzero_ps(), squares0 = _mm256_setzero_ps(), squares1 = _mm256_setzero_ps();
+    for (j = 0; j + 16 <= width; j += 16) {
+      const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(sr + j), rough8);
+      const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(sr + j + 8), rough8);
+      offsets = _mm256_add_ps(offsets, _mm256_add_ps(d0, d1));
+      squares0 = _mm256_fmadd_ps(d0, d0, squares0);
+      squares1 = _mm256_fmadd_ps(d1, d1, squares1);
+    }
+    if (j < width) {
+      const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(sr + j), rough8);
+      offsets = _mm256_add_ps(offsets, d);
+      squares0 = _mm256_fmadd_ps(d, d, squares0);
+    }
+    const float offset = simd::Sum8(offsets) * inverse_width;
+    const float variance =
+        std::max(0.0f, simd::Sum8(_mm256_add_ps(squares0, squares1)) * inverse_width - offset * offset);
+    const __m256 mean8 = _mm256_set1_ps(rough_mean + offset);
+    const __m256 scale = _mm256_set1_ps(1.0f / std::sqrt(variance + eps));
+    for (j = 0; j < width; j += 8) {
+      const __m256 normed = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(sr + j), mean8), scale);
+      _mm256_storeu_ps(yr + j, _mm256_fmadd_ps(normed, _mm256_loadu_ps(gamma + j), _mm256_loadu_ps(beta + j)));
+    }
+  }
+}
+#endif
+
+// fn(begin, end) over `rows` rows of `width`: on the calling thread below
+// kAddLayerNormParallelValues values, else split over the threads.
+template <typename Fn>
+void ForRows(int64_t rows, int64_t width, const Fn& fn) {
+  if (rows * width < kAddLayerNormParallelValues) {
+    fn(0, rows);
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, kAddLayerNormParallelValues / 4 / width);
+  at::parallel_for(0, rows, grain, fn);
+}
+
+}  // namespace
+
+bool AddLayerNormAvailable(at::ScalarType dtype) {
+#ifdef CLIP_NORM_KERNEL
+  const CpuFeatures& cpu = GetCpuFeatures();
+  if (dtype == at::kFloat) return cpu.avx512f || (cpu.avx2 && cpu.fma);
+  return dtype == at::kBFloat16 && cpu.avx512f;
+#else
+  (void)dtype;
+  return false;
+#endif
+}
+
+bool AddLayerNormKernelApplies(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+                               const at::Tensor& bias) {
+#ifdef CLIP_NORM_KERNEL
+  const at::ScalarType type = a.scalar_type();
+  if (!AddLayerNormAvailable(type) || a.dim() == 0 || b.dim() == 0 || b.scalar_type() != type || !a.device().is_cpu() ||
+      !b.device().is_cpu() || !a.is_contiguous() || !b.is_contiguous()) {
+    return false;
+  }
+  // The smaller one's sizes, without leading 1s, the trailing sizes of the
+  // other (either way round: the sum is the same).
+  const at::Tensor& big = a.numel() >= b.numel() ? a : b;
+  at::IntArrayRef small = (a.numel() >= b.numel() ? b : a).sizes();
+  while (!small.empty() && small.front() == 1) small = small.slice(1);
+  if (small.empty() || small.size() > big.sizes().size() ||
+      big.sizes().slice(big.sizes().size() - small.size()) != small) {
+    return false;
+  }
+  const int64_t width = a.size(-1);
+  const bool avx512 = GetCpuFeatures().avx512f;
+  return width > 0 && width % (avx512 ? 16 : 8) == 0 && weight.defined() && bias.defined() &&
+         weight.device().is_cpu() && bias.device().is_cpu() && weight.dim() == 1 && bias.dim() == 1 &&
+         weight.numel() == width && bias.numel() == width && weight.is_floating_point() && bias.is_floating_point() &&
+         !(at::GradMode::is_enabled() &&
+           (a.requires_grad() || b.requires_grad() || weight.requires_grad() || bias.requires_grad()));
+#else
+  (void)a, (void)b, (void)weight, (void)bias;
+  return false;
+#endif
+}
+
+std::tuple<at::Tensor, at::Tensor> AddLayerNorm(const at::Tensor& a_in, const at::Tensor& b_in,
+                                                const at::Tensor& weight, const at::Tensor& bias, double eps) {
+#ifdef CLIP_NORM_KERNEL
+  if (AddLayerNormKernelApplies(a_in, b_in, weight, bias)) {
+    const at::Tensor& a = a_in.numel() >= b_in.numel() ? a_in : b_in;
+    const at::Tensor& b = a_in.numel() >= b_in.numel() ? b_in : a_in;
+    const at::ScalarType type = a.scalar_type();
+    const bool avx512 = GetCpuFeatures().avx512f;
+    const int64_t width = a.size(-1);
+    const int64_t b_rows = std::max<int64_t>(1, b.numel() / width);
+    const int64_t rows = a.numel() / width;
+    at::Tensor sum = at::empty_like(a, at::MemoryFormat::Contiguous);
+    at::Tensor out = at::empty_like(a, at::MemoryFormat::Contiguous);
+    const float eps_f = static_cast<float>(eps);
+    // Weights of the activations' type as they are; any other type as float32.
+    const at::ScalarType weight_type = weight.scalar_type() == type && bias.scalar_type() == type ? type : at::kFloat;
+    const at::Tensor gamma = weight.to(weight_type).contiguous();
+    const at::Tensor beta = bias.to(weight_type).contiguous();
+    auto run = [&](auto* tag, auto* weight_tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      using W = std::remove_pointer_t<decltype(weight_tag)>;
+      const T* ap = a.data_ptr<T>();
+      const T* bp = b.data_ptr<T>();
+      const W* gp = gamma.data_ptr<W>();
+      const W* pp = beta.data_ptr<W>();
+      T* sp = sum.data_ptr<T>();
+      T* op = out.data_ptr<T>();
+      ForRows(rows, width, [&](int64_t begin, int64_t end) {
+        if constexpr (std::is_same_v<T, float> && std::is_same_v<W, float>) {
+          if (!avx512) {
+            AddLayerNormRowsAvx2(ap, bp, b_rows, gp, pp, sp, op, begin, end, width, eps_f);
+            return;
+          }
+        }
+        AddLayerNormRows(ap, bp, b_rows, gp, pp, sp, op, begin, end, width, eps_f);
+      });
+    };
+    if (type == at::kFloat) {
+      run(static_cast<float*>(nullptr), static_cast<float*>(nullptr));
+    } else if (weight_type == at::kBFloat16) {
+      run(static_cast<c10::BFloat16*>(nullptr), static_cast<c10::BFloat16*>(nullptr));
+    } else {
+      run(static_cast<c10::BFloat16*>(nullptr), static_cast<float*>(nullptr));
+    }
+    return {sum, out};
+  }
+#endif
+  at::Tensor sum = at::add(a_in, b_in);
+  at::Tensor out = at::layer_norm(sum, {weight.defined() ? weight.numel() : sum.size(-1)}, weight, bias, eps);
+  return {sum, out};
+}
+
+TORCH_LIBRARY_FRAGMENT(clip_native, m) {
+  m.def("add_layer_norm(Tensor a, Tensor b, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(clip_native, CPU, m) { m.impl("add_layer_norm", &AddLayerNorm); }
+
+}  // namespace clip
