@@ -107,10 +107,12 @@ export interface NativeCpuKernels {
    */
   fusedMlps: { image: number; text: number };
   /**
-   * How many residual adds of each chosen encoder run together with the LayerNorm that reads their sum, as one
-   * operator of clip-native's own kernel (every candidate but `archive`, `autocast` and `aten`, on x86-64 with
-   * AVX-512F or AVX2 + FMA): one pass per row, and no parallel region for the few rows of a caption.
+   * How many LayerNorms of each chosen encoder run on clip-native's own kernel (every candidate but `archive`,
+   * `autocast` and `aten`, on x86-64 with AVX-512F or AVX2 + FMA): one pass per row, and no parallel region for the
+   * few rows of a caption.
    */
+  layerNorms: { image: number; text: number };
+  /** Of those, how many run together with the residual add whose sum they read, as one operator. */
   fusedLayerNorms: { image: number; text: number };
   /**
    * Whether the graphs of the oneDNN and int8 candidates take that kernel, and how it was decided: `measurement` (a

@@ -436,9 +436,13 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     mlps.Set("text", k.text_fused_mlps);
     kernels.Set("fusedMlps", mlps);
     Napi::Object norms = Napi::Object::New(env);
-    norms.Set("image", k.image_fused_norms);
-    norms.Set("text", k.text_fused_norms);
-    kernels.Set("fusedLayerNorms", norms);
+    norms.Set("image", k.image_layer_norms);
+    norms.Set("text", k.text_layer_norms);
+    kernels.Set("layerNorms", norms);
+    Napi::Object fused_norms = Napi::Object::New(env);
+    fused_norms.Set("image", k.image_fused_norms);
+    fused_norms.Set("text", k.text_fused_norms);
+    kernels.Set("fusedLayerNorms", fused_norms);
     Napi::Object attention_choice = Napi::Object::New(env);
     attention_choice.Set("kernel", k.attention_kernel);
     attention_choice.Set("selectedBy", k.attention_selected_by);

@@ -20,42 +20,56 @@ namespace clip {
 namespace {
 
 #ifdef CLIP_NORM_KERNEL
-// Rows [begin, end) of `width` values: sum = a + b, row r of a with row
-// r % b_rows of b (stored as T, and read
-// back as stored, so that a bfloat16 sum is normalized as aten normalizes
-// the rounded sum it stored), then (sum - mean) / sqrt(var + eps) * gamma +
-// beta; the moments from the stored sums in two passes over a row that sits
-// in L1 (for the precision of aten's).
-template <typename T, typename W>
+// Values j..j+15 of a row's sum: with kAdd a + b, stored at `sum` and
+// returned as stored (bfloat16: rounded); else a's.
+template <bool kAdd, typename T>
+__attribute__((target("avx512f"))) inline __m512 RowSum16(const T* a, const T* b, T* sum, int64_t j) {
+  if constexpr (!kAdd) {
+    return simd::Load16(a + j);
+  } else {
+    __m512 s = _mm512_add_ps(simd::Load16(a + j), simd::Load16(b + j));
+    simd::Store16(sum + j, s);
+    if constexpr (std::is_same_v<T, c10::BFloat16>) s = simd::RoundToBFloat16(s);
+    return s;
+  }
+}
+
+// The same for 8 float32 values on AVX2.
+template <bool kAdd>
+__attribute__((target("avx2"))) inline __m256 RowSum8(const float* a, const float* b, float* sum, int64_t j) {
+  if constexpr (!kAdd) {
+    return _mm256_loadu_ps(a + j);
+  } else {
+    const __m256 s = _mm256_add_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j));
+    _mm256_storeu_ps(sum + j, s);
+    return s;
+  }
+}
+
+// Rows [begin, end) of `width` values: with kAdd, sum = a + b, row r of a
+// with row r % b_rows of b (stored as T, and read back as stored, so that a
+// bfloat16 sum is normalized as aten normalizes the rounded sum it stored),
+// else sum = a (b and `sum` unused); then (sum - mean) / sqrt(var + eps) *
+// gamma + beta; the moments from the sums in two passes over a row that
+// sits in L1 (for the precision of aten's).
+template <bool kAdd, typename T, typename W>
 __attribute__((target("avx512f"))) void AddLayerNormRows(const T* a, const T* b, int64_t b_rows, const W* gamma,
                                                          const W* beta, T* sum, T* out, int64_t begin, int64_t end,
                                                          int64_t width, float eps) {
   const float inverse_width = 1.0f / static_cast<float>(width);
   for (int64_t r = begin; r < end; ++r) {
     const T* ar = a + r * width;
-    const T* br = b + (r % b_rows) * width;
-    T* sr = sum + r * width;
+    const T* br = kAdd ? b + (r % b_rows) * width : nullptr;
+    T* sw = kAdd ? sum + r * width : nullptr;
+    const T* sr = kAdd ? sw : ar;
     T* yr = out + r * width;
     __m512 total0 = _mm512_setzero_ps(), total1 = _mm512_setzero_ps();
     int64_t j = 0;
     for (; j + 32 <= width; j += 32) {
-      __m512 s0 = _mm512_add_ps(simd::Load16(ar + j), simd::Load16(br + j));
-      __m512 s1 = _mm512_add_ps(simd::Load16(ar + j + 16), simd::Load16(br + j + 16));
-      simd::Store16(sr + j, s0);
-      simd::Store16(sr + j + 16, s1);
-      if constexpr (std::is_same_v<T, c10::BFloat16>) {
-        s0 = simd::RoundToBFloat16(s0);
-        s1 = simd::RoundToBFloat16(s1);
-      }
-      total0 = _mm512_add_ps(total0, s0);
-      total1 = _mm512_add_ps(total1, s1);
+      total0 = _mm512_add_ps(total0, RowSum16<kAdd>(ar, br, sw, j));
+      total1 = _mm512_add_ps(total1, RowSum16<kAdd>(ar, br, sw, j + 16));
     }
-    if (j < width) {  // width is a multiple of 16
-      __m512 s = _mm512_add_ps(simd::Load16(ar + j), simd::Load16(br + j));
-      simd::Store16(sr + j, s);
-      if constexpr (std::is_same_v<T, c10::BFloat16>) s = simd::RoundToBFloat16(s);
-      total0 = _mm512_add_ps(total0, s);
-    }
+    if (j < width) total0 = _mm512_add_ps(total0, RowSum16<kAdd>(ar, br, sw, j));  // width is a multiple of 16
     const float rough_mean = simd::Sum16(_mm512_add_ps(total0, total1)) * inverse_width;
     const __m512 rough16 = _mm512_set1_ps(rough_mean);
     __m512 offsets = _mm512_setzero_ps(), squares0 = _mm512_setzero_ps(), squares1 = _mm512_setzero_ps();
@@ -86,6 +100,7 @@ __attribute__((target("avx512f"))) void AddLayerNormRows(const T* a, const T* b,
 }
 
 // The same on AVX2 + FMA, float32 (width a multiple of 8).
+template <bool kAdd>
 __attribute__((target("avx2,fma"))) void AddLayerNormRowsAvx2(const float* a, const float* b, int64_t b_rows,
                                                               const float* gamma, const float* beta, float* sum,
                                                               float* out, int64_t begin, int64_t end, int64_t width,
@@ -93,24 +108,17 @@ __attribute__((target("avx2,fma"))) void AddLayerNormRowsAvx2(const float* a, co
   const float inverse_width = 1.0f / static_cast<float>(width);
   for (int64_t r = begin; r < end; ++r) {
     const float* ar = a + r * width;
-    const float* br = b + (r % b_rows) * width;
-    float* sr = sum + r * width;
+    const float* br = kAdd ? b + (r % b_rows) * width : nullptr;
+    float* sw = kAdd ? sum + r * width : nullptr;
+    const float* sr = kAdd ? sw : ar;
     float* yr = out + r * width;
     __m256 total0 = _mm256_setzero_ps(), total1 = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 16 <= width; j += 16) {
-      const __m256 s0 = _mm256_add_ps(_mm256_loadu_ps(ar + j), _mm256_loadu_ps(br + j));
-      const __m256 s1 = _mm256_add_ps(_mm256_loadu_ps(ar + j + 8), _mm256_loadu_ps(br + j + 8));
-      _mm256_storeu_ps(sr + j, s0);
-      _mm256_storeu_ps(sr + j + 8, s1);
-      total0 = _mm256_add_ps(total0, s0);
-      total1 = _mm256_add_ps(total1, s1);
+      total0 = _mm256_add_ps(total0, RowSum8<kAdd>(ar, br, sw, j));
+      total1 = _mm256_add_ps(total1, RowSum8<kAdd>(ar, br, sw, j + 8));
     }
-    if (j < width) {  // width is a multiple of 8
-      const __m256 s = _mm256_add_ps(_mm256_loadu_ps(ar + j), _mm256_loadu_ps(br + j));
-      _mm256_storeu_ps(sr + j, s);
-      total0 = _mm256_add_ps(total0, s);
-    }
+    if (j < width) total0 = _mm256_add_ps(total0, RowSum8<kAdd>(ar, br, sw, j));  // width is a multiple of 8
     const float rough_mean = simd::Sum8(_mm256_add_ps(total0, total1)) * inverse_width;
     const __m256 rough8 = _mm256_set1_ps(rough_mean);
     __m256 offsets = _mm256_setzero_ps(), squares0 = _mm256_setzero_ps(), squares1 = _mm256_setzero_ps();
@@ -194,50 +202,65 @@ bool AddLayerNormKernelApplies(const at::Tensor& a, const at::Tensor& b, const a
 #endif
 }
 
+namespace {
+
+#ifdef CLIP_NORM_KERNEL
+// The kernel over a's rows: with b (a's row r with b's row r % b_rows),
+// the sum into `sum`; the norm into `out`. The operands as
+// AddLayerNormKernelApplies takes them.
+void RunKernel(const at::Tensor& a, const at::Tensor* b, const at::Tensor& weight, const at::Tensor& bias, double eps,
+               at::Tensor* sum, at::Tensor& out) {
+  const at::ScalarType type = a.scalar_type();
+  const bool avx512 = GetCpuFeatures().avx512f;
+  const int64_t width = a.size(-1);
+  const int64_t rows = a.numel() / width;
+  const int64_t b_rows = b ? std::max<int64_t>(1, b->numel() / width) : 1;
+  const float eps_f = static_cast<float>(eps);
+  // Weights of the activations' type as they are; any other type as float32.
+  const at::ScalarType weight_type = weight.scalar_type() == type && bias.scalar_type() == type ? type : at::kFloat;
+  const at::Tensor gamma = weight.to(weight_type).contiguous();
+  const at::Tensor beta = bias.to(weight_type).contiguous();
+  auto run = [&](auto* tag, auto* weight_tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    using W = std::remove_pointer_t<decltype(weight_tag)>;
+    const T* ap = a.data_ptr<T>();
+    const T* bp = b ? b->data_ptr<T>() : nullptr;
+    const W* gp = gamma.data_ptr<W>();
+    const W* pp = beta.data_ptr<W>();
+    T* sp = sum ? sum->data_ptr<T>() : nullptr;
+    T* op = out.data_ptr<T>();
+    ForRows(rows, width, [&](int64_t begin, int64_t end) {
+      if constexpr (std::is_same_v<T, float> && std::is_same_v<W, float>) {
+        if (!avx512) {
+          if (b) return AddLayerNormRowsAvx2<true>(ap, bp, b_rows, gp, pp, sp, op, begin, end, width, eps_f);
+          return AddLayerNormRowsAvx2<false>(ap, bp, b_rows, gp, pp, sp, op, begin, end, width, eps_f);
+        }
+      }
+      if (b) return AddLayerNormRows<true>(ap, bp, b_rows, gp, pp, sp, op, begin, end, width, eps_f);
+      AddLayerNormRows<false>(ap, bp, b_rows, gp, pp, sp, op, begin, end, width, eps_f);
+    });
+  };
+  if (type == at::kFloat) {
+    run(static_cast<float*>(nullptr), static_cast<float*>(nullptr));
+  } else if (weight_type == at::kBFloat16) {
+    run(static_cast<c10::BFloat16*>(nullptr), static_cast<c10::BFloat16*>(nullptr));
+  } else {
+    run(static_cast<c10::BFloat16*>(nullptr), static_cast<float*>(nullptr));
+  }
+}
+#endif
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> AddLayerNorm(const at::Tensor& a_in, const at::Tensor& b_in,
                                                 const at::Tensor& weight, const at::Tensor& bias, double eps) {
 #ifdef CLIP_NORM_KERNEL
   if (AddLayerNormKernelApplies(a_in, b_in, weight, bias)) {
     const at::Tensor& a = a_in.numel() >= b_in.numel() ? a_in : b_in;
     const at::Tensor& b = a_in.numel() >= b_in.numel() ? b_in : a_in;
-    const at::ScalarType type = a.scalar_type();
-    const bool avx512 = GetCpuFeatures().avx512f;
-    const int64_t width = a.size(-1);
-    const int64_t b_rows = std::max<int64_t>(1, b.numel() / width);
-    const int64_t rows = a.numel() / width;
     at::Tensor sum = at::empty_like(a, at::MemoryFormat::Contiguous);
     at::Tensor out = at::empty_like(a, at::MemoryFormat::Contiguous);
-    const float eps_f = static_cast<float>(eps);
-    // Weights of the activations' type as they are; any other type as float32.
-    const at::ScalarType weight_type = weight.scalar_type() == type && bias.scalar_type() == type ? type : at::kFloat;
-    const at::Tensor gamma = weight.to(weight_type).contiguous();
-    const at::Tensor beta = bias.to(weight_type).contiguous();
-    auto run = [&](auto* tag, auto* weight_tag) {
-      using T = std::remove_pointer_t<decltype(tag)>;
-      using W = std::remove_pointer_t<decltype(weight_tag)>;
-      const T* ap = a.data_ptr<T>();
-      const T* bp = b.data_ptr<T>();
-      const W* gp = gamma.data_ptr<W>();
-      const W* pp = beta.data_ptr<W>();
-      T* sp = sum.data_ptr<T>();
-      T* op = out.data_ptr<T>();
-      ForRows(rows, width, [&](int64_t begin, int64_t end) {
-        if constexpr (std::is_same_v<T, float> && std::is_same_v<W, float>) {
-          if (!avx512) {
-            AddLayerNormRowsAvx2(ap, bp, b_rows, gp, pp, sp, op, begin, end, width, eps_f);
-            return;
-          }
-        }
-        AddLayerNormRows(ap, bp, b_rows, gp, pp, sp, op, begin, end, width, eps_f);
-      });
-    };
-    if (type == at::kFloat) {
-      run(static_cast<float*>(nullptr), static_cast<float*>(nullptr));
-    } else if (weight_type == at::kBFloat16) {
-      run(static_cast<c10::BFloat16*>(nullptr), static_cast<c10::BFloat16*>(nullptr));
-    } else {
-      run(static_cast<c10::BFloat16*>(nullptr), static_cast<float*>(nullptr));
-    }
+    RunKernel(a, &b, weight, bias, eps, &sum, out);
     return {sum, out};
   }
 #endif
@@ -246,10 +269,29 @@ std::tuple<at::Tensor, at::Tensor> AddLayerNorm(const at::Tensor& a_in, const at
   return {sum, out};
 }
 
-TORCH_LIBRARY_FRAGMENT(clip_native, m) {
-  m.def("add_layer_norm(Tensor a, Tensor b, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor)");
+bool LayerNormKernelApplies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return AddLayerNormKernelApplies(x, x, weight, bias);
 }
 
-TORCH_LIBRARY_IMPL(clip_native, CPU, m) { m.impl("add_layer_norm", &AddLayerNorm); }
+at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+#ifdef CLIP_NORM_KERNEL
+  if (LayerNormKernelApplies(x, weight, bias)) {
+    at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+    RunKernel(x, nullptr, weight, bias, eps, nullptr, out);
+    return out;
+  }
+#endif
+  return at::layer_norm(x, {weight.defined() ? weight.numel() : x.size(-1)}, weight, bias, eps);
+}
+
+TORCH_LIBRARY_FRAGMENT(clip_native, m) {
+  m.def("add_layer_norm(Tensor a, Tensor b, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor)");
+  m.def("layer_norm(Tensor x, Tensor weight, Tensor bias, float eps) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(clip_native, CPU, m) {
+  m.impl("add_layer_norm", &AddLayerNorm);
+  m.impl("layer_norm", &LayerNorm);
+}
 
 }  // namespace clip

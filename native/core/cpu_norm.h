@@ -1,4 +1,5 @@
-// A residual add and the LayerNorm that reads its result, as one operator.
+// A residual add and the LayerNorm that reads its result, as one operator
+// (and a LayerNorm alone on the same kernel).
 // Every transformer block of CLIP computes x + attention(...) and then
 // layer_norm2 of it, and x + mlp(...) and then the next block's layer_norm1:
 // as aten operators that is two dispatches, two fresh tensors and, for
@@ -36,6 +37,15 @@ bool AddLayerNormKernelApplies(const at::Tensor& a, const at::Tensor& b, const a
                                const at::Tensor& bias);
 std::tuple<at::Tensor, at::Tensor> AddLayerNorm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
                                                 const at::Tensor& bias, double eps);
+
+// layer_norm(x, [W], weight, bias, eps) on the same kernel, without the
+// add: for the LayerNorms that no residual add feeds (the one after an
+// image's pre-LayerNorm, those after rows are gathered). Takes the kernel
+// where AddLayerNorm would for a = b = x, else runs aten::layer_norm. Also
+// the TorchScript operator clip_native::layer_norm, which Model::Load puts
+// in place of such an aten::layer_norm.
+bool LayerNormKernelApplies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);
 
 // Values (rows x W) from which the rows are split over the threads: below,
 // one thread normalizes them faster than a parallel region starts.

@@ -646,11 +646,26 @@ int RewritePackedAttention(const std::shared_ptr<torch::jit::Graph>& graph) {
   return static_cast<int>(matches.size());
 }
 
+// Whether `norm` is an aten::layer_norm over the last dimension with
+// constant weight and bias (of that dimension's size) and eps.
+bool IsConstantLayerNorm(torch::jit::Node* norm) {
+  if (norm->kind() != c10::aten::layer_norm || norm->inputs().size() != 6) return false;
+  const std::optional<at::Tensor> weight = ConstantTensor(norm->input(2));
+  const std::optional<at::Tensor> bias = ConstantTensor(norm->input(3));
+  const auto shape = torch::jit::toIValue(norm->input(1));
+  return weight && bias && ConstantNumber(norm->input(4)) && shape && shape->isIntList() &&
+         shape->toIntVector() == std::vector<int64_t>{weight->numel()} && weight->dim() == 1 &&
+         bias->sizes() == weight->sizes();
+}
+
 // A residual add whose result a LayerNorm reads, sum = a + b and
 // layer_norm(sum, [W], weight, bias, eps) with constant weight and bias of W
-// values -> one clip_native::add_layer_norm (cpu_norm.h) giving both, in
-// every graph that is not the archive's own. Returns how many.
-int RewriteAddLayerNorms(const std::shared_ptr<torch::jit::Graph>& graph) {
+// values -> one clip_native::add_layer_norm (cpu_norm.h) giving both; then
+// every other such LayerNorm -> clip_native::layer_norm. In every graph
+// that is not the archive's own. Returns how many LayerNorms were
+// rewritten, and sets `with_add` to how many of them took their add along.
+int RewriteLayerNorms(const std::shared_ptr<torch::jit::Graph>& graph, int* with_add) {
+  *with_add = 0;
   if (!AddLayerNormAvailable(at::kFloat)) return 0;
   const auto add_layer_norm = c10::Symbol::fromQualString("clip_native::add_layer_norm");
   struct Match {
@@ -659,18 +674,10 @@ int RewriteAddLayerNorms(const std::shared_ptr<torch::jit::Graph>& graph) {
   };
   std::vector<Match> matches;
   for (torch::jit::Node* norm : graph->nodes()) {
-    if (norm->kind() != c10::aten::layer_norm || norm->inputs().size() != 6) continue;
+    if (!IsConstantLayerNorm(norm)) continue;
     torch::jit::Node* add = Producer(norm->input(0), c10::aten::add);
     if (!add || add->inputs().size() != 3 || add->owningBlock() != norm->owningBlock() ||
         !add->input(1)->type()->isSubtypeOf(*c10::TensorType::get()) || ConstantNumber(add->input(2)) != 1.0) {
-      continue;
-    }
-    const std::optional<at::Tensor> weight = ConstantTensor(norm->input(2));
-    const std::optional<at::Tensor> bias = ConstantTensor(norm->input(3));
-    const auto shape = torch::jit::toIValue(norm->input(1));
-    if (!weight || !bias || !ConstantNumber(norm->input(4)) || !shape || !shape->isIntList() ||
-        shape->toIntVector() != std::vector<int64_t>{weight->numel()} || weight->dim() != 1 ||
-        bias->sizes() != weight->sizes()) {
       continue;
     }
     matches.push_back({add, norm});
@@ -692,9 +699,23 @@ int RewriteAddLayerNorms(const std::shared_ptr<torch::jit::Graph>& graph) {
     m.norm->destroy();
     m.add->destroy();
   }
+  const auto layer_norm = c10::Symbol::fromQualString("clip_native::layer_norm");
+  std::vector<torch::jit::Node*> alone;
+  for (torch::jit::Node* norm : graph->nodes()) {
+    if (IsConstantLayerNorm(norm)) alone.push_back(norm);
+  }
+  for (torch::jit::Node* norm : alone) {
+    torch::jit::WithInsertPoint insert_point(norm);
+    torch::jit::Node* own = graph->create(layer_norm, {norm->input(0), norm->input(2), norm->input(3), norm->input(4)});
+    own->output()->setType(c10::TensorType::get());
+    graph->insertNode(own);
+    norm->output()->replaceAllUsesWith(own->output());
+    norm->destroy();
+  }
   torch::jit::EliminateDeadCode(graph);
   graph->lint();
-  return static_cast<int>(matches.size());
+  *with_add = static_cast<int>(matches.size());
+  return static_cast<int>(matches.size() + alone.size());
 }
 
 // Linears with constant float32 weights -> quantized::linear_dynamic on
@@ -877,11 +898,11 @@ torch::Tensor Forward(Model::Encoder& encoder, const torch::Tensor& input) {
 Model::Encoder BuildCandidate(const torch::jit::script::Module& archive, const std::string& name, Precision precision,
                               bool attention_kernel) {
   Model::Encoder encoder;
-  // The operators between the linears: residual adds with their LayerNorms
-  // always, the attention where its kernel was chosen.
+  // The operators between the linears: LayerNorms (with the residual adds
+  // before them) always, the attention where its kernel was chosen.
   auto rewrite_small_ops = [&] {
     const std::shared_ptr<torch::jit::Graph> graph = encoder.module.get_method("forward").graph();
-    encoder.fused_norms = RewriteAddLayerNorms(graph);
+    encoder.layer_norms = RewriteLayerNorms(graph, &encoder.fused_norms);
     if (!attention_kernel) return;
     encoder.attention_matmuls = RewriteAttentionMatmuls(graph, &encoder.fused_attentions);
     encoder.packed_attentions = RewritePackedAttention(graph);
@@ -1615,6 +1636,8 @@ void Model::ChooseCpuKernels(torch::jit::script::Module image_archive,
   cpu_kernels_.text_fused_mlps = text_encoder_.fused_mlps;
   cpu_kernels_.image_fused_norms = image_encoder_.fused_norms;
   cpu_kernels_.text_fused_norms = text_encoder_.fused_norms;
+  cpu_kernels_.image_layer_norms = image_encoder_.layer_norms;
+  cpu_kernels_.text_layer_norms = text_encoder_.layer_norms;
 }
 
 int64_t Model::cuda_stream_id() const {

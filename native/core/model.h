@@ -100,8 +100,11 @@ struct CpuKernelChoice {
   // operator of clip-native's linear (clip_native::mlp_rows: cpu_linear.h).
   int image_fused_mlps = 0;
   int text_fused_mlps = 0;
-  // How many residual adds of each encoder run with the LayerNorm that reads
-  // their sum as one operator (clip_native::add_layer_norm: cpu_norm.h).
+  // How many LayerNorms of each encoder run on clip-native's kernel
+  // (cpu_norm.h), and how many of them together with the residual add whose
+  // sum they read (clip_native::add_layer_norm; the rest clip_native::layer_norm).
+  int image_layer_norms = 0;
+  int text_layer_norms = 0;
   int image_fused_norms = 0;
   int text_fused_norms = 0;
   // Whether the oneDNN and int8 candidates' graphs take that kernel, and how
@@ -168,7 +171,8 @@ class Model {
     int fused_attentions = 0;   // of those, pairs fused into clip_native::attention
     int packed_attentions = 0;  // of those, clip_native::packed_attention
     int fused_mlps = 0;         // pairs of linears run as clip_native::mlp_rows
-    int fused_norms = 0;        // adds and LayerNorms run as clip_native::add_layer_norm
+    int layer_norms = 0;        // LayerNorms on clip_native::add_layer_norm or layer_norm
+    int fused_norms = 0;        // of those, with their residual add
   };
 
  private:

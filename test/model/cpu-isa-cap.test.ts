@@ -85,7 +85,14 @@ t.test(
       `candidates ${kernels.candidates.join(', ')}`,
     );
     t.same(kernels.fusedMlps, { image: 2, text: 2 }, "each MLP as one operator of clip-native's linear");
-    t.same(kernels.fusedLayerNorms, { image: 4, text: 3 }, 'adds with their LayerNorms on the AVX2 kernel');
+    t.same(
+      [kernels.layerNorms, kernels.fusedLayerNorms],
+      [
+        { image: 6, text: 5 },
+        { image: 4, text: 3 },
+      ],
+      'LayerNorms, with their adds, on the AVX2 kernel',
+    );
     // The attention's float32 tiles run on AVX2 as well (the rule takes them on a CPU that is not Intel's).
     t.equal(kernels.attentionKernel.selectedBy, 'rule', 'the attention kernel chosen by rule');
     const ownAttention = kernels.attentionKernel.kernel;

@@ -102,14 +102,23 @@ t.test('every candidate of every CPU dtype, forced, agrees with float32 through 
       // clip-native's own linear runs each layer's MLP as one operator.
       const ownLinear = ['avx512', 'avx2', 'avx512-bf16', 'avx512-bf16w', 'avx2-bf16w'].includes(name);
       t.same(kernels.fusedMlps, { image: ownLinear ? 2 : 0, text: ownLinear ? 2 : 0 }, `${label}: MLPs fused`);
-      // Residual adds with the LayerNorm that reads their sum, as one operator (cpu_norm.h), in every graph but the
-      // archive's own: the image's embeddings with its pre-LayerNorm, then 2 per layer, less the last layer's second
-      // (it gathers rows first) and, in the text, the embeddings' (gathered too).
+      // Every LayerNorm on clip-native's kernel (cpu_norm.h) in every graph but the archive's own: 2 per layer, the
+      // image's pre- and post-LayerNorm, the text's final one. Those a residual add feeds take the add along: all
+      // but the first layer's first (the image's pre-LayerNorm before it; the text's embeddings gathered) and the
+      // last layer's second (its rows gathered first); the image's pre-LayerNorm takes the embeddings' add.
       const ownNorms = attentionApplies('float32') && name !== 'aten' && name !== 'autocast';
       t.same(
-        kernels.fusedLayerNorms,
-        { image: ownNorms ? 4 : 0, text: ownNorms ? 3 : 0 },
-        `${label}: adds with their LayerNorms fused`,
+        [kernels.layerNorms, kernels.fusedLayerNorms],
+        ownNorms
+          ? [
+              { image: 6, text: 5 },
+              { image: 4, text: 3 },
+            ]
+          : [
+              { image: 0, text: 0 },
+              { image: 0, text: 0 },
+            ],
+        `${label}: LayerNorms on clip-native's kernel, with their adds`,
       );
       // Texts run packed (the archive has forward_packed); the fused layers then take each text's rows in place.
       t.same(

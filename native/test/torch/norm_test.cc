@@ -1,5 +1,6 @@
-// Standalone test for clip::AddLayerNorm and the TorchScript operator
-// clip_native::add_layer_norm (cpu_norm.h) against what they stand for,
+// Standalone test for clip::AddLayerNorm and clip::LayerNorm and the
+// TorchScript operators clip_native::add_layer_norm and
+// clip_native::layer_norm (cpu_norm.h) against what they stand for,
 // aten::add and then aten::layer_norm of its result: the sum bit for bit,
 // the norm within float32 rounding (bfloat16: within one unit in the last
 // place, the two rounding sums made in different orders). Covers a caption's
@@ -74,6 +75,16 @@ void CheckCase(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weigh
   CheckNorm(norm, want, what);
 }
 
+// LayerNorm(x, weight, bias) against aten::layer_norm, and whether the
+// kernel took it.
+void CheckNormOnly(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, bool kernel,
+                   const std::string& name) {
+  const std::string what = name + ", LayerNorm alone (" + TypeName(x.scalar_type()) + " " + Sizes(x.sizes()) + ")";
+  Check(clip::LayerNormKernelApplies(x, weight, bias) == kernel,
+        what + (kernel ? ": the kernel takes it" : ": left to aten"));
+  CheckNorm(clip::LayerNorm(x, weight, bias, kEps), at::layer_norm(x, {weight.numel()}, weight, bias, kEps), what);
+}
+
 struct Inputs {
   at::Tensor a, b, weight, bias;
 };
@@ -112,6 +123,7 @@ void TestShapes() {
     for (const Case& c : cases) {
       const Inputs x = Make(c.a, c.b, type, type, seed++);
       CheckCase(x.a, x.b, x.weight, x.bias, available, c.name);
+      CheckNormOnly(x.a, x.weight, x.bias, available, c.name);
     }
     // Weights in float32 under bfloat16 activations.
     if (type == at::kBFloat16) {
@@ -121,12 +133,15 @@ void TestShapes() {
     // A width of 8 (not 16) per vector: only the AVX2 kernel takes it.
     const Inputs narrow = Make({5, 24}, {5, 24}, type, type, seed++);
     CheckCase(narrow.a, narrow.b, narrow.weight, narrow.bias, available && !avx512, "width 24");
+    CheckNormOnly(narrow.a, narrow.weight, narrow.bias, available && !avx512, "width 24");
     // What goes to aten: a width of no whole vector, a transposed operand,
     // operands that only broadcast elementwise, a 2-d weight.
     const Inputs odd = Make({6, 100}, {6, 100}, type, type, seed++);
     CheckCase(odd.a, odd.b, odd.weight, odd.bias, false, "width 100");
+    CheckNormOnly(odd.a, odd.weight, odd.bias, false, "width 100");
     const Inputs square = Make({64, 64}, {64, 64}, type, type, seed++);
     CheckCase(square.a.t(), square.b, square.weight, square.bias, false, "a transposed");
+    CheckNormOnly(square.a.t(), square.weight, square.bias, false, "transposed");
     const Inputs column = Make({6, 64}, {6, 1}, type, type, seed++);
     const at::Tensor wide_column = column.b.expand({6, 64}).contiguous();
     CheckCase(column.a, column.b.expand({6, 64}), column.weight, column.bias, false, "b expanded (not contiguous)");
@@ -157,6 +172,9 @@ void TestValues() {
   const double own_error = at::max(at::abs(offset_norm.to(at::kDouble) - exact)).item<double>();
   Check(own_error <= 2 * aten_error + 1e-5, "rows near 1000: error " + std::to_string(own_error) + " against aten's " +
                                                 std::to_string(aten_error) + " (float64 the reference)");
+  const double alone_error =
+      at::max(at::abs(clip::LayerNorm(offset, weight, bias, kEps).to(at::kDouble) - exact)).item<double>();
+  Check(alone_error <= 2 * aten_error + 1e-5, "rows near 1000, LayerNorm alone: error " + std::to_string(alone_error));
   const at::Tensor constant = at::full({3, 512}, 2.5f);
   CheckCase(constant, at::full({3, 512}, -1.0f), weight, bias, available, "rows of one value");
   const auto [sum, norm] = clip::AddLayerNorm(constant, at::full({3, 512}, -1.0f), weight, bias, kEps);
@@ -182,6 +200,7 @@ void TestThreads() {
 // graphs call it: both outputs, the same bits as AddLayerNorm.
 void TestOperator() {
   const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clip_native::add_layer_norm", "");
+  const auto alone = c10::Dispatcher::singleton().findSchemaOrThrow("clip_native::layer_norm", "");
   for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
     const Inputs x = Make({2, 13, 512}, {2, 13, 512}, type, type, 5);
     torch::jit::Stack stack{x.a, x.b, x.weight, x.bias, kEps};
@@ -189,6 +208,10 @@ void TestOperator() {
     const auto [sum, norm] = clip::AddLayerNorm(x.a, x.b, x.weight, x.bias, kEps);
     Check(stack.size() == 2 && at::equal(stack[0].toTensor(), sum) && at::equal(stack[1].toTensor(), norm),
           "clip_native::add_layer_norm (" + TypeName(type) + "): AddLayerNorm's two outputs");
+    torch::jit::Stack one{x.a, x.weight, x.bias, kEps};
+    alone.callBoxed(&one);
+    Check(one.size() == 1 && at::equal(one[0].toTensor(), clip::LayerNorm(x.a, x.weight, x.bias, kEps)),
+          "clip_native::layer_norm (" + TypeName(type) + "): LayerNorm's output");
   }
 }
 
