@@ -159,6 +159,19 @@ void ForRows(int64_t rows, int64_t width, const Fn& fn) {
   at::parallel_for(0, rows, grain, fn);
 }
 
+// The operand whose sizes are the sum's, the other's sizes (leading 1s
+// aside) its trailing ones, so that row r of it meets row r % rows of the
+// other (either way round: the sum is the same); null if neither is.
+const at::Tensor* Wider(const at::Tensor& a, const at::Tensor& b) {
+  for (const at::Tensor* wide : {&a, &b}) {
+    at::IntArrayRef narrow = (wide == &a ? b : a).sizes();
+    if (narrow.size() > wide->sizes().size()) continue;  // the sum would have the other's dimensions
+    while (!narrow.empty() && narrow.front() == 1) narrow = narrow.slice(1);
+    if (!narrow.empty() && wide->sizes().slice(wide->sizes().size() - narrow.size()) == narrow) return wide;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 bool AddLayerNormAvailable(at::ScalarType dtype) {
@@ -180,15 +193,7 @@ bool AddLayerNormKernelApplies(const at::Tensor& a, const at::Tensor& b, const a
       !b.device().is_cpu() || !a.is_contiguous() || !b.is_contiguous()) {
     return false;
   }
-  // The smaller one's sizes, without leading 1s, the trailing sizes of the
-  // other (either way round: the sum is the same).
-  const at::Tensor& big = a.numel() >= b.numel() ? a : b;
-  at::IntArrayRef small = (a.numel() >= b.numel() ? b : a).sizes();
-  while (!small.empty() && small.front() == 1) small = small.slice(1);
-  if (small.empty() || small.size() > big.sizes().size() ||
-      big.sizes().slice(big.sizes().size() - small.size()) != small) {
-    return false;
-  }
+  if (!Wider(a, b)) return false;
   const int64_t width = a.size(-1);
   const bool avx512 = GetCpuFeatures().avx512f;
   return width > 0 && width % (avx512 ? 16 : 8) == 0 && weight.defined() && bias.defined() &&
@@ -256,8 +261,8 @@ std::tuple<at::Tensor, at::Tensor> AddLayerNorm(const at::Tensor& a_in, const at
                                                 const at::Tensor& weight, const at::Tensor& bias, double eps) {
 #ifdef CLIP_NORM_KERNEL
   if (AddLayerNormKernelApplies(a_in, b_in, weight, bias)) {
-    const at::Tensor& a = a_in.numel() >= b_in.numel() ? a_in : b_in;
-    const at::Tensor& b = a_in.numel() >= b_in.numel() ? b_in : a_in;
+    const at::Tensor& a = *Wider(a_in, b_in);
+    const at::Tensor& b = &a == &a_in ? b_in : a_in;
     at::Tensor sum = at::empty_like(a, at::MemoryFormat::Contiguous);
     at::Tensor out = at::empty_like(a, at::MemoryFormat::Contiguous);
     RunKernel(a, &b, weight, bias, eps, &sum, out);

@@ -26,6 +26,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -673,11 +674,13 @@ int RewriteLayerNorms(const std::shared_ptr<torch::jit::Graph>& graph, int* with
     torch::jit::Node* norm;
   };
   std::vector<Match> matches;
+  std::set<torch::jit::Node*> taken;  // an add that two LayerNorms read goes with the first
   for (torch::jit::Node* norm : graph->nodes()) {
     if (!IsConstantLayerNorm(norm)) continue;
     torch::jit::Node* add = Producer(norm->input(0), c10::aten::add);
     if (!add || add->inputs().size() != 3 || add->owningBlock() != norm->owningBlock() ||
-        !add->input(1)->type()->isSubtypeOf(*c10::TensorType::get()) || ConstantNumber(add->input(2)) != 1.0) {
+        !add->input(1)->type()->isSubtypeOf(*c10::TensorType::get()) || ConstantNumber(add->input(2)) != 1.0 ||
+        !taken.insert(add).second) {
       continue;
     }
     matches.push_back({add, norm});
@@ -686,7 +689,8 @@ int RewriteLayerNorms(const std::shared_ptr<torch::jit::Graph>& graph, int* with
     // In the add's place: the sum's other users (the residual stream) may
     // come before the norm. The constants it reads move up with it.
     for (torch::jit::Value* constant : {m.norm->input(2), m.norm->input(3), m.norm->input(4)}) {
-      if (constant->node()->isAfter(m.add)) constant->node()->moveBefore(m.add);
+      torch::jit::Node* node = constant->node();
+      if (node->owningBlock() == m.add->owningBlock() && node->isAfter(m.add)) node->moveBefore(m.add);
     }
     torch::jit::Node* fused = graph->create(
         add_layer_norm, {m.add->input(0), m.add->input(1), m.norm->input(2), m.norm->input(3), m.norm->input(4)},

@@ -119,6 +119,7 @@ void TestShapes() {
                                      {{3, 50, 768}, {50, 768}, "position embedding after the images"},
                                      {{1, 50, 768}, {3, 50, 768}, "position embedding before the images"},
                                      {{3, 50, 768}, {1, 50, 768}, "position embedding with a leading 1"},
+                                     {{50, 768}, {1, 50, 768}, "the sum one dimension more than a"},
                                      {{1, 768}, {1, 768}, "one row"}};
     for (const Case& c : cases) {
       const Inputs x = Make(c.a, c.b, type, type, seed++);
