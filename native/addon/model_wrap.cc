@@ -423,26 +423,18 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     calibration.Set("text", source(k.text_measured_by));
     calibration.Set("cacheFile", source(k.calibration_cache));
     kernels.Set("calibration", calibration);
-    Napi::Object attention = Napi::Object::New(env);
-    attention.Set("image", k.image_attention_matmuls);
-    attention.Set("text", k.text_attention_matmuls);
-    kernels.Set("attentionMatmuls", attention);
-    Napi::Object fused = Napi::Object::New(env);
-    fused.Set("image", k.image_fused_attentions);
-    fused.Set("text", k.text_fused_attentions);
-    kernels.Set("fusedAttentions", fused);
-    Napi::Object mlps = Napi::Object::New(env);
-    mlps.Set("image", k.image_fused_mlps);
-    mlps.Set("text", k.text_fused_mlps);
-    kernels.Set("fusedMlps", mlps);
-    Napi::Object norms = Napi::Object::New(env);
-    norms.Set("image", k.image_layer_norms);
-    norms.Set("text", k.text_layer_norms);
-    kernels.Set("layerNorms", norms);
-    Napi::Object fused_norms = Napi::Object::New(env);
-    fused_norms.Set("image", k.image_fused_norms);
-    fused_norms.Set("text", k.text_fused_norms);
-    kernels.Set("fusedLayerNorms", fused_norms);
+    // A count per encoder, as { image, text }.
+    auto per_encoder = [&](const char* name, int image, int text) {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("image", image);
+      o.Set("text", text);
+      kernels.Set(name, o);
+    };
+    per_encoder("attentionMatmuls", k.image_attention_matmuls, k.text_attention_matmuls);
+    per_encoder("fusedAttentions", k.image_fused_attentions, k.text_fused_attentions);
+    per_encoder("fusedMlps", k.image_fused_mlps, k.text_fused_mlps);
+    per_encoder("layerNorms", k.image_layer_norms, k.text_layer_norms);
+    per_encoder("fusedLayerNorms", k.image_fused_norms, k.text_fused_norms);
     Napi::Object attention_choice = Napi::Object::New(env);
     attention_choice.Set("kernel", k.attention_kernel);
     attention_choice.Set("selectedBy", k.attention_selected_by);
