@@ -145,7 +145,6 @@ __attribute__((target("avx2,fma"))) void AddLayerNormRowsAvx2(const float* a, co
     }
   }
 }
-#endif
 
 // fn(begin, end) over `rows` rows of `width`: on the calling thread below
 // kAddLayerNormParallelValues values, else split over the threads.
@@ -172,44 +171,27 @@ const at::Tensor* Wider(const at::Tensor& a, const at::Tensor& b) {
   return nullptr;
 }
 
-}  // namespace
-
-bool AddLayerNormAvailable(at::ScalarType dtype) {
-#ifdef CLIP_NORM_KERNEL
-  const CpuFeatures& cpu = GetCpuFeatures();
-  if (dtype == at::kFloat) return cpu.avx512f || (cpu.avx2 && cpu.fma);
-  return dtype == at::kBFloat16 && cpu.avx512f;
-#else
-  (void)dtype;
-  return false;
-#endif
-}
-
-bool AddLayerNormKernelApplies(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
-                               const at::Tensor& bias) {
-#ifdef CLIP_NORM_KERNEL
+// The operand of a and b whose sizes are the sum's when the kernel takes
+// them (AddLayerNormKernelApplies), else null.
+const at::Tensor* KernelWider(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+                              const at::Tensor& bias) {
   const at::ScalarType type = a.scalar_type();
   if (!AddLayerNormAvailable(type) || a.dim() == 0 || b.dim() == 0 || b.scalar_type() != type || !a.device().is_cpu() ||
       !b.device().is_cpu() || !a.is_contiguous() || !b.is_contiguous()) {
-    return false;
+    return nullptr;
   }
-  if (!Wider(a, b)) return false;
+  const at::Tensor* wider = Wider(a, b);
   const int64_t width = a.size(-1);
   const bool avx512 = GetCpuFeatures().avx512f;
-  return width > 0 && width % (avx512 ? 16 : 8) == 0 && weight.defined() && bias.defined() &&
-         weight.device().is_cpu() && bias.device().is_cpu() && weight.dim() == 1 && bias.dim() == 1 &&
-         weight.numel() == width && bias.numel() == width && weight.is_floating_point() && bias.is_floating_point() &&
-         !(at::GradMode::is_enabled() &&
-           (a.requires_grad() || b.requires_grad() || weight.requires_grad() || bias.requires_grad()));
-#else
-  (void)a, (void)b, (void)weight, (void)bias;
-  return false;
-#endif
+  const bool takes = wider && width > 0 && width % (avx512 ? 16 : 8) == 0 && weight.defined() && bias.defined() &&
+                     weight.device().is_cpu() && bias.device().is_cpu() && weight.dim() == 1 && bias.dim() == 1 &&
+                     weight.numel() == width && bias.numel() == width && weight.is_floating_point() &&
+                     bias.is_floating_point() &&
+                     !(at::GradMode::is_enabled() &&
+                       (a.requires_grad() || b.requires_grad() || weight.requires_grad() || bias.requires_grad()));
+  return takes ? wider : nullptr;
 }
 
-namespace {
-
-#ifdef CLIP_NORM_KERNEL
 // The kernel over a's rows: with b (a's row r with b's row r % b_rows),
 // the sum into `sum`; the norm into `out`. The operands as
 // AddLayerNormKernelApplies takes them.
@@ -257,12 +239,33 @@ void RunKernel(const at::Tensor& a, const at::Tensor* b, const at::Tensor& weigh
 
 }  // namespace
 
+bool AddLayerNormAvailable(at::ScalarType dtype) {
+#ifdef CLIP_NORM_KERNEL
+  const CpuFeatures& cpu = GetCpuFeatures();
+  if (dtype == at::kFloat) return cpu.avx512f || (cpu.avx2 && cpu.fma);
+  return dtype == at::kBFloat16 && cpu.avx512f;
+#else
+  (void)dtype;
+  return false;
+#endif
+}
+
+bool AddLayerNormKernelApplies(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+                               const at::Tensor& bias) {
+#ifdef CLIP_NORM_KERNEL
+  return KernelWider(a, b, weight, bias) != nullptr;
+#else
+  (void)a, (void)b, (void)weight, (void)bias;
+  return false;
+#endif
+}
+
 std::tuple<at::Tensor, at::Tensor> AddLayerNorm(const at::Tensor& a_in, const at::Tensor& b_in,
                                                 const at::Tensor& weight, const at::Tensor& bias, double eps) {
 #ifdef CLIP_NORM_KERNEL
-  if (AddLayerNormKernelApplies(a_in, b_in, weight, bias)) {
-    const at::Tensor& a = *Wider(a_in, b_in);
-    const at::Tensor& b = &a == &a_in ? b_in : a_in;
+  if (const at::Tensor* wider = KernelWider(a_in, b_in, weight, bias)) {
+    const at::Tensor& a = *wider;
+    const at::Tensor& b = wider == &a_in ? b_in : a_in;
     at::Tensor sum = at::empty_like(a, at::MemoryFormat::Contiguous);
     at::Tensor out = at::empty_like(a, at::MemoryFormat::Contiguous);
     RunKernel(a, &b, weight, bias, eps, &sum, out);
