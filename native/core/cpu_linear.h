@@ -83,6 +83,17 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
 // to 800 rows.
 constexpr int64_t kPerThreadCopyRows = 64;
 
+// Bytes of k-major rows per group when an input above kPerThreadCopyRows
+// runs in groups of tiles (cpu_linear.cc: RunInGroups): a quarter of a
+// core's L2 cache, within 128 KB to 512 KB, so that the group, the panel
+// running against it and the next panel's prefetch all stay in L2; 256 KB
+// where the system does not say (RowGroupBytesFor(0)). Zen 4 and Zen 5 (1 MB):
+// 256 KB. An Intel Xeon with 2 MB ran 8 images' float32 image encoder 3.3%
+// faster on 512 KB than on 256 KB (the linears with 3072 inputs 4-10%), and
+// 1.8% slower again on 1 MB (bench/optimizations.md).
+int64_t RowGroupBytesFor(int64_t l2_bytes);
+int64_t RowGroupBytes();  // RowGroupBytesFor(this machine's L2 per core)
+
 // The kernels fetch the next panel's weights into cache while the row
 // tiles run against the current one: with few rows (an image's 50: 4 tiles
 // per panel) the first tile of each panel otherwise streamed the panel from

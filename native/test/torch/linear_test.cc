@@ -27,6 +27,7 @@
 #include <functional>
 #include <iostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../test_check.h"
@@ -136,7 +137,7 @@ void TestFloat32(int64_t width, at::ScalarType weights) {
   CheckClose(clip::PanelLinear(strided, packed, b, 96), strided, rounded(w), b, name + " transposed view");
   // Threads split the panels; each thread copies the row tiles for itself
   // (50 rows), or all copy them once and run them in groups (400 rows of 768
-  // floats: 5 groups).
+  // floats, 1.2 MB: 3 to 10 groups, by the L2 cache's size).
   const at::Tensor wide = Random({3072, 768}, 0.05);
   const at::Tensor wide_packed = pack(wide);
   for (int64_t m : {50, 400}) {
@@ -495,6 +496,21 @@ void TestMlpRows() {
       "mlp_rows: panels of two widths are refused");
 }
 
+// RowGroupBytesFor: a quarter of the L2 cache within 128 KB to 512 KB, 256 KB
+// when the size is unknown; RowGroupBytes (this machine) inside those bounds.
+void TestRowGroupBytes() {
+  constexpr int64_t kKb = 1024;
+  const std::pair<int64_t, int64_t> cases[] = {
+      {0, 256 * kKb},          {-1, 256 * kKb},         {256 * kKb, 128 * kKb},  {512 * kKb, 128 * kKb},
+      {1024 * kKb, 256 * kKb}, {1280 * kKb, 320 * kKb}, {2048 * kKb, 512 * kKb}, {4096 * kKb, 512 * kKb}};
+  for (const auto& [l2, expected] : cases) {
+    Check(clip::RowGroupBytesFor(l2) == expected,
+          "row groups for an L2 of " + std::to_string(l2) + " bytes: " + std::to_string(clip::RowGroupBytesFor(l2)));
+  }
+  const int64_t here = clip::RowGroupBytes();
+  Check(here >= 128 * kKb && here <= 512 * kKb, "row groups on this machine: " + std::to_string(here) + " bytes");
+}
+
 // NextPanelPrefetch: for every tile count the slices of the tiles that
 // prefetch reach each 64-byte line of the next panel and no byte past it;
 // none for one tile; the slices do not overlap.
@@ -564,6 +580,7 @@ int main() {
     TestLinearRows();
     TestMlpRows();
     TestNextPanelPrefetch();
+    TestRowGroupBytes();
   } catch (const std::exception& e) {
     Check(false, std::string("unexpected exception: ") + e.what());
   }
