@@ -177,9 +177,14 @@ function kernelLines(report) {
         : image || text
           ? ` (ms per item at load: image ${image || '—'}; text ${text || '—'})`
           : ' (the only candidate that built here: not timed)';
+    const batchTimes = measured(k.imageBatchMsPerItem);
+    const batch = k.imageBatch
+      ? `; image batches of ${k.imageBatch.fromImages} or more \`${k.imageBatch.kernel}\``
+      : '';
+    const batchTiming = batchTimes ? ` (ms per image on 8 at load: ${batchTimes})` : '';
     return (
       `- ${id}: image \`${k.image}\`, text \`${k.text}\`, chosen by ${k.selectedBy} among ` +
-      `${k.candidates.join(', ')}${timing}`
+      `${k.candidates.join(', ')}${timing}${batch}${batchTiming}`
     );
   });
 }

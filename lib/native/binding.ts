@@ -84,6 +84,18 @@ export interface NativeCpuKernels {
   imageMsPerItem: Record<string, number>;
   textMsPerItem: Record<string, number>;
   /**
+   * The candidate that image batches of at least `fromImages` images run instead of `image`: one that calibration
+   * found faster than `image` by 5% or more on a batch of 8 images (on an Intel Xeon with AMX-INT8, int8's `onednn`
+   * against `avx512-vnni`, which wins on one image and on captions), or forced as `cpuKernels: 'NAME,BATCH@N'`.
+   * null where every batch runs `image`.
+   */
+  imageBatch: { kernel: string; fromImages: number } | null;
+  /**
+   * Milliseconds per image of each candidate on the batch of 8 images that calibration times for `imageBatch`
+   * (every candidate not dropped in the first round); empty unless measured.
+   */
+  imageBatchMsPerItem: Record<string, number>;
+  /**
    * Where each encoder's calibration came from: `measured` (timed by this load), `process` (an earlier load of the
    * same files in this process), `file` (the calibration cache file, written by an earlier process on this machine);
    * null where nothing was calibrated (a fixed or forced candidate, or a single one). `cacheFile`: the calibration

@@ -417,6 +417,15 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     };
     kernels.Set("imageMsPerItem", timings(k.image_ms));
     kernels.Set("textMsPerItem", timings(k.text_ms));
+    if (k.image_batch_from > 0) {
+      Napi::Object batch = Napi::Object::New(env);
+      batch.Set("kernel", k.image_batch);
+      batch.Set("fromImages", static_cast<double>(k.image_batch_from));
+      kernels.Set("imageBatch", batch);
+    } else {
+      kernels.Set("imageBatch", env.Null());
+    }
+    kernels.Set("imageBatchMsPerItem", timings(k.image_batch_ms));
     Napi::Object calibration = Napi::Object::New(env);
     auto source = [&](const std::string& by) { return by.empty() ? env.Null() : Napi::String::New(env, by); };
     calibration.Set("image", source(k.image_measured_by));

@@ -1018,13 +1018,25 @@ void ReturnFreedMemory() {
 // Measured choices, per process: loading the same archive again (another
 // worker, a reload) reuses the measurement instead of repeating it.
 std::mutex g_calibration_mutex;
-std::map<std::string, std::pair<std::string, std::vector<std::pair<std::string, double>>>> g_calibrations;
+
+// What calibrating one encoder found: the candidate it runs and each
+// candidate's score, and for images the candidate that batches of at least
+// `batch_from` images run instead ("" and 0: none) with each candidate's
+// milliseconds per image on kImageBatchShape images.
+struct Calibration {
+  std::string winner;
+  std::vector<std::pair<std::string, double>> timings;
+  std::string batch_winner;
+  int64_t batch_from = 0;
+  std::vector<std::pair<std::string, double>> batch_timings;
+};
+std::map<std::string, Calibration> g_calibrations;
 
 // Keyed by the file (absolute path, size, modification time), the
-// precision, the thread count, the attention choice and the candidates asked
-// for.
+// precision, the thread count, the attention choice, the candidates asked
+// for and the batch shape timed for a batch choice (0: none).
 std::string CalibrationKey(const std::string& path, Precision precision, const std::vector<std::string>& names,
-                           bool attention_kernel) {
+                           bool attention_kernel, int64_t batch_shape) {
   std::string absolute = path;
   try {
     absolute = std::filesystem::absolute(path).lexically_normal().string();
@@ -1038,6 +1050,7 @@ std::string CalibrationKey(const std::string& path, Precision precision, const s
   } catch (const std::exception&) {
   }
   for (const auto& name : names) key += "|" + name;
+  if (batch_shape > 0) key += "|batches of " + std::to_string(batch_shape);
   return key;
 }
 
@@ -1052,39 +1065,89 @@ std::string MachineKey() {
 }
 
 // A stored calibration: the winner, then each candidate's milliseconds per
-// item, separated by ';' ("avx512;onednn=42.1;avx512=39.7;aten=72.5").
-std::string FormatCalibration(const std::string& winner, const std::vector<std::pair<std::string, double>>& timings) {
+// item, separated by ';' ("avx512;onednn=42.1;avx512=39.7;aten=72.5"); for
+// images then "batch=NAME@FROM" when batches run another candidate, and each
+// candidate's milliseconds per image on the batch shape as "batch.NAME=MS".
+std::string FormatCalibration(const Calibration& c) {
   std::ostringstream out;
   out.precision(17);
-  out << winner;
-  for (const auto& [name, ms] : timings) out << ';' << name << '=' << ms;
+  out << c.winner;
+  for (const auto& [name, ms] : c.timings) out << ';' << name << '=' << ms;
+  if (!c.batch_winner.empty()) out << ";batch=" << c.batch_winner << '@' << c.batch_from;
+  for (const auto& [name, ms] : c.batch_timings) out << ";batch." << name << '=' << ms;
   return out.str();
 }
 
 // The stored calibration `value` if it names a winner among `names` and
 // figures for candidates of `names` only; else nullopt (measure again).
-std::optional<std::pair<std::string, std::vector<std::pair<std::string, double>>>> ParseCalibration(
-    const std::string& value, const std::vector<std::string>& names) {
+std::optional<Calibration> ParseCalibration(const std::string& value, const std::vector<std::string>& names) {
   auto known = [&](const std::string& name) { return std::find(names.begin(), names.end(), name) != names.end(); };
   std::vector<std::string> fields;
   std::istringstream in(value);
   for (std::string field; std::getline(in, field, ';');) fields.push_back(field);
   if (fields.size() < 2 || !known(fields[0])) return std::nullopt;
-  std::vector<std::pair<std::string, double>> timings;
+  Calibration c;
+  c.winner = fields[0];
   for (size_t i = 1; i < fields.size(); ++i) {
-    const size_t equals = fields[i].find('=');
-    if (equals == std::string::npos || !known(fields[i].substr(0, equals))) return std::nullopt;
+    std::string field = fields[i];
+    if (field.rfind("batch=", 0) == 0) {
+      const size_t at = field.find('@');
+      if (at == std::string::npos || !known(field.substr(6, at - 6))) return std::nullopt;
+      c.batch_winner = field.substr(6, at - 6);
+      const std::string from = field.substr(at + 1);
+      if (from.empty() || from.size() > 4 || from.find_first_not_of("0123456789") != std::string::npos)
+        return std::nullopt;
+      c.batch_from = std::stoll(from);
+      if (c.batch_from < 2) return std::nullopt;
+      continue;
+    }
+    const bool batch = field.rfind("batch.", 0) == 0;
+    if (batch) field = field.substr(6);
+    const size_t equals = field.find('=');
+    if (equals == std::string::npos || !known(field.substr(0, equals))) return std::nullopt;
     try {
       size_t used = 0;
-      const std::string number = fields[i].substr(equals + 1);
+      const std::string number = field.substr(equals + 1);
       const double ms = std::stod(number, &used);
       if (used != number.size() || !std::isfinite(ms) || ms <= 0) return std::nullopt;
-      timings.emplace_back(fields[i].substr(0, equals), ms);
+      (batch ? c.batch_timings : c.timings).emplace_back(field.substr(0, equals), ms);
     } catch (const std::exception&) {
       return std::nullopt;
     }
   }
-  return std::make_pair(fields[0], timings);
+  return c;
+}
+
+// Images per batch on which calibration also times the image encoder's
+// candidates, for a second choice that batches of at least as many images
+// run (ChooseCpuEncoder). On an Intel Xeon with AMX-INT8, int8: oneDNN's
+// candidate (AMX tiles) ran 8 images in 55-58 ms against 66-67 on
+// clip-native's VNNI kernel and 16 in 110 against 140, level at 4, while one
+// image took 17 ms against 11 and one caption 6.9 against 2.7 ms.
+constexpr int64_t kImageBatchShape = 8;
+// How much faster than the main choice on kImageBatchShape images another
+// candidate must be to run the batches: a margin over calibration's noise.
+constexpr double kImageBatchMargin = 0.95;
+
+// The image encoder's second choice, for batches of at least `from` images.
+struct BatchEncoder {
+  Model::Encoder encoder;
+  int64_t from = 0;
+  std::vector<std::pair<std::string, double>> timings;  // ms per image on kImageBatchShape images
+};
+
+// The image batches' candidate under `fixed` (a rule, the same in every
+// process), and the batch size from which it runs: on CPUs with AMX-INT8,
+// int8 image batches of kImageBatchShape or more on oneDNN (its AMX tiles)
+// while single images and texts run on `avx512-vnni`, first there
+// (CpuKernelCandidates); else none ("", 0).
+std::pair<std::string, int64_t> FixedImageBatchKernel(Precision precision, const std::string& first,
+                                                      const std::vector<std::string>& candidates) {
+  const bool onednn = std::find(candidates.begin(), candidates.end(), "onednn") != candidates.end();
+  if (precision == Precision::kInt8 && GetCpuFeatures().amx_int8 && first == "avx512-vnni" && onednn) {
+    return {"onednn", kImageBatchShape};
+  }
+  return {"", 0};
 }
 
 // Builds each candidate of `names`, drops those that fail or disagree with
@@ -1099,6 +1162,11 @@ std::optional<std::pair<std::string, std::vector<std::pair<std::string, double>>
 // that rank differently by shape differ by 5-20% (int8 on FBGEMM and
 // oneDNN).
 //
+// With `batch` (the image encoder), every candidate not dropped in the first
+// round is also timed on kImageBatchShape images (two rounds, in opposite
+// orders); one faster there than the winner by kImageBatchMargin becomes
+// `*batch`, which batches of that many images or more run.
+//
 // A measurement of the same files earlier in this process, or in `store`
 // from an earlier process on this machine, names the winner instead: only it
 // is built (it still has to agree with the archive; a stored winner that
@@ -1108,7 +1176,7 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
                                 const Manifest& manifest, bool image, Precision precision,
                                 const std::vector<std::string>& names, bool attention_kernel,
                                 const CalibrationStore& store, std::vector<std::pair<std::string, double>>* timings,
-                                std::string* measured_by) {
+                                std::string* measured_by, BatchEncoder* batch) {
   torch::InferenceMode guard;
   const torch::Tensor example = ExampleInput(manifest, image);
   torch::Tensor expected;
@@ -1122,27 +1190,30 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
     return OnForwardThread([&] { return BuildCandidate(archive, "archive", precision, /*attention_kernel=*/false); });
   }
   std::vector<std::string> to_build = names;
-  const std::string key = CalibrationKey(path, precision, names, attention_kernel);
+  const std::string key = CalibrationKey(path, precision, names, attention_kernel, batch ? kImageBatchShape : 0);
   const std::string stored_key = store.enabled() ? MachineKey() + "|" + key : "";
+  std::optional<Calibration> known;
   measured_by->clear();
   if (names.size() > 1) {
     *measured_by = "measured";
     std::lock_guard<std::mutex> lock(g_calibration_mutex);
     auto it = g_calibrations.find(key);
     if (it != g_calibrations.end()) {
-      to_build = {it->second.first};
-      *timings = it->second.second;
+      known = it->second;
       *measured_by = "process";
     }
   }
   if (*measured_by == "measured" && store.enabled()) {
     if (const std::optional<std::string> value = store.Find(stored_key)) {
-      if (auto stored = ParseCalibration(*value, names)) {
-        to_build = {stored->first};
-        *timings = std::move(stored->second);
-        *measured_by = "file";
-      }
+      if ((known = ParseCalibration(*value, names))) *measured_by = "file";
     }
+  }
+  if (known) {
+    to_build = {known->winner};
+    if (batch && !known->batch_winner.empty() && known->batch_winner != known->winner) {
+      to_build.push_back(known->batch_winner);
+    }
+    *timings = known->timings;
   }
   std::vector<Model::Encoder> built;
   std::string failures;
@@ -1166,16 +1237,28 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
     }
   };
   build();
-  if (built.empty() && *measured_by == "file") {
+  if (known && (built.empty() || built.front().kernel != known->winner)) {
+    // The stored winner no longer agrees with the archive: measure again.
+    for (Model::Encoder& candidate : built) DropCandidateMethods(archive, &candidate);
+    built.clear();
+    known.reset();
     to_build = names;
     timings->clear();
     failures.clear();
     *measured_by = "measured";
     build();
   }
-  if (*measured_by == "file") {
-    std::lock_guard<std::mutex> lock(g_calibration_mutex);
-    g_calibrations[key] = {built.front().kernel, *timings};
+  if (known) {
+    if (*measured_by == "file") {
+      std::lock_guard<std::mutex> lock(g_calibration_mutex);
+      g_calibrations[key] = *known;
+    }
+    if (batch && built.size() > 1) {
+      batch->encoder = std::move(built[1]);
+      batch->from = known->batch_from;
+    }
+    if (batch) batch->timings = known->batch_timings;
+    return std::move(built.front());
   }
   if (built.empty() && precision != Precision::kInt8) {
     // The archive as loaded still computes the model (autocast for bfloat16).
@@ -1196,6 +1279,7 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
   std::vector<std::vector<double>> best(built.size());
   std::vector<size_t> timed(built.size());  // the candidates still timed
   for (size_t c = 0; c < built.size(); ++c) timed[c] = c;
+  std::vector<size_t> contenders;  // those not dropped in the first round
   // Three rounds, each in the opposite order of the one before, so that a
   // drift of the machine's speed within a round favours no candidate.
   constexpr int kRounds = 3;
@@ -1217,6 +1301,7 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
         for (size_t c : timed) fastest = std::min(fastest, shape_best[c]);
         timed.erase(std::remove_if(timed.begin(), timed.end(), [&](size_t c) { return shape_best[c] > 2 * fastest; }),
                     timed.end());
+        contenders = timed;
       }
     }
     double fastest = 1e300;
@@ -1238,16 +1323,48 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
     timings->emplace_back(built[c].kernel, score);
     if (score < (*timings)[winner].second) winner = c;
   }
+  Calibration calibration;
+  calibration.winner = built[winner].kernel;
+  calibration.timings = *timings;
+  size_t batch_winner = winner;
+  if (batch && contenders.size() > 1) {
+    const torch::Tensor pixels = at::randn({kImageBatchShape, 3, manifest.image.size, manifest.image.size},
+                                           at::detail::createCPUGenerator(/*seed_val=*/20240603));
+    std::vector<double> batch_ms(built.size(), 1e300);
+    for (int round = 0; round < 2; ++round) {
+      for (size_t t = 0; t < contenders.size(); ++t) {
+        const size_t c = round == 0 ? contenders[t] : contenders[contenders.size() - 1 - t];
+        const auto start = std::chrono::steady_clock::now();
+        Forward(built[c], pixels);
+        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+        batch_ms[c] = std::min(batch_ms[c], ms / static_cast<double>(kImageBatchShape));
+      }
+    }
+    for (size_t c : contenders) {
+      calibration.batch_timings.emplace_back(built[c].kernel, batch_ms[c]);
+      if (batch_ms[c] < batch_ms[batch_winner]) batch_winner = c;
+    }
+    if (batch_winner != winner && batch_ms[batch_winner] < kImageBatchMargin * batch_ms[winner]) {
+      calibration.batch_winner = built[batch_winner].kernel;
+      calibration.batch_from = kImageBatchShape;
+    } else {
+      batch_winner = winner;
+    }
+    batch->timings = calibration.batch_timings;
+  }
   for (size_t c = 0; c < built.size(); ++c) {
-    if (c != winner) DropCandidateMethods(archive, &built[c]);
+    if (c != winner && c != batch_winner) DropCandidateMethods(archive, &built[c]);
   }
   {
     std::lock_guard<std::mutex> lock(g_calibration_mutex);
-    g_calibrations[key] = {built[winner].kernel, *timings};
+    g_calibrations[key] = calibration;
   }
-  if (const std::string problem = store.Put(stored_key, FormatCalibration(built[winner].kernel, *timings));
-      !problem.empty()) {
+  if (const std::string problem = store.Put(stored_key, FormatCalibration(calibration)); !problem.empty()) {
     TORCH_WARN("clip-native: the calibration of ", path, " was not kept in ", store.path(), " (", problem, ")");
+  }
+  if (batch_winner != winner) {
+    batch->encoder = std::move(built[batch_winner]);
+    batch->from = calibration.batch_from;
   }
   return std::move(built[winner]);
 }
@@ -1402,13 +1519,12 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
       }
       // clip-native's int8 linear (AVX512-VNNI) before them (what `fixed`
       // takes): on Zen 5 its linears ran 1.5x oneDNN's on one image's 50
-      // rows and 2.3x on a caption's 20, and whole encoders 1.1-1.4x. Where
-      // the CPU has AMX-INT8, whose tiles only oneDNN uses, oneDNN stays
-      // first (not measured).
-      if (PanelLinearInt8Available()) {
-        const bool amx = GetCpuFeatures().amx_int8 && !names.empty() && names.front() == "onednn";
-        names.insert(amx ? names.begin() + 1 : names.begin(), "avx512-vnni");
-      }
+      // rows and 2.3x on a caption's 20, and whole encoders 1.1-1.4x. On an
+      // Intel Xeon with AMX-INT8 too, for one image (11 against 17 ms) and
+      // captions (2.7 against 6.9 ms one, 11 against 15 eight), while
+      // oneDNN's AMX tiles ran 8 images 13% and 16 21% faster: `fixed` runs
+      // image batches of 8 or more there (FixedImageBatchKernel).
+      if (PanelLinearInt8Available()) names.insert(names.begin(), "avx512-vnni");
       return names;
     }
     case Precision::kFloat16:
@@ -1593,6 +1709,26 @@ void Model::ChooseCpuKernels(torch::jit::script::Module image_archive,
     forced = "archive";
     source = "environment";
   }
+  // "NAME,BATCH@N": NAME for both encoders, and BATCH for batches of at
+  // least N images.
+  std::string forced_batch;
+  int64_t forced_batch_from = 0;
+  if (const size_t comma = forced.find(','); comma != std::string::npos) {
+    const std::string second = forced.substr(comma + 1);
+    const size_t at = second.find('@');
+    const std::string from = at == std::string::npos ? "" : second.substr(at + 1);
+    forced_batch = second.substr(0, at);
+    forced = forced.substr(0, comma);
+    const bool number = !from.empty() && from.size() <= 4 && from.find_first_not_of("0123456789") == std::string::npos;
+    forced_batch_from = number ? std::stoll(from) : 0;
+    if (forced_batch_from < 2 || forced == "auto" || forced == "fixed" ||
+        std::find(candidates.begin(), candidates.end(), forced_batch) == candidates.end()) {
+      throw ClipError(ErrorCode::kInvalidArgument,
+                      "Expected a candidate, then a candidate and the batch size from which it runs the image batches "
+                      "(\"NAME,BATCH@N\", N >= 2) for cpuKernels but received \"" +
+                          forced + "," + second + "\"" + (source == "environment" ? " (CLIP_NATIVE_CPU_KERNELS)" : ""));
+    }
+  }
   const bool calibrate = forced.empty() || forced == "auto";
   if (calibrate) {
     cpu_kernels_.selected_by = candidates.size() > 1 ? "calibration" : "only candidate";
@@ -1621,14 +1757,35 @@ void Model::ChooseCpuKernels(torch::jit::script::Module image_archive,
   const CalibrationStore store(calibrate ? cache : "");
   cpu_kernels_.calibration_cache = store.path();
   ChooseAttentionKernel(precision_, calibrate, store, &cpu_kernels_);
-  image_encoder_ =
-      ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_, candidates,
-                       cpu_kernels_.attention_kernel, store, &cpu_kernels_.image_ms, &cpu_kernels_.image_measured_by);
+  if (cpu_kernels_.selected_by == "fixed") {
+    const auto [name, from] = FixedImageBatchKernel(precision_, candidates.front(), cpu_kernels_.candidates);
+    forced_batch = name;
+    forced_batch_from = from;
+  }
+  BatchEncoder batch;
+  image_encoder_ = ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
+                                    candidates, cpu_kernels_.attention_kernel, store, &cpu_kernels_.image_ms,
+                                    &cpu_kernels_.image_measured_by, calibrate ? &batch : nullptr);
+  if (!forced_batch.empty() && forced_batch != image_encoder_.kernel) {
+    std::vector<std::pair<std::string, double>> unused_ms;
+    std::string unused_by;
+    batch.encoder =
+        ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
+                         {forced_batch}, cpu_kernels_.attention_kernel, store, &unused_ms, &unused_by, nullptr);
+    batch.from = forced_batch_from;
+  }
+  if (batch.from > 0) {
+    image_batch_encoder_ = std::move(batch.encoder);
+    image_batch_from_ = batch.from;
+    cpu_kernels_.image_batch = image_batch_encoder_.kernel;
+    cpu_kernels_.image_batch_from = image_batch_from_;
+  }
+  cpu_kernels_.image_batch_ms = std::move(batch.timings);
   image_archive = torch::jit::script::Module();
   ReturnFreedMemory();  // else the text archive's reading grows the heap past the image archive's freed blocks
   text_encoder_ = ChooseCpuEncoder(load_text_archive(), manifest_.text_encoder_path, manifest_, /*image=*/false,
                                    precision_, candidates, cpu_kernels_.attention_kernel, store, &cpu_kernels_.text_ms,
-                                   &cpu_kernels_.text_measured_by);
+                                   &cpu_kernels_.text_measured_by, nullptr);
   cpu_kernels_.image = image_encoder_.kernel;
   cpu_kernels_.text = text_encoder_.kernel;
   cpu_kernels_.image_attention_matmuls = image_encoder_.attention_matmuls;
@@ -1691,7 +1848,10 @@ torch::Tensor Model::Run(Encoder& encoder, const torch::Tensor& input) {
   return out.contiguous();
 }
 
-torch::Tensor Model::EncodeImages(const torch::Tensor& pixels) { return Run(image_encoder_, pixels); }
+torch::Tensor Model::EncodeImages(const torch::Tensor& pixels) {
+  const bool batch = image_batch_from_ > 0 && pixels.size(0) >= image_batch_from_;
+  return Run(batch ? image_batch_encoder_ : image_encoder_, pixels);
+}
 
 torch::Tensor Model::EncodeTexts(const torch::Tensor& ids) { return Run(text_encoder_, ids); }
 

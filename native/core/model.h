@@ -31,7 +31,8 @@ struct ModelOptions {
   // precision): "auto" measures each candidate at load and keeps the fastest
   // per encoder; "fixed" takes the first candidate without measuring (the
   // same choice in every process); a name forces that candidate for both
-  // encoders. An empty string reads CLIP_NATIVE_CPU_KERNELS, else "auto".
+  // encoders; "NAME,BATCH@N" forces NAME, and BATCH for batches of at least
+  // N images. An empty string reads CLIP_NATIVE_CPU_KERNELS, else "auto".
   // Ignored on CUDA.
   std::string cpu_kernels;
   // A file where calibrating loads keep their measurements for later
@@ -80,6 +81,13 @@ struct CpuKernelChoice {
   // Per-item milliseconds of each candidate measured at load, when measured.
   std::vector<std::pair<std::string, double>> image_ms;
   std::vector<std::pair<std::string, double>> text_ms;
+  // The candidate that batches of at least image_batch_from images run
+  // instead of `image` ("" and 0: every batch runs `image`): faster there by a
+  // margin at calibration, or forced ("NAME,BATCH@N"); and each candidate's
+  // milliseconds per image on the batch that calibration timed.
+  std::string image_batch;
+  int64_t image_batch_from = 0;
+  std::vector<std::pair<std::string, double>> image_batch_ms;
   // Where each encoder's calibration came from: "measured" (by this load),
   // "process" (an earlier load of the same files in this process), "file"
   // (calibration_cache, from an earlier process); "" when not calibrated.
@@ -196,6 +204,8 @@ class Model {
   Manifest manifest_;
   std::unique_ptr<Tokenizer> tokenizer_;
   Encoder image_encoder_;
+  Encoder image_batch_encoder_;  // for batches of at least image_batch_from_ images (0: none)
+  int64_t image_batch_from_ = 0;
   Encoder text_encoder_;
   CpuKernelChoice cpu_kernels_;
   torch::Device device_{torch::kCPU};

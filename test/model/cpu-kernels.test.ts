@@ -142,6 +142,46 @@ t.test('every candidate of every CPU dtype, forced, agrees with float32 through 
   }
 });
 
+t.test('a forced pair runs image batches of N or more on the second candidate', async (t) => {
+  // clip-native's float32 kernel gives the same bits for the same inputs in any model, so the batches that ran on
+  // it are told apart from those that ran on the other candidate exactly.
+  const probe = await ClipModel.load(tinyModel, { device: 'cpu', cpuKernels: 'fixed' });
+  const candidates = probe.info.cpuKernels!.candidates;
+  await probe.dispose();
+  const kernel = candidates.find((name) => name === 'avx512' || name === 'avx2');
+  const other = candidates.find((name) => name !== kernel);
+  if (!kernel || !other) {
+    t.skip(
+      `needs clip-native's float32 kernel and another candidate (candidates: ${candidates.join(', ')})`,
+      () => undefined,
+    );
+    return;
+  }
+  const load = (cpuKernels: string) => ClipModel.load(tinyModel, { device: 'cpu', cpuKernels });
+  const [pair, single, batched] = await Promise.all([load(`${other},${kernel}@3`), load(other), load(kernel)]);
+  t.teardown(() => Promise.all([pair.dispose(), single.dispose(), batched.dispose()]));
+  const info = pair.info.cpuKernels!;
+  t.same(
+    [info.image, info.text, info.selectedBy, info.imageBatch],
+    [other, other, 'option', { kernel, fromImages: 3 }],
+  );
+  t.same(single.info.cpuKernels!.imageBatch, null);
+  const run = (model: ClipModel, count: number) => model._submit(TaskKind.ImageBytes, images.slice(0, count), {});
+  const exact = (a: unknown[], b: unknown[]) =>
+    a.every((v, i) => Buffer.from((v as Float32Array).buffer).equals(Buffer.from((b as Float32Array[])[i].buffer)));
+  for (const count of [1, 2]) {
+    t.ok(exact(await run(pair, count), await run(single, count)), `${count} image(s): the first candidate's bits`);
+  }
+  for (const count of [3, 4]) {
+    t.ok(exact(await run(pair, count), await run(batched, count)), `${count} images: ${kernel}'s bits`);
+  }
+  const texts3 = texts.slice(0, 3);
+  t.ok(exact(await pair.embedTexts(texts3), await single.embedTexts(texts3)), 'texts: the first candidate');
+  for (const bad of [`${other},${kernel}`, `${other},${kernel}@1`, `${other},nope@4`, `auto,${kernel}@4`]) {
+    await t.rejects(load(bad), { code: 'CLIP_INVALID_ARGUMENT', message: /NAME,BATCH@N/ }, bad);
+  }
+});
+
 t.test('auto calibrates among the candidates and reports what it measured', async (t) => {
   const model = await ClipModel.load(tinyModel, { device: 'cpu', dtype: 'float32' });
   t.teardown(() => model.dispose());
@@ -155,6 +195,17 @@ t.test('auto calibrates among the candidates and reports what it measured', asyn
     t.same(Object.keys(kernels.textMsPerItem).sort(), [...kernels.candidates].sort());
     const times = kernels.imageMsPerItem;
     t.equal(Math.min(...Object.values(times)), times[kernels.image], 'the fastest image candidate won');
+    // The batches: timed on 8 images; another candidate runs them only when 5% faster there than the winner.
+    const batchTimes = kernels.imageBatchMsPerItem;
+    t.ok(Object.keys(batchTimes).includes(kernels.image), 'the winner was timed on the batch');
+    if (kernels.imageBatch) {
+      t.equal(kernels.imageBatch.fromImages, 8);
+      t.not(kernels.imageBatch.kernel, kernels.image);
+      t.ok(batchTimes[kernels.imageBatch.kernel] < 0.95 * batchTimes[kernels.image], 'faster on the batch by 5%');
+    } else {
+      const fastest = Math.min(...Object.values(batchTimes));
+      t.ok(fastest >= 0.95 * batchTimes[kernels.image], 'no other candidate 5% faster on the batch');
+    }
   } else {
     t.equal(kernels.selectedBy, 'only candidate');
   }
@@ -178,13 +229,17 @@ t.test('fixed takes the first candidate without measuring, and the attention ker
       const isa = binding().cpuIsa;
       const dot = ['avx512_vnni', 'avx_vnni', 'amx_int8'].some((flag) => isa.includes(flag));
       const engines = dot ? ['onednn', 'fbgemm'] : ['fbgemm', 'onednn'];
-      const expected = !isa.includes('avx512_vnni')
-        ? engines
-        : isa.includes('amx_int8')
-          ? ['onednn', 'avx512-vnni', 'fbgemm']
-          : ['avx512-vnni', ...engines];
+      const expected = isa.includes('avx512_vnni') ? ['avx512-vnni', ...engines] : engines;
       t.same(kernels.candidates, expected, 'int8: the order of the candidates');
     }
+    // Image batches of 8 or more on oneDNN's AMX-INT8 tiles where the CPU has them, by rule.
+    const amxBatches =
+      dtype === 'int8' &&
+      binding().cpuIsa.includes('amx_int8') &&
+      kernels.candidates[0] === 'avx512-vnni' &&
+      kernels.candidates.includes('onednn');
+    t.same(kernels.imageBatch, amxBatches ? { kernel: 'onednn', fromImages: 8 } : null, `${dtype}: image batches`);
+    t.same(kernels.imageBatchMsPerItem, {}, `${dtype}: nothing measured for the batches`);
     const attention = kernels.attentionKernel;
     if (!attentionApplies(dtype)) {
       t.same([attention.kernel, attention.selectedBy], [false, 'not applicable'], `${dtype}: attention kernel`);
