@@ -130,7 +130,7 @@ export interface NativeCpuKernels {
    * Whether the graphs of the oneDNN and int8 candidates take that kernel, and how it was decided: `measurement` (a
    * calibrating load: both ways timed once per process and dtype on ViT-B/32's shapes; the two figures are
    * microseconds of one layer's scaled scores, softmax and weighted sum, summed over 50 and 8 tokens),
-   * `rule` (`cpuKernels: 'fixed'` or a named candidate: the kernel except on Intel CPUs with MKL, the same in
+   * `rule` (`cpuKernels: 'fixed'` or a named candidate: the kernel wherever it runs, the same in
    * every process), `environment` (`CLIP_NATIVE_ATTENTION_KERNEL` 1 or 0) or `not applicable` (neither AVX-512F
    * nor AVX2 + FMA; for bfloat16 products, no AVX-512F).
    */

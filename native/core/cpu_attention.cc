@@ -518,9 +518,7 @@ bool AttentionMatmulAvailable(at::ScalarType dtype) {
 #endif
 }
 
-bool AttentionMatmulByRule(at::ScalarType dtype) {
-  return AttentionMatmulAvailable(dtype) && !(GetCpuFeatures().intel && at::hasMKL());
-}
+bool AttentionMatmulByRule(at::ScalarType dtype) { return AttentionMatmulAvailable(dtype); }
 
 namespace {
 

@@ -6,9 +6,10 @@
 // oneDNN matmuls; for these small products AVX-512 register tiles (k packed
 // transposed per image and head, 6 rows by 64 columns of FMAs) were 2-4x
 // faster than either on an AMD EPYC (Zen 5; bench/optimizations.md); CPUs
-// without AVX-512 take the same tiles on AVX2 + FMA (float32). Where
-// MKL takes its tuned path the kernel may lose, so whether a model uses it
-// is decided per machine (model.cc).
+// without AVX-512 take the same tiles on AVX2 + FMA (float32). On an Intel
+// Xeon with AMX, where MKL takes its tuned path, the kernel still ran 1.8x
+// MKL's sgemm (float32) and 3.2x oneDNN's AMX matmul (bfloat16). Whether a
+// model uses it is measured per machine, or follows a rule (model.cc).
 #ifndef CLIP_NATIVE_CORE_CPU_ATTENTION_H_
 #define CLIP_NATIVE_CORE_CPU_ATTENTION_H_
 
@@ -21,8 +22,7 @@ namespace clip {
 bool AttentionMatmulAvailable(at::ScalarType dtype = at::kFloat);
 
 // The choice without measuring, the same in every process on a machine and
-// libtorch: the kernel where it can run, except on Intel CPUs with a libtorch
-// whose matmul is MKL's (there MKL's sgemm takes its tuned path).
+// libtorch: the kernel wherever it can run.
 bool AttentionMatmulByRule(at::ScalarType dtype = at::kFloat);
 
 // Microseconds of one attention layer (scaled scores, softmax, weighted sum)
