@@ -96,6 +96,12 @@ export interface NativeCpuKernels {
    */
   imageBatchMsPerItem: Record<string, number>;
   /**
+   * The most images one forward of the image encoder takes (of `imageBatch` where there is one); larger batches run
+   * as forwards of that many, their results joined. 8 for bfloat16 on oneDNN's inner products (`onednn`,
+   * `onednn-bf16`): on an Intel Xeon with AMX its linears took 2.5x as long on 16 images as on 8. null: any.
+   */
+  maxImagesPerForward: number | null;
+  /**
    * Where each encoder's calibration came from: `measured` (timed by this load), `process` (an earlier load of the
    * same files in this process), `file` (the calibration cache file, written by an earlier process on this machine);
    * null where nothing was calibrated (a fixed or forced candidate, or a single one). `cacheFile`: the calibration

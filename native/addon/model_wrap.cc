@@ -426,6 +426,10 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
       kernels.Set("imageBatch", env.Null());
     }
     kernels.Set("imageBatchMsPerItem", timings(k.image_batch_ms));
+    kernels.Set("maxImagesPerForward",
+                k.max_images_per_forward > 0
+                    ? Napi::Value(Napi::Number::New(env, static_cast<double>(k.max_images_per_forward)))
+                    : env.Null());
     Napi::Object calibration = Napi::Object::New(env);
     auto source = [&](const std::string& by) { return by.empty() ? env.Null() : Napi::String::New(env, by); };
     calibration.Set("image", source(k.image_measured_by));

@@ -116,6 +116,10 @@ struct CpuKernelChoice {
   int text_layer_norms = 0;
   int image_fused_norms = 0;
   int text_fused_norms = 0;
+  // Images per forward of the image encoder at most, larger batches split
+  // into forwards of that many (0: any): 8 for bfloat16 on oneDNN's inner
+  // products (ImagesPerForward in model.cc).
+  int64_t max_images_per_forward = 0;
   // Whether the oneDNN and int8 candidates' graphs take that kernel, and how
   // that was decided: "measurement" (a calibrating load; the two microsecond
   // figures are set), "rule" (a fixed or named candidate), "environment"
@@ -182,6 +186,9 @@ class Model {
     int fused_mlps = 0;         // pairs of linears run as clip_native::mlp_rows
     int layer_norms = 0;        // LayerNorms on clip_native::add_layer_norm or layer_norm
     int fused_norms = 0;        // of those, with their residual add
+    // Images per forward at most (0: any); a larger batch runs in forwards of
+    // that many (Model::Run).
+    int64_t max_images = 0;
   };
 
  private:

@@ -56,6 +56,12 @@ function attentionApplies(dtype: DType): boolean {
   return isa.includes('avx512f') || (isa.includes('avx2') && isa.includes('fma'));
 }
 
+/** An embedding's own bytes (results are views into one buffer per batch). */
+function bytesOf(value: unknown): Buffer {
+  const v = value as Float32Array;
+  return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+}
+
 const REQUIRED: Record<string, { cosine?: number; maxAbsDiff?: number }> = {
   float32: { maxAbsDiff: 1e-5 },
   bfloat16: { cosine: 0.999 },
@@ -167,8 +173,7 @@ t.test('a forced pair runs image batches of N or more on the second candidate', 
   );
   t.same(single.info.cpuKernels!.imageBatch, null);
   const run = (model: ClipModel, count: number) => model._submit(TaskKind.ImageBytes, images.slice(0, count), {});
-  const exact = (a: unknown[], b: unknown[]) =>
-    a.every((v, i) => Buffer.from((v as Float32Array).buffer).equals(Buffer.from((b as Float32Array[])[i].buffer)));
+  const exact = (a: unknown[], b: unknown[]) => a.every((v, i) => bytesOf(v).equals(bytesOf(b[i])));
   for (const count of [1, 2]) {
     t.ok(exact(await run(pair, count), await run(single, count)), `${count} image(s): the first candidate's bits`);
   }
@@ -180,6 +185,35 @@ t.test('a forced pair runs image batches of N or more on the second candidate', 
   for (const bad of [`${other},${kernel}`, `${other},${kernel}@1`, `${other},nope@4`, `auto,${kernel}@4`]) {
     await t.rejects(load(bad), { code: 'CLIP_INVALID_ARGUMENT', message: /NAME,BATCH@N/ }, bad);
   }
+});
+
+t.test('bfloat16 on oneDNN runs image batches as forwards of at most 8 images', async (t) => {
+  const probe = await ClipModel.load(tinyModel, { device: 'cpu', dtype: 'bfloat16', cpuKernels: 'fixed' });
+  const candidates = probe.info.cpuKernels!.candidates;
+  await probe.dispose();
+  for (const name of candidates) {
+    const model = await ClipModel.load(tinyModel, { device: 'cpu', dtype: 'bfloat16', cpuKernels: name });
+    const limit = model.info.cpuKernels!.maxImagesPerForward;
+    t.equal(limit, name === 'onednn' || name === 'onednn-bf16' ? 8 : null, `${name}: images per forward`);
+    if (limit) {
+      // 12 images run as 8 and 4: the same bits as those two batches alone.
+      const twelve = Array.from({ length: 12 }, (_, i) => images[i % images.length]);
+      const run = (items: Uint8Array[]) => model._submit(TaskKind.ImageBytes, items, {});
+      // One call at a time: calls in flight together may share batches.
+      const all = await run(twelve);
+      const first = await run(twelve.slice(0, 8));
+      const rest = await run(twelve.slice(8));
+      const same = (a: unknown, b: unknown) => bytesOf(a).equals(bytesOf(b));
+      t.ok(
+        all.every((v, i) => same(v, i < 8 ? first[i] : rest[i - 8])),
+        `${name}: 12 images as forwards of 8 and 4`,
+      );
+    }
+    await model.dispose();
+  }
+  const float32 = await ClipModel.load(tinyModel, { device: 'cpu', cpuKernels: 'fixed' });
+  t.equal(float32.info.cpuKernels!.maxImagesPerForward, null, 'float32: any number');
+  await float32.dispose();
 });
 
 t.test('auto calibrates among the candidates and reports what it measured', async (t) => {
