@@ -492,7 +492,7 @@ void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch
           }
           if (rows > n) std::memset(dst + n * per_item, 0, (rows - n) * per_item * sizeof(float));
           output = model_->EncodeImages(staging);
-          ++forwards;
+          forwards += static_cast<uint64_t>(model_->ImageForwards(rows));
           // Rows [0, n) of a contiguous [rows, dim] tensor: still contiguous.
           if (rows > n) output = output.narrow(0, 0, n);
         } else {

@@ -1175,7 +1175,7 @@ std::pair<std::string, int64_t> FixedImageBatchKernel(Precision precision, const
 // oneDNN).
 //
 // With `batch` (the image encoder), every candidate not dropped in the first
-// round is also timed on kImageBatchShape images (two rounds, in opposite
+// round is also timed on kImageBatchShape images (a warm-up, then two rounds in opposite
 // orders); one faster there than the winner by kImageBatchMargin becomes
 // `*batch`, which batches of that many images or more run.
 //
@@ -1249,8 +1249,11 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
     }
   };
   build();
-  if (known && (built.empty() || built.front().kernel != known->winner)) {
-    // The stored winner no longer agrees with the archive: measure again.
+  const bool batch_lost =
+      batch && known && !known->batch_winner.empty() && known->batch_winner != known->winner && built.size() < 2;
+  if (known && (built.empty() || built.front().kernel != known->winner || batch_lost)) {
+    // The stored winner, or the stored batch candidate, no longer agrees with
+    // the archive: measure again.
     for (Model::Encoder& candidate : built) DropCandidateMethods(archive, &candidate);
     built.clear();
     known.reset();
@@ -1343,6 +1346,7 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
     const torch::Tensor pixels = at::randn({kImageBatchShape, 3, manifest.image.size, manifest.image.size},
                                            at::detail::createCPUGenerator(/*seed_val=*/20240603));
     std::vector<double> batch_ms(built.size(), 1e300);
+    for (size_t c : contenders) Forward(built[c], pixels);  // new shapes: primitives, buffers
     for (int round = 0; round < 2; ++round) {
       for (size_t t = 0; t < contenders.size(); ++t) {
         const size_t c = round == 0 ? contenders[t] : contenders[contenders.size() - 1 - t];
@@ -1733,11 +1737,11 @@ void Model::ChooseCpuKernels(torch::jit::script::Module image_archive,
     forced = forced.substr(0, comma);
     const bool number = !from.empty() && from.size() <= 4 && from.find_first_not_of("0123456789") == std::string::npos;
     forced_batch_from = number ? std::stoll(from) : 0;
-    if (forced_batch_from < 2 || forced == "auto" || forced == "fixed" ||
+    if (forced_batch_from < 2 || forced.empty() || forced == "auto" || forced == "fixed" || forced == forced_batch ||
         std::find(candidates.begin(), candidates.end(), forced_batch) == candidates.end()) {
       throw ClipError(ErrorCode::kInvalidArgument,
-                      "Expected a candidate, then a candidate and the batch size from which it runs the image batches "
-                      "(\"NAME,BATCH@N\", N >= 2) for cpuKernels but received \"" +
+                      "Expected a candidate, then another candidate and the batch size from which it runs the image "
+                      "batches (\"NAME,BATCH@N\", N >= 2) for cpuKernels but received \"" +
                           forced + "," + second + "\"" + (source == "environment" ? " (CLIP_NATIVE_CPU_KERNELS)" : ""));
     }
   }
@@ -1781,10 +1785,23 @@ void Model::ChooseCpuKernels(torch::jit::script::Module image_archive,
   if (!forced_batch.empty() && forced_batch != image_encoder_.kernel) {
     std::vector<std::pair<std::string, double>> unused_ms;
     std::string unused_by;
-    batch.encoder =
-        ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
-                         {forced_batch}, cpu_kernels_.attention_kernel, store, &unused_ms, &unused_by, nullptr);
-    batch.from = forced_batch_from;
+    auto build_batch = [&] {
+      batch.encoder =
+          ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
+                           {forced_batch}, cpu_kernels_.attention_kernel, store, &unused_ms, &unused_by, nullptr);
+      batch.from = forced_batch_from;
+    };
+    if (cpu_kernels_.selected_by != "fixed") {
+      build_batch();  // named by the user: a failure fails the load
+    } else {
+      // The rule's batch candidate: without it the main one runs every batch.
+      try {
+        build_batch();
+      } catch (const std::exception& e) {
+        TORCH_WARN("clip-native: ", manifest_.image_encoder_path, ": image batches stay on ", image_encoder_.kernel,
+                   " (", forced_batch, ": ", e.what(), ")");
+      }
+    }
   }
   image_encoder_.max_images = ImagesPerForward(precision_, image_encoder_.kernel);
   batch.encoder.max_images = ImagesPerForward(precision_, batch.encoder.kernel);
@@ -1873,9 +1890,15 @@ torch::Tensor Model::Run(Encoder& encoder, const torch::Tensor& input) {
   return out.contiguous();
 }
 
+bool Model::RunsImageBatch(int64_t images) const { return image_batch_from_ > 0 && images >= image_batch_from_; }
+
+int64_t Model::ImageForwards(int64_t images) const {
+  const int64_t most = (RunsImageBatch(images) ? image_batch_encoder_ : image_encoder_).max_images;
+  return most > 0 ? std::max<int64_t>(1, (images + most - 1) / most) : 1;
+}
+
 torch::Tensor Model::EncodeImages(const torch::Tensor& pixels) {
-  const bool batch = image_batch_from_ > 0 && pixels.size(0) >= image_batch_from_;
-  return Run(batch ? image_batch_encoder_ : image_encoder_, pixels);
+  return Run(RunsImageBatch(pixels.size(0)) ? image_batch_encoder_ : image_encoder_, pixels);
 }
 
 torch::Tensor Model::EncodeTexts(const torch::Tensor& ids) { return Run(text_encoder_, ids); }

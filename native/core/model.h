@@ -151,6 +151,9 @@ class Model {
   // thread. `pixels` is float32 [N,3,S,S] on the CPU, `ids` int64 [N,L]. The
   // result is float32 [N,embedDim], contiguous, on the CPU.
   torch::Tensor EncodeImages(const torch::Tensor& pixels);
+  // How many forwards EncodeImages runs for a batch of `images` (more than one
+  // where the encoder takes fewer images per forward: Encoder::max_images).
+  int64_t ImageForwards(int64_t images) const;
   torch::Tensor EncodeTexts(const torch::Tensor& ids);
 
   // A CPU buffer for the next batch's inputs, reused between batches; pinned
@@ -193,6 +196,8 @@ class Model {
 
  private:
   Model() = default;
+  // Whether a batch of `images` runs on image_batch_encoder_.
+  bool RunsImageBatch(int64_t images) const;
   static std::shared_ptr<Model> LoadOnThisThread(const std::string& directory, const ModelOptions& options);
   torch::Tensor Run(Encoder& encoder, const torch::Tensor& input);
   // Takes the image archive, and reads the text archive through
