@@ -221,7 +221,7 @@ struct NextPanelLines {
   int64_t step;       // bytes per step over k
   int64_t own_ahead;  // bytes
   // The float32 tile's prefetches of its own panel go to L2 only
-  // (PREFETCHT1): a lone tile on an Intel CPU (kLoneTileToL2).
+  // (PREFETCHT1): a lone tile on an Intel CPU (LoneTileToL2).
   bool own_to_l2;
 };
 

@@ -30,6 +30,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -1064,6 +1065,18 @@ std::string MachineKey() {
          "|clip-native " + CLIP_NATIVE_VERSION;
 }
 
+// "NAME@N" (a candidate and the batch size from which it runs the image
+// batches, 2 to 9999) -> {NAME, N}; nullopt when malformed or N < 2.
+std::optional<std::pair<std::string, int64_t>> ParseBatchChoice(const std::string& text) {
+  const size_t at = text.find('@');
+  if (at == std::string::npos) return std::nullopt;
+  const std::string from = text.substr(at + 1);
+  if (from.empty() || from.size() > 4 || from.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  const int64_t images = std::stoll(from);
+  if (images < 2) return std::nullopt;
+  return std::make_pair(text.substr(0, at), images);
+}
+
 // A stored calibration: the winner, then each candidate's milliseconds per
 // item, separated by ';' ("avx512;onednn=42.1;avx512=39.7;aten=72.5"); for
 // images then "batch=NAME@FROM" when batches run another candidate, and each
@@ -1091,14 +1104,9 @@ std::optional<Calibration> ParseCalibration(const std::string& value, const std:
   for (size_t i = 1; i < fields.size(); ++i) {
     std::string field = fields[i];
     if (field.rfind("batch=", 0) == 0) {
-      const size_t at = field.find('@');
-      if (at == std::string::npos || !known(field.substr(6, at - 6))) return std::nullopt;
-      c.batch_winner = field.substr(6, at - 6);
-      const std::string from = field.substr(at + 1);
-      if (from.empty() || from.size() > 4 || from.find_first_not_of("0123456789") != std::string::npos)
-        return std::nullopt;
-      c.batch_from = std::stoll(from);
-      if (c.batch_from < 2) return std::nullopt;
+      const auto choice = ParseBatchChoice(field.substr(6));
+      if (!choice || !known(choice->first)) return std::nullopt;
+      std::tie(c.batch_winner, c.batch_from) = *choice;
       continue;
     }
     const bool batch = field.rfind("batch.", 0) == 0;
@@ -1140,6 +1148,20 @@ constexpr int64_t kImageBatchShape = 8;
 // How much faster than the main choice on kImageBatchShape images another
 // candidate must be to run the batches: a margin over calibration's noise.
 constexpr double kImageBatchMargin = 0.95;
+
+// One timed round of calibration: each candidate of `order` (in reverse
+// when `reverse`) runs `input` once; `best_ms[c]` keeps candidate c's best
+// milliseconds per item.
+void TimeRound(std::vector<Model::Encoder>& built, const std::vector<size_t>& order, bool reverse,
+               const torch::Tensor& input, std::vector<double>* best_ms) {
+  for (size_t t = 0; t < order.size(); ++t) {
+    const size_t c = reverse ? order[order.size() - 1 - t] : order[t];
+    const auto start = std::chrono::steady_clock::now();
+    Forward(built[c], input);
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    (*best_ms)[c] = std::min((*best_ms)[c], ms / static_cast<double>(input.size(0)));
+  }
+}
 
 // The image encoder's second choice, for batches of at least `from` images.
 struct BatchEncoder {
@@ -1303,13 +1325,7 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
     std::vector<double> shape_best(built.size(), 1e300);
     const std::vector<size_t> shape_timed = timed;
     for (int round = 0; round < kRounds; ++round) {
-      for (size_t t = 0; t < timed.size(); ++t) {
-        const size_t c = round % 2 == 0 ? timed[t] : timed[timed.size() - 1 - t];
-        const auto start = std::chrono::steady_clock::now();
-        Forward(built[c], inputs[i]);
-        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-        shape_best[c] = std::min(shape_best[c], ms / static_cast<double>(inputs[i].size(0)));
-      }
+      TimeRound(built, timed, /*reverse=*/round % 2 == 1, inputs[i], &shape_best);
       if (i == 0 && round == 0) {
         // Twice as slow as the fastest in the first round: not timed again.
         double fastest = 1e300;
@@ -1347,15 +1363,7 @@ Model::Encoder ChooseCpuEncoder(const torch::jit::script::Module& archive, const
                                            at::detail::createCPUGenerator(/*seed_val=*/20240603));
     std::vector<double> batch_ms(built.size(), 1e300);
     for (size_t c : contenders) Forward(built[c], pixels);  // new shapes: primitives, buffers
-    for (int round = 0; round < 2; ++round) {
-      for (size_t t = 0; t < contenders.size(); ++t) {
-        const size_t c = round == 0 ? contenders[t] : contenders[contenders.size() - 1 - t];
-        const auto start = std::chrono::steady_clock::now();
-        Forward(built[c], pixels);
-        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-        batch_ms[c] = std::min(batch_ms[c], ms / static_cast<double>(kImageBatchShape));
-      }
-    }
+    for (int round = 0; round < 2; ++round) TimeRound(built, contenders, /*reverse=*/round == 1, pixels, &batch_ms);
     for (size_t c : contenders) {
       calibration.batch_timings.emplace_back(built[c].kernel, batch_ms[c]);
       if (batch_ms[c] < batch_ms[batch_winner]) batch_winner = c;
@@ -1731,13 +1739,10 @@ void Model::ChooseCpuKernels(torch::jit::script::Module image_archive,
   int64_t forced_batch_from = 0;
   if (const size_t comma = forced.find(','); comma != std::string::npos) {
     const std::string second = forced.substr(comma + 1);
-    const size_t at = second.find('@');
-    const std::string from = at == std::string::npos ? "" : second.substr(at + 1);
-    forced_batch = second.substr(0, at);
+    const auto choice = ParseBatchChoice(second);
+    if (choice) std::tie(forced_batch, forced_batch_from) = *choice;
     forced = forced.substr(0, comma);
-    const bool number = !from.empty() && from.size() <= 4 && from.find_first_not_of("0123456789") == std::string::npos;
-    forced_batch_from = number ? std::stoll(from) : 0;
-    if (forced_batch_from < 2 || forced.empty() || forced == "auto" || forced == "fixed" || forced == forced_batch ||
+    if (!choice || forced.empty() || forced == "auto" || forced == "fixed" || forced == forced_batch ||
         std::find(candidates.begin(), candidates.end(), forced_batch) == candidates.end()) {
       throw ClipError(ErrorCode::kInvalidArgument,
                       "Expected a candidate, then another candidate and the batch size from which it runs the image "
@@ -1804,15 +1809,15 @@ void Model::ChooseCpuKernels(torch::jit::script::Module image_archive,
     }
   }
   image_encoder_.max_images = ImagesPerForward(precision_, image_encoder_.kernel);
-  batch.encoder.max_images = ImagesPerForward(precision_, batch.encoder.kernel);
-  cpu_kernels_.max_images_per_forward = image_encoder_.max_images;
   if (batch.from > 0) {
     image_batch_encoder_ = std::move(batch.encoder);
+    image_batch_encoder_.max_images = ImagesPerForward(precision_, image_batch_encoder_.kernel);
     image_batch_from_ = batch.from;
     cpu_kernels_.image_batch = image_batch_encoder_.kernel;
     cpu_kernels_.image_batch_from = image_batch_from_;
-    cpu_kernels_.max_images_per_forward = image_batch_encoder_.max_images;
   }
+  // The limit the largest batches meet.
+  cpu_kernels_.max_images_per_forward = (image_batch_from_ > 0 ? image_batch_encoder_ : image_encoder_).max_images;
   cpu_kernels_.image_batch_ms = std::move(batch.timings);
   image_archive = torch::jit::script::Module();
   ReturnFreedMemory();  // else the text archive's reading grows the heap past the image archive's freed blocks
