@@ -277,7 +277,7 @@ void Engine::Prepare(std::unique_ptr<Task> task) {
         switch (task->kind) {
           case TaskKind::kImageBytes:
           case TaskKind::kPreprocess: {
-            auto pixels = std::make_shared<std::vector<float>>(pixel_count);
+            auto pixels = std::make_shared<FloatPixels>(pixel_count);
             PreprocessImage(reinterpret_cast<const uint8_t*>(task->input.data()), task->input.size(), task->decode,
                             preprocess_, pixels->data());
             std::string().swap(task->input);

@@ -202,6 +202,12 @@ struct Tables {
   uint32_t code_len[1 << kCodeLenBits];
 };
 
+// The dynamic blocks' tables of the calling thread.
+__attribute__((noinline)) Tables& ThreadTables() {
+  thread_local Tables tables;
+  return tables;
+}
+
 const Tables& FixedTables() {
   static const Tables* const fixed = [] {
     auto* tables = new Tables();
@@ -536,7 +542,9 @@ bool InflateZlib(const uint8_t* in, size_t in_size, uint8_t* out, size_t out_siz
   const unsigned flags = in[1];
   if (((cmf << 8) | flags) % 31 != 0 || (cmf & 0x0F) != 8 || (cmf >> 4) > 7 || (flags & 0x20) != 0) return false;
 
-  thread_local Tables dynamic;
+  // Fetched once: used in place, a thread_local's address is looked up again
+  // (__tls_get_addr in a shared library) inside the table-building loops.
+  Tables& dynamic = ThreadTables();
   const Tables& fixed = FixedTables();
   BitReader br(in + 2, in + in_size);
   uint8_t* next_out = out;
