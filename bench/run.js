@@ -16,7 +16,7 @@
 // run on another CPU never replaces it), and the index bench/RESULTS.md that
 // links them all; --quick writes bench/results/<cpu-slug>-quick.json only.
 //
-// Environment: CLIP_BENCH_ROUNDS (default 3; 5 with --quick, which stops after 3
+// Environment: CLIP_BENCH_ROUNDS (default 3; 9 with --quick, which stops after 3
 // when another round would end past 4 minutes from its start), CLIP_BENCH_MIN_SECONDS
 // per measurement (default 0.75; 0.25 with --quick; a measurement also covers at
 // least 16 items), CLIP_BENCH_THREADS (default: the CPU count),
@@ -71,7 +71,7 @@ for (const arg of args) {
 }
 const quick = args.includes('--quick');
 
-const rounds = Number(process.env.CLIP_BENCH_ROUNDS || (quick ? 5 : 3));
+const rounds = Number(process.env.CLIP_BENCH_ROUNDS || (quick ? 9 : 3));
 const minSeconds = Number(process.env.CLIP_BENCH_MIN_SECONDS || (quick ? 0.25 : 0.75));
 // One call of one item measures mostly noise: every timed measurement covers at least this many items.
 const MIN_ITEMS = 16;

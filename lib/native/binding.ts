@@ -87,16 +87,16 @@ export interface NativeCpuKernels {
    * The candidate that image batches of at least `fromImages` images run instead of `image`: one that calibration
    * found faster than `image` by 5% or more on a batch of 8 images (on an Intel Xeon with AMX-INT8, int8's `onednn`
    * against `avx512-vnni`, which wins on one image and on captions), or forced as `cpuKernels: 'NAME,BATCH@N'`.
-   * null where every batch runs `image`.
+   * null where every batch runs `image`. `maxImagesPerForward`: as the field below, for the batches it runs.
    */
-  imageBatch: { kernel: string; fromImages: number } | null;
+  imageBatch: { kernel: string; fromImages: number; maxImagesPerForward: number | null } | null;
   /**
    * Milliseconds per image of each candidate on the batch of 8 images that calibration times for `imageBatch`
    * (every candidate not dropped in the first round); empty unless measured.
    */
   imageBatchMsPerItem: Record<string, number>;
   /**
-   * The most images one forward of the image encoder takes (of `imageBatch` where there is one); larger batches run
+   * The most images one forward of the image encoder takes (`image`'s; `imageBatch` has its own); larger batches run
    * as forwards of that many, their results joined. 8 for bfloat16 on oneDNN's inner products (`onednn`,
    * `onednn-bf16`): on an Intel Xeon with AMX its linears took 2.5x as long on 16 images as on 8. null: any.
    */

@@ -417,19 +417,20 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     };
     kernels.Set("imageMsPerItem", timings(k.image_ms));
     kernels.Set("textMsPerItem", timings(k.text_ms));
+    auto images_per_forward = [&](int64_t most) {
+      return most > 0 ? Napi::Value(Napi::Number::New(env, static_cast<double>(most))) : env.Null();
+    };
     if (k.image_batch_from > 0) {
       Napi::Object batch = Napi::Object::New(env);
       batch.Set("kernel", k.image_batch);
       batch.Set("fromImages", static_cast<double>(k.image_batch_from));
+      batch.Set("maxImagesPerForward", images_per_forward(k.image_batch_max_images_per_forward));
       kernels.Set("imageBatch", batch);
     } else {
       kernels.Set("imageBatch", env.Null());
     }
     kernels.Set("imageBatchMsPerItem", timings(k.image_batch_ms));
-    kernels.Set("maxImagesPerForward",
-                k.max_images_per_forward > 0
-                    ? Napi::Value(Napi::Number::New(env, static_cast<double>(k.max_images_per_forward)))
-                    : env.Null());
+    kernels.Set("maxImagesPerForward", images_per_forward(k.max_images_per_forward));
     Napi::Object calibration = Napi::Object::New(env);
     auto source = [&](const std::string& by) { return by.empty() ? env.Null() : Napi::String::New(env, by); };
     calibration.Set("image", source(k.image_measured_by));

@@ -1815,9 +1815,9 @@ void Model::ChooseCpuKernels(torch::jit::script::Module image_archive,
     image_batch_from_ = batch.from;
     cpu_kernels_.image_batch = image_batch_encoder_.kernel;
     cpu_kernels_.image_batch_from = image_batch_from_;
+    cpu_kernels_.image_batch_max_images_per_forward = image_batch_encoder_.max_images;
   }
-  // The limit the largest batches meet.
-  cpu_kernels_.max_images_per_forward = (image_batch_from_ > 0 ? image_batch_encoder_ : image_encoder_).max_images;
+  cpu_kernels_.max_images_per_forward = image_encoder_.max_images;
   cpu_kernels_.image_batch_ms = std::move(batch.timings);
   image_archive = torch::jit::script::Module();
   ReturnFreedMemory();  // else the text archive's reading grows the heap past the image archive's freed blocks

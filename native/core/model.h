@@ -118,8 +118,10 @@ struct CpuKernelChoice {
   int text_fused_norms = 0;
   // Images per forward of the image encoder at most, larger batches split
   // into forwards of that many (0: any): 8 for bfloat16 on oneDNN's inner
-  // products (ImagesPerForward in model.cc).
+  // products (ImagesPerForward in model.cc). `image`'s, and image_batch's
+  // for the batches it runs.
   int64_t max_images_per_forward = 0;
+  int64_t image_batch_max_images_per_forward = 0;
   // Whether the oneDNN and int8 candidates' graphs take that kernel, and how
   // that was decided: "measurement" (a calibrating load; the two microsecond
   // figures are set), "rule" (a fixed or named candidate), "environment"

@@ -169,7 +169,7 @@ t.test('a forced pair runs image batches of N or more on the second candidate', 
   const info = pair.info.cpuKernels!;
   t.same(
     [info.image, info.text, info.selectedBy, info.imageBatch],
-    [other, other, 'option', { kernel, fromImages: 3 }],
+    [other, other, 'option', { kernel, fromImages: 3, maxImagesPerForward: null }],
   );
   t.same(single.info.cpuKernels!.imageBatch, null);
   const run = (model: ClipModel, count: number) => model._submit(TaskKind.ImageBytes, images.slice(0, count), {});
@@ -196,7 +196,10 @@ t.test('a forced pair runs image batches of N or more on the second candidate', 
   try {
     const fromEnvironment = await ClipModel.load(tinyModel, { device: 'cpu' });
     const chosen = fromEnvironment.info.cpuKernels!;
-    t.same([chosen.image, chosen.selectedBy, chosen.imageBatch], [other, 'environment', { kernel, fromImages: 5 }]);
+    t.same(
+      [chosen.image, chosen.selectedBy, chosen.imageBatch],
+      [other, 'environment', { kernel, fromImages: 5, maxImagesPerForward: null }],
+    );
     await fromEnvironment.dispose();
   } finally {
     restore();
@@ -232,6 +235,41 @@ t.test('bfloat16 on oneDNN runs image batches as forwards of at most 8 images', 
   const float32 = await ClipModel.load(tinyModel, { device: 'cpu', cpuKernels: 'fixed' });
   t.equal(float32.info.cpuKernels!.maxImagesPerForward, null, 'float32: any number');
   await float32.dispose();
+  // A pair reports each candidate's limit: the first's for the batches below N, the second's for the rest.
+  const split = candidates.find((name) => name === 'onednn' || name === 'onednn-bf16');
+  const whole = candidates.find((name) => name !== 'onednn' && name !== 'onednn-bf16');
+  if (split && whole) {
+    for (const [first, second] of [
+      [split, whole],
+      [whole, split],
+    ]) {
+      const pair = await ClipModel.load(tinyModel, {
+        device: 'cpu',
+        dtype: 'bfloat16',
+        cpuKernels: `${first},${second}@12`,
+      });
+      const kernels = pair.info.cpuKernels!;
+      t.same(
+        [kernels.maxImagesPerForward, kernels.imageBatch],
+        [
+          first === split ? 8 : null,
+          { kernel: second, fromImages: 12, maxImagesPerForward: second === split ? 8 : null },
+        ],
+        `${first},${second}@12: each candidate's images per forward`,
+      );
+      if (first === split) {
+        // 10 images run on the first candidate, as forwards of 8 and 2.
+        const before = pair.stats().image.forwards;
+        await pair._submit(
+          TaskKind.ImageBytes,
+          Array.from({ length: 10 }, (_, i) => images[i % images.length]),
+          {},
+        );
+        t.equal(pair.stats().image.forwards - before, 2, `${first},${second}@12: 10 images in two forwards`);
+      }
+      await pair.dispose();
+    }
+  }
 });
 
 t.test('auto calibrates among the candidates and reports what it measured', async (t) => {
@@ -291,7 +329,11 @@ t.test('fixed takes the first candidate without measuring, and the attention ker
       binding().cpuIsa.includes('amx_int8') &&
       kernels.candidates[0] === 'avx512-vnni' &&
       kernels.candidates.includes('onednn');
-    t.same(kernels.imageBatch, amxBatches ? { kernel: 'onednn', fromImages: 8 } : null, `${dtype}: image batches`);
+    t.same(
+      kernels.imageBatch,
+      amxBatches ? { kernel: 'onednn', fromImages: 8, maxImagesPerForward: null } : null,
+      `${dtype}: image batches`,
+    );
     t.same(kernels.imageBatchMsPerItem, {}, `${dtype}: nothing measured for the batches`);
     const attention = kernels.attentionKernel;
     if (!attentionApplies(dtype)) {
