@@ -1,5 +1,6 @@
 #include "model_wrap.h"
 
+#include <cstring>
 #include <optional>
 
 #include "convert.h"
@@ -226,7 +227,8 @@ Napi::Value ModelWrap::Submit(const Napi::CallbackInfo& info) {
           throw bad("a Float32Array");
         }
         auto pixels = value.As<Napi::Float32Array>();
-        task->pixels.assign(pixels.Data(), pixels.Data() + pixels.ElementLength());
+        task->pixels.resize(pixels.ElementLength());
+        std::memcpy(task->pixels.data(), pixels.Data(), pixels.ElementLength() * sizeof(float));
         break;
       }
       case TaskKind::kText:
