@@ -100,7 +100,8 @@ export interface NativeCpuKernels {
   /**
    * The most images one forward of the image encoder takes (`image`'s; `imageBatch` has its own); larger batches run
    * as forwards of that many, their results joined. 8 for bfloat16 on oneDNN's inner products (`onednn`,
-   * `onednn-bf16`): on an Intel Xeon with AMX its linears took 2.5x as long on 16 images as on 8. null: any.
+   * `onednn-bf16`): on an Intel Xeon with AMX its linears took 2.5x as long on 16 images as on 8; 16 on AMX tiles
+   * (`amx-bf16`), where 32 images took a third longer per image than 16. null: any.
    */
   maxImagesPerForward: number | null;
   /**

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -15,6 +16,9 @@
 #include <vector>
 
 #include <unistd.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
 
 #include "cpu_features.h"
 #include "cpu_simd.h"
@@ -980,6 +984,178 @@ __attribute__((target("avx2,fma"))) void PanelsAvx2(const float* xt, const std::
                   });
   }
 }
+
+// The bfloat16 linear on AMX tiles (Intel Xeons from Sapphire Rapids on):
+// the same packed weights as PanelsBf16 (per panel of 32 features, per pair
+// of inputs, 32 features of 2 values: 128 bytes), read as tiles of 16 pairs
+// (32 inputs) by 16 features, and the rows of x as they lie (row-major
+// bfloat16). Eight tile registers: four sums of 16 rows x 16 features
+// (32 rows x the panel's 32 features), two of x's rows, two of weights; one
+// TDPBF16PS multiplies a 16 x 32 block of x by a 32 x 16 block of weights,
+// 8192 products. Each thread runs its share of the panels; per panel the
+// inputs go in chunks of kAmxChunk, every 32-row block of x against one
+// chunk before the next (the chunk's 16 KB of weights stay in L1 for the
+// blocks after the first; the sums of the blocks wait in a buffer of the
+// thread in between), and the blocks fetch the next chunk's weights to L2
+// as they go. The sums get the bias, the swish and the rounding to bfloat16
+// of PanelsBf16's epilogue. Chunks of 256 inputs against 768 (Intel Xeon,
+// family 6 model 167; 400 rows, 2 threads, 12 layers' weights in turn, with
+// the prefetches): 768 -> 2304 2.07 against 1.62 TFLOP/s, 768 -> 768 1.96
+// against 1.60; 3072 -> 768 level (1.25-1.36). oneDNN's packed linear on the
+// same: 2.19 / 1.18 / 1.39 TFLOP/s.
+constexpr int64_t kAmxChunk = 256;
+constexpr int64_t kAmxRows = 32;
+
+// The tile configuration LDTILECFG takes (palette 1).
+struct AmxConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0-3: sums (rows 0-15 x features 0-15, 0-15 x 16-31, 16-31 x 0-15,
+// 16-31 x 16-31); 4, 5: x's rows 0-15 and 16-31; 6, 7: the weights of
+// features 0-15 and 16-31. A block of `rows` rows (1-32) configures the
+// tiles of its second 16 rows only when it has them.
+AmxConfig AmxBlockConfig(int rows) {
+  AmxConfig c;
+  const int upper = std::min(rows, 16), lower = rows - upper;
+  for (int t : {0, 1, 4}) {
+    c.rows[t] = static_cast<uint8_t>(upper);
+    c.bytes_per_row[t] = 64;
+  }
+  if (lower > 0) {
+    for (int t : {2, 3, 5}) {
+      c.rows[t] = static_cast<uint8_t>(lower);
+      c.bytes_per_row[t] = 64;
+    }
+  }
+  for (int t : {6, 7}) {
+    c.rows[t] = 16;
+    c.bytes_per_row[t] = 64;
+  }
+  return c;
+}
+
+#define CLIP_AMX_TARGET __attribute__((target("avx512f,avx512bf16,amx-tile,amx-bf16")))
+
+// Rows [row0, row0 + rows) of x (k bfloat16 each) against inputs [k0, k0 +
+// chunk) of one panel; the sums start at zero (`first`) or at `carry`, and
+// go to `carry` (32 x 32 float32, a row's 32 sums 128 bytes apart).
+CLIP_AMX_TARGET void AmxBlock(const uint16_t* x, int64_t k, int rows, const uint16_t* panel, int64_t k0, int64_t chunk,
+                              bool first, float* carry, const void* prefetch, int64_t prefetch_lines) {
+  const bool lower = rows > 16;
+  if (first) {
+    _tile_zero(0);
+    _tile_zero(1);
+    if (lower) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
+  } else {
+    _tile_loadd(0, carry, 128);
+    _tile_loadd(1, carry + 16, 128);
+    if (lower) {
+      _tile_loadd(2, carry + 16 * 32, 128);
+      _tile_loadd(3, carry + 16 * 32 + 16, 128);
+    }
+  }
+  const int64_t stride = k * 2;
+  const uint16_t* xr = x + k0;
+  const uint16_t* w = panel + k0 * 32;  // k0 / 2 pairs of 64 values
+  const char* ahead = static_cast<const char*>(prefetch);
+  if (lower) {
+    for (int64_t s = 0; s < chunk; s += 32, xr += 32, w += 32 * 32) {
+      for (int64_t i = 0; i < prefetch_lines; ++i, ahead += 64) _mm_prefetch(ahead, _MM_HINT_T1);
+      _tile_loadd(4, xr, stride);
+      _tile_loadd(6, w, 128);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_loadd(7, w + 32, 128);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_loadd(5, xr + 16 * k, stride);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  } else {
+    for (int64_t s = 0; s < chunk; s += 32, xr += 32, w += 32 * 32) {
+      for (int64_t i = 0; i < prefetch_lines; ++i, ahead += 64) _mm_prefetch(ahead, _MM_HINT_T1);
+      _tile_loadd(4, xr, stride);
+      _tile_loadd(6, w, 128);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_loadd(7, w + 32, 128);
+      _tile_dpbf16ps(1, 4, 7);
+    }
+  }
+  _tile_stored(0, carry, 128);
+  _tile_stored(1, carry + 16, 128);
+  if (lower) {
+    _tile_stored(2, carry + 16 * 32, 128);
+    _tile_stored(3, carry + 16 * 32 + 16, 128);
+  }
+}
+
+// x [m, k] (k a multiple of 32) against panels [first, last) into y [m,
+// n_size], on the calling thread.
+CLIP_AMX_TARGET void PanelsAmx(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, const float* bias,
+                               int64_t n_size, uint16_t* y, int64_t first, int64_t last, bool swish) {
+  const int64_t blocks = (m + kAmxRows - 1) / kAmxRows;
+  const int tail = static_cast<int>(m - (blocks - 1) * kAmxRows);
+  thread_local GrowingBuffer<float> carry_buffer;
+  float* carry = carry_buffer.Get(static_cast<size_t>(blocks * kAmxRows * 32));
+  const AmxConfig full = AmxBlockConfig(kAmxRows), last_block = AmxBlockConfig(tail);
+  const int64_t chunk = std::min(k, kAmxChunk);
+  for (int64_t p = first; p < last; ++p) {
+    const uint16_t* panel = packed + p * k * 32;
+    for (int64_t k0 = 0; k0 < k; k0 += chunk) {
+      const int64_t size = std::min(chunk, k - k0);
+      _tile_loadconfig(&full);
+      // The next chunk's weights (this panel's, or the next panel's first)
+      // fetched to L2 while the blocks run, spread over them.
+      const bool has_next = k0 + size < k || p + 1 < last;
+      const char* next = reinterpret_cast<const char*>(k0 + size < k ? panel + (k0 + size) * 32 : panel + k * 32);
+      const int64_t next_lines = has_next ? std::min(chunk, k - (k0 + size < k ? k0 + size : 0)) : 0;
+      const int64_t steps = size / 32;
+      const int64_t per_step = (next_lines + blocks * steps - 1) / (blocks * steps);
+      int64_t issued = 0;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const bool is_last = b + 1 == blocks;
+        if (is_last && tail != kAmxRows) _tile_loadconfig(&last_block);
+        // A prefetch never faults: the last block's may reach a few lines
+        // past the chunk.
+        const int64_t lines = std::max<int64_t>(0, std::min(per_step * steps, next_lines - issued));
+        const int64_t lines_per_step = (lines + steps - 1) / steps;
+        AmxBlock(x + b * kAmxRows * k, k, is_last ? tail : static_cast<int>(kAmxRows), panel, k0, size, k0 == 0,
+                 carry + b * kAmxRows * 32, next + issued * 64, lines_per_step);
+        issued += lines_per_step * steps;
+      }
+    }
+    const int64_t n0 = p * kPanel;
+    const PanelEdge edge(bias, n0, n_size);
+    for (int64_t r = 0; r < m; ++r) {
+      const float* sums = carry + r * 32;
+      __m512 lo = _mm512_add_ps(_mm512_loadu_ps(sums), edge.bias[0]);
+      __m512 hi = _mm512_add_ps(_mm512_loadu_ps(sums + 16), edge.bias[1]);
+      if (swish) {
+        lo = simd::Swish(lo);
+        hi = simd::Swish(hi);
+      }
+      simd::StoreBFloat16(y + r * n_size + n0, edge.mask[0], lo);
+      simd::StoreBFloat16(y + r * n_size + n0 + 16, edge.mask[1], hi);
+    }
+  }
+  _tile_release();
+}
+
+// x [m, k] bfloat16 rows against every panel, split among the threads.
+void RunAmx(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t panels, const float* bias,
+            int64_t n_size, uint16_t* y, bool swish) {
+  if (m == 0) return;
+  at::parallel_for(0, panels, 1, [&](int64_t first, int64_t last) {
+    PanelsAmx(x, m, k, packed, bias, n_size, y, first, last, swish);
+  });
+}
 #endif
 
 void CheckBf16Input(const at::Tensor& x) {
@@ -1017,10 +1193,10 @@ void CheckFloatOperands(at::IntArrayRef x, const at::Tensor& packed, const c10::
 }
 
 // Whether `packed` is laid out for bfloat16 products (PackPanelWeightBf16's
-// 4-D pairs) rather than for the float32 kernels (3-D, float32 or bfloat16
-// weights, PackPanelWeight).
+// 4-D pairs, or PackPanelWeightAmx's 5-D view of them) rather than for the
+// float32 kernels (3-D, float32 or bfloat16 weights, PackPanelWeight).
 bool PackedForBf16Products(const at::Tensor& packed) {
-  return packed.scalar_type() == at::kBFloat16 && packed.dim() == 4;
+  return packed.scalar_type() == at::kBFloat16 && (packed.dim() == 4 || packed.dim() == 5);
 }
 
 // The same for the bfloat16 kernel (bfloat16 weights of half the width in
@@ -1030,8 +1206,11 @@ at::Tensor CheckBf16Operands(at::IntArrayRef x, const at::Tensor& packed, const 
                              int64_t out_features) {
   TORCH_CHECK(packed.scalar_type() == at::kBFloat16 && packed.device().is_cpu(),
               "clip_native: the bfloat16 panel linear takes bfloat16 CPU weights, got ", packed.toString());
-  TORCH_CHECK(!x.empty() && packed.dim() == 4 && packed.size(2) == 32 && packed.size(3) == 2 &&
-                  x.back() == 2 * packed.size(1) && packed.size(0) * 32 >= out_features && out_features > 0,
+  const bool amx = packed.dim() == 5;
+  const bool layout =
+      amx ? packed.size(2) == 16 && packed.size(3) == 32 && packed.size(4) == 2 && x.back() == 32 * packed.size(1)
+          : packed.dim() == 4 && packed.size(2) == 32 && packed.size(3) == 2 && x.back() == 2 * packed.size(1);
+  TORCH_CHECK(!x.empty() && layout && packed.is_contiguous() && packed.size(0) * 32 >= out_features && out_features > 0,
               "clip_native: linear input ", x, " does not fit packed weights ", packed.sizes(), " for ", out_features,
               " features");
   at::Tensor bias_float;
@@ -1041,6 +1220,7 @@ at::Tensor CheckBf16Operands(at::IntArrayRef x, const at::Tensor& packed, const 
     bias_float = bias->to(at::kFloat).contiguous();
   }
   TORCH_CHECK(PanelLinearBf16Available(), "clip_native: this CPU lacks AVX512-BF16 for the panel linear");
+  TORCH_CHECK(!amx || PanelLinearAmxAvailable(), "clip_native: this CPU or system offers no AMX-BF16 tiles");
   return bias_float;
 }
 
@@ -1206,6 +1386,30 @@ at::Tensor PackPanelWeightBf16(const at::Tensor& weight) {
   return packed;
 }
 
+bool PanelLinearAmxAvailable() {
+  // Linux hands out the tiles' 8 KB of register state per process, on
+  // request (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA); a process that
+  // has not asked faults on its first tile instruction.
+  static const bool available = [] {
+#if defined(CLIP_PANEL_KERNEL) && defined(__linux__)
+    constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
+    constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
+    return PanelLinearBf16Available() && GetCpuFeatures().amx_bf16 &&
+           syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+#else
+    return false;
+#endif
+  }();
+  return available;
+}
+
+at::Tensor PackPanelWeightAmx(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) % 32 == 0,
+              "clip_native: an AMX panel weight must be 2-D with a multiple of 32 inputs, got ", weight.sizes());
+  const at::Tensor pairs = PackPanelWeightBf16(weight);
+  return pairs.view({pairs.size(0), weight.size(1) / 32, 16, 32, 2});
+}
+
 at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                            int64_t out_features, bool swish) {
   CheckBf16Input(x);
@@ -1214,6 +1418,13 @@ at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const 
   RowsIn in(x, out_features);
   const int64_t panels = packed.size(0);
 #ifdef CLIP_PANEL_KERNEL
+  if (packed.dim() == 5) {
+    RunAmx(reinterpret_cast<const uint16_t*>(in.rows.data_ptr<at::BFloat16>()), in.m, k,
+           reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()), panels,
+           bias ? bias_float.data_ptr<float>() : nullptr, out_features,
+           reinterpret_cast<uint16_t*>(in.y.data_ptr<at::BFloat16>()), swish);
+    return in.y.view(in.shape);
+  }
   const int64_t pairs = k / 2;
   const std::vector<RowTile> tiles = SplitRows(in.m, kTile);
   const auto* xp = reinterpret_cast<const uint32_t*>(in.rows.data_ptr<at::BFloat16>());
@@ -1347,6 +1558,10 @@ at::Tensor PanelMlp(const at::Tensor& x, const at::Tensor& packed1, const c10::o
   // or bfloat16 weights.
   const bool bfloat16 = PackedForBf16Products(packed1);
   TORCH_CHECK(x.dim() >= 1, "clip_native: an MLP input must have at least one dimension, got ", x.sizes());
+  if (bfloat16 && (packed1.dim() == 5 || packed2.dim() == 5)) {
+    // On AMX tiles the hidden rows lie row-major between the two linears.
+    return PanelLinearBf16(PanelLinearBf16(x, packed1, bias1, hidden, /*swish=*/true), packed2, bias2, out_features);
+  }
   std::vector<int64_t> hidden_shape(x.sizes().begin(), x.sizes().end());
   hidden_shape.back() = hidden;
   at::Tensor bias1_float, bias2_float;

@@ -53,6 +53,16 @@ at::Tensor PackPanelWeightBf16(const at::Tensor& weight);
 at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                            int64_t out_features, bool swish = false);
 
+// The bfloat16 variant on AMX tiles (Intel Xeons from Sapphire Rapids on;
+// Linux grants the tiles' state on request, which PanelLinearAmxAvailable
+// makes once per process). Weights with a multiple of 32 inputs, packed as
+// PackPanelWeightBf16 packs them and viewed as [ceil(N/32), K/32, 16, 32, 2]
+// (tiles of 16 pairs of inputs by 16 features): PanelLinearBf16 and PanelMlp
+// run such weights on the tiles, x's rows as they lie, the sums rounded as
+// the AVX512-BF16 kernel rounds them.
+bool PanelLinearAmxAvailable();
+at::Tensor PackPanelWeightAmx(const at::Tensor& weight);
+
 // y[M, N] = x[M, K] w^T + b, x of any leading shape (flattened to rows);
 // with `swish`, y * sigmoid(y), computed on the float32 sums before they
 // are stored (and, in bfloat16, rounded).

@@ -58,7 +58,9 @@ const char* PrecisionName(Precision precision);
 //             linear: MKL or OpenBLAS)
 //   bfloat16: "onednn" (bfloat16 weights, float32 activations between the
 //             linears), "onednn-bf16" (bfloat16 activations throughout),
-//             "avx512-bf16" (the same on clip-native's AVX512-BF16 linear),
+//             "amx-bf16" (the same on clip-native's linear on AMX tiles,
+//             where the CPU and the system offer them), "avx512-bf16"
+//             (the same on clip-native's AVX512-BF16 linear),
 //             "autocast" (libtorch < 2.0); on CPUs without bfloat16
 //             products first "avx512-bf16w" / "avx2-bf16w" (clip-native's
 //             float32 linear on weights rounded to bfloat16), then "avx512"

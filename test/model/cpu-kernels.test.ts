@@ -106,7 +106,7 @@ t.test('every candidate of every CPU dtype, forced, agrees with float32 through 
         `${label}: attention layers fused`,
       );
       // clip-native's own linear runs each layer's MLP as one operator.
-      const ownLinear = ['avx512', 'avx2', 'avx512-bf16', 'avx512-bf16w', 'avx2-bf16w'].includes(name);
+      const ownLinear = ['avx512', 'avx2', 'avx512-bf16', 'amx-bf16', 'avx512-bf16w', 'avx2-bf16w'].includes(name);
       t.same(kernels.fusedMlps, { image: ownLinear ? 2 : 0, text: ownLinear ? 2 : 0 }, `${label}: MLPs fused`);
       // Every LayerNorm on clip-native's kernel (cpu_norm.h) in every graph but the archive's own: 2 per layer, the
       // image's pre- and post-LayerNorm, the text's final one. Those a residual add feeds take the add along: all
@@ -206,28 +206,38 @@ t.test('a forced pair runs image batches of N or more on the second candidate', 
   }
 });
 
-t.test('bfloat16 on oneDNN runs image batches as forwards of at most 8 images', async (t) => {
+// The most images one bfloat16 forward of each candidate takes: 8 on oneDNN's inner products, 16 on AMX tiles.
+const imagesPerForward = (name: string) =>
+  name === 'onednn' || name === 'onednn-bf16' ? 8 : name === 'amx-bf16' ? 16 : null;
+
+t.test('bfloat16 on oneDNN and on AMX tiles runs image batches as forwards of at most 8 and 16 images', async (t) => {
   const probe = await ClipModel.load(tinyModel, { device: 'cpu', dtype: 'bfloat16', cpuKernels: 'fixed' });
   const candidates = probe.info.cpuKernels!.candidates;
   await probe.dispose();
   for (const name of candidates) {
-    const model = await ClipModel.load(tinyModel, { device: 'cpu', dtype: 'bfloat16', cpuKernels: name });
+    const model = await ClipModel.load(tinyModel, {
+      device: 'cpu',
+      dtype: 'bfloat16',
+      cpuKernels: name,
+      maxBatchImages: 32,
+    });
     const limit = model.info.cpuKernels!.maxImagesPerForward;
-    t.equal(limit, name === 'onednn' || name === 'onednn-bf16' ? 8 : null, `${name}: images per forward`);
+    t.equal(limit, imagesPerForward(name), `${name}: images per forward`);
     if (limit) {
-      // 12 images run as 8 and 4: the same bits as those two batches alone.
-      const twelve = Array.from({ length: 12 }, (_, i) => images[i % images.length]);
+      // limit + 4 images run as limit and 4: the same bits as those two batches alone.
+      const count = limit + 4;
+      const batch = Array.from({ length: count }, (_, i) => images[i % images.length]);
       const run = (items: Uint8Array[]) => model._submit(TaskKind.ImageBytes, items, {});
       // One call at a time: calls in flight together may share batches.
       const before = model.stats().image.forwards;
-      const all = await run(twelve);
-      t.equal(model.stats().image.forwards - before, 2, `${name}: 12 images in two forwards`);
-      const first = await run(twelve.slice(0, 8));
-      const rest = await run(twelve.slice(8));
+      const all = await run(batch);
+      t.equal(model.stats().image.forwards - before, 2, `${name}: ${count} images in two forwards`);
+      const first = await run(batch.slice(0, limit));
+      const rest = await run(batch.slice(limit));
       const same = (a: unknown, b: unknown) => bytesOf(a).equals(bytesOf(b));
       t.ok(
-        all.every((v, i) => same(v, i < 8 ? first[i] : rest[i - 8])),
-        `${name}: 12 images as forwards of 8 and 4`,
+        all.every((v, i) => same(v, i < limit ? first[i] : rest[i - limit])),
+        `${name}: ${count} images as forwards of ${limit} and 4`,
       );
     }
     await model.dispose();
@@ -238,6 +248,7 @@ t.test('bfloat16 on oneDNN runs image batches as forwards of at most 8 images', 
   // A pair reports each candidate's limit: the first's for the batches below N, the second's for the rest.
   const split = candidates.find((name) => name === 'onednn' || name === 'onednn-bf16');
   const whole = candidates.find((name) => name !== 'onednn' && name !== 'onednn-bf16');
+  const limitOf = (name: string) => imagesPerForward(name);
   if (!split || !whole) {
     t.comment(`no pair of a oneDNN and another bfloat16 candidate here (candidates: ${candidates.join(', ')})`);
   } else {
@@ -253,10 +264,7 @@ t.test('bfloat16 on oneDNN runs image batches as forwards of at most 8 images', 
       const kernels = pair.info.cpuKernels!;
       t.same(
         [kernels.maxImagesPerForward, kernels.imageBatch],
-        [
-          first === split ? 8 : null,
-          { kernel: second, fromImages: 12, maxImagesPerForward: second === split ? 8 : null },
-        ],
+        [limitOf(first), { kernel: second, fromImages: 12, maxImagesPerForward: limitOf(second) }],
         `${first},${second}@12: each candidate's images per forward`,
       );
       if (first === split) {

@@ -7,7 +7,9 @@
 // (per-thread copies of the rows at and below it; one shared copy run in
 // groups of tiles above, one group or many), the same bits on any number of
 // threads, linear_rows on either dtype, with and without the swish post-op,
-// and mlp_rows against the two linear_rows it stands for; the int8 kernel
+// and mlp_rows against the two linear_rows it stands for; the bfloat16
+// kernel on AMX tiles (where the CPU and the system offer them) on every
+// row count of its 32-row blocks and on each shape of ViT-B/32; the int8 kernel
 // (AVX512-VNNI) against its own arithmetic done in ATen, exact integer sums
 // included, and within quantization error of float32; and the slices of
 // the next panel that the tiles prefetch (NextPanelPrefetch).
@@ -255,6 +257,51 @@ void TestBFloat16() {
              "bfloat16 [2, 5, 64], no bias");
 }
 
+// The bfloat16 kernel on AMX tiles: every row count of a 32-row block and
+// its two 16-row halves, several blocks, the four linears of a ViT-B/32
+// layer (k over two chunks of the panel loop: 3072), the last panel
+// part-empty, a missing bias, x not contiguous and of more dimensions; the
+// same sums as the AVX512-BF16 kernel up to their order (each rounds once to
+// bfloat16); weights whose inputs are not a multiple of 32 refused.
+void TestAmx() {
+  if (!clip::PanelLinearAmxAvailable()) {
+    std::cout << "skipped: bfloat16 on AMX tiles (no AMX-BF16, or the system refused the tiles)" << std::endl;
+    return;
+  }
+  const std::vector<std::pair<int64_t, int64_t>> shapes{{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}, {64, 40}};
+  for (int64_t m : {1, 2, 15, 16, 17, 31, 32, 33, 48, 50, 63, 64, 65, 200, 401}) {
+    for (const auto& [k, n] : shapes) {
+      if (m > 65 && k == 3072 && n == 768 && m != 401) continue;
+      const at::Tensor x = Random({m, k}).to(at::kBFloat16);
+      const at::Tensor w = Random({n, k}, 0.05).to(at::kBFloat16);
+      const at::Tensor b = Random({n}, 0.1).to(at::kBFloat16);
+      const at::Tensor got = clip::PanelLinearBf16(x, clip::PackPanelWeightAmx(w), b, n);
+      CheckClose(got, x, w, b, "AMX " + Shape(m, k, n));
+      const at::Tensor pairs = clip::PanelLinearBf16(x, clip::PackPanelWeightBf16(w), b, n);
+      const double diff = at::abs(got.to(at::kFloat) - pairs.to(at::kFloat)).max().item<double>();
+      const double bound = at::abs(pairs.to(at::kFloat)).max().item<double>() / 64;
+      Check(diff <= bound, "AMX " + Shape(m, k, n) + " against AVX512-BF16: max abs diff " + std::to_string(diff));
+    }
+  }
+  const at::Tensor w = Random({40, 64}, 0.1).to(at::kBFloat16);
+  const at::Tensor none =
+      clip::PanelLinearBf16(Random({0, 64}).to(at::kBFloat16), clip::PackPanelWeightAmx(w), c10::nullopt, 40);
+  Check(none.sizes() == at::IntArrayRef({0, 40}), "AMX: no rows, no sums");
+  const at::Tensor x = Random({3, 7, 128}).to(at::kBFloat16).slice(2, 0, 128, 2);  // [3, 7, 64], not contiguous
+  CheckClose(clip::PanelLinearBf16(x, clip::PackPanelWeightAmx(w), c10::nullopt, 40), x, w, c10::nullopt,
+             "AMX [3, 7, 64] strided, no bias");
+  CheckRefused(
+      [&] {
+        clip::PackPanelWeightAmx(Random({40, 48}).to(at::kBFloat16));
+      },
+      "AMX: weights of 48 inputs are refused");
+  CheckRefused(
+      [&] {
+        clip::PanelLinearBf16(Random({4, 96}).to(at::kBFloat16), clip::PackPanelWeightAmx(w), c10::nullopt, 40);
+      },
+      "AMX: an input of another width is refused");
+}
+
 // The int8 kernel's arithmetic in ATen: each row of x quantized to uint8
 // as the kernel quantizes it (scale (max - min) / 255 over the row with
 // zero in the range, zero point, x * (1 / scale) rounded to nearest even),
@@ -353,17 +400,21 @@ void TestInt8() {
 // bfloat16 panels (float32 biases), on both sides of kPerThreadCopyRows.
 // The kernels as the operators take them: float32 panels of 32 (AVX-512)
 // and of 16 (AVX2) on float32 or bfloat16 weights (`weights`), and
-// bfloat16 panels (AVX512-BF16: bfloat16 inputs and results).
+// bfloat16 panels (AVX512-BF16: bfloat16 inputs and results; `amx`: the
+// same panels on AMX tiles).
 struct Kernel {
   bool bfloat16;
   int64_t width;
   at::ScalarType weights;
+  bool amx = false;
 };
 const Kernel kKernels[] = {{false, 32, at::kFloat},    {false, 16, at::kFloat},   {false, 32, at::kBFloat16},
-                           {false, 16, at::kBFloat16}, {true, 32, at::kBFloat16}, {false, 32, at::kChar}};
+                           {false, 16, at::kBFloat16}, {true, 32, at::kBFloat16}, {true, 32, at::kBFloat16, true},
+                           {false, 32, at::kChar}};
 
 std::string KernelName(const Kernel& kernel) {
   if (kernel.weights == at::kChar) return "int8";
+  if (kernel.amx) return "bfloat16 on AMX";
   return kernel.bfloat16 ? "bfloat16" : FloatName(kernel.width, kernel.weights);
 }
 
@@ -374,12 +425,17 @@ bool KernelRuns(const Kernel& kernel, const std::string& what) {
     return clip::PanelLinearInt8Available();
   }
   if (!kernel.bfloat16) return FloatKernel(kernel.width, what + " on " + KernelName(kernel));
+  if (kernel.amx) {
+    if (!clip::PanelLinearAmxAvailable()) std::cout << "skipped: " << what << " on AMX (no AMX-BF16)" << std::endl;
+    return clip::PanelLinearAmxAvailable();
+  }
   if (!clip::PanelLinearBf16Available())
     std::cout << "skipped: " << what << " on bfloat16 (no AVX512-BF16)" << std::endl;
   return clip::PanelLinearBf16Available();
 }
 
 at::Tensor Pack(const Kernel& kernel, const at::Tensor& w) {
+  if (kernel.amx) return clip::PackPanelWeightAmx(w);
   return kernel.bfloat16 ? clip::PackPanelWeightBf16(w) : clip::PackPanelWeight(w, kernel.width, kernel.weights);
 }
 
@@ -434,8 +490,9 @@ void TestMlpRows() {
     if (kernel.weights == at::kChar || !KernelRuns(kernel, "mlp_rows")) continue;  // int8: no mlp_rows
     const bool bfloat16 = kernel.bfloat16;
     const at::ScalarType dtype = bfloat16 ? at::kBFloat16 : at::kFloat;
-    for (const int64_t hidden : {int64_t{64}, int64_t{98}, int64_t{110}, int64_t{200}}) {
+    for (const int64_t hidden : {int64_t{64}, int64_t{96}, int64_t{98}, int64_t{110}, int64_t{200}}) {
       if (bfloat16 && hidden % 2 != 0) continue;
+      if (kernel.amx && hidden % 32 != 0) continue;  // the second linear's inputs
       const at::Tensor w1 = Random({hidden, k}, 0.1).to(dtype);
       const at::Tensor w2 = Random({n, hidden}, 0.1).to(dtype);
       const at::Tensor p1 = Pack(kernel, w1), p2 = Pack(kernel, w2);
@@ -567,7 +624,8 @@ int main() {
   try {
     std::cout << "kernel " << (clip::PanelLinearAvailable() ? "available" : "not available") << ", AVX2 "
               << (clip::PanelLinearAvx2Available() ? "available" : "not available") << ", bfloat16 "
-              << (clip::PanelLinearBf16Available() ? "available" : "not available") << ", int8 "
+              << (clip::PanelLinearBf16Available() ? "available" : "not available") << ", AMX "
+              << (clip::PanelLinearAmxAvailable() ? "available" : "not available") << ", int8 "
               << (clip::PanelLinearInt8Available() ? "available" : "not available") << std::endl;
     for (const at::ScalarType weights : {at::kFloat, at::kBFloat16}) {
       TestFloat32(32, weights);
@@ -576,6 +634,7 @@ int main() {
     TestPanelWidths();
     TestPackedLayouts();
     TestBFloat16();
+    TestAmx();
     TestInt8();
     TestLinearRows();
     TestMlpRows();
