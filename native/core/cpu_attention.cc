@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <limits>
 #include <type_traits>
@@ -493,10 +494,192 @@ void WeightedAny(const float* w, int64_t w_row, const float* v, int64_t v_row, i
   Weighted(w, w_row, v, v_row, m, n, width, causal, out, out_row);
 }
 
+// One (image, head) on AMX tiles (bfloat16; depth a multiple of 32 and at
+// most 64, width a multiple of 16 and at most 64, m and n at most 64): the
+// same steps as AttentionOne, where both products run as TDPBF16PS on
+// 16 x 16 tiles of float32 sums. q's rows are copied to 64-byte rows, k and
+// v packed in pairs of rows (the tiles' second operand: 16 pairs x 16
+// columns); the scores are scaled and rounded as ScoresTile rounds them, the
+// softmax and its rounding to bfloat16 are AttentionOne's, and the weighted
+// sums are rounded as WeightedTile stores them. The products of bfloat16
+// values are exact in float32 either way; only the order of the sums
+// differs. Rows of q past m and keys past n are never read: the tiles of
+// q's last rows and the pairs of k's and v's last keys are zero there.
+struct AmxAttentionScratch {
+  alignas(64) uint16_t q[64 * 64];        // 64 rows x 64 values
+  alignas(64) uint16_t k[32 * 64 * 2];    // 32 depth pairs x 64 keys x 2
+  alignas(64) uint16_t v[32 * 64 * 2];    // 32 key pairs x 64 columns x 2
+  alignas(64) float scores[64 * 64];      // [row][key]
+  alignas(64) uint16_t weights[64 * 64];  // [row][key], bfloat16
+  alignas(64) float sums[64 * 64];        // [row][column]
+};
+
+struct AmxAttentionConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+#define CLIP_AMX_ATTENTION_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16,amx-tile,amx-bf16")))
+
+// Permute indices that interleave 16 values of a (from 16 * h) with the
+// same 16 of b: a[16h], b[16h], a[16h + 1], b[16h + 1], ...
+struct Interleave {
+  alignas(64) uint16_t index[2][32];
+  constexpr Interleave() : index() {
+    for (int h = 0; h < 2; ++h) {
+      for (int i = 0; i < 16; ++i) {
+        index[h][2 * i] = static_cast<uint16_t>(16 * h + i);
+        index[h][2 * i + 1] = static_cast<uint16_t>(32 + 16 * h + i);
+      }
+    }
+  }
+};
+constexpr Interleave kInterleaveTable;
+
+CLIP_AMX_ATTENTION_TARGET void AttentionOneAmx(const c10::BFloat16* q, int64_t q_row, const c10::BFloat16* k,
+                                               int64_t k_row, const c10::BFloat16* v, int64_t v_row, int64_t m,
+                                               int64_t n, int64_t depth, int64_t width, float scale, bool causal,
+                                               AmxAttentionScratch& s, c10::BFloat16* out, int64_t out_row) {
+  const auto* qb = reinterpret_cast<const uint16_t*>(q);
+  const auto* kb = reinterpret_cast<const uint16_t*>(k);
+  const auto* vb = reinterpret_cast<const uint16_t*>(v);
+  const int64_t row_tiles = (m + 15) / 16, key_tiles = (n + 15) / 16, depth_steps = depth / 32;
+  const int64_t key_steps = (n + 31) / 32, column_tiles = width / 16;
+  // q: each row's depth values, zero past m up to the last tile's rows.
+  for (int64_t i = 0; i < row_tiles * 16; ++i) {
+    uint16_t* dst = s.q + i * 64;
+    if (i < m) {
+      std::memcpy(dst, qb + i * q_row, static_cast<size_t>(depth) * 2);
+    } else {
+      std::memset(dst, 0, static_cast<size_t>(depth) * 2);
+    }
+  }
+  // k as pairs of depth values, k[d / 2][j][d % 2] = k[j, d], zero past n:
+  // a key's pairs are 32-bit values in a row, so 16 x 16 transposes of them.
+  for (int64_t j0 = 0; j0 < key_tiles * 16; j0 += 16) {
+    for (int64_t p0 = 0; p0 < depth / 2; p0 += 16) {
+      __m512 r[16];
+      for (int64_t t = 0; t < 16; ++t) {
+        r[t] = j0 + t < n ? _mm512_loadu_ps(reinterpret_cast<const float*>(kb + (j0 + t) * k_row + 2 * p0))
+                          : _mm512_setzero_ps();
+      }
+      simd::Transpose16(r);
+      for (int64_t t = 0; t < 16; ++t) _mm512_storeu_ps(reinterpret_cast<float*>(s.k) + (p0 + t) * 64 + j0, r[t]);
+    }
+  }
+  // v as pairs of keys, v[j / 2][c][j % 2] = v[j, c], zero past n: two rows'
+  // 16-bit values interleaved, 16 columns per permute.
+  const __mmask32 first_columns = width >= 32 ? 0xFFFFFFFFu : (1u << width) - 1;
+  const __mmask32 last_columns = width >= 64 ? 0xFFFFFFFFu : width > 32 ? (1u << (width - 32)) - 1 : 0;
+  for (int64_t j = 0; j < key_steps * 32; j += 2) {
+    __m512i a[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+    __m512i b[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+    if (j < n) {
+      a[0] = _mm512_maskz_loadu_epi16(first_columns, vb + j * v_row);
+      a[1] = _mm512_maskz_loadu_epi16(last_columns, vb + j * v_row + 32);
+    }
+    if (j + 1 < n) {
+      b[0] = _mm512_maskz_loadu_epi16(first_columns, vb + (j + 1) * v_row);
+      b[1] = _mm512_maskz_loadu_epi16(last_columns, vb + (j + 1) * v_row + 32);
+    }
+    for (int64_t c0 = 0; c0 < width; c0 += 16) {
+      const __m512i index = _mm512_load_si512(kInterleaveTable.index[(c0 % 32) / 16]);
+      const __m512i pairs = _mm512_permutex2var_epi16(a[c0 / 32], index, b[c0 / 32]);
+      _mm512_storeu_si512(s.v + (j / 2) * 128 + 2 * c0, pairs);
+    }
+  }
+  static const AmxAttentionConfig config;
+  _tile_loadconfig(&config);
+  // Scores: tiles 0-3 the sums of up to 4 key tiles, 4-5 q's depth steps, 6 k's.
+  for (int64_t rt = 0; rt < row_tiles; ++rt) {
+    _tile_loadd(4, s.q + rt * 16 * 64, 128);
+    if (depth_steps > 1) _tile_loadd(5, s.q + rt * 16 * 64 + 32, 128);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+#define CLIP_SCORES_TILE(T)                                 \
+  if (T < key_tiles) {                                      \
+    _tile_loadd(6, s.k + T * 32, 256);                      \
+    _tile_dpbf16ps(T, 4, 6);                                \
+    if (depth_steps > 1) {                                  \
+      _tile_loadd(7, s.k + 16 * 128 + T * 32, 256);         \
+      _tile_dpbf16ps(T, 5, 7);                              \
+    }                                                       \
+    _tile_stored(T, s.scores + rt * 16 * 64 + T * 16, 256); \
+  }
+    CLIP_SCORES_TILE(0)
+    CLIP_SCORES_TILE(1)
+    CLIP_SCORES_TILE(2)
+    CLIP_SCORES_TILE(3)
+#undef CLIP_SCORES_TILE
+  }
+  // The scores scaled and rounded as ScoresTile does, their softmax and its
+  // rounding as AttentionOne's, as bfloat16 weights, zero past n.
+  const __m512 factor = _mm512_set1_ps(scale);
+  for (int64_t i = 0; i < m; ++i) {
+    float* row = s.scores + i * 64;
+    for (int64_t j = 0; j < n; j += 16) {
+      const __mmask16 lanes = simd::TailMask(j, n);
+      const __m512 x = _mm512_maskz_loadu_ps(lanes, row + j);
+      _mm512_mask_storeu_ps(row + j, lanes, simd::RoundToBFloat16(_mm512_mul_ps(simd::RoundToBFloat16(x), factor)));
+    }
+    SoftmaxRow(row, causal ? std::min(n, i + 1) : n, n);
+    for (int64_t j = 0; j < key_steps * 32; j += 16) {
+      const __mmask16 lanes = simd::TailMask(j, n);
+      simd::StoreBFloat16(s.weights + i * 64 + j, 0xFFFF, _mm512_maskz_loadu_ps(lanes, row + j));
+    }
+  }
+  // Weighted sums: tiles 0-3 up to 4 column tiles, 4-5 the weights' key
+  // steps, 6-7 v's.
+  for (int64_t rt = 0; rt < row_tiles; ++rt) {
+    _tile_loadd(4, s.weights + rt * 16 * 64, 128);
+    if (key_steps > 1) _tile_loadd(5, s.weights + rt * 16 * 64 + 32, 128);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+#define CLIP_WEIGHTED_TILE(T)                             \
+  if (T < column_tiles) {                                 \
+    _tile_loadd(6, s.v + T * 32, 256);                    \
+    _tile_dpbf16ps(T, 4, 6);                              \
+    if (key_steps > 1) {                                  \
+      _tile_loadd(7, s.v + 16 * 128 + T * 32, 256);       \
+      _tile_dpbf16ps(T, 5, 7);                            \
+    }                                                     \
+    _tile_stored(T, s.sums + rt * 16 * 64 + T * 16, 256); \
+  }
+    CLIP_WEIGHTED_TILE(0)
+    CLIP_WEIGHTED_TILE(1)
+    CLIP_WEIGHTED_TILE(2)
+    CLIP_WEIGHTED_TILE(3)
+#undef CLIP_WEIGHTED_TILE
+  }
+  _tile_release();
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t c = 0; c < width; c += 16) Store16(out + i * out_row + c, _mm512_loadu_ps(s.sums + i * 64 + c));
+  }
+}
+
+// Whether AttentionOneAmx takes this shape here.
+bool AmxAttentionFits(int64_t m, int64_t n, int64_t depth, int64_t width) {
+  return m <= 64 && n <= 64 && (depth == 32 || depth == 64) && width % 16 == 0 && width <= 64 &&
+         GetCpuFeatures().avx512_bf16 && AmxBf16Usable();
+}
+
 template <typename T>
 void AttentionOneAny(const T* q, int64_t q_row, const T* k, int64_t k_row, const T* v, int64_t v_row, int64_t m,
                      int64_t n, int64_t depth, int64_t width, float scale, bool causal, Scratch& s, T* out,
                      int64_t out_row) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (AmxAttentionFits(m, n, depth, width)) {
+      thread_local AmxAttentionScratch amx;
+      return AttentionOneAmx(q, q_row, k, k_row, v, v_row, m, n, depth, width, scale, causal, amx, out, out_row);
+    }
+  }
   if constexpr (std::is_same_v<T, float>) {
     if (!UseAvx512()) {
       return AttentionOneAvx2(q, q_row, k, k_row, v, v_row, m, n, depth, width, scale, causal, s, out, out_row);

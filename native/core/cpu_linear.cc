@@ -16,9 +16,6 @@
 #include <vector>
 
 #include <unistd.h>
-#if defined(__linux__)
-#include <sys/syscall.h>
-#endif
 
 #include "cpu_features.h"
 #include "cpu_simd.h"
@@ -1386,22 +1383,7 @@ at::Tensor PackPanelWeightBf16(const at::Tensor& weight) {
   return packed;
 }
 
-bool PanelLinearAmxAvailable() {
-  // Linux hands out the tiles' 8 KB of register state per process, on
-  // request (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA); a process that
-  // has not asked faults on its first tile instruction.
-  static const bool available = [] {
-#if defined(CLIP_PANEL_KERNEL) && defined(__linux__)
-    constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
-    constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
-    return PanelLinearBf16Available() && GetCpuFeatures().amx_bf16 &&
-           syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
-#else
-    return false;
-#endif
-  }();
-  return available;
-}
+bool PanelLinearAmxAvailable() { return PanelLinearBf16Available() && AmxBf16Usable(); }
 
 at::Tensor PackPanelWeightAmx(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.size(1) % 32 == 0,

@@ -55,6 +55,11 @@ t.test('attention_test on AVX2 + FMA under AddressSanitizer', async (t) => {
   run(t, 'attention_test_asan', [], { CLIP_NATIVE_MAX_CPU_ISA: 'avx2', ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1' });
 });
 
+// Where the CPU has AMX-BF16, the bfloat16 cases above run on its tiles; capped below AMX, on AVX512-BF16.
+t.test('attention_test without AMX (CLIP_NATIVE_MAX_CPU_ISA=avx512_core_bf16)', async (t) => {
+  run(t, 'attention_test', [], { CLIP_NATIVE_MAX_CPU_ISA: 'avx512_core_bf16' });
+});
+
 t.test('norm_test', async (t) => {
   run(t, 'norm_test', []);
 });

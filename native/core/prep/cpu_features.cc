@@ -3,6 +3,10 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <cctype>
@@ -145,6 +149,19 @@ std::vector<std::string> CpuFeatures::Names() const {
   if (amx_bf16) names.emplace_back("amx_bf16");
   if (amx_int8) names.emplace_back("amx_int8");
   return names;
+}
+
+bool AmxBf16Usable() {
+  static const bool usable = [] {
+#if defined(__x86_64__) && defined(__linux__)
+    constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
+    constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
+    return GetCpuFeatures().amx_bf16 && syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+#else
+    return false;
+#endif
+  }();
+  return usable;
 }
 
 const CpuFeatures& GetCpuFeatures() {

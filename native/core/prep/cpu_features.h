@@ -39,6 +39,13 @@ struct CpuFeatures {
 // CLIP_NATIVE_MAX_CPU_ISA when it holds a valid level (below).
 const CpuFeatures& GetCpuFeatures();
 
+// Whether this process may run AMX-BF16 tiles: the CPU has them (capped as
+// GetCpuFeatures is) and the system granted their register state. Linux
+// hands out the tiles' 8 KB of state per process, on request (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XTILEDATA, made here once); a process that has
+// not asked faults on its first tile instruction.
+bool AmxBf16Usable();
+
 // The CPU's brand string, family, model and stepping, and the flags of
 // GetCpuFeatures (capped): what a measurement of kernels on this machine
 // depends on, as one line.

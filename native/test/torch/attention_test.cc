@@ -78,16 +78,22 @@ void TestShapes() {
   };
   // Image (50 tokens of 64-wide heads), captions (8, 17 and 77 tokens), a
   // batch, and widths the kernel does not take (40) or takes only for the
-  // scores (80: the weighted sum is at most four vectors wide).
-  const std::vector<Case> cases = {{1, 50, 12, 64}, {1, 8, 8, 64}, {3, 17, 8, 64}, {2, 77, 8, 64},
-                                   {1, 50, 4, 40},  {1, 9, 2, 80}, {1, 1, 8, 64},  {1, 300, 2, 64}};
-  uint64_t seed = 1;
+  // scores (80: the weighted sum is at most four vectors wide). On AMX tiles
+  // (bfloat16, up to 64 tokens of 32- or 64-wide heads): the tiles' edges
+  // (16, 17, 33 and 64 tokens) and heads of 32.
+  const std::vector<Case> cases = {{1, 50, 12, 64}, {1, 8, 8, 64},  {3, 17, 8, 64}, {2, 77, 8, 64},
+                                   {1, 50, 4, 40},  {1, 9, 2, 80},  {1, 1, 8, 64},  {1, 300, 2, 64},
+                                   {2, 64, 4, 64},  {1, 16, 2, 64}, {1, 33, 3, 32}, {2, 17, 2, 32}};
+  // Seeds 1-16 for the first eight cases of each dtype, as before the tiles'
+  // cases came: the bounds below hold for those draws.
   for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16})
-    for (const Case& c : cases) {
+    for (size_t i = 0; i < cases.size(); ++i) {
+      const Case& c = cases[i];
+      const uint64_t seed = (i < 8 ? 1 : 101) + (dtype == at::kFloat ? 0 : 8) + (i < 8 ? i : i - 8);
       const std::string name = std::string(dtype == at::kFloat ? "float" : "bfloat16") + ", batch " +
                                std::to_string(c.batch) + ", " + std::to_string(c.tokens) + " tokens, " +
                                std::to_string(c.heads) + " heads of " + std::to_string(c.width);
-      const Qkv x = MakeQkv(c.batch, c.tokens, c.heads, c.width, seed++, dtype);
+      const Qkv x = MakeQkv(c.batch, c.tokens, c.heads, c.width, seed, dtype);
       const double scale = 1.0 / std::sqrt(static_cast<double>(c.width));
       CheckClose(clip::AttentionMatmul(x.q, x.k_t), Reference(x.q, x.k_t, 1.0, -1), name + ": scores");
       CheckClose(clip::AttentionMatmul(x.q, x.k_t, scale), Reference(x.q, x.k_t, scale, -1), name + ": scaled scores");
