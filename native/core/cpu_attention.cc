@@ -497,13 +497,14 @@ void WeightedAny(const float* w, int64_t w_row, const float* v, int64_t v_row, i
 // One (image, head) on AMX tiles (bfloat16; depth a multiple of 32 and at
 // most 64, width a multiple of 16 and at most 64, m and n at most 64): the
 // same steps as AttentionOne, where both products run as TDPBF16PS on
-// 16 x 16 tiles of float32 sums. q's rows are copied to 64-byte rows, k and
-// v packed in pairs of rows (the tiles' second operand: 16 pairs x 16
-// columns); the scores are scaled and rounded as ScoresTile rounds them, the
-// softmax and its rounding to bfloat16 are AttentionOne's, and the weighted
-// sums are rounded as WeightedTile stores them. The products of bfloat16
-// values are exact in float32 either way; only the order of the sums
-// differs. Rows of q past m and keys past n are never read: the tiles of
+// 16 x 16 tiles of float32 sums. q's rows are copied to 128-byte rows, k
+// packed in pairs of depth values and v in pairs of keys (the tiles' second
+// operand: 16 pairs x 16 columns); the scores are scaled and rounded as
+// ScoresTile rounds them, the softmax and its rounding to bfloat16 are
+// AttentionOne's, and the weighted sums are rounded as WeightedTile stores
+// them. The products of bfloat16 values are exact in float32 either way;
+// the order of the sums differs, and the tiles read denormal inputs as zero
+// and flush denormal sums. Rows of q past m and keys past n are never read: the tiles of
 // q's last rows and the pairs of k's and v's last keys are zero there.
 struct AmxAttentionScratch {
   alignas(64) uint16_t q[64 * 64];        // 64 rows x 64 values
@@ -538,6 +539,23 @@ struct Interleave {
   }
 };
 constexpr Interleave kInterleaveTable;
+
+// Column tile T (a literal: the tile intrinsics take their registers'
+// numbers as text) of one row tile of a product, when T < `tiles`: the sums
+// in tile T from the row tile's first operand in tile 4 (and 5 when
+// `second`: its inner values 32-63) and b's column tile (rows of pairs 256
+// bytes apart, 16 per step), stored as 16 rows of 16 floats at out + 16 T,
+// 256 bytes apart.
+#define CLIP_PRODUCT_TILE(T, tiles, b, second, out) \
+  if (T < (tiles)) {                                \
+    _tile_loadd(6, (b) + T * 32, 256);              \
+    _tile_dpbf16ps(T, 4, 6);                        \
+    if (second) {                                   \
+      _tile_loadd(7, (b) + 16 * 128 + T * 32, 256); \
+      _tile_dpbf16ps(T, 5, 7);                      \
+    }                                               \
+    _tile_stored(T, (out) + T * 16, 256);           \
+  }
 
 CLIP_AMX_ATTENTION_TARGET void AttentionOneAmx(const c10::BFloat16* q, int64_t q_row, const c10::BFloat16* k,
                                                int64_t k_row, const c10::BFloat16* v, int64_t v_row, int64_t m,
@@ -601,21 +619,10 @@ CLIP_AMX_ATTENTION_TARGET void AttentionOneAmx(const c10::BFloat16* q, int64_t q
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-#define CLIP_SCORES_TILE(T)                                 \
-  if (T < key_tiles) {                                      \
-    _tile_loadd(6, s.k + T * 32, 256);                      \
-    _tile_dpbf16ps(T, 4, 6);                                \
-    if (depth_steps > 1) {                                  \
-      _tile_loadd(7, s.k + 16 * 128 + T * 32, 256);         \
-      _tile_dpbf16ps(T, 5, 7);                              \
-    }                                                       \
-    _tile_stored(T, s.scores + rt * 16 * 64 + T * 16, 256); \
-  }
-    CLIP_SCORES_TILE(0)
-    CLIP_SCORES_TILE(1)
-    CLIP_SCORES_TILE(2)
-    CLIP_SCORES_TILE(3)
-#undef CLIP_SCORES_TILE
+    CLIP_PRODUCT_TILE(0, key_tiles, s.k, depth_steps > 1, s.scores + rt * 16 * 64)
+    CLIP_PRODUCT_TILE(1, key_tiles, s.k, depth_steps > 1, s.scores + rt * 16 * 64)
+    CLIP_PRODUCT_TILE(2, key_tiles, s.k, depth_steps > 1, s.scores + rt * 16 * 64)
+    CLIP_PRODUCT_TILE(3, key_tiles, s.k, depth_steps > 1, s.scores + rt * 16 * 64)
   }
   // The scores scaled and rounded as ScoresTile does, their softmax and its
   // rounding as AttentionOne's, as bfloat16 weights, zero past n.
@@ -629,7 +636,7 @@ CLIP_AMX_ATTENTION_TARGET void AttentionOneAmx(const c10::BFloat16* q, int64_t q
     }
     SoftmaxRow(row, causal ? std::min(n, i + 1) : n, n);
     for (int64_t j = 0; j < key_steps * 32; j += 16) {
-      const __mmask16 lanes = simd::TailMask(j, n);
+      const __mmask16 lanes = j < n ? simd::TailMask(j, n) : __mmask16{0};
       simd::StoreBFloat16(s.weights + i * 64 + j, 0xFFFF, _mm512_maskz_loadu_ps(lanes, row + j));
     }
   }
@@ -642,27 +649,18 @@ CLIP_AMX_ATTENTION_TARGET void AttentionOneAmx(const c10::BFloat16* q, int64_t q
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-#define CLIP_WEIGHTED_TILE(T)                             \
-  if (T < column_tiles) {                                 \
-    _tile_loadd(6, s.v + T * 32, 256);                    \
-    _tile_dpbf16ps(T, 4, 6);                              \
-    if (key_steps > 1) {                                  \
-      _tile_loadd(7, s.v + 16 * 128 + T * 32, 256);       \
-      _tile_dpbf16ps(T, 5, 7);                            \
-    }                                                     \
-    _tile_stored(T, s.sums + rt * 16 * 64 + T * 16, 256); \
-  }
-    CLIP_WEIGHTED_TILE(0)
-    CLIP_WEIGHTED_TILE(1)
-    CLIP_WEIGHTED_TILE(2)
-    CLIP_WEIGHTED_TILE(3)
-#undef CLIP_WEIGHTED_TILE
+    CLIP_PRODUCT_TILE(0, column_tiles, s.v, key_steps > 1, s.sums + rt * 16 * 64)
+    CLIP_PRODUCT_TILE(1, column_tiles, s.v, key_steps > 1, s.sums + rt * 16 * 64)
+    CLIP_PRODUCT_TILE(2, column_tiles, s.v, key_steps > 1, s.sums + rt * 16 * 64)
+    CLIP_PRODUCT_TILE(3, column_tiles, s.v, key_steps > 1, s.sums + rt * 16 * 64)
   }
   _tile_release();
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t c = 0; c < width; c += 16) Store16(out + i * out_row + c, _mm512_loadu_ps(s.sums + i * 64 + c));
   }
 }
+
+#undef CLIP_PRODUCT_TILE
 
 // Whether AttentionOneAmx takes this shape here.
 bool AmxAttentionFits(int64_t m, int64_t n, int64_t depth, int64_t width) {

@@ -1038,8 +1038,8 @@ AmxConfig AmxBlockConfig(int rows) {
 
 #define CLIP_AMX_TARGET __attribute__((target("avx512f,avx512bf16,amx-tile,amx-bf16")))
 
-// Rows [row0, row0 + rows) of x (k bfloat16 each) against inputs [k0, k0 +
-// chunk) of one panel; the sums start at zero (`first`) or at `carry`, and
+// The `rows` rows (1-32) of x at x (k bfloat16 each, row-major) against
+// inputs [k0, k0 + chunk) of one panel; the sums start at zero (`first`) or at `carry`, and
 // go to `carry` (32 x 32 float32, a row's 32 sums 128 bytes apart).
 CLIP_AMX_TARGET void AmxBlock(const uint16_t* x, int64_t k, int rows, const uint16_t* panel, int64_t k0, int64_t chunk,
                               bool first, float* carry, const void* prefetch, int64_t prefetch_lines) {
@@ -1063,26 +1063,17 @@ CLIP_AMX_TARGET void AmxBlock(const uint16_t* x, int64_t k, int rows, const uint
   const uint16_t* xr = x + k0;
   const uint16_t* w = panel + k0 * 32;  // k0 / 2 pairs of 64 values
   const char* ahead = static_cast<const char*>(prefetch);
-  if (lower) {
-    for (int64_t s = 0; s < chunk; s += 32, xr += 32, w += 32 * 32) {
-      for (int64_t i = 0; i < prefetch_lines; ++i, ahead += 64) _mm_prefetch(ahead, _MM_HINT_T1);
-      _tile_loadd(4, xr, stride);
-      _tile_loadd(6, w, 128);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_loadd(7, w + 32, 128);
-      _tile_dpbf16ps(1, 4, 7);
+  for (int64_t s = 0; s < chunk; s += 32, xr += 32, w += 32 * 32) {
+    for (int64_t i = 0; i < prefetch_lines; ++i, ahead += 64) _mm_prefetch(ahead, _MM_HINT_T1);
+    _tile_loadd(4, xr, stride);
+    _tile_loadd(6, w, 128);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, w + 32, 128);
+    _tile_dpbf16ps(1, 4, 7);
+    if (lower) {
       _tile_loadd(5, xr + 16 * k, stride);
       _tile_dpbf16ps(2, 5, 6);
       _tile_dpbf16ps(3, 5, 7);
-    }
-  } else {
-    for (int64_t s = 0; s < chunk; s += 32, xr += 32, w += 32 * 32) {
-      for (int64_t i = 0; i < prefetch_lines; ++i, ahead += 64) _mm_prefetch(ahead, _MM_HINT_T1);
-      _tile_loadd(4, xr, stride);
-      _tile_loadd(6, w, 128);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_loadd(7, w + 32, 128);
-      _tile_dpbf16ps(1, 4, 7);
     }
   }
   _tile_stored(0, carry, 128);
@@ -1173,8 +1164,8 @@ void CheckFloatOperands(at::IntArrayRef x, const at::Tensor& packed, const c10::
   TORCH_CHECK((packed.scalar_type() == at::kFloat || packed.scalar_type() == at::kBFloat16) && packed.device().is_cpu(),
               "clip_native: the packed weight must be a float32 or bfloat16 CPU tensor, got ", packed.toString());
   const int64_t width = packed.dim() == 3 ? packed.size(2) : 0;
-  TORCH_CHECK(!x.empty() && (width == 32 || width == 16) && x.back() == packed.size(1) &&
-                  packed.size(0) * width >= out_features && out_features > 0,
+  TORCH_CHECK(!x.empty() && (width == 32 || width == 16) && x.back() == packed.size(1) && out_features > 0 &&
+                  packed.size(0) == (out_features + width - 1) / width,
               "clip_native: linear input ", x, " does not fit packed weights ", packed.sizes(), " for ", out_features,
               " features");
   if (bias) {
@@ -1207,7 +1198,10 @@ at::Tensor CheckBf16Operands(at::IntArrayRef x, const at::Tensor& packed, const 
   const bool layout =
       amx ? packed.size(2) == 16 && packed.size(3) == 32 && packed.size(4) == 2 && x.back() == 32 * packed.size(1)
           : packed.dim() == 4 && packed.size(2) == 32 && packed.size(3) == 2 && x.back() == 2 * packed.size(1);
-  TORCH_CHECK(!x.empty() && layout && packed.is_contiguous() && packed.size(0) * 32 >= out_features && out_features > 0,
+  // Exactly the panels of out_features: the kernels store every panel's
+  // features up to 32, masked only past the last feature.
+  TORCH_CHECK(!x.empty() && layout && packed.is_contiguous() && packed.size(1) > 0 && out_features > 0 &&
+                  packed.size(0) == (out_features + 31) / 32,
               "clip_native: linear input ", x, " does not fit packed weights ", packed.sizes(), " for ", out_features,
               " features");
   at::Tensor bias_float;
@@ -1386,8 +1380,9 @@ at::Tensor PackPanelWeightBf16(const at::Tensor& weight) {
 bool PanelLinearAmxAvailable() { return PanelLinearBf16Available() && AmxBf16Usable(); }
 
 at::Tensor PackPanelWeightAmx(const at::Tensor& weight) {
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) % 32 == 0,
-              "clip_native: an AMX panel weight must be 2-D with a multiple of 32 inputs, got ", weight.sizes());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) > 0 && weight.size(1) % 32 == 0,
+              "clip_native: an AMX panel weight must be 2-D with a positive multiple of 32 inputs, got ",
+              weight.sizes());
   const at::Tensor pairs = PackPanelWeightBf16(weight);
   return pairs.view({pairs.size(0), weight.size(1) / 32, 16, 32, 2});
 }

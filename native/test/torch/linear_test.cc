@@ -300,6 +300,31 @@ void TestAmx() {
         clip::PanelLinearBf16(Random({4, 96}).to(at::kBFloat16), clip::PackPanelWeightAmx(w), c10::nullopt, 40);
       },
       "AMX: an input of another width is refused");
+  CheckRefused(
+      [&] {
+        clip::PackPanelWeightAmx(Random({40, 0}).to(at::kBFloat16));
+      },
+      "AMX: weights of no inputs are refused");
+  CheckRefused(
+      [&] {
+        clip::PanelLinearBf16(Random({4, 64}).to(at::kBFloat16), clip::PackPanelWeightAmx(w), c10::nullopt, 20);
+      },
+      "AMX: fewer features than the packed panels hold are refused");
+  // An MLP on the tiles (its two linears, the hidden rows row-major between
+  // them) against at::linear, the swish between them.
+  for (int64_t m : {5, 50, 100}) {
+    const at::Tensor xm = Random({m, 96}).to(at::kBFloat16);
+    const at::Tensor w1 = Random({128, 96}, 0.1).to(at::kBFloat16), b1 = Random({128}, 0.1);
+    const at::Tensor w2 = Random({40, 128}, 0.1).to(at::kBFloat16), b2 = Random({40}, 0.1);
+    const at::Tensor got =
+        clip::PanelMlp(xm, clip::PackPanelWeightAmx(w1), b1, 128, clip::PackPanelWeightAmx(w2), b2, 40);
+    at::Tensor hidden = at::linear(xm.to(at::kFloat), w1.to(at::kFloat), b1);
+    hidden = (hidden * at::sigmoid(hidden)).to(at::kBFloat16).to(at::kFloat);
+    const at::Tensor want = at::linear(hidden, w2.to(at::kFloat), b2);
+    const double diff = at::abs(got.to(at::kFloat) - want).max().item<double>();
+    Check(diff <= 0.02 * (1 + at::abs(want).max().item<double>()),
+          "AMX MLP " + std::to_string(m) + " rows: max abs diff " + std::to_string(diff));
+  }
 }
 
 // The int8 kernel's arithmetic in ATen: each row of x quantized to uint8
