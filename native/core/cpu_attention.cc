@@ -557,6 +557,25 @@ constexpr Interleave kInterleaveTable;
     _tile_stored(T, (out) + T * 16, 256);           \
   }
 
+// One row tile (16 rows) of a product: its first operand's 16 rows of 32
+// pairs at a (and a + 32 when `second`: inner values 32-63; rows 128 bytes
+// apart) against `tiles` column tiles of b, the sums at out.
+CLIP_AMX_ATTENTION_TARGET void ProductRow(const uint16_t* a, bool second, int64_t tiles, const uint16_t* b,
+                                          float* out) {
+  simd::MemoryBarrier();  // a and b written by plain stores
+  _tile_loadd(4, a, 128);
+  if (second) _tile_loadd(5, a + 32, 128);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  CLIP_PRODUCT_TILE(0, tiles, b, second, out)
+  CLIP_PRODUCT_TILE(1, tiles, b, second, out)
+  CLIP_PRODUCT_TILE(2, tiles, b, second, out)
+  CLIP_PRODUCT_TILE(3, tiles, b, second, out)
+  simd::MemoryBarrier();  // out read by plain loads
+}
+
 CLIP_AMX_ATTENTION_TARGET void AttentionOneAmx(const c10::BFloat16* q, int64_t q_row, const c10::BFloat16* k,
                                                int64_t k_row, const c10::BFloat16* v, int64_t v_row, int64_t m,
                                                int64_t n, int64_t depth, int64_t width, float scale, bool causal,
@@ -611,18 +630,9 @@ CLIP_AMX_ATTENTION_TARGET void AttentionOneAmx(const c10::BFloat16* q, int64_t q
   }
   static const AmxAttentionConfig config;
   _tile_loadconfig(&config);
-  // Scores: tiles 0-3 the sums of up to 4 key tiles, 4-5 q's depth steps, 6 k's.
+  // Scores: tiles 0-3 the sums of up to 4 key tiles, 4-5 q's depth steps, 6-7 k's.
   for (int64_t rt = 0; rt < row_tiles; ++rt) {
-    _tile_loadd(4, s.q + rt * 16 * 64, 128);
-    if (depth_steps > 1) _tile_loadd(5, s.q + rt * 16 * 64 + 32, 128);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    CLIP_PRODUCT_TILE(0, key_tiles, s.k, depth_steps > 1, s.scores + rt * 16 * 64)
-    CLIP_PRODUCT_TILE(1, key_tiles, s.k, depth_steps > 1, s.scores + rt * 16 * 64)
-    CLIP_PRODUCT_TILE(2, key_tiles, s.k, depth_steps > 1, s.scores + rt * 16 * 64)
-    CLIP_PRODUCT_TILE(3, key_tiles, s.k, depth_steps > 1, s.scores + rt * 16 * 64)
+    ProductRow(s.q + rt * 16 * 64, depth_steps > 1, key_tiles, s.k, s.scores + rt * 16 * 64);
   }
   // The scores scaled and rounded as ScoresTile does, their softmax and its
   // rounding as AttentionOne's, as bfloat16 weights, zero past n.
@@ -643,16 +653,7 @@ CLIP_AMX_ATTENTION_TARGET void AttentionOneAmx(const c10::BFloat16* q, int64_t q
   // Weighted sums: tiles 0-3 up to 4 column tiles, 4-5 the weights' key
   // steps, 6-7 v's.
   for (int64_t rt = 0; rt < row_tiles; ++rt) {
-    _tile_loadd(4, s.weights + rt * 16 * 64, 128);
-    if (key_steps > 1) _tile_loadd(5, s.weights + rt * 16 * 64 + 32, 128);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    CLIP_PRODUCT_TILE(0, column_tiles, s.v, key_steps > 1, s.sums + rt * 16 * 64)
-    CLIP_PRODUCT_TILE(1, column_tiles, s.v, key_steps > 1, s.sums + rt * 16 * 64)
-    CLIP_PRODUCT_TILE(2, column_tiles, s.v, key_steps > 1, s.sums + rt * 16 * 64)
-    CLIP_PRODUCT_TILE(3, column_tiles, s.v, key_steps > 1, s.sums + rt * 16 * 64)
+    ProductRow(s.weights + rt * 16 * 64, key_steps > 1, column_tiles, s.v, s.sums + rt * 16 * 64);
   }
   _tile_release();
   for (int64_t i = 0; i < m; ++i) {

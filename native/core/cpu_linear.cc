@@ -1044,6 +1044,7 @@ AmxConfig AmxBlockConfig(int rows) {
 CLIP_AMX_TARGET void AmxBlock(const uint16_t* x, int64_t k, int rows, const uint16_t* panel, int64_t k0, int64_t chunk,
                               bool first, float* carry, const void* prefetch, int64_t prefetch_lines) {
   const bool lower = rows > 16;
+  simd::MemoryBarrier();  // x and the carried sums written by plain stores
   if (first) {
     _tile_zero(0);
     _tile_zero(1);
@@ -1082,6 +1083,7 @@ CLIP_AMX_TARGET void AmxBlock(const uint16_t* x, int64_t k, int rows, const uint
     _tile_stored(2, carry + 16 * 32, 128);
     _tile_stored(3, carry + 16 * 32 + 16, 128);
   }
+  simd::MemoryBarrier();  // the sums read by plain loads
 }
 
 // x [m, k] (k a multiple of 32) against panels [first, last) into y [m,
