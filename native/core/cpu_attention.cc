@@ -504,8 +504,9 @@ void WeightedAny(const float* w, int64_t w_row, const float* v, int64_t v_row, i
 // AttentionOne's, and the weighted sums are rounded as WeightedTile stores
 // them. The products of bfloat16 values are exact in float32 either way;
 // the order of the sums differs, and the tiles read denormal inputs as zero
-// and flush denormal sums. Rows of q past m and keys past n are never read: the tiles of
-// q's last rows and the pairs of k's and v's last keys are zero there.
+// and flush denormal sums. q's rows past m (up to its last tile's 16) and
+// k's and v's keys past n are zero in the scratch; the weights' rows past m
+// are left as they are and only reach sums that are not stored.
 struct AmxAttentionScratch {
   alignas(64) uint16_t q[64 * 64];        // 64 rows x 64 values
   alignas(64) uint16_t k[32 * 64 * 2];    // 32 depth pairs x 64 keys x 2

@@ -11,7 +11,7 @@
 // MKL's sgemm (float32) and 3.2x oneDNN's AMX matmul (bfloat16). There the
 // fused bfloat16 attention of up to 64 tokens runs both products on AMX
 // tiles instead (16 x 16 tiles of float32 sums; the same roundings), which
-// made 8 images 7% faster end to end of the forward and captions level.
+// made a forward of 8 images 7% faster and left captions level.
 // Whether a model uses the kernel is measured per machine, or follows a rule
 // (model.cc).
 #ifndef CLIP_NATIVE_CORE_CPU_ATTENTION_H_

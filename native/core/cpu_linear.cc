@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -1039,8 +1038,9 @@ AmxConfig AmxBlockConfig(int rows) {
 #define CLIP_AMX_TARGET __attribute__((target("avx512f,avx512bf16,amx-tile,amx-bf16")))
 
 // The `rows` rows (1-32) of x at x (k bfloat16 each, row-major) against
-// inputs [k0, k0 + chunk) of one panel; the sums start at zero (`first`) or at `carry`, and
-// go to `carry` (32 x 32 float32, a row's 32 sums 128 bytes apart).
+// inputs [k0, k0 + chunk) of one panel; the sums start at zero (`first`) or
+// at `carry`, and go to `carry` (32 x 32 float32, a row's 32 sums 128 bytes
+// apart). Each step prefetches `prefetch_lines` lines from `prefetch` on.
 CLIP_AMX_TARGET void AmxBlock(const uint16_t* x, int64_t k, int rows, const uint16_t* panel, int64_t k0, int64_t chunk,
                               bool first, float* carry, const void* prefetch, int64_t prefetch_lines) {
   const bool lower = rows > 16;

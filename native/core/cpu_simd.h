@@ -12,13 +12,13 @@
 namespace clip {
 namespace simd {
 
-// The lanes of the 16 values at j of a row of `count` (the rest masked off;
-// j < count).
 // A compiler barrier for memory: GCC's AMX tile loads and stores are asm
 // statements that name no memory, so around them the compiler is told that
 // memory may have been read or written (nothing is emitted).
 inline void MemoryBarrier() { __asm__ __volatile__("" ::: "memory"); }
 
+// The lanes of the 16 values at j of a row of `count` (the rest masked off;
+// j < count).
 inline __mmask16 TailMask(int64_t j, int64_t count) {
   const int64_t left = count - j;
   return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);

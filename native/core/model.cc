@@ -1519,8 +1519,9 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
       const bool onednn_bf16 = onednn && GetCpuFeatures().avx512f;
       if (onednn_bf16 && PanelLinearAmxAvailable()) {
         // AMX tiles (Intel Xeon, family 6 model 167), against onednn-bf16,
-        // one process, calls alternated: one image 0.82x the time, 8 images
-        // 0.91x, one caption 0.61x, 8 captions 0.81x: first, `fixed` takes it.
+        // calls alternated in one process: one image 0.82-0.85x the time, 8
+        // images 0.91-0.99x (alternated processes: 0.99x), one caption
+        // 0.61x, 8 captions 0.81x: first, so `fixed` takes it.
         names = {"amx-bf16", "onednn", "onednn-bf16", "avx512-bf16"};
       } else if (onednn_bf16 && PanelLinearBf16Available()) {
         names = {"onednn", "onednn-bf16", "avx512-bf16"};
