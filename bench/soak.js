@@ -7,7 +7,7 @@
 // between the first and the last minute. Not part of npm test.
 //
 //   node bench/soak.js [--duration S] [--connections N] [--model DIR] [--json FILE]
-//                      [--max-growth-mb MB] [--device D] [--closing-rate R]
+//                      [--max-growth-mb MB] [--device D] [--dtype T] [--closing-rate R]
 //
 // --closing-rate: requests per second of malformed JSON, which the server
 // answers and then closes the connection (they run on connections of their
@@ -32,6 +32,7 @@ const { values: args } = parseArgs({
     connections: { type: 'string', default: '64' },
     model: { type: 'string', default: path.join(root, 'test', 'fixtures', 'tiny') },
     device: { type: 'string', default: 'cpu' },
+    dtype: { type: 'string', default: 'float32' },
     json: { type: 'string' },
     'max-growth-mb': { type: 'string', default: '150' },
     'closing-rate': { type: 'string', default: '20' },
@@ -137,6 +138,8 @@ async function main() {
       String(port),
       '--device',
       args.device,
+      '--dtype',
+      args.dtype,
       '--log-level',
       'error',
     ],
