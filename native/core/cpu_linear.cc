@@ -1389,8 +1389,10 @@ at::Tensor PackPanelWeightBf16(const at::Tensor& weight) {
 
 bool PanelLinearAmxAvailable() { return PanelLinearBf16Available() && AmxBf16Usable(); }
 
+bool AmxPanelInputs(int64_t in_features) { return in_features > 0 && in_features % 32 == 0; }
+
 at::Tensor PackPanelWeightAmx(const at::Tensor& weight) {
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) > 0 && weight.size(1) % 32 == 0,
+  TORCH_CHECK(weight.dim() == 2 && AmxPanelInputs(weight.size(1)),
               "clip_native: an AMX panel weight must be 2-D with a positive multiple of 32 inputs, got ",
               weight.sizes());
   const at::Tensor pairs = PackPanelWeightBf16(weight);

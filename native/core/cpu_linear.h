@@ -61,6 +61,7 @@ at::Tensor PanelLinearBf16(const at::Tensor& x, const at::Tensor& packed, const 
 // run such weights on the tiles, x's rows as they lie, the sums rounded as
 // the AVX512-BF16 kernel rounds them.
 bool PanelLinearAmxAvailable();
+bool AmxPanelInputs(int64_t in_features);  // a positive multiple of 32
 at::Tensor PackPanelWeightAmx(const at::Tensor& weight);
 
 // y[M, N] = x[M, K] w^T + b, x of any leading shape (flattened to rows);

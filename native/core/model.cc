@@ -337,7 +337,7 @@ int RewriteLinears(const std::shared_ptr<torch::jit::Graph>& graph, bool bfloat1
     if (rows_kernel) {
       // On AMX tiles (the kernel takes inputs 32 at a time) or AVX512-BF16.
       if (bfloat16) {
-        panel_weight = amx && w.size(1) > 0 && w.size(1) % 32 == 0 ? PackPanelWeightAmx(w) : PackPanelWeightBf16(w);
+        panel_weight = amx && AmxPanelInputs(w.size(1)) ? PackPanelWeightAmx(w) : PackPanelWeightBf16(w);
       } else {
         panel_weight = PackPanelWeight(w, panel_width, panel_weights);
       }
