@@ -40,10 +40,15 @@ at::Tensor PackPanelWeight(const at::Tensor& weight, int64_t width = 32, at::Sca
 // output feature scaled to int8, one byte tensor with their scales and
 // sums; width 32), inputs quantized per call and per row to uint8, int32
 // sums scaled back to float32; x and the result are float32. The model's
-// "avx512-vnni" int8 candidate runs every linear on it.
+// "avx512-vnni" int8 candidate runs every linear on it. Where the CPU and
+// the system offer AMX-INT8 tiles (PanelLinearInt8AmxAvailable) and the
+// inputs are a multiple of 64 (AmxInt8Inputs), the same sums run on the
+// tiles (`amx` false keeps them on the VNNI tiles): the same bits.
 bool PanelLinearInt8Available();
+bool PanelLinearInt8AmxAvailable();
+bool AmxInt8Inputs(int64_t in_features);  // a positive multiple of 64
 at::Tensor PanelLinearInt8(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                           int64_t out_features, bool swish = false);
+                           int64_t out_features, bool swish = false, bool amx = true);
 
 // The bfloat16 variant: AVX512-BF16 products of bfloat16 pairs, float32
 // accumulation. Weights [N, K] (K even) -> [ceil(N/32), K/2, 32, 2] bfloat16;

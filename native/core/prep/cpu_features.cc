@@ -151,18 +151,29 @@ std::vector<std::string> CpuFeatures::Names() const {
   return names;
 }
 
-bool AmxBf16Usable() {
-  static const bool usable = [] {
+namespace {
+
+// Whether the system granted this process the tiles' register state (asked
+// once, whatever the CPU has).
+bool AmxTileDataGranted() {
+  static const bool granted = [] {
 #if defined(__x86_64__) && defined(__linux__)
     constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
     constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
-    return GetCpuFeatures().amx_bf16 && syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+    const CpuFeatures& f = GetCpuFeatures();
+    return (f.amx_bf16 || f.amx_int8) && syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
 #else
     return false;
 #endif
   }();
-  return usable;
+  return granted;
 }
+
+}  // namespace
+
+bool AmxBf16Usable() { return GetCpuFeatures().amx_bf16 && AmxTileDataGranted(); }
+
+bool AmxInt8Usable() { return GetCpuFeatures().amx_int8 && AmxTileDataGranted(); }
 
 const CpuFeatures& GetCpuFeatures() {
   static const CpuFeatures features = Capped(Detect(), MaxCpuIsaLevel());

@@ -45,6 +45,8 @@ const CpuFeatures& GetCpuFeatures();
 // ARCH_REQ_XCOMP_PERM for XTILEDATA, made here once); a process that has
 // not asked faults on its first tile instruction.
 bool AmxBf16Usable();
+// The same for AMX-INT8 tiles (the same register state, the same request).
+bool AmxInt8Usable();
 
 // The CPU's brand string, family, model and stepping, and the flags of
 // GetCpuFeatures (capped): what a measurement of kernels on this machine

@@ -11,7 +11,8 @@
 // kernel on AMX tiles (where the CPU and the system offer them) on every
 // row count of its 32-row blocks and on each shape of ViT-B/32; the int8 kernel
 // (AVX512-VNNI) against its own arithmetic done in ATen, exact integer sums
-// included, and within quantization error of float32; and the slices of
+// included, and within quantization error of float32; the int8 kernel on
+// AMX-INT8 tiles against the VNNI tiles, bit for bit; and the slices of
 // the next panel that the tiles prefetch (NextPanelPrefetch).
 // Every float32 case runs on both kernels: panels of 32 (AVX-512) and of
 // 16 (AVX2 + FMA), on float32 weights and on weights rounded to bfloat16
@@ -421,6 +422,56 @@ void TestInt8() {
   CheckRefused([&] { clip::PackPanelWeight(w, 16, at::kChar); }, "PackPanelWeight: int8 panels 16 wide are refused");
 }
 
+// The int8 linear on AMX-INT8 tiles against the same linear on the VNNI
+// tiles, bit for bit (the same int32 sums and epilogue): every row count of
+// a 32-row block's tail and both sides of kPerThreadCopyRows, each ViT-B/32 shape,
+// part-empty last panels, with and without bias and swish, a view; inputs
+// that are not a multiple of 64 stay on the VNNI tiles.
+void TestInt8Amx() {
+  if (!clip::PanelLinearInt8AmxAvailable()) {
+    std::cout << "skipped: int8 on AMX tiles (no AMX-INT8, or the system did not grant the tiles)" << std::endl;
+    return;
+  }
+  const auto pack = [](const at::Tensor& w) { return clip::PackPanelWeight(w, 32, at::kChar); };
+  const auto same = [](const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& b, int64_t n,
+                       bool swish, const std::string& what) {
+    const at::Tensor tiles = clip::PanelLinearInt8(x, packed, b, n, swish, /*amx=*/true);
+    const at::Tensor vnni = clip::PanelLinearInt8(x, packed, b, n, swish, /*amx=*/false);
+    Check(tiles.sizes() == vnni.sizes() && at::equal(tiles, vnni), "int8 AMX " + what + ": the VNNI tiles' bits");
+  };
+  std::vector<int64_t> rows;
+  for (int64_t m = 1; m <= 64; ++m) rows.push_back(m);  // up to 31 on the VNNI tiles, then every block tail
+  for (int64_t m : {clip::kPerThreadCopyRows, clip::kPerThreadCopyRows + 1, int64_t{100}, int64_t{401}})
+    rows.push_back(m);
+  for (const auto& [k, n] : std::vector<std::pair<int64_t, int64_t>>{{64, 40}, {128, 96}, {192, 33}}) {
+    const at::Tensor w = Random({n, k}, 0.05);
+    const at::Tensor b = Random({n}, 0.1);
+    const at::Tensor packed = pack(w);
+    for (int64_t m : rows) {
+      const at::Tensor x = Random({m, k});
+      same(x, packed, b, n, false, Shape(m, k, n));
+      if (m % 8 == 1) same(x, packed, c10::nullopt, n, true, Shape(m, k, n) + ", swish, no bias");
+    }
+  }
+  for (const auto& [k, n] :
+       std::vector<std::pair<int64_t, int64_t>>{{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}}) {
+    const at::Tensor w = Random({n, k}, 0.02);
+    const at::Tensor b = Random({n}, 0.1);
+    const at::Tensor packed = pack(w);
+    for (int64_t m : {int64_t{7}, int64_t{50}, int64_t{400}}) {
+      const at::Tensor x = Random({m, k});
+      same(x, packed, b, n, n == 3072, Shape(m, k, n));
+      if (m == 50) CheckInt8(clip::PanelLinearInt8(x, packed, b, n), x, w, b, "int8 AMX " + Shape(m, k, n));
+    }
+  }
+  const at::Tensor w = Random({70, 128}, 0.1);
+  const at::Tensor strided = Random({128, 40}).t();
+  same(strided, pack(w), c10::nullopt, 70, false, "transposed view");
+  same(Random({0, 128}), pack(w), c10::nullopt, 70, false, "no rows");
+  Check(!clip::AmxInt8Inputs(0) && !clip::AmxInt8Inputs(96) && clip::AmxInt8Inputs(3072),
+        "AmxInt8Inputs: positive multiples of 64 only");
+}
+
 // clip_native::linear_rows as the rewritten graph calls it, on float32 and
 // bfloat16 panels (float32 biases), on both sides of kPerThreadCopyRows.
 // The kernels as the operators take them: float32 panels of 32 (AVX-512)
@@ -651,7 +702,8 @@ int main() {
               << (clip::PanelLinearAvx2Available() ? "available" : "not available") << ", bfloat16 "
               << (clip::PanelLinearBf16Available() ? "available" : "not available") << ", AMX "
               << (clip::PanelLinearAmxAvailable() ? "available" : "not available") << ", int8 "
-              << (clip::PanelLinearInt8Available() ? "available" : "not available") << std::endl;
+              << (clip::PanelLinearInt8Available() ? "available" : "not available") << ", int8 AMX "
+              << (clip::PanelLinearInt8AmxAvailable() ? "available" : "not available") << std::endl;
     for (const at::ScalarType weights : {at::kFloat, at::kBFloat16}) {
       TestFloat32(32, weights);
       TestFloat32(16, weights);
@@ -661,6 +713,7 @@ int main() {
     TestBFloat16();
     TestAmx();
     TestInt8();
+    TestInt8Amx();
     TestLinearRows();
     TestMlpRows();
     TestNextPanelPrefetch();
