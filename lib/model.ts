@@ -56,7 +56,7 @@ export interface LoadOptions {
    * name forces it (`info.cpuKernels.candidates` lists them: float32 `onednn`, `avx512` (`avx2` on CPUs without
    * AVX-512), `aten` (libtorch 1.13: `aten`, `avx512` or `avx2`); bfloat16 `onednn`, `onednn-bf16`,
    * `avx512-bf16` (on CPUs with AMX-BF16 first `amx-bf16`, clip-native's linear on AMX tiles), and on CPUs without bfloat16 products (no AVX512-BF16 or AMX) clip-native's float32 linear
-   * first, on bfloat16 weights (`avx512-bf16w` or `avx2-bf16w`), then on float32 ones (`avx512` or `avx2`); int8 `avx512-vnni` (clip-native's int8 linear, on CPUs with AVX512-VNNI), `onednn`, `fbgemm` on CPUs with VNNI or AMX-INT8, else `fbgemm`, `onednn`); `NAME,BATCH@N` forces NAME, and BATCH for image batches of N or more images (`info.cpuKernels.imageBatch`; `auto` may choose such a pair, and `fixed` does for int8 on CPUs with AMX-INT8). The environment
+   * first, on bfloat16 weights (`avx512-bf16w` or `avx2-bf16w`), then on float32 ones (`avx512` or `avx2`); int8 `avx512-vnni` (clip-native's int8 linear, on CPUs with AVX512-VNNI), `onednn`, `fbgemm` on CPUs with VNNI or AMX-INT8, else `fbgemm`, `onednn`); `NAME,BATCH@N` forces NAME, and BATCH for image batches of N or more images (`info.cpuKernels.imageBatch`; `auto` may choose such a pair). The environment
    * variable `CLIP_NATIVE_CPU_KERNELS` does the same when this option is absent; `CLIP_NATIVE_MAX_CPU_ISA` caps the
    * instruction set the candidates may use. Ignored on CUDA.
    */

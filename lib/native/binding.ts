@@ -85,8 +85,8 @@ export interface NativeCpuKernels {
   textMsPerItem: Record<string, number>;
   /**
    * The candidate that image batches of at least `fromImages` images run instead of `image`: one that calibration
-   * found faster than `image` by 5% or more on a batch of 8 images (on an Intel Xeon with AMX-INT8, int8's `onednn`
-   * against `avx512-vnni`, which wins on one image and on captions), or forced as `cpuKernels: 'NAME,BATCH@N'`.
+   * found faster than `image` by 5% or more on a batch of 8 images (e.g. int8's `onednn` against `avx512-vnni` on a
+   * CPU where the second wins on one image and on captions), or forced as `cpuKernels: 'NAME,BATCH@N'`.
    * null where every batch runs `image`. `maxImagesPerForward`: as the field below, for the batches it runs. With
    * `padImageBatches` every batch runs at the largest batch size, so on this candidate when that is `fromImages` or
    * more.

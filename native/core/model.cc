@@ -1180,20 +1180,6 @@ struct BatchEncoder {
   std::vector<std::pair<std::string, double>> timings;  // ms per image on kImageBatchShape images
 };
 
-// The image batches' candidate under `fixed` (a rule, the same in every
-// process), and the batch size from which it runs: on CPUs with AMX-INT8,
-// int8 image batches of kImageBatchShape or more on oneDNN (its AMX tiles)
-// while single images and texts run on `avx512-vnni`, first there
-// (CpuKernelCandidates); else none ("", 0).
-std::pair<std::string, int64_t> FixedImageBatchKernel(Precision precision, const std::string& first,
-                                                      const std::vector<std::string>& candidates) {
-  const bool onednn = std::find(candidates.begin(), candidates.end(), "onednn") != candidates.end();
-  if (precision == Precision::kInt8 && GetCpuFeatures().amx_int8 && first == "avx512-vnni" && onednn) {
-    return {"onednn", kImageBatchShape};
-  }
-  return {"", 0};
-}
-
 // Builds each candidate of `names`, drops those that fail or disagree with
 // the archive, and with more than one left keeps the fastest: each is timed
 // on the calibration inputs, one shape after another (warm-up, then the best
@@ -1560,10 +1546,10 @@ std::vector<std::string> CpuKernelCandidates(Precision precision) {
       // clip-native's int8 linear (AVX512-VNNI) before them (what `fixed`
       // takes): on Zen 5 its linears ran 1.5x oneDNN's on one image's 50
       // rows and 2.3x on a caption's 20, and whole encoders 1.1-1.4x. On an
-      // Intel Xeon with AMX-INT8 too, for one image (11 against 17 ms) and
-      // captions (2.7 against 6.9 ms one, 11 against 15 eight), while
-      // oneDNN's AMX tiles ran 8 images 13% and 16 21% faster: `fixed` runs
-      // image batches of 8 or more there (FixedImageBatchKernel).
+      // Intel Xeon with AMX-INT8, where it runs 32 rows and more on the
+      // tiles, 8 images took 5.0 ms per image against oneDNN's 7.3 (oneDNN
+      // also on AMX-INT8), one image 8.4 against 18.8, a caption 2.6 against
+      // 7.3.
       if (PanelLinearInt8Available()) names.insert(names.begin(), "avx512-vnni");
       return names;
     }
@@ -1794,35 +1780,18 @@ void Model::ChooseCpuKernels(torch::jit::script::Module image_archive,
   const CalibrationStore store(calibrate ? cache : "");
   cpu_kernels_.calibration_cache = store.path();
   ChooseAttentionKernel(precision_, calibrate, store, &cpu_kernels_);
-  if (cpu_kernels_.selected_by == "fixed") {
-    const auto [name, from] = FixedImageBatchKernel(precision_, candidates.front(), cpu_kernels_.candidates);
-    forced_batch = name;
-    forced_batch_from = from;
-  }
   BatchEncoder batch;
   image_encoder_ = ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
                                     candidates, cpu_kernels_.attention_kernel, store, &cpu_kernels_.image_ms,
                                     &cpu_kernels_.image_measured_by, calibrate ? &batch : nullptr);
   if (!forced_batch.empty() && forced_batch != image_encoder_.kernel) {
+    // Named by the user: a failure fails the load.
     std::vector<std::pair<std::string, double>> unused_ms;
     std::string unused_by;
-    auto build_batch = [&] {
-      batch.encoder =
-          ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
-                           {forced_batch}, cpu_kernels_.attention_kernel, store, &unused_ms, &unused_by, nullptr);
-      batch.from = forced_batch_from;
-    };
-    if (cpu_kernels_.selected_by != "fixed") {
-      build_batch();  // named by the user: a failure fails the load
-    } else {
-      // The rule's batch candidate: without it the main one runs every batch.
-      try {
-        build_batch();
-      } catch (const std::exception& e) {
-        TORCH_WARN("clip-native: ", manifest_.image_encoder_path, ": image batches stay on ", image_encoder_.kernel,
-                   " (", forced_batch, ": ", e.what(), ")");
-      }
-    }
+    batch.encoder =
+        ChooseCpuEncoder(image_archive, manifest_.image_encoder_path, manifest_, /*image=*/true, precision_,
+                         {forced_batch}, cpu_kernels_.attention_kernel, store, &unused_ms, &unused_by, nullptr);
+    batch.from = forced_batch_from;
   }
   image_encoder_.max_images = ImagesPerForward(precision_, image_encoder_.kernel);
   if (batch.from > 0) {
