@@ -1008,12 +1008,14 @@ __attribute__((target("avx2,fma"))) void PanelsAvx2(const float* xt, const std::
 // of x against one chunk before the next (the chunk's 16 KB of weights
 // stay in L1 for the blocks after the first; the sums of the blocks wait in
 // a buffer of the thread in between), and the blocks fetch the next chunk's
-// weights to L2 as they go. The int8 linear runs the same blocks on
-// AMX-INT8 tiles (PanelsAmxInt8: 512 inputs a chunk, the same bytes). The sums get the bias, the swish and the rounding
-// to bfloat16 of PanelsBf16's epilogue. Chunks of 256 inputs against 768 (Intel Xeon, family 6 model 167; 400 rows, 2
-// threads, 12 layers' weights in turn, with the prefetches): 768 -> 2304 2.07 against 1.62 TFLOP/s, 768 -> 768 1.96
-// against 1.60; 3072 -> 768 level (1.25-1.36). oneDNN's packed linear on the
-// same: 2.19 / 1.18 / 1.39 TFLOP/s.
+// weights to L2 as they go. The sums get the bias, the swish and the
+// rounding to bfloat16 of PanelsBf16's epilogue. Chunks of 256 inputs
+// against 768 (Intel Xeon, family 6 model 167; 400 rows, 2 threads, 12
+// layers' weights in turn, with the prefetches): 768 -> 2304 2.07 against
+// 1.62 TFLOP/s, 768 -> 768 1.96 against 1.60; 3072 -> 768 level
+// (1.25-1.36). oneDNN's packed linear on the same: 2.19 / 1.18 / 1.39
+// TFLOP/s. The int8 linear runs the same blocks on AMX-INT8 tiles
+// (PanelsAmxInt8: 512 inputs a chunk, the same bytes).
 constexpr int64_t kAmxChunkBytes = 512;
 constexpr int64_t kAmxRows = 32;
 
@@ -1480,6 +1482,18 @@ bool PanelLinearInt8AmxAvailable() { return PanelLinearInt8Available() && AmxInt
 
 bool AmxInt8Inputs(int64_t in_features) { return in_features > 0 && in_features % 64 == 0; }
 
+// Fewer rows than one block of the tiles (a caption) stay on the VNNI tiles:
+// their weights come from memory either way, and the AMX tiles ran captions
+// of 6-17 tokens 1.04-1.11x slower (Intel Xeon, family 6 model 167); 8
+// captions 0.72x the time, one image 0.82x, 8 images 0.61x.
+bool PanelLinearInt8UsesAmx(int64_t rows, int64_t in_features) {
+#ifdef CLIP_PANEL_KERNEL
+  return rows >= kAmxRows && AmxInt8Inputs(in_features) && PanelLinearInt8AmxAvailable();
+#else
+  return false;
+#endif
+}
+
 bool PanelLinearBf16Available() {
   return kPanelKernelBuilt && GetCpuFeatures().avx512f && GetCpuFeatures().avx512_bf16;
 }
@@ -1551,11 +1565,7 @@ at::Tensor PanelLinearInt8(const at::Tensor& x, const at::Tensor& packed, const 
   const int8_t* pp = packed.data_ptr<int8_t>();
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = in.y.data_ptr<float>();
-  // Fewer rows than one block of the tiles (a caption) stay on the VNNI
-  // tiles: their weights come from memory either way, and the AMX tiles ran
-  // captions of 6-17 tokens 1.04-1.11x slower (Intel Xeon, family 6 model
-  // 167); 8 captions 0.72x the time, one image 0.82x, 8 images 0.61x.
-  if (amx && in.m >= kAmxRows && AmxInt8Inputs(k) && PanelLinearInt8AmxAvailable()) {
+  if (amx && PanelLinearInt8UsesAmx(in.m, k)) {
     RunAmxInt8(in.rows.data_ptr<float>(), in.m, k, pp, panels, bp, out_features, yp, swish);
     return in.y.view(in.shape);
   }

@@ -47,6 +47,8 @@ at::Tensor PackPanelWeight(const at::Tensor& weight, int64_t width = 32, at::Sca
 bool PanelLinearInt8Available();
 bool PanelLinearInt8AmxAvailable();
 bool AmxInt8Inputs(int64_t in_features);  // a positive multiple of 64
+// Whether PanelLinearInt8 (amx true) runs `rows` rows of `in_features` on the tiles.
+bool PanelLinearInt8UsesAmx(int64_t rows, int64_t in_features);
 at::Tensor PanelLinearInt8(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                            int64_t out_features, bool swish = false, bool amx = true);
 

@@ -1061,6 +1061,11 @@ std::string CalibrationKey(const std::string& path, Precision precision, const s
   return key;
 }
 
+// Raised whenever a kernel changes in a way that may change what calibration
+// chooses (2: int8 on AMX-INT8 tiles), so that calibration files written by
+// an earlier build of the same version measure again.
+constexpr int kKernelRevision = 2;
+
 // What a measurement kept in a calibration file (CalibrationStore) depends on
 // beyond the files and choices of its key: the CPU (brand, family, model,
 // stepping and the instructions clip-native may use), the threads, and the
@@ -1068,7 +1073,7 @@ std::string CalibrationKey(const std::string& path, Precision precision, const s
 // values measures again.
 std::string MachineKey() {
   return CpuIdentity() + "|threads " + std::to_string(at::get_num_threads()) + "|libtorch " + TORCH_VERSION +
-         "|clip-native " + CLIP_NATIVE_VERSION;
+         "|clip-native " + CLIP_NATIVE_VERSION + "|kernels " + std::to_string(kKernelRevision);
 }
 
 // "NAME@N" (a candidate and the batch size from which it runs the image
@@ -1150,10 +1155,11 @@ int64_t ImagesPerForward(Precision precision, const std::string& kernel) {
 
 // Images per batch on which calibration also times the image encoder's
 // candidates, for a second choice that batches of at least as many images
-// run (ChooseCpuEncoder). On an Intel Xeon with AMX-INT8, int8: oneDNN's
-// candidate (AMX tiles) ran 8 images in 55-58 ms against 66-67 on
-// clip-native's VNNI kernel and 16 in 110 against 140, level at 4, while one
-// image took 17 ms against 11 and one caption 6.9 against 2.7 ms.
+// run (ChooseCpuEncoder). On an Intel Xeon with AMX-INT8, int8, before
+// clip-native's int8 linear ran on the tiles: oneDNN's candidate (AMX tiles)
+// ran 8 images in 55-58 ms against 66-67 on the VNNI kernel and 16 in 110
+// against 140, level at 4, while one image took 17 ms against 11 and one
+// caption 6.9 against 2.7 ms.
 constexpr int64_t kImageBatchShape = 8;
 // How much faster than the main choice on kImageBatchShape images another
 // candidate must be to run the batches: a margin over calibration's noise.

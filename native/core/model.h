@@ -69,8 +69,8 @@ const char* PrecisionName(Precision precision);
 //             weights, activations quantized per call and per tensor),
 //             "avx512-vnni" (clip-native's int8 linear: per-feature int8
 //             weights, activations quantized per call and per row; first
-//             on CPUs with AVX512-VNNI; where they have AMX-INT8, `fixed`
-//             runs image batches of 8 or more on "onednn")
+//             on CPUs with AVX512-VNNI; on AMX-INT8 tiles where the CPU
+//             has them, from 32 rows on)
 std::vector<std::string> CpuKernelCandidates(Precision precision);
 
 // Which candidate each CPU encoder runs and why.

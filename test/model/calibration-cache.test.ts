@@ -63,7 +63,7 @@ t.test(
     const textLine = [...lines].find(([key]) => key.includes('text_encoder.pt'));
     t.ok(imageLine && textLine, 'a line per encoder');
     t.match(imageLine![0], /\|float32\|/, 'keyed by the dtype');
-    t.match(imageLine![0], /\|libtorch [^|]+\|clip-native [^|]+\|/, 'and the versions');
+    t.match(imageLine![0], /\|libtorch [^|]+\|clip-native [^|]+\|kernels \d+\|/, 'and the versions');
     t.equal(imageLine![1].split(';')[0], kernels.image, "the image encoder's winner");
     t.equal(textLine![1].split(';')[0], kernels.text, "the text encoder's winner");
     const imageFields = imageLine![1].split(';');

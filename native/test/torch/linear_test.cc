@@ -269,7 +269,9 @@ void TestAmx() {
     std::cout << "skipped: bfloat16 on AMX tiles (no AMX-BF16, or the system refused the tiles)" << std::endl;
     return;
   }
-  const std::vector<std::pair<int64_t, int64_t>> shapes{{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}, {64, 40}};
+  // 320 and 800 inputs: a last chunk shorter than the others.
+  const std::vector<std::pair<int64_t, int64_t>> shapes{{768, 2304}, {768, 768}, {768, 3072}, {3072, 768},
+                                                        {64, 40},    {320, 40},  {800, 72}};
   for (int64_t m : {1, 2, 15, 16, 17, 31, 32, 33, 48, 50, 63, 64, 65, 200, 401}) {
     for (const auto& [k, n] : shapes) {
       if (m > 65 && k == 3072 && n == 768 && m != 401) continue;
@@ -470,6 +472,10 @@ void TestInt8Amx() {
   same(Random({0, 128}), pack(w), c10::nullopt, 70, false, "no rows");
   Check(!clip::AmxInt8Inputs(0) && !clip::AmxInt8Inputs(96) && clip::AmxInt8Inputs(3072),
         "AmxInt8Inputs: positive multiples of 64 only");
+  // The cases above ran on the tiles from 32 rows on (else they compared the VNNI tiles with themselves).
+  Check(clip::PanelLinearInt8UsesAmx(32, 64) && clip::PanelLinearInt8UsesAmx(401, 3072) &&
+            !clip::PanelLinearInt8UsesAmx(31, 768) && !clip::PanelLinearInt8UsesAmx(400, 96),
+        "int8 AMX: the tiles from 32 rows of a multiple of 64 inputs");
 }
 
 // clip_native::linear_rows as the rewritten graph calls it, on float32 and
