@@ -1218,10 +1218,10 @@ CLIP_AMX_TARGET void PanelsAmxInt8(const uint8_t* x, int64_t m, int64_t row_byte
 }
 
 // x [m, k] float32 rows quantized (QuantizeRows; QuantizedRows::tiles holds
-// them row-major here, k bytes a row)
-// and run against every int8 panel on the tiles, split among the threads:
-// up to kPerThreadCopyRows rows quantized by each thread for itself inside
-// the one parallel region, above once, by all threads together.
+// them row-major here, k bytes a row) and run against every int8 panel on
+// the tiles, split among the threads: up to kPerThreadCopyRows rows
+// quantized by each thread for itself inside the one parallel region,
+// above once, by all threads together.
 void RunAmxInt8(const float* x, int64_t m, int64_t k, const int8_t* packed, int64_t panels, const float* bias,
                 int64_t n_size, float* y, bool swish) {
   struct Buffers {
