@@ -755,8 +755,8 @@ __attribute__((target("avx512f,avx512vnni"))) void TileRowsInt8(int rows, const 
 }
 
 // The quantized rows of an int8 linear's input, as the tiles read them: the
-// row tiles' k-major copy (`steps` 32-bit groups per row), and each row's
-// scale and zero point.
+// row tiles' k-major copy (`steps` 32-bit groups per row; for the AMX-INT8
+// tiles the rows as they lie), and each row's scale and zero point.
 struct QuantizedRows {
   uint32_t* tiles;
   float* scale;
@@ -785,13 +785,16 @@ __attribute__((target("avx512f,avx512vnni"))) void PanelsInt8(const QuantizedRow
   }
 }
 
-// RunPanels for int8: x's float32 rows quantized (QuantizeRows) and copied
-// k-major (PackRowTiles on the groups of four bytes), then
+// RunPanels for int8: x's float32 rows quantized (QuantizeRows) and, with
+// `k_major`, copied k-major (PackRowTiles on the groups of four bytes), then
 // `panels(rows, tiles, first, last)`: up to kPerThreadCopyRows rows by each
 // thread for itself inside the one parallel region, above once, by all
-// threads together, and run in groups of tiles (RunInGroups).
+// threads together, and (k-major) run in groups of tiles (RunInGroups).
+// Without `k_major` (the AMX-INT8 tiles, which read the rows as they lie)
+// QuantizedRows::tiles holds the quantized rows row-major, steps * 4 bytes a
+// row, and `panels` gets every tile at once.
 template <typename PanelsFn>
-void RunPanelsInt8(const float* x, int64_t k, const std::vector<RowTile>& tiles, int64_t panel_count,
+void RunPanelsInt8(const float* x, int64_t k, const std::vector<RowTile>& tiles, int64_t panel_count, bool k_major,
                    const PanelsFn& panels) {
   if (tiles.empty()) return;
   const int64_t steps = Int8Steps(k);
@@ -800,24 +803,25 @@ void RunPanelsInt8(const float* x, int64_t k, const std::vector<RowTile>& tiles,
     GrowingBuffer<uint32_t> rows, tiles;
     GrowingBuffer<float> scale;
     GrowingBuffer<int32_t> zero;
-    QuantizedRows Get(int64_t m, int64_t steps, uint32_t** rows_out) {
+    QuantizedRows Get(int64_t m, int64_t steps, bool k_major, uint32_t** rows_out) {
       *rows_out = rows.Get(static_cast<size_t>(m * steps));
-      return {tiles.Get(static_cast<size_t>(m * steps)), scale.Get(static_cast<size_t>(m)),
+      return {k_major ? tiles.Get(static_cast<size_t>(m * steps)) : *rows_out, scale.Get(static_cast<size_t>(m)),
               zero.Get(static_cast<size_t>(m))};
     }
   };
   auto quantize = [&](const QuantizedRows& q, uint32_t* rows, const RowTile* begin, const RowTile* end) {
     QuantizeRows(x, k, steps, begin->first, (end - 1)->first + (end - 1)->rows, rows, q.scale, q.zero);
-    PackRowTiles(rows, steps, begin, end, q.tiles);
+    if (k_major) PackRowTiles(rows, steps, begin, end, q.tiles);
   };
   if (m > kPerThreadCopyRows) {
     thread_local Buffers buffers;
     uint32_t* rows = nullptr;
-    const QuantizedRows q = buffers.Get(m, steps, &rows);
+    const QuantizedRows q = buffers.Get(m, steps, k_major, &rows);
     at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t first, int64_t last) {
       quantize(q, rows, tiles.data() + first, tiles.data() + last);
     });
-    const std::vector<std::vector<RowTile>> groups = GroupTiles(tiles, steps * 4);
+    const std::vector<std::vector<RowTile>> groups =
+        k_major ? GroupTiles(tiles, steps * 4) : std::vector<std::vector<RowTile>>{tiles};
     at::parallel_for(0, panel_count, 1, [&](int64_t first, int64_t last) {
       for (const std::vector<RowTile>& group : groups) panels(q, group, first, last);
     });
@@ -826,7 +830,7 @@ void RunPanelsInt8(const float* x, int64_t k, const std::vector<RowTile>& tiles,
   at::parallel_for(0, panel_count, 1, [&](int64_t first, int64_t last) {
     thread_local Buffers buffers;
     uint32_t* rows = nullptr;
-    const QuantizedRows q = buffers.Get(m, steps, &rows);
+    const QuantizedRows q = buffers.Get(m, steps, k_major, &rows);
     quantize(q, rows, tiles.data(), tiles.data() + tiles.size());
     panels(q, tiles, first, last);
   });
@@ -1217,44 +1221,6 @@ CLIP_AMX_TARGET void PanelsAmxInt8(const uint8_t* x, int64_t m, int64_t row_byte
                       });
 }
 
-// x [m, k] float32 rows quantized (QuantizeRows; QuantizedRows::tiles holds
-// them row-major here, k bytes a row) and run against every int8 panel on
-// the tiles, split among the threads: up to kPerThreadCopyRows rows
-// quantized by each thread for itself inside the one parallel region,
-// above once, by all threads together.
-void RunAmxInt8(const float* x, int64_t m, int64_t k, const int8_t* packed, int64_t panels, const float* bias,
-                int64_t n_size, float* y, bool swish) {
-  struct Buffers {
-    GrowingBuffer<uint32_t> rows;
-    GrowingBuffer<float> scale;
-    GrowingBuffer<int32_t> zero;
-    QuantizedRows Get(int64_t m, int64_t steps) {
-      return {rows.Get(static_cast<size_t>(m * steps)), scale.Get(static_cast<size_t>(m)),
-              zero.Get(static_cast<size_t>(m))};
-    }
-  };
-  const int64_t steps = Int8Steps(k);
-  auto panels_of = [&](const QuantizedRows& q, int64_t first, int64_t last) {
-    PanelsAmxInt8(reinterpret_cast<const uint8_t*>(q.tiles), m, steps * 4, q.scale, q.zero, packed, panels, bias,
-                  n_size, y, first, last, swish);
-  };
-  if (m > kPerThreadCopyRows) {
-    thread_local Buffers shared;
-    const QuantizedRows q = shared.Get(m, steps);  // the calling thread's, taken before the regions
-    at::parallel_for(0, m, 1, [&](int64_t first, int64_t last) {
-      QuantizeRows(x, k, steps, first, last, q.tiles, q.scale, q.zero);
-    });
-    at::parallel_for(0, panels, 1, [&](int64_t first, int64_t last) { panels_of(q, first, last); });
-    return;
-  }
-  at::parallel_for(0, panels, 1, [&](int64_t first, int64_t last) {
-    thread_local Buffers own;
-    const QuantizedRows q = own.Get(m, steps);
-    QuantizeRows(x, k, steps, 0, m, q.tiles, q.scale, q.zero);
-    panels_of(q, first, last);
-  });
-}
-
 // x [m, k] bfloat16 rows against every panel, split among the threads.
 void RunAmx(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t panels, const float* bias,
             int64_t n_size, uint16_t* y, bool swish) {
@@ -1565,14 +1531,16 @@ at::Tensor PanelLinearInt8(const at::Tensor& x, const at::Tensor& packed, const 
   const int8_t* pp = packed.data_ptr<int8_t>();
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = in.y.data_ptr<float>();
-  if (amx && PanelLinearInt8UsesAmx(in.m, k)) {
-    RunAmxInt8(in.rows.data_ptr<float>(), in.m, k, pp, panels, bp, out_features, yp, swish);
-    return in.y.view(in.shape);
-  }
+  const bool tiles_amx = amx && PanelLinearInt8UsesAmx(in.m, k);
   const std::vector<RowTile> tiles = SplitRows(in.m, kTile);
-  RunPanelsInt8(in.rows.data_ptr<float>(), k, tiles, panels,
+  RunPanelsInt8(in.rows.data_ptr<float>(), k, tiles, panels, /*k_major=*/!tiles_amx,
                 [&](const QuantizedRows& q, const std::vector<RowTile>& group, int64_t first, int64_t last) {
-                  PanelsInt8(q, group, steps, pp, panels, bp, out_features, yp, first, last, swish);
+                  if (tiles_amx) {
+                    PanelsAmxInt8(reinterpret_cast<const uint8_t*>(q.tiles), in.m, steps * 4, q.scale, q.zero, pp,
+                                  panels, bp, out_features, yp, first, last, swish);
+                  } else {
+                    PanelsInt8(q, group, steps, pp, panels, bp, out_features, yp, first, last, swish);
+                  }
                 });
 #endif
   return in.y.view(in.shape);
