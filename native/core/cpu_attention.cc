@@ -516,13 +516,15 @@ struct AmxAttentionScratch {
   alignas(64) float sums[64 * 64];        // [row][column]
 };
 
-struct AmxAttentionConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64, 64, 64, 64};
-  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
-};
+// Tiles 0-7 all 16 rows of 64 bytes.
+simd::TileConfig AttentionTiles() {
+  simd::TileConfig c;
+  for (int t = 0; t < 8; ++t) {
+    c.rows[t] = 16;
+    c.bytes_per_row[t] = 64;
+  }
+  return c;
+}
 
 #define CLIP_AMX_ATTENTION_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16,amx-tile,amx-bf16")))
 
@@ -629,7 +631,7 @@ CLIP_AMX_ATTENTION_TARGET void AttentionOneAmx(const c10::BFloat16* q, int64_t q
       _mm512_storeu_si512(s.v + (j / 2) * 128 + 2 * c0, pairs);
     }
   }
-  static const AmxAttentionConfig config;
+  static const simd::TileConfig config = AttentionTiles();
   _tile_loadconfig(&config);
   // Scores: tiles 0-3 the sums of up to 4 key tiles, 4-5 q's depth steps, 6-7 k's.
   for (int64_t rt = 0; rt < row_tiles; ++rt) {

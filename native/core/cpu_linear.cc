@@ -1023,21 +1023,12 @@ __attribute__((target("avx2,fma"))) void PanelsAvx2(const float* xt, const std::
 constexpr int64_t kAmxChunkBytes = 512;
 constexpr int64_t kAmxRows = 32;
 
-// The tile configuration LDTILECFG takes (palette 1).
-struct AmxConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t bytes_per_row[16] = {};
-  uint8_t rows[16] = {};
-};
-
 // Tiles 0-3: sums (rows 0-15 x features 0-15, 0-15 x 16-31, 16-31 x 0-15,
 // 16-31 x 16-31); 4, 5: x's rows 0-15 and 16-31; 6, 7: the weights of
 // features 0-15 and 16-31. A block of `rows` rows (1-32) configures the
 // tiles of its second 16 rows only when it has them.
-AmxConfig AmxBlockConfig(int rows) {
-  AmxConfig c;
+simd::TileConfig AmxBlockConfig(int rows) {
+  simd::TileConfig c;
   const int upper = std::min(rows, 16), lower = rows - upper;
   for (int t : {0, 1, 4}) {
     c.rows[t] = static_cast<uint8_t>(upper);
@@ -1136,7 +1127,7 @@ CLIP_AMX_TARGET void PanelsAmxSums(const char* x, int64_t m, int64_t row_bytes, 
   const int tail = static_cast<int>(m - (blocks - 1) * kAmxRows);
   thread_local GrowingBuffer<float> carry_buffer;
   float* carry = carry_buffer.Get(static_cast<size_t>(blocks * kAmxRows * 32));
-  const AmxConfig full = AmxBlockConfig(kAmxRows), last_block = AmxBlockConfig(tail);
+  const simd::TileConfig full = AmxBlockConfig(kAmxRows), last_block = AmxBlockConfig(tail);
   const int64_t chunk = std::min(row_bytes, kAmxChunkBytes);
   for (int64_t p = first; p < last; ++p) {
     const char* panel = packed + p * panel_bytes;

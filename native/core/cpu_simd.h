@@ -17,6 +17,16 @@ namespace simd {
 // memory may have been read or written (nothing is emitted).
 inline void MemoryBarrier() { __asm__ __volatile__("" ::: "memory"); }
 
+// The tile configuration LDTILECFG takes (palette 1): each tile register's
+// rows and bytes per row (zero: unused).
+struct TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
 // The lanes of the 16 values at j of a row of `count` (the rest masked off;
 // j < count).
 inline __mmask16 TailMask(int64_t j, int64_t count) {
