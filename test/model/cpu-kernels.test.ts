@@ -248,7 +248,6 @@ t.test('bfloat16 on oneDNN and on AMX tiles runs image batches as forwards of at
   // A pair reports each candidate's limit: the first's for the batches below N, the second's for the rest.
   const split = candidates.find((name) => name === 'onednn' || name === 'onednn-bf16');
   const whole = candidates.find((name) => name !== 'onednn' && name !== 'onednn-bf16');
-  const limitOf = (name: string) => imagesPerForward(name);
   if (!split || !whole) {
     t.comment(`no pair of a oneDNN and another bfloat16 candidate here (candidates: ${candidates.join(', ')})`);
   } else {
@@ -264,7 +263,7 @@ t.test('bfloat16 on oneDNN and on AMX tiles runs image batches as forwards of at
       const kernels = pair.info.cpuKernels!;
       t.same(
         [kernels.maxImagesPerForward, kernels.imageBatch],
-        [limitOf(first), { kernel: second, fromImages: 12, maxImagesPerForward: limitOf(second) }],
+        [imagesPerForward(first), { kernel: second, fromImages: 12, maxImagesPerForward: imagesPerForward(second) }],
         `${first},${second}@12: each candidate's images per forward`,
       );
       if (first === split) {
