@@ -1017,9 +1017,9 @@ __attribute__((target("avx2,fma"))) void PanelsAvx2(const float* xt, const std::
 // against 768 (Intel Xeon, family 6 model 167; 400 rows, 2 threads, 12
 // layers' weights in turn, with the prefetches): 768 -> 2304 2.07 against
 // 1.62 TFLOP/s, 768 -> 768 1.96 against 1.60; 3072 -> 768 level
-// (1.25-1.36). oneDNN's packed linear on the same: 2.19 / 1.18 / 1.39
-// TFLOP/s. The int8 linear runs the same blocks on AMX-INT8 tiles
-// (PanelsAmxInt8: 512 inputs a chunk, the same bytes).
+// (1.25-1.36), and 2.16-2.34 with its panels in groups (AmxPanelGroup).
+// oneDNN's packed linear on the same: 2.19 / 1.18 / 1.39 TFLOP/s. The int8 linear runs the same blocks on AMX-INT8
+// tiles (PanelsAmxInt8: 512 inputs a chunk, the same bytes).
 constexpr int64_t kAmxChunkBytes = 512;
 constexpr int64_t kAmxRows = 32;
 
@@ -1115,48 +1115,81 @@ CLIP_AMX_TARGET void AmxBlock(const char* x, int64_t stride, int rows, const cha
   simd::MemoryBarrier();  // the sums read by plain loads
 }
 
+// The panels PanelsAmxSums runs together for x of m rows of `row_bytes`
+// and `panels` panels: 1 up to three times RowGroupBytes() of x (1.5 MB of
+// a 2 MB L2), else as many as keep their sums within RowGroupBytes(), in
+// groups of equal size (within one panel). bfloat16 only: the 3072 inputs
+// of the MLP's second linear are 2.4 MB on 400 rows (8 images), and ran
+// 1.28-1.38 -> 2.16-2.34 TFLOP/s in groups (Intel Xeon, family 6 model
+// 167, 2 threads); int8's 1.2 MB stay in L2, and 800 rows of them (16
+// images) ran 10% slower in groups.
+int64_t AmxPanelGroup(int64_t m, int64_t row_bytes, int64_t panels) {
+  static const int64_t budget = RowGroupBytes();
+  if (m * row_bytes <= 3 * budget || panels <= 1) return 1;
+  const int64_t carry_bytes = (m + kAmxRows - 1) / kAmxRows * kAmxRows * 32 * 4;
+  const int64_t most = std::max<int64_t>(1, budget / carry_bytes);
+  const int64_t groups = (panels + most - 1) / most;
+  return (panels + groups - 1) / groups;
+}
+
 // x [m rows of `row_bytes`, a multiple of 64] against panels [first, last)
 // of `panel_bytes` each (32 x row_bytes: a panel's weights for a row's
 // inputs), on the calling thread: the sums of each panel, 32 per row in a
-// buffer of the thread, then `epilogue(p, sums)`.
+// buffer of the thread, then `epilogue(p, sums)`. The panels go in groups
+// of `group` (AmxPanelGroup; 1: one panel at a time, chunk after chunk),
+// each chunk of x's inputs against every panel of the group before the
+// next chunk, so that an x larger than L2 keeps beside the weights comes
+// from memory once per group rather than once per panel. Each sum gets its
+// products in the same order whatever the group.
 template <bool kInt8, typename Epilogue>
 CLIP_AMX_TARGET void PanelsAmxSums(const char* x, int64_t m, int64_t row_bytes, const char* packed, int64_t first,
-                                   int64_t last, const Epilogue& epilogue) {
+                                   int64_t last, int64_t group, const Epilogue& epilogue) {
   const int64_t panel_bytes = 32 * row_bytes;
   const int64_t blocks = (m + kAmxRows - 1) / kAmxRows;
   const int tail = static_cast<int>(m - (blocks - 1) * kAmxRows);
+  const int64_t carry_floats = blocks * kAmxRows * 32;
   thread_local GrowingBuffer<float> carry_buffer;
-  float* carry = carry_buffer.Get(static_cast<size_t>(blocks * kAmxRows * 32));
+  float* carry = carry_buffer.Get(static_cast<size_t>(group * carry_floats));
   const simd::TileConfig full = AmxBlockConfig(kAmxRows), last_block = AmxBlockConfig(tail);
   const int64_t chunk = std::min(row_bytes, kAmxChunkBytes);
-  for (int64_t p = first; p < last; ++p) {
-    const char* panel = packed + p * panel_bytes;
+  for (int64_t g0 = first; g0 < last; g0 += group) {
+    const int64_t g1 = std::min(last, g0 + group);
     for (int64_t k0 = 0; k0 < row_bytes; k0 += chunk) {
       const int64_t size = std::min(chunk, row_bytes - k0);
-      _tile_loadconfig(&full);
-      // The next chunk's weights (this panel's, or the next panel's first)
-      // fetched to L2 while the blocks run, spread over them: 32 bytes of
-      // weights per byte of a row, so half a line per byte.
-      const bool more = k0 + size < row_bytes;
-      const bool has_next = more || p + 1 < last;
-      const char* next = more ? panel + 32 * (k0 + size) : panel + panel_bytes;
-      const int64_t next_lines = has_next ? std::min(chunk, row_bytes - (more ? k0 + size : 0)) / 2 : 0;
-      const int64_t steps = size / 64;
-      const int64_t per_step = (next_lines + blocks * steps - 1) / (blocks * steps);
-      int64_t issued = 0;
-      for (int64_t b = 0; b < blocks; ++b) {
-        const bool is_last = b + 1 == blocks;
-        if (is_last && tail != kAmxRows) _tile_loadconfig(&last_block);
-        // A prefetch never faults: the last block's may reach a few lines
-        // past the chunk.
-        const int64_t lines = std::max<int64_t>(0, std::min(per_step * steps, next_lines - issued));
-        const int64_t lines_per_step = (lines + steps - 1) / steps;
-        AmxBlock<kInt8>(x + b * kAmxRows * row_bytes + k0, row_bytes, is_last ? tail : static_cast<int>(kAmxRows),
-                        panel + 32 * k0, size, k0 == 0, carry + b * kAmxRows * 32, next + issued * 64, lines_per_step);
-        issued += lines_per_step * steps;
+      for (int64_t p = g0; p < g1; ++p) {
+        const char* panel = packed + p * panel_bytes;
+        _tile_loadconfig(&full);
+        // Next: the group's next panel on this chunk, else its first panel
+        // on the next chunk, else the next group's first chunk.
+        const char* next = panel;
+        int64_t next_size = 0;
+        if (p + 1 < g1) {
+          next = panel + panel_bytes + 32 * k0;
+          next_size = size;
+        } else if (k0 + size < row_bytes) {
+          next = packed + g0 * panel_bytes + 32 * (k0 + size);
+          next_size = std::min(chunk, row_bytes - k0 - size);
+        } else if (g1 < last) {
+          next = packed + g1 * panel_bytes;
+          next_size = chunk;
+        }
+        const int64_t next_lines = next_size / 2;
+        const int64_t steps = size / 64;
+        const int64_t per_step = (next_lines + blocks * steps - 1) / (blocks * steps);
+        float* sums = carry + (p - g0) * carry_floats;
+        int64_t issued = 0;
+        for (int64_t b = 0; b < blocks; ++b) {
+          const bool is_last = b + 1 == blocks;
+          if (is_last && tail != kAmxRows) _tile_loadconfig(&last_block);
+          const int64_t lines = std::max<int64_t>(0, std::min(per_step * steps, next_lines - issued));
+          const int64_t lines_per_step = (lines + steps - 1) / steps;
+          AmxBlock<kInt8>(x + b * kAmxRows * row_bytes + k0, row_bytes, is_last ? tail : static_cast<int>(kAmxRows),
+                          panel + 32 * k0, size, k0 == 0, sums + b * kAmxRows * 32, next + issued * 64, lines_per_step);
+          issued += lines_per_step * steps;
+        }
       }
     }
-    epilogue(p, carry);
+    for (int64_t p = g0; p < g1; ++p) epilogue(p, carry + (p - g0) * carry_floats);
   }
   _tile_release();
 }
@@ -1165,22 +1198,24 @@ CLIP_AMX_TARGET void PanelsAmxSums(const char* x, int64_t m, int64_t row_bytes, 
 // y [m, n_size], on the calling thread.
 CLIP_AMX_TARGET void PanelsAmx(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, const float* bias,
                                int64_t n_size, uint16_t* y, int64_t first, int64_t last, bool swish) {
-  PanelsAmxSums<false>(reinterpret_cast<const char*>(x), m, k * 2, reinterpret_cast<const char*>(packed), first, last,
-                       [&](int64_t p, const float* carry) CLIP_AMX_TARGET {
-                         const int64_t n0 = p * kPanel;
-                         const PanelEdge edge(bias, n0, n_size);
-                         for (int64_t r = 0; r < m; ++r) {
-                           const float* sums = carry + r * 32;
-                           __m512 lo = _mm512_add_ps(_mm512_loadu_ps(sums), edge.bias[0]);
-                           __m512 hi = _mm512_add_ps(_mm512_loadu_ps(sums + 16), edge.bias[1]);
-                           if (swish) {
-                             lo = simd::Swish(lo);
-                             hi = simd::Swish(hi);
-                           }
-                           simd::StoreBFloat16(y + r * n_size + n0, edge.mask[0], lo);
-                           simd::StoreBFloat16(y + r * n_size + n0 + 16, edge.mask[1], hi);
-                         }
-                       });
+  const auto epilogue = [&](int64_t p, const float* carry) CLIP_AMX_TARGET {
+    const int64_t n0 = p * kPanel;
+    const PanelEdge edge(bias, n0, n_size);
+    for (int64_t r = 0; r < m; ++r) {
+      const float* sums = carry + r * 32;
+      __m512 lo = _mm512_add_ps(_mm512_loadu_ps(sums), edge.bias[0]);
+      __m512 hi = _mm512_add_ps(_mm512_loadu_ps(sums + 16), edge.bias[1]);
+      if (swish) {
+        lo = simd::Swish(lo);
+        hi = simd::Swish(hi);
+      }
+      simd::StoreBFloat16(y + r * n_size + n0, edge.mask[0], lo);
+      simd::StoreBFloat16(y + r * n_size + n0 + 16, edge.mask[1], hi);
+    }
+  };
+  const char* rows = reinterpret_cast<const char*>(x);
+  const char* weights = reinterpret_cast<const char*>(packed);
+  PanelsAmxSums<false>(rows, m, k * 2, weights, first, last, AmxPanelGroup(m, k * 2, last - first), epilogue);
 }
 
 // The int8 linear on AMX-INT8 tiles: x's rows quantized as for the VNNI
@@ -1197,7 +1232,7 @@ CLIP_AMX_TARGET void PanelsAmxInt8(const uint8_t* x, int64_t m, int64_t row_byte
   const auto* scales = reinterpret_cast<const float*>(packed + panels * steps * kPanelStepBytes);
   const auto* sums = reinterpret_cast<const int32_t*>(scales + panels * kPanel);
   PanelsAmxSums<true>(reinterpret_cast<const char*>(x), m, row_bytes, reinterpret_cast<const char*>(packed), first,
-                      last, [&](int64_t p, const float* carry) CLIP_AMX_TARGET {
+                      last, /*group=*/1, [&](int64_t p, const float* carry) CLIP_AMX_TARGET {
                         const int64_t n0 = p * kPanel;
                         const PanelEdgeInt8 edge(bias, scales, sums, n0, n_size);
                         const auto* ints = reinterpret_cast<const int32_t*>(carry);

@@ -1062,9 +1062,10 @@ std::string CalibrationKey(const std::string& path, Precision precision, const s
 }
 
 // Raised whenever a kernel changes in a way that may change what calibration
-// chooses (2: int8 on AMX-INT8 tiles), so that calibration files written by
-// an earlier build of the same version measure again.
-constexpr int kKernelRevision = 2;
+// chooses (2: int8 on AMX-INT8 tiles; 3: bfloat16 AMX panels in groups on
+// large inputs), so that calibration files written by an earlier build of
+// the same version measure again.
+constexpr int kKernelRevision = 3;
 
 // What a measurement kept in a calibration file (CalibrationStore) depends on
 // beyond the files and choices of its key: the CPU (brand, family, model,

@@ -269,7 +269,8 @@ void TestAmx() {
     std::cout << "skipped: bfloat16 on AMX tiles (no AMX-BF16, or the system refused the tiles)" << std::endl;
     return;
   }
-  // 320 and 800 inputs: a last chunk shorter than the others.
+  // 320 and 800 inputs: a last chunk shorter than the others. 401 rows of 3072 inputs (2.4 MB): above what L2
+  // keeps, so the panels run in groups (PanelsAmxSumsGrouped).
   const std::vector<std::pair<int64_t, int64_t>> shapes{{768, 2304}, {768, 768}, {768, 3072}, {3072, 768},
                                                         {64, 40},    {320, 40},  {800, 72}};
   for (int64_t m : {1, 2, 15, 16, 17, 31, 32, 33, 48, 50, 63, 64, 65, 200, 401}) {
