@@ -1007,8 +1007,9 @@ __attribute__((target("avx2,fma"))) void PanelsAvx2(const float* xt, const std::
 // bfloat16). Eight tile registers: four sums of 16 rows x 16 features
 // (32 rows x the panel's 32 features), two of x's rows, two of weights; one
 // TDPBF16PS multiplies a 16 x 32 block of x by a 32 x 16 block of weights,
-// 8192 products. Each thread runs its share of the panels; per panel the
-// inputs go in chunks of kAmxChunkBytes (256 inputs), every 32-row block
+// 8192 products. Each thread runs its share of the panels; per panel (per
+// group of panels where x outgrows L2: AmxPanelGroup) the inputs go in
+// chunks of kAmxChunkBytes (256 inputs), every 32-row block
 // of x against one chunk before the next (the chunk's 16 KB of weights
 // stay in L1 for the blocks after the first; the sums of the blocks wait in
 // a buffer of the thread in between), and the blocks fetch the next chunk's
@@ -1017,9 +1018,10 @@ __attribute__((target("avx2,fma"))) void PanelsAvx2(const float* xt, const std::
 // against 768 (Intel Xeon, family 6 model 167; 400 rows, 2 threads, 12
 // layers' weights in turn, with the prefetches): 768 -> 2304 2.07 against
 // 1.62 TFLOP/s, 768 -> 768 1.96 against 1.60; 3072 -> 768 level
-// (1.25-1.36), and 2.16-2.34 with its panels in groups (AmxPanelGroup).
-// oneDNN's packed linear on the same: 2.19 / 1.18 / 1.39 TFLOP/s. The int8 linear runs the same blocks on AMX-INT8
-// tiles (PanelsAmxInt8: 512 inputs a chunk, the same bytes).
+// (1.25-1.36; in groups of panels since, AmxPanelGroup). oneDNN's packed
+// linear on the same: 2.19 / 1.18 / 1.39 TFLOP/s. The int8 linear runs the
+// same blocks on AMX-INT8 tiles (PanelsAmxInt8: 512 inputs a chunk, the
+// same bytes).
 constexpr int64_t kAmxChunkBytes = 512;
 constexpr int64_t kAmxRows = 32;
 
@@ -1117,12 +1119,13 @@ CLIP_AMX_TARGET void AmxBlock(const char* x, int64_t stride, int rows, const cha
 
 // The panels PanelsAmxSums runs together for x of m rows of `row_bytes`
 // and `panels` panels: 1 up to three times RowGroupBytes() of x (1.5 MB of
-// a 2 MB L2), else as many as keep their sums within RowGroupBytes(), in
-// groups of equal size (within one panel). bfloat16 only: the 3072 inputs
-// of the MLP's second linear are 2.4 MB on 400 rows (8 images), and ran
-// 1.28-1.38 -> 2.16-2.34 TFLOP/s in groups (Intel Xeon, family 6 model
-// 167, 2 threads); int8's 1.2 MB stay in L2, and 800 rows of them (16
-// images) ran 10% slower in groups.
+// a 2 MB L2); else, of the fewest groups that keep their sums within
+// RowGroupBytes() (groups of 1 where one panel's sums do not fit), the
+// size that leaves the last group the least short. bfloat16 only: the 3072
+// inputs of the MLP's second linear are 2.4 MB on 400 rows (8 images), and
+// ran 1.28-1.38 -> 2.16-2.34 TFLOP/s in groups (Intel Xeon, family 6 model
+// 167, 2 threads, 12 layers' weights in turn); int8's 1.2 MB stay in L2,
+// and 800 rows of them (16 images) ran 10% slower in groups.
 int64_t AmxPanelGroup(int64_t m, int64_t row_bytes, int64_t panels) {
   static const int64_t budget = RowGroupBytes();
   if (m * row_bytes <= 3 * budget || panels <= 1) return 1;
@@ -1136,11 +1139,13 @@ int64_t AmxPanelGroup(int64_t m, int64_t row_bytes, int64_t panels) {
 // of `panel_bytes` each (32 x row_bytes: a panel's weights for a row's
 // inputs), on the calling thread: the sums of each panel, 32 per row in a
 // buffer of the thread, then `epilogue(p, sums)`. The panels go in groups
-// of `group` (AmxPanelGroup; 1: one panel at a time, chunk after chunk),
-// each chunk of x's inputs against every panel of the group before the
-// next chunk, so that an x larger than L2 keeps beside the weights comes
-// from memory once per group rather than once per panel. Each sum gets its
-// products in the same order whatever the group.
+// of `group` (AmxPanelGroup; 1: one panel at a time, chunk after chunk;
+// the last group may be shorter), each chunk of x's inputs against every
+// panel of the group before the next chunk, so that an x larger than L2
+// keeps beside the weights comes from memory once per group rather than
+// once per panel. Each sum gets its products in the same order whatever
+// the group. (The int8 instantiation ran 7-12% slower whenever this loop
+// took another form, divisions for groups of equal size among them.)
 template <bool kInt8, typename Epilogue>
 CLIP_AMX_TARGET void PanelsAmxSums(const char* x, int64_t m, int64_t row_bytes, const char* packed, int64_t first,
                                    int64_t last, int64_t group, const Epilogue& epilogue) {
@@ -1159,8 +1164,10 @@ CLIP_AMX_TARGET void PanelsAmxSums(const char* x, int64_t m, int64_t row_bytes, 
       for (int64_t p = g0; p < g1; ++p) {
         const char* panel = packed + p * panel_bytes;
         _tile_loadconfig(&full);
-        // Next: the group's next panel on this chunk, else its first panel
-        // on the next chunk, else the next group's first chunk.
+        // The weights that run next (the group's next panel on this chunk,
+        // else its first panel on the next chunk, else the next group's
+        // first chunk) fetched to L2 while the blocks run, spread over them:
+        // 32 bytes of weights per byte of a row, so half a line per byte.
         const char* next = panel;
         int64_t next_size = 0;
         if (p + 1 < g1) {
@@ -1181,6 +1188,8 @@ CLIP_AMX_TARGET void PanelsAmxSums(const char* x, int64_t m, int64_t row_bytes, 
         for (int64_t b = 0; b < blocks; ++b) {
           const bool is_last = b + 1 == blocks;
           if (is_last && tail != kAmxRows) _tile_loadconfig(&last_block);
+          // A prefetch never faults: the last block's may reach a few lines
+          // past the chunk.
           const int64_t lines = std::max<int64_t>(0, std::min(per_step * steps, next_lines - issued));
           const int64_t lines_per_step = (lines + steps - 1) / steps;
           AmxBlock<kInt8>(x + b * kAmxRows * row_bytes + k0, row_bytes, is_last ? tail : static_cast<int>(kAmxRows),

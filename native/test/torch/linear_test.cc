@@ -260,17 +260,18 @@ void TestBFloat16() {
 
 // The bfloat16 kernel on AMX tiles: every row count of a 32-row block and
 // its two 16-row halves, several blocks, the four linears of a ViT-B/32
-// layer (k over two chunks of the panel loop: 3072), the last panel
+// layer (3072 inputs: 12 chunks of the panel loop), the last panel
 // part-empty, a missing bias, x not contiguous and of more dimensions; the
 // same sums as the AVX512-BF16 kernel up to their order (each rounds once to
-// bfloat16); weights whose inputs are not a multiple of 32 refused.
+// bfloat16); an x larger than L2 keeps (panels in groups) with the same bits
+// on 1 thread and on all; weights whose inputs are not a multiple of 32
+// refused.
 void TestAmx() {
   if (!clip::PanelLinearAmxAvailable()) {
     std::cout << "skipped: bfloat16 on AMX tiles (no AMX-BF16, or the system refused the tiles)" << std::endl;
     return;
   }
-  // 320 and 800 inputs: a last chunk shorter than the others. 401 rows of 3072 inputs (2.4 MB): above what L2
-  // keeps, so the panels run in groups (PanelsAmxSumsGrouped).
+  // 320 and 800 inputs: a last chunk shorter than the others.
   const std::vector<std::pair<int64_t, int64_t>> shapes{{768, 2304}, {768, 768}, {768, 3072}, {3072, 768},
                                                         {64, 40},    {320, 40},  {800, 72}};
   for (int64_t m : {1, 2, 15, 16, 17, 31, 32, 33, 48, 50, 63, 64, 65, 200, 401}) {
@@ -286,6 +287,23 @@ void TestAmx() {
       const double bound = at::abs(pairs.to(at::kFloat)).max().item<double>() / 64;
       Check(diff <= bound, "AMX " + Shape(m, k, n) + " against AVX512-BF16: max abs diff " + std::to_string(diff));
     }
+  }
+  // Rows of 3072 inputs (2.4 MB for 401 rows) are more than L2 keeps beside the weights on any CPU, so a thread's
+  // panels run in groups: on one thread all of them (24 and 11 panels: groups of several sizes, the last panel
+  // part-empty), on more threads fewer or none; the bits must not change. 385 rows: a last block of one row.
+  for (const auto& [m, n] : std::vector<std::pair<int64_t, int64_t>>{{401, 768}, {401, 340}, {385, 340}}) {
+    const at::Tensor x = Random({m, 3072}).to(at::kBFloat16);
+    const at::Tensor w = Random({n, 3072}, 0.05).to(at::kBFloat16);
+    const at::Tensor b = Random({n}, 0.1).to(at::kBFloat16);
+    const at::Tensor packed = clip::PackPanelWeightAmx(w);
+    const int saved = at::get_num_threads();
+    at::set_num_threads(1);
+    const at::Tensor one = clip::PanelLinearBf16(x, packed, b, n);
+    at::set_num_threads(saved);
+    const at::Tensor many = clip::PanelLinearBf16(x, packed, b, n);
+    CheckClose(one, x, w, b, "AMX " + Shape(m, 3072, n) + " on 1 thread");
+    Check(at::equal(one, many),
+          "AMX " + Shape(m, 3072, n) + ": the same bits on 1 and " + std::to_string(saved) + " threads");
   }
   const at::Tensor w = Random({40, 64}, 0.1).to(at::kBFloat16);
   const at::Tensor none =
