@@ -1009,11 +1009,11 @@ __attribute__((target("avx2,fma"))) void PanelsAvx2(const float* xt, const std::
 // TDPBF16PS multiplies a 16 x 32 block of x by a 32 x 16 block of weights,
 // 8192 products. Each thread runs its share of the panels; per panel (per
 // group of panels where x outgrows L2: AmxPanelGroup) the inputs go in
-// chunks of kAmxChunkBytes (256 inputs), every 32-row block
-// of x against one chunk before the next (the chunk's 16 KB of weights
-// stay in L1 for the blocks after the first; the sums of the blocks wait in
-// a buffer of the thread in between), and the blocks fetch the next chunk's
-// weights to L2 as they go. The sums get the bias, the swish and the
+// chunks of kAmxChunkBytes (256 inputs), every 32-row block of x against
+// one chunk before the next (the chunk's 16 KB of weights stay in L1 for
+// the blocks after the first; the sums of the blocks wait in a buffer of
+// the thread in between), and the blocks fetch the next chunk's weights to
+// L2 as they go. The sums get the bias, the swish and the
 // rounding to bfloat16 of PanelsBf16's epilogue. Chunks of 256 inputs
 // against 768 (Intel Xeon, family 6 model 167; 400 rows, 2 threads, 12
 // layers' weights in turn, with the prefetches): 768 -> 2304 2.07 against

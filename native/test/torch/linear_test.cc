@@ -59,6 +59,16 @@ at::Generator& Generator() {
 
 at::Tensor Random(at::IntArrayRef sizes, double scale = 1.0) { return at::randn(sizes, Generator()) * scale; }
 
+// `run` on one thread (the thread count restored after), so that a test can
+// compare it with the same call on all threads.
+at::Tensor OnOneThread(const std::function<at::Tensor()>& run) {
+  const int saved = at::get_num_threads();
+  at::set_num_threads(1);
+  at::Tensor out = run();
+  at::set_num_threads(saved);
+  return out;
+}
+
 std::string Shape(int64_t m, int64_t k, int64_t n) {
   return std::to_string(m) + "x" + std::to_string(k) + " -> " + std::to_string(n);
 }
@@ -145,13 +155,10 @@ void TestFloat32(int64_t width, at::ScalarType weights) {
   const at::Tensor wide_packed = pack(wide);
   for (int64_t m : {50, 400}) {
     const at::Tensor x = Random({m, 768});
-    const int saved = at::get_num_threads();
-    at::set_num_threads(1);
-    const at::Tensor one = clip::PanelLinear(x, wide_packed, c10::nullopt, 3072);
-    at::set_num_threads(saved);
+    const at::Tensor one = OnOneThread([&] { return clip::PanelLinear(x, wide_packed, c10::nullopt, 3072); });
     const at::Tensor many = clip::PanelLinear(x, wide_packed, c10::nullopt, 3072);
-    Check(at::equal(one, many),
-          name + " " + std::to_string(m) + " rows: the same bits on 1 and " + std::to_string(saved) + " threads");
+    Check(at::equal(one, many), name + " " + std::to_string(m) + " rows: the same bits on 1 and " +
+                                    std::to_string(at::get_num_threads()) + " threads");
   }
   // Wrong shapes are refused, not read past.
   CheckRefused(
@@ -296,14 +303,11 @@ void TestAmx() {
     const at::Tensor w = Random({n, 3072}, 0.05).to(at::kBFloat16);
     const at::Tensor b = Random({n}, 0.1).to(at::kBFloat16);
     const at::Tensor packed = clip::PackPanelWeightAmx(w);
-    const int saved = at::get_num_threads();
-    at::set_num_threads(1);
-    const at::Tensor one = clip::PanelLinearBf16(x, packed, b, n);
-    at::set_num_threads(saved);
+    const at::Tensor one = OnOneThread([&] { return clip::PanelLinearBf16(x, packed, b, n); });
     const at::Tensor many = clip::PanelLinearBf16(x, packed, b, n);
     CheckClose(one, x, w, b, "AMX " + Shape(m, 3072, n) + " on 1 thread");
-    Check(at::equal(one, many),
-          "AMX " + Shape(m, 3072, n) + ": the same bits on 1 and " + std::to_string(saved) + " threads");
+    Check(at::equal(one, many), "AMX " + Shape(m, 3072, n) + ": the same bits on 1 and " +
+                                    std::to_string(at::get_num_threads()) + " threads");
   }
   const at::Tensor w = Random({40, 64}, 0.1).to(at::kBFloat16);
   const at::Tensor none =
