@@ -150,6 +150,14 @@ export interface NativeCpuKernels {
     atenMicroseconds: number | null;
   };
   /**
+   * Whether image batches of at least `fromImages` images run as two forwards at once, each half of the batch on one
+   * of the process's two threads, and how that was decided: `rule` (two, whatever `cpuKernels` chose),
+   * `environment` (`CLIP_NATIVE_IMAGE_LANES` 1 or 0) or `not applicable` (the process runs other than 2 threads).
+   * On two cores one forward of 8 images leaves each core waiting for the other's share of every layer; two forwards
+   * of 4 on one thread each do not, and clip-native's kernels give them the same bits.
+   */
+  imageLanes: { lanes: boolean; fromImages: number | null; selectedBy: string };
+  /**
    * Whether a batch of texts runs packed: the text encoder's linears, layer norms and activations on each text's
    * tokens alone (up to its end-of-text token), not on the padding to the batch's longest text. True for archives
    * with `forward_packed` (the exporter writes it) unless `CLIP_NATIVE_PACKED_TEXTS=0`.
@@ -219,6 +227,10 @@ export interface NativeForwardTeamStats {
   placed: number;
   /** Placed forwards whose thread ran less than half of their wall time; each left the team to the scheduler for a while. */
   starved: number;
+  /** Image batches run as two forwards at once (`info.cpuKernels.imageLanes`). */
+  laneBatches: number;
+  /** Of those, the batches whose two forwards ran on two threads (the rest ran in turn on one). */
+  laneBatchesOnTwoThreads: number;
 }
 
 export interface NativeBinding {

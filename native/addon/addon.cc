@@ -9,6 +9,7 @@
 #include "cpu_linear.h"
 #include "cpu_team.h"
 #include "load_worker.h"
+#include "model.h"
 #include "model_wrap.h"
 #include "options.h"
 
@@ -66,7 +67,8 @@ Napi::Value CpuAllocator(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// forwardTeam() -> where CPU forwards' threads ran (cpu_team.h). Main thread.
+// forwardTeam() -> where CPU forwards' threads ran (cpu_team.h, and the image
+// batches run in lanes: model.h). Main thread.
 Napi::Value ForwardTeam(const Napi::CallbackInfo& info) {
   const TeamPlacementStats stats = GetTeamPlacementStats();
   Napi::Object out = Napi::Object::New(info.Env());
@@ -74,6 +76,9 @@ Napi::Value ForwardTeam(const Napi::CallbackInfo& info) {
   out.Set("forwards", static_cast<double>(stats.scopes));
   out.Set("placed", static_cast<double>(stats.placed));
   out.Set("starved", static_cast<double>(stats.starved));
+  const ImageLaneStats lanes = GetImageLaneStats();
+  out.Set("laneBatches", static_cast<double>(lanes.batches));
+  out.Set("laneBatchesOnTwoThreads", static_cast<double>(lanes.on_two_threads));
   return out;
 }
 

@@ -18,6 +18,7 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -885,21 +886,82 @@ auto OnForwardThread(Fn&& fn) -> decltype(fn()) {
   return std::move(*result);
 }
 
+// One forward of `encoder` on the calling thread: the forward thread, or a
+// thread of its team running a lane (ForwardInLanes).
+torch::Tensor ForwardHere(Model::Encoder& encoder, const torch::Tensor& input) {
+  torch::Tensor out;
+  torch::Tensor x = input;
+  if (x.is_floating_point() && x.scalar_type() != encoder.float_input) x = x.to(encoder.float_input);
+  SetCpuAutocast(encoder.autocast);
+  try {
+    out = encoder.module.forward({x}).toTensor();
+  } catch (...) {
+    SetCpuAutocast(false);
+    throw;
+  }
+  SetCpuAutocast(false);
+  return out;
+}
+
 torch::Tensor Forward(Model::Encoder& encoder, const torch::Tensor& input) {
   return OnForwardThread([&] {
     const TeamPlacement placement;
-    torch::Tensor out;
-    torch::Tensor x = input;
-    if (x.is_floating_point() && x.scalar_type() != encoder.float_input) x = x.to(encoder.float_input);
-    SetCpuAutocast(encoder.autocast);
-    try {
-      out = encoder.module.forward({x}).toTensor();
-    } catch (...) {
-      SetCpuAutocast(false);
-      throw;
-    }
-    SetCpuAutocast(false);
-    return out;
+    return ForwardHere(encoder, input);
+  });
+}
+
+// `input` through `forward` in parts of at most encoder.max_images images
+// (all at once where that is 0), the results joined.
+template <typename Fn>
+torch::Tensor InParts(const Model::Encoder& encoder, const torch::Tensor& input, Fn&& forward) {
+  if (encoder.max_images <= 0 || input.size(0) <= encoder.max_images) return forward(input);
+  std::vector<torch::Tensor> parts;
+  for (int64_t first = 0; first < input.size(0); first += encoder.max_images) {
+    parts.push_back(forward(input.narrow(0, first, std::min(encoder.max_images, input.size(0) - first))));
+  }
+  return torch::cat(parts);
+}
+
+// A batch as two forwards at once, the first half of its items (rounded up)
+// on the forward thread and the rest on the other thread of its 2-thread
+// team; inside the lanes' parallel region each forward's own regions run
+// inline, on its one thread. Why: on two cores one forward of 8 images
+// leaves each core waiting, for the other core's share of each linear to
+// end and at the barriers of the forward's hundreds of regions; two
+// single-thread forwards of 4 meet once, at the end. Intel Xeon (family 6
+// model 167), 8 images from JavaScript, median time as lanes / as one
+// forward: pixels in, calls of the two alternated in one process, float32
+// 0.964, bfloat16 0.930, int8 0.901 (alternated processes: 0.94-0.98,
+// 0.91-0.94, 0.83-0.89); encoded photos in, 0.947, 0.977, 0.935; 16 images
+// bfloat16 0.850, int8 0.933. Not below 8: at 2 or 4 images bfloat16 took
+// 1.07-1.22x, each lane then streaming every weight for few rows. With one
+// thread in the region (OMP_DYNAMIC), it runs both lanes in turn.
+std::atomic<uint64_t> g_lane_batches{0};
+std::atomic<uint64_t> g_lane_batches_on_two_threads{0};
+
+torch::Tensor ForwardInLanes(Model::Encoder& encoder, const torch::Tensor& input) {
+  const int64_t n = input.size(0);
+  const int64_t first_lane = (n + 1) / 2;
+  return OnForwardThread([&] {
+    const TeamPlacement placement;
+    // The other thread's inference and grad modes are its own.
+    const bool inference = c10::InferenceMode::is_enabled();
+    const bool grad = at::GradMode::is_enabled();
+    torch::Tensor lanes[2];
+    std::thread::id threads[2];
+    at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+      c10::InferenceMode inference_mode(inference);
+      at::AutoGradMode grad_mode(grad);
+      for (int64_t lane = begin; lane < end; ++lane) {
+        threads[lane] = std::this_thread::get_id();
+        const torch::Tensor part =
+            lane == 0 ? input.narrow(0, 0, first_lane) : input.narrow(0, first_lane, n - first_lane);
+        lanes[lane] = InParts(encoder, part, [&](const torch::Tensor& x) { return ForwardHere(encoder, x); });
+      }
+    });
+    g_lane_batches.fetch_add(1, std::memory_order_relaxed);
+    if (threads[0] != threads[1]) g_lane_batches_on_two_threads.fetch_add(1, std::memory_order_relaxed);
+    return torch::cat({lanes[0], lanes[1]});
   });
 }
 
@@ -1487,6 +1549,29 @@ void ChooseAttentionKernel(Precision precision, bool measure, const CalibrationS
   choice->attention_aten_us = timings.aten_us;
 }
 
+// Whether image batches of kImageBatchShape images or more run in two lanes
+// (ForwardInLanes): only in a process of 2 threads (the lanes are its team's
+// two threads); there CLIP_NATIVE_IMAGE_LANES (1 or 0) when set, else the
+// rule: lanes, whatever the candidates and however they were chosen (the
+// lanes give clip-native's kernels the same bits as one forward). A rule
+// and not a measurement at load: forwards back to back, as calibration
+// times them, ran level either way (8 bfloat16 images 6.09 ms per image as
+// one forward, 6.23 as lanes), while calls from JavaScript, with their
+// staging and delivery between forwards, ran 3-10% faster in lanes (Intel
+// Xeon, family 6 model 167: see ForwardInLanes).
+void ChooseImageLanes(CpuKernelChoice* choice) {
+  choice->image_lanes = false;
+  choice->image_lanes_from = 0;
+  if (OnForwardThread([] { return at::get_num_threads(); }) != 2) {
+    choice->image_lanes_selected_by = "not applicable";
+    return;
+  }
+  const std::optional<bool> forced = SwitchFromEnvironment("CLIP_NATIVE_IMAGE_LANES");
+  choice->image_lanes = forced.value_or(true);
+  choice->image_lanes_selected_by = forced ? "environment" : "rule";
+  if (choice->image_lanes) choice->image_lanes_from = kImageBatchShape;
+}
+
 }  // namespace
 
 // clip-native's float32 linear as a candidate: "avx512" where the CPU has
@@ -1811,6 +1896,7 @@ void Model::ChooseCpuKernels(torch::jit::script::Module image_archive,
   }
   cpu_kernels_.max_images_per_forward = image_encoder_.max_images;
   cpu_kernels_.image_batch_ms = std::move(batch.timings);
+  ChooseImageLanes(&cpu_kernels_);
   image_archive = torch::jit::script::Module();
   ReturnFreedMemory();  // else the text archive's reading grows the heap past the image archive's freed blocks
   text_encoder_ = ChooseCpuEncoder(load_text_archive(), manifest_.text_encoder_path, manifest_, /*image=*/false,
@@ -1856,7 +1942,7 @@ torch::Tensor Model::TextStaging(int64_t batch, int64_t length) {
   return text_staging_.narrow(0, 0, needed).view({batch, length});
 }
 
-torch::Tensor Model::Run(Encoder& encoder, const torch::Tensor& input) {
+torch::Tensor Model::Run(Encoder& encoder, const torch::Tensor& input, bool in_lanes) {
 #ifdef CLIP_WITH_CUDA
   if (is_cuda()) {
     c10::cuda::CUDAStreamGuard stream_guard(cuda_->stream);
@@ -1873,31 +1959,34 @@ torch::Tensor Model::Run(Encoder& encoder, const torch::Tensor& input) {
     return host;
   }
 #endif
-  torch::Tensor out;
-  if (encoder.max_images > 0 && input.size(0) > encoder.max_images) {
-    std::vector<torch::Tensor> parts;
-    for (int64_t first = 0; first < input.size(0); first += encoder.max_images) {
-      parts.push_back(Forward(encoder, input.narrow(0, first, std::min(encoder.max_images, input.size(0) - first))));
-    }
-    out = torch::cat(parts);
-  } else {
-    out = Forward(encoder, input);
-  }
+  torch::Tensor out = in_lanes ? ForwardInLanes(encoder, input)
+                               : InParts(encoder, input, [&](const torch::Tensor& x) { return Forward(encoder, x); });
   if (out.scalar_type() != torch::kFloat32) out = out.to(torch::kFloat32);
   return out.contiguous();
 }
 
 bool Model::RunsImageBatch(int64_t images) const { return image_batch_from_ > 0 && images >= image_batch_from_; }
 
+ImageLaneStats GetImageLaneStats() {
+  return {g_lane_batches.load(std::memory_order_relaxed),
+          g_lane_batches_on_two_threads.load(std::memory_order_relaxed)};
+}
+
+bool Model::RunsInLanes(int64_t images) const {
+  return !is_cuda() && cpu_kernels_.image_lanes && images >= cpu_kernels_.image_lanes_from;
+}
+
 int64_t Model::ImageForwards(int64_t images) const {
   const int64_t most = (RunsImageBatch(images) ? image_batch_encoder_ : image_encoder_).max_images;
-  return most > 0 ? std::max<int64_t>(1, (images + most - 1) / most) : 1;
+  auto forwards = [most](int64_t n) { return most > 0 ? std::max<int64_t>(1, (n + most - 1) / most) : 1; };
+  return RunsInLanes(images) ? forwards((images + 1) / 2) + forwards(images / 2) : forwards(images);
 }
 
 torch::Tensor Model::EncodeImages(const torch::Tensor& pixels) {
-  return Run(RunsImageBatch(pixels.size(0)) ? image_batch_encoder_ : image_encoder_, pixels);
+  const int64_t images = pixels.size(0);
+  return Run(RunsImageBatch(images) ? image_batch_encoder_ : image_encoder_, pixels, RunsInLanes(images));
 }
 
-torch::Tensor Model::EncodeTexts(const torch::Tensor& ids) { return Run(text_encoder_, ids); }
+torch::Tensor Model::EncodeTexts(const torch::Tensor& ids) { return Run(text_encoder_, ids, /*in_lanes=*/false); }
 
 }  // namespace clip

@@ -140,7 +140,24 @@ struct CpuKernelChoice {
   // How many of the text encoder's fused attention layers then run each
   // text's rows in place (clip_native::packed_attention).
   int text_packed_attentions = 0;
+  // Whether image batches of at least image_lanes_from images run as two
+  // forwards at once, one on each thread of a 2-thread process (model.cc,
+  // ForwardInLanes), and how that was decided: "rule" (lanes), "environment"
+  // (CLIP_NATIVE_IMAGE_LANES 1 or 0) or "not applicable" (the process runs
+  // other than 2 threads).
+  bool image_lanes = false;
+  int64_t image_lanes_from = 0;
+  std::string image_lanes_selected_by;
 };
+
+// Counts over the process's image batches run in lanes (CpuKernelChoice::
+// image_lanes), for diagnostics: all of them, and those whose two lanes ran
+// on two threads (the rest ran in turn on one: a team of one thread).
+struct ImageLaneStats {
+  uint64_t batches = 0;
+  uint64_t on_two_threads = 0;
+};
+ImageLaneStats GetImageLaneStats();
 
 class Model {
  public:
@@ -203,7 +220,11 @@ class Model {
   // Whether a batch of `images` runs on image_batch_encoder_.
   bool RunsImageBatch(int64_t images) const;
   static std::shared_ptr<Model> LoadOnThisThread(const std::string& directory, const ModelOptions& options);
-  torch::Tensor Run(Encoder& encoder, const torch::Tensor& input);
+  // Whether a batch of `images` runs as two forwards at once (CpuKernelChoice::image_lanes).
+  bool RunsInLanes(int64_t images) const;
+  // `input` through `encoder`, in forwards of at most encoder.max_images
+  // images; `in_lanes`: as two forwards at once, one per thread (CPU).
+  torch::Tensor Run(Encoder& encoder, const torch::Tensor& input, bool in_lanes);
   // Takes the image archive, and reads the text archive through
   // `load_text_archive` only once the image encoder is chosen and the image
   // archive dropped: the two archives are never in memory beside the image
