@@ -141,7 +141,8 @@ export interface EncoderStats {
    * Forward passes run. On the CPU a packed text batch (`info.cpuKernels.packedTexts`) is one pass; a padded one of
    * mixed lengths runs as groups of similar length (each pads only to its own longest text) where that saves more
    * padded tokens than a forward pass costs. An image batch larger than `info.cpuKernels.maxImagesPerForward` (or
-   * `imageBatch.maxImagesPerForward` for the batches it runs) counts one pass per forward of that many.
+   * `imageBatch.maxImagesPerForward` for the batches it runs) counts one pass per forward of that many, and a batch
+   * run in lanes (`info.cpuKernels.imageLanes`) one per lane and forward.
    */
   forwards: number;
   /** Items embedded. */

@@ -151,10 +151,9 @@ export interface NativeCpuKernels {
   };
   /**
    * Whether image batches of at least `fromImages` images run as two forwards at once, each half of the batch on one
-   * of the process's two threads, and how that was decided: `rule` (two, whatever `cpuKernels` chose),
-   * `environment` (`CLIP_NATIVE_IMAGE_LANES` 1 or 0) or `not applicable` (the process runs other than 2 threads).
-   * On two cores one forward of 8 images leaves each core waiting for the other's share of every layer; two forwards
-   * of 4 on one thread each do not, and clip-native's kernels give them the same bits.
+   * of the process's two threads (README, "image batches in two lanes"), and how that was decided: `rule` (on, whatever
+   * `cpuKernels` chose), `environment` (`CLIP_NATIVE_IMAGE_LANES` 1 or 0) or `not applicable` (the process runs other
+   * than 2 threads).
    */
   imageLanes: { lanes: boolean; fromImages: number | null; selectedBy: string };
   /**
@@ -221,7 +220,7 @@ export interface NativeCpuAllocatorStats {
 export interface NativeForwardTeamStats {
   /** False where OMP_PROC_BIND, OMP_PLACES, GOMP_CPU_AFFINITY or CLIP_NATIVE_TEAM_PLACEMENT=0 leave placement to others, or moving a worker thread failed; always false off Linux. */
   enabled: boolean;
-  /** CPU forwards run so far in the process (model loads' calibration included). */
+  /** CPU forwards run so far in the process (model loads' calibration included; a batch run in lanes counts once). */
   forwards: number;
   /** Those run with the forward thread held on its CPU and its OpenMP workers kept off it. */
   placed: number;

@@ -867,6 +867,18 @@ bool Int8Available() {
          (HasQEngine(at::QEngine::FBGEMM) || HasQEngine(at::QEngine::ONEDNN));
 }
 
+// The calling thread's inference and grad modes (libtorch keeps them per
+// thread), for a Scope to set on another thread.
+struct AutogradModes {
+  bool inference = c10::InferenceMode::is_enabled();
+  bool grad = at::GradMode::is_enabled();
+  struct Scope {
+    explicit Scope(const AutogradModes& modes) : inference_mode(modes.inference), grad_mode(modes.grad) {}
+    c10::InferenceMode inference_mode;
+    at::AutoGradMode grad_mode;
+  };
+};
+
 // Runs `fn` on the process's forward thread (threads.h) under the caller's
 // inference and grad modes, and returns its result. CPU forwards run there,
 // and so does building the CPU candidates (freezing, packing weights), the
@@ -875,12 +887,10 @@ bool Int8Available() {
 // times the candidates on the forward thread.
 template <typename Fn>
 auto OnForwardThread(Fn&& fn) -> decltype(fn()) {
-  const bool inference = c10::InferenceMode::is_enabled();
-  const bool grad = at::GradMode::is_enabled();
+  const AutogradModes modes;
   std::optional<decltype(fn())> result;
   RunOnForwardThread([&] {
-    c10::InferenceMode inference_mode(inference);
-    at::AutoGradMode grad_mode(grad);
+    const AutogradModes::Scope scope(modes);
     result.emplace(fn());
   });
   return std::move(*result);
@@ -944,14 +954,11 @@ torch::Tensor ForwardInLanes(Model::Encoder& encoder, const torch::Tensor& input
   const int64_t first_lane = (n + 1) / 2;
   return OnForwardThread([&] {
     const TeamPlacement placement;
-    // The other thread's inference and grad modes are its own.
-    const bool inference = c10::InferenceMode::is_enabled();
-    const bool grad = at::GradMode::is_enabled();
+    const AutogradModes modes;  // the other thread's are its own
     torch::Tensor lanes[2];
     std::thread::id threads[2];
     at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
-      c10::InferenceMode inference_mode(inference);
-      at::AutoGradMode grad_mode(grad);
+      const AutogradModes::Scope scope(modes);
       for (int64_t lane = begin; lane < end; ++lane) {
         threads[lane] = std::this_thread::get_id();
         const torch::Tensor part =
@@ -1562,11 +1569,11 @@ void ChooseAttentionKernel(Precision precision, bool measure, const CalibrationS
 void ChooseImageLanes(CpuKernelChoice* choice) {
   choice->image_lanes = false;
   choice->image_lanes_from = 0;
+  const std::optional<bool> forced = SwitchFromEnvironment("CLIP_NATIVE_IMAGE_LANES");  // a bad value fails any load
   if (OnForwardThread([] { return at::get_num_threads(); }) != 2) {
     choice->image_lanes_selected_by = "not applicable";
     return;
   }
-  const std::optional<bool> forced = SwitchFromEnvironment("CLIP_NATIVE_IMAGE_LANES");
   choice->image_lanes = forced.value_or(true);
   choice->image_lanes_selected_by = forced ? "environment" : "rule";
   if (choice->image_lanes) choice->image_lanes_from = kImageBatchShape;
@@ -1896,6 +1903,8 @@ void Model::ChooseCpuKernels(torch::jit::script::Module image_archive,
   }
   cpu_kernels_.max_images_per_forward = image_encoder_.max_images;
   cpu_kernels_.image_batch_ms = std::move(batch.timings);
+  // The batch encoder was chosen on one 2-thread forward of 8 images; in
+  // lanes it runs two 1-thread forwards of 4 (not timed so).
   ChooseImageLanes(&cpu_kernels_);
   image_archive = torch::jit::script::Module();
   ReturnFreedMemory();  // else the text archive's reading grows the heap past the image archive's freed blocks

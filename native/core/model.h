@@ -173,7 +173,8 @@ class Model {
   // result is float32 [N,embedDim], contiguous, on the CPU.
   torch::Tensor EncodeImages(const torch::Tensor& pixels);
   // How many forwards EncodeImages runs for a batch of `images` (more than one
-  // where the encoder takes fewer images per forward: Encoder::max_images).
+  // where the encoder takes fewer images per forward, Encoder::max_images, and
+  // where the batch runs in lanes: CpuKernelChoice::image_lanes).
   int64_t ImageForwards(int64_t images) const;
   torch::Tensor EncodeTexts(const torch::Tensor& ids);
 
