@@ -932,6 +932,10 @@ torch::Tensor InParts(const Model::Encoder& encoder, const torch::Tensor& input,
   return torch::cat(parts);
 }
 
+// What GetImageLaneStats reports.
+std::atomic<uint64_t> g_lane_batches{0};
+std::atomic<uint64_t> g_lane_batches_on_two_threads{0};
+
 // A batch as two forwards at once, the first half of its items (rounded up)
 // on the forward thread and the rest on the other thread of its 2-thread
 // team; inside the lanes' parallel region each forward's own regions run
@@ -944,11 +948,8 @@ torch::Tensor InParts(const Model::Encoder& encoder, const torch::Tensor& input,
 // 0.964, bfloat16 0.930, int8 0.901 (alternated processes: 0.94-0.98,
 // 0.91-0.94, 0.83-0.89); encoded photos in, 0.947, 0.977, 0.935; 16 images
 // bfloat16 0.850, int8 0.933. Not below 8: at 2 or 4 images bfloat16 took
-// 1.07-1.22x, each lane then streaming every weight for few rows. With one
+// 1.07-1.27x, each lane then streaming every weight for few rows. With one
 // thread in the region (OMP_DYNAMIC), it runs both lanes in turn.
-std::atomic<uint64_t> g_lane_batches{0};
-std::atomic<uint64_t> g_lane_batches_on_two_threads{0};
-
 torch::Tensor ForwardInLanes(Model::Encoder& encoder, const torch::Tensor& input) {
   const int64_t n = input.size(0);
   const int64_t first_lane = (n + 1) / 2;
@@ -1564,7 +1565,7 @@ void ChooseAttentionKernel(Precision precision, bool measure, const CalibrationS
 // and not a measurement at load: forwards back to back, as calibration
 // times them, ran level either way (8 bfloat16 images 6.09 ms per image as
 // one forward, 6.23 as lanes), while calls from JavaScript, with their
-// staging and delivery between forwards, ran 3-10% faster in lanes (Intel
+// staging and delivery between forwards, ran 2-10% faster in lanes (Intel
 // Xeon, family 6 model 167: see ForwardInLanes).
 void ChooseImageLanes(CpuKernelChoice* choice) {
   choice->image_lanes = false;
