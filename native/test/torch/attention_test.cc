@@ -25,6 +25,7 @@
 
 #include "../test_check.h"
 #include "cpu_attention.h"
+#include "one_thread.h"
 
 namespace {
 
@@ -174,17 +175,13 @@ void TestThreads() {
   // The kernel splits (batch, head) pairs over the intra-op threads; the
   // result must not depend on how many there are.
   const Qkv x = MakeQkv(2, 50, 12, 64, 5);
-  const int saved = at::get_num_threads();
-  at::set_num_threads(1);
-  const at::Tensor one = clip::AttentionMatmul(x.q, x.k_t, 0.125, 50);
-  at::set_num_threads(saved);
+  const std::string threads = std::to_string(at::get_num_threads());
+  const at::Tensor one = OnOneThread([&] { return clip::AttentionMatmul(x.q, x.k_t, 0.125, 50); });
   const at::Tensor many = clip::AttentionMatmul(x.q, x.k_t, 0.125, 50);
-  Check(at::equal(one, many), "the same bits on 1 and " + std::to_string(saved) + " threads");
-  at::set_num_threads(1);
-  const at::Tensor fused_one = clip::Attention(x.q, x.k_t, x.v, 0.125, 50);
-  at::set_num_threads(saved);
+  Check(at::equal(one, many), "the same bits on 1 and " + threads + " threads");
+  const at::Tensor fused_one = OnOneThread([&] { return clip::Attention(x.q, x.k_t, x.v, 0.125, 50); });
   const at::Tensor fused_many = clip::Attention(x.q, x.k_t, x.v, 0.125, 50);
-  Check(at::equal(fused_one, fused_many), "attention: the same bits on 1 and " + std::to_string(saved) + " threads");
+  Check(at::equal(fused_one, fused_many), "attention: the same bits on 1 and " + threads + " threads");
 }
 
 // A packed batch of texts as a text encoder's forward_packed lays it out:
@@ -264,12 +261,11 @@ void TestPackedAttention() {
              chain(p.pad_map, false), "packed attention, not causal");
   // Threads split (text, head) pairs: the same bits on any number.
   const Packed q = MakePacked({12, 5, 22, 1, 9}, heads, width, 31, at::kFloat);
-  const int saved = at::get_num_threads();
-  at::set_num_threads(1);
-  const at::Tensor one = clip::PackedAttention(q.qkv, q.pad_map, q.pack_map, 5, q.length, heads, scale, true);
-  at::set_num_threads(saved);
+  const at::Tensor one =
+      OnOneThread([&] { return clip::PackedAttention(q.qkv, q.pad_map, q.pack_map, 5, q.length, heads, scale, true); });
   const at::Tensor many = clip::PackedAttention(q.qkv, q.pad_map, q.pack_map, 5, q.length, heads, scale, true);
-  Check(at::equal(one, many), "packed attention: the same bits on 1 and " + std::to_string(saved) + " threads");
+  Check(at::equal(one, many),
+        "packed attention: the same bits on 1 and " + std::to_string(at::get_num_threads()) + " threads");
 }
 
 }  // namespace

@@ -35,6 +35,7 @@
 
 #include "../test_check.h"
 #include "cpu_linear.h"
+#include "one_thread.h"
 
 namespace {
 
@@ -58,16 +59,6 @@ at::Generator& Generator() {
 }
 
 at::Tensor Random(at::IntArrayRef sizes, double scale = 1.0) { return at::randn(sizes, Generator()) * scale; }
-
-// `run` on one thread (the thread count restored after), so that a test can
-// compare it with the same call on all threads.
-at::Tensor OnOneThread(const std::function<at::Tensor()>& run) {
-  const int saved = at::get_num_threads();
-  at::set_num_threads(1);
-  at::Tensor out = run();
-  at::set_num_threads(saved);
-  return out;
-}
 
 std::string Shape(int64_t m, int64_t k, int64_t n) {
   return std::to_string(m) + "x" + std::to_string(k) + " -> " + std::to_string(n);

@@ -29,6 +29,7 @@
 
 #include "../test_check.h"
 #include "cpu_norm.h"
+#include "one_thread.h"
 
 namespace {
 
@@ -189,10 +190,8 @@ void TestValues() {
 // the sizes that are split over the threads.
 void TestThreads() {
   const Inputs x = Make({8, 50, 768}, {8, 50, 768}, at::kFloat, at::kFloat, 42);
-  const int threads = at::get_num_threads();
-  at::set_num_threads(1);
-  const auto [sum1, norm1] = clip::AddLayerNorm(x.a, x.b, x.weight, x.bias, kEps);
-  at::set_num_threads(std::max(2, threads));
+  const auto [sum1, norm1] = OnOneThread([&] { return clip::AddLayerNorm(x.a, x.b, x.weight, x.bias, kEps); });
+  at::set_num_threads(std::max(2, at::get_num_threads()));
   const auto [sum2, norm2] = clip::AddLayerNorm(x.a, x.b, x.weight, x.bias, kEps);
   Check(at::equal(sum1, sum2) && at::equal(norm1, norm2), "eight images: the same bits on 1 and 2+ threads");
 }
