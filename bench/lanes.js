@@ -6,7 +6,10 @@
 // ratio (below 1: the lanes are faster), with the rounds in which the lanes won.
 //
 //   node bench/lanes.js [--dtypes float32,bfloat16,int8] [--batches 8,16] [--rounds 9] [--inputs pixels,photos]
+//                       [--from N]
 //
+// --from N: the lanes' model runs batches of N images or more in lanes (CLIP_NATIVE_IMAGE_LANES=N; default: the
+// rule's 8), so that smaller batches can be tried.
 // pixels: preprocessed images in (model only); photos: the bench's JPEG and PNG files in (end to end). Needs the
 // bench model and images (`node scripts/fixtures.js --bench`).
 'use strict';
@@ -28,8 +31,16 @@ const dtypes = option('dtypes', 'float32,bfloat16,int8').split(',');
 const batches = option('batches', '8,16').split(',').map(Number);
 const rounds = Number(option('rounds', '9'));
 const inputs = option('inputs', 'pixels,photos').split(',');
-if (batches.some((n) => !(n >= 1)) || !(rounds >= 1) || inputs.some((i) => i !== 'pixels' && i !== 'photos')) {
-  console.error('usage: node bench/lanes.js [--dtypes LIST] [--batches LIST] [--rounds N] [--inputs pixels,photos]');
+const from = option('from', '1');
+if (
+  batches.some((n) => !(n >= 1)) ||
+  !(rounds >= 1) ||
+  inputs.some((i) => i !== 'pixels' && i !== 'photos') ||
+  !/^[1-9][0-9]{0,3}$/.test(from)
+) {
+  console.error(
+    'usage: node bench/lanes.js [--dtypes LIST] [--batches LIST] [--rounds N] [--inputs pixels,photos] [--from N]',
+  );
   process.exit(2);
 }
 
@@ -57,7 +68,7 @@ async function main() {
   const rows = [];
   for (const dtype of dtypes) {
     const one = await load(dtype, '0');
-    const lanes = await load(dtype, '1');
+    const lanes = await load(dtype, from);
     if (!lanes.info.cpuKernels?.imageLanes.lanes) {
       console.error(`${dtype}: no lanes here (${lanes.info.cpuKernels?.imageLanes.selectedBy ?? 'not on the CPU'})`);
       await one.dispose();
@@ -67,6 +78,10 @@ async function main() {
     const pixels = await Promise.all(files.map((f) => one.preprocessImage(f)));
     for (const input of inputs) {
       for (const batch of batches) {
+        if (batch < lanes.info.cpuKernels.imageLanes.fromImages) {
+          console.error(`${dtype}: ${batch} images run as one forward either way (--from)`);
+          continue;
+        }
         const items = Array.from({ length: batch }, (_, i) => (input === 'pixels' ? pixels : files)[i % files.length]);
         const call = (m) => (input === 'pixels' ? m._submit(TaskKind.ImagePixels, items) : m.embedImages(items));
         const calls = Math.max(2, Math.ceil(32 / batch));

@@ -942,13 +942,14 @@ std::atomic<uint64_t> g_lane_batches_on_two_threads{0};
 // inline, on its one thread. Why: on two cores one forward of 8 images
 // leaves each core waiting, for the other core's share of each linear to
 // end and at the barriers of the forward's hundreds of regions; two
-// single-thread forwards of 4 meet once, at the end. Intel Xeon (family 6
+// single-thread forwards of 4 meet once, at the end. The batch sizes it runs
+// at: ImageLanesFrom, Model::RunsInLanes. Intel Xeon (family 6
 // model 167), 8 images from JavaScript, median time as lanes / as one
 // forward: pixels in, calls of the two alternated in one process, float32
 // 0.964, bfloat16 0.930, int8 0.901 (alternated processes: 0.94-0.98,
 // 0.91-0.94, 0.83-0.89); encoded photos in, 0.947, 0.977, 0.935; 16 images
-// bfloat16 0.850, int8 0.933. Not below 8: at 2 or 4 images bfloat16 took
-// 1.07-1.27x, each lane then streaming every weight for few rows. With one
+// bfloat16 0.850, int8 0.933. At 2 or 4 images bfloat16 took 1.07-1.27x,
+// each lane then streaming every weight for few rows. With one
 // thread in the region (OMP_DYNAMIC), it runs both lanes in turn.
 torch::Tensor ForwardInLanes(Model::Encoder& encoder, const torch::Tensor& input) {
   const int64_t n = input.size(0);
@@ -1557,9 +1558,33 @@ void ChooseAttentionKernel(Precision precision, bool measure, const CalibrationS
   choice->attention_aten_us = timings.aten_us;
 }
 
-// Whether image batches of kImageBatchShape images or more run in two lanes
-// (ForwardInLanes): only in a process of 2 threads (the lanes are its team's
-// two threads); there CLIP_NATIVE_IMAGE_LANES (1 or 0) when set, else the
+// The smallest batch the rule runs in lanes: 4 images in float32, 8 in
+// bfloat16 and int8 (Intel Xeon, family 6 model 167, bench/lanes.js, 4
+// images: float32 0.90-0.92x one forward's time, bfloat16 1.07x, int8
+// 1.02-1.05x; 2 images: float32 0.96-0.97x).
+int64_t ImageLanesFrom(Precision precision) { return precision == Precision::kFloat32 ? 4 : kImageBatchShape; }
+
+// CLIP_NATIVE_IMAGE_LANES: unset or empty -> nullopt (the rule); "0" -> 0
+// (one forward); "1" -> `rule_from` (the rule's batch size); N from 2 to
+// 9999 -> N (lanes from N images); anything else is refused
+// (CLIP_INVALID_ARGUMENT).
+std::optional<int64_t> ImageLanesFromEnvironment(int64_t rule_from) {
+  const char* env = std::getenv("CLIP_NATIVE_IMAGE_LANES");
+  const std::string value = env ? env : "";
+  if (value.empty()) return std::nullopt;
+  if (value.size() <= 4 && value.find_first_not_of("0123456789") == std::string::npos) {
+    const int64_t images = std::stoll(value);
+    return images == 1 ? rule_from : images;
+  }
+  throw ClipError(
+      ErrorCode::kInvalidArgument,
+      "Expected 0, 1 or a batch size from 2 to 9999 for CLIP_NATIVE_IMAGE_LANES but received \"" + value + "\"");
+}
+
+// Whether image batches of ImageLanesFrom(precision) images or more run in
+// two lanes (ForwardInLanes; odd ones from twice that, Model::RunsInLanes):
+// only in a process of 2 threads (the lanes are its team's
+// two threads); there CLIP_NATIVE_IMAGE_LANES when set (above), else the
 // rule: lanes, whatever the candidates and however they were chosen (the
 // lanes give clip-native's kernels the same bits as one forward). A rule
 // and not a measurement at load: forwards back to back, as calibration
@@ -1567,17 +1592,18 @@ void ChooseAttentionKernel(Precision precision, bool measure, const CalibrationS
 // one forward, 6.23 as lanes), while calls from JavaScript, with their
 // staging and delivery between forwards, ran 2-10% faster in lanes (Intel
 // Xeon, family 6 model 167: see ForwardInLanes).
-void ChooseImageLanes(CpuKernelChoice* choice) {
-  choice->image_lanes = false;
-  choice->image_lanes_from = 0;
-  const std::optional<bool> forced = SwitchFromEnvironment("CLIP_NATIVE_IMAGE_LANES");  // a bad value fails any load
+void ChooseImageLanes(Precision precision, CpuKernelChoice* choice) {
+  const int64_t rule_from = ImageLanesFrom(precision);
+  const std::optional<int64_t> forced = ImageLanesFromEnvironment(rule_from);  // a bad value fails any load
+  int64_t from = 0;
   if (OnForwardThread([] { return at::get_num_threads(); }) != 2) {
     choice->image_lanes_selected_by = "not applicable";
-    return;
+  } else {
+    from = forced.value_or(rule_from);
+    choice->image_lanes_selected_by = forced ? "environment" : "rule";
   }
-  choice->image_lanes = forced.value_or(true);
-  choice->image_lanes_selected_by = forced ? "environment" : "rule";
-  if (choice->image_lanes) choice->image_lanes_from = kImageBatchShape;
+  choice->image_lanes = from > 0;
+  choice->image_lanes_from = from;
 }
 
 }  // namespace
@@ -1905,8 +1931,8 @@ void Model::ChooseCpuKernels(torch::jit::script::Module image_archive,
   cpu_kernels_.max_images_per_forward = image_encoder_.max_images;
   cpu_kernels_.image_batch_ms = std::move(batch.timings);
   // The batch encoder was chosen on one 2-thread forward of 8 images; in
-  // lanes it runs two 1-thread forwards of 4 (not timed so).
-  ChooseImageLanes(&cpu_kernels_);
+  // lanes it runs 1-thread forwards of half a batch (not timed so).
+  ChooseImageLanes(precision_, &cpu_kernels_);
   image_archive = torch::jit::script::Module();
   ReturnFreedMemory();  // else the text archive's reading grows the heap past the image archive's freed blocks
   text_encoder_ = ChooseCpuEncoder(load_text_archive(), manifest_.text_encoder_path, manifest_, /*image=*/false,
@@ -1982,8 +2008,14 @@ ImageLaneStats GetImageLaneStats() {
           g_lane_batches_on_two_threads.load(std::memory_order_relaxed)};
 }
 
+// An odd batch's first lane takes one image more, its forward (n + 1) / n
+// as long: below twice the lanes' smallest batch it runs as one forward
+// (float32, 3 and 5 images as lanes of 2 and 1, 3 and 2: 1.27x and 1.10x
+// one forward's time; 9 images as 5 and 4 in bfloat16 and int8: level,
+// 0.97-1.00x).
 bool Model::RunsInLanes(int64_t images) const {
-  return !is_cuda() && cpu_kernels_.image_lanes && images >= cpu_kernels_.image_lanes_from;
+  const int64_t from = cpu_kernels_.image_lanes_from;
+  return !is_cuda() && cpu_kernels_.image_lanes && images >= from && (images % 2 == 0 || images >= 2 * from);
 }
 
 int64_t Model::ImageForwards(int64_t images) const {

@@ -142,9 +142,10 @@ struct CpuKernelChoice {
   int text_packed_attentions = 0;
   // Whether image batches of at least image_lanes_from images run as two
   // forwards at once, one on each thread of a 2-thread process (model.cc,
-  // ForwardInLanes), and how that was decided: "rule" (lanes), "environment"
-  // (CLIP_NATIVE_IMAGE_LANES 1 or 0) or "not applicable" (the process runs
-  // other than 2 threads).
+  // ForwardInLanes), and how that was decided: "rule" (float32 from 4
+  // images, else 8; odd batches from twice that),
+  // "environment" (CLIP_NATIVE_IMAGE_LANES: 0 none, 1 as the rule, N from N
+  // images) or "not applicable" (the process runs other than 2 threads).
   bool image_lanes = false;
   int64_t image_lanes_from = 0;
   std::string image_lanes_selected_by;

@@ -1,6 +1,7 @@
-// Image batches of 8 or more in a process of 2 threads run as two forwards at once, one per thread
+// Image batches in a process of 2 threads run as two forwards at once, one per thread, from 4 images in float32 and
+// 8 in bfloat16 and int8 (odd ones from twice that)
 // (`info.cpuKernels.imageLanes`; native/core/model.cc, ForwardInLanes): by rule, or as CLIP_NATIVE_IMAGE_LANES
-// says, and not at all on another thread count. clip-native's own kernels give the same bits either way, and the
+// says (0, 1, or the batch size they start from), and not at all on another thread count. clip-native's own kernels give the same bits either way, and the
 // stats count each lane's forwards. Every case runs in a fresh process: the thread count is the process's.
 import path from 'node:path';
 import t from 'tap';
@@ -64,24 +65,42 @@ function inChild(threads: number, env: Record<string, string>, runs: { dtype: st
 /** Forwards of one batch of `n` images on an encoder that takes at most `most` per forward (null: any). */
 const forwardsOf = (n: number, most: number | null) => (most ? Math.max(1, Math.ceil(n / most)) : 1);
 
+/** Whether a batch of `n` runs in lanes: from `fromImages` when even, odd ones from twice that. */
+const inLanes = (lanes: Lanes, n: number) =>
+  lanes.lanes && n >= lanes.fromImages! && (n % 2 === 0 || n >= 2 * lanes.fromImages!);
+
+/** The forwards a run's batches take: a batch in lanes, each lane's. */
+const forwardsOfRun = (run: Run) =>
+  BATCHES.reduce((sum, n) => {
+    const most = run.maxImagesPerForward;
+    return (
+      sum +
+      (inLanes(run.lanes, n)
+        ? forwardsOf(Math.ceil(n / 2), most) + forwardsOf(Math.floor(n / 2), most)
+        : forwardsOf(n, most))
+    );
+  }, 0);
+
 t.test('by rule on 2 threads: batches of 8 or more in two lanes, fewer as one forward', async (t) => {
   const { runs, team } = inChild(2, { CLIP_NATIVE_IMAGE_LANES: '' }, [
     { dtype: 'float32', cpuKernels: 'auto' },
     { dtype: 'bfloat16', cpuKernels: 'fixed' },
   ]);
   for (const run of runs!) {
-    t.same(run.lanes, { lanes: true, fromImages: 8, selectedBy: 'rule' }, `${run.dtype}/${run.kernel}`);
+    const from = run.dtype === 'float32' ? 4 : 8;
+    t.same(run.lanes, { lanes: true, fromImages: from, selectedBy: 'rule' }, `${run.dtype}/${run.kernel}`);
     t.equal(run.batches, BATCHES.length, `${run.dtype}: one batch per call`);
-    const most = run.maxImagesPerForward;
-    const expected = BATCHES.reduce(
-      (sum, n) =>
-        sum + (n >= 8 ? forwardsOf(Math.ceil(n / 2), most) + forwardsOf(Math.floor(n / 2), most) : forwardsOf(n, most)),
-      0,
-    );
-    t.equal(run.forwards, expected, `${run.dtype}: a forward per lane (${run.forwards})`);
+    t.equal(run.forwards, forwardsOfRun(run), `${run.dtype}: a forward per lane (${run.forwards})`);
   }
-  const inLanes = runs!.length * BATCHES.filter((n) => n >= 8).length;
-  t.same([team!.laneBatches, team!.laneBatchesOnTwoThreads], [inLanes, inLanes], 'each in lanes on two threads');
+  // float32 (from 4): 8, 9 and 17 images in lanes, 7 (odd, below 8) not; bfloat16 (from 8): 8 and 17, not 9 (odd,
+  // below 16).
+  const laneBatches = runs!.reduce((sum, run) => sum + BATCHES.filter((n) => inLanes(run.lanes, n)).length, 0);
+  t.equal(laneBatches, 3 + 2);
+  t.same(
+    [team!.laneBatches, team!.laneBatchesOnTwoThreads],
+    [laneBatches, laneBatches],
+    'each in lanes on two threads',
+  );
 });
 
 t.test('CLIP_NATIVE_IMAGE_LANES turns the lanes on or off; other thread counts have none', async (t) => {
@@ -92,15 +111,21 @@ t.test('CLIP_NATIVE_IMAGE_LANES turns the lanes on or off; other thread counts h
   t.equal(off.team!.laneBatches, 0, 'off: no batch in lanes');
   t.same(inChild(2, { CLIP_NATIVE_IMAGE_LANES: '1' }, fp32).runs![0].lanes, {
     lanes: true,
-    fromImages: 8,
+    fromImages: 4,
     selectedBy: 'environment',
   });
+  const fromNine = inChild(2, { CLIP_NATIVE_IMAGE_LANES: '9' }, fp32);
+  t.same(fromNine.runs![0].lanes, { lanes: true, fromImages: 9, selectedBy: 'environment' }, 'lanes from 9 images');
+  t.equal(fromNine.runs![0].forwards, forwardsOfRun(fromNine.runs![0]), 'from 9: forwards per lane');
+  t.equal(fromNine.team!.laneBatches, 0, 'from 9: 17 images (odd, below 18) as one forward, the rest below 9');
   t.same(inChild(1, { CLIP_NATIVE_IMAGE_LANES: '1' }, fp32).runs![0].lanes, {
     lanes: false,
     fromImages: null,
     selectedBy: 'not applicable',
   });
-  t.same(inChild(2, { CLIP_NATIVE_IMAGE_LANES: 'yes' }, fp32), { error: 'CLIP_INVALID_ARGUMENT' }, 'a bad value');
+  for (const bad of ['yes', '-1', '10000', '2.5']) {
+    t.same(inChild(2, { CLIP_NATIVE_IMAGE_LANES: bad }, fp32), { error: 'CLIP_INVALID_ARGUMENT' }, `${bad}: refused`);
+  }
   t.same(inChild(1, { CLIP_NATIVE_IMAGE_LANES: 'yes' }, fp32), { error: 'CLIP_INVALID_ARGUMENT' }, 'on any threads');
 });
 
