@@ -461,9 +461,10 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
                          measured ? Napi::Value(Napi::Number::New(env, k.attention_aten_us)) : env.Null());
     kernels.Set("attentionKernel", attention_choice);
     Napi::Object lanes = Napi::Object::New(env);
-    lanes.Set("lanes", k.image_lanes);
-    lanes.Set("fromImages", k.image_lanes ? Napi::Value(Napi::Number::New(env, static_cast<double>(k.image_lanes_from)))
-                                          : env.Null());
+    lanes.Set("lanes", k.image_lanes_from > 0);
+    lanes.Set("fromImages", k.image_lanes_from > 0
+                                ? Napi::Value(Napi::Number::New(env, static_cast<double>(k.image_lanes_from)))
+                                : env.Null());
     lanes.Set("selectedBy", k.image_lanes_selected_by);
     kernels.Set("imageLanes", lanes);
     kernels.Set("packedTexts", k.packed_texts);

@@ -948,9 +948,8 @@ std::atomic<uint64_t> g_lane_batches_on_two_threads{0};
 // forward: pixels in, calls of the two alternated in one process, float32
 // 0.964, bfloat16 0.930, int8 0.901 (alternated processes: 0.94-0.98,
 // 0.91-0.94, 0.83-0.89); encoded photos in, 0.947, 0.977, 0.935; 16 images
-// bfloat16 0.850, int8 0.933. At 2 or 4 images bfloat16 took 1.07-1.27x,
-// each lane then streaming every weight for few rows. With one
-// thread in the region (OMP_DYNAMIC), it runs both lanes in turn.
+// bfloat16 0.850, int8 0.933. With one thread in the region (OMP_DYNAMIC),
+// it runs both lanes in turn.
 torch::Tensor ForwardInLanes(Model::Encoder& encoder, const torch::Tensor& input) {
   const int64_t n = input.size(0);
   const int64_t first_lane = (n + 1) / 2;
@@ -1602,7 +1601,6 @@ void ChooseImageLanes(Precision precision, CpuKernelChoice* choice) {
     from = forced.value_or(rule_from);
     choice->image_lanes_selected_by = forced ? "environment" : "rule";
   }
-  choice->image_lanes = from > 0;
   choice->image_lanes_from = from;
 }
 
@@ -2015,7 +2013,7 @@ ImageLaneStats GetImageLaneStats() {
 // 0.97-1.00x).
 bool Model::RunsInLanes(int64_t images) const {
   const int64_t from = cpu_kernels_.image_lanes_from;
-  return !is_cuda() && cpu_kernels_.image_lanes && images >= from && (images % 2 == 0 || images >= 2 * from);
+  return !is_cuda() && from > 0 && images >= from && (images % 2 == 0 || images >= 2 * from);
 }
 
 int64_t Model::ImageForwards(int64_t images) const {

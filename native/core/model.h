@@ -140,19 +140,18 @@ struct CpuKernelChoice {
   // How many of the text encoder's fused attention layers then run each
   // text's rows in place (clip_native::packed_attention).
   int text_packed_attentions = 0;
-  // Whether image batches of at least image_lanes_from images run as two
-  // forwards at once, one on each thread of a 2-thread process (model.cc,
-  // ForwardInLanes), and how that was decided: "rule" (float32 from 4
-  // images, else 8; odd batches from twice that),
-  // "environment" (CLIP_NATIVE_IMAGE_LANES: 0 none, 1 as the rule, N from N
-  // images) or "not applicable" (the process runs other than 2 threads).
-  bool image_lanes = false;
+  // The smallest image batch that runs as two forwards at once, one on each
+  // thread of a 2-thread process (model.cc, ForwardInLanes; 0: none), and
+  // how that was decided: "rule" (float32 from 4 images, else 8; odd batches
+  // from twice that), "environment" (CLIP_NATIVE_IMAGE_LANES: 0 none, 1 as
+  // the rule, N from N images) or "not applicable" (the process runs other
+  // than 2 threads).
   int64_t image_lanes_from = 0;
   std::string image_lanes_selected_by;
 };
 
 // Counts over the process's image batches run in lanes (CpuKernelChoice::
-// image_lanes), for diagnostics: all of them, and those whose two lanes ran
+// image_lanes_from), for diagnostics: all of them, and those whose two lanes ran
 // on two threads (the rest ran in turn on one: a team of one thread).
 struct ImageLaneStats {
   uint64_t batches = 0;
@@ -175,7 +174,7 @@ class Model {
   torch::Tensor EncodeImages(const torch::Tensor& pixels);
   // How many forwards EncodeImages runs for a batch of `images` (more than one
   // where the encoder takes fewer images per forward, Encoder::max_images, and
-  // where the batch runs in lanes: CpuKernelChoice::image_lanes).
+  // where the batch runs in lanes: CpuKernelChoice::image_lanes_from).
   int64_t ImageForwards(int64_t images) const;
   torch::Tensor EncodeTexts(const torch::Tensor& ids);
 
@@ -222,7 +221,7 @@ class Model {
   // Whether a batch of `images` runs on image_batch_encoder_.
   bool RunsImageBatch(int64_t images) const;
   static std::shared_ptr<Model> LoadOnThisThread(const std::string& directory, const ModelOptions& options);
-  // Whether a batch of `images` runs as two forwards at once (CpuKernelChoice::image_lanes).
+  // Whether a batch of `images` runs as two forwards at once (CpuKernelChoice::image_lanes_from).
   bool RunsInLanes(int64_t images) const;
   // `input` through `encoder`, in forwards of at most encoder.max_images
   // images; `in_lanes`: as two forwards at once, one per thread (CPU).
