@@ -151,9 +151,10 @@ export interface NativeCpuKernels {
   };
   /**
    * Whether image batches of at least `fromImages` images run as two forwards at once, each half of the batch on one
-   * of the process's two threads (README, "image batches in two lanes"), and how that was decided: `rule` (float32
-   * from 4 images, bfloat16 and int8 from 8; odd batches from twice that; whatever `cpuKernels` chose), `environment` (`CLIP_NATIVE_IMAGE_LANES`: 0 none, 1 as the rule, N from N
-   * images) or `not applicable` (the process runs other than 2 threads).
+   * of the process's two threads (README, "image batches in two lanes"), and how that was decided: `rule` (on CPUs
+   * with AMX float32 from 4 images, bfloat16 and int8 from 8, odd batches from twice that, whatever `cpuKernels` chose;
+   * elsewhere none, until measured there), `environment` (`CLIP_NATIVE_IMAGE_LANES`: 0 none, 1 as the rule or from 8
+   * images, N from N images) or `not applicable` (the process runs other than 2 threads).
    */
   imageLanes: { lanes: boolean; fromImages: number | null; selectedBy: string };
   /**

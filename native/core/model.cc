@@ -1557,14 +1557,20 @@ void ChooseAttentionKernel(Precision precision, bool measure, const CalibrationS
   choice->attention_aten_us = timings.aten_us;
 }
 
-// The smallest batch the rule runs in lanes: 4 images in float32, 8 in
-// bfloat16 and int8 (Intel Xeon, family 6 model 167, bench/lanes.js, 4
-// images: float32 0.90-0.92x one forward's time, bfloat16 1.07x, int8
-// 1.02-1.05x; 2 images: float32 0.96-0.97x).
-int64_t ImageLanesFrom(Precision precision) { return precision == Precision::kFloat32 ? 4 : kImageBatchShape; }
+// The smallest batch the rule runs in lanes (0: none): on a CPU with AMX,
+// 4 images in float32, 8 in bfloat16 and int8 (Intel Xeon, family 6 model
+// 167, bench/lanes.js, 4 images: float32 0.90-0.92x one forward's time,
+// bfloat16 1.07x, int8 1.02-1.05x; 2 images: float32 0.96-0.97x). Other
+// CPUs run one forward until lanes are measured on them (bench/lanes.js
+// and CLIP_NATIVE_IMAGE_LANES try them there).
+int64_t ImageLanesFrom(Precision precision) {
+  if (!GetCpuFeatures().amx_bf16) return 0;
+  return precision == Precision::kFloat32 ? 4 : kImageBatchShape;
+}
 
 // CLIP_NATIVE_IMAGE_LANES: unset or empty -> nullopt (the rule); "0" -> 0
-// (one forward); "1" -> `rule_from` (the rule's batch size); N from 2 to
+// (one forward); "1" -> `rule_from` (the rule's batch size where it has
+// one, else kImageBatchShape); N from 2 to
 // 9999 -> N (lanes from N images); anything else is refused
 // (CLIP_INVALID_ARGUMENT).
 std::optional<int64_t> ImageLanesFromEnvironment(int64_t rule_from) {
@@ -1573,7 +1579,8 @@ std::optional<int64_t> ImageLanesFromEnvironment(int64_t rule_from) {
   if (value.empty()) return std::nullopt;
   if (value.size() <= 4 && value.find_first_not_of("0123456789") == std::string::npos) {
     const int64_t images = std::stoll(value);
-    return images == 1 ? rule_from : images;
+    if (images == 1) return rule_from > 0 ? rule_from : kImageBatchShape;
+    return images;
   }
   throw ClipError(
       ErrorCode::kInvalidArgument,
@@ -1584,8 +1591,9 @@ std::optional<int64_t> ImageLanesFromEnvironment(int64_t rule_from) {
 // two lanes (ForwardInLanes; odd ones from twice that, Model::RunsInLanes):
 // only in a process of 2 threads (the lanes are its team's
 // two threads); there CLIP_NATIVE_IMAGE_LANES when set (above), else the
-// rule: lanes, whatever the candidates and however they were chosen (the
-// lanes give clip-native's kernels the same bits as one forward). A rule
+// rule (ImageLanesFrom), whatever the candidates and however they were
+// chosen (the lanes give clip-native's kernels the same bits as one
+// forward). A rule
 // and not a measurement at load: forwards back to back, as calibration
 // times them, ran level either way (8 bfloat16 images 6.09 ms per image as
 // one forward, 6.23 as lanes), while calls from JavaScript, with their

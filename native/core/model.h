@@ -142,10 +142,10 @@ struct CpuKernelChoice {
   int text_packed_attentions = 0;
   // The smallest image batch that runs as two forwards at once, one on each
   // thread of a 2-thread process (model.cc, ForwardInLanes; 0: none), and
-  // how that was decided: "rule" (float32 from 4 images, else 8; odd batches
-  // from twice that), "environment" (CLIP_NATIVE_IMAGE_LANES: 0 none, 1 as
-  // the rule, N from N images) or "not applicable" (the process runs other
-  // than 2 threads).
+  // how that was decided: "rule" (on CPUs with AMX float32 from 4 images,
+  // else 8; odd batches from twice that; elsewhere none), "environment"
+  // (CLIP_NATIVE_IMAGE_LANES: 0 none, 1 as the rule or from 8 images, N from
+  // N images) or "not applicable" (the process runs other than 2 threads).
   int64_t image_lanes_from = 0;
   std::string image_lanes_selected_by;
 };
