@@ -169,6 +169,17 @@ void Engine::CheckCapacity(size_t count) const {
 }
 
 void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks, bool together) {
+  // Images of one submission are prepared into one tensor on the CPU (see
+  // TaskCohort::pixels); allocated before the lock is taken.
+  torch::Tensor cohort_pixels;
+  if (!together && tasks.size() > 1 && !model_->is_cuda()) {
+    const auto images =
+        std::count_if(tasks.begin(), tasks.end(), [](const auto& task) { return task->kind == TaskKind::kImageBytes; });
+    if (images > 1 && images <= max_batch_[0]) {
+      const int64_t size = model_->manifest().image.size;
+      cohort_pixels = torch::empty({images, 3, size, size}, torch::kFloat32);
+    }
+  }
   std::unique_lock<std::mutex> lock(mutex_);
   if (stopping_) throw ClipError(ErrorCode::kDisposed, "the model has been disposed");
   size_t per_encoder[2] = {0, 0};
@@ -190,7 +201,12 @@ void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks, bool together) {
   } else if (tasks.size() > 1) {
     auto cohort = std::make_shared<TaskCohort>();
     cohort->unsettled = tasks.size();
-    for (auto& task : tasks) task->cohort = cohort;
+    cohort->pixels = std::move(cohort_pixels);
+    int64_t row = 0;
+    for (auto& task : tasks) {
+      task->cohort = cohort;
+      if (cohort->pixels.defined() && task->kind == TaskKind::kImageBytes) task->cohort_row = row++;
+    }
   }
   const auto now = Clock::now();
   for (auto& task : tasks) {
@@ -276,6 +292,13 @@ void Engine::Prepare(std::unique_ptr<Task> task) {
       [&] {
         switch (task->kind) {
           case TaskKind::kImageBytes:
+            if (task->cohort_row >= 0) {
+              PreprocessImage(reinterpret_cast<const uint8_t*>(task->input.data()), task->input.size(), task->decode,
+                              preprocess_, cohort->pixels[task->cohort_row].data_ptr<float>());
+              std::string().swap(task->input);
+              break;
+            }
+            [[fallthrough]];
           case TaskKind::kPreprocess: {
             auto pixels = std::make_shared<FloatPixels>(pixel_count);
             PreprocessImage(reinterpret_cast<const uint8_t*>(task->input.data()), task->input.size(), task->decode,
@@ -472,6 +495,29 @@ bool Engine::TakeBatch(int e, const Task* first, std::unique_lock<std::mutex>& l
   return true;
 }
 
+torch::Tensor Engine::ImageBatchInput(const std::vector<std::unique_ptr<Task>>& batch) {
+  const int64_t n = static_cast<int64_t>(batch.size());
+  const Task& first = *batch.front();
+  const bool cohort_rows =
+      !pad_image_batches_ && first.cohort_row >= 0 && std::all_of(batch.begin(), batch.end(), [&](const auto& task) {
+        return task->cohort == first.cohort && task->cohort_row == first.cohort_row + (&task - batch.data());
+      });
+  if (cohort_rows) return first.cohort->pixels.narrow(0, first.cohort_row, n);
+  const int64_t rows = pad_image_batches_ ? std::max<int64_t>(n, max_batch_[0]) : n;
+  torch::Tensor staging = model_->ImageStaging(rows);
+  float* dst = staging.data_ptr<float>();
+  const int64_t size = model_->manifest().image.size;
+  const size_t per_item = static_cast<size_t>(3 * size * size);
+  for (int64_t i = 0; i < n; ++i) {
+    const Task& task = *batch[i];
+    const float* pixels =
+        task.cohort_row >= 0 ? task.cohort->pixels[task.cohort_row].data_ptr<float>() : task.pixels.data();
+    std::memcpy(dst + i * per_item, pixels, per_item * sizeof(float));
+  }
+  if (rows > n) std::memset(dst + n * per_item, 0, (rows - n) * per_item * sizeof(float));
+  return staging;
+}
+
 void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch) {
   const int64_t n = static_cast<int64_t>(batch.size());
   const Manifest& m = model_->manifest();
@@ -483,15 +529,9 @@ void Engine::RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch
   bool ok = Guard(
       [&] {
         if (encoder == Encoder::kImage) {
-          const int64_t rows = pad_image_batches_ ? std::max<int64_t>(n, max_batch_[0]) : n;
-          torch::Tensor staging = model_->ImageStaging(rows);
-          float* dst = staging.data_ptr<float>();
-          const size_t per_item = static_cast<size_t>(3) * m.image.size * m.image.size;
-          for (int64_t i = 0; i < n; ++i) {
-            std::memcpy(dst + i * per_item, batch[i]->pixels.data(), per_item * sizeof(float));
-          }
-          if (rows > n) std::memset(dst + n * per_item, 0, (rows - n) * per_item * sizeof(float));
-          output = model_->EncodeImages(staging);
+          const torch::Tensor input = ImageBatchInput(batch);
+          const int64_t rows = input.size(0);
+          output = model_->EncodeImages(input);
           forwards += static_cast<uint64_t>(model_->ImageForwards(rows));
           // Rows [0, n) of a contiguous [rows, dim] tensor: still contiguous.
           if (rows > n) output = output.narrow(0, 0, n);

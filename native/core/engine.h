@@ -82,6 +82,12 @@ struct TaskGroup {
 // threads wait at every barrier for the thread that decoding displaced.
 struct TaskCohort {
   size_t unsettled = 0;  // guarded by the engine's mutex
+  // On the CPU, for a submission of 2 to max_batch_images images to decode:
+  // [images, 3, size, size], each image's pixels prepared into its row
+  // (Task::cohort_row), so that a batch of those images in submission order
+  // runs on a view of it, not on a copy into the model's staging tensor
+  // (4.8 MB for 8 images). Undefined otherwise.
+  torch::Tensor pixels;
 };
 
 // An allocator whose value-initialization leaves floats uninitialized:
@@ -111,7 +117,8 @@ using FloatPixels = std::vector<float, UninitializedAllocator<float>>;
 struct Task {
   TaskKind kind = TaskKind::kText;
   std::string input;         // image bytes or UTF-8 text
-  FloatPixels pixels;        // kImagePixels input; prepared pixels
+  FloatPixels pixels;        // kImagePixels input; prepared pixels unless cohort_row >= 0
+  int64_t cohort_row = -1;   // kImageBytes: the row of cohort->pixels its pixels are prepared into
   std::vector<int64_t> ids;  // kTokenIds input; prepared ids
   ImageDecodeOptions decode;
   std::shared_ptr<CancelFlag> cancel;
@@ -211,6 +218,10 @@ class Engine {
                  std::vector<std::unique_ptr<Task>>* batch, std::vector<std::unique_ptr<Task>>* aborted);
   void Prepare(std::unique_ptr<Task> task);
   void RunBatch(Encoder encoder, std::vector<std::unique_ptr<Task>>& batch);
+  // The image batch's input: a view of its submission's cohort pixels where
+  // the batch is rows of it in order, else the model's staging tensor filled
+  // with the batch's pixels.
+  torch::Tensor ImageBatchInput(const std::vector<std::unique_ptr<Task>>& batch);
   void Finish(std::unique_ptr<Task> task, TaskResult&& result);
   void Fail(std::unique_ptr<Task> task, ErrorCode code, const std::string& message);
   static Encoder EncoderOf(TaskKind kind);

@@ -207,6 +207,30 @@ t.test('the items of one call wait for each other: one batch however their prepa
   t.equal(capped.stats().image.batches - before, 3, 'six images, batches of two');
 });
 
+t.test('the images of one call, prepared into one tensor, embed to the bits of a batch copied together', async (t) => {
+  // A call of 2 to maxBatchImages images runs its batch on the tensor they were prepared into; a batch that is
+  // not those rows in order (a failed image between them) or a call larger than a batch copies its images into
+  // the staging tensor instead. Same batch sizes, so the same bits.
+  const model = await ClipModel.load(tinyModel, { device: 'cpu', maxBatchImages: 4 });
+  t.teardown(() => model.dispose());
+  const images = sampleImages(6);
+  const corrupt = Buffer.from(images[0].subarray(0, 60));
+  const batches = () => model.stats().image.batches;
+  let before = batches();
+  const inPlace = (await model._submit(TaskKind.ImageBytes, images.slice(0, 4))) as Float32Array[];
+  t.equal(batches() - before, 1, 'four images, one batch');
+  before = batches();
+  const gapped = await model._submit(TaskKind.ImageBytes, [images[0], corrupt, ...images.slice(1, 4)]);
+  t.equal(batches() - before, 1, 'the four good images, one batch');
+  t.equal((gapped[1] as { code?: string }).code, 'CLIP_IMAGE_DECODE_FAILED');
+  t.same(Array.from(gapped[0] as Float32Array), Array.from(inPlace[0]));
+  for (let i = 1; i < 4; i++) t.same(Array.from(gapped[i + 1] as Float32Array), Array.from(inPlace[i]), `image ${i}`);
+  before = batches();
+  const larger = (await model._submit(TaskKind.ImageBytes, images)) as Float32Array[]; // batches of 4 and 2
+  t.equal(batches() - before, 2, 'six images, two batches');
+  for (let i = 0; i < 4; i++) t.same(Array.from(larger[i]), Array.from(inPlace[i]), `image ${i} of a larger call`);
+});
+
 t.test('a submission "together" runs as batches of its own, in order; failures and aborts settle it', async (t) => {
   const model = await ClipModel.load(tinyModel, { device: 'cpu', maxBatchImages: 4 });
   t.teardown(() => model.dispose());
