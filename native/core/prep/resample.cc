@@ -598,48 +598,63 @@ CLIP_AVX512_TARGET void HorizontalFilter::RunAvx512(const uint8_t* in, uint8_t* 
   }
 }
 
-// The vertical pass on 16 bytes per vector, each widened to an int32 lane:
-// vpmulld multiplies by the full 22-bit weight, so the sums are Pillow's.
+// The vertical pass, 64 bytes of a row per step, two taps at a time: the
+// bytes of the two rows interleaved and zero-extended to 16-bit pairs, one
+// pair per int32 lane, and vpdpwssd multiplies each pair by the two taps'
+// low (bits 0..14) and high (weight >> 15) weight halves, as the horizontal
+// pass does (an odd tap count ends with a zero-weight partner). The unpacks
+// work within 128-bit lanes and the final packs undo their order there.
+// vpmulld by the full weight, one tap at a time, took 1.4x as long.
 CLIP_AVX512_TARGET void ResampleVerticalAvx512(const uint8_t* rows, size_t row_stride, int row_origin, int row_bytes,
                                                const AxisTaps& taps, uint8_t* dst, size_t dst_stride) {
   const __m512i bias = _mm512_set1_epi32(kRoundingBias);
   const __m512i zero = _mm512_setzero_si512();
   const int height = static_cast<int>(taps.first.size());
+  std::vector<int32_t> low((taps.stride + 1) / 2);
+  std::vector<int32_t> high(low.size());
   for (int y = 0; y < height; ++y) {
     const int32_t* k = &taps.weights[static_cast<size_t>(y) * taps.stride];
     const int n = taps.count[y];
+    const int pairs = (n + 1) / 2;
+    for (int p = 0; p < pairs; ++p) {
+      const int32_t w0 = k[2 * p];
+      const int32_t w1 = 2 * p + 1 < n ? k[2 * p + 1] : 0;
+      low[p] = static_cast<int32_t>(static_cast<uint32_t>(w0 & 0x7FFF) | (static_cast<uint32_t>(w1 & 0x7FFF) << 16));
+      high[p] = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint16_t>(w0 >> 15)) |
+                                     (static_cast<uint32_t>(static_cast<uint16_t>(w1 >> 15)) << 16));
+    }
     const uint8_t* first = rows + static_cast<size_t>(taps.first[y] - row_origin) * row_stride;
     uint8_t* out = dst + static_cast<size_t>(y) * dst_stride;
-    int i = 0;
-    for (; i + 64 <= row_bytes; i += 64) {
-      __m512i acc0 = bias, acc1 = bias, acc2 = bias, acc3 = bias;
-      for (int t = 0; t < n; ++t) {
-        const uint8_t* in = first + static_cast<size_t>(t) * row_stride + i;
-        const __m512i w = _mm512_set1_epi32(k[t]);
-        acc0 = _mm512_add_epi32(acc0, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)in)), w));
-        acc1 = _mm512_add_epi32(
-            acc1, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(in + 16))), w));
-        acc2 = _mm512_add_epi32(
-            acc2, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(in + 32))), w));
-        acc3 = _mm512_add_epi32(
-            acc3, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(in + 48))), w));
+    for (int i = 0; i < row_bytes; i += 64) {
+      const __mmask64 mask = row_bytes - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (row_bytes - i)) - 1;
+      __m512i low_sums[4] = {zero, zero, zero, zero};
+      __m512i high_sums[4] = {zero, zero, zero, zero};
+      for (int p = 0; p < pairs; ++p) {
+        const uint8_t* in = first + static_cast<size_t>(2 * p) * row_stride + i;
+        const __m512i a = _mm512_maskz_loadu_epi8(mask, in);
+        // The partner of an odd count's last tap has weight 0: any row will do.
+        const __m512i b = _mm512_maskz_loadu_epi8(mask, 2 * p + 1 < n ? in + row_stride : in);
+        const __m512i ab_low = _mm512_unpacklo_epi8(a, b);
+        const __m512i ab_high = _mm512_unpackhi_epi8(a, b);
+        const __m512i pixels[4] = {_mm512_unpacklo_epi8(ab_low, zero), _mm512_unpackhi_epi8(ab_low, zero),
+                                   _mm512_unpacklo_epi8(ab_high, zero), _mm512_unpackhi_epi8(ab_high, zero)};
+        const __m512i wl = _mm512_set1_epi32(low[p]);
+        const __m512i wh = _mm512_set1_epi32(high[p]);
+        for (int j = 0; j < 4; ++j) {
+          low_sums[j] = DotPairs(low_sums[j], pixels[j], wl);
+          high_sums[j] = DotPairs(high_sums[j], pixels[j], wh);
+        }
       }
-      const __m512i accs[4] = {acc0, acc1, acc2, acc3};
+      __m512i shifted[4];
       for (int j = 0; j < 4; ++j) {
-        const __m512i shifted = _mm512_max_epi32(_mm512_srai_epi32(accs[j], kPrecisionBits), zero);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i + 16 * j), _mm512_cvtusepi32_epi8(shifted));
+        const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(bias, low_sums[j]), _mm512_slli_epi32(high_sums[j], 15));
+        shifted[j] = _mm512_srai_epi32(sum, kPrecisionBits);
       }
-    }
-    for (; i < row_bytes; i += 16) {
-      const __mmask16 mask = row_bytes - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (row_bytes - i)) - 1);
-      __m512i acc = bias;
-      for (int t = 0; t < n; ++t) {
-        const uint8_t* in = first + static_cast<size_t>(t) * row_stride + i;
-        acc = _mm512_add_epi32(
-            acc, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, in)), _mm512_set1_epi32(k[t])));
-      }
-      const __m512i shifted = _mm512_max_epi32(_mm512_srai_epi32(acc, kPrecisionBits), zero);
-      _mm_mask_storeu_epi8(out + i, mask, _mm512_cvtusepi32_epi8(shifted));
+      // Signed 32 -> unsigned 16 -> unsigned 8 saturation: Clip8 on these
+      // sums (far inside the 16-bit range), bytes back in source order.
+      const __m512i bytes =
+          _mm512_packus_epi16(_mm512_packus_epi32(shifted[0], shifted[1]), _mm512_packus_epi32(shifted[2], shifted[3]));
+      _mm512_mask_storeu_epi8(out + i, mask, bytes);
     }
   }
 }
