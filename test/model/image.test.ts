@@ -1,11 +1,13 @@
 // Decoding and CLIP preprocessing behind model.preprocessImage and model.embedImages.
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import t, { type Test } from 'tap';
 import { ClipModel } from '../../lib/index';
-import { fixtures, maxAbsDiff, readF32, reference, skipWithoutReference, tinyModel } from '../helpers/env';
+import { fixtures, maxAbsDiff, readF32, reference, root, skipWithoutReference, tinyModel } from '../helpers/env';
 import { makePng, makePngHeaderOnly, pngFile } from '../helpers/images';
+import { scriptJson } from '../helpers/process';
 
 const MEAN = [0.48145466, 0.4578275, 0.40821073];
 const STD = [0.26862954, 0.26130258, 0.27577711];
@@ -75,6 +77,42 @@ t.test('images drawn with Pillow equal the Hugging Face processor', async (t) =>
   }>;
   t.ok(entries.length >= 20, `${entries.length} images in every format and mode`);
   await checkAgainst(t, dir, entries);
+});
+
+// The resize and the rescale-and-normalize run on AVX-512 where the CPU has it (VBMI and VNNI), on AVX2 or a lookup
+// table elsewhere: the same bits either way. The cap is read when the addon loads, so the capped run is a child.
+t.test('preprocessing gives the same bits capped at AVX2', async (t) => {
+  const dir = path.join(fixtures, 'images');
+  const files = fs
+    .readdirSync(dir)
+    .filter((name) => /\.(jpg|png|webp|gif|bmp)$/.test(name))
+    .sort()
+    .map((name) => path.join(dir, name));
+  const digest = async (m: Pick<ClipModel, 'preprocessImage'>) => {
+    const hash = crypto.createHash('sha256');
+    for (const file of files) {
+      const pixels = await m.preprocessImage(fs.readFileSync(file));
+      hash.update(Buffer.from(pixels.buffer, pixels.byteOffset, pixels.byteLength));
+    }
+    return hash.digest('hex');
+  };
+  const script = `
+    const { ClipModel } = require(${JSON.stringify(path.join(root, 'dist', 'index.js'))});
+    const crypto = require('node:crypto');
+    const fs = require('node:fs');
+    (async () => {
+      const m = await ClipModel.load(${JSON.stringify(tinyModel)}, { device: 'cpu' });
+      const hash = crypto.createHash('sha256');
+      for (const file of ${JSON.stringify(files)}) {
+        const pixels = await m.preprocessImage(fs.readFileSync(file));
+        hash.update(Buffer.from(pixels.buffer, pixels.byteOffset, pixels.byteLength));
+      }
+      console.log(JSON.stringify({ digest: hash.digest('hex') }));
+      await m.dispose();
+    })();`;
+  const capped = scriptJson<{ digest: string }>(script, { CLIP_NATIVE_MAX_CPU_ISA: 'avx2' });
+  t.ok(files.length >= 20, `${files.length} images`);
+  t.equal(capped.digest, await digest(model), 'the same pixels, bit for bit');
 });
 
 t.test('embedImages equals embedding the preprocessed pixels', async (t) => {

@@ -16,12 +16,65 @@
 #include <string>
 #include <vector>
 
+#include "cpu_features.h"
 #include "errors.h"
 #include "image_decode.h"
 #include "resample.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CLIP_IMAGE_AVX512 1
+#endif
+
 namespace clip {
 namespace {
+
+// CLIPImageProcessor's rescale and normalize of one byte of channel c:
+// rescaled in double (float32(u8 * 0.00392156862745098), as numpy does it),
+// then normalized in float32. Multiplying by float(1/255) or normalizing in
+// double would each move some values by an ulp.
+constexpr double kRescale = 0.00392156862745098;
+
+#if defined(CLIP_IMAGE_AVX512)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC bug 105593, as in resample.cc
+#endif
+// HWC RGB8 -> the three CHW planes of floats, 16 pixels per step, each value
+// computed with the scalar path's IEEE operations in the same order (so the
+// same bits): about a third of the time of a lookup per value.
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) void NormalizePlanesAvx512(const uint8_t* rgb, size_t pixels,
+                                                                                  const float* mean,
+                                                                                  const float* deviation, float* out) {
+  alignas(64) static constexpr uint8_t kSplit[64] = {0, 3, 6, 9,  12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45,
+                                                     1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46,
+                                                     2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 44, 47,
+                                                     0, 0, 0, 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0};
+  const __m512i split = _mm512_load_si512(kSplit);
+  const __m512d rescale = _mm512_set1_pd(kRescale);
+  for (size_t i = 0; i < pixels; i += 16) {
+    const size_t n = std::min<size_t>(16, pixels - i);
+    const __mmask64 bytes = (__mmask64{1} << (3 * n)) - 1;
+    const __m512i planes = _mm512_permutexvar_epi8(split, _mm512_maskz_loadu_epi8(bytes, rgb + 3 * i));
+    const __m128i channels[3] = {_mm512_castsi512_si128(planes), _mm512_extracti32x4_epi32(planes, 1),
+                                 _mm512_extracti32x4_epi32(planes, 2)};
+    for (int c = 0; c < 3; ++c) {
+      const __m512i values = _mm512_cvtepu8_epi32(channels[c]);
+      const __m256 low = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(values)), rescale));
+      const __m256 high =
+          _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(values, 1)), rescale));
+      const __m512 rescaled = _mm512_castpd_ps(
+          _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(low)), _mm256_castps_pd(high), 1));
+      const __m512 normalized =
+          _mm512_div_ps(_mm512_sub_ps(rescaled, _mm512_set1_ps(mean[c])), _mm512_set1_ps(deviation[c]));
+      _mm512_mask_storeu_ps(out + c * pixels + i, static_cast<__mmask16>((1u << n) - 1), normalized);
+    }
+  }
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
 
 [[noreturn]] void InvalidArgument(const std::string& message) { throw ClipError(ErrorCode::kInvalidArgument, message); }
 
@@ -109,20 +162,24 @@ class Preprocessor {
     const int crop = options_.crop_size;
     resizer_->Finish(cropped_.get() + window_offset_, static_cast<size_t>(crop) * 3);
 
-    // Every output value is a function of (channel, byte): rescale in double
-    // (float32(u8 * 0.00392156862745098), as numpy does it), then normalize
-    // in float32. Multiplying by float(1/255) or normalizing in double would
-    // each move some values by an ulp.
+    const size_t plane = static_cast<size_t>(crop) * crop;
+#if defined(CLIP_IMAGE_AVX512)
+    static const bool avx512 = GetCpuFeatures().avx512f && GetCpuFeatures().avx512_vbmi;
+    if (avx512) {
+      NormalizePlanesAvx512(cropped_.get(), plane, options_.mean.data(), options_.std.data(), out);
+      return;
+    }
+#endif
+    // Every output value is a function of (channel, byte).
     float table[3][256];
     for (int c = 0; c < 3; ++c) {
       const float mean = options_.mean[c];
       const float deviation = options_.std[c];
       for (int v = 0; v < 256; ++v) {
-        const float rescaled = static_cast<float>(v * 0.00392156862745098);
+        const float rescaled = static_cast<float>(v * kRescale);
         table[c][v] = (rescaled - mean) / deviation;
       }
     }
-    const size_t plane = static_cast<size_t>(crop) * crop;
     for (size_t i = 0; i < plane; ++i) {
       const uint8_t* p = &cropped_[i * 3];
       out[i] = table[0][p[0]];
