@@ -282,14 +282,15 @@ bool ReadJpeg(JpegJob* job) {
 
   // Only the part of the image the sink reads, plus one iMCU (8 or 16
   // pixels) around it: rows above and below it are only entropy-decoded,
-  // and where it leaves out a third of the columns or more, those are
-  // neither transformed nor upsampled nor converted (jpeg_crop_scanline
-  // widens the columns to whole iMCUs). Cropping fewer columns cost more than
-  // it saved on a Zen 5 EPYC (a 640x480 photo's centre crop keeps 83% of
-  // them: 6-10% slower; 1280x720, 56%: 17% faster). The margin keeps the
-  // region's pixels equal to a whole decode's: at the edge of a cropped or
-  // skipped part fancy upsampling sees replicated samples instead of their
-  // neighbours, one chroma sample (two pixels) deep.
+  // and columns left and right of it are neither transformed nor upsampled
+  // nor converted (jpeg_crop_scanline widens the columns to whole iMCUs):
+  // the bench's 640x480 and 800x600 photos, whose centre crops keep 80% of
+  // the columns, prepare 4-7% faster (Intel Xeon with AMX; measured slower
+  // once, while the decoder's rows still started on 16-byte boundaries, see
+  // kRowSkew in image.cc). The margin keeps the region's pixels equal to a
+  // whole decode's: at the edge of a cropped or skipped part fancy
+  // upsampling sees replicated samples instead of their neighbours, one
+  // chroma sample (two pixels) deep.
   const RgbRowSink::Region region = job->out->NeededRegion(width, height);
   const int margin_x = cinfo->max_h_samp_factor * DCTSIZE;
   const int margin_y = cinfo->max_v_samp_factor * DCTSIZE;
@@ -298,7 +299,7 @@ bool ReadJpeg(JpegJob* job) {
   const int y_begin = std::max(0, region.y_begin - margin_y);
   const int y_end = std::min(height, std::max(region.y_end, region.y_begin + 1) + margin_y);
   JDIMENSION x_offset = 0;
-  const bool crop = (x_begin > 0 || x_end < width) && 3 * (x_end - x_begin) <= 2 * width;
+  const bool crop = x_begin > 0 || x_end < width;
   if (crop) {
     JDIMENSION crop_width = static_cast<JDIMENSION>(x_end - x_begin);
     x_offset = static_cast<JDIMENSION>(x_begin);
