@@ -177,7 +177,11 @@ void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks, bool together) {
         std::count_if(tasks.begin(), tasks.end(), [](const auto& task) { return task->kind == TaskKind::kImageBytes; });
     if (images > 1 && images <= max_batch_[0]) {
       const int64_t size = model_->manifest().image.size;
-      cohort_pixels = torch::empty({images, 3, size, size}, torch::kFloat32);
+      try {
+        cohort_pixels = torch::empty({images, 3, size, size}, torch::kFloat32);
+      } catch (const std::exception&) {
+        // No room for it now: each image is prepared into a buffer of its own.
+      }
     }
   }
   std::unique_lock<std::mutex> lock(mutex_);
