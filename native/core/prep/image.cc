@@ -42,7 +42,7 @@ constexpr double kRescale = 0.00392156862745098;
 #endif
 // HWC RGB8 -> the three CHW planes of floats, 16 pixels per step, each value
 // computed with the scalar path's IEEE operations in the same order (so the
-// same bits): about a third of the time of a lookup per value.
+// same bits): 0.6 of the time of a table lookup per value.
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void NormalizePlanesAvx512(const uint8_t* rgb, size_t pixels,
                                                                                   const float* mean,
                                                                                   const float* deviation, float* out) {

@@ -13,7 +13,7 @@ namespace clip {
 // same bytes; kGeneric (SSE2 where the target has it, otherwise scalar)
 // exists so that tests can compare it with the kernel kAuto picks.
 enum class ResampleKernel {
-  kAuto,     // The fastest one this CPU runs (AVX-512 where it has F, BW, VL and VBMI, else AVX2 where it has it).
+  kAuto,  // The fastest one this CPU runs (AVX-512 where it has F, BW, VL, VBMI and VNNI, else AVX2 where it has it).
   kGeneric,  // What any CPU of the target architecture runs.
 };
 
