@@ -513,6 +513,26 @@ CLIP_AVX512_TARGET inline __m512i WidePairs(const uint8_t* window, __m512i index
                                         _mm512_loadu_si512(window + 64));
 }
 
+// A block's pairs of taps added into the low- and high-half sums of each
+// channel: the pixel pairs from one register of each plane's window (within
+// 64 columns) or, kWide, two. Pairs outer, channels inner: each pair's
+// weights are loaded once.
+template <bool kWide>
+CLIP_AVX512_TARGET inline void AddPairs(const uint8_t* const windows[3], __m512i index, const int16_t* weights,
+                                        int pairs, __m512i* low, __m512i* high) {
+  for (int p = 0; p < pairs; ++p) {
+    const __m512i wl = _mm512_loadu_si512(weights + p * 64);
+    const __m512i wh = _mm512_loadu_si512(weights + p * 64 + 32);
+    for (int c = 0; c < 3; ++c) {
+      const __m512i pixels =
+          kWide ? WidePairs(windows[c] + 2 * p, index)
+                : _mm512_maskz_permutexvar_epi8(0x5555555555555555ULL, index, _mm512_loadu_si512(windows[c] + 2 * p));
+      low[c] = DotPairs(low[c], pixels, wl);
+      high[c] = DotPairs(high[c], pixels, wh);
+    }
+  }
+}
+
 // One channel's 16 outputs from its low- and high-half sums, as Clip8 makes them.
 CLIP_AVX512_TARGET inline __m128i ChannelBytes(__m512i low, __m512i high) {
   const __m512i sum =
@@ -547,7 +567,6 @@ CLIP_AVX512_TARGET void HorizontalFilter::RunAvx512(const uint8_t* in, uint8_t* 
                                                      0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0};
   const __m512i merge = _mm512_load_si512(kMerge);
   const __m512i zero = _mm512_setzero_si512();
-  const __mmask64 even_bytes = 0x5555555555555555ULL;
   const int width = static_cast<int>(taps_.first.size());
   for (int b = 0; b < blocks_; ++b) {
     const __m512i index = _mm512_loadu_si512(&block_index_[static_cast<size_t>(b) * 64]);
@@ -556,41 +575,17 @@ CLIP_AVX512_TARGET void HorizontalFilter::RunAvx512(const uint8_t* in, uint8_t* 
     const uint8_t* red = planes[0] + offset;
     const uint8_t* green = planes[1] + offset;
     const uint8_t* blue = planes[2] + offset;
-    __m512i low_r = zero, low_g = zero, low_b = zero;
-    __m512i high_r = zero, high_g = zero, high_b = zero;
-    // Pairs outer, channels inner: each pair's weights are loaded once.
+    const uint8_t* const windows[3] = {red, green, blue};
+    __m512i low[3] = {zero, zero, zero};
+    __m512i high[3] = {zero, zero, zero};
     if (block_narrow_[b]) {
-      for (int p = 0; p < pairs_; ++p) {
-        const __m512i wl = _mm512_loadu_si512(weights + p * 64);
-        const __m512i wh = _mm512_loadu_si512(weights + p * 64 + 32);
-        const __m512i r = _mm512_maskz_permutexvar_epi8(even_bytes, index, _mm512_loadu_si512(red + 2 * p));
-        const __m512i g = _mm512_maskz_permutexvar_epi8(even_bytes, index, _mm512_loadu_si512(green + 2 * p));
-        const __m512i bl = _mm512_maskz_permutexvar_epi8(even_bytes, index, _mm512_loadu_si512(blue + 2 * p));
-        low_r = DotPairs(low_r, r, wl);
-        high_r = DotPairs(high_r, r, wh);
-        low_g = DotPairs(low_g, g, wl);
-        high_g = DotPairs(high_g, g, wh);
-        low_b = DotPairs(low_b, bl, wl);
-        high_b = DotPairs(high_b, bl, wh);
-      }
+      AddPairs<false>(windows, index, weights, pairs_, low, high);
     } else {
-      for (int p = 0; p < pairs_; ++p) {
-        const __m512i wl = _mm512_loadu_si512(weights + p * 64);
-        const __m512i wh = _mm512_loadu_si512(weights + p * 64 + 32);
-        const __m512i r = WidePairs(red + 2 * p, index);
-        const __m512i g = WidePairs(green + 2 * p, index);
-        const __m512i bl = WidePairs(blue + 2 * p, index);
-        low_r = DotPairs(low_r, r, wl);
-        high_r = DotPairs(high_r, r, wh);
-        low_g = DotPairs(low_g, g, wl);
-        high_g = DotPairs(high_g, g, wh);
-        low_b = DotPairs(low_b, bl, wl);
-        high_b = DotPairs(high_b, bl, wh);
-      }
+      AddPairs<true>(windows, index, weights, pairs_, low, high);
     }
-    __m512i rgb = _mm512_zextsi128_si512(ChannelBytes(low_r, high_r));
-    rgb = _mm512_inserti32x4(rgb, ChannelBytes(low_g, high_g), 1);
-    rgb = _mm512_inserti32x4(rgb, ChannelBytes(low_b, high_b), 2);
+    __m512i rgb = _mm512_zextsi128_si512(ChannelBytes(low[0], high[0]));
+    rgb = _mm512_inserti32x4(rgb, ChannelBytes(low[1], high[1]), 1);
+    rgb = _mm512_inserti32x4(rgb, ChannelBytes(low[2], high[2]), 2);
     const int n = std::min(kBlockOutputs, width - b * kBlockOutputs);
     const __mmask64 mask = (__mmask64{1} << (3 * n)) - 1;
     _mm512_mask_storeu_epi8(out + static_cast<size_t>(b) * kBlockOutputs * 3, mask,
