@@ -172,7 +172,7 @@ void Engine::Submit(std::vector<std::unique_ptr<Task>> tasks, bool together) {
   // Images of one submission are prepared into one tensor on the CPU (see
   // TaskCohort::pixels); allocated before the lock is taken.
   torch::Tensor cohort_pixels;
-  if (!together && tasks.size() > 1 && !model_->is_cuda()) {
+  if (!together && tasks.size() > 1 && !model_->is_cuda() && !pad_image_batches_) {
     const auto images =
         std::count_if(tasks.begin(), tasks.end(), [](const auto& task) { return task->kind == TaskKind::kImageBytes; });
     if (images > 1 && images <= max_batch_[0]) {
@@ -296,17 +296,11 @@ void Engine::Prepare(std::unique_ptr<Task> task) {
       [&] {
         switch (task->kind) {
           case TaskKind::kImageBytes:
-            if (task->cohort_row >= 0) {
-              PreprocessImage(reinterpret_cast<const uint8_t*>(task->input.data()), task->input.size(), task->decode,
-                              preprocess_, cohort->pixels[task->cohort_row].data_ptr<float>());
-              std::string().swap(task->input);
-              break;
-            }
-            [[fallthrough]];
           case TaskKind::kPreprocess: {
-            auto pixels = std::make_shared<FloatPixels>(pixel_count);
+            std::shared_ptr<FloatPixels> pixels;
+            if (task->cohort_row < 0) pixels = std::make_shared<FloatPixels>(pixel_count);
             PreprocessImage(reinterpret_cast<const uint8_t*>(task->input.data()), task->input.size(), task->decode,
-                            preprocess_, pixels->data());
+                            preprocess_, pixels ? pixels->data() : CohortPixels(*task));
             std::string().swap(task->input);
             if (task->kind == TaskKind::kPreprocess) {
               immediate.ok = true;
@@ -316,7 +310,7 @@ void Engine::Prepare(std::unique_ptr<Task> task) {
               immediate.block_bytes = pixels->size() * sizeof(float);
               immediate.owner = std::move(pixels);
               has_immediate = true;
-            } else {
+            } else if (pixels) {
               task->pixels = std::move(*pixels);
             }
             break;
@@ -499,6 +493,11 @@ bool Engine::TakeBatch(int e, const Task* first, std::unique_lock<std::mutex>& l
   return true;
 }
 
+float* Engine::CohortPixels(const Task& task) const {
+  const int64_t size = model_->manifest().image.size;
+  return task.cohort->pixels.data_ptr<float>() + task.cohort_row * 3 * size * size;
+}
+
 torch::Tensor Engine::ImageBatchInput(const std::vector<std::unique_ptr<Task>>& batch) {
   const int64_t n = static_cast<int64_t>(batch.size());
   const Task& first = *batch.front();
@@ -514,8 +513,7 @@ torch::Tensor Engine::ImageBatchInput(const std::vector<std::unique_ptr<Task>>& 
   const size_t per_item = static_cast<size_t>(3 * size * size);
   for (int64_t i = 0; i < n; ++i) {
     const Task& task = *batch[i];
-    const float* pixels =
-        task.cohort_row >= 0 ? task.cohort->pixels[task.cohort_row].data_ptr<float>() : task.pixels.data();
+    const float* pixels = task.cohort_row >= 0 ? CohortPixels(task) : task.pixels.data();
     std::memcpy(dst + i * per_item, pixels, per_item * sizeof(float));
   }
   if (rows > n) std::memset(dst + n * per_item, 0, (rows - n) * per_item * sizeof(float));

@@ -222,6 +222,8 @@ class Engine {
   // the batch is rows of it in order, else the model's staging tensor filled
   // with the batch's pixels.
   torch::Tensor ImageBatchInput(const std::vector<std::unique_ptr<Task>>& batch);
+  // Where `task` (cohort_row >= 0) is prepared into its cohort's pixels.
+  float* CohortPixels(const Task& task) const;
   void Finish(std::unique_ptr<Task> task, TaskResult&& result);
   void Fail(std::unique_ptr<Task> task, ErrorCode code, const std::string& message);
   static Encoder EncoderOf(TaskKind kind);

@@ -28,7 +28,7 @@ t.test('image_test', async (t) => {
   run(t, 'image_test', reference ? [reference] : []);
 });
 
-// The resampler's AVX2 pass (the one CPUs without AVX-512 VBMI and VNNI run) against the generic one and Pillow's bytes.
+// The resampler's AVX2 pass (the one CPUs without AVX-512 VBMI or VNNI run) against the generic one and Pillow's bytes.
 t.test('image_test on AVX2 (CLIP_NATIVE_MAX_CPU_ISA=avx2)', async (t) => {
   run(t, 'image_test', reference ? [reference] : [], { CLIP_NATIVE_MAX_CPU_ISA: 'avx2' });
 });

@@ -227,7 +227,8 @@ bool BuildTable(const uint8_t* lens, int n, Alphabet alphabet, int root, uint32_
     // literal codes common. Descending, so that every entry read is still a
     // single symbol's (i >> bits < i, and 0 reads itself first).
 #if CLIP_INFLATE_X86
-    if (main_size >= 16 && GetCpuFeatures().avx512f) {
+    static_assert((1 << kLitLenBits) % 16 == 0, "PairLiteralsAvx512 takes 16 entries per step");
+    if (GetCpuFeatures().avx512f) {
       PairLiteralsAvx512(table, main_size, root);
       return true;
     }
