@@ -54,6 +54,16 @@ export function tempDir(prefix: string): string {
   return dir;
 }
 
+/** The fixture images drawn with Pillow (test/fixtures/images: every format and mode), as paths, sorted. */
+export function fixtureImages(): string[] {
+  const dir = path.join(fixtures, 'images');
+  return fs
+    .readdirSync(dir)
+    .filter((name) => /\.(jpg|png|webp|gif|bmp)$/.test(name))
+    .sort()
+    .map((name) => path.join(dir, name));
+}
+
 export function readF32(file: string): Float32Array {
   const bytes = fs.readFileSync(file);
   return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4).slice();

@@ -8,15 +8,10 @@ import path from 'node:path';
 import t from 'tap';
 import { binding } from '../../lib/native/binding';
 import { ClipModel } from '../../lib/index';
-import { cosine, fixtures, maxAbsDiff, tinyModel } from '../helpers/env';
+import { cosine, fixtureImages, fixtures, maxAbsDiff, tinyModel } from '../helpers/env';
 import { embedInChild } from '../helpers/process';
 
-const imageDir = path.join(fixtures, 'images');
-const images = fs
-  .readdirSync(imageDir)
-  .filter((name) => /\.(jpg|png|webp|gif|bmp)$/.test(name))
-  .sort()
-  .map((name) => path.join(imageDir, name));
+const images = fixtureImages();
 const texts = fs
   .readFileSync(path.join(fixtures, 'tokens', 'hf77.jsonl'), 'utf8')
   .split('\n')

@@ -5,14 +5,9 @@ import path from 'node:path';
 import t from 'tap';
 import { binding, TaskKind } from '../../lib/native/binding';
 import { ClipModel, type DType } from '../../lib/index';
-import { cosine, fixtures, maxAbsDiff, setEnv, tinyModel } from '../helpers/env';
+import { cosine, fixtureImages, fixtures, maxAbsDiff, setEnv, tinyModel } from '../helpers/env';
 
-const imageDir = path.join(fixtures, 'images');
-const images = fs
-  .readdirSync(imageDir)
-  .filter((name) => /\.(jpg|png|webp|gif|bmp)$/.test(name))
-  .sort()
-  .map((name) => fs.readFileSync(path.join(imageDir, name)));
+const images = fixtureImages().map((file) => fs.readFileSync(file));
 const texts = fs
   .readFileSync(path.join(fixtures, 'tokens', 'hf77.jsonl'), 'utf8')
   .split('\n')

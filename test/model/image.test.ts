@@ -4,7 +4,16 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import t, { type Test } from 'tap';
 import { ClipModel } from '../../lib/index';
-import { fixtures, maxAbsDiff, readF32, reference, root, skipWithoutReference, tinyModel } from '../helpers/env';
+import {
+  fixtureImages,
+  fixtures,
+  maxAbsDiff,
+  readF32,
+  reference,
+  root,
+  skipWithoutReference,
+  tinyModel,
+} from '../helpers/env';
 import { makePng, makePngHeaderOnly, pngFile } from '../helpers/images';
 import { scriptJson } from '../helpers/process';
 
@@ -82,12 +91,7 @@ t.test('images drawn with Pillow equal the Hugging Face processor', async (t) =>
 // on AVX2 or a lookup table elsewhere: the same bits either way. The cap is read when the addon loads, so each run is
 // a child; the uncapped one with the cap cleared, whatever this process was given.
 t.test('preprocessing gives the same bits capped at AVX2', async (t) => {
-  const dir = path.join(fixtures, 'images');
-  const files = fs
-    .readdirSync(dir)
-    .filter((name) => /\.(jpg|png|webp|gif|bmp)$/.test(name))
-    .sort()
-    .map((name) => path.join(dir, name));
+  const files = fixtureImages();
   const script = `
     const { ClipModel } = require(${JSON.stringify(path.join(root, 'dist', 'index.js'))});
     const crypto = require('node:crypto');
