@@ -286,7 +286,7 @@ void Engine::Prepare(std::unique_ptr<Task> task) {
   }
 
   const Manifest& m = model_->manifest();
-  const size_t pixel_count = static_cast<size_t>(3) * m.image.size * m.image.size;
+  const size_t pixel_count = PreprocessedSize(preprocess_);
   ErrorCode code = ErrorCode::kInternal;
   std::string message;
   TaskResult immediate;
@@ -494,23 +494,22 @@ bool Engine::TakeBatch(int e, const Task* first, std::unique_lock<std::mutex>& l
 }
 
 float* Engine::CohortPixels(const Task& task) const {
-  const int64_t size = model_->manifest().image.size;
-  return task.cohort->pixels.data_ptr<float>() + task.cohort_row * 3 * size * size;
+  return task.cohort->pixels.data_ptr<float>() + static_cast<size_t>(task.cohort_row) * PreprocessedSize(preprocess_);
 }
 
 torch::Tensor Engine::ImageBatchInput(const std::vector<std::unique_ptr<Task>>& batch) {
   const int64_t n = static_cast<int64_t>(batch.size());
   const Task& first = *batch.front();
+  // Cohort rows exist only where batches are not padded (Submit).
   const bool cohort_rows =
-      !pad_image_batches_ && first.cohort_row >= 0 && std::all_of(batch.begin(), batch.end(), [&](const auto& task) {
+      first.cohort_row >= 0 && std::all_of(batch.begin(), batch.end(), [&](const auto& task) {
         return task->cohort == first.cohort && task->cohort_row == first.cohort_row + (&task - batch.data());
       });
   if (cohort_rows) return first.cohort->pixels.narrow(0, first.cohort_row, n);
   const int64_t rows = pad_image_batches_ ? std::max<int64_t>(n, max_batch_[0]) : n;
   torch::Tensor staging = model_->ImageStaging(rows);
   float* dst = staging.data_ptr<float>();
-  const int64_t size = model_->manifest().image.size;
-  const size_t per_item = static_cast<size_t>(3 * size * size);
+  const size_t per_item = PreprocessedSize(preprocess_);
   for (int64_t i = 0; i < n; ++i) {
     const Task& task = *batch[i];
     const float* pixels = task.cohort_row >= 0 ? CohortPixels(task) : task.pixels.data();
