@@ -942,14 +942,14 @@ std::atomic<uint64_t> g_lane_batches_on_two_threads{0};
 // inline, on its one thread. Why: on two cores one forward of 8 images
 // leaves each core waiting, for the other core's share of each linear to
 // end and at the barriers of the forward's hundreds of regions; two
-// single-thread forwards of 4 meet once, at the end. The batch sizes it runs
-// at: ImageLanesFrom, Model::RunsInLanes. Intel Xeon (family 6
-// model 167), 8 images from JavaScript, median time as lanes / as one
-// forward: pixels in, calls of the two alternated in one process, float32
-// 0.964, bfloat16 0.930, int8 0.901 (alternated processes: 0.94-0.98,
-// 0.91-0.94, 0.83-0.89); encoded photos in, 0.947, 0.977, 0.935; 16 images
-// bfloat16 0.850, int8 0.933. With one thread in the region (OMP_DYNAMIC),
-// it runs both lanes in turn.
+// single-thread forwards of 4 meet once, at the end. The batch sizes it
+// runs at: ImageLanesFrom, Model::RunsInLanes. Intel Xeon (family 6 model
+// 167), 8 images from JavaScript, median time as lanes / as one forward:
+// pixels in, calls of the two alternated in one process, float32 0.964,
+// bfloat16 0.930, int8 0.901 (alternated processes: 0.94-0.98, 0.91-0.94,
+// 0.83-0.89); encoded photos in, 0.947, 0.977, 0.935; 16 images bfloat16
+// 0.850, int8 0.933. With one thread in the region (OMP_DYNAMIC), it runs
+// both lanes in turn.
 torch::Tensor ForwardInLanes(Model::Encoder& encoder, const torch::Tensor& input) {
   const int64_t n = input.size(0);
   const int64_t first_lane = (n + 1) / 2;
@@ -1570,9 +1570,8 @@ int64_t ImageLanesFrom(Precision precision) {
 
 // CLIP_NATIVE_IMAGE_LANES: unset or empty -> nullopt (the rule); "0" -> 0
 // (one forward); "1" -> `rule_from` (the rule's batch size where it has
-// one, else kImageBatchShape); N from 2 to
-// 9999 -> N (lanes from N images); anything else is refused
-// (CLIP_INVALID_ARGUMENT).
+// one, else kImageBatchShape); N from 2 to 9999 -> N (lanes from N
+// images); anything else is refused (CLIP_INVALID_ARGUMENT).
 std::optional<int64_t> ImageLanesFromEnvironment(int64_t rule_from) {
   const char* env = std::getenv("CLIP_NATIVE_IMAGE_LANES");
   const std::string value = env ? env : "";
@@ -1589,12 +1588,11 @@ std::optional<int64_t> ImageLanesFromEnvironment(int64_t rule_from) {
 
 // Whether image batches of ImageLanesFrom(precision) images or more run in
 // two lanes (ForwardInLanes; odd ones from twice that, Model::RunsInLanes):
-// only in a process of 2 threads (the lanes are its team's
-// two threads); there CLIP_NATIVE_IMAGE_LANES when set (above), else the
-// rule (ImageLanesFrom), whatever the candidates and however they were
-// chosen (the lanes give clip-native's kernels the same bits as one
-// forward). A rule
-// and not a measurement at load: forwards back to back, as calibration
+// only in a process of 2 threads (the lanes are its team's two threads);
+// there CLIP_NATIVE_IMAGE_LANES when set (above), else the rule
+// (ImageLanesFrom), whatever the candidates and however they were chosen
+// (the lanes give clip-native's kernels the same bits as one forward). A
+// rule and not a measurement at load: forwards back to back, as calibration
 // times them, ran level either way (8 bfloat16 images 6.09 ms per image as
 // one forward, 6.23 as lanes), while calls from JavaScript, with their
 // staging and delivery between forwards, ran 2-10% faster in lanes (Intel
