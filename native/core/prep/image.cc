@@ -20,6 +20,7 @@
 #include "errors.h"
 #include "image_decode.h"
 #include "resample.h"
+#include "rgb_planes.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -46,16 +47,10 @@ constexpr double kRescale = 0.00392156862745098;
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void NormalizePlanesAvx512(const uint8_t* rgb, size_t pixels,
                                                                                   const float* mean,
                                                                                   const float* deviation, float* out) {
-  alignas(64) static constexpr uint8_t kSplit[64] = {0, 3, 6, 9,  12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45,
-                                                     1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46,
-                                                     2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 44, 47,
-                                                     0, 0, 0, 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0};
-  const __m512i split = _mm512_load_si512(kSplit);
   const __m512d rescale = _mm512_set1_pd(kRescale);
   for (size_t i = 0; i < pixels; i += 16) {
     const size_t n = std::min<size_t>(16, pixels - i);
-    const __mmask64 bytes = (__mmask64{1} << (3 * n)) - 1;
-    const __m512i planes = _mm512_permutexvar_epi8(split, _mm512_maskz_loadu_epi8(bytes, rgb + 3 * i));
+    const __m512i planes = SplitRgb16(rgb + 3 * i, static_cast<int>(n));
     const __m128i channels[3] = {_mm512_castsi512_si128(planes), _mm512_extracti32x4_epi32(planes, 1),
                                  _mm512_extracti32x4_epi32(planes, 2)};
     for (int c = 0; c < 3; ++c) {

@@ -14,6 +14,7 @@
 #include "cpu_features.h"
 #include "errors.h"
 #include "huge_pages.h"
+#include "rgb_planes.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -544,18 +545,10 @@ CLIP_AVX512_TARGET void HorizontalFilter::RunAvx512(const uint8_t* in, uint8_t* 
   uint8_t* planes[3] = {byte_planes_.data(), byte_planes_.data() + avx512_plane_size_,
                         byte_planes_.data() + 2 * avx512_plane_size_};
   // Split RGB into planes, 16 pixels (48 bytes) per step.
-  alignas(64) static constexpr uint8_t kSplit[64] = {0, 3, 6, 9,  12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45,
-                                                     1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46,
-                                                     2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 44, 47,
-                                                     0, 0, 0, 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0};
-  const __m512i split = _mm512_load_si512(kSplit);
   const uint8_t* source = in + static_cast<size_t>(column_begin_) * 3;
   const int columns = column_end_ - column_begin_;
   for (int i = 0; i < columns; i += 16) {
-    const int n = std::min(16, columns - i);
-    const __mmask64 mask = n == 16 ? (__mmask64{1} << 48) - 1 : (__mmask64{1} << (3 * n)) - 1;
-    const __m512i rgb = _mm512_maskz_loadu_epi8(mask, source + 3 * i);
-    const __m512i split_rgb = _mm512_permutexvar_epi8(split, rgb);
+    const __m512i split_rgb = SplitRgb16(source + 3 * i, std::min(16, columns - i));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[0] + i), _mm512_castsi512_si128(split_rgb));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[1] + i), _mm512_extracti32x4_epi32(split_rgb, 1));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[2] + i), _mm512_extracti32x4_epi32(split_rgb, 2));
