@@ -1,14 +1,15 @@
 // Single-thread cost of turning an encoded image into CLIP pixel values.
 //
 // Usage: image_bench <small.jpg> <large.jpg> [more images ...]
-//                    [--iterations N] [--json PATH] [--png-libpng] [--exif]
+//                    [--iterations N] [--json PATH] [--png-libpng] [--jpeg-libjpeg] [--exif]
 // Intended inputs are a 500x375 and a 2000x1500 JPEG. For each file it times
 // DecodeImage, PreprocessRgb, and the two together (PreprocessImage), and
 // prints a markdown table of milliseconds per image: the median over the
 // iterations (after two warm-up runs) of wall-clock time and, in brackets,
 // of the thread's CPU time, which stays meaningful on a busy machine.
 // --json also writes the numbers. --png-libpng decodes every PNG through
-// libpng, without the whole-buffer path (one inflate call) of common layouts.
+// libpng, without the whole-buffer path (one inflate call) of common layouts;
+// --jpeg-libjpeg leaves every JPEG scan's entropy decoding to libjpeg.
 // --exif applies the EXIF orientation (applyExifOrientation). Phone-sized
 // photos: bench/make_images.py --large.
 
@@ -26,6 +27,7 @@
 #include "errors.h"
 #include "image.h"
 #include "image_decode.h"
+#include "jpeg_entropy.h"
 
 namespace {
 
@@ -102,6 +104,8 @@ int main(int argc, char** argv) {
       iterations = std::max(1, std::atoi(argv[++i]));
     } else if (arg == "--png-libpng") {
       clip::decode::SetPngWholeBufferEnabled(false);
+    } else if (arg == "--jpeg-libjpeg") {
+      clip::decode::SetJpegPredecodeEnabled(false);
     } else if (arg == "--exif") {
       decode_options.apply_exif_orientation = true;
     } else if (arg == "--json" && i + 1 < argc) {
@@ -113,7 +117,7 @@ int main(int argc, char** argv) {
   if (paths.empty()) {
     std::fprintf(stderr,
                  "usage: image_bench <small.jpg> <large.jpg> [...] "
-                 "[--iterations N] [--json PATH] [--png-libpng] [--exif]\n");
+                 "[--iterations N] [--json PATH] [--png-libpng] [--jpeg-libjpeg] [--exif]\n");
     return 2;
   }
 

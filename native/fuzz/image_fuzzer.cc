@@ -16,7 +16,8 @@
 //     PreprocessRgb, or fails with the same error code where DecodeImage does;
 //   * a PNG decodes to the same pixels, or fails with the same error, with
 //     and without the whole-buffer path (one inflate call) that takes common
-//     layouts ahead of libpng;
+//     layouts ahead of libpng; likewise a JPEG with and without its scan's
+//     entropy decoding ahead of libjpeg;
 //   * ASan/UBSan: no out-of-bounds access, use after free, leak or undefined
 //     behaviour in the core (the codec libraries themselves are not
 //     instrumented; their reads of our buffers are checked where they go
@@ -33,6 +34,7 @@
 #include "errors.h"
 #include "image.h"
 #include "image_decode.h"
+#include "jpeg_entropy.h"
 
 namespace {
 
@@ -92,6 +94,29 @@ void CheckPngPaths(const uint8_t* data, size_t size, const clip::ImageDecodeOpti
   }
 }
 
+// JPEG: the scan's entropy decoding ahead of libjpeg and libjpeg's own agree.
+void CheckJpegPaths(const uint8_t* data, size_t size, const clip::ImageDecodeOptions& options) {
+  if (clip::DetectImageFormat(data, size) != clip::ImageFormat::kJpeg) return;
+  const Outcome ahead = DecodeOutcome(data, size, options);
+  clip::decode::SetJpegPredecodeEnabled(false);
+  const Outcome libjpeg = DecodeOutcome(data, size, options);
+  clip::decode::SetJpegPredecodeEnabled(true);
+  if (ahead.ok != libjpeg.ok) {
+    std::fprintf(stderr, "image_fuzzer: decoded ahead %s, libjpeg %s\n", ahead.ok ? "decoded" : ahead.message.c_str(),
+                 libjpeg.ok ? "decoded" : libjpeg.message.c_str());
+    Violation("the JPEG paths disagree on success");
+  }
+  if (ahead.ok && (ahead.image.width != libjpeg.image.width || ahead.image.height != libjpeg.image.height ||
+                   ahead.image.pixels != libjpeg.image.pixels)) {
+    Violation("the JPEG paths decode different pixels");
+  }
+  if (!ahead.ok && (ahead.code != libjpeg.code || ahead.message != libjpeg.message)) {
+    std::fprintf(stderr, "image_fuzzer: decoded ahead %s, libjpeg %s\n", ahead.message.c_str(),
+                 libjpeg.message.c_str());
+    Violation("the JPEG paths fail differently");
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -104,6 +129,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // The format sniffing must not read past `size` on its own either.
   clip::DetectImageFormat(data, size);
   CheckPngPaths(data, size, decode);
+  CheckJpegPaths(data, size, decode);
 
   // The production geometry (224) on a seventh of the inputs; otherwise
   // small ones, which run the same resampler code (shrinking, enlarging, and

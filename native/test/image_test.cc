@@ -41,6 +41,7 @@
 #include "huge_pages.h"
 #include "image.h"
 #include "image_decode.h"
+#include "jpeg_entropy.h"
 #include "png_unfilter.h"
 #include "resample.h"
 #include "test_check.h"
@@ -1616,6 +1617,151 @@ Bytes AnimatedWebp(int canvas_width, int canvas_height, int x, int y, int w, int
   return out;
 }
 
+// A baseline JPEG's entropy decoding ahead of libjpeg (jpeg_entropy.h)
+// against libjpeg's own: the same pixels, the same streamed preprocessing
+// floats (rows skipped and columns cropped), the same errors; taken for
+// every clean sequential scan, never for a progressive one or for a scan
+// that is cut short, corrupt or followed by stray bytes.
+namespace jpeg_paths {
+
+struct Outcome {
+  bool ok = false;
+  std::string error;
+  RgbImage image;
+  std::vector<float> floats;
+  uint64_t predecoded = 0;
+};
+
+Outcome Run(const Bytes& data, bool predecode) {
+  clip::decode::SetJpegPredecodeEnabled(predecode);
+  const uint64_t before = clip::decode::JpegPredecodedScans();
+  Outcome outcome;
+  try {
+    outcome.image = Decode(data);
+    outcome.floats.resize(clip::PreprocessedSize(PreprocessOptions{}));
+    clip::PreprocessImage(data.data(), data.size(), ImageDecodeOptions{}, PreprocessOptions{}, outcome.floats.data());
+    outcome.ok = true;
+  } catch (const ClipError& error) {
+    outcome.error = std::string(clip::ErrorCodeName(error.code())) + ": " + error.what();
+  }
+  outcome.predecoded = clip::decode::JpegPredecodedScans() - before;
+  clip::decode::SetJpegPredecodeEnabled(true);
+  return outcome;
+}
+
+// Returns whether the scan was decoded ahead.
+bool Agree(const std::string& what, const Bytes& data) {
+  const Outcome ahead = Run(data, true);
+  const Outcome libjpeg = Run(data, false);
+  Check(libjpeg.predecoded == 0, what + ": the switch leaves every scan to libjpeg");
+  if (ahead.ok != libjpeg.ok) {
+    Check(false, what + ": decoded ahead " + (ahead.ok ? "decoded" : ahead.error) + ", libjpeg " +
+                     (libjpeg.ok ? "decoded" : libjpeg.error));
+  } else if (ahead.ok) {
+    Check(ahead.image.width == libjpeg.image.width && ahead.image.height == libjpeg.image.height &&
+              ahead.image.pixels == libjpeg.image.pixels,
+          what + ": the same pixels as libjpeg");
+    Check(SameFloats(ahead.floats, libjpeg.floats), what + ": the same preprocessed floats as libjpeg");
+  } else {
+    Check(ahead.error == libjpeg.error,
+          what + ": the same error as libjpeg (" + ahead.error + " / " + libjpeg.error + ")");
+  }
+  return ahead.predecoded != 0;
+}
+
+// The offset of the first byte of entropy-coded data (after SOS).
+size_t ScanStart(const Bytes& jpeg) {
+  for (size_t i = 2; i + 4 < jpeg.size();) {
+    if (jpeg[i] != 0xFF) return 0;
+    const int marker = jpeg[i + 1];
+    const size_t length = (size_t{jpeg[i + 2]} << 8) | jpeg[i + 3];
+    if (marker == 0xDA) return i + 2 + length;
+    i += 2 + length;
+  }
+  return 0;
+}
+
+}  // namespace jpeg_paths
+
+void TestJpegPredecode() {
+  using jpeg_paths::Agree;
+  struct Layout {
+    const char* name;
+    int components;
+    int h_samp;
+    int v_samp;
+  };
+  const Layout layouts[] = {{"4:4:4", 3, 1, 1}, {"4:2:0", 3, 2, 2}, {"4:2:2", 3, 2, 1},
+                            {"4:4:0", 3, 1, 2}, {"grey", 1, 1, 1},  {"CMYK", 4, 1, 1}};
+  const int sizes[][2] = {{1, 1}, {17, 13}, {64, 48}, {301, 203}, {203, 317}};
+  for (const Layout& layout : layouts) {
+    for (const auto& size : sizes) {
+      for (int quality : {50, 90, 100}) {
+        for (int restart : {0, 1, 5}) {
+          JpegSpec spec;
+          spec.width = size[0];
+          spec.height = size[1];
+          spec.components = layout.components;
+          spec.h_samp = layout.h_samp;
+          spec.v_samp = layout.v_samp;
+          spec.quality = quality;
+          spec.restart_interval = restart;
+          spec.samples = Pattern(spec.width, spec.height, spec.components, 7 + quality + restart);
+          const std::string what = std::string("JPEG decoded ahead: ") + layout.name + " " +
+                                   std::to_string(spec.width) + "x" + std::to_string(spec.height) + " q" +
+                                   std::to_string(quality) + " restart " + std::to_string(restart);
+          const Bytes jpeg = EncodeJpeg(spec);
+          Check(Agree(what, jpeg), what + ": decoded ahead");
+          if (layout.components != 3 || quality != 90 || size[0] < 64) continue;
+
+          // The same file spoiled: cut short, bytes changed in the scan, stray
+          // bytes before EOI. Whatever libjpeg makes of each, so must the
+          // decode ahead, which leaves every one of them to libjpeg but the
+          // changes that still make a clean scan.
+          const size_t start = jpeg_paths::ScanStart(jpeg);
+          Check(start > 0 && start < jpeg.size() - 2, what + ": the scan found");
+          if (start == 0 || start >= jpeg.size() - 2) continue;
+          for (size_t cut : {start + 1, (start + jpeg.size()) / 2, jpeg.size() - 3, jpeg.size() - 2}) {
+            const Bytes cut_short(jpeg.begin(), jpeg.begin() + static_cast<std::ptrdiff_t>(cut));
+            Check(!Agree(what + " cut at " + std::to_string(cut), cut_short),
+                  what + " cut at " + std::to_string(cut) + ": left to libjpeg");
+          }
+          Bytes stray = jpeg;
+          stray.insert(stray.end() - 2, {0x12, 0x34});
+          Check(!Agree(what + " with stray bytes before EOI", stray), what + " with stray bytes: left to libjpeg");
+          std::mt19937 random(static_cast<uint32_t>(jpeg.size()));
+          for (int trial = 0; trial < 24; ++trial) {
+            Bytes spoiled = jpeg;
+            const size_t at = start + random() % (jpeg.size() - 2 - start);
+            spoiled[at] = static_cast<uint8_t>(trial % 3 == 0 ? 0xFF : random());
+            if (trial % 4 == 1 && at + 1 < jpeg.size() - 2) spoiled[at + 1] = static_cast<uint8_t>(0xD0 + trial % 8);
+            Agree(what + " changed at " + std::to_string(at), spoiled);
+          }
+        }
+      }
+    }
+  }
+  // A progressive JPEG and one whose restart markers are out of order.
+  JpegSpec spec;
+  spec.width = 120;
+  spec.height = 90;
+  spec.samples = Pattern(spec.width, spec.height, 3, 3);
+  spec.progressive = true;
+  Check(!Agree("JPEG progressive", EncodeJpeg(spec)), "JPEG progressive: left to libjpeg");
+  spec.progressive = false;
+  spec.restart_interval = 2;
+  Bytes swapped = EncodeJpeg(spec);
+  std::vector<size_t> markers;
+  for (size_t i = jpeg_paths::ScanStart(swapped); i + 1 < swapped.size(); ++i) {
+    if (swapped[i] == 0xFF && swapped[i + 1] >= 0xD0 && swapped[i + 1] <= 0xD7) markers.push_back(i + 1);
+  }
+  Check(markers.size() >= 2, "JPEG restart markers found");
+  if (markers.size() >= 2) {
+    std::swap(swapped[markers[0]], swapped[markers[1]]);
+    Check(!Agree("JPEG restart markers swapped", swapped), "JPEG restart markers swapped: left to libjpeg");
+  }
+}
+
 void TestWebp() {
   const int w = 21;
   const int h = 17;
@@ -2838,6 +2984,7 @@ int main(int argc, char** argv) {
   TestPngUnfilter();
   TestPngWholeBuffer();
   TestJpeg();
+  TestJpegPredecode();
   TestWebp();
   TestGif();
   TestBmp();

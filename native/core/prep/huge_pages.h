@@ -102,10 +102,11 @@ class HugePageAllocator {
 
 // The buffers a thread keeps from one image to the next, one per use.
 enum class ScratchSlot {
-  kDecodedRows,  // the decoder's rows: the whole image for WebP, GIF and Adam7 PNG
-  kResizeRows,   // the resize's rows after its horizontal pass
-  kPngStream,    // a PNG's IDAT chunks joined
-  kPngRaw,       // a PNG's inflated rows
+  kDecodedRows,       // the decoder's rows: the whole image for WebP, GIF and Adam7 PNG
+  kResizeRows,        // the resize's rows after its horizontal pass
+  kPngStream,         // a PNG's IDAT chunks joined
+  kPngRaw,            // a PNG's inflated rows
+  kJpegCoefficients,  // a JPEG scan's coefficients, decoded ahead (jpeg_entropy.h)
   kCount,
 };
 
