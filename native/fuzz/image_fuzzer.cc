@@ -72,48 +72,23 @@ Outcome DecodeOutcome(const uint8_t* data, size_t size, const clip::ImageDecodeO
   return outcome;
 }
 
-// PNG: the whole-buffer path and libpng agree.
-void CheckPngPaths(const uint8_t* data, size_t size, const clip::ImageDecodeOptions& options) {
-  if (clip::DetectImageFormat(data, size) != clip::ImageFormat::kPng) return;
+// A decoder's fast path and the library it goes ahead of agree: the same
+// pixels, or the same error. `set_fast` switches the fast path on and off.
+void CheckPaths(const uint8_t* data, size_t size, const clip::ImageDecodeOptions& options, clip::ImageFormat format,
+                void (*set_fast)(bool), const char* fast_name, const char* library_name) {
+  if (clip::DetectImageFormat(data, size) != format) return;
   const Outcome fast = DecodeOutcome(data, size, options);
-  clip::decode::SetPngWholeBufferEnabled(false);
-  const Outcome slow = DecodeOutcome(data, size, options);
-  clip::decode::SetPngWholeBufferEnabled(true);
-  if (fast.ok != slow.ok) {
-    std::fprintf(stderr, "image_fuzzer: whole-buffer %s, libpng %s\n", fast.ok ? "decoded" : fast.message.c_str(),
-                 slow.ok ? "decoded" : slow.message.c_str());
-    Violation("the PNG paths disagree on success");
+  set_fast(false);
+  const Outcome library = DecodeOutcome(data, size, options);
+  set_fast(true);
+  if (fast.ok != library.ok || (!fast.ok && (fast.code != library.code || fast.message != library.message))) {
+    std::fprintf(stderr, "image_fuzzer: %s %s, %s %s\n", fast_name, fast.ok ? "decoded" : fast.message.c_str(),
+                 library_name, library.ok ? "decoded" : library.message.c_str());
+    Violation("a fast path and its library disagree on success or fail differently");
   }
-  if (fast.ok && (fast.image.width != slow.image.width || fast.image.height != slow.image.height ||
-                  fast.image.pixels != slow.image.pixels)) {
-    Violation("the PNG paths decode different pixels");
-  }
-  if (!fast.ok && (fast.code != slow.code || fast.message != slow.message)) {
-    std::fprintf(stderr, "image_fuzzer: whole-buffer %s, libpng %s\n", fast.message.c_str(), slow.message.c_str());
-    Violation("the PNG paths fail differently");
-  }
-}
-
-// JPEG: the scan's entropy decoding ahead of libjpeg and libjpeg's own agree.
-void CheckJpegPaths(const uint8_t* data, size_t size, const clip::ImageDecodeOptions& options) {
-  if (clip::DetectImageFormat(data, size) != clip::ImageFormat::kJpeg) return;
-  const Outcome ahead = DecodeOutcome(data, size, options);
-  clip::decode::SetJpegPredecodeEnabled(false);
-  const Outcome libjpeg = DecodeOutcome(data, size, options);
-  clip::decode::SetJpegPredecodeEnabled(true);
-  if (ahead.ok != libjpeg.ok) {
-    std::fprintf(stderr, "image_fuzzer: decoded ahead %s, libjpeg %s\n", ahead.ok ? "decoded" : ahead.message.c_str(),
-                 libjpeg.ok ? "decoded" : libjpeg.message.c_str());
-    Violation("the JPEG paths disagree on success");
-  }
-  if (ahead.ok && (ahead.image.width != libjpeg.image.width || ahead.image.height != libjpeg.image.height ||
-                   ahead.image.pixels != libjpeg.image.pixels)) {
-    Violation("the JPEG paths decode different pixels");
-  }
-  if (!ahead.ok && (ahead.code != libjpeg.code || ahead.message != libjpeg.message)) {
-    std::fprintf(stderr, "image_fuzzer: decoded ahead %s, libjpeg %s\n", ahead.message.c_str(),
-                 libjpeg.message.c_str());
-    Violation("the JPEG paths fail differently");
+  if (fast.ok && (fast.image.width != library.image.width || fast.image.height != library.image.height ||
+                  fast.image.pixels != library.image.pixels)) {
+    Violation("a fast path and its library decode different pixels");
   }
 }
 
@@ -128,8 +103,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   // The format sniffing must not read past `size` on its own either.
   clip::DetectImageFormat(data, size);
-  CheckPngPaths(data, size, decode);
-  CheckJpegPaths(data, size, decode);
+  // PNG's whole-buffer path against libpng, JPEG's entropy decoding ahead
+  // against libjpeg's own.
+  CheckPaths(data, size, decode, clip::ImageFormat::kPng, clip::decode::SetPngWholeBufferEnabled, "whole-buffer",
+             "libpng");
+  CheckPaths(data, size, decode, clip::ImageFormat::kJpeg, clip::decode::SetJpegPredecodeEnabled, "decoded ahead",
+             "libjpeg");
 
   // The production geometry (224) on a seventh of the inputs; otherwise
   // small ones, which run the same resampler code (shrinking, enlarging, and

@@ -931,6 +931,53 @@ void TestPngModes() {
 // PNG's whole-buffer path (one inflate call, rows unfiltered here) against libpng's
 // on the same bytes: the same pixels or the same error, and the whole-buffer
 // path taken exactly where it should be.
+// A decoder's fast path against the library it goes ahead of (PNG's
+// whole-buffer path and libpng, a JPEG scan's entropy decoding ahead and
+// libjpeg's own): one decode with the path switched on or off by `set_fast`,
+// DecodeImage's pixels and PreprocessImage's floats, or the error.
+namespace fast_paths {
+
+struct Outcome {
+  bool ok = false;
+  std::string error;
+  RgbImage image;
+  std::vector<float> floats;
+};
+
+Outcome Run(const Bytes& data, void (*set_fast)(bool), bool fast) {
+  set_fast(fast);
+  Outcome outcome;
+  try {
+    outcome.image = Decode(data);
+    outcome.floats.resize(clip::PreprocessedSize(PreprocessOptions{}));
+    clip::PreprocessImage(data.data(), data.size(), ImageDecodeOptions{}, PreprocessOptions{}, outcome.floats.data());
+    outcome.ok = true;
+  } catch (const ClipError& error) {
+    outcome.error = std::string(clip::ErrorCodeName(error.code())) + ": " + error.what();
+  }
+  set_fast(true);
+  return outcome;
+}
+
+// The same success, pixels and floats, or the same error.
+void Compare(const std::string& what, const char* fast_name, const Outcome& fast, const char* library_name,
+             const Outcome& library) {
+  if (fast.ok != library.ok) {
+    Check(false, what + ": " + fast_name + " " + (fast.ok ? "decoded" : fast.error) + ", " + library_name + " " +
+                     (library.ok ? "decoded" : library.error));
+  } else if (fast.ok) {
+    Check(fast.image.width == library.image.width && fast.image.height == library.image.height &&
+              fast.image.pixels == library.image.pixels,
+          what + ": the same pixels as " + library_name);
+    Check(SameFloats(fast.floats, library.floats), what + ": the same preprocessed floats as " + library_name);
+  } else {
+    Check(fast.error == library.error,
+          what + ": the same error as " + library_name + " (" + fast.error + " / " + library.error + ")");
+  }
+}
+
+}  // namespace fast_paths
+
 namespace png_paths {
 
 struct Chunk {
@@ -1074,45 +1121,19 @@ Bytes FixedHuffmanZeros(int matches, int length_symbol) {
   return out;
 }
 
-struct Outcome {
-  bool ok = false;
-  std::string error;
-  RgbImage image;
-};
-
-Outcome Run(const Bytes& data, bool whole_buffer) {
-  clip::decode::SetPngWholeBufferEnabled(whole_buffer);
-  Outcome outcome;
-  try {
-    outcome.image = Decode(data);
-    outcome.ok = true;
-  } catch (const ClipError& error) {
-    outcome.error = std::string(clip::ErrorCodeName(error.code())) + ": " + error.what();
-  }
-  clip::decode::SetPngWholeBufferEnabled(true);
-  return outcome;
-}
+using fast_paths::Outcome;
 
 // Both paths on `data`; `whole_buffer` says whether the fast path must take it.
 // Returns the outcome of the default (whole-buffer enabled) decode.
 Outcome Agree(const std::string& what, const Bytes& data, bool whole_buffer) {
   const uint64_t before = clip::decode::PngWholeBufferDecodes();
-  Outcome fast = Run(data, true);
+  Outcome fast = fast_paths::Run(data, clip::decode::SetPngWholeBufferEnabled, true);
   const uint64_t taken = clip::decode::PngWholeBufferDecodes() - before;
-  const Outcome libpng = Run(data, false);
+  const Outcome libpng = fast_paths::Run(data, clip::decode::SetPngWholeBufferEnabled, false);
   Check(clip::decode::PngWholeBufferDecodes() - before == taken, what + ": the switch sends every PNG to libpng");
-  Check(taken == (whole_buffer ? 1u : 0u),
+  Check(taken == (whole_buffer ? 2u : 0u),
         what + (whole_buffer ? ": decoded by the whole-buffer path" : ": left to libpng by the whole-buffer path"));
-  if (fast.ok != libpng.ok) {
-    Check(false, what + ": whole-buffer " + (fast.ok ? "decoded" : fast.error) + ", libpng " +
-                     (libpng.ok ? "decoded" : libpng.error));
-  } else if (fast.ok) {
-    Check(fast.image.width == libpng.image.width && fast.image.height == libpng.image.height &&
-              fast.image.pixels == libpng.image.pixels,
-          what + ": the same pixels as libpng");
-  } else {
-    Check(fast.error == libpng.error, what + ": the same error as libpng (" + fast.error + " / " + libpng.error + ")");
-  }
+  fast_paths::Compare(what, "whole-buffer", fast, "libpng", libpng);
   return fast;
 }
 
@@ -1624,49 +1645,15 @@ Bytes AnimatedWebp(int canvas_width, int canvas_height, int x, int y, int w, int
 // that is cut short, corrupt or followed by stray bytes.
 namespace jpeg_paths {
 
-struct Outcome {
-  bool ok = false;
-  std::string error;
-  RgbImage image;
-  std::vector<float> floats;
-  uint64_t predecoded = 0;
-};
-
-Outcome Run(const Bytes& data, bool predecode) {
-  clip::decode::SetJpegPredecodeEnabled(predecode);
-  const uint64_t before = clip::decode::JpegPredecodedScans();
-  Outcome outcome;
-  try {
-    outcome.image = Decode(data);
-    outcome.floats.resize(clip::PreprocessedSize(PreprocessOptions{}));
-    clip::PreprocessImage(data.data(), data.size(), ImageDecodeOptions{}, PreprocessOptions{}, outcome.floats.data());
-    outcome.ok = true;
-  } catch (const ClipError& error) {
-    outcome.error = std::string(clip::ErrorCodeName(error.code())) + ": " + error.what();
-  }
-  outcome.predecoded = clip::decode::JpegPredecodedScans() - before;
-  clip::decode::SetJpegPredecodeEnabled(true);
-  return outcome;
-}
-
 // Returns whether the scan was decoded ahead.
 bool Agree(const std::string& what, const Bytes& data) {
-  const Outcome ahead = Run(data, true);
-  const Outcome libjpeg = Run(data, false);
-  Check(libjpeg.predecoded == 0, what + ": the switch leaves every scan to libjpeg");
-  if (ahead.ok != libjpeg.ok) {
-    Check(false, what + ": decoded ahead " + (ahead.ok ? "decoded" : ahead.error) + ", libjpeg " +
-                     (libjpeg.ok ? "decoded" : libjpeg.error));
-  } else if (ahead.ok) {
-    Check(ahead.image.width == libjpeg.image.width && ahead.image.height == libjpeg.image.height &&
-              ahead.image.pixels == libjpeg.image.pixels,
-          what + ": the same pixels as libjpeg");
-    Check(SameFloats(ahead.floats, libjpeg.floats), what + ": the same preprocessed floats as libjpeg");
-  } else {
-    Check(ahead.error == libjpeg.error,
-          what + ": the same error as libjpeg (" + ahead.error + " / " + libjpeg.error + ")");
-  }
-  return ahead.predecoded != 0;
+  const uint64_t before = clip::decode::JpegPredecodedScans();
+  const fast_paths::Outcome ahead = fast_paths::Run(data, clip::decode::SetJpegPredecodeEnabled, true);
+  const uint64_t predecoded = clip::decode::JpegPredecodedScans() - before;
+  const fast_paths::Outcome libjpeg = fast_paths::Run(data, clip::decode::SetJpegPredecodeEnabled, false);
+  Check(clip::decode::JpegPredecodedScans() - before == predecoded, what + ": the switch leaves every scan to libjpeg");
+  fast_paths::Compare(what, "decoded ahead", ahead, "libjpeg", libjpeg);
+  return predecoded != 0;
 }
 
 // The offset of the first byte of entropy-coded data (after SOS).

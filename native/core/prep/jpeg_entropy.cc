@@ -509,8 +509,6 @@ bool PredecodeJpegScan(j_decompress_ptr cinfo, JpegScanCoefficients* out, uint8_
 
 void SetJpegPredecodeEnabled(bool enabled) { g_enabled.store(enabled, std::memory_order_relaxed); }
 
-bool JpegPredecodeEnabled() { return g_enabled.load(std::memory_order_relaxed); }
-
 uint64_t JpegPredecodedScans() { return g_predecoded.load(std::memory_order_relaxed); }
 
 }  // namespace decode

@@ -62,7 +62,6 @@ size_t JpegScanCoefficientBytes(j_decompress_ptr cinfo);
 // A process-wide switch (on by default; off leaves every scan to libjpeg,
 // which tests compare with), and how many scans were decoded ahead.
 void SetJpegPredecodeEnabled(bool enabled);
-bool JpegPredecodeEnabled();
 uint64_t JpegPredecodedScans();
 
 }  // namespace decode
