@@ -1640,9 +1640,10 @@ Bytes AnimatedWebp(int canvas_width, int canvas_height, int x, int y, int w, int
 
 // A baseline JPEG's entropy decoding ahead of libjpeg (jpeg_entropy.h)
 // against libjpeg's own: the same pixels, the same streamed preprocessing
-// floats (rows skipped and columns cropped), the same errors; taken for
-// every clean sequential scan, never for a progressive one or for a scan
-// that is cut short, corrupt or followed by stray bytes.
+// floats (rows skipped and columns cropped), the same errors. Taken for every
+// clean sequential scan; never for a progressive one, one cut short, one with
+// stray bytes before its end or restart markers out of order; a byte spoiled
+// anywhere in a scan gives libjpeg's outcome either way.
 namespace jpeg_paths {
 
 // Returns whether the scan was decoded ahead.

@@ -314,9 +314,9 @@ struct ScanTables {
   AcTable ac[MAX_COMPS_IN_SCAN];
 };
 
-// A code longer than the lookups (F.16); -1 for none of 16 bits or fewer.
-// Takes the bits by value and returns them, so that the caller's stay in
-// registers.
+// A code longer than the lookups (F.16): its symbol (-1 for none of 16 bits
+// or fewer) and length, which the caller drops. The bits come by value, so
+// that the caller's stay in registers.
 struct LongCode {
   int symbol;
   int length;
