@@ -304,7 +304,7 @@ size_t CountsBytes(size_t blocks) { return (blocks + 3) & ~size_t{3}; }
 // each block's DC coefficient, and each AC one kept took at least two bits
 // (a code and an extra bit). Checked before each block, which may write up to
 // 66 (its 64, one past the 64th in a corrupt block, one written ahead and
-// not kept), so that zero bits read past the data cannot overrun it.
+// not kept), so that bits read past the data cannot overrun it.
 constexpr size_t kBlockEntries = 66;
 size_t EntryCapacity(size_t blocks, size_t data_bytes) { return blocks + data_bytes * 4 + kBlockEntries; }
 
@@ -364,7 +364,10 @@ bool DecodeScan(j_decompress_ptr cinfo, const ScanTables& tables, BitReader& rea
       std::fill(last_dc, last_dc + MAX_COMPS_IN_SCAN, 0);
     }
     for (int b = 0; b < blocks_in_mcu; ++b, ++block) {
-      if (capacity - m < kBlockEntries) return false;
+      // Zero bits read past the data or a marker: not a clean scan, and one
+      // cut short (or a header claiming far more blocks than its data holds)
+      // is given up here, not decoded to its last block.
+      if (r.count < r.padded || capacity - m < kBlockEntries) return false;
       const size_t first = m;
       // DC: the difference to the component's last DC value.
       if (r.count < 32) Refill(r);
