@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <new>
 
 // struct jpeg_entropy_decoder, whose decode_mcu the replay replaces. Its first
 // two members (start_pass, decode_mcu) are the same in libjpeg 6b and every
@@ -481,7 +482,9 @@ size_t JpegScanCoefficientBytes(j_decompress_ptr cinfo) {
 bool PredecodeJpegScan(j_decompress_ptr cinfo, JpegScanCoefficients* out, uint8_t* buffer, size_t buffer_bytes) {
   const size_t needed = JpegScanCoefficientBytes(cinfo);
   if (needed == 0 || buffer == nullptr || buffer_bytes < needed) return false;
-  auto tables = std::make_unique<ScanTables>();
+  // Out of memory here leaves the scan to libjpeg, as any other refusal.
+  std::unique_ptr<ScanTables> tables(new (std::nothrow) ScanTables);
+  if (tables == nullptr) return false;
   for (int ci = 0; ci < cinfo->comps_in_scan; ++ci) {
     const jpeg_component_info* component = cinfo->cur_comp_info[ci];
     if (!BuildDcTable(cinfo->dc_huff_tbl_ptrs[component->dc_tbl_no], &tables->dc[ci]) ||
