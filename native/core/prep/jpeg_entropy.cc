@@ -483,8 +483,12 @@ bool PredecodeJpegScan(j_decompress_ptr cinfo, JpegScanCoefficients* out, uint8_
   const size_t needed = JpegScanCoefficientBytes(cinfo);
   if (needed == 0 || buffer == nullptr || buffer_bytes < needed) return false;
   // Out of memory here leaves the scan to libjpeg, as any other refusal.
-  std::unique_ptr<ScanTables> tables(new (std::nothrow) ScanTables);
-  if (tables == nullptr) return false;
+  std::unique_ptr<ScanTables> tables;
+  try {
+    tables = std::make_unique<ScanTables>();
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
   for (int ci = 0; ci < cinfo->comps_in_scan; ++ci) {
     const jpeg_component_info* component = cinfo->cur_comp_info[ci];
     if (!BuildDcTable(cinfo->dc_huff_tbl_ptrs[component->dc_tbl_no], &tables->dc[ci]) ||
