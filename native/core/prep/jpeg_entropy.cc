@@ -309,10 +309,11 @@ size_t CountsBytes(size_t blocks) { return (blocks + 3) & ~size_t{3}; }
 constexpr size_t kBlockEntries = 66;
 size_t EntryCapacity(size_t blocks, size_t data_bytes) { return blocks + data_bytes * 4 + kBlockEntries; }
 
-// The scan's tables, one per component of the scan.
+// The scan's tables by table number (the components of a colour JPEG's scan
+// use two of each: Cb and Cr share theirs), each built once.
 struct ScanTables {
-  DcTable dc[MAX_COMPS_IN_SCAN];
-  AcTable ac[MAX_COMPS_IN_SCAN];
+  DcTable dc[NUM_HUFF_TBLS];
+  AcTable ac[NUM_HUFF_TBLS];
 };
 
 // A code longer than the lookups (F.16): its symbol (-1 for none of 16 bits
@@ -345,8 +346,8 @@ bool DecodeScan(j_decompress_ptr cinfo, const ScanTables& tables, BitReader& rea
     const int ci = cinfo->MCU_membership[b];
     if (ci < 0 || ci >= cinfo->comps_in_scan) return false;
     component_of[b] = ci;
-    dc_of[b] = &tables.dc[ci];
-    ac_of[b] = &tables.ac[ci];
+    dc_of[b] = &tables.dc[cinfo->cur_comp_info[ci]->dc_tbl_no];
+    ac_of[b] = &tables.ac[cinfo->cur_comp_info[ci]->ac_tbl_no];
   }
   uint8_t* counts = out->counts;
   uint32_t* entries = out->entries;
@@ -489,12 +490,14 @@ bool PredecodeJpegScan(j_decompress_ptr cinfo, JpegScanCoefficients* out, uint8_
   } catch (const std::bad_alloc&) {
     return false;
   }
+  bool dc_built[NUM_HUFF_TBLS] = {};
+  bool ac_built[NUM_HUFF_TBLS] = {};
   for (int ci = 0; ci < cinfo->comps_in_scan; ++ci) {
-    const jpeg_component_info* component = cinfo->cur_comp_info[ci];
-    if (!BuildDcTable(cinfo->dc_huff_tbl_ptrs[component->dc_tbl_no], &tables->dc[ci]) ||
-        !BuildAcTable(cinfo->ac_huff_tbl_ptrs[component->ac_tbl_no], &tables->ac[ci])) {
-      return false;
-    }
+    const int dc = cinfo->cur_comp_info[ci]->dc_tbl_no;
+    const int ac = cinfo->cur_comp_info[ci]->ac_tbl_no;
+    if (!dc_built[dc] && !BuildDcTable(cinfo->dc_huff_tbl_ptrs[dc], &tables->dc[dc])) return false;
+    if (!ac_built[ac] && !BuildAcTable(cinfo->ac_huff_tbl_ptrs[ac], &tables->ac[ac])) return false;
+    dc_built[dc] = ac_built[ac] = true;
   }
   const size_t blocks = ScanBlocks(cinfo);
   JpegScanCoefficients scan;
