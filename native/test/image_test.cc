@@ -928,9 +928,6 @@ void TestPngModes() {
   }
 }
 
-// PNG's whole-buffer path (one inflate call, rows unfiltered here) against libpng's
-// on the same bytes: the same pixels or the same error, and the whole-buffer
-// path taken exactly where it should be.
 // A decoder's fast path against the library it goes ahead of (PNG's
 // whole-buffer path and libpng, a JPEG scan's entropy decoding ahead and
 // libjpeg's own): one decode with the path switched on or off by `set_fast`,
@@ -978,6 +975,9 @@ void Compare(const std::string& what, const char* fast_name, const Outcome& fast
 
 }  // namespace fast_paths
 
+// PNG's whole-buffer path (one inflate call, rows unfiltered here) against libpng's
+// on the same bytes: the same pixels or the same error, and the whole-buffer
+// path taken exactly where it should be.
 namespace png_paths {
 
 struct Chunk {
